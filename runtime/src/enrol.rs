@@ -1,0 +1,257 @@
+//! Enrolment: an endpoint with a join token gets its certificate from the server.
+//!
+//! The endpoint generates its key pair locally and sends only a certificate request and the
+//! token's secret, over QUIC on the enrolment ALPN, without a client certificate. It verifies
+//! the server against the CA fingerprint in the token. The server checks the secret, derives
+//! the node id from the requested key, and signs. Nothing else is served to a connection
+//! without a certificate.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{
+    self, Ca, Credentials, IdentityError, JoinToken, NODE_SERVER_NAME, PeerRole,
+};
+use crate::stats::{WireStats, bump};
+use crate::tls::{self, LinkTimeouts};
+use crate::transport::quic::EnrolService;
+use crate::wire;
+
+/// Largest enrolment request or answer.
+const MAX_ENROL_FRAME: usize = 64 * 1024;
+/// How long the server waits for an enrolling client.
+const SERVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an enrolling endpoint sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    /// The join token's secret.
+    pub token_secret: String,
+    /// A PKCS#10 certificate request (DER).
+    #[serde(with = "serde_bytes")]
+    pub csr: Vec<u8>,
+    /// The endpoint's host name, for logs.
+    pub hostname: String,
+}
+
+/// What the server answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum EnrolResponse {
+    /// The signed certificate and the CA certificate.
+    Accepted {
+        /// The endpoint's certificate (DER).
+        #[serde(with = "serde_bytes")]
+        cert: Vec<u8>,
+        /// The CA certificate (DER).
+        #[serde(with = "serde_bytes")]
+        ca: Vec<u8>,
+    },
+    /// Why not.
+    Refused(String),
+}
+
+/// Errors of enrolling.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrolError {
+    /// The server could not be reached or failed verification.
+    #[error("could not reach the server at {addr}: {reason}")]
+    Connect {
+        /// The server.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The server refused the request.
+    #[error("the server refused enrolment: {0}")]
+    Refused(String),
+    /// The exchange failed midway.
+    #[error("enrolment exchange failed: {0}")]
+    Exchange(String),
+    /// Keys or certificates could not be made, read or stored.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+/// Serves enrolment from a CA and a set of accepted join-token secrets.
+pub struct CaEnroller {
+    ca: Arc<Ca>,
+    secrets: Vec<String>,
+    stats: Arc<WireStats>,
+}
+
+impl std::fmt::Debug for CaEnroller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaEnroller({} tokens)", self.secrets.len())
+    }
+}
+
+impl CaEnroller {
+    /// An enroller that accepts `secrets` and counts into `stats`.
+    pub fn new(ca: Arc<Ca>, secrets: Vec<String>, stats: Arc<WireStats>) -> CaEnroller {
+        CaEnroller { ca, secrets, stats }
+    }
+
+    /// Decides one request.
+    pub fn decide(&self, req: &EnrolRequest) -> EnrolResponse {
+        let known = self
+            .secrets
+            .iter()
+            .any(|s| constant_time_eq(s.as_bytes(), req.token_secret.as_bytes()));
+        if !known {
+            bump(&self.stats.enrolments_refused);
+            tracing::warn!(hostname = %req.hostname, "enrolment refused: unknown join token");
+            return EnrolResponse::Refused("unknown join token".into());
+        }
+        match self.ca.sign_endpoint_request(&req.csr) {
+            Ok((id, cert)) => {
+                bump(&self.stats.enrolments);
+                tracing::info!(node = %id, hostname = %req.hostname, "endpoint enrolled");
+                EnrolResponse::Accepted {
+                    cert: cert.to_vec(),
+                    ca: self.ca.cert().to_vec(),
+                }
+            }
+            Err(e) => {
+                bump(&self.stats.enrolments_refused);
+                tracing::warn!(hostname = %req.hostname, error = %e, "enrolment refused: bad request");
+                EnrolResponse::Refused(format!("bad certificate request: {e}"))
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[async_trait]
+impl EnrolService for CaEnroller {
+    async fn serve(&self, conn: quinn::Connection) {
+        let exchange = async {
+            let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+            let mut len = [0u8; 4];
+            recv.read_exact(&mut len).await.map_err(|e| e.to_string())?;
+            let len = u32::from_be_bytes(len) as usize;
+            if len > MAX_ENROL_FRAME {
+                return Err(format!("enrolment request of {len} bytes is too large"));
+            }
+            let mut buf = vec![0u8; len];
+            recv.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            let answer = match wire::decode_body::<EnrolRequest>(&buf) {
+                Ok(req) => self.decide(&req),
+                Err(e) => {
+                    bump(&self.stats.enrolments_refused);
+                    EnrolResponse::Refused(format!("malformed request: {e}"))
+                }
+            };
+            let body = wire::encode_body(&answer).map_err(|e| e.to_string())?;
+            let frame = wire::frame(&body, MAX_ENROL_FRAME).map_err(|e| e.to_string())?;
+            send.write_all(&frame).await.map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            // Let the client read the answer and close.
+            let _ = conn.closed().await;
+            Ok::<(), String>(())
+        };
+        match tokio::time::timeout(SERVE_TIMEOUT, exchange).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                bump(&self.stats.enrolments_refused);
+                tracing::warn!(remote = %conn.remote_address(), error = %e, "enrolment failed");
+            }
+            Err(_) => tracing::warn!(remote = %conn.remote_address(), "enrolment timed out"),
+        }
+    }
+}
+
+/// Enrols with the server at `server` using `token`, from a client socket bound at `bind`.
+pub async fn enrol(
+    server: SocketAddr,
+    token: &JoinToken,
+    hostname: &str,
+    bind: SocketAddr,
+) -> Result<Credentials, EnrolError> {
+    let connect_err = |reason: String| EnrolError::Connect {
+        addr: server,
+        reason,
+    };
+    let (key, csr) = identity::new_certificate_request(hostname)?;
+    let cfg = tls::enrol_client_config(&token.ca_fingerprint, LinkTimeouts::default())
+        .map_err(|e| connect_err(e.to_string()))?;
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
+    let conn = endpoint
+        .connect_with(cfg, server, NODE_SERVER_NAME)
+        .map_err(|e| connect_err(e.to_string()))?
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+    let exchange = async {
+        let x = |e: &dyn std::fmt::Display| EnrolError::Exchange(e.to_string());
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| x(&e))?;
+        let req = EnrolRequest {
+            token_secret: token.secret.clone(),
+            csr,
+            hostname: hostname.to_string(),
+        };
+        let body = wire::encode_body(&req).map_err(|e| x(&e))?;
+        send.write_all(&wire::frame(&body, MAX_ENROL_FRAME).map_err(|e| x(&e))?)
+            .await
+            .map_err(|e| x(&e))?;
+        send.finish().map_err(|e| x(&e))?;
+        let mut len = [0u8; 4];
+        recv.read_exact(&mut len).await.map_err(|e| x(&e))?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_ENROL_FRAME {
+            return Err(EnrolError::Exchange(format!("answer of {len} bytes is too large")));
+        }
+        let mut buf = vec![0u8; len];
+        recv.read_exact(&mut buf).await.map_err(|e| x(&e))?;
+        wire::decode_body::<EnrolResponse>(&buf).map_err(|e| x(&e))
+    };
+    let answer = tokio::time::timeout(SERVE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| EnrolError::Exchange("timed out".into()))?;
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    match answer? {
+        EnrolResponse::Accepted { cert, ca } => {
+            if identity::fingerprint(&ca) != token.ca_fingerprint {
+                return Err(EnrolError::Exchange(
+                    "the CA certificate returned does not match the join token".into(),
+                ));
+            }
+            let creds = identity::endpoint_credentials(&key, cert, ca)?;
+            if creds.identity.role != PeerRole::Endpoint {
+                return Err(EnrolError::Exchange("issued certificate is not an endpoint's".into()));
+            }
+            Ok(creds)
+        }
+        EnrolResponse::Refused(why) => Err(EnrolError::Refused(why)),
+    }
+}
+
+/// Loads the credentials in `state_dir`, or enrols and stores them there on first start.
+pub async fn load_or_enrol(
+    state_dir: &Path,
+    server: SocketAddr,
+    token: Option<&JoinToken>,
+    hostname: &str,
+    bind: SocketAddr,
+) -> Result<Credentials, EnrolError> {
+    if Credentials::exist_in(state_dir) {
+        return Ok(Credentials::load(state_dir)?);
+    }
+    let token = token.ok_or_else(|| {
+        EnrolError::Refused(format!(
+            "{} holds no credentials and no join token was given",
+            state_dir.display()
+        ))
+    })?;
+    let creds = enrol(server, token, hostname, bind).await?;
+    creds.save(state_dir)?;
+    Ok(creds)
+}

@@ -1,0 +1,835 @@
+//! A node: peer links over a [`Transport`], a router to named local actors, and remote calls.
+//!
+//! Each connection is owned by a `PeerLink` actor, a child of the node's link supervisor. A
+//! link reads every stream its peer opens, decodes and checks the envelope (frame limit,
+//! wire version, sender matches certificate, destination exists), and delivers it to the
+//! local actor registered under the envelope's `to`. A link that this node dialed redials
+//! with jittered exponential backoff when its connection is lost; a link the peer dialed ends
+//! with its connection. Every rejection is counted in [`WireStats`] and logged; it closes that
+//! one stream, never the connection or the node.
+//!
+//! Casts and calls go straight from the caller's task to the connection (a [`PeerHandle`]
+//! shares it with the link), so the link's mailbox is never on the request path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::sync::{broadcast, oneshot, watch};
+
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::identity::{NodeId, OperatorRole, PeerIdentity};
+use crate::stats::{WireStats, WireStatsSnapshot, bump};
+use crate::supervisor::{
+    ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg, start_child,
+};
+use crate::transport::{Connection, InboundStream, RefuseCode, Transport, TransportError};
+use crate::wire::{
+    self, DEFAULT_MAX_FRAME_BYTES, Envelope, EnvelopeKind, WIRE_VERSION, WireError,
+};
+
+/// Name of the status actor every node runs.
+pub const STATUS_ACTOR: &str = "node.status";
+
+/// Node settings.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Hard limit on one frame, both ways.
+    pub max_frame_bytes: usize,
+    /// How long a local actor may take to answer a remote call.
+    pub serve_timeout: Duration,
+    /// Redial backoff for links this node dialed.
+    pub reconnect: BackoffConfig,
+    /// Seed for the backoff jitter.
+    pub seed: u64,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            serve_timeout: Duration::from_secs(10),
+            reconnect: BackoffConfig::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// Errors of casts and calls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The link has no connection right now.
+    #[error("not connected to {0}")]
+    NotConnected(SocketAddr),
+    /// No reply within the timeout.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The message or reply could not be encoded or decoded.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// Something that happened to a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A connection to `peer` at `addr` is up.
+    Up {
+        /// Who.
+        peer: PeerIdentity,
+        /// Where.
+        addr: SocketAddr,
+    },
+    /// The connection to `addr` is gone.
+    Down {
+        /// Who, if known.
+        peer: Option<PeerIdentity>,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        reason: TransportError,
+    },
+    /// A dial to `addr` failed; another follows after `retry_in`.
+    DialFailed {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        reason: TransportError,
+        /// Backoff before the next attempt.
+        retry_in: Duration,
+    },
+}
+
+/// A message from a remote peer, delivered to a local actor.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The authenticated sender.
+    pub from: PeerIdentity,
+    /// The sender's message, still encoded; see [`Incoming::decode`].
+    pub body: Bytes,
+    /// Where to answer, for calls.
+    pub reply: Option<ReplyPort>,
+    stats: Arc<WireStats>,
+}
+
+impl Incoming {
+    /// Decodes the body; a failure is counted as a rejected frame.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, WireError> {
+        wire::decode_body(&self.body).inspect_err(|e| {
+            self.stats.count_rejection(e);
+            tracing::warn!(from = %self.from, error = %e, "rejected message body");
+        })
+    }
+
+    /// Answers a call (no-op for a cast).
+    pub fn answer<T: Serialize>(&mut self, msg: &T) -> Result<(), WireError> {
+        match self.reply.take() {
+            Some(port) => port.send(msg),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a call (no-op for a cast).
+    pub fn refuse(&mut self) {
+        if let Some(port) = self.reply.take() {
+            port.refuse();
+        }
+    }
+}
+
+/// Where a local actor sends the answer to a remote call.
+#[derive(Debug)]
+pub struct ReplyPort {
+    tx: oneshot::Sender<Result<Vec<u8>, RefuseCode>>,
+}
+
+impl ReplyPort {
+    /// Sends the answer.
+    pub fn send<T: Serialize>(self, msg: &T) -> Result<(), WireError> {
+        let body = wire::encode_body(msg)?;
+        let _ = self.tx.send(Ok(body));
+        Ok(())
+    }
+
+    /// Refuses the call; the caller sees [`RefuseCode::Rejected`].
+    pub fn refuse(self) {
+        let _ = self.tx.send(Err(RefuseCode::Rejected));
+    }
+}
+
+/// A local destination for remote messages.
+pub trait Deliver: Send + Sync + 'static {
+    /// Hands the message over; fails if the destination is gone.
+    fn deliver(&self, msg: Incoming) -> Result<(), DestinationGone>;
+}
+
+/// The local destination of a message has stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct DestinationGone;
+
+impl<M> Deliver for ActorRef<M>
+where
+    M: From<Incoming> + ractor::Message,
+{
+    fn deliver(&self, msg: Incoming) -> Result<(), DestinationGone> {
+        self.send_message(M::from(msg)).map_err(|_| DestinationGone)
+    }
+}
+
+/// Named local destinations of remote messages.
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: Arc<RwLock<HashMap<String, Arc<dyn Deliver>>>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self
+            .routes
+            .read()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default();
+        write!(f, "Router({names:?})")
+    }
+}
+
+impl Router {
+    /// Routes messages addressed to `name` to `target`, replacing any earlier route.
+    pub fn register(&self, name: impl Into<String>, target: Arc<dyn Deliver>) {
+        if let Ok(mut r) = self.routes.write() {
+            r.insert(name.into(), target);
+        }
+    }
+
+    /// Routes messages addressed to `name` to a ractor actor.
+    pub fn register_actor<M>(&self, name: impl Into<String>, actor: ActorRef<M>)
+    where
+        M: From<Incoming> + ractor::Message,
+    {
+        self.register(name, Arc::new(actor));
+    }
+
+    /// Removes a route.
+    pub fn unregister(&self, name: &str) {
+        if let Ok(mut r) = self.routes.write() {
+            r.remove(name);
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Option<Arc<dyn Deliver>> {
+        self.routes.read().ok()?.get(name).cloned()
+    }
+}
+
+/// What a request handler needs, shared by all links of a node.
+struct Shared {
+    identity: PeerIdentity,
+    transport: Arc<dyn Transport>,
+    router: Router,
+    stats: Arc<WireStats>,
+    opts: NodeOptions,
+    events: broadcast::Sender<LinkEvent>,
+    links: RwLock<HashMap<NodeId, PeerHandle>>,
+    next_call: AtomicU64,
+    next_seed: AtomicU64,
+}
+
+/// A running node.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node({} at {})", self.shared.identity, self.local_addr())
+    }
+}
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// An actor could not be spawned.
+    #[error("spawn: {0}")]
+    Spawn(String),
+}
+
+impl Node {
+    /// Starts a node on `transport`: its link supervisor, its status actor and its accept loop.
+    pub async fn start(transport: Arc<dyn Transport>, opts: NodeOptions) -> Result<Node, NodeError> {
+        let (events, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            identity: transport.identity().clone(),
+            stats: transport.stats().clone(),
+            router: Router::default(),
+            transport: transport.clone(),
+            next_seed: AtomicU64::new(opts.seed),
+            opts,
+            events,
+            links: RwLock::new(HashMap::new()),
+            next_call: AtomicU64::new(1),
+        });
+        let status = {
+            let weak = Arc::downgrade(&shared);
+            ChildSpec::new(STATUS_ACTOR, Restart::Permanent, StatusActor, move || weak.clone())
+        };
+        let (supervisor, _) = Actor::spawn(
+            None,
+            Supervisor,
+            SupervisorArgs {
+                intensity: RestartIntensity::default(),
+                children: vec![status],
+            },
+        )
+        .await
+        .map_err(|e| NodeError::Spawn(e.to_string()))?;
+        let node = Node {
+            shared,
+            supervisor,
+        };
+        let accepting = node.clone();
+        tokio::spawn(async move {
+            while let Some(conn) = accepting.shared.transport.accept().await {
+                let addr = conn.remote_addr();
+                if let Err(e) = accepting.spawn_link(LinkMode::Inbound(conn), addr).await {
+                    tracing::error!(%addr, error = %e, "could not start link");
+                }
+            }
+        });
+        Ok(node)
+    }
+
+    /// Who this node is.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.shared.identity
+    }
+
+    /// The address peers dial.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.transport.local_addr()
+    }
+
+    /// Where remote messages are routed to local actors.
+    pub fn router(&self) -> &Router {
+        &self.shared.router
+    }
+
+    /// Counters of this node's links.
+    pub fn stats(&self) -> WireStatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// The node's link supervisor.
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.supervisor
+    }
+
+    /// Link events from now on.
+    pub fn link_events(&self) -> broadcast::Receiver<LinkEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// A link to `addr` that this node keeps up, redialing with backoff when it drops. The
+    /// handle is returned at once; see [`PeerHandle::wait_connected`].
+    pub async fn connect(&self, addr: SocketAddr) -> Result<PeerHandle, NodeError> {
+        self.spawn_link(LinkMode::Outbound, addr).await
+    }
+
+    /// The link to a connected peer, whichever side dialed.
+    pub fn peer(&self, id: &NodeId) -> Option<PeerHandle> {
+        self.shared.links.read().ok()?.get(id).cloned()
+    }
+
+    /// Every peer with a live connection, by id.
+    pub fn connected_peers(&self) -> Vec<PeerInfo> {
+        connected_peers(&self.shared)
+    }
+
+    /// Closes every link and stops the node's actors.
+    pub fn shutdown(&self) {
+        self.shared.transport.close();
+        self.supervisor.stop(Some("node shutting down".into()));
+    }
+
+    async fn spawn_link(&self, mode: LinkMode, addr: SocketAddr) -> Result<PeerHandle, NodeError> {
+        let handle = PeerHandle {
+            addr,
+            conn: Arc::new(watch::channel(None).0),
+            shared: self.shared.clone(),
+        };
+        let restart = match mode {
+            LinkMode::Inbound(_) => Restart::Temporary,
+            LinkMode::Outbound => Restart::Transient,
+        };
+        let seed = self.shared.next_seed.fetch_add(1, Ordering::Relaxed);
+        let args_handle = handle.clone();
+        let mode = std::sync::Mutex::new(Some(mode));
+        let spec = ChildSpec::new(
+            format!("link-{addr}-{seed}"),
+            restart,
+            PeerLink,
+            move || LinkArgs {
+                // An inbound link's connection can only be used by its first start.
+                mode: mode
+                    .lock()
+                    .ok()
+                    .and_then(|mut m| m.take())
+                    .unwrap_or(LinkMode::Outbound),
+                handle: args_handle.clone(),
+                seed,
+            },
+        );
+        start_child(&self.supervisor, spec)
+            .await
+            .map_err(NodeError::Spawn)?;
+        Ok(handle)
+    }
+}
+
+fn connected_peers(shared: &Shared) -> Vec<PeerInfo> {
+    let Ok(links) = shared.links.read() else {
+        return Vec::new();
+    };
+    let mut out: Vec<PeerInfo> = links
+        .values()
+        .filter_map(|h| {
+            let c = h.conn.borrow().clone()?;
+            Some(PeerInfo {
+                peer: c.peer().clone(),
+                addr: c.remote_addr(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.peer.id.cmp(&b.peer.id));
+    out
+}
+
+/// A connected peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Who.
+    pub peer: PeerIdentity,
+    /// Where.
+    pub addr: SocketAddr,
+}
+
+/// Sends casts and calls to one peer over its link.
+#[derive(Clone)]
+pub struct PeerHandle {
+    addr: SocketAddr,
+    conn: Arc<watch::Sender<Option<Arc<dyn Connection>>>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PeerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PeerHandle({})", self.addr)
+    }
+}
+
+impl PeerHandle {
+    /// The peer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The peer's identity, while connected.
+    pub fn peer(&self) -> Option<PeerIdentity> {
+        self.conn.borrow().as_ref().map(|c| c.peer().clone())
+    }
+
+    fn current(&self) -> Result<Arc<dyn Connection>, CallError> {
+        self.conn
+            .borrow()
+            .clone()
+            .ok_or(CallError::NotConnected(self.addr))
+    }
+
+    /// Waits until the link is connected, up to `timeout`.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<PeerIdentity, CallError> {
+        let mut rx = self.conn.subscribe();
+        let wait = rx.wait_for(|c| c.is_some());
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(c)) => Ok(c.as_ref().map(|c| c.peer().clone()).ok_or(CallError::NotConnected(self.addr))?),
+            _ => Err(CallError::NotConnected(self.addr)),
+        }
+    }
+
+    fn envelope(&self, to: &str, kind: EnvelopeKind, body: Vec<u8>) -> Result<Bytes, WireError> {
+        wire::encode_frame(
+            &Envelope {
+                version: WIRE_VERSION,
+                from: self.shared.identity.id.0.clone(),
+                to: to.to_string(),
+                kind,
+                body,
+            },
+            self.shared.opts.max_frame_bytes,
+        )
+    }
+
+    /// Sends `msg` to the actor named `to` on the peer; no answer.
+    pub async fn cast<T: Serialize>(&self, to: &str, msg: &T) -> Result<(), CallError> {
+        let conn = self.current().inspect_err(|_| bump(&self.shared.stats.casts_dropped_link_down))?;
+        let frame = self.envelope(to, EnvelopeKind::Cast, wire::encode_body(msg)?)?;
+        conn.send_cast(frame).await?;
+        bump(&self.shared.stats.envelopes_sent);
+        Ok(())
+    }
+
+    /// Sends `msg` to the actor named `to` on the peer and waits up to `timeout` for its answer.
+    pub async fn call<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        to: &str,
+        msg: &Q,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
+        let conn = self.current()?;
+        let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
+        let frame = self.envelope(to, EnvelopeKind::Call(id), wire::encode_body(msg)?)?;
+        let max = self.shared.opts.max_frame_bytes;
+        bump(&self.shared.stats.envelopes_sent);
+        let payload = tokio::time::timeout(timeout, conn.request(frame, max))
+            .await
+            .map_err(|_| CallError::Timeout(timeout))??;
+        let env = wire::decode_envelope(&payload).inspect_err(|e| self.shared.stats.count_rejection(e))?;
+        if env.kind != EnvelopeKind::Reply(id) || env.from != conn.peer().id.0 {
+            let e = WireError::Protocol(format!("expected reply {id} from {}, got {:?} from {}", conn.peer().id, env.kind, env.from));
+            self.shared.stats.count_rejection(&e);
+            return Err(e.into());
+        }
+        bump(&self.shared.stats.envelopes_received);
+        Ok(wire::decode_body(&env.body)?)
+    }
+}
+
+enum LinkMode {
+    Inbound(Arc<dyn Connection>),
+    Outbound,
+}
+
+struct LinkArgs {
+    mode: LinkMode,
+    handle: PeerHandle,
+    seed: u64,
+}
+
+#[derive(Clone, Copy)]
+struct PeerLink;
+
+enum PeerLinkMsg {
+    Dial,
+    Connected(Arc<dyn Connection>),
+    DialFailed(TransportError),
+    Lost { generation: u64, reason: TransportError },
+}
+
+struct LinkState {
+    handle: PeerHandle,
+    outbound: bool,
+    generation: u64,
+    backoff: Backoff,
+    peer: Option<PeerIdentity>,
+}
+
+impl LinkState {
+    fn install(&mut self, myself: &ActorRef<PeerLinkMsg>, conn: Arc<dyn Connection>) {
+        self.generation += 1;
+        self.backoff.reset();
+        let peer = conn.peer().clone();
+        self.peer = Some(peer.clone());
+        self.handle.conn.send_replace(Some(conn.clone()));
+        if let Ok(mut links) = self.handle.shared.links.write() {
+            links.insert(peer.id.clone(), self.handle.clone());
+        }
+        let _ = self.handle.shared.events.send(LinkEvent::Up {
+            peer,
+            addr: self.handle.addr,
+        });
+        tokio::spawn(serve_connection(
+            self.handle.shared.clone(),
+            conn,
+            myself.clone(),
+            self.generation,
+        ));
+    }
+
+    fn forget(&mut self) {
+        self.handle.conn.send_replace(None);
+        if let (Some(peer), Ok(mut links)) = (&self.peer, self.handle.shared.links.write()) {
+            // Only remove the entry if it is still this link's.
+            if links.get(&peer.id).is_some_and(|h| Arc::ptr_eq(&h.conn, &self.handle.conn)) {
+                links.remove(&peer.id);
+            }
+        }
+    }
+}
+
+impl Actor for PeerLink {
+    type Msg = PeerLinkMsg;
+    type State = LinkState;
+    type Arguments = LinkArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: LinkArgs,
+    ) -> Result<LinkState, ActorProcessingErr> {
+        let mut state = LinkState {
+            backoff: Backoff::new(args.handle.shared.opts.reconnect, args.seed),
+            handle: args.handle,
+            outbound: matches!(args.mode, LinkMode::Outbound),
+            generation: 0,
+            peer: None,
+        };
+        match args.mode {
+            LinkMode::Inbound(conn) => state.install(&myself, conn),
+            LinkMode::Outbound => myself.send_message(PeerLinkMsg::Dial)?,
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut LinkState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PeerLinkMsg::Dial => {
+                let transport = state.handle.shared.transport.clone();
+                let addr = state.handle.addr;
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let msg = match transport.connect(addr).await {
+                        Ok(c) => PeerLinkMsg::Connected(c),
+                        Err(e) => PeerLinkMsg::DialFailed(e),
+                    };
+                    let _ = me.send_message(msg);
+                });
+            }
+            PeerLinkMsg::Connected(conn) => state.install(&myself, conn),
+            PeerLinkMsg::DialFailed(reason) => {
+                let retry_in = state.backoff.next_delay();
+                tracing::debug!(addr = %state.handle.addr, error = %reason, ?retry_in, "dial failed");
+                let _ = state.handle.shared.events.send(LinkEvent::DialFailed {
+                    addr: state.handle.addr,
+                    reason,
+                    retry_in,
+                });
+                myself.send_after(retry_in, || PeerLinkMsg::Dial);
+            }
+            PeerLinkMsg::Lost { generation, reason } => {
+                if generation != state.generation {
+                    return Ok(());
+                }
+                tracing::info!(addr = %state.handle.addr, peer = ?state.peer, error = %reason, "link down");
+                state.forget();
+                let _ = state.handle.shared.events.send(LinkEvent::Down {
+                    peer: state.peer.clone(),
+                    addr: state.handle.addr,
+                    reason: reason.clone(),
+                });
+                if state.outbound {
+                    let retry_in = state.backoff.next_delay();
+                    myself.send_after(retry_in, || PeerLinkMsg::Dial);
+                } else {
+                    myself.stop(Some(format!("connection lost: {reason}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut LinkState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(conn) = state.handle.conn.borrow().clone() {
+            conn.close("link stopped");
+        }
+        state.forget();
+        Ok(())
+    }
+}
+
+/// Accepts the peer's streams until the connection ends, serving each in its own task.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    conn: Arc<dyn Connection>,
+    link: ActorRef<PeerLinkMsg>,
+    generation: u64,
+) {
+    let peer = conn.peer().clone();
+    loop {
+        match conn.accept_stream().await {
+            Ok(stream) => {
+                tokio::spawn(serve_stream(shared.clone(), peer.clone(), stream));
+            }
+            Err(reason) => {
+                let _ = link.send_message(PeerLinkMsg::Lost { generation, reason });
+                return;
+            }
+        }
+    }
+}
+
+fn reject(shared: &Shared, peer: &PeerIdentity, stream: Box<dyn InboundStream>, e: WireError) {
+    shared.stats.count_rejection(&e);
+    tracing::warn!(%peer, error = %e, "rejected frame");
+    let code = match e {
+        WireError::UnknownDestination(_) => RefuseCode::UnknownDestination,
+        _ => RefuseCode::Rejected,
+    };
+    stream.refuse(code);
+}
+
+/// Reads, checks and delivers one stream's envelope; answers it if it is a call.
+async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<dyn InboundStream>) {
+    let payload = match stream.read_frame(shared.opts.max_frame_bytes).await {
+        Ok(p) => p,
+        Err(TransportError::Wire(e)) => return reject(&shared, &peer, stream, e),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "stream ended");
+            return;
+        }
+    };
+    let env = match wire::decode_envelope(&payload) {
+        Ok(env) => env,
+        Err(e) => return reject(&shared, &peer, stream, e),
+    };
+    if env.from != peer.id.0 {
+        let e = WireError::Spoofed {
+            claimed: env.from,
+            actual: peer.id.0.clone(),
+        };
+        return reject(&shared, &peer, stream, e);
+    }
+    let call_id = match (env.kind, stream.expects_reply()) {
+        (EnvelopeKind::Cast, false) => None,
+        (EnvelopeKind::Call(id), true) => Some(id),
+        (kind, _) => {
+            let e = WireError::Protocol(format!("{kind:?} on a stream that {} a reply", if stream.expects_reply() { "expects" } else { "cannot carry" }));
+            return reject(&shared, &peer, stream, e);
+        }
+    };
+    let Some(target) = shared.router.lookup(&env.to) else {
+        return reject(&shared, &peer, stream, WireError::UnknownDestination(env.to));
+    };
+    bump(&shared.stats.envelopes_received);
+    let (tx, rx) = oneshot::channel();
+    let incoming = Incoming {
+        from: peer.clone(),
+        body: Bytes::from(env.body),
+        reply: call_id.map(|_| ReplyPort { tx }),
+        stats: shared.stats.clone(),
+    };
+    if target.deliver(incoming).is_err() {
+        return reject(&shared, &peer, stream, WireError::UnknownDestination(env.to));
+    }
+    let Some(id) = call_id else { return };
+    let answer = match tokio::time::timeout(shared.opts.serve_timeout, rx).await {
+        Ok(Ok(Ok(body))) => body,
+        Ok(Ok(Err(code))) => return stream.refuse(code),
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!(%peer, to = %env.to, "local actor did not answer a call");
+            return stream.refuse(RefuseCode::NoAnswer);
+        }
+    };
+    let reply = Envelope {
+        version: WIRE_VERSION,
+        from: shared.identity.id.0.clone(),
+        to: env.from,
+        kind: EnvelopeKind::Reply(id),
+        body: answer,
+    };
+    match wire::encode_frame(&reply, shared.opts.max_frame_bytes) {
+        Ok(frame) => {
+            if let Err(e) = stream.reply(frame).await {
+                tracing::debug!(%peer, error = %e, "reply not delivered");
+            } else {
+                bump(&shared.stats.envelopes_sent);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "reply could not be encoded");
+            stream.refuse(RefuseCode::NoAnswer);
+        }
+    }
+}
+
+/// Asks a node for its status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusRequest;
+
+/// A node's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub identity: PeerIdentity,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its connected peers.
+    pub peers: Vec<PeerInfo>,
+    /// Its counters.
+    pub stats: WireStatsSnapshot,
+    /// The identity of whoever asked, as this node read it from their certificate.
+    pub asked_by: PeerIdentity,
+}
+
+/// Answers [`StatusRequest`] from servers and operators (any role).
+#[derive(Clone, Copy)]
+struct StatusActor;
+
+impl Actor for StatusActor {
+    type Msg = Incoming;
+    type State = std::sync::Weak<Shared>;
+    type Arguments = std::sync::Weak<Shared>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Incoming>,
+        shared: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        if let Some(s) = shared.upgrade() {
+            s.router.register_actor(STATUS_ACTOR, myself);
+        }
+        Ok(shared)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Incoming>,
+        mut msg: Incoming,
+        shared: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(shared) = shared.upgrade() else {
+            return Ok(());
+        };
+        if msg.decode::<StatusRequest>().is_err() || !msg.from.role.allows(OperatorRole::Viewer) {
+            msg.refuse();
+            return Ok(());
+        }
+        let peers = connected_peers(&shared);
+        let status = NodeStatus {
+            identity: shared.identity.clone(),
+            addr: shared.transport.local_addr(),
+            peers,
+            stats: shared.stats.snapshot(),
+            asked_by: msg.from.clone(),
+        };
+        msg.answer(&status)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,488 @@
+//! An in-process network for simulations of many nodes in one process.
+//!
+//! Nothing is authenticated by TLS here: each [`MemTransport`] is created with its identity by
+//! the simulation that owns the [`MemNetwork`]. Everything else behaves like the QUIC
+//! transport: one frame per stream, frames are bytes that the receiving node decodes and
+//! checks, refusals carry the same codes, and links can be slowed, made lossy (a lost frame is
+//! retransmitted after a delay, as QUIC would) or partitioned (a partitioned connection times
+//! out after the idle timeout, and dials across the partition fail after it).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+
+use super::{Connection, InboundStream, RefuseCode, Transport, TransportError};
+use crate::identity::PeerIdentity;
+use crate::stats::WireStats;
+use crate::wire::WireError;
+
+/// Smallest delay before a lost frame is sent again.
+const RETRANSMIT_MIN: Duration = Duration::from_millis(20);
+
+struct Listener {
+    identity: PeerIdentity,
+    accept: mpsc::UnboundedSender<Arc<dyn Connection>>,
+}
+
+struct NetState {
+    listeners: HashMap<SocketAddr, Listener>,
+    latency_default: Duration,
+    latency: HashMap<(IpAddr, IpAddr), Duration>,
+    loss: f64,
+    /// Unordered pairs of hosts that cannot reach each other.
+    cut: HashSet<(IpAddr, IpAddr)>,
+    rng: SmallRng,
+    idle_timeout: Duration,
+    conns: Vec<std::sync::Weak<ConnShared>>,
+}
+
+/// The shared in-memory network.
+#[derive(Clone)]
+pub struct MemNetwork {
+    state: Arc<StdMutex<NetState>>,
+}
+
+impl std::fmt::Debug for MemNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemNetwork")
+    }
+}
+
+fn pair(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+enum Fate {
+    Deliver(Duration),
+    Cut,
+}
+
+impl MemNetwork {
+    /// A network whose random choices (loss) come from `seed`; idle connections across a
+    /// partition time out after `idle_timeout`.
+    pub fn new(seed: u64, idle_timeout: Duration) -> MemNetwork {
+        MemNetwork {
+            state: Arc::new(StdMutex::new(NetState {
+                listeners: HashMap::new(),
+                latency_default: Duration::ZERO,
+                latency: HashMap::new(),
+                loss: 0.0,
+                cut: HashSet::new(),
+                rng: SmallRng::seed_from_u64(seed),
+                idle_timeout,
+                conns: Vec::new(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One-way latency of every link without its own setting.
+    pub fn set_default_latency(&self, d: Duration) {
+        self.lock().latency_default = d;
+    }
+
+    /// One-way latency between two hosts.
+    pub fn set_latency(&self, a: IpAddr, b: IpAddr, d: Duration) {
+        self.lock().latency.insert(pair(a, b), d);
+    }
+
+    /// Probability that a frame is lost once (and retransmitted).
+    pub fn set_loss(&self, p: f64) {
+        self.lock().loss = p.clamp(0.0, 0.99);
+    }
+
+    /// Cuts every host in `a` off from every host in `b`.
+    pub fn partition(&self, a: &[IpAddr], b: &[IpAddr]) {
+        let mut st = self.lock();
+        for x in a {
+            for y in b {
+                st.cut.insert(pair(*x, *y));
+            }
+        }
+        let idle = st.idle_timeout;
+        st.conns.retain(|w| w.strong_count() > 0);
+        let crossing: Vec<Arc<ConnShared>> = st
+            .conns
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .filter(|c| st.cut.contains(&pair(c.ends.0.ip(), c.ends.1.ip())))
+            .collect();
+        drop(st);
+        for c in crossing {
+            let net = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(idle).await;
+                if net.is_cut(c.ends.0.ip(), c.ends.1.ip()) {
+                    c.close(TransportError::TimedOut);
+                }
+            });
+        }
+    }
+
+    /// Removes every partition.
+    pub fn heal(&self) {
+        self.lock().cut.clear();
+    }
+
+    fn is_cut(&self, a: IpAddr, b: IpAddr) -> bool {
+        self.lock().cut.contains(&pair(a, b))
+    }
+
+    fn fate(&self, from: IpAddr, to: IpAddr) -> Fate {
+        let mut st = self.lock();
+        if st.cut.contains(&pair(from, to)) {
+            return Fate::Cut;
+        }
+        let one_way = st
+            .latency
+            .get(&pair(from, to))
+            .copied()
+            .unwrap_or(st.latency_default);
+        let mut delay = one_way;
+        let loss = st.loss;
+        while loss > 0.0 && st.rng.random_bool(loss) {
+            delay += (one_way * 3).max(RETRANSMIT_MIN);
+        }
+        Fate::Deliver(delay)
+    }
+
+    /// A transport for a node at `addr` with `identity`, listening for connections.
+    pub fn bind(
+        &self,
+        addr: SocketAddr,
+        identity: PeerIdentity,
+    ) -> Result<Arc<MemTransport>, TransportError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut st = self.lock();
+        if st.listeners.contains_key(&addr) {
+            return Err(TransportError::Connect {
+                addr,
+                reason: "address in use".into(),
+            });
+        }
+        st.listeners.insert(
+            addr,
+            Listener {
+                identity: identity.clone(),
+                accept: tx,
+            },
+        );
+        Ok(Arc::new(MemTransport {
+            net: self.clone(),
+            addr,
+            identity,
+            stats: Arc::new(WireStats::default()),
+            accepted: Mutex::new(rx),
+        }))
+    }
+}
+
+/// One node's end of the in-memory network.
+pub struct MemTransport {
+    net: MemNetwork,
+    addr: SocketAddr,
+    identity: PeerIdentity,
+    stats: Arc<WireStats>,
+    accepted: Mutex<mpsc::UnboundedReceiver<Arc<dyn Connection>>>,
+}
+
+impl std::fmt::Debug for MemTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MemTransport({} at {})", self.identity, self.addr)
+    }
+}
+
+#[async_trait]
+impl Transport for MemTransport {
+    fn identity(&self) -> &PeerIdentity {
+        &self.identity
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn stats(&self) -> &Arc<WireStats> {
+        &self.stats
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Arc<dyn Connection>, TransportError> {
+        let fail = |reason: &str| TransportError::Connect {
+            addr,
+            reason: reason.into(),
+        };
+        // A handshake is one round trip.
+        let (rtt, idle) = match self.net.fate(self.addr.ip(), addr.ip()) {
+            Fate::Deliver(d) => (d * 2, Duration::ZERO),
+            Fate::Cut => (Duration::ZERO, self.net.lock().idle_timeout),
+        };
+        if !idle.is_zero() {
+            tokio::time::sleep(idle).await;
+            return Err(fail("timed out"));
+        }
+        if !rtt.is_zero() {
+            tokio::time::sleep(rtt).await;
+        }
+        let (peer, accept) = {
+            let st = self.net.lock();
+            let l = st.listeners.get(&addr).ok_or_else(|| fail("no node listening"))?;
+            (l.identity.clone(), l.accept.clone())
+        };
+        let shared = Arc::new(ConnShared {
+            ends: (self.addr, addr),
+            closed: watch::channel(None).0,
+        });
+        self.net.lock().conns.push(Arc::downgrade(&shared));
+        let (to_server, server_rx) = mpsc::unbounded_channel();
+        let (to_client, client_rx) = mpsc::unbounded_channel();
+        let server_end: Arc<dyn Connection> = Arc::new(MemConnection {
+            net: self.net.clone(),
+            shared: shared.clone(),
+            local: addr,
+            remote: self.addr,
+            peer: self.identity.clone(),
+            tx: to_client,
+            rx: Mutex::new(server_rx),
+        });
+        accept.send(server_end).map_err(|_| fail("node stopped"))?;
+        Ok(Arc::new(MemConnection {
+            net: self.net.clone(),
+            shared,
+            local: self.addr,
+            remote: addr,
+            peer,
+            tx: to_server,
+            rx: Mutex::new(client_rx),
+        }))
+    }
+
+    async fn accept(&self) -> Option<Arc<dyn Connection>> {
+        self.accepted.lock().await.recv().await
+    }
+
+    fn close(&self) {
+        let mut st = self.net.lock();
+        st.listeners.remove(&self.addr);
+        let mine: Vec<_> = st
+            .conns
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .filter(|c| c.ends.0 == self.addr || c.ends.1 == self.addr)
+            .collect();
+        drop(st);
+        for c in mine {
+            c.close(TransportError::LocallyClosed);
+        }
+    }
+}
+
+struct ConnShared {
+    ends: (SocketAddr, SocketAddr),
+    closed: watch::Sender<Option<TransportError>>,
+}
+
+impl ConnShared {
+    fn close(&self, why: TransportError) {
+        self.closed.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some(why);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn error(&self) -> Option<TransportError> {
+        self.closed.borrow().clone()
+    }
+
+    async fn wait_closed(&self) -> TransportError {
+        let mut rx = self.closed.subscribe();
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                return TransportError::LocallyClosed;
+            }
+        }
+    }
+}
+
+struct MemStream {
+    frame: Bytes,
+    reply: Option<oneshot::Sender<Result<Bytes, RefuseCode>>>,
+}
+
+struct MemConnection {
+    net: MemNetwork,
+    shared: Arc<ConnShared>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    peer: PeerIdentity,
+    tx: mpsc::UnboundedSender<MemStream>,
+    rx: Mutex<mpsc::UnboundedReceiver<MemStream>>,
+}
+
+impl MemConnection {
+    /// Sends after the link's delay; frames on a cut link vanish (the connection will time out).
+    fn send_delayed(&self, s: MemStream) -> Result<(), TransportError> {
+        if let Some(e) = self.shared.error() {
+            return Err(e);
+        }
+        match self.net.fate(self.local.ip(), self.remote.ip()) {
+            Fate::Cut => Ok(()),
+            Fate::Deliver(d) if d.is_zero() => {
+                let _ = self.tx.send(s);
+                Ok(())
+            }
+            Fate::Deliver(d) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    let _ = tx.send(s);
+                });
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Connection for MemConnection {
+    fn peer(&self) -> &PeerIdentity {
+        &self.peer
+    }
+
+    fn remote_addr(&self) -> SocketAddr {
+        self.remote
+    }
+
+    async fn send_cast(&self, frame: Bytes) -> Result<(), TransportError> {
+        self.send_delayed(MemStream { frame, reply: None })
+    }
+
+    async fn request(&self, frame: Bytes, max_reply: usize) -> Result<Bytes, TransportError> {
+        let (tx, rx) = oneshot::channel();
+        self.send_delayed(MemStream {
+            frame,
+            reply: Some(tx),
+        })?;
+        let reply = tokio::select! {
+            r = rx => r,
+            e = self.shared.wait_closed() => return Err(e),
+        };
+        match reply {
+            Ok(Ok(frame)) => {
+                let payload = strip_prefix(frame)?;
+                if payload.len() > max_reply {
+                    return Err(WireError::Oversized {
+                        len: payload.len(),
+                        max: max_reply,
+                    }
+                    .into());
+                }
+                Ok(payload)
+            }
+            Ok(Err(code)) => Err(TransportError::Refused(code)),
+            Err(_) => Err(self.shared.error().unwrap_or(TransportError::Lost("peer dropped the stream".into()))),
+        }
+    }
+
+    async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError> {
+        let mut rx = self.rx.lock().await;
+        tokio::select! {
+            s = rx.recv() => match s {
+                Some(s) => Ok(Box::new(MemInbound {
+                    frame: Some(s.frame),
+                    reply: s.reply,
+                    net: self.net.clone(),
+                    ends: (self.local.ip(), self.remote.ip()),
+                })),
+                None => Err(self.shared.error().unwrap_or(TransportError::ClosedByPeer("gone".into()))),
+            },
+            e = self.shared.wait_closed() => Err(e),
+        }
+    }
+
+    async fn closed(&self) -> TransportError {
+        self.shared.wait_closed().await
+    }
+
+    fn close(&self, reason: &str) {
+        self.shared.close(TransportError::ClosedByPeer(reason.to_string()));
+    }
+}
+
+fn strip_prefix(frame: Bytes) -> Result<Bytes, TransportError> {
+    if frame.len() < 4 {
+        return Err(WireError::Truncated.into());
+    }
+    let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+    if frame.len() - 4 != len {
+        return Err(WireError::Truncated.into());
+    }
+    Ok(frame.slice(4..))
+}
+
+struct MemInbound {
+    frame: Option<Bytes>,
+    reply: Option<oneshot::Sender<Result<Bytes, RefuseCode>>>,
+    net: MemNetwork,
+    ends: (IpAddr, IpAddr),
+}
+
+impl MemInbound {
+    fn answer(self, r: Result<Bytes, RefuseCode>) {
+        let Some(tx) = self.reply else { return };
+        match self.net.fate(self.ends.0, self.ends.1) {
+            Fate::Cut => {}
+            Fate::Deliver(d) if d.is_zero() => {
+                let _ = tx.send(r);
+            }
+            Fate::Deliver(d) => {
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    let _ = tx.send(r);
+                });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl InboundStream for MemInbound {
+    fn expects_reply(&self) -> bool {
+        self.reply.is_some()
+    }
+
+    async fn read_frame(&mut self, max: usize) -> Result<Bytes, TransportError> {
+        let frame = self.frame.take().ok_or(WireError::Truncated)?;
+        if frame.len() >= 4 {
+            let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+            if len > max {
+                return Err(WireError::Oversized { len, max }.into());
+            }
+        }
+        strip_prefix(frame)
+    }
+
+    async fn reply(self: Box<Self>, frame: Bytes) -> Result<(), TransportError> {
+        self.answer(Ok(frame));
+        Ok(())
+    }
+
+    fn refuse(self: Box<Self>, code: RefuseCode) {
+        self.answer(Err(code));
+    }
+}

@@ -1,0 +1,390 @@
+//! Real QUIC with mutual TLS (quinn), over a real UDP socket or any [`quinn::AsyncUdpSocket`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use quinn::{AsyncUdpSocket, Runtime, VarInt};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{Mutex, mpsc};
+
+use super::{Connection, InboundStream, RefuseCode, Transport, TransportError};
+use crate::identity::{Credentials, NODE_SERVER_NAME, NodeSecret, PeerIdentity};
+use crate::stats::{WireStats, bump};
+use crate::tls::{self, ALPN_ENROL, LinkTimeouts};
+use crate::wire::WireError;
+
+/// Application close code: the peer's certificate was missing or named no rollcall identity.
+pub const CLOSE_REFUSED: u32 = 0x10;
+/// Application close code: normal shutdown.
+pub const CLOSE_NORMAL: u32 = 0x0;
+
+/// Serves enrolment connections (clients without a certificate, on the enrolment ALPN).
+#[async_trait]
+pub trait EnrolService: Send + Sync + 'static {
+    /// Handles one enrolment connection to its end.
+    async fn serve(&self, conn: quinn::Connection);
+}
+
+/// Options of a QUIC transport.
+#[derive(Clone, Default)]
+pub struct QuicOptions {
+    /// Keep-alive and idle timeouts.
+    pub timeouts: LinkTimeouts,
+    /// When set, clients without a certificate may connect to enrol, and only to enrol.
+    pub enrolment: Option<Arc<dyn EnrolService>>,
+    /// Seed for quinn's internal randomness (deterministic tests).
+    pub rng_seed: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for QuicOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicOptions")
+            .field("timeouts", &self.timeouts)
+            .field("enrolment", &self.enrolment.is_some())
+            .finish()
+    }
+}
+
+/// A node's QUIC endpoint: one UDP socket, both client and server.
+pub struct QuicTransport {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    identity: PeerIdentity,
+    stats: Arc<WireStats>,
+    local_addr: SocketAddr,
+    accepted: Mutex<mpsc::Receiver<Arc<dyn Connection>>>,
+}
+
+impl std::fmt::Debug for QuicTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QuicTransport({} at {})", self.identity, self.local_addr)
+    }
+}
+
+/// The quinn endpoint configuration: stateless-reset key and connection-id key both derive
+/// from the node secret, so after a restart this node recognises its old connection ids and
+/// answers their packets with a reset that the peer can verify.
+pub fn endpoint_config(secret: &NodeSecret, rng_seed: Option<[u8; 32]>) -> quinn::EndpointConfig {
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.derive("stateless-reset"));
+    let mut ec = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let cid = secret.derive("connection-id");
+    let cid_key = u64::from_le_bytes([cid[0], cid[1], cid[2], cid[3], cid[4], cid[5], cid[6], cid[7]]);
+    ec.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    ec.rng_seed(rng_seed);
+    ec
+}
+
+impl QuicTransport {
+    /// Binds a real UDP socket at `addr`.
+    pub fn bind(
+        addr: SocketAddr,
+        creds: &Credentials,
+        secret: &NodeSecret,
+        opts: QuicOptions,
+    ) -> Result<Arc<QuicTransport>, TransportError> {
+        let fail = |reason: String| TransportError::Connect { addr, reason };
+        let socket = std::net::UdpSocket::bind(addr).map_err(|e| fail(format!("bind: {e}")))?;
+        let runtime: Arc<dyn Runtime> = Arc::new(quinn::TokioRuntime);
+        let socket = runtime
+            .wrap_udp_socket(socket)
+            .map_err(|e| fail(format!("socket: {e}")))?;
+        Self::with_socket(socket, runtime, creds, secret, opts)
+    }
+
+    /// Builds the transport on any UDP-like socket (the deterministic network uses this).
+    pub fn with_socket(
+        socket: Arc<dyn AsyncUdpSocket>,
+        runtime: Arc<dyn Runtime>,
+        creds: &Credentials,
+        secret: &NodeSecret,
+        opts: QuicOptions,
+    ) -> Result<Arc<QuicTransport>, TransportError> {
+        let local_addr = socket.local_addr().map_err(|e| TransportError::Lost(e.to_string()))?;
+        let fail = |reason: String| TransportError::Connect {
+            addr: local_addr,
+            reason,
+        };
+        let server = tls::server_config(creds, opts.timeouts, opts.enrolment.is_some())
+            .map_err(|e| fail(e.to_string()))?;
+        let client = tls::client_config(creds, opts.timeouts).map_err(|e| fail(e.to_string()))?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config(secret, opts.rng_seed),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let stats = Arc::new(WireStats::default());
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            tx,
+            stats.clone(),
+            opts.enrolment.clone(),
+        ));
+        Ok(Arc::new(QuicTransport {
+            endpoint,
+            client,
+            identity: creds.identity.clone(),
+            stats,
+            local_addr,
+            accepted: Mutex::new(rx),
+        }))
+    }
+
+    /// The underlying quinn endpoint (tests use it to speak raw QUIC to a node).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    tx: mpsc::Sender<Arc<dyn Connection>>,
+    stats: Arc<WireStats>,
+    enrolment: Option<Arc<dyn EnrolService>>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let tx = tx.clone();
+        let stats = stats.clone();
+        let enrolment = enrolment.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    bump(&stats.handshakes_refused);
+                    tracing::warn!(%remote, error = %e, "refused connection: handshake failed");
+                    return;
+                }
+            };
+            let alpn = conn
+                .handshake_data()
+                .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|d| d.protocol);
+            if alpn.as_deref() == Some(ALPN_ENROL) {
+                match enrolment {
+                    Some(svc) => svc.serve(conn).await,
+                    None => conn.close(VarInt::from_u32(CLOSE_REFUSED), b"enrolment not served here"),
+                }
+                return;
+            }
+            match peer_identity(&conn) {
+                Ok(peer) => {
+                    bump(&stats.connections_accepted);
+                    tracing::debug!(%remote, %peer, "accepted connection");
+                    let c: Arc<dyn Connection> = Arc::new(QuicConnection { conn, peer });
+                    let _ = tx.send(c).await;
+                }
+                Err(reason) => {
+                    bump(&stats.handshakes_refused);
+                    tracing::warn!(%remote, %reason, "refused connection");
+                    conn.close(VarInt::from_u32(CLOSE_REFUSED), reason.as_bytes());
+                }
+            }
+        });
+    }
+}
+
+fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|p| p.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or("no client certificate")?;
+    let leaf = certs.first().ok_or("no client certificate")?;
+    PeerIdentity::from_cert_der(leaf).map_err(|e| e.to_string())
+}
+
+#[async_trait]
+impl Transport for QuicTransport {
+    fn identity(&self) -> &PeerIdentity {
+        &self.identity
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn stats(&self) -> &Arc<WireStats> {
+        &self.stats
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Arc<dyn Connection>, TransportError> {
+        let fail = |reason: String| TransportError::Connect { addr, reason };
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), addr, NODE_SERVER_NAME)
+            .map_err(|e| fail(e.to_string()))?;
+        let conn = connecting.await.map_err(|e| fail(e.to_string()))?;
+        let peer = peer_identity(&conn).map_err(fail)?;
+        Ok(Arc::new(QuicConnection { conn, peer }))
+    }
+
+    async fn accept(&self) -> Option<Arc<dyn Connection>> {
+        self.accepted.lock().await.recv().await
+    }
+
+    fn close(&self) {
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_NORMAL), b"node shutting down");
+    }
+}
+
+/// One authenticated QUIC connection.
+pub struct QuicConnection {
+    conn: quinn::Connection,
+    peer: PeerIdentity,
+}
+
+/// Maps quinn's connection errors onto ours.
+pub fn map_connection_error(e: &quinn::ConnectionError) -> TransportError {
+    use quinn::ConnectionError as E;
+    match e {
+        E::TimedOut => TransportError::TimedOut,
+        E::Reset => TransportError::Reset,
+        E::LocallyClosed => TransportError::LocallyClosed,
+        E::ApplicationClosed(c) => {
+            TransportError::ClosedByPeer(String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        E::ConnectionClosed(c) => {
+            TransportError::ClosedByPeer(String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        other => TransportError::Lost(other.to_string()),
+    }
+}
+
+fn map_read(e: quinn::ReadError) -> TransportError {
+    match e {
+        quinn::ReadError::Reset(code) => TransportError::Refused(RefuseCode::from_u64(code.into_inner())),
+        quinn::ReadError::ConnectionLost(c) => map_connection_error(&c),
+        other => TransportError::Lost(other.to_string()),
+    }
+}
+
+fn map_write(e: quinn::WriteError) -> TransportError {
+    match e {
+        quinn::WriteError::Stopped(code) => {
+            TransportError::Refused(RefuseCode::from_u64(code.into_inner()))
+        }
+        quinn::WriteError::ConnectionLost(c) => map_connection_error(&c),
+        other => TransportError::Lost(other.to_string()),
+    }
+}
+
+/// Reads one length-prefixed frame from a QUIC stream, refusing (and stopping the stream)
+/// before reading the body if it is longer than `max`.
+async fn read_quic_frame(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Bytes, TransportError> {
+    let mut len = [0u8; 4];
+    read_exact(recv, &mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        let _ = recv.stop(VarInt::from_u64(RefuseCode::Rejected.to_u64()).unwrap_or(VarInt::from_u32(2)));
+        return Err(WireError::Oversized { len, max }.into());
+    }
+    let mut buf = vec![0u8; len];
+    read_exact(recv, &mut buf).await?;
+    Ok(Bytes::from(buf))
+}
+
+async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), TransportError> {
+    match recv.read_exact(buf).await {
+        Ok(()) => Ok(()),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(WireError::Truncated.into()),
+        Err(quinn::ReadExactError::ReadError(e)) => Err(map_read(e)),
+    }
+}
+
+#[async_trait]
+impl Connection for QuicConnection {
+    fn peer(&self) -> &PeerIdentity {
+        &self.peer
+    }
+
+    fn remote_addr(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    async fn send_cast(&self, frame: Bytes) -> Result<(), TransportError> {
+        let mut send = self
+            .conn
+            .open_uni()
+            .await
+            .map_err(|e| map_connection_error(&e))?;
+        send.write_chunk(frame).await.map_err(map_write)?;
+        send.finish().map_err(|e| TransportError::Lost(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn request(&self, frame: Bytes, max_reply: usize) -> Result<Bytes, TransportError> {
+        let (mut send, mut recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| map_connection_error(&e))?;
+        send.write_chunk(frame).await.map_err(map_write)?;
+        send.finish().map_err(|e| TransportError::Lost(e.to_string()))?;
+        read_quic_frame(&mut recv, max_reply).await
+    }
+
+    async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError> {
+        tokio::select! {
+            uni = self.conn.accept_uni() => {
+                let recv = uni.map_err(|e| map_connection_error(&e))?;
+                Ok(Box::new(QuicInbound { recv, send: None }))
+            }
+            bi = self.conn.accept_bi() => {
+                let (send, recv) = bi.map_err(|e| map_connection_error(&e))?;
+                Ok(Box::new(QuicInbound { recv, send: Some(send) }))
+            }
+        }
+    }
+
+    async fn closed(&self) -> TransportError {
+        map_connection_error(&self.conn.closed().await)
+    }
+
+    fn close(&self, reason: &str) {
+        self.conn
+            .close(VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
+    }
+}
+
+struct QuicInbound {
+    recv: quinn::RecvStream,
+    send: Option<quinn::SendStream>,
+}
+
+#[async_trait]
+impl InboundStream for QuicInbound {
+    fn expects_reply(&self) -> bool {
+        self.send.is_some()
+    }
+
+    async fn read_frame(&mut self, max: usize) -> Result<Bytes, TransportError> {
+        read_quic_frame(&mut self.recv, max).await
+    }
+
+    async fn reply(self: Box<Self>, frame: Bytes) -> Result<(), TransportError> {
+        let Some(mut send) = self.send else {
+            return Ok(());
+        };
+        send.write_chunk(frame).await.map_err(map_write)?;
+        send.finish().map_err(|e| TransportError::Lost(e.to_string()))?;
+        Ok(())
+    }
+
+    fn refuse(mut self: Box<Self>, code: RefuseCode) {
+        let code = VarInt::from_u64(code.to_u64()).unwrap_or(VarInt::from_u32(2));
+        let _ = self.recv.stop(code);
+        if let Some(mut send) = self.send.take() {
+            let _ = send.reset(code);
+        }
+    }
+}

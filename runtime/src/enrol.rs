@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity::{
     self, Ca, Credentials, IdentityError, JoinToken, NODE_SERVER_NAME, PeerRole,
 };
-use crate::stats::{WireStats, bump};
+use crate::stats::WireStats;
 use crate::tls::{self, LinkTimeouts};
 use crate::transport::quic::EnrolService;
 use crate::wire;
@@ -104,13 +104,13 @@ impl CaEnroller {
             .iter()
             .any(|s| constant_time_eq(s.as_bytes(), req.token_secret.as_bytes()));
         if !known {
-            bump(&self.stats.enrolments_refused);
+            self.stats.incr(|s| &s.enrolments_refused);
             tracing::warn!(hostname = %req.hostname, "enrolment refused: unknown join token");
             return EnrolResponse::Refused("unknown join token".into());
         }
         match self.ca.sign_endpoint_request(&req.csr) {
             Ok((id, cert)) => {
-                bump(&self.stats.enrolments);
+                self.stats.incr(|s| &s.enrolments);
                 tracing::info!(node = %id, hostname = %req.hostname, "endpoint enrolled");
                 EnrolResponse::Accepted {
                     cert: cert.to_vec(),
@@ -118,7 +118,7 @@ impl CaEnroller {
                 }
             }
             Err(e) => {
-                bump(&self.stats.enrolments_refused);
+                self.stats.incr(|s| &s.enrolments_refused);
                 tracing::warn!(hostname = %req.hostname, error = %e, "enrolment refused: bad request");
                 EnrolResponse::Refused(format!("bad certificate request: {e}"))
             }
@@ -146,7 +146,7 @@ impl EnrolService for CaEnroller {
             let answer = match wire::decode_body::<EnrolRequest>(&buf) {
                 Ok(req) => self.decide(&req),
                 Err(e) => {
-                    bump(&self.stats.enrolments_refused);
+                    self.stats.incr(|s| &s.enrolments_refused);
                     EnrolResponse::Refused(format!("malformed request: {e}"))
                 }
             };
@@ -161,7 +161,7 @@ impl EnrolService for CaEnroller {
         match tokio::time::timeout(SERVE_TIMEOUT, exchange).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                bump(&self.stats.enrolments_refused);
+                self.stats.incr(|s| &s.enrolments_refused);
                 tracing::warn!(remote = %conn.remote_address(), error = %e, "enrolment failed");
             }
             Err(_) => tracing::warn!(remote = %conn.remote_address(), "enrolment timed out"),

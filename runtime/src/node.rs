@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::identity::{NodeId, OperatorRole, PeerIdentity};
-use crate::stats::{WireStats, WireStatsSnapshot, bump};
+use crate::stats::{WireStats, WireStatsSnapshot};
 use crate::supervisor::{
     ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg, start_child,
 };
@@ -329,6 +329,11 @@ impl Node {
         self.shared.stats.snapshot()
     }
 
+    /// The live counters (for [`WireStats::wait_for`]).
+    pub fn wire_stats(&self) -> &Arc<WireStats> {
+        &self.shared.stats
+    }
+
     /// The node's link supervisor.
     pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
         &self.supervisor
@@ -348,6 +353,23 @@ impl Node {
     /// The link to a connected peer, whichever side dialed.
     pub fn peer(&self, id: &NodeId) -> Option<PeerHandle> {
         self.shared.links.read().ok()?.get(id).cloned()
+    }
+
+    /// Waits up to `timeout` for a live link to peer `id`.
+    pub async fn wait_peer(&self, id: &NodeId, timeout: Duration) -> Option<PeerHandle> {
+        let mut events = self.link_events();
+        let wait = async {
+            loop {
+                if let Some(h) = self.peer(id).filter(|h| h.peer().is_some()) {
+                    return Some(h);
+                }
+                match events.recv().await {
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
     }
 
     /// Every peer with a live connection, by id.
@@ -480,10 +502,10 @@ impl PeerHandle {
 
     /// Sends `msg` to the actor named `to` on the peer; no answer.
     pub async fn cast<T: Serialize>(&self, to: &str, msg: &T) -> Result<(), CallError> {
-        let conn = self.current().inspect_err(|_| bump(&self.shared.stats.casts_dropped_link_down))?;
+        let conn = self.current().inspect_err(|_| self.shared.stats.incr(|s| &s.casts_dropped_link_down))?;
         let frame = self.envelope(to, EnvelopeKind::Cast, wire::encode_body(msg)?)?;
         conn.send_cast(frame).await?;
-        bump(&self.shared.stats.envelopes_sent);
+        self.shared.stats.incr(|s| &s.envelopes_sent);
         Ok(())
     }
 
@@ -498,7 +520,7 @@ impl PeerHandle {
         let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
         let frame = self.envelope(to, EnvelopeKind::Call(id), wire::encode_body(msg)?)?;
         let max = self.shared.opts.max_frame_bytes;
-        bump(&self.shared.stats.envelopes_sent);
+        self.shared.stats.incr(|s| &s.envelopes_sent);
         let payload = tokio::time::timeout(timeout, conn.request(frame, max))
             .await
             .map_err(|_| CallError::Timeout(timeout))??;
@@ -508,7 +530,7 @@ impl PeerHandle {
             self.shared.stats.count_rejection(&e);
             return Err(e.into());
         }
-        bump(&self.shared.stats.envelopes_received);
+        self.shared.stats.incr(|s| &s.envelopes_received);
         Ok(wire::decode_body(&env.body)?)
     }
 }
@@ -727,7 +749,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
     let Some(target) = shared.router.lookup(&env.to) else {
         return reject(&shared, &peer, stream, WireError::UnknownDestination(env.to));
     };
-    bump(&shared.stats.envelopes_received);
+    shared.stats.incr(|s| &s.envelopes_received);
     let (tx, rx) = oneshot::channel();
     let incoming = Incoming {
         from: peer.clone(),
@@ -759,7 +781,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
             if let Err(e) = stream.reply(frame).await {
                 tracing::debug!(%peer, error = %e, "reply not delivered");
             } else {
-                bump(&shared.stats.envelopes_sent);
+                shared.stats.incr(|s| &s.envelopes_sent);
             }
         }
         Err(e) => {

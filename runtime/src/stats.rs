@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use crate::wire::WireError;
 
@@ -10,7 +11,10 @@ macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         /// Live counters, shared by a node's transport and links.
         #[derive(Debug, Default)]
-        pub struct WireStats { $($(#[$doc])* pub $name: AtomicU64,)* }
+        pub struct WireStats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            changed: Notify,
+        }
 
         /// A copy of [`WireStats`] at one moment.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,13 +72,40 @@ impl WireStats {
             WireError::UnknownDestination(_) => &self.rejected_unknown_destination,
             WireError::Protocol(_) => &self.rejected_protocol,
         };
-        bump(c);
+        self.add(c);
     }
-}
 
-/// Adds one to a counter.
-pub fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+    /// Adds one to the counter `field` picks.
+    pub fn incr(&self, field: fn(&WireStats) -> &AtomicU64) {
+        self.add(field(self));
+    }
+
+    fn add(&self, c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until the counters satisfy `pred`, or `timeout` passes; returns the last
+    /// snapshot either way, so the caller can assert on it and print it.
+    pub async fn wait_for(
+        &self,
+        timeout: std::time::Duration,
+        pred: impl Fn(&WireStatsSnapshot) -> bool,
+    ) -> WireStatsSnapshot {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let snap = self.snapshot();
+            if pred(&snap) {
+                return snap;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.snapshot();
+            }
+        }
+    }
 }
 
 impl WireStatsSnapshot {

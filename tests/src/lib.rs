@@ -1,1 +1,172 @@
+//! Harness for rollcall's cross-crate suites: nodes on loopback QUIC, on the in-memory
+//! network and on the deterministic network; a probe actor that echoes, records and holds
+//! calls; seed handling for seeded suites.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rollcall_runtime::identity::{Ca, Credentials, NodeSecret, PeerRole, Validity};
+use rollcall_runtime::node::{Incoming, Node, NodeOptions};
+use rollcall_runtime::tls::LinkTimeouts;
+use rollcall_runtime::transport::mem::MemNetwork;
+use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
+use rollcall_runtime::PeerIdentity;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// Name the probe actor is registered under.
+pub const PROBE: &str = "probe";
+
+/// What the probe actor is asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Probe {
+    /// Answer with the same text.
+    Echo(String),
+    /// Record the number (casts); answer with it (calls).
+    Record(u32),
+    /// Answer with the caller's identity as read from its certificate.
+    WhoAmI,
+    /// Drop the call without answering.
+    Drop,
+    /// Keep the call and never answer.
+    Hold,
+}
+
+/// What the probe actor answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeReply {
+    /// Echoed text.
+    Echo(String),
+    /// Recorded number.
+    Recorded(u32),
+    /// The caller.
+    Caller(PeerIdentity),
+}
+
+/// A test actor that echoes, records casts into a channel, and can drop or hold calls.
+#[derive(Clone, Copy)]
+pub struct ProbeActor;
+
+/// The probe's state.
+pub struct ProbeState {
+    recorded: mpsc::UnboundedSender<(PeerIdentity, u32)>,
+    held: Vec<Incoming>,
+}
+
+impl Actor for ProbeActor {
+    type Msg = Incoming;
+    type State = ProbeState;
+    type Arguments = mpsc::UnboundedSender<(PeerIdentity, u32)>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Incoming>,
+        recorded: Self::Arguments,
+    ) -> Result<ProbeState, ActorProcessingErr> {
+        Ok(ProbeState {
+            recorded,
+            held: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Incoming>,
+        mut msg: Incoming,
+        state: &mut ProbeState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Ok(probe) = msg.decode::<Probe>() else {
+            msg.refuse();
+            return Ok(());
+        };
+        match probe {
+            Probe::Echo(s) => msg.answer(&ProbeReply::Echo(s))?,
+            Probe::Record(n) => {
+                let _ = state.recorded.send((msg.from.clone(), n));
+                msg.answer(&ProbeReply::Recorded(n))?;
+            }
+            Probe::WhoAmI => {
+                let who = msg.from.clone();
+                msg.answer(&ProbeReply::Caller(who))?;
+            }
+            Probe::Drop => drop(msg),
+            Probe::Hold => state.held.push(msg),
+        }
+        Ok(())
+    }
+}
+
+/// Starts a probe actor on `node`; returns what it records.
+pub async fn start_probe(node: &Node) -> mpsc::UnboundedReceiver<(PeerIdentity, u32)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (probe, _) = Actor::spawn(None, ProbeActor, tx)
+        .await
+        .expect("spawn probe");
+    node.router().register_actor(PROBE, probe);
+    rx
+}
+
+/// A fresh cluster CA.
+pub fn ca() -> Arc<Ca> {
+    Arc::new(Ca::generate("rollcall test").expect("generate CA"))
+}
+
+/// Credentials for a new identity of `role`.
+pub fn creds(ca: &Ca, role: PeerRole) -> Credentials {
+    ca.issue(role, None, Validity::default()).expect("issue")
+}
+
+/// Timeouts short enough for tests: keep-alive 200 ms, idle 1 s.
+pub fn fast_timeouts() -> LinkTimeouts {
+    LinkTimeouts {
+        keep_alive_ms: 200,
+        idle_timeout_ms: 1_000,
+    }
+}
+
+/// A node on real QUIC at `ip` (any free port).
+pub async fn quic_node(creds: &Credentials, ip: &str, opts: QuicOptions) -> (Node, Arc<QuicTransport>) {
+    let addr: SocketAddr = format!("{ip}:0").parse().expect("addr");
+    let t = QuicTransport::bind(addr, creds, &NodeSecret::generate(), opts).expect("bind");
+    let node = Node::start(t.clone(), NodeOptions::default()).await.expect("start node");
+    (node, t)
+}
+
+/// A node on the in-memory network at `addr`.
+pub async fn mem_node(net: &MemNetwork, addr: &str, identity: PeerIdentity) -> Node {
+    let t = net.bind(addr.parse().expect("addr"), identity).expect("bind");
+    Node::start(t, NodeOptions::default()).await.expect("start node")
+}
+
+/// The seeds a seeded suite runs: `ROLLCALL_SEED` alone if set, else `ROLLCALL_SEEDS`
+/// (default `default_count`) seeds from 1.
+pub fn seeds(default_count: u64) -> Vec<u64> {
+    if let Some(one) = std::env::var("ROLLCALL_SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![one];
+    }
+    let n = std::env::var("ROLLCALL_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_count);
+    (1..=n).collect()
+}
+
+/// Prints the seed if the test panics while this guard is alive.
+#[derive(Debug)]
+pub struct SeedGuard(pub &'static str, pub u64);
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "{} failed with seed {}; rerun with ROLLCALL_SEED={} cargo test -p rollcall-tests --test <suite> {}",
+                self.0, self.1, self.1, self.0
+            );
+        }
+    }
+}
+
+/// A generous deadline for anything that happens on loopback.
+pub const DEADLINE: Duration = Duration::from_secs(10);

@@ -11,7 +11,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::{Connection, InboundStream, RefuseCode, Transport, TransportError};
 use crate::identity::{Credentials, NODE_SERVER_NAME, NodeSecret, PeerIdentity};
-use crate::stats::{WireStats, bump};
+use crate::stats::WireStats;
 use crate::tls::{self, ALPN_ENROL, LinkTimeouts};
 use crate::wire::WireError;
 
@@ -157,7 +157,7 @@ async fn accept_loop(
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
-                    bump(&stats.handshakes_refused);
+                    stats.incr(|s| &s.handshakes_refused);
                     tracing::warn!(%remote, error = %e, "refused connection: handshake failed");
                     return;
                 }
@@ -175,13 +175,13 @@ async fn accept_loop(
             }
             match peer_identity(&conn) {
                 Ok(peer) => {
-                    bump(&stats.connections_accepted);
+                    stats.incr(|s| &s.connections_accepted);
                     tracing::debug!(%remote, %peer, "accepted connection");
                     let c: Arc<dyn Connection> = Arc::new(QuicConnection { conn, peer });
                     let _ = tx.send(c).await;
                 }
                 Err(reason) => {
-                    bump(&stats.handshakes_refused);
+                    stats.incr(|s| &s.handshakes_refused);
                     tracing::warn!(%remote, %reason, "refused connection");
                     conn.close(VarInt::from_u32(CLOSE_REFUSED), reason.as_bytes());
                 }

@@ -237,7 +237,9 @@ struct Shared {
     stats: Arc<WireStats>,
     opts: NodeOptions,
     events: broadcast::Sender<LinkEvent>,
-    links: RwLock<HashMap<NodeId, PeerHandle>>,
+    /// Live links by peer. Holds the links' connection cells, not [`PeerHandle`]s, which
+    /// point back at this struct: a cycle would keep a stopped node's socket bound.
+    links: RwLock<HashMap<NodeId, LinkCell>>,
     next_call: AtomicU64,
     next_seed: AtomicU64,
 }
@@ -352,7 +354,12 @@ impl Node {
 
     /// The link to a connected peer, whichever side dialed.
     pub fn peer(&self, id: &NodeId) -> Option<PeerHandle> {
-        self.shared.links.read().ok()?.get(id).cloned()
+        let (addr, conn) = self.shared.links.read().ok()?.get(id).cloned()?;
+        Some(PeerHandle {
+            addr,
+            conn,
+            shared: self.shared.clone(),
+        })
     }
 
     /// Waits up to `timeout` for a live link to peer `id`.
@@ -424,8 +431,8 @@ fn connected_peers(shared: &Shared) -> Vec<PeerInfo> {
     };
     let mut out: Vec<PeerInfo> = links
         .values()
-        .filter_map(|h| {
-            let c = h.conn.borrow().clone()?;
+        .filter_map(|(_, conn)| {
+            let c = conn.borrow().clone()?;
             Some(PeerInfo {
                 peer: c.peer().clone(),
                 addr: c.remote_addr(),
@@ -444,6 +451,9 @@ pub struct PeerInfo {
     /// Where.
     pub addr: SocketAddr,
 }
+
+/// A link's address and its current connection (none while down).
+type LinkCell = (SocketAddr, Arc<watch::Sender<Option<Arc<dyn Connection>>>>);
 
 /// Sends casts and calls to one peer over its link.
 #[derive(Clone)]
@@ -572,7 +582,7 @@ impl LinkState {
         self.peer = Some(peer.clone());
         self.handle.conn.send_replace(Some(conn.clone()));
         if let Ok(mut links) = self.handle.shared.links.write() {
-            links.insert(peer.id.clone(), self.handle.clone());
+            links.insert(peer.id.clone(), (self.handle.addr, self.handle.conn.clone()));
         }
         let _ = self.handle.shared.events.send(LinkEvent::Up {
             peer,
@@ -590,7 +600,7 @@ impl LinkState {
         self.handle.conn.send_replace(None);
         if let (Some(peer), Ok(mut links)) = (&self.peer, self.handle.shared.links.write()) {
             // Only remove the entry if it is still this link's.
-            if links.get(&peer.id).is_some_and(|h| Arc::ptr_eq(&h.conn, &self.handle.conn)) {
+            if links.get(&peer.id).is_some_and(|(_, c)| Arc::ptr_eq(c, &self.handle.conn)) {
                 links.remove(&peer.id);
             }
         }

@@ -430,4 +430,107 @@ mod tests {
             assert!(matches!(v, Verdict::RestartAfter(_)), "exit {i}: {v:?}");
         }
     }
+
+    /// A child that reports each start and fails on demand.
+    #[derive(Clone)]
+    struct Flaky;
+
+    impl Actor for Flaky {
+        type Msg = ();
+        type State = ();
+        type Arguments = tokio::sync::mpsc::UnboundedSender<ActorCell>;
+
+        async fn pre_start(
+            &self,
+            myself: ActorRef<()>,
+            started: Self::Arguments,
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = started.send(myself.get_cell());
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<()>,
+            _msg: (),
+            _state: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            Err("told to fail".into())
+        }
+    }
+
+    /// Spawns the supervisor under it and reports the supervisor's own exit.
+    struct Parent;
+
+    impl Actor for Parent {
+        type Msg = ();
+        type State = tokio::sync::mpsc::UnboundedSender<String>;
+        type Arguments = (
+            tokio::sync::mpsc::UnboundedSender<String>,
+            tokio::sync::mpsc::UnboundedSender<ActorCell>,
+        );
+
+        async fn pre_start(
+            &self,
+            myself: ActorRef<()>,
+            (exits, started): Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            let spec = ChildSpec::new("flaky", Restart::Permanent, Flaky, move || started.clone());
+            Actor::spawn_linked(
+                None,
+                Supervisor,
+                SupervisorArgs { intensity: intensity(), children: vec![spec] },
+                myself.get_cell(),
+            )
+            .await?;
+            Ok(exits)
+        }
+
+        async fn handle_supervisor_evt(
+            &self,
+            _myself: ActorRef<()>,
+            evt: SupervisionEvent,
+            exits: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            match evt {
+                SupervisionEvent::ActorFailed(_, e) => {
+                    let _ = exits.send(format!("failed: {e}"));
+                }
+                SupervisionEvent::ActorTerminated(_, _, why) => {
+                    let _ = exits.send(format!("stopped: {why:?}"));
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restarts_a_failing_child_then_escalates_past_the_intensity_limit() {
+        let (exits_tx, mut exits) = tokio::sync::mpsc::unbounded_channel();
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let (_parent, _) = Actor::spawn(None, Parent, (exits_tx, started_tx))
+            .await
+            .expect("spawn parent");
+        let wait = Duration::from_secs(5);
+        let mut child = tokio::time::timeout(wait, started.recv()).await.expect("first start").expect("open");
+        let mut restart_times = Vec::new();
+        for restart in 1..=3 {
+            let t0 = tokio::time::Instant::now();
+            child.send_message(()).expect("send");
+            let next = tokio::time::timeout(wait, started.recv()).await.expect("restarted").expect("open");
+            assert_ne!(next.get_id(), child.get_id(), "restart {restart} made a new actor");
+            restart_times.push(t0.elapsed());
+            child = next;
+        }
+        // Backoff doubles: 100, 200, 300 (capped) ms, on tokio's paused clock.
+        let ms: Vec<u128> = restart_times.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, vec![100, 200, 300]);
+        assert!(exits.try_recv().is_err(), "the supervisor must not exit while within its limit");
+        // The fourth failure within the window escalates: the supervisor itself fails.
+        child.send_message(()).expect("send");
+        let exit = tokio::time::timeout(wait, exits.recv()).await.expect("escalated").expect("open");
+        assert_eq!(exit, "failed: child flaky exited 4 times within 10s; giving up");
+        assert!(started.try_recv().is_err(), "no restart after escalation");
+    }
 }

@@ -72,7 +72,13 @@ mod tests {
 
     #[test]
     fn grows_within_bounds_and_resets() {
-        let mut b = Backoff::new(BackoffConfig { base_ms: 100, max_ms: 1000 }, 7);
+        let mut b = Backoff::new(
+            BackoffConfig {
+                base_ms: 100,
+                max_ms: 1000,
+            },
+            7,
+        );
         let ceilings = [100, 200, 400, 800, 1000, 1000];
         for c in ceilings {
             let d = b.next_delay().as_millis() as u64;

@@ -155,7 +155,10 @@ mod tests {
     fn defaults_validate_and_file_values_override() {
         assert_eq!(Config::load(None).expect("defaults"), Config::default());
         let raw: RawConfig = toml::from_str("[link]\nidle_timeout_ms = 9000\n").expect("toml");
-        assert_eq!(raw.validate().expect("valid").timeouts.idle_timeout_ms, 9000);
+        assert_eq!(
+            raw.validate().expect("valid").timeouts.idle_timeout_ms,
+            9000
+        );
     }
 
     #[test]

@@ -81,36 +81,52 @@ pub enum EnrolError {
 /// Serves enrolment from a CA and a set of accepted join-token secrets.
 pub struct CaEnroller {
     ca: Arc<Ca>,
-    secrets: Vec<String>,
-    stats: Arc<WireStats>,
+    /// Fixed secrets, or `None` to read the CA directory's token list at each request (so
+    /// tokens made while the server runs are accepted at once).
+    secrets: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for CaEnroller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CaEnroller({} tokens)", self.secrets.len())
+        write!(f, "CaEnroller({:?})", self.secrets.as_ref().map(Vec::len))
     }
 }
 
 impl CaEnroller {
-    /// An enroller that accepts `secrets` and counts into `stats`.
-    pub fn new(ca: Arc<Ca>, secrets: Vec<String>, stats: Arc<WireStats>) -> CaEnroller {
-        CaEnroller { ca, secrets, stats }
+    /// An enroller that accepts `secrets`.
+    pub fn new(ca: Arc<Ca>, secrets: Vec<String>) -> CaEnroller {
+        CaEnroller {
+            ca,
+            secrets: Some(secrets),
+        }
     }
 
-    /// Decides one request.
-    pub fn decide(&self, req: &EnrolRequest) -> EnrolResponse {
-        let known = self
-            .secrets
+    /// An enroller that accepts the tokens listed in the CA's directory at request time.
+    pub fn from_ca_dir(ca: Arc<Ca>) -> CaEnroller {
+        CaEnroller { ca, secrets: None }
+    }
+
+    /// Decides one request, counting the outcome in `stats`.
+    pub fn decide(&self, req: &EnrolRequest, stats: &WireStats) -> EnrolResponse {
+        let from_dir;
+        let secrets = match &self.secrets {
+            Some(s) => s,
+            None => {
+                from_dir = self.ca.join_secrets();
+                &from_dir
+            }
+        };
+        let known = secrets
             .iter()
             .any(|s| constant_time_eq(s.as_bytes(), req.token_secret.as_bytes()));
         if !known {
-            self.stats.incr(|s| &s.enrolments_refused);
+            stats.incr(|s| &s.enrolments_refused);
             tracing::warn!(hostname = %req.hostname, "enrolment refused: unknown join token");
             return EnrolResponse::Refused("unknown join token".into());
         }
         match self.ca.sign_endpoint_request(&req.csr) {
             Ok((id, cert)) => {
-                self.stats.incr(|s| &s.enrolments);
+                stats.incr(|s| &s.enrolments);
                 tracing::info!(node = %id, hostname = %req.hostname, "endpoint enrolled");
                 EnrolResponse::Accepted {
                     cert: cert.to_vec(),
@@ -118,7 +134,7 @@ impl CaEnroller {
                 }
             }
             Err(e) => {
-                self.stats.incr(|s| &s.enrolments_refused);
+                stats.incr(|s| &s.enrolments_refused);
                 tracing::warn!(hostname = %req.hostname, error = %e, "enrolment refused: bad request");
                 EnrolResponse::Refused(format!("bad certificate request: {e}"))
             }
@@ -132,7 +148,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[async_trait]
 impl EnrolService for CaEnroller {
-    async fn serve(&self, conn: quinn::Connection) {
+    async fn serve(&self, conn: quinn::Connection, stats: &WireStats) {
         let exchange = async {
             let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
             let mut len = [0u8; 4];
@@ -144,9 +160,9 @@ impl EnrolService for CaEnroller {
             let mut buf = vec![0u8; len];
             recv.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
             let answer = match wire::decode_body::<EnrolRequest>(&buf) {
-                Ok(req) => self.decide(&req),
+                Ok(req) => self.decide(&req, stats),
                 Err(e) => {
-                    self.stats.incr(|s| &s.enrolments_refused);
+                    stats.incr(|s| &s.enrolments_refused);
                     EnrolResponse::Refused(format!("malformed request: {e}"))
                 }
             };
@@ -161,7 +177,7 @@ impl EnrolService for CaEnroller {
         match tokio::time::timeout(SERVE_TIMEOUT, exchange).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                self.stats.incr(|s| &s.enrolments_refused);
+                stats.incr(|s| &s.enrolments_refused);
                 tracing::warn!(remote = %conn.remote_address(), error = %e, "enrolment failed");
             }
             Err(_) => tracing::warn!(remote = %conn.remote_address(), "enrolment timed out"),
@@ -206,7 +222,9 @@ pub async fn enrol(
         recv.read_exact(&mut len).await.map_err(|e| x(&e))?;
         let len = u32::from_be_bytes(len) as usize;
         if len > MAX_ENROL_FRAME {
-            return Err(EnrolError::Exchange(format!("answer of {len} bytes is too large")));
+            return Err(EnrolError::Exchange(format!(
+                "answer of {len} bytes is too large"
+            )));
         }
         let mut buf = vec![0u8; len];
         recv.read_exact(&mut buf).await.map_err(|e| x(&e))?;
@@ -226,7 +244,9 @@ pub async fn enrol(
             }
             let creds = identity::endpoint_credentials(&key, cert, ca)?;
             if creds.identity.role != PeerRole::Endpoint {
-                return Err(EnrolError::Exchange("issued certificate is not an endpoint's".into()));
+                return Err(EnrolError::Exchange(
+                    "issued certificate is not an endpoint's".into(),
+                ));
             }
             Ok(creds)
         }

@@ -13,8 +13,7 @@ use std::str::FromStr;
 use rand::RngCore;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
@@ -283,13 +282,21 @@ impl Credentials {
     /// Writes `node.pem`, `node.key` and `ca.pem` into `dir` (created if missing).
     pub fn save(&self, dir: &Path) -> Result<(), IdentityError> {
         create_dir(dir)?;
-        write_file(&dir.join(NODE_CERT_FILE), &pem("CERTIFICATE", &self.cert), false)?;
+        write_file(
+            &dir.join(NODE_CERT_FILE),
+            &pem("CERTIFICATE", &self.cert),
+            false,
+        )?;
         write_file(
             &dir.join(NODE_KEY_FILE),
             &pem("PRIVATE KEY", self.key.secret_der()),
             true,
         )?;
-        write_file(&dir.join(CA_CERT_FILE), &pem("CERTIFICATE", &self.ca), false)?;
+        write_file(
+            &dir.join(CA_CERT_FILE),
+            &pem("CERTIFICATE", &self.ca),
+            false,
+        )?;
         Ok(())
     }
 
@@ -423,10 +430,13 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        set_validity(&mut params, Validity {
-            not_before_secs: -3600,
-            not_after_secs: 10 * 365 * 24 * 3600,
-        });
+        set_validity(
+            &mut params,
+            Validity {
+                not_before_secs: -3600,
+                not_after_secs: 10 * 365 * 24 * 3600,
+            },
+        );
         let cert = params.self_signed(&key)?.der().clone();
         let issuer = Issuer::new(params, key);
         Ok(Ca {
@@ -445,7 +455,11 @@ impl Ca {
         let mut ca = Ca::generate(name)?;
         create_dir(dir)?;
         write_file(&cert_path, &pem("CERTIFICATE", &ca.cert), false)?;
-        write_file(&dir.join(CA_KEY_FILE), &ca.issuer.key().serialize_pem(), true)?;
+        write_file(
+            &dir.join(CA_KEY_FILE),
+            &ca.issuer.key().serialize_pem(),
+            true,
+        )?;
         ca.dir = Some(dir.to_path_buf());
         Ok(ca)
     }
@@ -666,9 +680,17 @@ mod tests {
             PeerRole::Operator(OperatorRole::Operator),
             PeerRole::Operator(OperatorRole::Admin),
         ] {
-            let creds = ca.issue(role, Some("alice"), Validity::default()).expect("issue");
+            let creds = ca
+                .issue(role, Some("alice"), Validity::default())
+                .expect("issue");
             let back = PeerIdentity::from_cert_der(&creds.cert).expect("identity");
-            assert_eq!(back, PeerIdentity { id: NodeId("alice".into()), role });
+            assert_eq!(
+                back,
+                PeerIdentity {
+                    id: NodeId("alice".into()),
+                    role
+                }
+            );
         }
     }
 
@@ -677,16 +699,34 @@ mod tests {
         let ca = Ca::generate("test").expect("ca");
         let (key, csr) = new_certificate_request("host-a").expect("csr");
         let (id, cert) = ca.sign_endpoint_request(&csr).expect("sign");
-        assert_eq!(id, NodeId::from_public_key(&rcgen::PublicKeyData::subject_public_key_info(&key)));
+        assert_eq!(
+            id,
+            NodeId::from_public_key(&rcgen::PublicKeyData::subject_public_key_info(&key))
+        );
         let creds = endpoint_credentials(&key, cert.to_vec(), ca.cert().to_vec()).expect("creds");
-        assert_eq!(creds.identity, PeerIdentity { id, role: PeerRole::Endpoint });
+        assert_eq!(
+            creds.identity,
+            PeerIdentity {
+                id,
+                role: PeerRole::Endpoint
+            }
+        );
     }
 
     #[test]
     fn join_token_parses_what_it_prints_and_rejects_junk() {
-        let t = JoinToken { secret: "ab".repeat(16), ca_fingerprint: "cd".repeat(32) };
+        let t = JoinToken {
+            secret: "ab".repeat(16),
+            ca_fingerprint: "cd".repeat(32),
+        };
         assert_eq!(t.to_string().parse::<JoinToken>().expect("parse"), t);
-        for bad in ["", "rc1", "rc1.zz.zz", "rc2.abababababababababababababababab.x", "rc1.ab.cd.ef"] {
+        for bad in [
+            "",
+            "rc1",
+            "rc1.zz.zz",
+            "rc2.abababababababababababababababab.x",
+            "rc1.ab.cd.ef",
+        ] {
             assert!(bad.parse::<JoinToken>().is_err(), "{bad} parsed");
         }
     }
@@ -695,12 +735,17 @@ mod tests {
     fn credentials_and_ca_survive_save_and_load() {
         let dir = tempfile::tempdir().expect("tmp");
         let ca = Ca::init(&dir.path().join("ca"), "test").expect("init");
-        assert!(matches!(Ca::init(&dir.path().join("ca"), "test"), Err(IdentityError::Exists(_))));
+        assert!(matches!(
+            Ca::init(&dir.path().join("ca"), "test"),
+            Err(IdentityError::Exists(_))
+        ));
         let token = ca.new_join_token().expect("token");
         let loaded = Ca::load(&dir.path().join("ca")).expect("load");
         assert_eq!(loaded.fingerprint(), ca.fingerprint());
         assert_eq!(loaded.join_secrets(), vec![token.secret]);
-        let creds = loaded.issue(PeerRole::Server, None, Validity::default()).expect("issue");
+        let creds = loaded
+            .issue(PeerRole::Server, None, Validity::default())
+            .expect("issue");
         creds.save(&dir.path().join("node")).expect("save");
         let back = Credentials::load(&dir.path().join("node")).expect("load creds");
         assert_eq!(back.identity, creds.identity);

@@ -29,9 +29,7 @@ use crate::supervisor::{
     ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg, start_child,
 };
 use crate::transport::{Connection, InboundStream, RefuseCode, Transport, TransportError};
-use crate::wire::{
-    self, DEFAULT_MAX_FRAME_BYTES, Envelope, EnvelopeKind, WIRE_VERSION, WireError,
-};
+use crate::wire::{self, DEFAULT_MAX_FRAME_BYTES, Envelope, EnvelopeKind, WIRE_VERSION, WireError};
 
 /// Name of the status actor every node runs.
 pub const STATUS_ACTOR: &str = "node.status";
@@ -268,7 +266,10 @@ pub enum NodeError {
 
 impl Node {
     /// Starts a node on `transport`: its link supervisor, its status actor and its accept loop.
-    pub async fn start(transport: Arc<dyn Transport>, opts: NodeOptions) -> Result<Node, NodeError> {
+    pub async fn start(
+        transport: Arc<dyn Transport>,
+        opts: NodeOptions,
+    ) -> Result<Node, NodeError> {
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
             identity: transport.identity().clone(),
@@ -283,7 +284,9 @@ impl Node {
         });
         let status = {
             let weak = Arc::downgrade(&shared);
-            ChildSpec::new(STATUS_ACTOR, Restart::Permanent, StatusActor, move || weak.clone())
+            ChildSpec::new(STATUS_ACTOR, Restart::Permanent, StatusActor, move || {
+                weak.clone()
+            })
         };
         let (supervisor, _) = Actor::spawn(
             None,
@@ -295,10 +298,7 @@ impl Node {
         )
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
-        let node = Node {
-            shared,
-            supervisor,
-        };
+        let node = Node { shared, supervisor };
         let accepting = node.clone();
         tokio::spawn(async move {
             while let Some(conn) = accepting.shared.transport.accept().await {
@@ -492,7 +492,10 @@ impl PeerHandle {
         let mut rx = self.conn.subscribe();
         let wait = rx.wait_for(|c| c.is_some());
         match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(c)) => Ok(c.as_ref().map(|c| c.peer().clone()).ok_or(CallError::NotConnected(self.addr))?),
+            Ok(Ok(c)) => Ok(c
+                .as_ref()
+                .map(|c| c.peer().clone())
+                .ok_or(CallError::NotConnected(self.addr))?),
             _ => Err(CallError::NotConnected(self.addr)),
         }
     }
@@ -512,7 +515,9 @@ impl PeerHandle {
 
     /// Sends `msg` to the actor named `to` on the peer; no answer.
     pub async fn cast<T: Serialize>(&self, to: &str, msg: &T) -> Result<(), CallError> {
-        let conn = self.current().inspect_err(|_| self.shared.stats.incr(|s| &s.casts_dropped_link_down))?;
+        let conn = self
+            .current()
+            .inspect_err(|_| self.shared.stats.incr(|s| &s.casts_dropped_link_down))?;
         let frame = self.envelope(to, EnvelopeKind::Cast, wire::encode_body(msg)?)?;
         conn.send_cast(frame).await?;
         self.shared.stats.incr(|s| &s.envelopes_sent);
@@ -534,9 +539,15 @@ impl PeerHandle {
         let payload = tokio::time::timeout(timeout, conn.request(frame, max))
             .await
             .map_err(|_| CallError::Timeout(timeout))??;
-        let env = wire::decode_envelope(&payload).inspect_err(|e| self.shared.stats.count_rejection(e))?;
+        let env = wire::decode_envelope(&payload)
+            .inspect_err(|e| self.shared.stats.count_rejection(e))?;
         if env.kind != EnvelopeKind::Reply(id) || env.from != conn.peer().id.0 {
-            let e = WireError::Protocol(format!("expected reply {id} from {}, got {:?} from {}", conn.peer().id, env.kind, env.from));
+            let e = WireError::Protocol(format!(
+                "expected reply {id} from {}, got {:?} from {}",
+                conn.peer().id,
+                env.kind,
+                env.from
+            ));
             self.shared.stats.count_rejection(&e);
             return Err(e.into());
         }
@@ -563,7 +574,10 @@ enum PeerLinkMsg {
     Dial,
     Connected(Arc<dyn Connection>),
     DialFailed(TransportError),
-    Lost { generation: u64, reason: TransportError },
+    Lost {
+        generation: u64,
+        reason: TransportError,
+    },
 }
 
 struct LinkState {
@@ -582,7 +596,10 @@ impl LinkState {
         self.peer = Some(peer.clone());
         self.handle.conn.send_replace(Some(conn.clone()));
         if let Ok(mut links) = self.handle.shared.links.write() {
-            links.insert(peer.id.clone(), (self.handle.addr, self.handle.conn.clone()));
+            links.insert(
+                peer.id.clone(),
+                (self.handle.addr, self.handle.conn.clone()),
+            );
         }
         let _ = self.handle.shared.events.send(LinkEvent::Up {
             peer,
@@ -600,7 +617,10 @@ impl LinkState {
         self.handle.conn.send_replace(None);
         if let (Some(peer), Ok(mut links)) = (&self.peer, self.handle.shared.links.write()) {
             // Only remove the entry if it is still this link's.
-            if links.get(&peer.id).is_some_and(|(_, c)| Arc::ptr_eq(c, &self.handle.conn)) {
+            if links
+                .get(&peer.id)
+                .is_some_and(|(_, c)| Arc::ptr_eq(c, &self.handle.conn))
+            {
                 links.remove(&peer.id);
             }
         }
@@ -752,12 +772,24 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
         (EnvelopeKind::Cast, false) => None,
         (EnvelopeKind::Call(id), true) => Some(id),
         (kind, _) => {
-            let e = WireError::Protocol(format!("{kind:?} on a stream that {} a reply", if stream.expects_reply() { "expects" } else { "cannot carry" }));
+            let e = WireError::Protocol(format!(
+                "{kind:?} on a stream that {} a reply",
+                if stream.expects_reply() {
+                    "expects"
+                } else {
+                    "cannot carry"
+                }
+            ));
             return reject(&shared, &peer, stream, e);
         }
     };
     let Some(target) = shared.router.lookup(&env.to) else {
-        return reject(&shared, &peer, stream, WireError::UnknownDestination(env.to));
+        return reject(
+            &shared,
+            &peer,
+            stream,
+            WireError::UnknownDestination(env.to),
+        );
     };
     shared.stats.incr(|s| &s.envelopes_received);
     let (tx, rx) = oneshot::channel();
@@ -768,7 +800,12 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
         stats: shared.stats.clone(),
     };
     if target.deliver(incoming).is_err() {
-        return reject(&shared, &peer, stream, WireError::UnknownDestination(env.to));
+        return reject(
+            &shared,
+            &peer,
+            stream,
+            WireError::UnknownDestination(env.to),
+        );
     }
     let Some(id) = call_id else { return };
     let answer = match tokio::time::timeout(shared.opts.serve_timeout, rx).await {

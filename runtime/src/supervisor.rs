@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr,
+    SupervisionEvent,
+};
 
 /// When a child is restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,13 +305,12 @@ impl Actor for Supervisor {
         };
         for spec in args.children {
             let name = spec.name.clone();
-            state
-                .start(&myself.get_cell(), spec)
-                .await
-                .map_err(|e| SupervisorError::StartFailed {
+            state.start(&myself.get_cell(), spec).await.map_err(|e| {
+                SupervisorError::StartFailed {
                     name,
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
         }
         Ok(state)
     }
@@ -414,10 +416,22 @@ mod tests {
         let t0 = Instant::now();
         let mut t = RestartTracker::new(intensity());
         let s = Duration::from_secs;
-        assert_eq!(t.on_exit(t0), Verdict::RestartAfter(Duration::from_millis(100)));
-        assert_eq!(t.on_exit(t0 + s(1)), Verdict::RestartAfter(Duration::from_millis(200)));
-        assert_eq!(t.on_exit(t0 + s(2)), Verdict::RestartAfter(Duration::from_millis(300)));
-        assert_eq!(t.on_exit(t0 + s(3)), Verdict::Escalate { exits_in_window: 4 });
+        assert_eq!(
+            t.on_exit(t0),
+            Verdict::RestartAfter(Duration::from_millis(100))
+        );
+        assert_eq!(
+            t.on_exit(t0 + s(1)),
+            Verdict::RestartAfter(Duration::from_millis(200))
+        );
+        assert_eq!(
+            t.on_exit(t0 + s(2)),
+            Verdict::RestartAfter(Duration::from_millis(300))
+        );
+        assert_eq!(
+            t.on_exit(t0 + s(3)),
+            Verdict::Escalate { exits_in_window: 4 }
+        );
     }
 
     #[test]
@@ -479,7 +493,10 @@ mod tests {
             Actor::spawn_linked(
                 None,
                 Supervisor,
-                SupervisorArgs { intensity: intensity(), children: vec![spec] },
+                SupervisorArgs {
+                    intensity: intensity(),
+                    children: vec![spec],
+                },
                 myself.get_cell(),
             )
             .await?;
@@ -513,24 +530,43 @@ mod tests {
             .await
             .expect("spawn parent");
         let wait = Duration::from_secs(5);
-        let mut child = tokio::time::timeout(wait, started.recv()).await.expect("first start").expect("open");
+        let mut child = tokio::time::timeout(wait, started.recv())
+            .await
+            .expect("first start")
+            .expect("open");
         let mut restart_times = Vec::new();
         for restart in 1..=3 {
             let t0 = tokio::time::Instant::now();
             child.send_message(()).expect("send");
-            let next = tokio::time::timeout(wait, started.recv()).await.expect("restarted").expect("open");
-            assert_ne!(next.get_id(), child.get_id(), "restart {restart} made a new actor");
+            let next = tokio::time::timeout(wait, started.recv())
+                .await
+                .expect("restarted")
+                .expect("open");
+            assert_ne!(
+                next.get_id(),
+                child.get_id(),
+                "restart {restart} made a new actor"
+            );
             restart_times.push(t0.elapsed());
             child = next;
         }
         // Backoff doubles: 100, 200, 300 (capped) ms, on tokio's paused clock.
         let ms: Vec<u128> = restart_times.iter().map(|d| d.as_millis()).collect();
         assert_eq!(ms, vec![100, 200, 300]);
-        assert!(exits.try_recv().is_err(), "the supervisor must not exit while within its limit");
+        assert!(
+            exits.try_recv().is_err(),
+            "the supervisor must not exit while within its limit"
+        );
         // The fourth failure within the window escalates: the supervisor itself fails.
         child.send_message(()).expect("send");
-        let exit = tokio::time::timeout(wait, exits.recv()).await.expect("escalated").expect("open");
-        assert_eq!(exit, "failed: child flaky exited 4 times within 10s; giving up");
+        let exit = tokio::time::timeout(wait, exits.recv())
+            .await
+            .expect("escalated")
+            .expect("open");
+        assert_eq!(
+            exit,
+            "failed: child flaky exited 4 times within 10s; giving up"
+        );
         assert!(started.try_recv().is_err(), "no restart after escalation");
     }
 }

@@ -179,20 +179,32 @@ mod tests {
         let mut rd = &[0xff, 0xff, 0xff, 0xff, 0][..];
         assert_eq!(
             read_frame(&mut rd, 1024).await,
-            Err(WireError::Oversized { len: 0xffff_ffff, max: 1024 })
+            Err(WireError::Oversized {
+                len: 0xffff_ffff,
+                max: 1024
+            })
         );
         // Truncated.
         let mut rd = &[0, 0, 0, 9, 1, 2][..];
         assert_eq!(read_frame(&mut rd, 1024).await, Err(WireError::Truncated));
         // Garbage.
-        assert!(matches!(decode_envelope(b"\xc1\xc1 hello"), Err(WireError::Garbage(_))));
+        assert!(matches!(
+            decode_envelope(b"\xc1\xc1 hello"),
+            Err(WireError::Garbage(_))
+        ));
         assert!(matches!(decode_envelope(&[]), Err(WireError::Garbage(_))));
         // A future version with a different shape is named as such, not as garbage.
         let future = rmp_serde::to_vec(&(2u16, "x", 1.5f64, ["y"])).expect("enc");
-        assert_eq!(decode_envelope(&future), Err(WireError::UnknownVersion { got: 2 }));
+        assert_eq!(
+            decode_envelope(&future),
+            Err(WireError::UnknownVersion { got: 2 })
+        );
         // Encoding refuses what the peer would refuse.
         let mut big = env();
         big.body = vec![0; 2048];
-        assert!(matches!(encode_frame(&big, 1024), Err(WireError::Oversized { .. })));
+        assert!(matches!(
+            encode_frame(&big, 1024),
+            Err(WireError::Oversized { .. })
+        ));
     }
 }

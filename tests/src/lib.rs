@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rollcall_runtime::PeerIdentity;
 use rollcall_runtime::identity::{Ca, Credentials, NodeSecret, PeerRole, Validity};
 use rollcall_runtime::node::{Incoming, Node, NodeOptions};
 use rollcall_runtime::tls::LinkTimeouts;
 use rollcall_runtime::transport::mem::MemNetwork;
 use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
-use rollcall_runtime::PeerIdentity;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -127,23 +127,36 @@ pub fn fast_timeouts() -> LinkTimeouts {
 }
 
 /// A node on real QUIC at `ip` (any free port).
-pub async fn quic_node(creds: &Credentials, ip: &str, opts: QuicOptions) -> (Node, Arc<QuicTransport>) {
+pub async fn quic_node(
+    creds: &Credentials,
+    ip: &str,
+    opts: QuicOptions,
+) -> (Node, Arc<QuicTransport>) {
     let addr: SocketAddr = format!("{ip}:0").parse().expect("addr");
     let t = QuicTransport::bind(addr, creds, &NodeSecret::generate(), opts).expect("bind");
-    let node = Node::start(t.clone(), NodeOptions::default()).await.expect("start node");
+    let node = Node::start(t.clone(), NodeOptions::default())
+        .await
+        .expect("start node");
     (node, t)
 }
 
 /// A node on the in-memory network at `addr`.
 pub async fn mem_node(net: &MemNetwork, addr: &str, identity: PeerIdentity) -> Node {
-    let t = net.bind(addr.parse().expect("addr"), identity).expect("bind");
-    Node::start(t, NodeOptions::default()).await.expect("start node")
+    let t = net
+        .bind(addr.parse().expect("addr"), identity)
+        .expect("bind");
+    Node::start(t, NodeOptions::default())
+        .await
+        .expect("start node")
 }
 
 /// The seeds a seeded suite runs: `ROLLCALL_SEED` alone if set, else `ROLLCALL_SEEDS`
 /// (default `default_count`) seeds from 1.
 pub fn seeds(default_count: u64) -> Vec<u64> {
-    if let Some(one) = std::env::var("ROLLCALL_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(one) = std::env::var("ROLLCALL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         return vec![one];
     }
     let n = std::env::var("ROLLCALL_SEEDS")

@@ -5,14 +5,20 @@
 use std::sync::Arc;
 
 use rollcall_runtime::identity::{NODE_SERVER_NAME, PeerRole};
-use rollcall_runtime::transport::quic::QuicOptions;
 use rollcall_runtime::transport::RefuseCode;
+use rollcall_runtime::transport::quic::QuicOptions;
 use rollcall_runtime::wire::{self, Envelope, EnvelopeKind, WIRE_VERSION};
 use rollcall_runtime::{WireStatsSnapshot, tls};
 use rollcall_tests::*;
 
 fn envelope(from: &str, to: &str, kind: EnvelopeKind, body: Vec<u8>) -> Vec<u8> {
-    rmp_serde_encode(&Envelope { version: WIRE_VERSION, from: from.into(), to: to.into(), kind, body })
+    rmp_serde_encode(&Envelope {
+        version: WIRE_VERSION,
+        from: from.into(),
+        to: to.into(),
+        kind,
+        body,
+    })
 }
 
 fn rmp_serde_encode(env: &Envelope) -> Vec<u8> {
@@ -50,14 +56,27 @@ async fn send_bi(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, Refu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bad_frame_is_refused_counted_and_harmless() {
     let ca = ca();
-    let (server, _) = quic_node(&creds(&ca, PeerRole::Server), "127.0.0.1", QuicOptions::default()).await;
+    let (server, _) = quic_node(
+        &creds(&ca, PeerRole::Server),
+        "127.0.0.1",
+        QuicOptions::default(),
+    )
+    .await;
     let _recorded = start_probe(&server).await;
     let stats = server.wire_stats().clone();
 
     // An honest peer, connected before the attack.
-    let (honest, _) = quic_node(&creds(&ca, PeerRole::Endpoint), "127.0.0.2", QuicOptions::default()).await;
+    let (honest, _) = quic_node(
+        &creds(&ca, PeerRole::Endpoint),
+        "127.0.0.2",
+        QuicOptions::default(),
+    )
+    .await;
     let honest_link = honest.connect(server.local_addr()).await.expect("connect");
-    honest_link.wait_connected(DEADLINE).await.expect("connected");
+    honest_link
+        .wait_connected(DEADLINE)
+        .await
+        .expect("connected");
 
     // The attacker holds a valid certificate and speaks raw QUIC.
     let bad = creds(&ca, PeerRole::Endpoint);
@@ -77,12 +96,24 @@ async fn each_bad_frame_is_refused_counted_and_harmless() {
                 .wait_for(DEADLINE, |s| s.rejected_total() >= want.rejected_total())
                 .await;
             assert_eq!(
-                (got.rejected_garbage, got.rejected_oversized, got.rejected_version,
-                 got.rejected_spoofed, got.rejected_unknown_destination, got.rejected_truncated,
-                 got.rejected_protocol),
-                (want.rejected_garbage, want.rejected_oversized, want.rejected_version,
-                 want.rejected_spoofed, want.rejected_unknown_destination, want.rejected_truncated,
-                 want.rejected_protocol),
+                (
+                    got.rejected_garbage,
+                    got.rejected_oversized,
+                    got.rejected_version,
+                    got.rejected_spoofed,
+                    got.rejected_unknown_destination,
+                    got.rejected_truncated,
+                    got.rejected_protocol
+                ),
+                (
+                    want.rejected_garbage,
+                    want.rejected_oversized,
+                    want.rejected_version,
+                    want.rejected_spoofed,
+                    want.rejected_unknown_destination,
+                    want.rejected_truncated,
+                    want.rejected_protocol
+                ),
                 "{got:?}"
             );
         }
@@ -100,7 +131,10 @@ async fn each_bad_frame_is_refused_counted_and_harmless() {
     expect(want).await;
 
     // 3. A frame announcing more than the limit.
-    assert_eq!(send_bi(&conn, &[0x00, 0x10, 0x00, 0x01, 1, 2, 3]).await, Err(RefuseCode::Rejected));
+    assert_eq!(
+        send_bi(&conn, &[0x00, 0x10, 0x00, 0x01, 1, 2, 3]).await,
+        Err(RefuseCode::Rejected)
+    );
     want.rejected_oversized += 1;
     expect(want).await;
 
@@ -118,13 +152,19 @@ async fn each_bad_frame_is_refused_counted_and_harmless() {
 
     // 5. A sender that is not who the certificate says.
     let spoof = envelope("someone-else", PROBE, EnvelopeKind::Call(1), vec![]);
-    assert_eq!(send_bi(&conn, &framed(&spoof)).await, Err(RefuseCode::Rejected));
+    assert_eq!(
+        send_bi(&conn, &framed(&spoof)).await,
+        Err(RefuseCode::Rejected)
+    );
     want.rejected_spoofed += 1;
     expect(want).await;
 
     // 6. A destination that does not exist.
     let nowhere = envelope(&me, "no.such.actor", EnvelopeKind::Call(2), vec![]);
-    assert_eq!(send_bi(&conn, &framed(&nowhere)).await, Err(RefuseCode::UnknownDestination));
+    assert_eq!(
+        send_bi(&conn, &framed(&nowhere)).await,
+        Err(RefuseCode::UnknownDestination)
+    );
     want.rejected_unknown_destination += 1;
     expect(want).await;
 
@@ -143,19 +183,35 @@ async fn each_bad_frame_is_refused_counted_and_harmless() {
 
     // 9. A valid envelope whose body is not the actor's message: the actor counts and refuses.
     let junk_body = envelope(&me, PROBE, EnvelopeKind::Call(3), b"\xc1".to_vec());
-    assert_eq!(send_bi(&conn, &framed(&junk_body)).await, Err(RefuseCode::Rejected));
+    assert_eq!(
+        send_bi(&conn, &framed(&junk_body)).await,
+        Err(RefuseCode::Rejected)
+    );
     want.rejected_garbage += 1;
     expect(want).await;
 
     // The attacker's own connection still works for a good request...
-    let good = envelope(&me, PROBE, EnvelopeKind::Call(4), wire::encode_body(&Probe::Echo("ok".into())).expect("body"));
-    let reply = send_bi(&conn, &framed(&good)).await.expect("good request answered");
+    let good = envelope(
+        &me,
+        PROBE,
+        EnvelopeKind::Call(4),
+        wire::encode_body(&Probe::Echo("ok".into())).expect("body"),
+    );
+    let reply = send_bi(&conn, &framed(&good))
+        .await
+        .expect("good request answered");
     let env = wire::decode_envelope(&reply[4..]).expect("reply envelope");
     assert_eq!(env.kind, EnvelopeKind::Reply(4));
-    assert_eq!(wire::decode_body::<ProbeReply>(&env.body).expect("body"), ProbeReply::Echo("ok".into()));
+    assert_eq!(
+        wire::decode_body::<ProbeReply>(&env.body).expect("body"),
+        ProbeReply::Echo("ok".into())
+    );
 
     // ...and so does everyone else's.
-    let r: ProbeReply = honest_link.call(PROBE, &Probe::Echo("still here".into()), DEADLINE).await.expect("honest call");
+    let r: ProbeReply = honest_link
+        .call(PROBE, &Probe::Echo("still here".into()), DEADLINE)
+        .await
+        .expect("honest call");
     assert_eq!(r, ProbeReply::Echo("still here".into()));
     assert_eq!(server.stats().connections_accepted, 2);
     assert_eq!(server.connected_peers().len(), 2);

@@ -18,7 +18,10 @@ use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
 use rollcall_tests::*;
 
 const PORT: u16 = 4433;
-const TIMEOUTS: LinkTimeouts = LinkTimeouts { keep_alive_ms: 250, idle_timeout_ms: 2_000 };
+const TIMEOUTS: LinkTimeouts = LinkTimeouts {
+    keep_alive_ms: 250,
+    idle_timeout_ms: 2_000,
+};
 const IDLE: Duration = Duration::from_millis(2_000);
 
 /// One line of a scenario's history: simulated milliseconds and what happened.
@@ -28,7 +31,11 @@ fn now_ms() -> u128 {
     turmoil::sim_elapsed().unwrap_or_default().as_millis()
 }
 
-async fn sim_node(creds: &Credentials, secret: &NodeSecret, seed: u64) -> Result<Node, Box<dyn std::error::Error>> {
+async fn sim_node(
+    creds: &Credentials,
+    secret: &NodeSecret,
+    seed: u64,
+) -> Result<Node, Box<dyn std::error::Error>> {
     let socket = TurmoilUdpSocket::bind(PORT).await?;
     let mut rng_seed = [0u8; 32];
     rng_seed[..8].copy_from_slice(&seed.to_le_bytes());
@@ -37,10 +44,17 @@ async fn sim_node(creds: &Credentials, secret: &NodeSecret, seed: u64) -> Result
         Arc::new(quinn::TokioRuntime),
         creds,
         secret,
-        QuicOptions { timeouts: TIMEOUTS, rng_seed: Some(rng_seed), ..Default::default() },
+        QuicOptions {
+            timeouts: TIMEOUTS,
+            rng_seed: Some(rng_seed),
+            ..Default::default()
+        },
     )?;
     let opts = NodeOptions {
-        reconnect: BackoffConfig { base_ms: 100, max_ms: 1_000 },
+        reconnect: BackoffConfig {
+            base_ms: 100,
+            max_ms: 1_000,
+        },
         seed,
         ..Default::default()
     };
@@ -50,11 +64,14 @@ async fn sim_node(creds: &Credentials, secret: &NodeSecret, seed: u64) -> Result
 fn describe(e: &LinkEvent) -> String {
     match e {
         LinkEvent::Up { .. } => "up".into(),
-        LinkEvent::Down { reason, .. } => format!("down: {}", match reason {
-            TransportError::TimedOut => "timed out".to_string(),
-            TransportError::Reset => "reset".to_string(),
-            other => other.to_string(),
-        }),
+        LinkEvent::Down { reason, .. } => format!(
+            "down: {}",
+            match reason {
+                TransportError::TimedOut => "timed out".to_string(),
+                TransportError::Reset => "reset".to_string(),
+                other => other.to_string(),
+            }
+        ),
         LinkEvent::DialFailed { .. } => "dial failed".into(),
     }
 }
@@ -126,7 +143,9 @@ fn scenario(seed: u64, fault: Fault, ups: usize) -> Vec<(u128, String)> {
     let client_ip: IpAddr = sim.lookup("client");
     let (mut cut, mut healed, mut bounced) = (false, false, false);
     loop {
-        let done = sim.step().unwrap_or_else(|e| panic!("seed {seed}: simulation failed: {e}"));
+        let done = sim
+            .step()
+            .unwrap_or_else(|e| panic!("seed {seed}: simulation failed: {e}"));
         if done {
             break;
         }
@@ -153,8 +172,7 @@ fn scenario(seed: u64, fault: Fault, ups: usize) -> Vec<(u128, String)> {
             }
         }
     }
-    let out = log.borrow().clone();
-    out
+    log.borrow().clone()
 }
 
 fn time_of(log: &[(u128, String)], what: &str, after: u128) -> u128 {
@@ -167,30 +185,57 @@ fn time_of(log: &[(u128, String)], what: &str, after: u128) -> u128 {
 #[test]
 fn a_partition_is_noticed_within_the_idle_timeout_and_the_link_heals() {
     for seed in seeds(3) {
-        let _guard = SeedGuard("a_partition_is_noticed_within_the_idle_timeout_and_the_link_heals", seed);
+        let _guard = SeedGuard(
+            "a_partition_is_noticed_within_the_idle_timeout_and_the_link_heals",
+            seed,
+        );
         let log = scenario(
             seed,
-            Fault::Partition { at: Duration::from_secs(5), heal: Duration::from_secs(12) },
+            Fault::Partition {
+                at: Duration::from_secs(5),
+                heal: Duration::from_secs(12),
+            },
             2,
         );
         let cut = time_of(&log, "partition", 0);
         let down = time_of(&log, "down: timed out", cut);
-        assert!(down - cut <= IDLE.as_millis(), "seed {seed}: noticed after {} ms: {log:#?}", down - cut);
+        assert!(
+            down - cut <= IDLE.as_millis(),
+            "seed {seed}: noticed after {} ms: {log:#?}",
+            down - cut
+        );
         let healed = time_of(&log, "heal", cut);
         assert!(down < healed, "seed {seed}: {log:#?}");
         let up = time_of(&log, "up", healed);
         // The next dial starts within the backoff ceiling (1 s); a dial already in flight
         // completes on quinn's retransmission timer.
-        assert!(up - healed <= 3_000, "seed {seed}: relinked after {} ms: {log:#?}", up - healed);
-        assert_eq!(log.iter().filter(|(_, w)| w.starts_with("down")).count(), 1, "seed {seed}: {log:#?}");
+        assert!(
+            up - healed <= 3_000,
+            "seed {seed}: relinked after {} ms: {log:#?}",
+            up - healed
+        );
+        assert_eq!(
+            log.iter().filter(|(_, w)| w.starts_with("down")).count(),
+            1,
+            "seed {seed}: {log:#?}"
+        );
     }
 }
 
 #[test]
 fn a_bounced_peer_is_noticed_by_stateless_reset_well_before_the_idle_timeout() {
     for seed in seeds(3) {
-        let _guard = SeedGuard("a_bounced_peer_is_noticed_by_stateless_reset_well_before_the_idle_timeout", seed);
-        let log = scenario(seed, Fault::Bounce { at: Duration::from_secs(5) }, 2);
+        let _guard = SeedGuard(
+            "a_bounced_peer_is_noticed_by_stateless_reset_well_before_the_idle_timeout",
+            seed,
+        );
+        let log = scenario(
+            seed,
+            Fault::Bounce {
+                at: Duration::from_secs(5),
+            },
+            2,
+        );
         let bounce = time_of(&log, "bounce", 0);
         let down = time_of(&log, "down: reset", bounce);
         assert!(
@@ -200,7 +245,11 @@ fn a_bounced_peer_is_noticed_by_stateless_reset_well_before_the_idle_timeout() {
             IDLE.as_millis()
         );
         let up = time_of(&log, "up", down);
-        assert!(up - down <= 2_000, "seed {seed}: relinked after {} ms: {log:#?}", up - down);
+        assert!(
+            up - down <= 2_000,
+            "seed {seed}: relinked after {} ms: {log:#?}",
+            up - down
+        );
     }
 }
 
@@ -208,12 +257,27 @@ fn a_bounced_peer_is_noticed_by_stateless_reset_well_before_the_idle_timeout() {
 fn the_same_seed_gives_the_same_history() {
     for seed in seeds(2) {
         let _guard = SeedGuard("the_same_seed_gives_the_same_history", seed);
-        let fault = || Fault::Partition { at: Duration::from_secs(3), heal: Duration::from_secs(8) };
+        let fault = || Fault::Partition {
+            at: Duration::from_secs(3),
+            heal: Duration::from_secs(8),
+        };
         let first = scenario(seed, fault(), 2);
         let second = scenario(seed, fault(), 2);
         assert_eq!(first, second, "seed {seed}");
-        let b1 = scenario(seed, Fault::Bounce { at: Duration::from_secs(3) }, 2);
-        let b2 = scenario(seed, Fault::Bounce { at: Duration::from_secs(3) }, 2);
+        let b1 = scenario(
+            seed,
+            Fault::Bounce {
+                at: Duration::from_secs(3),
+            },
+            2,
+        );
+        let b2 = scenario(
+            seed,
+            Fault::Bounce {
+                at: Duration::from_secs(3),
+            },
+            2,
+        );
         assert_eq!(b1, b2, "seed {seed}");
     }
 }

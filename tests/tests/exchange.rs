@@ -15,19 +15,31 @@ async fn exchange_suite(a: Node, b: Node) {
     let mut b_recorded = start_probe(&b).await;
     let mut a_recorded = start_probe(&a).await;
     let link = a.connect(b.local_addr()).await.expect("connect");
-    assert_eq!(link.wait_connected(DEADLINE).await.expect("connected"), *b.identity());
+    assert_eq!(
+        link.wait_connected(DEADLINE).await.expect("connected"),
+        *b.identity()
+    );
 
     // Call and cast.
-    let r: ProbeReply = link.call(PROBE, &Probe::Echo("ping".into()), DEADLINE).await.expect("call");
+    let r: ProbeReply = link
+        .call(PROBE, &Probe::Echo("ping".into()), DEADLINE)
+        .await
+        .expect("call");
     assert_eq!(r, ProbeReply::Echo("ping".into()));
-    let r: ProbeReply = link.call(PROBE, &Probe::WhoAmI, DEADLINE).await.expect("whoami");
+    let r: ProbeReply = link
+        .call(PROBE, &Probe::WhoAmI, DEADLINE)
+        .await
+        .expect("whoami");
     assert_eq!(r, ProbeReply::Caller(a.identity().clone()));
     for n in 0..50 {
         link.cast(PROBE, &Probe::Record(n)).await.expect("cast");
     }
     let mut got = Vec::new();
     for _ in 0..50 {
-        let (from, n) = tokio::time::timeout(DEADLINE, b_recorded.recv()).await.expect("cast arrives").expect("open");
+        let (from, n) = tokio::time::timeout(DEADLINE, b_recorded.recv())
+            .await
+            .expect("cast arrives")
+            .expect("open");
         assert_eq!(from, *a.identity());
         got.push(n);
     }
@@ -37,35 +49,65 @@ async fn exchange_suite(a: Node, b: Node) {
     // Many calls in flight at once, each answered with its own value.
     let calls = (0..200u32).map(|n| {
         let link = link.clone();
-        async move { link.call::<_, ProbeReply>(PROBE, &Probe::Record(n), DEADLINE).await }
+        async move {
+            link.call::<_, ProbeReply>(PROBE, &Probe::Record(n), DEADLINE)
+                .await
+        }
     });
     let answers = futures::future::join_all(calls).await;
     for (n, a) in answers.into_iter().enumerate() {
         assert_eq!(a.expect("answered"), ProbeReply::Recorded(n as u32));
     }
     for _ in 0..200 {
-        tokio::time::timeout(DEADLINE, b_recorded.recv()).await.expect("recorded").expect("open");
+        tokio::time::timeout(DEADLINE, b_recorded.recv())
+            .await
+            .expect("recorded")
+            .expect("open");
     }
 
     // The other direction, over the same connection.
-    let back = b.wait_peer(&a.identity().id, DEADLINE).await.expect("b sees a");
-    back.cast(PROBE, &Probe::Record(99)).await.expect("cast back");
-    let (from, n) = tokio::time::timeout(DEADLINE, a_recorded.recv()).await.expect("arrives").expect("open");
+    let back = b
+        .wait_peer(&a.identity().id, DEADLINE)
+        .await
+        .expect("b sees a");
+    back.cast(PROBE, &Probe::Record(99))
+        .await
+        .expect("cast back");
+    let (from, n) = tokio::time::timeout(DEADLINE, a_recorded.recv())
+        .await
+        .expect("arrives")
+        .expect("open");
     assert_eq!((from, n), (b.identity().clone(), 99));
 
     // Errors the caller can tell apart.
     let r: Result<ProbeReply, _> = link.call("nobody", &Probe::WhoAmI, DEADLINE).await;
-    assert_eq!(r, Err(CallError::Transport(TransportError::Refused(RefuseCode::UnknownDestination))));
+    assert_eq!(
+        r,
+        Err(CallError::Transport(TransportError::Refused(
+            RefuseCode::UnknownDestination
+        )))
+    );
     let r: Result<ProbeReply, _> = link.call(PROBE, &Probe::Drop, DEADLINE).await;
-    assert_eq!(r, Err(CallError::Transport(TransportError::Refused(RefuseCode::NoAnswer))));
+    assert_eq!(
+        r,
+        Err(CallError::Transport(TransportError::Refused(
+            RefuseCode::NoAnswer
+        )))
+    );
     let short = Duration::from_millis(300);
     let r: Result<ProbeReply, _> = link.call(PROBE, &Probe::Hold, short).await;
     assert_eq!(r, Err(CallError::Timeout(short)));
     let huge = "x".repeat(2 << 20);
     let r: Result<ProbeReply, _> = link.call(PROBE, &Probe::Echo(huge), DEADLINE).await;
-    assert!(matches!(r, Err(CallError::Wire(WireError::Oversized { .. }))), "{r:?}");
+    assert!(
+        matches!(r, Err(CallError::Wire(WireError::Oversized { .. }))),
+        "{r:?}"
+    );
     let near_limit = "y".repeat(1000 * 1000);
-    let r: ProbeReply = link.call(PROBE, &Probe::Echo(near_limit.clone()), DEADLINE).await.expect("big call");
+    let r: ProbeReply = link
+        .call(PROBE, &Probe::Echo(near_limit.clone()), DEADLINE)
+        .await
+        .expect("big call");
     assert_eq!(r, ProbeReply::Echo(near_limit));
 
     // Nothing above was a bad frame on the receiving side except the unknown destination.
@@ -81,15 +123,35 @@ async fn exchange_over_memory() {
     let ca = ca();
     let net = MemNetwork::new(1, Duration::from_secs(1));
     net.set_default_latency(Duration::from_millis(1));
-    let a = mem_node(&net, "127.10.0.1:7000", creds(&ca, PeerRole::Endpoint).identity).await;
-    let b = mem_node(&net, "127.10.0.2:7000", creds(&ca, PeerRole::Server).identity).await;
+    let a = mem_node(
+        &net,
+        "127.10.0.1:7000",
+        creds(&ca, PeerRole::Endpoint).identity,
+    )
+    .await;
+    let b = mem_node(
+        &net,
+        "127.10.0.2:7000",
+        creds(&ca, PeerRole::Server).identity,
+    )
+    .await;
     exchange_suite(a, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exchange_over_quic() {
     let ca = ca();
-    let (a, _) = quic_node(&creds(&ca, PeerRole::Endpoint), "127.0.0.1", QuicOptions::default()).await;
-    let (b, _) = quic_node(&creds(&ca, PeerRole::Server), "127.0.0.2", QuicOptions::default()).await;
+    let (a, _) = quic_node(
+        &creds(&ca, PeerRole::Endpoint),
+        "127.0.0.1",
+        QuicOptions::default(),
+    )
+    .await;
+    let (b, _) = quic_node(
+        &creds(&ca, PeerRole::Server),
+        "127.0.0.2",
+        QuicOptions::default(),
+    )
+    .await;
     exchange_suite(a, b).await;
 }

@@ -36,8 +36,7 @@ impl TurmoilUdpSocket {
     /// Binds `port` on the current turmoil host. A pump task moves received datagrams into a
     /// queue that quinn polls.
     pub async fn bind(port: u16) -> io::Result<Arc<TurmoilUdpSocket>> {
-        let socket =
-            Arc::new(turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).await?);
+        let socket = Arc::new(turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).await?);
         let local = socket.local_addr()?;
         let (tx, rx) = mpsc::channel(1024);
         let pump = socket.clone();
@@ -82,7 +81,10 @@ impl AsyncUdpSocket for TurmoilUdpSocket {
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         // One segment per transmit (max_transmit_segments is 1). A datagram turmoil cannot
         // deliver is lost, as on a real network.
-        if let Err(e) = self.socket.try_send_to(transmit.contents, transmit.destination) {
+        if let Err(e) = self
+            .socket
+            .try_send_to(transmit.contents, transmit.destination)
+        {
             tracing::trace!(error = %e, dest = %transmit.destination, "simulated datagram dropped");
         }
         Ok(())
@@ -94,10 +96,7 @@ impl AsyncUdpSocket for TurmoilUdpSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let mut rx = self
-            .incoming
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut rx = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
         match rx.poll_recv(cx) {
             Poll::Ready(Some((data, from))) => {
                 let n = data.len().min(bufs[0].len());

@@ -234,7 +234,10 @@ impl Transport for MemTransport {
         }
         let (peer, accept) = {
             let st = self.net.lock();
-            let l = st.listeners.get(&addr).ok_or_else(|| fail("no node listening"))?;
+            let l = st
+                .listeners
+                .get(&addr)
+                .ok_or_else(|| fail("no node listening"))?;
             (l.identity.clone(), l.accept.clone())
         };
         let shared = Arc::new(ConnShared {
@@ -395,7 +398,10 @@ impl Connection for MemConnection {
                 Ok(payload)
             }
             Ok(Err(code)) => Err(TransportError::Refused(code)),
-            Err(_) => Err(self.shared.error().unwrap_or(TransportError::Lost("peer dropped the stream".into()))),
+            Err(_) => Err(self
+                .shared
+                .error()
+                .unwrap_or(TransportError::Lost("peer dropped the stream".into()))),
         }
     }
 
@@ -420,7 +426,8 @@ impl Connection for MemConnection {
     }
 
     fn close(&self, reason: &str) {
-        self.shared.close(TransportError::ClosedByPeer(reason.to_string()));
+        self.shared
+            .close(TransportError::ClosedByPeer(reason.to_string()));
     }
 }
 

@@ -24,7 +24,7 @@ pub const CLOSE_NORMAL: u32 = 0x0;
 #[async_trait]
 pub trait EnrolService: Send + Sync + 'static {
     /// Handles one enrolment connection to its end.
-    async fn serve(&self, conn: quinn::Connection);
+    async fn serve(&self, conn: quinn::Connection, stats: &WireStats);
 }
 
 /// Options of a QUIC transport.
@@ -67,13 +67,14 @@ impl std::fmt::Debug for QuicTransport {
 /// from the node secret, so after a restart this node recognises its old connection ids and
 /// answers their packets with a reset that the peer can verify.
 pub fn endpoint_config(secret: &NodeSecret, rng_seed: Option<[u8; 32]>) -> quinn::EndpointConfig {
-    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.derive("stateless-reset"));
+    let reset_key =
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.derive("stateless-reset"));
     let mut ec = quinn::EndpointConfig::new(Arc::new(reset_key));
     let cid = secret.derive("connection-id");
-    let cid_key = u64::from_le_bytes([cid[0], cid[1], cid[2], cid[3], cid[4], cid[5], cid[6], cid[7]]);
-    ec.cid_generator(move || {
-        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-    });
+    let cid_key = u64::from_le_bytes([
+        cid[0], cid[1], cid[2], cid[3], cid[4], cid[5], cid[6], cid[7],
+    ]);
+    ec.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
     ec.rng_seed(rng_seed);
     ec
 }
@@ -103,7 +104,9 @@ impl QuicTransport {
         secret: &NodeSecret,
         opts: QuicOptions,
     ) -> Result<Arc<QuicTransport>, TransportError> {
-        let local_addr = socket.local_addr().map_err(|e| TransportError::Lost(e.to_string()))?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|e| TransportError::Lost(e.to_string()))?;
         let fail = |reason: String| TransportError::Connect {
             addr: local_addr,
             reason,
@@ -168,8 +171,11 @@ async fn accept_loop(
                 .and_then(|d| d.protocol);
             if alpn.as_deref() == Some(ALPN_ENROL) {
                 match enrolment {
-                    Some(svc) => svc.serve(conn).await,
-                    None => conn.close(VarInt::from_u32(CLOSE_REFUSED), b"enrolment not served here"),
+                    Some(svc) => svc.serve(conn, &stats).await,
+                    None => conn.close(
+                        VarInt::from_u32(CLOSE_REFUSED),
+                        b"enrolment not served here",
+                    ),
                 }
                 return;
             }
@@ -259,7 +265,9 @@ pub fn map_connection_error(e: &quinn::ConnectionError) -> TransportError {
 
 fn map_read(e: quinn::ReadError) -> TransportError {
     match e {
-        quinn::ReadError::Reset(code) => TransportError::Refused(RefuseCode::from_u64(code.into_inner())),
+        quinn::ReadError::Reset(code) => {
+            TransportError::Refused(RefuseCode::from_u64(code.into_inner()))
+        }
         quinn::ReadError::ConnectionLost(c) => map_connection_error(&c),
         other => TransportError::Lost(other.to_string()),
     }
@@ -285,7 +293,8 @@ async fn read_quic_frame(
     read_exact(recv, &mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
-        let _ = recv.stop(VarInt::from_u64(RefuseCode::Rejected.to_u64()).unwrap_or(VarInt::from_u32(2)));
+        let _ = recv
+            .stop(VarInt::from_u64(RefuseCode::Rejected.to_u64()).unwrap_or(VarInt::from_u32(2)));
         return Err(WireError::Oversized { len, max }.into());
     }
     let mut buf = vec![0u8; len];
@@ -318,7 +327,8 @@ impl Connection for QuicConnection {
             .await
             .map_err(|e| map_connection_error(&e))?;
         send.write_chunk(frame).await.map_err(map_write)?;
-        send.finish().map_err(|e| TransportError::Lost(e.to_string()))?;
+        send.finish()
+            .map_err(|e| TransportError::Lost(e.to_string()))?;
         Ok(())
     }
 
@@ -329,7 +339,8 @@ impl Connection for QuicConnection {
             .await
             .map_err(|e| map_connection_error(&e))?;
         send.write_chunk(frame).await.map_err(map_write)?;
-        send.finish().map_err(|e| TransportError::Lost(e.to_string()))?;
+        send.finish()
+            .map_err(|e| TransportError::Lost(e.to_string()))?;
         read_quic_frame(&mut recv, max_reply).await
     }
 
@@ -376,7 +387,8 @@ impl InboundStream for QuicInbound {
             return Ok(());
         };
         send.write_chunk(frame).await.map_err(map_write)?;
-        send.finish().map_err(|e| TransportError::Lost(e.to_string()))?;
+        send.finish()
+            .map_err(|e| TransportError::Lost(e.to_string()))?;
         Ok(())
     }
 

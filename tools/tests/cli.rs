@@ -1,0 +1,240 @@
+//! The `rollcall` binary end to end: the demo, and a server, an endpoint and an operator as
+//! separate processes on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn rollcall() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rollcall"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    rollcall().args(args).output().expect("run rollcall")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A child process that is killed when the test ends, whatever happens.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = rollcall()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn rollcall");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// The first line of output that starts with `prefix`, within the deadline.
+    fn line_starting(&self, prefix: &str) -> String {
+        let end = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("no line starting with {prefix:?}: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn demo_enrols_and_connects_every_endpoint() {
+    let out = run(&["demo", "--endpoints", "3", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let peers = status["peers"].as_array().expect("peers");
+    let endpoints: Vec<_> = peers
+        .iter()
+        .filter(|p| p["peer"]["role"] == "Endpoint")
+        .collect();
+    assert_eq!(endpoints.len(), 3, "{status:#}");
+    let mut ips: Vec<&str> = endpoints
+        .iter()
+        .map(|p| {
+            p["addr"]
+                .as_str()
+                .expect("addr")
+                .split(':')
+                .next()
+                .expect("ip")
+        })
+        .collect();
+    ips.sort();
+    assert_eq!(ips, ["127.0.1.1", "127.0.1.2", "127.0.1.3"]);
+    assert_eq!(status["asked_by"]["role"]["Operator"], "Admin");
+    assert_eq!(status["stats"]["enrolments"], 3);
+    assert_eq!(status["stats"]["handshakes_refused"], 0);
+}
+
+fn token_from(out: &Output) -> String {
+    stdout(out)
+        .lines()
+        .find_map(|l| l.strip_prefix("join token: "))
+        .expect("join token line")
+        .to_string()
+}
+
+#[test]
+fn server_endpoint_and_operator_as_separate_processes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = |s: &str| dir.path().join(s).to_string_lossy().into_owned();
+    let init = run(&["ca", "init", "--dir", &p("ca")]);
+    assert!(init.status.success());
+    let token = token_from(&init);
+    // Refuses to overwrite.
+    let again = run(&["ca", "init", "--dir", &p("ca")]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let op = run(&[
+        "ca",
+        "issue-operator",
+        "--dir",
+        &p("ca"),
+        "--name",
+        "vera",
+        "--role",
+        "viewer",
+        "--out",
+        &p("vera"),
+    ]);
+    assert!(
+        op.status.success(),
+        "{}",
+        String::from_utf8_lossy(&op.stderr)
+    );
+
+    let server = Running::start(&["server", "--ca-dir", &p("ca"), "--listen", "127.0.0.1:0"]);
+    let line = server.line_starting("server ");
+    let addr = line.rsplit(' ').next().expect("addr").to_string();
+
+    // A wrong token is refused with a clear message.
+    let bad_token = format!(
+        "rc1.{}.{}",
+        "0".repeat(32),
+        token.rsplit('.').next().expect("fp")
+    );
+    let bad = run(&[
+        "endpoint",
+        "--server",
+        &addr,
+        "--join-token",
+        &bad_token,
+        "--state-dir",
+        &p("bad"),
+        "--listen",
+        "127.0.2.9:0",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("the server refused enrolment: unknown join token"),
+        "{err}"
+    );
+    assert!(!Path::new(&p("bad")).join("node.pem").exists());
+
+    let endpoint = Running::start(&[
+        "endpoint",
+        "--server",
+        &addr,
+        "--join-token",
+        &token,
+        "--state-dir",
+        &p("ep"),
+        "--listen",
+        "127.0.2.1:0",
+    ]);
+    let id_line = endpoint.line_starting("endpoint ");
+    let id = id_line.split(' ').nth(1).expect("id").to_string();
+    endpoint.line_starting("connected to server ");
+    assert!(Path::new(&p("ep")).join("node.pem").exists());
+
+    let status = run(&[
+        "status",
+        "--server",
+        &addr,
+        "--cert-dir",
+        &p("vera"),
+        "--json",
+    ]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    let peers = v["peers"].as_array().expect("peers");
+    assert!(
+        peers
+            .iter()
+            .any(|p| p["peer"]["id"] == id.as_str() && p["peer"]["role"] == "Endpoint"),
+        "{v:#}"
+    );
+    assert_eq!(v["asked_by"]["role"]["Operator"], "Viewer");
+    assert_eq!(v["stats"]["enrolments"], 1);
+    assert_eq!(v["stats"]["enrolments_refused"], 1);
+
+    // Restarted with the same state directory, the endpoint needs no token and keeps its id.
+    drop(endpoint);
+    let again = Running::start(&[
+        "endpoint",
+        "--server",
+        &addr,
+        "--state-dir",
+        &p("ep"),
+        "--listen",
+        "127.0.2.1:0",
+    ]);
+    let line = again.line_starting("endpoint ");
+    assert_eq!(line.split(' ').nth(1), Some(id.as_str()));
+    again.line_starting("connected to server ");
+    drop(server);
+}
+
+#[test]
+fn help_explains_every_command() {
+    let out = run(&["--help"]);
+    let text = stdout(&out);
+    for cmd in ["ca", "server", "endpoint", "status", "demo"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+    let out = run(&["ca", "issue-operator", "--help"]);
+    assert!(stdout(&out).contains("viewer (read results and status)"));
+}

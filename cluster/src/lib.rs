@@ -1,5 +1,19 @@
-//! rollcall-cluster: registration, per-subnet rings, leaders, failure and slowness detection,
-//! rejoin, and the question/answer flow along a ring.
+//! rollcall-cluster: registration, per-subnet rings, leaders, failure and slowness
+//! detection, and rejoin.
 //!
-//! Empty until the rings issue lands; it will depend on `rollcall-runtime` for links,
-//! supervision and the transport, and keep its protocol decisions in sans-IO cores.
+//! Endpoints register with the server at a jittered interval and get back the members of
+//! their peering range, ordered by address. Each endpoint keeps a link to its first live
+//! successor and probes it; the ends of the chain are its leaders, and only they keep a
+//! connection to the server. The protocol decisions live in two sans-IO cores driven by
+//! actors: [`ring::RingCore`] (one endpoint's view: successors, skips, leadership) and
+//! [`membership::Membership`] (the server's view of its rings: registration, suspicion,
+//! eviction). [`member::RingMember`] and [`shard::ServerShard`] own the I/O and the clock.
+//!
+//! It does **not** carry questions or actions yet: those issues will travel on these rings
+//! (the rejoin hand-off, [`membership::Backlog`], is their hook).
+
+pub mod member;
+pub mod membership;
+pub mod proto;
+pub mod ring;
+pub mod shard;

@@ -303,7 +303,7 @@ impl Node {
         tokio::spawn(async move {
             while let Some(conn) = accepting.shared.transport.accept().await {
                 let addr = conn.remote_addr();
-                if let Err(e) = accepting.spawn_link(LinkMode::Inbound(conn), addr).await {
+                if let Err(e) = accepting.spawn_link(LinkMode::Single(conn), addr).await {
                     tracing::error!(%addr, error = %e, "could not start link");
                 }
             }
@@ -352,12 +352,29 @@ impl Node {
         self.spawn_link(LinkMode::Outbound, addr).await
     }
 
+    /// Dials `addr` once, within `timeout`: a link that ends with its connection and is never
+    /// redialed. For short exchanges (registration) and for neighbours whose liveness the
+    /// caller judges itself.
+    pub async fn connect_once(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<PeerHandle, CallError> {
+        let conn = tokio::time::timeout(timeout, self.shared.transport.connect(addr))
+            .await
+            .map_err(|_| CallError::Timeout(timeout))??;
+        self.spawn_link(LinkMode::Single(conn), addr)
+            .await
+            .map_err(|e| CallError::Transport(TransportError::Lost(e.to_string())))
+    }
+
     /// The link to a connected peer, whichever side dialed.
     pub fn peer(&self, id: &NodeId) -> Option<PeerHandle> {
-        let (addr, conn) = self.shared.links.read().ok()?.get(id).cloned()?;
+        let cell = self.shared.links.read().ok()?.get(id).cloned()?;
         Some(PeerHandle {
-            addr,
-            conn,
+            addr: cell.addr,
+            conn: cell.conn,
+            actor: cell.actor,
             shared: self.shared.clone(),
         })
     }
@@ -394,10 +411,11 @@ impl Node {
         let handle = PeerHandle {
             addr,
             conn: Arc::new(watch::channel(None).0),
+            actor: Arc::new(std::sync::Mutex::new(None)),
             shared: self.shared.clone(),
         };
         let restart = match mode {
-            LinkMode::Inbound(_) => Restart::Temporary,
+            LinkMode::Single(_) => Restart::Temporary,
             LinkMode::Outbound => Restart::Transient,
         };
         let seed = self.shared.next_seed.fetch_add(1, Ordering::Relaxed);
@@ -418,9 +436,12 @@ impl Node {
                 seed,
             },
         );
-        start_child(&self.supervisor, spec)
+        let cell = start_child(&self.supervisor, spec)
             .await
             .map_err(NodeError::Spawn)?;
+        if let Ok(mut slot) = handle.actor.lock() {
+            *slot = Some(cell);
+        }
         Ok(handle)
     }
 }
@@ -431,8 +452,8 @@ fn connected_peers(shared: &Shared) -> Vec<PeerInfo> {
     };
     let mut out: Vec<PeerInfo> = links
         .values()
-        .filter_map(|(_, conn)| {
-            let c = conn.borrow().clone()?;
+        .filter_map(|cell| {
+            let c = cell.conn.borrow().clone()?;
             Some(PeerInfo {
                 peer: c.peer().clone(),
                 addr: c.remote_addr(),
@@ -452,14 +473,20 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
 }
 
-/// A link's address and its current connection (none while down).
-type LinkCell = (SocketAddr, Arc<watch::Sender<Option<Arc<dyn Connection>>>>);
+/// A link's address, its current connection (none while down) and its actor.
+#[derive(Clone)]
+struct LinkCell {
+    addr: SocketAddr,
+    conn: Arc<watch::Sender<Option<Arc<dyn Connection>>>>,
+    actor: Arc<std::sync::Mutex<Option<ractor::ActorCell>>>,
+}
 
 /// Sends casts and calls to one peer over its link.
 #[derive(Clone)]
 pub struct PeerHandle {
     addr: SocketAddr,
     conn: Arc<watch::Sender<Option<Arc<dyn Connection>>>>,
+    actor: Arc<std::sync::Mutex<Option<ractor::ActorCell>>>,
     shared: Arc<Shared>,
 }
 
@@ -473,6 +500,21 @@ impl PeerHandle {
     /// The peer's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Closes the link for good (no redial).
+    pub fn close(&self) {
+        let cell = self.actor.lock().ok().and_then(|mut a| a.take());
+        if let Some(cell) = cell {
+            cell.stop(Some("closed by owner".into()));
+        } else if let Some(conn) = self.conn.borrow().clone() {
+            conn.close("closed by owner");
+        }
+    }
+
+    /// Whether the link has a connection now.
+    pub fn is_connected(&self) -> bool {
+        self.conn.borrow().is_some()
     }
 
     /// The peer's identity, while connected.
@@ -557,7 +599,9 @@ impl PeerHandle {
 }
 
 enum LinkMode {
-    Inbound(Arc<dyn Connection>),
+    /// Owns one connection (accepted, or dialed once) and ends with it.
+    Single(Arc<dyn Connection>),
+    /// Dials, and redials with backoff whenever the connection is lost.
     Outbound,
 }
 
@@ -598,7 +642,11 @@ impl LinkState {
         if let Ok(mut links) = self.handle.shared.links.write() {
             links.insert(
                 peer.id.clone(),
-                (self.handle.addr, self.handle.conn.clone()),
+                LinkCell {
+                    addr: self.handle.addr,
+                    conn: self.handle.conn.clone(),
+                    actor: self.handle.actor.clone(),
+                },
             );
         }
         let _ = self.handle.shared.events.send(LinkEvent::Up {
@@ -619,7 +667,7 @@ impl LinkState {
             // Only remove the entry if it is still this link's.
             if links
                 .get(&peer.id)
-                .is_some_and(|(_, c)| Arc::ptr_eq(c, &self.handle.conn))
+                .is_some_and(|c| Arc::ptr_eq(&c.conn, &self.handle.conn))
             {
                 links.remove(&peer.id);
             }
@@ -645,7 +693,7 @@ impl Actor for PeerLink {
             peer: None,
         };
         match args.mode {
-            LinkMode::Inbound(conn) => state.install(&myself, conn),
+            LinkMode::Single(conn) => state.install(&myself, conn),
             LinkMode::Outbound => myself.send_message(PeerLinkMsg::Dial)?,
         }
         Ok(state)

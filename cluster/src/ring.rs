@@ -1,0 +1,552 @@
+//! One endpoint's view of its ring, as a sans-IO state machine.
+//!
+//! The ring is a chain ordered by address, then node id. A member probes its first routable
+//! successor every probe interval. A probe not answered within the hop timeout makes that
+//! successor *late*: the member routes past it at once, to the next successor in its list
+//! (default four) or to a skip contact further along. A late successor that answers after all
+//! is *slow*: still routed around, still probed (so it keeps hearing from its predecessor and
+//! does not think itself a leader), and recovers with the next on-time answer. One that does
+//! not answer within the dead timeout, or whose link fails, is *dead*: dropped, reported to
+//! the server, and retried every retry interval so the chain heals after a partition.
+//!
+//! A member leads the forward end when nothing before it is in its view, or when it has heard
+//! no probe from any predecessor for the predecessor timeout; it leads the backward end when it
+//! has no routable successor. A member in an isolated range leads both ends of a chain of one.
+//!
+//! The core never reads a clock and does no I/O: feed it [`Input`]s with `now`, and carry out
+//! the [`Output`]s it queues.
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rollcall_runtime::NodeId;
+
+use crate::proto::{LeaderSides, MemberInfo, SuspectReason};
+
+/// Ring timing and shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Successors kept in order after this member.
+    pub successors: usize,
+    /// Skip contacts beyond the successor list (at 2×, 4×, … the list's length).
+    pub skip_contacts: usize,
+    /// How often the route target is probed.
+    pub probe_interval: Duration,
+    /// An answer later than this is late: route past the successor.
+    pub hop_timeout: Duration,
+    /// No answer by then: the successor is dead.
+    pub dead_timeout: Duration,
+    /// No probe from any predecessor for this long: lead the forward end.
+    pub pred_timeout: Duration,
+    /// How often dead successors closer than the route target are tried again.
+    pub retry_interval: Duration,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            successors: 4,
+            skip_contacts: 2,
+            probe_interval: Duration::from_millis(500),
+            hop_timeout: Duration::from_millis(500),
+            dead_timeout: Duration::from_secs(2),
+            pred_timeout: Duration::from_secs(3),
+            retry_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How this member judges a successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerHealth {
+    /// Not probed yet: routable.
+    Unknown,
+    /// Answered within the hop timeout.
+    Ok,
+    /// A probe is past the hop timeout: routed around until it answers.
+    Late,
+    /// Answered, but late: routed around, still probed.
+    Slow,
+    /// Unreachable: routed around, retried now and then.
+    Dead,
+}
+
+impl PeerHealth {
+    fn routable(self) -> bool {
+        matches!(self, PeerHealth::Unknown | PeerHealth::Ok)
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Time passed.
+    Tick,
+    /// The server's member list (from a registration), or `isolated` when the endpoint is in
+    /// a range that never peers.
+    Members {
+        /// Members in any order.
+        members: Vec<MemberInfo>,
+        /// No peering at all.
+        isolated: bool,
+    },
+    /// A probe to `id` was answered.
+    Ack(NodeId),
+    /// A probe to `id` failed (no answer by the dead timeout, or no link).
+    ProbeFailed(NodeId),
+    /// A probe arrived from `id`.
+    ProbedBy(NodeId),
+    /// A member announced itself (a joiner the server's list may not show yet).
+    Hello(MemberInfo),
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Probe this member (with the dead timeout as the call timeout).
+    Probe(MemberInfo),
+    /// Introduce ourselves to this member (our nearest predecessor).
+    Hello(MemberInfo),
+    /// Tell the server this member is suspect.
+    Report {
+        /// Who.
+        suspect: NodeId,
+        /// Why.
+        reason: SuspectReason,
+    },
+    /// Close the link to this member.
+    Drop(NodeId),
+    /// The ends this member leads changed.
+    Leader(LeaderSides),
+}
+
+#[derive(Debug, Clone)]
+struct PeerState {
+    health: PeerHealth,
+    probe_sent: Option<Instant>,
+    last_try: Option<Instant>,
+}
+
+/// One endpoint's ring state.
+#[derive(Debug)]
+pub struct RingCore {
+    cfg: RingConfig,
+    me: MemberInfo,
+    view: Vec<MemberInfo>,
+    peers: HashMap<NodeId, PeerState>,
+    isolated: bool,
+    started: Instant,
+    last_pred_probe: Option<Instant>,
+    leader: LeaderSides,
+    hello_sent_to: Option<NodeId>,
+    out: VecDeque<Output>,
+}
+
+fn order(a: &MemberInfo, b: &MemberInfo) -> Ordering {
+    (a.addr.ip(), &a.id).cmp(&(b.addr.ip(), &b.id))
+}
+
+impl RingCore {
+    /// A member that knows only itself, at `now`.
+    pub fn new(cfg: RingConfig, me: MemberInfo, now: Instant) -> RingCore {
+        RingCore {
+            cfg,
+            view: vec![me.clone()],
+            me,
+            peers: HashMap::new(),
+            isolated: false,
+            started: now,
+            last_pred_probe: None,
+            leader: LeaderSides::default(),
+            hello_sent_to: None,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Tick => self.tick(now),
+            Input::Members { members, isolated } => self.set_members(members, isolated, now),
+            Input::Ack(id) => self.on_ack(&id, now),
+            Input::ProbeFailed(id) => self.on_failed(&id, now),
+            Input::ProbedBy(id) => {
+                if self.position(&id).is_some_and(|p| p < self.my_position()) {
+                    self.last_pred_probe = Some(now);
+                }
+            }
+            Input::Hello(m) => {
+                if m.id != self.me.id && self.position(&m.id).is_none() {
+                    self.view.push(m.clone());
+                    self.view.sort_by(order);
+                    self.peers.remove(&m.id);
+                }
+                // A member that says hello is alive: give it another chance at once.
+                if let Some(p) = self.peers.get_mut(&m.id) {
+                    p.health = PeerHealth::Unknown;
+                }
+            }
+        }
+        self.update_leadership(now);
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Members in ring order, this one included.
+    pub fn view(&self) -> &[MemberInfo] {
+        &self.view
+    }
+
+    /// The successor questions go to now.
+    pub fn route_target(&self) -> Option<&MemberInfo> {
+        self.candidates()
+            .into_iter()
+            .find(|m| self.health(&m.id).routable())
+    }
+
+    /// The successor list followed by the skip contacts.
+    pub fn candidates(&self) -> Vec<&MemberInfo> {
+        let me = self.my_position();
+        let after = &self.view[me + 1..];
+        let mut c: Vec<&MemberInfo> = after.iter().take(self.cfg.successors).collect();
+        let mut step = self.cfg.successors * 2;
+        for _ in 0..self.cfg.skip_contacts {
+            if step == 0 {
+                break;
+            }
+            if let Some(m) = after.get(step - 1) {
+                c.push(m);
+            }
+            step *= 2;
+        }
+        c
+    }
+
+    /// How this member judges `id`.
+    pub fn health(&self, id: &NodeId) -> PeerHealth {
+        self.peers
+            .get(id)
+            .map(|p| p.health)
+            .unwrap_or(PeerHealth::Unknown)
+    }
+
+    /// The ends this member leads.
+    pub fn leader(&self) -> LeaderSides {
+        self.leader
+    }
+
+    fn position(&self, id: &NodeId) -> Option<usize> {
+        self.view.iter().position(|m| &m.id == id)
+    }
+
+    fn my_position(&self) -> usize {
+        self.position(&self.me.id).unwrap_or(0)
+    }
+
+    fn peer(&mut self, id: &NodeId) -> &mut PeerState {
+        self.peers.entry(id.clone()).or_insert(PeerState {
+            health: PeerHealth::Unknown,
+            probe_sent: None,
+            last_try: None,
+        })
+    }
+
+    fn set_members(&mut self, mut members: Vec<MemberInfo>, isolated: bool, now: Instant) {
+        self.isolated = isolated;
+        if isolated {
+            members.clear();
+        }
+        if !members.iter().any(|m| m.id == self.me.id) {
+            members.push(self.me.clone());
+        }
+        members.sort_by(order);
+        members.dedup_by(|a, b| a.id == b.id);
+        self.peers.retain(|id, _| members.iter().any(|m| &m.id == id));
+        self.view = members;
+        self.say_hello();
+        self.tick(now);
+    }
+
+    /// Introduces this member to its nearest predecessor, once per predecessor, so a joiner
+    /// is spliced in before the predecessor's next registration.
+    fn say_hello(&mut self) {
+        let me = self.my_position();
+        if me == 0 {
+            return;
+        }
+        let pred = self.view[me - 1].clone();
+        if self.hello_sent_to.as_ref() != Some(&pred.id) {
+            self.hello_sent_to = Some(pred.id.clone());
+            self.out.push_back(Output::Hello(pred));
+        }
+    }
+
+    fn on_ack(&mut self, id: &NodeId, now: Instant) {
+        let hop = self.cfg.hop_timeout;
+        let p = self.peer(id);
+        let rtt = p.probe_sent.map(|t| now.saturating_duration_since(t));
+        p.probe_sent = None;
+        let before = p.health;
+        p.health = match rtt {
+            Some(rtt) if rtt > hop => PeerHealth::Slow,
+            _ => PeerHealth::Ok,
+        };
+        if p.health == PeerHealth::Slow && before != PeerHealth::Slow {
+            self.out.push_back(Output::Report {
+                suspect: id.clone(),
+                reason: SuspectReason::Slow,
+            });
+        }
+    }
+
+    fn on_failed(&mut self, id: &NodeId, now: Instant) {
+        let p = self.peer(id);
+        p.probe_sent = None;
+        p.last_try = Some(now);
+        if p.health != PeerHealth::Dead {
+            p.health = PeerHealth::Dead;
+            self.out.push_back(Output::Drop(id.clone()));
+            self.out.push_back(Output::Report {
+                suspect: id.clone(),
+                reason: SuspectReason::Unreachable,
+            });
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if self.isolated {
+            return;
+        }
+        let hop = self.cfg.hop_timeout;
+        // Outstanding probes past the hop timeout: route past them now.
+        for p in self.peers.values_mut() {
+            if let Some(sent) = p.probe_sent {
+                if now.saturating_duration_since(sent) > hop && p.health.routable() {
+                    p.health = PeerHealth::Late;
+                }
+            }
+        }
+        // Probe the route target, every non-routable candidate closer than it (slow ones each
+        // tick, dead ones each retry interval), and nothing beyond it.
+        let candidates: Vec<MemberInfo> = self.candidates().into_iter().cloned().collect();
+        let retry = self.cfg.retry_interval;
+        for m in candidates {
+            let p = self.peer(&m.id);
+            let routable = p.health.routable();
+            let due = match p.health {
+                PeerHealth::Dead => p.last_try.is_none_or(|t| now.saturating_duration_since(t) >= retry),
+                _ => true,
+            };
+            if p.probe_sent.is_none() && due {
+                p.probe_sent = Some(now);
+                p.last_try = Some(now);
+                self.out.push_back(Output::Probe(m.clone()));
+            }
+            if routable {
+                break;
+            }
+        }
+    }
+
+    fn update_leadership(&mut self, now: Instant) {
+        let sides = if self.isolated {
+            LeaderSides {
+                forward: true,
+                backward: true,
+            }
+        } else {
+            let first = self.my_position() == 0;
+            let heard = self.last_pred_probe.unwrap_or(self.started);
+            LeaderSides {
+                forward: first || now.saturating_duration_since(heard) > self.cfg.pred_timeout,
+                backward: self.route_target().is_none(),
+            }
+        };
+        if sides != self.leader {
+            self.leader = sides;
+            self.out.push_back(Output::Leader(sides));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(i: u8) -> MemberInfo {
+        MemberInfo {
+            id: NodeId(format!("n{i:02}")),
+            addr: format!("127.0.1.{i}:7000").parse().expect("addr"),
+        }
+    }
+
+    fn cfg() -> RingConfig {
+        RingConfig {
+            successors: 4,
+            skip_contacts: 2,
+            probe_interval: Duration::from_millis(100),
+            hop_timeout: Duration::from_millis(250),
+            dead_timeout: Duration::from_millis(1000),
+            pred_timeout: Duration::from_millis(1000),
+            retry_interval: Duration::from_millis(1000),
+        }
+    }
+
+    fn drain(c: &mut RingCore) -> Vec<Output> {
+        std::iter::from_fn(|| c.poll_output()).collect()
+    }
+
+    fn probes(out: &[Output]) -> Vec<NodeId> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Probe(m) => Some(m.id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ring(me: u8, n: u8, t0: Instant) -> RingCore {
+        let mut c = RingCore::new(cfg(), m(me), t0);
+        c.handle(Input::Members { members: (1..=n).rev().map(m).collect(), isolated: false }, t0);
+        c
+    }
+
+    #[test]
+    fn view_is_ordered_by_address_then_id_with_successors_and_skips() {
+        let t0 = Instant::now();
+        let mut c = RingCore::new(cfg(), m(3), t0);
+        let mut twin = m(3);
+        twin.id = NodeId("a-first".into()); // same address, smaller id: before us
+        let mut members: Vec<_> = (1..=40).rev().map(m).collect();
+        members.push(twin.clone());
+        c.handle(Input::Members { members, isolated: false }, t0);
+        let ids: Vec<_> = c.view().iter().take(4).map(|m| m.id.0.clone()).collect();
+        assert_eq!(ids, ["n01", "n02", "a-first", "n03"]);
+        let cand: Vec<_> = c.candidates().iter().map(|m| m.id.0.clone()).collect();
+        // Four successors, then skips at 8 and 16 places after us.
+        assert_eq!(cand, ["n04", "n05", "n06", "n07", "n11", "n19"]);
+        assert_eq!(c.route_target().map(|m| m.id.0.as_str()), Some("n04"));
+    }
+
+    #[test]
+    fn leaders_are_the_ends_and_a_middle_member_waits_for_its_predecessor() {
+        let t0 = Instant::now();
+        let mut first = ring(1, 5, t0);
+        assert_eq!(first.leader(), LeaderSides { forward: true, backward: false });
+        let mut last = ring(5, 5, t0);
+        assert_eq!(last.leader(), LeaderSides { forward: false, backward: true });
+        let mut mid = ring(3, 5, t0);
+        assert_eq!(mid.leader(), LeaderSides::default());
+        // Hearing from a predecessor keeps it a plain member past the timeout...
+        mid.handle(Input::ProbedBy(m(2).id), t0 + Duration::from_millis(900));
+        mid.handle(Input::Tick, t0 + Duration::from_millis(1800));
+        assert_eq!(mid.leader(), LeaderSides::default());
+        // ...and silence from every predecessor for the timeout makes it the forward leader.
+        mid.handle(Input::Tick, t0 + Duration::from_millis(1901));
+        assert_eq!(mid.leader(), LeaderSides { forward: true, backward: false });
+        // A probe from after us does not count as a predecessor's.
+        let mut mid2 = ring(3, 5, t0);
+        mid2.handle(Input::ProbedBy(m(4).id), t0 + Duration::from_millis(500));
+        mid2.handle(Input::Tick, t0 + Duration::from_millis(1001));
+        assert!(mid2.leader().forward);
+        drain(&mut first);
+        drain(&mut last);
+    }
+
+    #[test]
+    fn a_late_hop_is_skipped_at_the_hop_timeout_and_a_slow_member_kept_probed() {
+        let t0 = Instant::now();
+        let mut c = ring(1, 6, t0);
+        assert_eq!(probes(&drain(&mut c)), [m(2).id]);
+        // Not answered within the hop timeout: route past it at once and probe the next.
+        c.handle(Input::Tick, t0 + Duration::from_millis(251));
+        assert_eq!(c.health(&m(2).id), PeerHealth::Late);
+        assert_eq!(c.route_target(), Some(&m(3)));
+        assert_eq!(probes(&drain(&mut c)), [m(3).id]);
+        // It answers after all: slow, reported once, still routed around.
+        c.handle(Input::Ack(m(2).id), t0 + Duration::from_millis(400));
+        let out = drain(&mut c);
+        assert_eq!(out, [Output::Report { suspect: m(2).id, reason: SuspectReason::Slow }]);
+        assert_eq!(c.health(&m(2).id), PeerHealth::Slow);
+        c.handle(Input::Ack(m(3).id), t0 + Duration::from_millis(401));
+        // Next tick probes both the slow one (so it keeps hearing from us) and the target.
+        c.handle(Input::Tick, t0 + Duration::from_millis(500));
+        assert_eq!(probes(&drain(&mut c)), [m(2).id, m(3).id]);
+        // An on-time answer brings it back.
+        c.handle(Input::Ack(m(2).id), t0 + Duration::from_millis(600));
+        assert_eq!(c.health(&m(2).id), PeerHealth::Ok);
+        assert_eq!(c.route_target(), Some(&m(2)));
+    }
+
+    #[test]
+    fn a_dead_successor_is_dropped_reported_and_retried() {
+        let t0 = Instant::now();
+        let mut c = ring(1, 3, t0);
+        drain(&mut c);
+        c.handle(Input::ProbeFailed(m(2).id), t0 + Duration::from_millis(300));
+        let out = drain(&mut c);
+        assert_eq!(out, [
+            Output::Drop(m(2).id),
+            Output::Report { suspect: m(2).id, reason: SuspectReason::Unreachable },
+        ]);
+        assert_eq!(c.route_target(), Some(&m(3)));
+        // Retried only after the retry interval.
+        c.handle(Input::Tick, t0 + Duration::from_millis(400));
+        assert_eq!(probes(&drain(&mut c)), [m(3).id]);
+        c.handle(Input::Ack(m(3).id), t0 + Duration::from_millis(410));
+        c.handle(Input::Tick, t0 + Duration::from_millis(1300));
+        assert_eq!(probes(&drain(&mut c)), [m(2).id, m(3).id]);
+        // Back after a heal: it answers and is the target again.
+        c.handle(Input::Ack(m(2).id), t0 + Duration::from_millis(1310));
+        assert_eq!(c.route_target(), Some(&m(2)));
+    }
+
+    #[test]
+    fn with_every_successor_gone_the_member_leads_the_backward_end() {
+        let t0 = Instant::now();
+        let mut c = ring(1, 3, t0);
+        drain(&mut c);
+        c.handle(Input::ProbeFailed(m(2).id), t0);
+        c.handle(Input::ProbeFailed(m(3).id), t0);
+        assert_eq!(c.route_target(), None);
+        assert_eq!(c.leader(), LeaderSides { forward: true, backward: true });
+        assert!(drain(&mut c).contains(&Output::Leader(LeaderSides { forward: true, backward: true })));
+    }
+
+    #[test]
+    fn an_isolated_member_is_a_chain_of_one_and_probes_nobody() {
+        let t0 = Instant::now();
+        let mut c = RingCore::new(cfg(), m(1), t0);
+        c.handle(Input::Members { members: vec![m(1), m(2)], isolated: true }, t0);
+        c.handle(Input::Tick, t0 + Duration::from_secs(5));
+        assert_eq!(c.view(), [m(1)]);
+        assert_eq!(drain(&mut c), [Output::Leader(LeaderSides { forward: true, backward: true })]);
+    }
+
+    #[test]
+    fn a_rejoining_member_is_spliced_back_in_its_place() {
+        let t0 = Instant::now();
+        // Member 2 was evicted: the list has 1, 3, 4.
+        let mut c = RingCore::new(cfg(), m(1), t0);
+        c.handle(Input::Members { members: vec![m(1), m(3), m(4)], isolated: false }, t0);
+        assert_eq!(c.route_target(), Some(&m(3)));
+        drain(&mut c);
+        // It comes back and says hello before the next registration.
+        c.handle(Input::Hello(m(2)), t0 + Duration::from_millis(50));
+        assert_eq!(c.route_target(), Some(&m(2)));
+        c.handle(Input::Tick, t0 + Duration::from_millis(100));
+        assert!(probes(&drain(&mut c)).contains(&m(2).id));
+        // The joiner greets its nearest predecessor once.
+        let mut j = RingCore::new(cfg(), m(2), t0);
+        j.handle(Input::Members { members: vec![m(1), m(2), m(3)], isolated: false }, t0);
+        let out = drain(&mut j);
+        assert_eq!(out.iter().filter(|o| matches!(o, Output::Hello(_))).count(), 1);
+        assert!(out.contains(&Output::Hello(m(1))));
+        j.handle(Input::Members { members: vec![m(1), m(2), m(3)], isolated: false }, t0);
+        assert!(!drain(&mut j).iter().any(|o| matches!(o, Output::Hello(_))));
+    }
+}

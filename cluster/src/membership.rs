@@ -66,12 +66,20 @@ fn network(ip: IpAddr, len: u8) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
             IpAddr::V4((bits & mask).into())
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
             IpAddr::V6((bits & mask).into())
         }
     }
@@ -87,7 +95,11 @@ impl MembershipConfig {
         {
             return None;
         }
-        let len = if ip.is_ipv4() { self.mask_v4 } else { self.mask_v6 };
+        let len = if ip.is_ipv4() {
+            self.mask_v4
+        } else {
+            self.mask_v6
+        };
         Some(RingId(format!("{}/{len}", network(ip, len))))
     }
 }
@@ -95,13 +107,17 @@ impl MembershipConfig {
 #[derive(Debug, Clone)]
 enum State {
     Ok,
-    Slow { last_report: Instant },
+    Slow {
+        last_report: Instant,
+    },
     Suspect {
         since: Instant,
         reporters: BTreeSet<NodeId>,
         reason: SuspectReason,
     },
-    Offline { since: Instant },
+    Offline {
+        since: Instant,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +240,11 @@ impl Membership {
                         m.state = State::Ok;
                         Some(Some(since))
                     }
+                    // Registering proves it is alive.
+                    State::Suspect { .. } => {
+                        m.state = State::Ok;
+                        None
+                    }
                     _ => None,
                 }
             }
@@ -281,7 +302,8 @@ impl Membership {
         reason: SuspectReason,
         now: Instant,
     ) -> Option<ProbeOrder> {
-        if reporter == suspect || self.ring_of_node.get(reporter) != self.ring_of_node.get(suspect) {
+        if reporter == suspect || self.ring_of_node.get(reporter) != self.ring_of_node.get(suspect)
+        {
             return None;
         }
         let m = self.find_mut(suspect)?;
@@ -339,7 +361,12 @@ impl Membership {
             .collect();
         for (ring, id, n) in ids {
             let offline_after = self.cfg.offline_after;
-            let timeout = match self.rings.get(&ring).and_then(|ms| ms.get(&id)).map(|m| &m.state) {
+            let timeout = match self
+                .rings
+                .get(&ring)
+                .and_then(|ms| ms.get(&id))
+                .map(|m| &m.state)
+            {
                 Some(State::Suspect { reporters, .. }) => {
                     Some(self.suspicion_timeout(n, reporters.len() as u32))
                 }
@@ -350,7 +377,9 @@ impl Membership {
                 continue;
             };
             let evict = match (&m.state, timeout) {
-                (State::Suspect { since, .. }, Some(t)) => now.saturating_duration_since(*since) >= t,
+                (State::Suspect { since, .. }, Some(t)) => {
+                    now.saturating_duration_since(*since) >= t
+                }
                 (State::Offline { .. }, _) => false,
                 _ => now.saturating_duration_since(m.last_seen) >= offline_after,
             };
@@ -404,7 +433,8 @@ impl Membership {
             .iter()
             .filter(|(r, _)| wanted(r))
             .map(|(r, ms)| {
-                let members: Vec<MemberReport> = sorted(ms).into_iter().map(Member::report).collect();
+                let members: Vec<MemberReport> =
+                    sorted(ms).into_iter().map(Member::report).collect();
                 let leader_links = members.iter().filter(|m| m.leads.any()).count();
                 RingReport {
                     ring: r.clone(),
@@ -458,7 +488,10 @@ mod tests {
     fn registration_returns_the_ring_in_order_and_flags_first_and_returning_visits() {
         let t0 = Instant::now();
         let mut m = Membership::new(MembershipConfig::default());
-        assert_eq!(m.register(&id("c"), &reg("127.0.1.3"), t0).returning, Some(None));
+        assert_eq!(
+            m.register(&id("c"), &reg("127.0.1.3"), t0).returning,
+            Some(None)
+        );
         m.register(&id("a"), &reg("127.0.1.1"), t0);
         m.register(&id("x"), &reg("127.0.2.1"), t0);
         let r = m.register(&id("b"), &reg("127.0.1.2"), t0);
@@ -472,7 +505,11 @@ mod tests {
         m.register(&id("c"), &reg("127.0.1.3"), later);
         let evicted = m.tick(later);
         assert_eq!(evicted.len(), 2, "{evicted:?}"); // b, and x in the other ring
-        let live: Vec<_> = m.live_members(&RingId("127.0.1.0/24".into())).into_iter().map(|m| m.id.0).collect();
+        let live: Vec<_> = m
+            .live_members(&RingId("127.0.1.0/24".into()))
+            .into_iter()
+            .map(|m| m.id.0)
+            .collect();
         assert_eq!(live, ["a", "c"]);
         let back = m.register(&id("b"), &reg("127.0.1.2"), later + Duration::from_secs(1));
         assert_eq!(back.returning, Some(Some(later)));
@@ -489,12 +526,19 @@ mod tests {
         // One report: probe ordered once; a second reporter only confirms.
         let order = m.suspect(&id("a"), &id("b"), SuspectReason::Unreachable, t0);
         assert_eq!(order.map(|o| o.member.id), Some(id("b")));
-        assert_eq!(m.suspect(&id("c"), &id("b"), SuspectReason::Unreachable, t0), None);
+        assert_eq!(
+            m.suspect(&id("c"), &id("b"), SuspectReason::Unreachable, t0),
+            None
+        );
         // b answers 4.9 s later: cleared, never evicted.
         m.probe_result(&id("b"), true, t0 + Duration::from_millis(4900));
         assert!(m.tick(t0 + Duration::from_secs(60)).is_empty());
         let health = |m: &Membership, who: &str| {
-            m.report(None).0[0].members.iter().find(|r| r.id.0 == who).map(|r| r.health)
+            m.report(None).0[0]
+                .members
+                .iter()
+                .find(|r| r.id.0 == who)
+                .map(|r| r.health)
         };
         assert_eq!(health(&m, "b"), Some(Health::Ok));
         // c is suspected and does not answer: evicted when the timeout runs out, not before.
@@ -506,7 +550,10 @@ mod tests {
         let timeout = m.suspicion_timeout(3, 1);
         assert_eq!(timeout, Duration::from_secs(5));
         assert!(m.tick(t1 + timeout - Duration::from_millis(1)).is_empty());
-        assert_eq!(m.tick(t1 + timeout), vec![(RingId("127.0.1.0/24".into()), id("c"))]);
+        assert_eq!(
+            m.tick(t1 + timeout),
+            vec![(RingId("127.0.1.0/24".into()), id("c"))]
+        );
         assert_eq!(health(&m, "c"), Some(Health::Offline));
     }
 
@@ -517,7 +564,10 @@ mod tests {
         assert_eq!(m.suspicion_timeout(1000, 1), Duration::from_secs(12));
         let two = m.suspicion_timeout(1000, 2);
         let three = m.suspicion_timeout(1000, 3);
-        assert!(two < Duration::from_secs(12) && three < two, "{two:?} {three:?}");
+        assert!(
+            two < Duration::from_secs(12) && three < two,
+            "{two:?} {three:?}"
+        );
         assert_eq!(m.suspicion_timeout(1000, 4), Duration::from_secs(5));
         assert_eq!(m.suspicion_timeout(1000, 40), Duration::from_secs(5));
     }
@@ -544,8 +594,14 @@ mod tests {
         let mut m = Membership::new(MembershipConfig::default());
         m.register(&id("a"), &reg("127.0.1.1"), t0);
         m.register(&id("z"), &reg("127.0.2.1"), t0);
-        assert_eq!(m.suspect(&id("z"), &id("a"), SuspectReason::Unreachable, t0), None);
-        assert_eq!(m.suspect(&id("a"), &id("a"), SuspectReason::Unreachable, t0), None);
+        assert_eq!(
+            m.suspect(&id("z"), &id("a"), SuspectReason::Unreachable, t0),
+            None
+        );
+        assert_eq!(
+            m.suspect(&id("a"), &id("a"), SuspectReason::Unreachable, t0),
+            None
+        );
         assert_eq!(m.report(None).0[0].members[0].health, Health::Ok);
     }
 }

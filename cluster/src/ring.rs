@@ -91,6 +91,8 @@ pub enum Input {
         /// No peering at all.
         isolated: bool,
     },
+    /// The probe to `id` is on the wire (any dial is done): its hop timer starts now.
+    ProbeStarted(NodeId),
     /// A probe to `id` was answered.
     Ack(NodeId),
     /// A probe to `id` failed (no answer by the dead timeout, or no link).
@@ -104,7 +106,9 @@ pub enum Input {
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Probe this member (with the dead timeout as the call timeout).
+    /// Probe this member: dial it if needed, report [`Input::ProbeStarted`] when the request
+    /// is sent, then [`Input::Ack`] or [`Input::ProbeFailed`] (the dead timeout bounds the
+    /// whole attempt, dial included).
     Probe(MemberInfo),
     /// Introduce ourselves to this member (our nearest predecessor).
     Hello(MemberInfo),
@@ -124,6 +128,9 @@ pub enum Output {
 #[derive(Debug, Clone)]
 struct PeerState {
     health: PeerHealth,
+    /// A probe is under way (dialing or sent).
+    probing: bool,
+    /// When the probe request went on the wire: the hop timer.
     probe_sent: Option<Instant>,
     last_try: Option<Instant>,
 }
@@ -169,6 +176,12 @@ impl RingCore {
         match input {
             Input::Tick => self.tick(now),
             Input::Members { members, isolated } => self.set_members(members, isolated, now),
+            Input::ProbeStarted(id) => {
+                let p = self.peer(&id);
+                if p.probing {
+                    p.probe_sent = Some(now);
+                }
+            }
             Input::Ack(id) => self.on_ack(&id, now),
             Input::ProbeFailed(id) => self.on_failed(&id, now),
             Input::ProbedBy(id) => {
@@ -177,10 +190,11 @@ impl RingCore {
                 }
             }
             Input::Hello(m) => {
-                if m.id != self.me.id && self.position(&m.id).is_none() {
+                if m.id != self.me.id {
+                    // New, or back at a new address: (re)place it in order.
+                    self.view.retain(|v| v.id != m.id);
                     self.view.push(m.clone());
                     self.view.sort_by(order);
-                    self.peers.remove(&m.id);
                 }
                 // A member that says hello is alive: give it another chance at once.
                 if let Some(p) = self.peers.get_mut(&m.id) {
@@ -250,6 +264,7 @@ impl RingCore {
     fn peer(&mut self, id: &NodeId) -> &mut PeerState {
         self.peers.entry(id.clone()).or_insert(PeerState {
             health: PeerHealth::Unknown,
+            probing: false,
             probe_sent: None,
             last_try: None,
         })
@@ -265,7 +280,8 @@ impl RingCore {
         }
         members.sort_by(order);
         members.dedup_by(|a, b| a.id == b.id);
-        self.peers.retain(|id, _| members.iter().any(|m| &m.id == id));
+        self.peers
+            .retain(|id, _| members.iter().any(|m| &m.id == id));
         self.view = members;
         self.say_hello();
         self.tick(now);
@@ -290,6 +306,7 @@ impl RingCore {
         let p = self.peer(id);
         let rtt = p.probe_sent.map(|t| now.saturating_duration_since(t));
         p.probe_sent = None;
+        p.probing = false;
         let before = p.health;
         p.health = match rtt {
             Some(rtt) if rtt > hop => PeerHealth::Slow,
@@ -306,6 +323,7 @@ impl RingCore {
     fn on_failed(&mut self, id: &NodeId, now: Instant) {
         let p = self.peer(id);
         p.probe_sent = None;
+        p.probing = false;
         p.last_try = Some(now);
         if p.health != PeerHealth::Dead {
             p.health = PeerHealth::Dead;
@@ -338,11 +356,13 @@ impl RingCore {
             let p = self.peer(&m.id);
             let routable = p.health.routable();
             let due = match p.health {
-                PeerHealth::Dead => p.last_try.is_none_or(|t| now.saturating_duration_since(t) >= retry),
+                PeerHealth::Dead => p
+                    .last_try
+                    .is_none_or(|t| now.saturating_duration_since(t) >= retry),
                 _ => true,
             };
-            if p.probe_sent.is_none() && due {
-                p.probe_sent = Some(now);
+            if !p.probing && due {
+                p.probing = true;
                 p.last_try = Some(now);
                 self.out.push_back(Output::Probe(m.clone()));
             }
@@ -411,8 +431,23 @@ mod tests {
 
     fn ring(me: u8, n: u8, t0: Instant) -> RingCore {
         let mut c = RingCore::new(cfg(), m(me), t0);
-        c.handle(Input::Members { members: (1..=n).rev().map(m).collect(), isolated: false }, t0);
+        c.handle(
+            Input::Members {
+                members: (1..=n).rev().map(m).collect(),
+                isolated: false,
+            },
+            t0,
+        );
         c
+    }
+
+    /// Drains the outputs and reports every probe as sent at `now` (an already-linked peer).
+    fn sent(c: &mut RingCore, now: Instant) -> Vec<Output> {
+        let out = drain(c);
+        for id in probes(&out) {
+            c.handle(Input::ProbeStarted(id), now);
+        }
+        out
     }
 
     #[test]
@@ -423,7 +458,13 @@ mod tests {
         twin.id = NodeId("a-first".into()); // same address, smaller id: before us
         let mut members: Vec<_> = (1..=40).rev().map(m).collect();
         members.push(twin.clone());
-        c.handle(Input::Members { members, isolated: false }, t0);
+        c.handle(
+            Input::Members {
+                members,
+                isolated: false,
+            },
+            t0,
+        );
         let ids: Vec<_> = c.view().iter().take(4).map(|m| m.id.0.clone()).collect();
         assert_eq!(ids, ["n01", "n02", "a-first", "n03"]);
         let cand: Vec<_> = c.candidates().iter().map(|m| m.id.0.clone()).collect();
@@ -436,9 +477,21 @@ mod tests {
     fn leaders_are_the_ends_and_a_middle_member_waits_for_its_predecessor() {
         let t0 = Instant::now();
         let mut first = ring(1, 5, t0);
-        assert_eq!(first.leader(), LeaderSides { forward: true, backward: false });
+        assert_eq!(
+            first.leader(),
+            LeaderSides {
+                forward: true,
+                backward: false
+            }
+        );
         let mut last = ring(5, 5, t0);
-        assert_eq!(last.leader(), LeaderSides { forward: false, backward: true });
+        assert_eq!(
+            last.leader(),
+            LeaderSides {
+                forward: false,
+                backward: true
+            }
+        );
         let mut mid = ring(3, 5, t0);
         assert_eq!(mid.leader(), LeaderSides::default());
         // Hearing from a predecessor keeps it a plain member past the timeout...
@@ -447,7 +500,13 @@ mod tests {
         assert_eq!(mid.leader(), LeaderSides::default());
         // ...and silence from every predecessor for the timeout makes it the forward leader.
         mid.handle(Input::Tick, t0 + Duration::from_millis(1901));
-        assert_eq!(mid.leader(), LeaderSides { forward: true, backward: false });
+        assert_eq!(
+            mid.leader(),
+            LeaderSides {
+                forward: true,
+                backward: false
+            }
+        );
         // A probe from after us does not count as a predecessor's.
         let mut mid2 = ring(3, 5, t0);
         mid2.handle(Input::ProbedBy(m(4).id), t0 + Duration::from_millis(500));
@@ -461,23 +520,44 @@ mod tests {
     fn a_late_hop_is_skipped_at_the_hop_timeout_and_a_slow_member_kept_probed() {
         let t0 = Instant::now();
         let mut c = ring(1, 6, t0);
+        // A dial that takes a while does not count against the hop.
         assert_eq!(probes(&drain(&mut c)), [m(2).id]);
+        c.handle(Input::Tick, t0 + Duration::from_millis(200));
+        assert_eq!(c.health(&m(2).id), PeerHealth::Unknown);
+        c.handle(
+            Input::ProbeStarted(m(2).id),
+            t0 + Duration::from_millis(300),
+        );
+        c.handle(Input::Tick, t0 + Duration::from_millis(500));
+        assert_eq!(c.health(&m(2).id), PeerHealth::Unknown);
         // Not answered within the hop timeout: route past it at once and probe the next.
-        c.handle(Input::Tick, t0 + Duration::from_millis(251));
+        c.handle(Input::Tick, t0 + Duration::from_millis(551));
         assert_eq!(c.health(&m(2).id), PeerHealth::Late);
         assert_eq!(c.route_target(), Some(&m(3)));
-        assert_eq!(probes(&drain(&mut c)), [m(3).id]);
+        assert_eq!(
+            probes(&sent(&mut c, t0 + Duration::from_millis(551))),
+            [m(3).id]
+        );
         // It answers after all: slow, reported once, still routed around.
-        c.handle(Input::Ack(m(2).id), t0 + Duration::from_millis(400));
-        let out = drain(&mut c);
-        assert_eq!(out, [Output::Report { suspect: m(2).id, reason: SuspectReason::Slow }]);
-        assert_eq!(c.health(&m(2).id), PeerHealth::Slow);
-        c.handle(Input::Ack(m(3).id), t0 + Duration::from_millis(401));
-        // Next tick probes both the slow one (so it keeps hearing from us) and the target.
-        c.handle(Input::Tick, t0 + Duration::from_millis(500));
-        assert_eq!(probes(&drain(&mut c)), [m(2).id, m(3).id]);
-        // An on-time answer brings it back.
         c.handle(Input::Ack(m(2).id), t0 + Duration::from_millis(600));
+        let out = drain(&mut c);
+        assert_eq!(
+            out,
+            [Output::Report {
+                suspect: m(2).id,
+                reason: SuspectReason::Slow
+            }]
+        );
+        assert_eq!(c.health(&m(2).id), PeerHealth::Slow);
+        c.handle(Input::Ack(m(3).id), t0 + Duration::from_millis(601));
+        // Next tick probes both the slow one (so it keeps hearing from us) and the target.
+        c.handle(Input::Tick, t0 + Duration::from_millis(700));
+        assert_eq!(
+            probes(&sent(&mut c, t0 + Duration::from_millis(700))),
+            [m(2).id, m(3).id]
+        );
+        // An on-time answer brings it back.
+        c.handle(Input::Ack(m(2).id), t0 + Duration::from_millis(800));
         assert_eq!(c.health(&m(2).id), PeerHealth::Ok);
         assert_eq!(c.route_target(), Some(&m(2)));
     }
@@ -489,10 +569,16 @@ mod tests {
         drain(&mut c);
         c.handle(Input::ProbeFailed(m(2).id), t0 + Duration::from_millis(300));
         let out = drain(&mut c);
-        assert_eq!(out, [
-            Output::Drop(m(2).id),
-            Output::Report { suspect: m(2).id, reason: SuspectReason::Unreachable },
-        ]);
+        assert_eq!(
+            out,
+            [
+                Output::Drop(m(2).id),
+                Output::Report {
+                    suspect: m(2).id,
+                    reason: SuspectReason::Unreachable
+                },
+            ]
+        );
         assert_eq!(c.route_target(), Some(&m(3)));
         // Retried only after the retry interval.
         c.handle(Input::Tick, t0 + Duration::from_millis(400));
@@ -513,18 +599,39 @@ mod tests {
         c.handle(Input::ProbeFailed(m(2).id), t0);
         c.handle(Input::ProbeFailed(m(3).id), t0);
         assert_eq!(c.route_target(), None);
-        assert_eq!(c.leader(), LeaderSides { forward: true, backward: true });
-        assert!(drain(&mut c).contains(&Output::Leader(LeaderSides { forward: true, backward: true })));
+        assert_eq!(
+            c.leader(),
+            LeaderSides {
+                forward: true,
+                backward: true
+            }
+        );
+        assert!(drain(&mut c).contains(&Output::Leader(LeaderSides {
+            forward: true,
+            backward: true
+        })));
     }
 
     #[test]
     fn an_isolated_member_is_a_chain_of_one_and_probes_nobody() {
         let t0 = Instant::now();
         let mut c = RingCore::new(cfg(), m(1), t0);
-        c.handle(Input::Members { members: vec![m(1), m(2)], isolated: true }, t0);
+        c.handle(
+            Input::Members {
+                members: vec![m(1), m(2)],
+                isolated: true,
+            },
+            t0,
+        );
         c.handle(Input::Tick, t0 + Duration::from_secs(5));
         assert_eq!(c.view(), [m(1)]);
-        assert_eq!(drain(&mut c), [Output::Leader(LeaderSides { forward: true, backward: true })]);
+        assert_eq!(
+            drain(&mut c),
+            [Output::Leader(LeaderSides {
+                forward: true,
+                backward: true
+            })]
+        );
     }
 
     #[test]
@@ -532,7 +639,13 @@ mod tests {
         let t0 = Instant::now();
         // Member 2 was evicted: the list has 1, 3, 4.
         let mut c = RingCore::new(cfg(), m(1), t0);
-        c.handle(Input::Members { members: vec![m(1), m(3), m(4)], isolated: false }, t0);
+        c.handle(
+            Input::Members {
+                members: vec![m(1), m(3), m(4)],
+                isolated: false,
+            },
+            t0,
+        );
         assert_eq!(c.route_target(), Some(&m(3)));
         drain(&mut c);
         // It comes back and says hello before the next registration.
@@ -542,11 +655,26 @@ mod tests {
         assert!(probes(&drain(&mut c)).contains(&m(2).id));
         // The joiner greets its nearest predecessor once.
         let mut j = RingCore::new(cfg(), m(2), t0);
-        j.handle(Input::Members { members: vec![m(1), m(2), m(3)], isolated: false }, t0);
+        j.handle(
+            Input::Members {
+                members: vec![m(1), m(2), m(3)],
+                isolated: false,
+            },
+            t0,
+        );
         let out = drain(&mut j);
-        assert_eq!(out.iter().filter(|o| matches!(o, Output::Hello(_))).count(), 1);
+        assert_eq!(
+            out.iter().filter(|o| matches!(o, Output::Hello(_))).count(),
+            1
+        );
         assert!(out.contains(&Output::Hello(m(1))));
-        j.handle(Input::Members { members: vec![m(1), m(2), m(3)], isolated: false }, t0);
+        j.handle(
+            Input::Members {
+                members: vec![m(1), m(2), m(3)],
+                isolated: false,
+            },
+            t0,
+        );
         assert!(!drain(&mut j).iter().any(|o| matches!(o, Output::Hello(_))));
     }
 }

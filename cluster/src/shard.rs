@@ -1,0 +1,419 @@
+//! The server side of the rings: shards that own rings (each ring's peering range hashes to
+//! one shard), the registrar that routes requests to them, and the operators' ring view.
+//!
+//! Shards hold soft state: a restarted shard (its supervisor restarts it on failure) is
+//! rebuilt from the registrations of the next interval.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rollcall_runtime::node::{CallError, Deliver, DestinationGone, Incoming, LinkEvent, Node};
+use rollcall_runtime::supervisor::{
+    ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs, start_child,
+};
+use rollcall_runtime::{NodeId, OperatorRole};
+use sha2::{Digest, Sha256};
+
+use crate::membership::{Backlog, Membership, MembershipConfig};
+use crate::proto::{
+    AdminRequest, MEMBER, MemberReport, MemberRequest, REGISTRY, RING_ADMIN, RegistrationReply,
+    RingId, RingReport, RingsReport, ServerRequest,
+};
+
+/// Settings of the server's ring service.
+#[derive(Debug, Clone)]
+pub struct RingServerConfig {
+    /// Peering and eviction.
+    pub membership: MembershipConfig,
+    /// How many shards own rings.
+    pub shards: usize,
+    /// How often shards check suspicion and silence timeouts.
+    pub tick: Duration,
+    /// How long a suspect has to answer the server's direct probe.
+    pub probe_timeout: Duration,
+}
+
+impl Default for RingServerConfig {
+    fn default() -> Self {
+        RingServerConfig {
+            membership: MembershipConfig::default(),
+            shards: 4,
+            tick: Duration::from_millis(250),
+            probe_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+type ShardTable = Arc<RwLock<Vec<Option<ActorRef<ShardMsg>>>>>;
+
+/// Messages of a [`ServerShard`].
+pub enum ShardMsg {
+    /// A request from an endpoint.
+    Request {
+        /// What it asks.
+        req: ServerRequest,
+        /// The call, to answer.
+        incoming: Incoming,
+    },
+    /// The server's direct probe of a suspect finished.
+    ProbeResult {
+        /// Who.
+        id: NodeId,
+        /// Did it answer in time?
+        answered: bool,
+    },
+    /// A connection to this endpoint closed.
+    LinkDown(NodeId),
+    /// Timer.
+    Tick,
+    /// Report rings (all, or those the filter names).
+    Report {
+        /// Ring id or an address inside one.
+        filter: Option<String>,
+        /// Where to answer.
+        reply: RpcReplyPort<(Vec<RingReport>, Vec<MemberReport>)>,
+    },
+}
+
+/// Arguments of a [`ServerShard`].
+#[derive(Clone)]
+pub struct ShardArgs {
+    index: usize,
+    table: ShardTable,
+    cfg: RingServerConfig,
+    node: Node,
+    backlog: Option<Arc<dyn Backlog>>,
+}
+
+/// One shard: owns the rings whose ids hash to it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerShard;
+
+/// A shard's state.
+pub struct ShardState {
+    core: Membership,
+    args: ShardArgs,
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Actor for ServerShard {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        args: ShardArgs,
+    ) -> Result<ShardState, ActorProcessingErr> {
+        if let Ok(mut t) = args.table.write() {
+            t[args.index] = Some(myself.clone());
+        }
+        myself.send_interval(args.cfg.tick, || ShardMsg::Tick);
+        Ok(ShardState {
+            core: Membership::new(args.cfg.membership.clone()),
+            args,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        msg: ShardMsg,
+        st: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Request { req, mut incoming } => {
+                let from = incoming.from.id.clone();
+                match req {
+                    ServerRequest::Register(reg) => {
+                        let r = st.core.register(&from, &reg, now());
+                        let handoffs = match (&r.returning, &st.args.backlog) {
+                            (Some(since), Some(b)) => b.missed(&from, r.ring.as_ref(), *since),
+                            _ => Vec::new(),
+                        };
+                        if let Some(since) = r.returning {
+                            tracing::info!(node = %from, ring = ?r.ring, returning = since.is_some(), "endpoint joined");
+                        }
+                        incoming.answer(&RegistrationReply {
+                            ring: r.ring,
+                            members: r.members,
+                            handoffs,
+                        })?;
+                    }
+                    ServerRequest::Suspect { suspect, reason } => {
+                        incoming.answer(&())?;
+                        if let Some(order) = st.core.suspect(&from, &suspect, reason, now()) {
+                            tracing::info!(%suspect, reporter = %from, ?reason, "suspect; probing it directly");
+                            let node = st.args.node.clone();
+                            let t = st.args.cfg.probe_timeout;
+                            let me = myself.clone();
+                            tokio::spawn(async move {
+                                let probe = async {
+                                    let link = node.connect_once(order.member.addr, t).await?;
+                                    let r: Result<(), CallError> =
+                                        link.call(MEMBER, &MemberRequest::Probe, t).await;
+                                    link.close();
+                                    r
+                                };
+                                let answered =
+                                    matches!(tokio::time::timeout(t, probe).await, Ok(Ok(())));
+                                let _ = me.send_message(ShardMsg::ProbeResult {
+                                    id: order.member.id,
+                                    answered,
+                                });
+                            });
+                        }
+                    }
+                    ServerRequest::Leader(sides) => {
+                        st.core.set_leader(&from, sides);
+                        incoming.answer(&())?;
+                    }
+                }
+            }
+            ShardMsg::ProbeResult { id, answered } => {
+                tracing::info!(node = %id, answered, "direct probe of suspect finished");
+                st.core.probe_result(&id, answered, now());
+            }
+            ShardMsg::LinkDown(id) => {
+                if !st.args.node.is_connected_to(&id) {
+                    st.core.link_down(&id);
+                }
+            }
+            ShardMsg::Tick => {
+                for (ring, id) in st.core.tick(now()) {
+                    tracing::warn!(%ring, node = %id, "evicted");
+                }
+            }
+            ShardMsg::Report { filter, reply } => {
+                let _ = reply.send(st.core.report(filter.as_deref()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn shard_of(ring: &Option<RingId>, shards: usize) -> usize {
+    match ring {
+        None => 0,
+        Some(r) => {
+            let h = Sha256::digest(r.0.as_bytes());
+            (u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) % shards as u64)
+                as usize
+        }
+    }
+}
+
+/// Routes [`REGISTRY`] requests to the shard that owns the sender's ring.
+struct Registrar {
+    table: ShardTable,
+    cfg: RingServerConfig,
+    /// Which shard each registered endpoint's ring lives in.
+    placed: Arc<RwLock<HashMap<NodeId, usize>>>,
+}
+
+impl Deliver for Registrar {
+    fn deliver(&self, mut incoming: Incoming) -> Result<(), DestinationGone> {
+        let Ok(req) = incoming.decode::<ServerRequest>() else {
+            incoming.refuse();
+            return Ok(());
+        };
+        let from = incoming.from.id.clone();
+        let idx = match &req {
+            ServerRequest::Register(reg) => {
+                let ring = self.cfg.membership.ring_of(reg.addr.ip());
+                let idx = shard_of(&ring, self.cfg.shards);
+                if let Ok(mut p) = self.placed.write() {
+                    p.insert(from, idx);
+                }
+                Some(idx)
+            }
+            _ => self.placed.read().ok().and_then(|p| p.get(&from).copied()),
+        };
+        let shard = idx.and_then(|i| {
+            self.table
+                .read()
+                .ok()
+                .and_then(|t| t.get(i).cloned().flatten())
+        });
+        match shard {
+            Some(s) => s
+                .send_message(ShardMsg::Request { req, incoming })
+                .map_err(|_| DestinationGone),
+            None => {
+                // Not registered yet (or its shard is restarting): it will register again.
+                incoming.refuse();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Answers operators' [`AdminRequest`]s from every shard.
+struct RingAdmin {
+    table: ShardTable,
+    node: Node,
+}
+
+impl Deliver for RingAdmin {
+    fn deliver(&self, mut incoming: Incoming) -> Result<(), DestinationGone> {
+        let Ok(AdminRequest::Show { subnet }) = incoming.decode::<AdminRequest>() else {
+            incoming.refuse();
+            return Ok(());
+        };
+        if !incoming.from.role.allows(OperatorRole::Viewer) {
+            incoming.refuse();
+            return Ok(());
+        }
+        let shards: Vec<ActorRef<ShardMsg>> = self
+            .table
+            .read()
+            .map(|t| t.iter().flatten().cloned().collect())
+            .unwrap_or_default();
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let report = rings_report(&node, &shards, subnet).await;
+            let _ = incoming.answer(&report);
+        });
+        Ok(())
+    }
+}
+
+async fn rings_report(
+    node: &Node,
+    shards: &[ActorRef<ShardMsg>],
+    filter: Option<String>,
+) -> RingsReport {
+    let mut rings = Vec::new();
+    let mut isolated = Vec::new();
+    for s in shards {
+        let f = filter.clone();
+        if let Ok(ractor::rpc::CallResult::Success((r, i))) = s
+            .call(
+                |reply| ShardMsg::Report { filter: f, reply },
+                Some(Duration::from_secs(5)),
+            )
+            .await
+        {
+            rings.extend(r);
+            isolated.extend(i);
+        }
+    }
+    rings.sort_by(|a: &RingReport, b| a.ring.cmp(&b.ring));
+    let ring_connections = rings.iter().map(|r| r.leader_links).sum::<usize>()
+        + isolated.iter().filter(|m| m.leads.any()).count();
+    RingsReport {
+        rings,
+        isolated,
+        server_connections: node.connected_peers().len(),
+        ring_connections,
+    }
+}
+
+/// The running ring service of a server.
+#[derive(Clone)]
+pub struct RingServer {
+    table: ShardTable,
+    node: Node,
+}
+
+impl std::fmt::Debug for RingServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RingServer")
+    }
+}
+
+impl RingServer {
+    /// Starts the shards under the node's supervisor and registers [`REGISTRY`] and
+    /// [`RING_ADMIN`] on the node.
+    pub async fn start(
+        node: &Node,
+        cfg: RingServerConfig,
+        backlog: Option<Arc<dyn Backlog>>,
+    ) -> Result<RingServer, String> {
+        let shards = cfg.shards.max(1);
+        let cfg = RingServerConfig { shards, ..cfg };
+        let table: ShardTable = Arc::new(RwLock::new(vec![None; shards]));
+        let specs: Vec<ChildSpec> = (0..shards)
+            .map(|index| {
+                let args = ShardArgs {
+                    index,
+                    table: table.clone(),
+                    cfg: cfg.clone(),
+                    node: node.clone(),
+                    backlog: backlog.clone(),
+                };
+                ChildSpec::new(
+                    format!("shard-{index}"),
+                    Restart::Permanent,
+                    ServerShard,
+                    move || args.clone(),
+                )
+            })
+            .collect();
+        let sup = ChildSpec::new("ring.shards", Restart::Permanent, Supervisor, move || {
+            SupervisorArgs {
+                intensity: RestartIntensity::default(),
+                children: specs.clone(),
+            }
+        });
+        start_child(node.supervisor(), sup).await?;
+        node.router().register(
+            REGISTRY,
+            Arc::new(Registrar {
+                table: table.clone(),
+                cfg,
+                placed: Arc::new(RwLock::new(HashMap::new())),
+            }),
+        );
+        node.router().register(
+            RING_ADMIN,
+            Arc::new(RingAdmin {
+                table: table.clone(),
+                node: node.clone(),
+            }),
+        );
+        // Closed links clear leadership (a leader whose link died no longer holds its end).
+        let mut events = node.link_events();
+        let watch_table = table.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(LinkEvent::Down { peer: Some(p), .. }) => {
+                        let shards: Vec<_> = watch_table
+                            .read()
+                            .map(|t| t.iter().flatten().cloned().collect())
+                            .unwrap_or_default();
+                        for s in shards {
+                            let _ = s.send_message(ShardMsg::LinkDown(p.id.clone()));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "ring service missed link events");
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(RingServer {
+            table,
+            node: node.clone(),
+        })
+    }
+
+    /// The rings as an operator sees them.
+    pub async fn report(&self, filter: Option<String>) -> RingsReport {
+        let shards: Vec<_> = self
+            .table
+            .read()
+            .map(|t| t.iter().flatten().cloned().collect())
+            .unwrap_or_default();
+        rings_report(&self.node, &shards, filter).await
+    }
+}

@@ -237,7 +237,8 @@ struct Shared {
     events: broadcast::Sender<LinkEvent>,
     /// Live links by peer. Holds the links' connection cells, not [`PeerHandle`]s, which
     /// point back at this struct: a cycle would keep a stopped node's socket bound.
-    links: RwLock<HashMap<NodeId, LinkCell>>,
+    /// A peer may have several at once (a persistent link and a short-lived one).
+    links: RwLock<HashMap<NodeId, Vec<LinkCell>>>,
     next_call: AtomicU64,
     next_seed: AtomicU64,
 }
@@ -331,6 +332,29 @@ impl Node {
         self.shared.stats.snapshot()
     }
 
+    /// Delivers `body` to the local actor `to` as a cast from `from` (work handed over by the
+    /// server at registration arrives this way).
+    pub fn deliver_local(
+        &self,
+        to: &str,
+        from: PeerIdentity,
+        body: Vec<u8>,
+    ) -> Result<(), WireError> {
+        let target = self
+            .shared
+            .router
+            .lookup(to)
+            .ok_or_else(|| WireError::UnknownDestination(to.to_string()))?;
+        target
+            .deliver(Incoming {
+                from,
+                body: Bytes::from(body),
+                reply: None,
+                stats: self.shared.stats.clone(),
+            })
+            .map_err(|_| WireError::UnknownDestination(to.to_string()))
+    }
+
     /// The live counters (for [`WireStats::wait_for`]).
     pub fn wire_stats(&self) -> &Arc<WireStats> {
         &self.shared.stats
@@ -370,7 +394,13 @@ impl Node {
 
     /// The link to a connected peer, whichever side dialed.
     pub fn peer(&self, id: &NodeId) -> Option<PeerHandle> {
-        let cell = self.shared.links.read().ok()?.get(id).cloned()?;
+        let links = self.shared.links.read().ok()?;
+        let cells = links.get(id)?;
+        let cell = cells
+            .iter()
+            .find(|c| c.conn.borrow().is_some())
+            .or_else(|| cells.first())?
+            .clone();
         Some(PeerHandle {
             addr: cell.addr,
             conn: cell.conn,
@@ -396,7 +426,20 @@ impl Node {
         tokio::time::timeout(timeout, wait).await.ok().flatten()
     }
 
-    /// Every peer with a live connection, by id.
+    /// Whether some live connection to `id` exists.
+    pub fn is_connected_to(&self, id: &NodeId) -> bool {
+        self.shared
+            .links
+            .read()
+            .ok()
+            .and_then(|l| {
+                l.get(id)
+                    .map(|cells| cells.iter().any(|c| c.conn.borrow().is_some()))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Every live connection, by peer id (a peer may appear more than once).
     pub fn connected_peers(&self) -> Vec<PeerInfo> {
         connected_peers(&self.shared)
     }
@@ -452,6 +495,7 @@ fn connected_peers(shared: &Shared) -> Vec<PeerInfo> {
     };
     let mut out: Vec<PeerInfo> = links
         .values()
+        .flatten()
         .filter_map(|cell| {
             let c = cell.conn.borrow().clone()?;
             Some(PeerInfo {
@@ -640,14 +684,17 @@ impl LinkState {
         self.peer = Some(peer.clone());
         self.handle.conn.send_replace(Some(conn.clone()));
         if let Ok(mut links) = self.handle.shared.links.write() {
-            links.insert(
-                peer.id.clone(),
-                LinkCell {
+            let cells = links.entry(peer.id.clone()).or_default();
+            if !cells
+                .iter()
+                .any(|c| Arc::ptr_eq(&c.conn, &self.handle.conn))
+            {
+                cells.push(LinkCell {
                     addr: self.handle.addr,
                     conn: self.handle.conn.clone(),
                     actor: self.handle.actor.clone(),
-                },
-            );
+                });
+            }
         }
         let _ = self.handle.shared.events.send(LinkEvent::Up {
             peer,
@@ -664,12 +711,11 @@ impl LinkState {
     fn forget(&mut self) {
         self.handle.conn.send_replace(None);
         if let (Some(peer), Ok(mut links)) = (&self.peer, self.handle.shared.links.write()) {
-            // Only remove the entry if it is still this link's.
-            if links
-                .get(&peer.id)
-                .is_some_and(|c| Arc::ptr_eq(&c.conn, &self.handle.conn))
-            {
-                links.remove(&peer.id);
+            if let Some(cells) = links.get_mut(&peer.id) {
+                cells.retain(|c| !Arc::ptr_eq(&c.conn, &self.handle.conn));
+                if cells.is_empty() {
+                    links.remove(&peer.id);
+                }
             }
         }
     }

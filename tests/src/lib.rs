@@ -183,3 +183,55 @@ impl Drop for SeedGuard {
 
 /// A generous deadline for anything that happens on loopback.
 pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics naming `what` after
+/// `deadline`. For state that has no event to await (a ring's shape, a member's view).
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_or(what, deadline, || {
+        let f = check();
+        async move { f.await.ok_or_else(|| "not yet".to_string()) }
+    })
+    .await
+}
+
+/// Like [`eventually`], with `check` saying what it saw when not yet satisfied, which the
+/// panic repeats.
+pub async fn eventually_or<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting for {what}; last seen:\n{last}");
+        }
+    }
+}
+
+pub mod rings;
+
+/// Polls `check` every 20 ms for `duration` and panics naming `what` the first time it fails.
+/// For invariants that must hold over a span (nobody evicted while answering).
+pub async fn holds_for<F, Fut>(what: &str, duration: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + duration;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while tokio::time::Instant::now() < end {
+        tick.tick().await;
+        assert!(check().await, "{what} stopped holding");
+    }
+}

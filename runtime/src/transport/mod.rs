@@ -25,6 +25,7 @@ use crate::wire::WireError;
 
 #[cfg(feature = "deterministic")]
 pub mod deterministic;
+pub mod faults;
 pub mod mem;
 pub mod quic;
 

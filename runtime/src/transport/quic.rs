@@ -15,6 +15,8 @@ use crate::stats::WireStats;
 use crate::tls::{self, ALPN_ENROL, LinkTimeouts};
 use crate::wire::WireError;
 
+use super::faults::{FaultyUdpSocket, SocketFaults};
+
 /// Application close code: the peer's certificate was missing or named no rollcall identity.
 pub const CLOSE_REFUSED: u32 = 0x10;
 /// Application close code: normal shutdown.
@@ -36,6 +38,8 @@ pub struct QuicOptions {
     pub enrolment: Option<Arc<dyn EnrolService>>,
     /// Seed for quinn's internal randomness (deterministic tests).
     pub rng_seed: Option<[u8; 32]>,
+    /// Faults to inject on this node's socket (tests and chaos).
+    pub faults: Option<Arc<SocketFaults>>,
 }
 
 impl std::fmt::Debug for QuicOptions {
@@ -104,6 +108,10 @@ impl QuicTransport {
         secret: &NodeSecret,
         opts: QuicOptions,
     ) -> Result<Arc<QuicTransport>, TransportError> {
+        let socket: Arc<dyn AsyncUdpSocket> = match &opts.faults {
+            Some(f) => Arc::new(FaultyUdpSocket::new(socket, f.clone())),
+            None => socket,
+        };
         let local_addr = socket
             .local_addr()
             .map_err(|e| TransportError::Lost(e.to_string()))?;

@@ -1,0 +1,274 @@
+//! A server and ring endpoints on real QUIC, each endpoint on its own 127.0.N.x address with a
+//! fault-injecting socket, so tests can kill (silently), restart and firewall them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use rollcall_cluster::member::{MemberConfig, MemberMsg, MemberStatus, RingMember, status};
+use rollcall_cluster::membership::MembershipConfig;
+use rollcall_cluster::proto::RingsReport;
+use rollcall_cluster::ring::RingConfig;
+use rollcall_cluster::shard::{RingServer, RingServerConfig};
+use rollcall_runtime::identity::{Ca, Credentials, NodeSecret, PeerRole};
+use rollcall_runtime::node::{Node, NodeOptions};
+use rollcall_runtime::tls::LinkTimeouts;
+use rollcall_runtime::transport::faults::SocketFaults;
+use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
+
+use crate::creds;
+
+/// Ring timing for tests: probe every 100 ms, hop timeout 250 ms, dead after 750 ms,
+/// predecessor timeout 1 s.
+pub fn test_ring_config() -> RingConfig {
+    RingConfig {
+        successors: 4,
+        skip_contacts: 2,
+        probe_interval: Duration::from_millis(100),
+        hop_timeout: Duration::from_millis(250),
+        dead_timeout: Duration::from_millis(750),
+        pred_timeout: Duration::from_millis(1000),
+        retry_interval: Duration::from_millis(1000),
+    }
+}
+
+/// Registration every 1–2 s in tests.
+pub const REGISTER_MAX: Duration = Duration::from_secs(2);
+
+/// Link timeouts for ring tests: keep-alive 300 ms, idle 2 s.
+pub const RING_TIMEOUTS: LinkTimeouts = LinkTimeouts {
+    keep_alive_ms: 300,
+    idle_timeout_ms: 2_000,
+};
+
+/// One endpoint of a [`RingCluster`].
+pub struct Endpoint {
+    /// Its node.
+    pub node: Node,
+    /// Its ring actor.
+    pub member: ActorRef<MemberMsg>,
+    /// Faults on its socket.
+    pub faults: Arc<SocketFaults>,
+    /// Its identity (kept for restarts).
+    pub creds: Credentials,
+    /// Its node secret (kept for restarts).
+    pub secret: NodeSecret,
+    /// Its address.
+    pub ip: IpAddr,
+    /// Whether it is running.
+    pub alive: bool,
+}
+
+/// A server with its ring service and endpoints.
+pub struct RingCluster {
+    /// The CA.
+    pub ca: Arc<Ca>,
+    /// The server node.
+    pub server: Node,
+    /// Its ring service.
+    pub rings: RingServer,
+    /// Endpoints in creation order.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl RingCluster {
+    /// A server on 127.0.0.1 with `membership` settings, and no endpoints yet.
+    pub async fn start(membership: MembershipConfig) -> RingCluster {
+        let ca = crate::ca();
+        let server_creds = creds(&ca, PeerRole::Server);
+        let t = QuicTransport::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            &server_creds,
+            &NodeSecret::generate(),
+            QuicOptions {
+                timeouts: RING_TIMEOUTS,
+                ..Default::default()
+            },
+        )
+        .expect("bind server");
+        let server = Node::start(t, NodeOptions::default())
+            .await
+            .expect("server");
+        let cfg = RingServerConfig {
+            membership,
+            shards: 4,
+            tick: Duration::from_millis(100),
+            probe_timeout: Duration::from_secs(5),
+        };
+        let rings = RingServer::start(&server, cfg, None)
+            .await
+            .expect("ring server");
+        RingCluster {
+            ca,
+            server,
+            rings,
+            endpoints: Vec::new(),
+        }
+    }
+
+    /// Adds an endpoint at `ip`; returns its index.
+    pub async fn add(&mut self, ip: &str) -> usize {
+        let creds = creds(&self.ca, PeerRole::Endpoint);
+        let ep = self
+            .launch(
+                creds,
+                NodeSecret::generate(),
+                ip.parse().expect("ip"),
+                Arc::new(SocketFaults::default()),
+            )
+            .await;
+        self.endpoints.push(ep);
+        self.endpoints.len() - 1
+    }
+
+    async fn launch(
+        &self,
+        creds: Credentials,
+        secret: NodeSecret,
+        ip: IpAddr,
+        faults: Arc<SocketFaults>,
+    ) -> Endpoint {
+        let t = QuicTransport::bind(
+            SocketAddr::new(ip, 0),
+            &creds,
+            &secret,
+            QuicOptions {
+                timeouts: RING_TIMEOUTS,
+                faults: Some(faults.clone()),
+                ..Default::default()
+            },
+        )
+        .expect("bind endpoint");
+        let node = Node::start(t, NodeOptions::default())
+            .await
+            .expect("endpoint");
+        let mut cfg = MemberConfig::new(
+            self.server.local_addr(),
+            node.local_addr(),
+            format!("host-{ip}"),
+        );
+        cfg.ring = test_ring_config();
+        cfg.register_min = Duration::from_secs(1);
+        cfg.register_max = REGISTER_MAX;
+        cfg.server_timeout = Duration::from_secs(5);
+        cfg.seed = u64::from(match ip {
+            IpAddr::V4(v) => u32::from(v),
+            IpAddr::V6(_) => 0,
+        });
+        let (member, _) = Actor::spawn(None, RingMember, (node.clone(), cfg))
+            .await
+            .expect("member");
+        Endpoint {
+            node,
+            member,
+            faults,
+            creds,
+            secret,
+            ip,
+            alive: true,
+        }
+    }
+
+    /// Kills endpoint `i` silently: its socket drops everything first, so no close frame
+    /// reaches anyone; peers must notice by timeouts.
+    pub fn kill(&mut self, i: usize) {
+        let ep = &mut self.endpoints[i];
+        ep.faults.set_blackhole(true);
+        ep.member.stop(Some("killed".into()));
+        ep.node.shutdown();
+        ep.alive = false;
+    }
+
+    /// Restarts endpoint `i` with its identity, at its address (a new port).
+    pub async fn restart(&mut self, i: usize) {
+        let (creds, secret, ip) = {
+            let ep = &self.endpoints[i];
+            (ep.creds.clone(), ep.secret.clone(), ep.ip)
+        };
+        self.endpoints[i] = self
+            .launch(creds, secret, ip, Arc::new(SocketFaults::default()))
+            .await;
+    }
+
+    /// Status of endpoint `i`'s ring actor.
+    pub async fn status(&self, i: usize) -> MemberStatus {
+        status(&self.endpoints[i].member)
+            .await
+            .expect("member status")
+    }
+
+    /// The server's view of every ring.
+    pub async fn report(&self) -> RingsReport {
+        self.rings.report(None).await
+    }
+
+    /// Index of the endpoint with this id.
+    pub fn index_of(&self, id: &rollcall_runtime::NodeId) -> usize {
+        self.endpoints
+            .iter()
+            .position(|e| &e.node.identity().id == id)
+            .expect("known endpoint")
+    }
+}
+
+/// Whether `report` shows `expected` rings of `size` members each, every one `ok`, each
+/// ring with exactly its first member leading forward, its last leading backward, and 2
+/// leader links.
+pub fn well_formed(report: &RingsReport, expected: usize, size: usize) -> bool {
+    report.rings.len() == expected
+        && report.rings.iter().all(|r| {
+            let n = r.members.len();
+            n == size
+                && r.members
+                    .iter()
+                    .all(|m| m.health == rollcall_cluster::proto::Health::Ok)
+                && r.leader_links == 2
+                && r.members
+                    .iter()
+                    .enumerate()
+                    .all(|(i, m)| m.leads.forward == (i == 0) && m.leads.backward == (i == n - 1))
+        })
+}
+
+/// One line per ring: `id [leader links] 1F 2 3s 4? 5X … 20B` (s slow, ? suspect, X offline,
+/// F/B the ends it leads).
+pub fn shape(report: &RingsReport) -> String {
+    use rollcall_cluster::proto::Health;
+    let mut out = format!(
+        "server connections {}, ring connections {}\n",
+        report.server_connections, report.ring_connections
+    );
+    for ring in &report.rings {
+        let members: Vec<String> = ring
+            .members
+            .iter()
+            .map(|m| {
+                let host = match m.addr.ip() {
+                    IpAddr::V4(v) => v.octets()[3].to_string(),
+                    IpAddr::V6(v) => v.to_string(),
+                };
+                let health = match m.health {
+                    Health::Ok => "",
+                    Health::Slow => "s",
+                    Health::Suspect => "?",
+                    Health::Offline => "X",
+                };
+                let leads = match (m.leads.forward, m.leads.backward) {
+                    (true, true) => "FB",
+                    (true, false) => "F",
+                    (false, true) => "B",
+                    _ => "",
+                };
+                format!("{host}{health}{leads}")
+            })
+            .collect();
+        out += &format!(
+            "  {} [{}] {}\n",
+            ring.ring,
+            ring.leader_links,
+            members.join(" ")
+        );
+    }
+    out
+}

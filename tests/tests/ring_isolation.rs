@@ -1,0 +1,98 @@
+//! Peering limits on real QUIC: an isolated range never peers; an endpoint that can reach
+//! none of its peers works as a chain of one with its own server link. (A file of its own so
+//! it does not share the two cores with the 60-endpoint suite.)
+
+use std::time::Duration;
+
+use rollcall_cluster::membership::{MembershipConfig, parse_cidr};
+use rollcall_cluster::proto::{Health, LeaderSides};
+use rollcall_tests::rings::{RingCluster, shape};
+use rollcall_tests::{eventually_or, holds_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_range_never_peers_and_a_firewalled_endpoint_leads_its_own_chain() {
+    let membership = MembershipConfig {
+        isolated: vec![parse_cidr("127.0.6.0/24").expect("cidr")],
+        suspicion_min: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let mut c = RingCluster::start(membership).await;
+    for host in 1..=4 {
+        c.add(&format!("127.0.5.{host}")).await;
+    }
+    let walled = 1; // 127.0.5.2
+    for host in [1, 3, 4] {
+        c.endpoints[walled]
+            .faults
+            .block(format!("127.0.5.{host}").parse().expect("ip"));
+    }
+    let vpn: Vec<usize> = vec![c.add("127.0.6.1").await, c.add("127.0.6.2").await];
+
+    let both = LeaderSides {
+        forward: true,
+        backward: true,
+    };
+    let walled_id = c.endpoints[walled].node.identity().id.clone();
+    eventually_or(
+        "the firewalled endpoint leading its own chain",
+        Duration::from_secs(20),
+        || async {
+            let r = c.report().await;
+            let ring = r
+                .rings
+                .iter()
+                .find(|x| x.ring.0 == "127.0.5.0/24")
+                .ok_or_else(|| shape(&r))?;
+            let leads: Vec<LeaderSides> = ring.members.iter().map(|m| m.leads).collect();
+            let expect = vec![
+                LeaderSides {
+                    forward: true,
+                    backward: false,
+                },
+                both,
+                LeaderSides::default(),
+                LeaderSides {
+                    forward: false,
+                    backward: true,
+                },
+            ];
+            let s = c.status(walled).await;
+            if leads == expect
+                && s.server_link_up
+                && r.isolated.len() == 2
+                && r.isolated.iter().all(|m| m.leads == both)
+            {
+                Ok(())
+            } else {
+                Err(format!("{}isolated: {:?}", shape(&r), r.isolated))
+            }
+        },
+    )
+    .await;
+    for &i in &vpn {
+        let s = c.status(i).await;
+        assert_eq!(s.ring, None);
+        assert_eq!(s.view.len(), 1);
+        assert_eq!(s.route_target, None);
+        assert_eq!(s.leads, both);
+    }
+    // Its neighbours route around it, and the server, which can reach it, never evicts it.
+    let first = c.status(0).await;
+    assert_eq!(
+        first.route_target,
+        Some(c.endpoints[2].node.identity().id.clone())
+    );
+    holds_for(
+        "the firewalled endpoint staying a live member",
+        Duration::from_secs(3),
+        || async {
+            let r = c.report().await;
+            r.rings[0]
+                .members
+                .iter()
+                .find(|m| m.id == walled_id)
+                .is_some_and(|m| m.health != Health::Offline)
+        },
+    )
+    .await;
+}

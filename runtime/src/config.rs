@@ -41,6 +41,66 @@ pub struct RawConfig {
     /// `[link]` settings.
     #[serde(default)]
     pub link: RawLink,
+    /// `[ring]` settings (endpoints).
+    #[serde(default)]
+    pub ring: RawRing,
+    /// `[peering]` settings (server).
+    #[serde(default)]
+    pub peering: RawPeering,
+}
+
+/// `[ring]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRing {
+    /// Shortest registration interval.
+    pub register_min_ms: Option<u64>,
+    /// Longest registration interval.
+    pub register_max_ms: Option<u64>,
+    /// How often a member probes its successor.
+    pub probe_interval_ms: Option<u64>,
+    /// A probe answered later than this is a late hop.
+    pub hop_timeout_ms: Option<u64>,
+    /// Successors kept after each member.
+    pub successors: Option<usize>,
+}
+
+/// `[peering]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeering {
+    /// IPv4 prefix length of a peering range.
+    pub mask_v4: Option<u8>,
+    /// IPv6 prefix length of a peering range.
+    pub mask_v6: Option<u8>,
+    /// Ranges that never peer, such as VPN pools (`10.8.0.0/16`).
+    pub isolated: Option<Vec<String>>,
+}
+
+/// Ring settings of an endpoint (validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingSettings {
+    /// Shortest registration interval.
+    pub register_min_ms: u64,
+    /// Longest registration interval.
+    pub register_max_ms: u64,
+    /// Probe interval.
+    pub probe_interval_ms: u64,
+    /// Hop timeout.
+    pub hop_timeout_ms: u64,
+    /// Successor list length.
+    pub successors: usize,
+}
+
+/// Peering settings of a server (validated, ranges still text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeeringSettings {
+    /// IPv4 prefix length.
+    pub mask_v4: u8,
+    /// IPv6 prefix length.
+    pub mask_v6: u8,
+    /// Isolated ranges.
+    pub isolated: Vec<String>,
 }
 
 /// `[link]` as written.
@@ -72,6 +132,10 @@ pub struct Config {
     pub reconnect: BackoffConfig,
     /// Default timeout of remote calls.
     pub call_timeout_ms: u64,
+    /// Ring settings.
+    pub ring: RingSettings,
+    /// Peering settings.
+    pub peering: PeeringSettings,
 }
 
 impl Default for Config {
@@ -81,6 +145,18 @@ impl Default for Config {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             reconnect: BackoffConfig::default(),
             call_timeout_ms: 5_000,
+            ring: RingSettings {
+                register_min_ms: 30_000,
+                register_max_ms: 90_000,
+                probe_interval_ms: 500,
+                hop_timeout_ms: 500,
+                successors: 4,
+            },
+            peering: PeeringSettings {
+                mask_v4: 24,
+                mask_v6: 64,
+                isolated: Vec::new(),
+            },
         }
     }
 }
@@ -113,7 +189,40 @@ impl RawConfig {
                 max_ms: l.reconnect_max_ms.unwrap_or(d.reconnect.max_ms),
             },
             call_timeout_ms: l.call_timeout_ms.unwrap_or(d.call_timeout_ms),
+            ring: RingSettings {
+                register_min_ms: self.ring.register_min_ms.unwrap_or(d.ring.register_min_ms),
+                register_max_ms: self.ring.register_max_ms.unwrap_or(d.ring.register_max_ms),
+                probe_interval_ms: self
+                    .ring
+                    .probe_interval_ms
+                    .unwrap_or(d.ring.probe_interval_ms),
+                hop_timeout_ms: self.ring.hop_timeout_ms.unwrap_or(d.ring.hop_timeout_ms),
+                successors: self.ring.successors.unwrap_or(d.ring.successors),
+            },
+            peering: PeeringSettings {
+                mask_v4: self.peering.mask_v4.unwrap_or(d.peering.mask_v4),
+                mask_v6: self.peering.mask_v6.unwrap_or(d.peering.mask_v6),
+                isolated: self.peering.isolated.unwrap_or_default(),
+            },
         };
+        let r = &cfg.ring;
+        if r.register_min_ms == 0 || r.register_min_ms > r.register_max_ms {
+            return Err(ConfigError::Invalid(format!(
+                "ring.register_min_ms ({}) must be above 0 and at most ring.register_max_ms ({})",
+                r.register_min_ms, r.register_max_ms
+            )));
+        }
+        if r.probe_interval_ms == 0 || r.hop_timeout_ms == 0 || r.successors == 0 {
+            return Err(ConfigError::Invalid(
+                "ring.probe_interval_ms, ring.hop_timeout_ms and ring.successors must be above 0"
+                    .into(),
+            ));
+        }
+        if cfg.peering.mask_v4 > 32 || cfg.peering.mask_v6 > 128 {
+            return Err(ConfigError::Invalid(
+                "peering.mask_v4 must be at most 32 and peering.mask_v6 at most 128".into(),
+            ));
+        }
         if cfg.timeouts.keep_alive_ms == 0
             || cfg.timeouts.keep_alive_ms >= cfg.timeouts.idle_timeout_ms
         {
@@ -167,6 +276,11 @@ mod tests {
             ("[link]\nkeep_alive_ms = 6000\n", "keep_alive_ms"),
             ("[link]\nmax_frame_bytes = 10\n", "max_frame_bytes"),
             ("[link]\nreconnect_base_ms = 0\n", "reconnect_base_ms"),
+            (
+                "[ring]\nregister_min_ms = 5000\nregister_max_ms = 10\n",
+                "register_min_ms",
+            ),
+            ("[peering]\nmask_v4 = 40\n", "mask_v4"),
         ] {
             let raw: RawConfig = toml::from_str(text).expect("toml");
             let err = raw.validate().expect_err(text).to_string();

@@ -444,6 +444,12 @@ impl Node {
         connected_peers(&self.shared)
     }
 
+    /// [`Node::shutdown`], then waits up to `timeout` for the close to reach the peers.
+    pub async fn shutdown_and_wait(&self, timeout: Duration) {
+        self.shutdown();
+        let _ = tokio::time::timeout(timeout, self.shared.transport.wait_idle()).await;
+    }
+
     /// Closes every link and stops the node's actors.
     pub fn shutdown(&self) {
         self.shared.transport.close();

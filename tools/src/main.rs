@@ -10,14 +10,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use rollcall_cluster::member::{MemberConfig, RingMember};
+use rollcall_cluster::membership::{MembershipConfig, parse_cidr};
+use rollcall_cluster::proto::{AdminRequest, RING_ADMIN, RingsReport};
+use rollcall_cluster::ring::RingConfig;
+use rollcall_cluster::shard::{RingServer, RingServerConfig};
 use rollcall_runtime::config::{Config, RawConfig};
 use rollcall_runtime::enrol::{self, CaEnroller};
 use rollcall_runtime::identity::{
     self, Ca, Credentials, JoinToken, OperatorRole, PeerRole, Validity,
 };
 use rollcall_runtime::node::{Node, NodeOptions, NodeStatus, STATUS_ACTOR, StatusRequest};
+use rollcall_runtime::supervisor::{ChildSpec, Restart, start_child};
+use rollcall_runtime::telemetry;
 use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
-use rollcall_runtime::{telemetry, tls::LinkTimeouts};
 
 /// rollcall asks every machine in a fleet a question and has the answer in seconds.
 ///
@@ -42,9 +48,35 @@ enum Command {
     Endpoint(EndpointArgs),
     /// Ask a server for its status: its connected peers and link counters (any operator role).
     Status(StatusArgs),
+    /// Look at the rings (any operator role).
+    #[command(subcommand)]
+    Ring(RingCommand),
     /// Run a server and N endpoints on loopback in one process, enrol them over QUIC,
-    /// and show that each is connected.
+    /// and show the rings they form.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum RingCommand {
+    /// Print each ring in order: its members, their health (ok, slow, suspect, offline),
+    /// which ends they lead, and the server's connection count.
+    Show(RingShowArgs),
+}
+
+#[derive(Debug, Args)]
+struct RingShowArgs {
+    /// The server's address.
+    #[arg(long)]
+    server: SocketAddr,
+    /// Operator credentials written by `rollcall ca issue-operator --out`.
+    #[arg(long)]
+    cert_dir: PathBuf,
+    /// Only this ring: its id (`127.0.1.0/24`) or any address inside it.
+    #[arg(long)]
+    subnet: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +162,14 @@ struct ServerArgs {
     /// Where the server keeps its certificate and node secret [default: CA_DIR/server].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Prefix length of an IPv4 peering range: endpoints in the same range form a ring
+    /// [default: 24, or the config file's peering.mask_v4].
+    #[arg(long)]
+    mask_v4: Option<u8>,
+    /// A range whose machines never peer (VPN pools); repeat for more. Adds to the config
+    /// file's peering.isolated.
+    #[arg(long, value_name = "CIDR")]
+    isolated: Vec<String>,
     #[command(flatten)]
     link: LinkFlags,
 }
@@ -149,6 +189,12 @@ struct EndpointArgs {
     /// UDP address to listen on for peers.
     #[arg(long, default_value = "0.0.0.0:0")]
     listen: SocketAddr,
+    /// Shortest registration interval in milliseconds [default: 30000, or ring.register_min_ms].
+    #[arg(long)]
+    register_min_ms: Option<u64>,
+    /// Longest registration interval in milliseconds [default: 90000, or ring.register_max_ms].
+    #[arg(long)]
+    register_max_ms: Option<u64>,
     #[command(flatten)]
     link: LinkFlags,
 }
@@ -168,10 +214,13 @@ struct StatusArgs {
 
 #[derive(Debug, Args)]
 struct DemoArgs {
-    /// How many endpoints to start (each on its own 127.0.1.x address).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=250))]
+    /// How many endpoints to start, each on its own loopback address.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=500))]
     endpoints: u16,
-    /// Print the server's status as JSON instead of a table.
+    /// Spread them over this many subnets (127.0.1.x, 127.0.2.x, …): one ring each.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=50))]
+    subnets: u16,
+    /// Print the rings as JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
@@ -205,6 +254,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Server(a) => server(a).await?,
         Command::Endpoint(a) => endpoint(a).await?,
         Command::Status(a) => status(a).await?,
+        Command::Ring(RingCommand::Show(a)) => ring_show(a).await?,
         Command::Demo(a) => return demo(a).await,
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -266,13 +316,13 @@ fn rand_seed() -> u64 {
     t.as_nanos() as u64 ^ u64::from(std::process::id())
 }
 
-/// Starts a server node on `listen` serving enrolment from `ca`.
+/// Starts a server node on `listen` serving enrolment from `ca`, with its ring service.
 async fn start_server(
     ca: Arc<Ca>,
     state_dir: &Path,
     listen: SocketAddr,
     cfg: &Config,
-) -> Result<Node> {
+) -> Result<(Node, RingServer)> {
     let creds = if Credentials::exist_in(state_dir) {
         Credentials::load(state_dir)?
     } else {
@@ -284,30 +334,128 @@ async fn start_server(
     let opts = QuicOptions {
         timeouts: cfg.timeouts,
         enrolment: Some(Arc::new(CaEnroller::from_ca_dir(ca))),
-        rng_seed: None,
+        ..QuicOptions::default()
     };
     let t = QuicTransport::bind(listen, &creds, &secret, opts)
         .with_context(|| format!("listening on {listen}"))?;
-    Ok(Node::start(t, node_options(cfg)).await?)
+    let node = Node::start(t, node_options(cfg)).await?;
+    let isolated = cfg
+        .peering
+        .isolated
+        .iter()
+        .map(|s| parse_cidr(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)
+        .context("reading the isolated ranges")?;
+    let rcfg = RingServerConfig {
+        membership: MembershipConfig {
+            mask_v4: cfg.peering.mask_v4,
+            mask_v6: cfg.peering.mask_v6,
+            isolated,
+            offline_after: Duration::from_millis(cfg.ring.register_max_ms.saturating_mul(3)),
+            ..MembershipConfig::default()
+        },
+        ..RingServerConfig::default()
+    };
+    let rings = RingServer::start(&node, rcfg, None)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("starting the ring service")?;
+    Ok((node, rings))
+}
+
+/// The ring settings of an endpoint, from the validated config.
+fn ring_config(cfg: &Config) -> RingConfig {
+    let hop = Duration::from_millis(cfg.ring.hop_timeout_ms);
+    let probe = Duration::from_millis(cfg.ring.probe_interval_ms);
+    RingConfig {
+        successors: cfg.ring.successors,
+        probe_interval: probe,
+        hop_timeout: hop,
+        dead_timeout: hop * 4,
+        pred_timeout: (probe + hop) * 4,
+        retry_interval: hop * 4,
+        ..RingConfig::default()
+    }
+}
+
+/// Starts an endpoint's ring membership under its node's supervisor.
+async fn start_member(
+    node: &Node,
+    server: SocketAddr,
+    cfg: &Config,
+    hostname: String,
+) -> Result<ractor::ActorRef<rollcall_cluster::member::MemberMsg>> {
+    let mut mc = MemberConfig::new(server, advertised(node.local_addr(), server), hostname);
+    mc.ring = ring_config(cfg);
+    mc.register_min = Duration::from_millis(cfg.ring.register_min_ms);
+    mc.register_max = Duration::from_millis(cfg.ring.register_max_ms);
+    mc.seed = rand_seed();
+    let n = node.clone();
+    let spec = ChildSpec::new("ring.member", Restart::Permanent, RingMember, move || {
+        (n.clone(), mc.clone())
+    });
+    let cell = start_child(node.supervisor(), spec)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(cell.into())
+}
+
+/// The address peers should dial: the listening address, or, when it is a wildcard, the local
+/// address the system would use to reach the server (no packet is sent to find it).
+fn advertised(listen: SocketAddr, server: SocketAddr) -> SocketAddr {
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let any: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .unwrap_or(listen);
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| {
+            s.connect(server)?;
+            s.local_addr()
+        })
+        .map(|a| SocketAddr::new(a.ip(), listen.port()))
+        .unwrap_or(listen)
 }
 
 async fn server(a: ServerArgs) -> Result<()> {
-    let cfg = a.link.load()?;
+    let mut cfg = a.link.load()?;
+    if let Some(m) = a.mask_v4 {
+        if m > 32 {
+            bail!("--mask-v4 must be at most 32");
+        }
+        cfg.peering.mask_v4 = m;
+    }
+    cfg.peering.isolated.extend(a.isolated);
     let ca = Arc::new(Ca::load(&a.ca_dir).context("loading the CA")?);
     let state = a.state_dir.unwrap_or_else(|| a.ca_dir.join("server"));
-    let node = start_server(ca, &state, a.listen, &cfg).await?;
+    let (node, _rings) = start_server(ca, &state, a.listen, &cfg).await?;
     println!(
         "server {} listening on {}",
         node.identity().id,
         node.local_addr()
     );
     wait_for_shutdown().await;
-    node.shutdown();
+    node.shutdown_and_wait(Duration::from_secs(2)).await;
     Ok(())
 }
 
 async fn endpoint(a: EndpointArgs) -> Result<()> {
-    let cfg = a.link.load()?;
+    let mut cfg = a.link.load()?;
+    if let Some(v) = a.register_min_ms {
+        cfg.ring.register_min_ms = v;
+    }
+    if let Some(v) = a.register_max_ms {
+        cfg.ring.register_max_ms = v;
+    }
+    if cfg.ring.register_min_ms == 0 || cfg.ring.register_min_ms > cfg.ring.register_max_ms {
+        bail!("the registration interval must satisfy 0 < min <= max");
+    }
     let token = a
         .join_token
         .as_deref()
@@ -333,18 +481,31 @@ async fn endpoint(a: EndpointArgs) -> Result<()> {
     let t = QuicTransport::bind(a.listen, &creds, &secret, opts)
         .with_context(|| format!("listening on {}", a.listen))?;
     let node = Node::start(t, node_options(&cfg)).await?;
-    let link = node.connect(a.server).await?;
     println!(
         "endpoint {} listening on {}",
         node.identity().id,
         node.local_addr()
     );
-    match link.wait_connected(Duration::from_secs(30)).await {
-        Ok(server) => println!("connected to server {} at {}", server.id, a.server),
-        Err(e) => tracing::warn!(error = %e, "not connected yet; will keep trying"),
+    let member = start_member(&node, a.server, &cfg, hostname).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match rollcall_cluster::member::status(&member).await {
+            Some(s) if s.registrations > 0 => {
+                match &s.ring {
+                    Some(r) => println!("registered in ring {r} with {} members", s.view.len()),
+                    None => println!("registered in an isolated range (no peering)"),
+                }
+                break;
+            }
+            _ if Instant::now() >= deadline => {
+                tracing::warn!("not registered yet; will keep trying");
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
     wait_for_shutdown().await;
-    node.shutdown();
+    node.shutdown_and_wait(Duration::from_secs(2)).await;
     Ok(())
 }
 
@@ -368,8 +529,8 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Connects as an operator and fetches the server's status.
-async fn fetch_status(creds: &Credentials, server: SocketAddr) -> Result<NodeStatus> {
+/// A client-only node for an operator's requests.
+async fn operator_node(creds: &Credentials, server: SocketAddr) -> Result<Node> {
     let bind = match server.ip() {
         IpAddr::V4(ip) if ip.is_loopback() => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
         IpAddr::V4(_) => "0.0.0.0:0".parse()?,
@@ -381,7 +542,12 @@ async fn fetch_status(creds: &Credentials, server: SocketAddr) -> Result<NodeSta
         &identity::NodeSecret::generate(),
         QuicOptions::default(),
     )?;
-    let node = Node::start(t, NodeOptions::default()).await?;
+    Ok(Node::start(t, NodeOptions::default()).await?)
+}
+
+/// Connects as an operator and fetches the server's status.
+async fn fetch_status(creds: &Credentials, server: SocketAddr) -> Result<NodeStatus> {
+    let node = operator_node(creds, server).await?;
     let link = node.connect(server).await?;
     link.wait_connected(Duration::from_secs(10))
         .await
@@ -390,8 +556,90 @@ async fn fetch_status(creds: &Credentials, server: SocketAddr) -> Result<NodeSta
         .call(STATUS_ACTOR, &StatusRequest, Duration::from_secs(10))
         .await
         .context("asking for status")?;
-    node.shutdown();
+    node.shutdown_and_wait(Duration::from_secs(1)).await;
     Ok(status)
+}
+
+/// Connects as an operator and fetches the rings.
+async fn fetch_rings(
+    creds: &Credentials,
+    server: SocketAddr,
+    subnet: Option<String>,
+) -> Result<RingsReport> {
+    let node = operator_node(creds, server).await?;
+    let link = node.connect(server).await?;
+    link.wait_connected(Duration::from_secs(10))
+        .await
+        .with_context(|| format!("connecting to {server}"))?;
+    let report = link
+        .call(
+            RING_ADMIN,
+            &AdminRequest::Show { subnet },
+            Duration::from_secs(10),
+        )
+        .await
+        .context("asking for the rings")?;
+    node.shutdown_and_wait(Duration::from_secs(1)).await;
+    Ok(report)
+}
+
+async fn ring_show(a: RingShowArgs) -> Result<()> {
+    let creds = Credentials::load(&a.cert_dir).context("loading operator credentials")?;
+    let report = fetch_rings(&creds, a.server, a.subnet).await?;
+    print_rings(&report, a.json)
+}
+
+fn print_rings(report: &RingsReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    let leads = |l: rollcall_cluster::proto::LeaderSides| match (l.forward, l.backward) {
+        (true, true) => "forward+backward",
+        (true, false) => "forward",
+        (false, true) => "backward",
+        _ => "",
+    };
+    for ring in &report.rings {
+        println!(
+            "ring {}: {} members, {} leader links",
+            ring.ring,
+            ring.members.len(),
+            ring.leader_links
+        );
+        println!(
+            "  {:>3}  {:<18} {:<22} {:<8} {:<17} HOST",
+            "#", "NODE", "ADDRESS", "HEALTH", "LEADS"
+        );
+        for (i, m) in ring.members.iter().enumerate() {
+            println!(
+                "  {:>3}  {:<18} {:<22} {:<8} {:<17} {}",
+                i + 1,
+                m.id.0,
+                m.addr.to_string(),
+                m.health.to_string(),
+                leads(m.leads),
+                m.hostname
+            );
+        }
+    }
+    if !report.isolated.is_empty() {
+        println!("isolated (no peering): {} endpoints", report.isolated.len());
+        for m in &report.isolated {
+            println!(
+                "       {:<18} {:<22} {:<8} {}",
+                m.id.0,
+                m.addr.to_string(),
+                m.health.to_string(),
+                m.hostname
+            );
+        }
+    }
+    println!(
+        "server connections: {} ({} held by ring leaders)",
+        report.server_connections, report.ring_connections
+    );
+    Ok(())
 }
 
 async fn status(a: StatusArgs) -> Result<()> {
@@ -434,11 +682,13 @@ async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
     let dir = tempfile::tempdir().context("making a scratch directory")?;
     let ca = Arc::new(Ca::init(&dir.path().join("ca"), "rollcall demo CA")?);
     let token = ca.new_join_token()?;
-    let cfg = Config {
-        timeouts: LinkTimeouts::default(),
-        ..Config::default()
-    };
-    let server = start_server(
+    // Fast timings so the demo settles in a second or two.
+    let mut cfg = Config::default();
+    cfg.ring.register_min_ms = 300;
+    cfg.ring.register_max_ms = 600;
+    cfg.ring.probe_interval_ms = 100;
+    cfg.ring.hop_timeout_ms = 250;
+    let (server, _rings) = start_server(
         ca.clone(),
         &dir.path().join("server"),
         "127.0.0.1:0".parse()?,
@@ -446,9 +696,10 @@ async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
     )
     .await?;
     let server_addr = server.local_addr();
+    let subnets = a.subnets.min(a.endpoints);
     if !a.json {
         println!(
-            "rollcall demo: server {} on {server_addr}, {} endpoints on 127.0.1.x",
+            "rollcall demo: server {} on {server_addr}; {} endpoints in {subnets} subnets (127.0.1.x …)",
             server.identity().id,
             a.endpoints
         );
@@ -457,14 +708,16 @@ async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
     // Enrol every endpoint over QUIC with the join token, as `rollcall endpoint` does.
     let t0 = Instant::now();
     let mut enrolled = Vec::new();
-    for i in 1..=a.endpoints {
-        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 1, i as u8));
+    for i in 0..a.endpoints {
+        let subnet = (i % subnets) as u8 + 1;
+        let host = (i / subnets) as u8 + 1;
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, subnet, host));
         let state = dir.path().join(format!("endpoint-{i}"));
         let creds = enrol::load_or_enrol(
             &state,
             server_addr,
             Some(&token),
-            &format!("demo-host-{i}"),
+            &format!("demo-{subnet}-{host}"),
             SocketAddr::new(ip, 0),
         )
         .await
@@ -473,6 +726,7 @@ async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
     }
     let enrol_ms = t0.elapsed().as_millis();
 
+    // Start them; they register, find their ring and link up.
     let t1 = Instant::now();
     let mut endpoints = Vec::new();
     for (ip, state, creds) in &enrolled {
@@ -484,50 +738,56 @@ async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
             QuicOptions::default(),
         )?;
         let node = Node::start(t, NodeOptions::default()).await?;
-        let link = node.connect(server_addr).await?;
-        endpoints.push((node, link));
+        start_member(&node, server_addr, &cfg, format!("demo-{ip}")).await?;
+        endpoints.push(node);
     }
-    for (node, link) in &endpoints {
-        link.wait_connected(Duration::from_secs(10))
-            .await
-            .with_context(|| format!("endpoint {} connecting", node.identity().id))?;
-        server
-            .wait_peer(&node.identity().id, Duration::from_secs(10))
-            .await
-            .with_context(|| format!("server never saw endpoint {}", node.identity().id))?;
-    }
-    let link_ms = t1.elapsed().as_millis();
 
-    // Ask the server, as an admin operator would.
+    // Watch, as an admin operator would, until every ring is one chain with two leaders.
     let admin = ca.issue(
         PeerRole::Operator(OperatorRole::Admin),
         Some("demo-admin"),
         Validity::default(),
     )?;
-    let status = fetch_status(&admin, server_addr).await?;
-    let connected = status
-        .peers
-        .iter()
-        .filter(|p| p.peer.role == PeerRole::Endpoint)
-        .count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let r = fetch_rings(&admin, server_addr, None).await?;
+        let members: usize = r.rings.iter().map(|x| x.members.len()).sum();
+        let settled = r.rings.len() == usize::from(subnets)
+            && members == usize::from(a.endpoints)
+            && r.rings.iter().all(|x| {
+                x.members
+                    .iter()
+                    .all(|m| m.health == rollcall_cluster::proto::Health::Ok)
+                    && x.members.first().is_some_and(|m| m.leads.forward)
+                    && x.members.last().is_some_and(|m| m.leads.backward)
+                    && x.leader_links == x.members.len().min(2)
+            });
+        if settled || Instant::now() >= deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ring_ms = t1.elapsed().as_millis();
+    let members: usize = report.rings.iter().map(|x| x.members.len()).sum();
     if !a.json {
         println!(
-            "enrolled {} endpoints in {enrol_ms} ms; all linked to the server in {link_ms} ms\n",
+            "enrolled {} endpoints in {enrol_ms} ms; rings formed in {ring_ms} ms\n",
             a.endpoints
         );
     }
-    print_status(&status, a.json)?;
-    if !a.json {
-        println!("\n{connected} of {} endpoints connected", a.endpoints);
-    }
-    for (node, _) in &endpoints {
+    print_rings(&report, a.json)?;
+    for node in &endpoints {
         node.shutdown();
     }
     server.shutdown();
-    if connected != usize::from(a.endpoints) {
-        bail!(
-            "only {connected} of {} endpoints are connected",
-            a.endpoints
+    if members != usize::from(a.endpoints) || report.rings.len() != usize::from(subnets) {
+        bail!("only {members} of {} endpoints formed rings", a.endpoints);
+    }
+    if !a.json {
+        println!(
+            "\n{members} of {} endpoints in {} rings",
+            a.endpoints,
+            report.rings.len()
         );
     }
     Ok(std::process::ExitCode::SUCCESS)

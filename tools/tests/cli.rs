@@ -71,36 +71,46 @@ impl Drop for Running {
 }
 
 #[test]
-fn demo_enrols_and_connects_every_endpoint() {
-    let out = run(&["demo", "--endpoints", "3", "--json"]);
+fn demo_enrols_endpoints_and_shows_their_rings() {
+    let out = run(&["demo", "--endpoints", "5", "--subnets", "2", "--json"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let peers = status["peers"].as_array().expect("peers");
-    let endpoints: Vec<_> = peers
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rings = report["rings"].as_array().expect("rings");
+    let ids: Vec<&str> = rings
         .iter()
-        .filter(|p| p["peer"]["role"] == "Endpoint")
+        .map(|r| r["ring"].as_str().expect("id"))
         .collect();
-    assert_eq!(endpoints.len(), 3, "{status:#}");
-    let mut ips: Vec<&str> = endpoints
-        .iter()
-        .map(|p| {
-            p["addr"]
-                .as_str()
-                .expect("addr")
-                .split(':')
-                .next()
-                .expect("ip")
-        })
-        .collect();
-    ips.sort();
-    assert_eq!(ips, ["127.0.1.1", "127.0.1.2", "127.0.1.3"]);
-    assert_eq!(status["asked_by"]["role"]["Operator"], "Admin");
-    assert_eq!(status["stats"]["enrolments"], 3);
-    assert_eq!(status["stats"]["handshakes_refused"], 0);
+    assert_eq!(ids, ["127.0.1.0/24", "127.0.2.0/24"]);
+    let hosts = |r: &serde_json::Value| -> Vec<String> {
+        r["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| {
+                m["addr"]
+                    .as_str()
+                    .expect("addr")
+                    .split(':')
+                    .next()
+                    .expect("ip")
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(hosts(&rings[0]), ["127.0.1.1", "127.0.1.2", "127.0.1.3"]);
+    assert_eq!(hosts(&rings[1]), ["127.0.2.1", "127.0.2.2"]);
+    for r in rings {
+        let members = r["members"].as_array().expect("members");
+        assert!(members.iter().all(|m| m["health"] == "Ok"), "{r:#}");
+        assert_eq!(members[0]["leads"]["forward"], true);
+        assert_eq!(members[members.len() - 1]["leads"]["backward"], true);
+        assert_eq!(r["leader_links"], 2);
+    }
+    assert_eq!(report["ring_connections"], 4);
 }
 
 fn token_from(out: &Output) -> String {
@@ -180,10 +190,17 @@ fn server_endpoint_and_operator_as_separate_processes() {
         &p("ep"),
         "--listen",
         "127.0.2.1:0",
+        "--register-min-ms",
+        "200",
+        "--register-max-ms",
+        "400",
     ]);
     let id_line = endpoint.line_starting("endpoint ");
     let id = id_line.split(' ').nth(1).expect("id").to_string();
-    endpoint.line_starting("connected to server ");
+    assert_eq!(
+        endpoint.line_starting("registered in ring "),
+        "registered in ring 127.0.2.0/24 with 1 members"
+    );
     assert!(Path::new(&p("ep")).join("node.pem").exists());
 
     let status = run(&[
@@ -211,6 +228,51 @@ fn server_endpoint_and_operator_as_separate_processes() {
     assert_eq!(v["stats"]["enrolments"], 1);
     assert_eq!(v["stats"]["enrolments_refused"], 1);
 
+    // `ring show`: a ring of one, which leads both of its ends over one server link.
+    let mut shown = serde_json::Value::Null;
+    for _ in 0..100 {
+        let out = run(&[
+            "ring",
+            "show",
+            "--server",
+            &addr,
+            "--cert-dir",
+            &p("vera"),
+            "--subnet",
+            "127.0.2.1",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        shown = serde_json::from_slice(&out.stdout).expect("json");
+        if shown["ring_connections"] == 1 {
+            break;
+        }
+    }
+    assert_eq!(shown["rings"][0]["ring"], "127.0.2.0/24", "{shown:#}");
+    assert_eq!(shown["rings"][0]["members"][0]["id"], id.as_str());
+    assert_eq!(
+        shown["rings"][0]["members"][0]["leads"],
+        serde_json::json!({"forward": true, "backward": true})
+    );
+    assert_eq!(shown["ring_connections"], 1);
+    let table = stdout(&run(&[
+        "ring",
+        "show",
+        "--server",
+        &addr,
+        "--cert-dir",
+        &p("vera"),
+    ]));
+    assert!(
+        table.contains("ring 127.0.2.0/24: 1 members, 1 leader links"),
+        "{table}"
+    );
+    assert!(table.contains("forward+backward"), "{table}");
+
     // Restarted with the same state directory, the endpoint needs no token and keeps its id.
     drop(endpoint);
     let again = Running::start(&[
@@ -224,7 +286,7 @@ fn server_endpoint_and_operator_as_separate_processes() {
     ]);
     let line = again.line_starting("endpoint ");
     assert_eq!(line.split(' ').nth(1), Some(id.as_str()));
-    again.line_starting("connected to server ");
+    again.line_starting("registered in ring 127.0.2.0/24");
     drop(server);
 }
 
@@ -232,7 +294,7 @@ fn server_endpoint_and_operator_as_separate_processes() {
 fn help_explains_every_command() {
     let out = run(&["--help"]);
     let text = stdout(&out);
-    for cmd in ["ca", "server", "endpoint", "status", "demo"] {
+    for cmd in ["ca", "server", "endpoint", "status", "ring", "demo"] {
         assert!(text.contains(cmd), "{text}");
     }
     let out = run(&["ca", "issue-operator", "--help"]);

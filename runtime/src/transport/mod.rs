@@ -126,6 +126,9 @@ pub trait Transport: Send + Sync + 'static {
     async fn accept(&self) -> Option<Arc<dyn Connection>>;
     /// Closes every connection and stops accepting.
     fn close(&self);
+    /// After [`Transport::close`], waits until the peers have been told (a process about to
+    /// exit calls this so its close frames leave).
+    async fn wait_idle(&self) {}
 }
 
 /// An authenticated connection to one peer.

@@ -246,6 +246,10 @@ impl Transport for QuicTransport {
         self.endpoint
             .close(VarInt::from_u32(CLOSE_NORMAL), b"node shutting down");
     }
+
+    async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
 }
 
 /// One authenticated QUIC connection.

@@ -128,6 +128,8 @@ pub enum Output {
 #[derive(Debug, Clone)]
 struct PeerState {
     health: PeerHealth,
+    /// This slow or dead spell has been reported to the server.
+    reported: bool,
     /// A probe is under way (dialing or sent).
     probing: bool,
     /// When the probe request went on the wire: the hop timer.
@@ -202,6 +204,7 @@ impl RingCore {
                 }
             }
         }
+        self.flush_reports();
         self.update_leadership(now);
     }
 
@@ -215,11 +218,19 @@ impl RingCore {
         &self.view
     }
 
-    /// The successor questions go to now.
+    /// The successor questions go to now: the first routable candidate, or, when every
+    /// candidate is slow (more likely this member's own network is), the first slow one.
     pub fn route_target(&self) -> Option<&MemberInfo> {
-        self.candidates()
-            .into_iter()
+        let candidates = self.candidates();
+        candidates
+            .iter()
             .find(|m| self.health(&m.id).routable())
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .find(|m| self.health(&m.id) == PeerHealth::Slow)
+            })
+            .copied()
     }
 
     /// The successor list followed by the skip contacts.
@@ -264,6 +275,7 @@ impl RingCore {
     fn peer(&mut self, id: &NodeId) -> &mut PeerState {
         self.peers.entry(id.clone()).or_insert(PeerState {
             health: PeerHealth::Unknown,
+            reported: false,
             probing: false,
             probe_sent: None,
             last_try: None,
@@ -307,16 +319,12 @@ impl RingCore {
         let rtt = p.probe_sent.map(|t| now.saturating_duration_since(t));
         p.probe_sent = None;
         p.probing = false;
-        let before = p.health;
         p.health = match rtt {
             Some(rtt) if rtt > hop => PeerHealth::Slow,
             _ => PeerHealth::Ok,
         };
-        if p.health == PeerHealth::Slow && before != PeerHealth::Slow {
-            self.out.push_back(Output::Report {
-                suspect: id.clone(),
-                reason: SuspectReason::Slow,
-            });
+        if p.health == PeerHealth::Ok {
+            p.reported = false;
         }
     }
 
@@ -327,11 +335,39 @@ impl RingCore {
         p.last_try = Some(now);
         if p.health != PeerHealth::Dead {
             p.health = PeerHealth::Dead;
+            p.reported = false;
             self.out.push_back(Output::Drop(id.clone()));
-            self.out.push_back(Output::Report {
-                suspect: id.clone(),
-                reason: SuspectReason::Unreachable,
-            });
+        }
+    }
+
+    /// Reports slow and dead successors, but only once some other candidate has answered on
+    /// time: a member that finds every successor slow or unreachable is more likely the one
+    /// at fault (Lifeguard's local health), and accusing its neighbours would be wrong.
+    fn flush_reports(&mut self) {
+        let ids: Vec<NodeId> = self
+            .candidates()
+            .into_iter()
+            .map(|m| m.id.clone())
+            .collect();
+        if !ids.iter().any(|id| self.health(id) == PeerHealth::Ok) {
+            return;
+        }
+        for id in ids {
+            let Some(p) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let reason = match p.health {
+                PeerHealth::Slow => SuspectReason::Slow,
+                PeerHealth::Dead => SuspectReason::Unreachable,
+                _ => continue,
+            };
+            if !p.reported {
+                p.reported = true;
+                self.out.push_back(Output::Report {
+                    suspect: id,
+                    reason,
+                });
+            }
         }
     }
 
@@ -538,18 +574,19 @@ mod tests {
             probes(&sent(&mut c, t0 + Duration::from_millis(551))),
             [m(3).id]
         );
-        // It answers after all: slow, reported once, still routed around.
+        // It answers after all: slow, still routed around; reported once another successor
+        // has answered on time (so the fault is not ours).
         c.handle(Input::Ack(m(2).id), t0 + Duration::from_millis(600));
-        let out = drain(&mut c);
+        assert_eq!(drain(&mut c), []);
+        assert_eq!(c.health(&m(2).id), PeerHealth::Slow);
+        c.handle(Input::Ack(m(3).id), t0 + Duration::from_millis(601));
         assert_eq!(
-            out,
+            drain(&mut c),
             [Output::Report {
                 suspect: m(2).id,
                 reason: SuspectReason::Slow
             }]
         );
-        assert_eq!(c.health(&m(2).id), PeerHealth::Slow);
-        c.handle(Input::Ack(m(3).id), t0 + Duration::from_millis(601));
         // Next tick probes both the slow one (so it keeps hearing from us) and the target.
         c.handle(Input::Tick, t0 + Duration::from_millis(700));
         assert_eq!(
@@ -568,27 +605,60 @@ mod tests {
         let mut c = ring(1, 3, t0);
         drain(&mut c);
         c.handle(Input::ProbeFailed(m(2).id), t0 + Duration::from_millis(300));
-        let out = drain(&mut c);
-        assert_eq!(
-            out,
-            [
-                Output::Drop(m(2).id),
-                Output::Report {
-                    suspect: m(2).id,
-                    reason: SuspectReason::Unreachable
-                },
-            ]
-        );
+        assert_eq!(drain(&mut c), [Output::Drop(m(2).id)]);
         assert_eq!(c.route_target(), Some(&m(3)));
         // Retried only after the retry interval.
         c.handle(Input::Tick, t0 + Duration::from_millis(400));
-        assert_eq!(probes(&drain(&mut c)), [m(3).id]);
+        assert_eq!(
+            probes(&sent(&mut c, t0 + Duration::from_millis(400))),
+            [m(3).id]
+        );
+        // Reported once the next successor answers on time.
         c.handle(Input::Ack(m(3).id), t0 + Duration::from_millis(410));
+        assert_eq!(
+            drain(&mut c),
+            [Output::Report {
+                suspect: m(2).id,
+                reason: SuspectReason::Unreachable
+            }]
+        );
         c.handle(Input::Tick, t0 + Duration::from_millis(1300));
         assert_eq!(probes(&drain(&mut c)), [m(2).id, m(3).id]);
         // Back after a heal: it answers and is the target again.
         c.handle(Input::Ack(m(2).id), t0 + Duration::from_millis(1310));
         assert_eq!(c.route_target(), Some(&m(2)));
+    }
+
+    #[test]
+    fn a_member_that_finds_every_successor_slow_blames_itself() {
+        let t0 = Instant::now();
+        let mut c = ring(1, 3, t0);
+        let mut t = t0;
+        for _ in 0..6 {
+            for id in probes(&drain(&mut c)) {
+                c.handle(Input::ProbeStarted(id.clone()), t);
+                c.handle(Input::Ack(id), t + Duration::from_millis(400));
+            }
+            t += Duration::from_millis(500);
+            c.handle(Input::Tick, t);
+        }
+        assert_eq!(c.health(&m(2).id), PeerHealth::Slow);
+        assert_eq!(c.health(&m(3).id), PeerHealth::Slow);
+        // It still routes (through the first slow one), leads nothing but its own first
+        // place, and accuses nobody.
+        assert_eq!(c.route_target(), Some(&m(2)));
+        assert_eq!(
+            c.leader(),
+            LeaderSides {
+                forward: true,
+                backward: false
+            }
+        );
+        assert!(
+            !drain(&mut c)
+                .iter()
+                .any(|o| matches!(o, Output::Report { .. }))
+        );
     }
 
     #[test]

@@ -163,6 +163,7 @@ impl MemberState {
 
     async fn act(&mut self, myself: &ActorRef<MemberMsg>, out: Output) {
         let timeout = self.cfg.ring.dead_timeout;
+        let dial = self.cfg.ring.dial_timeout;
         match out {
             Output::Probe(m) => {
                 let node = self.node.clone();
@@ -174,14 +175,14 @@ impl MemberState {
                         let me = me2;
                         let link = match link {
                             Some(l) => l,
-                            None => node.connect_once(m.addr, timeout).await?,
+                            None => node.connect_once(m.addr, dial).await?,
                         };
                         let _ = me.send_message(MemberMsg::ProbeStarted(m.id.clone()));
                         let r: Result<(), CallError> =
                             link.call(MEMBER, &MemberRequest::Probe, timeout).await;
                         Ok::<_, CallError>((r.is_ok(), link))
                     };
-                    let msg = match tokio::time::timeout(timeout, attempt).await {
+                    let msg = match tokio::time::timeout(dial + timeout, attempt).await {
                         Ok(Ok((ok, link))) => MemberMsg::Probed {
                             id: m.id,
                             ok,
@@ -200,7 +201,7 @@ impl MemberState {
                 let node = self.node.clone();
                 let hello = MemberRequest::Hello(self.me.clone());
                 tokio::spawn(async move {
-                    if let Ok(l) = node.connect_once(pred.addr, timeout).await {
+                    if let Ok(l) = node.connect_once(pred.addr, dial).await {
                         let r: Result<(), CallError> = l.call(MEMBER, &hello, timeout).await;
                         if let Err(e) = r {
                             tracing::debug!(to = %pred.id, error = %e, "hello not answered");
@@ -360,12 +361,11 @@ impl Actor for RingMember {
             }
             MemberMsg::ProbeStarted(id) => st.feed(&myself, Input::ProbeStarted(id)).await,
             MemberMsg::Probed { id, ok, link } => {
-                if let Some(l) = link {
-                    if let Some(old) = st.links.insert(id.clone(), l.clone()) {
-                        if old.addr() != l.addr() || !old.is_connected() {
-                            old.close();
-                        }
-                    }
+                if let Some(l) = link
+                    && let Some(old) = st.links.insert(id.clone(), l.clone())
+                    && (old.addr() != l.addr() || !old.is_connected())
+                {
+                    old.close();
                 }
                 st.feed(
                     &myself,

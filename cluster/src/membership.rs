@@ -223,10 +223,10 @@ impl Membership {
     pub fn register(&mut self, id: &NodeId, reg: &Registration, now: Instant) -> Registered {
         let ring = self.cfg.ring_of(reg.addr.ip());
         // A machine that moved to another range leaves its old ring.
-        if let Some(old) = self.ring_of_node.get(id).cloned() {
-            if old != ring {
-                self.members_mut(&old).remove(id);
-            }
+        if let Some(old) = self.ring_of_node.get(id).cloned()
+            && old != ring
+        {
+            self.members_mut(&old).remove(id);
         }
         self.ring_of_node.insert(id.clone(), ring.clone());
         let members = self.members_mut(&ring);
@@ -307,13 +307,19 @@ impl Membership {
             return None;
         }
         let m = self.find_mut(suspect)?;
-        match &mut m.state {
-            State::Offline { .. } => None,
-            State::Suspect { reporters, .. } => {
+        match (&mut m.state, reason) {
+            (State::Offline { .. }, _) => None,
+            (State::Suspect { reporters, .. }, _) => {
                 reporters.insert(reporter.clone());
                 None
             }
-            State::Ok | State::Slow { .. } => {
+            // Slowness is not a liveness question: it answers, just late. Mark it (neighbours
+            // route around it) and keep it marked while reports keep coming.
+            (State::Ok | State::Slow { .. }, SuspectReason::Slow) => {
+                m.state = State::Slow { last_report: now };
+                None
+            }
+            (State::Ok | State::Slow { .. }, SuspectReason::Unreachable) => {
                 m.state = State::Suspect {
                     since: now,
                     reporters: BTreeSet::from([reporter.clone()]),
@@ -329,14 +335,14 @@ impl Membership {
     /// The server's direct probe of `id` was answered (or not).
     pub fn probe_result(&mut self, id: &NodeId, answered: bool, now: Instant) {
         let Some(m) = self.find_mut(id) else { return };
-        if let State::Suspect { reason, .. } = m.state {
-            if answered {
-                m.last_seen = now;
-                m.state = match reason {
-                    SuspectReason::Slow => State::Slow { last_report: now },
-                    SuspectReason::Unreachable => State::Ok,
-                };
-            }
+        if let State::Suspect { reason, .. } = m.state
+            && answered
+        {
+            m.last_seen = now;
+            m.state = match reason {
+                SuspectReason::Slow => State::Slow { last_report: now },
+                SuspectReason::Unreachable => State::Ok,
+            };
         }
     }
 
@@ -387,10 +393,10 @@ impl Membership {
                 m.state = State::Offline { since: now };
                 m.leads = LeaderSides::default();
                 evicted.push((ring.clone(), id.clone()));
-            } else if let State::Slow { last_report } = m.state {
-                if now.saturating_duration_since(last_report) >= slow_hold {
-                    m.state = State::Ok;
-                }
+            } else if let State::Slow { last_report } = m.state
+                && now.saturating_duration_since(last_report) >= slow_hold
+            {
+                m.state = State::Ok;
             }
         }
         evicted
@@ -578,13 +584,25 @@ mod tests {
         let mut m = Membership::new(MembershipConfig::default());
         m.register(&id("a"), &reg("127.0.1.1"), t0);
         m.register(&id("b"), &reg("127.0.1.2"), t0);
-        m.suspect(&id("a"), &id("b"), SuspectReason::Slow, t0);
-        m.probe_result(&id("b"), true, t0 + Duration::from_millis(300));
+        // No direct probe for slowness: marked at once, and again with each report.
+        assert_eq!(m.suspect(&id("a"), &id("b"), SuspectReason::Slow, t0), None);
+        assert_eq!(m.report(None).0[0].members[1].health, Health::Slow);
+        m.register(&id("b"), &reg("127.0.1.2"), t0 + Duration::from_secs(1));
+        assert!(m.tick(t0 + Duration::from_secs(4)).is_empty());
+        assert_eq!(m.report(None).0[0].members[1].health, Health::Slow);
+        m.suspect(
+            &id("a"),
+            &id("b"),
+            SuspectReason::Slow,
+            t0 + Duration::from_secs(4),
+        );
+        assert!(m.tick(t0 + Duration::from_secs(6)).is_empty());
         assert_eq!(m.report(None).0[0].members[1].health, Health::Slow);
         assert_eq!(m.live_members(&RingId("127.0.1.0/24".into())).len(), 2);
-        m.register(&id("a"), &reg("127.0.1.1"), t0 + Duration::from_secs(6));
-        m.register(&id("b"), &reg("127.0.1.2"), t0 + Duration::from_secs(6));
-        assert!(m.tick(t0 + Duration::from_secs(6)).is_empty());
+        // Nobody reports it for the hold time: it recovers.
+        m.register(&id("a"), &reg("127.0.1.1"), t0 + Duration::from_secs(10));
+        m.register(&id("b"), &reg("127.0.1.2"), t0 + Duration::from_secs(10));
+        assert!(m.tick(t0 + Duration::from_secs(10)).is_empty());
         assert_eq!(m.report(None).0[0].members[1].health, Health::Ok);
     }
 

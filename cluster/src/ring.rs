@@ -35,12 +35,18 @@ pub struct RingConfig {
     pub probe_interval: Duration,
     /// An answer later than this is late: route past the successor.
     pub hop_timeout: Duration,
-    /// No answer by then: the successor is dead.
+    /// No answer by then (after the request was sent): the successor is dead.
     pub dead_timeout: Duration,
+    /// How long dialing a successor may take (handshakes over slow links take a few round
+    /// trips; dial time never counts against the hop).
+    pub dial_timeout: Duration,
     /// No probe from any predecessor for this long: lead the forward end.
     pub pred_timeout: Duration,
     /// How often dead successors closer than the route target are tried again.
     pub retry_interval: Duration,
+    /// How often a still-slow successor is reported again (the server forgets slowness that
+    /// nobody reports, so this must be below its hold time, about 5 s).
+    pub report_interval: Duration,
 }
 
 impl Default for RingConfig {
@@ -51,8 +57,10 @@ impl Default for RingConfig {
             probe_interval: Duration::from_millis(500),
             hop_timeout: Duration::from_millis(500),
             dead_timeout: Duration::from_secs(2),
+            dial_timeout: Duration::from_secs(5),
             pred_timeout: Duration::from_secs(3),
             retry_interval: Duration::from_secs(2),
+            report_interval: Duration::from_secs(2),
         }
     }
 }
@@ -106,9 +114,9 @@ pub enum Input {
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Probe this member: dial it if needed, report [`Input::ProbeStarted`] when the request
-    /// is sent, then [`Input::Ack`] or [`Input::ProbeFailed`] (the dead timeout bounds the
-    /// whole attempt, dial included).
+    /// Probe this member: dial it if needed (within the dial timeout), report
+    /// [`Input::ProbeStarted`] when the request is sent, then [`Input::Ack`] or
+    /// [`Input::ProbeFailed`] (no answer within the dead timeout, or no link).
     Probe(MemberInfo),
     /// Introduce ourselves to this member (our nearest predecessor).
     Hello(MemberInfo),
@@ -128,10 +136,10 @@ pub enum Output {
 #[derive(Debug, Clone)]
 struct PeerState {
     health: PeerHealth,
-    /// This slow or dead spell has been reported to the server.
-    reported: bool,
-    /// A probe is under way (dialing or sent).
-    probing: bool,
+    /// When this slow or dead spell was last reported to the server.
+    reported: Option<Instant>,
+    /// A probe attempt (dial, then request) is under way since then.
+    attempt: Option<Instant>,
     /// When the probe request went on the wire: the hop timer.
     probe_sent: Option<Instant>,
     last_try: Option<Instant>,
@@ -180,7 +188,7 @@ impl RingCore {
             Input::Members { members, isolated } => self.set_members(members, isolated, now),
             Input::ProbeStarted(id) => {
                 let p = self.peer(&id);
-                if p.probing {
+                if p.attempt.is_some() {
                     p.probe_sent = Some(now);
                 }
             }
@@ -204,7 +212,7 @@ impl RingCore {
                 }
             }
         }
-        self.flush_reports();
+        self.flush_reports(now);
         self.update_leadership(now);
     }
 
@@ -275,8 +283,8 @@ impl RingCore {
     fn peer(&mut self, id: &NodeId) -> &mut PeerState {
         self.peers.entry(id.clone()).or_insert(PeerState {
             health: PeerHealth::Unknown,
-            reported: false,
-            probing: false,
+            reported: None,
+            attempt: None,
             probe_sent: None,
             last_try: None,
         })
@@ -318,24 +326,24 @@ impl RingCore {
         let p = self.peer(id);
         let rtt = p.probe_sent.map(|t| now.saturating_duration_since(t));
         p.probe_sent = None;
-        p.probing = false;
+        p.attempt = None;
         p.health = match rtt {
             Some(rtt) if rtt > hop => PeerHealth::Slow,
             _ => PeerHealth::Ok,
         };
         if p.health == PeerHealth::Ok {
-            p.reported = false;
+            p.reported = None;
         }
     }
 
     fn on_failed(&mut self, id: &NodeId, now: Instant) {
         let p = self.peer(id);
         p.probe_sent = None;
-        p.probing = false;
+        p.attempt = None;
         p.last_try = Some(now);
         if p.health != PeerHealth::Dead {
             p.health = PeerHealth::Dead;
-            p.reported = false;
+            p.reported = None;
             self.out.push_back(Output::Drop(id.clone()));
         }
     }
@@ -343,7 +351,8 @@ impl RingCore {
     /// Reports slow and dead successors, but only once some other candidate has answered on
     /// time: a member that finds every successor slow or unreachable is more likely the one
     /// at fault (Lifeguard's local health), and accusing its neighbours would be wrong.
-    fn flush_reports(&mut self) {
+    /// A slow spell is reported again every report interval; a dead one once.
+    fn flush_reports(&mut self, now: Instant) {
         let ids: Vec<NodeId> = self
             .candidates()
             .into_iter()
@@ -361,8 +370,15 @@ impl RingCore {
                 PeerHealth::Dead => SuspectReason::Unreachable,
                 _ => continue,
             };
-            if !p.reported {
-                p.reported = true;
+            let due = match p.reported {
+                None => true,
+                Some(t) => {
+                    reason == SuspectReason::Slow
+                        && now.saturating_duration_since(t) >= self.cfg.report_interval
+                }
+            };
+            if due {
+                p.reported = Some(now);
                 self.out.push_back(Output::Report {
                     suspect: id,
                     reason,
@@ -376,12 +392,14 @@ impl RingCore {
             return;
         }
         let hop = self.cfg.hop_timeout;
-        // Outstanding probes past the hop timeout: route past them now.
+        // Attempts outstanding past the hop timeout, dial included: route past them now.
+        // (Only the request's own round trip decides whether a member is slow.)
         for p in self.peers.values_mut() {
-            if let Some(sent) = p.probe_sent {
-                if now.saturating_duration_since(sent) > hop && p.health.routable() {
-                    p.health = PeerHealth::Late;
-                }
+            if let Some(started) = p.attempt
+                && now.saturating_duration_since(started) > hop
+                && p.health.routable()
+            {
+                p.health = PeerHealth::Late;
             }
         }
         // Probe the route target, every non-routable candidate closer than it (slow ones each
@@ -397,8 +415,8 @@ impl RingCore {
                     .is_none_or(|t| now.saturating_duration_since(t) >= retry),
                 _ => true,
             };
-            if !p.probing && due {
-                p.probing = true;
+            if p.attempt.is_none() && due {
+                p.attempt = Some(now);
                 p.last_try = Some(now);
                 self.out.push_back(Output::Probe(m.clone()));
             }
@@ -447,8 +465,10 @@ mod tests {
             probe_interval: Duration::from_millis(100),
             hop_timeout: Duration::from_millis(250),
             dead_timeout: Duration::from_millis(1000),
+            dial_timeout: Duration::from_millis(3000),
             pred_timeout: Duration::from_millis(1000),
             retry_interval: Duration::from_millis(1000),
+            report_interval: Duration::from_millis(2000),
         }
     }
 
@@ -555,31 +575,34 @@ mod tests {
     #[test]
     fn a_late_hop_is_skipped_at_the_hop_timeout_and_a_slow_member_kept_probed() {
         let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut c = ring(1, 6, t0);
-        // A dial that takes a while does not count against the hop.
+        // A dial that outlasts the hop timeout routes past the member for now...
         assert_eq!(probes(&drain(&mut c)), [m(2).id]);
-        c.handle(Input::Tick, t0 + Duration::from_millis(200));
+        c.handle(Input::Tick, ms(200));
         assert_eq!(c.health(&m(2).id), PeerHealth::Unknown);
-        c.handle(
-            Input::ProbeStarted(m(2).id),
-            t0 + Duration::from_millis(300),
-        );
-        c.handle(Input::Tick, t0 + Duration::from_millis(500));
-        assert_eq!(c.health(&m(2).id), PeerHealth::Unknown);
-        // Not answered within the hop timeout: route past it at once and probe the next.
-        c.handle(Input::Tick, t0 + Duration::from_millis(551));
+        c.handle(Input::Tick, ms(251));
         assert_eq!(c.health(&m(2).id), PeerHealth::Late);
         assert_eq!(c.route_target(), Some(&m(3)));
-        assert_eq!(
-            probes(&sent(&mut c, t0 + Duration::from_millis(551))),
-            [m(3).id]
-        );
-        // It answers after all: slow, still routed around; reported once another successor
-        // has answered on time (so the fault is not ours).
-        c.handle(Input::Ack(m(2).id), t0 + Duration::from_millis(600));
+        assert_eq!(probes(&sent(&mut c, ms(251))), [m(3).id]);
+        c.handle(Input::Ack(m(3).id), ms(260));
+        // ...but only the request's own round trip judges it: on time, so it is back.
+        c.handle(Input::ProbeStarted(m(2).id), ms(300));
+        c.handle(Input::Ack(m(2).id), ms(340));
+        assert_eq!(c.health(&m(2).id), PeerHealth::Ok);
+        assert_eq!(c.route_target(), Some(&m(2)));
         assert_eq!(drain(&mut c), []);
+        // Now a request not answered within the hop timeout: route past it at once.
+        c.handle(Input::Tick, ms(400));
+        assert_eq!(probes(&sent(&mut c, ms(400))), [m(2).id]);
+        c.handle(Input::Tick, ms(651));
+        assert_eq!(c.health(&m(2).id), PeerHealth::Late);
+        assert_eq!(c.route_target(), Some(&m(3)));
+        assert_eq!(probes(&sent(&mut c, ms(651))), [m(3).id]);
+        // It answers after all: slow, still routed around, and reported (another successor
+        // answers on time, so the fault is not ours).
+        c.handle(Input::Ack(m(2).id), ms(700));
         assert_eq!(c.health(&m(2).id), PeerHealth::Slow);
-        c.handle(Input::Ack(m(3).id), t0 + Duration::from_millis(601));
         assert_eq!(
             drain(&mut c),
             [Output::Report {
@@ -587,14 +610,12 @@ mod tests {
                 reason: SuspectReason::Slow
             }]
         );
+        c.handle(Input::Ack(m(3).id), ms(701));
         // Next tick probes both the slow one (so it keeps hearing from us) and the target.
-        c.handle(Input::Tick, t0 + Duration::from_millis(700));
-        assert_eq!(
-            probes(&sent(&mut c, t0 + Duration::from_millis(700))),
-            [m(2).id, m(3).id]
-        );
+        c.handle(Input::Tick, ms(800));
+        assert_eq!(probes(&sent(&mut c, ms(800))), [m(2).id, m(3).id]);
         // An on-time answer brings it back.
-        c.handle(Input::Ack(m(2).id), t0 + Duration::from_millis(800));
+        c.handle(Input::Ack(m(2).id), ms(900));
         assert_eq!(c.health(&m(2).id), PeerHealth::Ok);
         assert_eq!(c.route_target(), Some(&m(2)));
     }

@@ -716,12 +716,13 @@ impl LinkState {
 
     fn forget(&mut self) {
         self.handle.conn.send_replace(None);
-        if let (Some(peer), Ok(mut links)) = (&self.peer, self.handle.shared.links.write()) {
-            if let Some(cells) = links.get_mut(&peer.id) {
-                cells.retain(|c| !Arc::ptr_eq(&c.conn, &self.handle.conn));
-                if cells.is_empty() {
-                    links.remove(&peer.id);
-                }
+        let (Some(peer), Ok(mut links)) = (&self.peer, self.handle.shared.links.write()) else {
+            return;
+        };
+        if let Some(cells) = links.get_mut(&peer.id) {
+            cells.retain(|c| !Arc::ptr_eq(&c.conn, &self.handle.conn));
+            if cells.is_empty() {
+                links.remove(&peer.id);
             }
         }
     }

@@ -28,8 +28,10 @@ pub fn test_ring_config() -> RingConfig {
         probe_interval: Duration::from_millis(100),
         hop_timeout: Duration::from_millis(250),
         dead_timeout: Duration::from_millis(750),
+        dial_timeout: Duration::from_millis(3000),
         pred_timeout: Duration::from_millis(1000),
         retry_interval: Duration::from_millis(1000),
+        report_interval: Duration::from_millis(2000),
     }
 }
 

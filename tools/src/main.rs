@@ -373,8 +373,10 @@ fn ring_config(cfg: &Config) -> RingConfig {
         probe_interval: probe,
         hop_timeout: hop,
         dead_timeout: hop * 4,
+        dial_timeout: (hop * 10).max(Duration::from_secs(3)),
         pred_timeout: (probe + hop) * 4,
         retry_interval: hop * 4,
+        report_interval: Duration::from_secs(2),
         ..RingConfig::default()
     }
 }

@@ -60,6 +60,8 @@ pub struct Endpoint {
     pub ip: IpAddr,
     /// Whether it is running.
     pub alive: bool,
+    /// What its probe actor recorded (casts, and work handed over at registration).
+    pub recorded: tokio::sync::mpsc::UnboundedReceiver<(rollcall_runtime::PeerIdentity, u32)>,
 }
 
 /// A server with its ring service and endpoints.
@@ -77,6 +79,14 @@ pub struct RingCluster {
 impl RingCluster {
     /// A server on 127.0.0.1 with `membership` settings, and no endpoints yet.
     pub async fn start(membership: MembershipConfig) -> RingCluster {
+        RingCluster::start_with(membership, None).await
+    }
+
+    /// Like [`RingCluster::start`], with a backlog of work for returning endpoints.
+    pub async fn start_with(
+        membership: MembershipConfig,
+        backlog: Option<Arc<dyn rollcall_cluster::membership::Backlog>>,
+    ) -> RingCluster {
         let ca = crate::ca();
         let server_creds = creds(&ca, PeerRole::Server);
         let t = QuicTransport::bind(
@@ -98,7 +108,7 @@ impl RingCluster {
             tick: Duration::from_millis(100),
             probe_timeout: Duration::from_secs(5),
         };
-        let rings = RingServer::start(&server, cfg, None)
+        let rings = RingServer::start(&server, cfg, backlog)
             .await
             .expect("ring server");
         RingCluster {
@@ -145,6 +155,7 @@ impl RingCluster {
         let node = Node::start(t, NodeOptions::default())
             .await
             .expect("endpoint");
+        let recorded = crate::start_probe(&node).await;
         let mut cfg = MemberConfig::new(
             self.server.local_addr(),
             node.local_addr(),
@@ -169,6 +180,7 @@ impl RingCluster {
             secret,
             ip,
             alive: true,
+            recorded,
         }
     }
 

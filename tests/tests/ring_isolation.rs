@@ -1,5 +1,6 @@
-//! Peering limits on real QUIC: an isolated range never peers; an endpoint that can reach
-//! none of its peers works as a chain of one with its own server link. (A file of its own so
+//! Peering limits and rejoin on real QUIC: an isolated range never peers; an endpoint that
+//! can reach none of its peers works as a chain of one with its own server link; a returning
+//! endpoint is spliced back and handed what it missed. (A file of its own so
 //! it does not share the two cores with the 60-endpoint suite.)
 
 use std::time::Duration;
@@ -104,4 +105,111 @@ async fn an_isolated_range_never_peers_and_a_firewalled_endpoint_leads_its_own_c
         },
     )
     .await;
+}
+
+/// Hands every endpoint that registers for the first time, or returns after being offline,
+/// one piece of work for its probe actor, and records who asked and since when.
+#[derive(Default)]
+struct RecordingBacklog {
+    asked: std::sync::Mutex<Vec<(rollcall_runtime::NodeId, bool)>>,
+}
+
+impl rollcall_cluster::membership::Backlog for RecordingBacklog {
+    fn missed(
+        &self,
+        node: &rollcall_runtime::NodeId,
+        _ring: Option<&rollcall_cluster::proto::RingId>,
+        since: Option<std::time::Instant>,
+    ) -> Vec<rollcall_cluster::proto::Handoff> {
+        if let Ok(mut a) = self.asked.lock() {
+            a.push((node.clone(), since.is_some()));
+        }
+        let n = if since.is_some() { 2 } else { 1 };
+        vec![rollcall_cluster::proto::Handoff {
+            to: rollcall_tests::PROBE.into(),
+            body: rollcall_runtime::wire::encode_body(&rollcall_tests::Probe::Record(n))
+                .expect("body"),
+        }]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_endpoint_is_spliced_back_and_handed_what_it_missed() {
+    let backlog = std::sync::Arc::new(RecordingBacklog::default());
+    let membership = MembershipConfig {
+        offline_after: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let mut c = RingCluster::start_with(membership, Some(backlog.clone())).await;
+    for host in 1..=3 {
+        c.add(&format!("127.0.7.{host}")).await;
+    }
+    // First registration: everything unexpired (since = never).
+    for i in 0..3 {
+        let got =
+            tokio::time::timeout(Duration::from_secs(10), c.endpoints[i].recorded.recv()).await;
+        let (from, n) = got.expect("handed work on joining").expect("open");
+        assert_eq!((from.role, n), (rollcall_runtime::PeerRole::Server, 1));
+    }
+    let middle = c.endpoints[1].node.identity().id.clone();
+    // It goes away long enough to be offline, and comes back.
+    c.kill(1);
+    eventually_or(
+        "the middle endpoint offline",
+        Duration::from_secs(15),
+        || async {
+            let r = c.report().await;
+            let m = r.rings[0].members.iter().find(|m| m.id == middle).cloned();
+            match m {
+                Some(m) if m.health == Health::Offline => Ok(()),
+                _ => Err(shape(&r)),
+            }
+        },
+    )
+    .await;
+    c.restart(1).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), c.endpoints[1].recorded.recv()).await;
+    assert_eq!(got.expect("handed what it missed").expect("open").1, 2);
+    // Spliced back: in its place, healthy, and its predecessor routes to it again.
+    eventually_or(
+        "the returning endpoint back in its place",
+        Duration::from_secs(10),
+        || async {
+            let r = c.report().await;
+            let ids: Vec<_> = r.rings[0]
+                .members
+                .iter()
+                .map(|m| (m.id.clone(), m.health))
+                .collect();
+            let first = c.status(0).await;
+            if ids.get(1) == Some(&(middle.clone(), Health::Ok))
+                && first.route_target.as_ref() == Some(&middle)
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}first routes to {:?}",
+                    shape(&r),
+                    first.route_target
+                ))
+            }
+        },
+    )
+    .await;
+    // Asked once per endpoint on joining, and once more for the return; never for routine
+    // re-registrations.
+    let asked = backlog.asked.lock().expect("lock").clone();
+    assert_eq!(
+        asked.iter().filter(|(_, returning)| !returning).count(),
+        3,
+        "{asked:?}"
+    );
+    assert_eq!(
+        asked
+            .iter()
+            .filter(|(_, returning)| *returning)
+            .cloned()
+            .collect::<Vec<_>>(),
+        vec![(middle, true)]
+    );
 }

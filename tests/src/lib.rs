@@ -235,3 +235,56 @@ where
         assert!(check().await, "{what} stopped holding");
     }
 }
+
+/// The deterministic network's helpers: a node on turmoil's simulated UDP, and its clock.
+pub mod sim {
+    use std::sync::Arc;
+
+    use rollcall_runtime::backoff::BackoffConfig;
+    use rollcall_runtime::identity::{Credentials, NodeSecret};
+    use rollcall_runtime::node::{Node, NodeOptions};
+    use rollcall_runtime::tls::LinkTimeouts;
+    use rollcall_runtime::transport::deterministic::TurmoilUdpSocket;
+    use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
+
+    /// The port every simulated node binds.
+    pub const PORT: u16 = 4433;
+
+    /// Simulated milliseconds since the simulation started.
+    pub fn now_ms() -> u128 {
+        turmoil::sim_elapsed().unwrap_or_default().as_millis()
+    }
+
+    /// A node on the current turmoil host, its QUIC randomness seeded from `seed`, redialing
+    /// with backoff from 100 ms to 1 s.
+    pub async fn node(
+        creds: &Credentials,
+        secret: &NodeSecret,
+        seed: u64,
+        timeouts: LinkTimeouts,
+    ) -> Result<Node, Box<dyn std::error::Error>> {
+        let socket = TurmoilUdpSocket::bind(PORT).await?;
+        let mut rng_seed = [0u8; 32];
+        rng_seed[..8].copy_from_slice(&seed.to_le_bytes());
+        let t = QuicTransport::with_socket(
+            socket,
+            Arc::new(quinn::TokioRuntime),
+            creds,
+            secret,
+            QuicOptions {
+                timeouts,
+                rng_seed: Some(rng_seed),
+                ..Default::default()
+            },
+        )?;
+        let opts = NodeOptions {
+            reconnect: BackoffConfig {
+                base_ms: 100,
+                max_ms: 1_000,
+            },
+            seed,
+            ..Default::default()
+        };
+        Ok(Node::start(t, opts).await?)
+    }
+}

@@ -5,19 +5,15 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rollcall_runtime::backoff::BackoffConfig;
-use rollcall_runtime::identity::{Credentials, NodeSecret, PeerRole};
-use rollcall_runtime::node::{LinkEvent, Node, NodeOptions};
+use rollcall_runtime::identity::{NodeSecret, PeerRole};
+use rollcall_runtime::node::LinkEvent;
 use rollcall_runtime::tls::LinkTimeouts;
 use rollcall_runtime::transport::TransportError;
-use rollcall_runtime::transport::deterministic::TurmoilUdpSocket;
-use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
+use rollcall_tests::sim::{self, PORT};
 use rollcall_tests::*;
 
-const PORT: u16 = 4433;
 const TIMEOUTS: LinkTimeouts = LinkTimeouts {
     keep_alive_ms: 250,
     idle_timeout_ms: 2_000,
@@ -26,40 +22,6 @@ const IDLE: Duration = Duration::from_millis(2_000);
 
 /// One line of a scenario's history: simulated milliseconds and what happened.
 type Log = Rc<RefCell<Vec<(u128, String)>>>;
-
-fn now_ms() -> u128 {
-    turmoil::sim_elapsed().unwrap_or_default().as_millis()
-}
-
-async fn sim_node(
-    creds: &Credentials,
-    secret: &NodeSecret,
-    seed: u64,
-) -> Result<Node, Box<dyn std::error::Error>> {
-    let socket = TurmoilUdpSocket::bind(PORT).await?;
-    let mut rng_seed = [0u8; 32];
-    rng_seed[..8].copy_from_slice(&seed.to_le_bytes());
-    let t = QuicTransport::with_socket(
-        socket,
-        Arc::new(quinn::TokioRuntime),
-        creds,
-        secret,
-        QuicOptions {
-            timeouts: TIMEOUTS,
-            rng_seed: Some(rng_seed),
-            ..Default::default()
-        },
-    )?;
-    let opts = NodeOptions {
-        reconnect: BackoffConfig {
-            base_ms: 100,
-            max_ms: 1_000,
-        },
-        seed,
-        ..Default::default()
-    };
-    Ok(Node::start(t, opts).await?)
-}
 
 fn describe(e: &LinkEvent) -> String {
     match e {
@@ -103,9 +65,10 @@ fn scenario(seed: u64, fault: Fault, ups: usize) -> Vec<(u128, String)> {
             let secret = server_secret.clone();
             let log = log.clone();
             async move {
-                let node = sim_node(&creds, &secret, seed).await?;
+                let node = sim::node(&creds, &secret, seed, TIMEOUTS).await?;
                 let _probe = start_probe(&node).await;
-                log.borrow_mut().push((now_ms(), "server started".into()));
+                log.borrow_mut()
+                    .push((sim::now_ms(), "server started".into()));
                 std::future::pending::<()>().await;
                 Ok(())
             }
@@ -114,7 +77,7 @@ fn scenario(seed: u64, fault: Fault, ups: usize) -> Vec<(u128, String)> {
     {
         let log = log.clone();
         sim.client("client", async move {
-            let node = sim_node(&client_creds, &NodeSecret::from_bytes([9; 32]), seed).await?;
+            let node = sim::node(&client_creds, &NodeSecret::from_bytes([9; 32]), seed, TIMEOUTS).await?;
             let mut events = node.link_events();
             let server: SocketAddr = (turmoil::lookup("server"), PORT).into();
             let link = node.connect(server).await?;
@@ -126,7 +89,7 @@ fn scenario(seed: u64, fault: Fault, ups: usize) -> Vec<(u128, String)> {
                     e = events.recv() => {
                         let e = e?;
                         if matches!(e, LinkEvent::Up { .. }) { seen_up += 1; }
-                        log.borrow_mut().push((now_ms(), describe(&e)));
+                        log.borrow_mut().push((sim::now_ms(), describe(&e)));
                     }
                     _ = tick.tick() => {
                         // Traffic while up; failures while down are expected and not logged.

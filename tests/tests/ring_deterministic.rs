@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::Actor;
@@ -15,13 +14,10 @@ use rollcall_cluster::proto::{Health, LeaderSides};
 use rollcall_cluster::shard::{RingServer, RingServerConfig};
 use rollcall_runtime::NodeId;
 use rollcall_runtime::identity::{Credentials, NodeSecret, PeerRole};
-use rollcall_runtime::node::{Node, NodeOptions};
-use rollcall_runtime::transport::deterministic::TurmoilUdpSocket;
-use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
 use rollcall_tests::rings::{RING_TIMEOUTS, test_ring_config};
+use rollcall_tests::sim::{self, PORT};
 use rollcall_tests::{SeedGuard, ca, creds, seeds};
 
-const PORT: u16 = 4433;
 const N: usize = 8;
 const BASE_LATENCY: Duration = Duration::from_millis(20);
 
@@ -39,39 +35,6 @@ enum Fault {
     Split { at: Duration, heal: Duration },
     /// Every link of `ep{0}` has ten times the base latency.
     Slow(usize),
-}
-
-fn now_ms() -> u128 {
-    turmoil::sim_elapsed().unwrap_or_default().as_millis()
-}
-
-async fn sim_node(
-    creds: &Credentials,
-    secret: &NodeSecret,
-    seed: u64,
-) -> Result<Node, Box<dyn std::error::Error>> {
-    let socket = TurmoilUdpSocket::bind(PORT).await?;
-    let mut rng_seed = [0u8; 32];
-    rng_seed[..8].copy_from_slice(&seed.to_le_bytes());
-    let t = QuicTransport::with_socket(
-        socket,
-        Arc::new(quinn::TokioRuntime),
-        creds,
-        secret,
-        QuicOptions {
-            timeouts: RING_TIMEOUTS,
-            rng_seed: Some(rng_seed),
-            ..Default::default()
-        },
-    )?;
-    Ok(Node::start(
-        t,
-        NodeOptions {
-            seed,
-            ..Default::default()
-        },
-    )
-    .await?)
 }
 
 /// Runs the server (sampling its ring view every 200 ms) and eight endpoints until `end`.
@@ -104,7 +67,13 @@ fn scenario(
         let samples = samples.clone();
         let names = names.clone();
         sim.client("server", async move {
-            let node = sim_node(&server_creds, &NodeSecret::from_bytes([1; 32]), seed).await?;
+            let node = sim::node(
+                &server_creds,
+                &NodeSecret::from_bytes([1; 32]),
+                seed,
+                RING_TIMEOUTS,
+            )
+            .await?;
             let cfg = RingServerConfig {
                 tick: Duration::from_millis(100),
                 ..Default::default()
@@ -131,7 +100,7 @@ fn scenario(
                     })
                     .unwrap_or_default();
                 samples.borrow_mut().push(Sample {
-                    t_ms: now_ms(),
+                    t_ms: sim::now_ms(),
                     members,
                     ring_links: r.ring_connections,
                 });
@@ -146,8 +115,13 @@ fn scenario(
             let (creds, name, routes, names) =
                 (creds.clone(), name.clone(), routes.clone(), names.clone());
             async move {
-                let node =
-                    sim_node(&creds, &NodeSecret::from_bytes([i as u8 + 10; 32]), seed).await?;
+                let node = sim::node(
+                    &creds,
+                    &NodeSecret::from_bytes([i as u8 + 10; 32]),
+                    seed,
+                    RING_TIMEOUTS,
+                )
+                .await?;
                 let server: SocketAddr = (turmoil::lookup("server"), PORT).into();
                 let me: SocketAddr = (turmoil::lookup(name.as_str()), PORT).into();
                 let mut cfg = MemberConfig::new(server, me, name.clone());

@@ -1,4 +1,4 @@
-//! rollcall-actors: the domain actors — endpoint agent, sensors, the question language,
-//! actions, history and the server's stores.
-//!
-//! Empty until the questions issue lands.
+//! rollcall-actors: the domain — the question language and (coming next) sensors, the
+//! endpoint's and server's question actors, actions, history and stores.
+
+pub mod question;

@@ -296,10 +296,10 @@ impl Parser<'_> {
         if op.numeric() && !matches!(v, Value::Number(_)) {
             return Err(err(column, format!("\"{}\" needs a number", op.text())));
         }
-        if let (Op::Matches, Value::Text(re)) = (op, &v) {
-            if let Err(e) = regex::Regex::new(re) {
-                return Err(err(column, format!("invalid regular expression: {e}")));
-            }
+        if let (Op::Matches, Value::Text(re)) = (op, &v)
+            && let Err(e) = regex::Regex::new(re)
+        {
+            return Err(err(column, format!("invalid regular expression: {e}")));
         }
         Ok(v)
     }

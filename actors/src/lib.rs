@@ -2,3 +2,4 @@
 //! endpoint's and server's question actors, actions, history and stores.
 
 pub mod question;
+pub mod sensors;

@@ -1,0 +1,455 @@
+//! Sensors: what a question can ask a machine.
+//!
+//! A sensor reads one fact of a [`HostView`] — the real Linux machine ([`linux::LinuxHost`]),
+//! or a deterministic simulated one ([`sim::SimulatedHost`]) — and returns its values (several
+//! for facts like installed applications). Every read runs under a [`Budget`]: a time limit
+//! and an output cap; a sensor that blows either is cut off and reported with its runtime,
+//! never left to stall a question.
+
+pub mod linux;
+pub mod sim;
+pub mod version;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::question::{Question, SensorRef, SensorSpec};
+
+/// Why a sensor gave no values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum SensorError {
+    /// This operating system has no implementation of the sensor.
+    #[error("not supported on {0}")]
+    Unsupported(String),
+    /// Reading failed.
+    #[error("{0}")]
+    Failed(String),
+    /// No sensor of that name here.
+    #[error("unknown sensor {0}")]
+    Unknown(String),
+    /// It ran past its time limit and was cut off.
+    #[error("timed out after {runtime_ms} ms (limit {limit_ms} ms)")]
+    TimedOut {
+        /// How long it had run.
+        runtime_ms: u64,
+        /// The limit.
+        limit_ms: u64,
+    },
+    /// It produced more output than allowed; the values were cut.
+    #[error("output over {limit_bytes} bytes; cut")]
+    OutputCapped {
+        /// The cap.
+        limit_bytes: usize,
+    },
+}
+
+/// The facts sensors read. Each method is one sensor's source.
+pub trait HostView: Send + Sync + 'static {
+    /// Host name.
+    fn computer_name(&self) -> Result<String, SensorError>;
+    /// Operating system name, e.g. `Ubuntu`.
+    fn operating_system(&self) -> Result<String, SensorError>;
+    /// Its version, e.g. `24.04`.
+    fn os_version(&self) -> Result<String, SensorError>;
+    /// Kernel release.
+    fn kernel_version(&self) -> Result<String, SensorError>;
+    /// IP addresses (loopback excluded).
+    fn ip_addresses(&self) -> Result<Vec<String>, SensorError>;
+    /// MAC addresses.
+    fn mac_addresses(&self) -> Result<Vec<String>, SensorError>;
+    /// Seconds since boot.
+    fn uptime_secs(&self) -> Result<u64, SensorError>;
+    /// CPU model and count, e.g. `AMD EPYC 7B13 x 2`.
+    fn cpu(&self) -> Result<String, SensorError>;
+    /// Total memory in bytes.
+    fn memory_bytes(&self) -> Result<u64, SensorError>;
+    /// Free bytes on the root file system.
+    fn disk_free_bytes(&self) -> Result<u64, SensorError>;
+    /// Logged-in user names.
+    fn logged_in_users(&self) -> Result<Vec<String>, SensorError>;
+    /// Names of running processes.
+    fn processes(&self) -> Result<Vec<String>, SensorError>;
+    /// Listening ports as `tcp/22`, `udp/53`.
+    fn listening_ports(&self) -> Result<Vec<String>, SensorError>;
+    /// Installed packages: (name, version).
+    fn packages(&self) -> Result<Vec<(String, String)>, SensorError>;
+    /// Whether a file exists.
+    fn file_exists(&self, path: &str) -> Result<bool, SensorError>;
+    /// SHA-256 of a file, `None` if it does not exist.
+    fn file_sha256(&self, path: &str) -> Result<Option<String>, SensorError>;
+}
+
+/// A package version the fleet should be at or above, distributed by the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchLevel {
+    /// Package name.
+    pub package: String,
+    /// Lowest acceptable version.
+    pub min_version: String,
+}
+
+/// The built-in sensors, by canonical name, with their parameter counts.
+pub const BUILTIN: &[(&str, usize)] = &[
+    ("Computer Name", 0),
+    ("Operating System", 0),
+    ("OS Version", 0),
+    ("Kernel Version", 0),
+    ("IP Address", 0),
+    ("MAC Address", 0),
+    ("Uptime", 0),
+    ("CPU", 0),
+    ("Memory", 0),
+    ("Disk Free", 0),
+    ("Logged In Users", 0),
+    ("Running Processes", 0),
+    ("Listening Ports", 0),
+    ("Installed Applications", 0),
+    ("Installed Application Version", 1),
+    ("File Exists", 1),
+    ("File Hash", 1),
+    ("Missing Patches", 0),
+];
+
+/// Time and output limits of one sensor read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Time limit.
+    pub time_limit_ms: u64,
+    /// Output cap (sum of the values' lengths).
+    pub output_limit_bytes: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            time_limit_ms: 5_000,
+            output_limit_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A shell script registered as a sensor by an admin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptSensor {
+    /// Its name, as questions use it.
+    pub name: String,
+    /// The script, run with `sh -c`; its standard output's lines are the values.
+    pub script: String,
+    /// SHA-256 of the script, checked before it runs.
+    pub sha256: String,
+}
+
+impl ScriptSensor {
+    /// A script sensor with its hash filled in.
+    pub fn new(name: impl Into<String>, script: impl Into<String>) -> ScriptSensor {
+        let script = script.into();
+        let sha256 = sha256_hex(script.as_bytes());
+        ScriptSensor {
+            name: name.into(),
+            script,
+            sha256,
+        }
+    }
+}
+
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(data))
+}
+
+/// The sensors one endpoint can read: the built-ins over its host, plus script sensors.
+#[derive(Clone)]
+pub struct Sensors {
+    host: Arc<dyn HostView>,
+    scripts: Vec<ScriptSensor>,
+    baseline: Vec<PatchLevel>,
+    budget: Budget,
+}
+
+impl std::fmt::Debug for Sensors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sensors({} scripts)", self.scripts.len())
+    }
+}
+
+/// One sensor's outcome within a question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorOutcome {
+    /// Which sensor.
+    pub sensor: String,
+    /// How long it ran.
+    pub runtime_ms: u64,
+    /// What went wrong, if anything.
+    pub error: Option<SensorError>,
+}
+
+/// A machine's answer to a question: its row (if it matched) and any sensor trouble.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// One cell per selected sensor; `None` when the machine did not match the filter.
+    pub row: Option<Vec<String>>,
+    /// Sensors that failed or blew their budget.
+    pub problems: Vec<SensorOutcome>,
+}
+
+impl Sensors {
+    /// Built-in sensors over `host`, with the default budget.
+    pub fn new(host: Arc<dyn HostView>) -> Sensors {
+        Sensors {
+            host,
+            scripts: Vec::new(),
+            baseline: Vec::new(),
+            budget: Budget::default(),
+        }
+    }
+
+    /// Sets the budget of every read.
+    pub fn with_budget(mut self, budget: Budget) -> Sensors {
+        self.budget = budget;
+        self
+    }
+
+    /// Replaces the script sensors (refusing any whose hash does not match its script).
+    pub fn set_scripts(&mut self, scripts: Vec<ScriptSensor>) -> Result<(), SensorError> {
+        for s in &scripts {
+            if sha256_hex(s.script.as_bytes()) != s.sha256 {
+                return Err(SensorError::Failed(format!(
+                    "script sensor {} does not match its hash; refused",
+                    s.name
+                )));
+            }
+        }
+        self.scripts = scripts;
+        Ok(())
+    }
+
+    /// Replaces the patch baseline that `Missing Patches` compares against.
+    pub fn set_baseline(&mut self, baseline: Vec<PatchLevel>) {
+        self.baseline = baseline;
+    }
+
+    /// Every sensor name questions may use here.
+    pub fn catalog(&self) -> Vec<SensorSpec> {
+        catalog_with(&self.scripts)
+    }
+
+    /// Reads one sensor under the budget.
+    pub async fn read(&self, s: &SensorRef) -> (Result<Vec<String>, SensorError>, u64) {
+        let started = Instant::now();
+        let limit = Duration::from_millis(self.budget.time_limit_ms);
+        let result = if let Some(script) = self.scripts.iter().find(|x| x.name == s.name) {
+            run_script(script, limit, self.budget.output_limit_bytes).await
+        } else {
+            let host = self.host.clone();
+            let baseline = self.baseline.clone();
+            let s2 = s.clone();
+            let read = tokio::task::spawn_blocking(move || builtin(&*host, &baseline, &s2));
+            match tokio::time::timeout(limit, read).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(SensorError::Failed(format!("sensor panicked: {e}"))),
+                Err(_) => Err(SensorError::TimedOut {
+                    runtime_ms: started.elapsed().as_millis() as u64,
+                    limit_ms: self.budget.time_limit_ms,
+                }),
+            }
+        };
+        let runtime_ms = started.elapsed().as_millis() as u64;
+        let result = result.and_then(|v| cap(v, self.budget.output_limit_bytes));
+        (result, runtime_ms)
+    }
+
+    /// Evaluates `q` on this machine: every sensor read once, the filter applied, the row
+    /// built. A failing sensor gives `[error: …]` in its cell and a problem entry.
+    pub async fn answer(&self, q: &Question) -> Answer {
+        let mut values = std::collections::BTreeMap::new();
+        let mut problems = Vec::new();
+        for s in q.sensors() {
+            let (r, runtime_ms) = self.read(&s).await;
+            let v = match r {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    problems.push(SensorOutcome {
+                        sensor: s.to_string(),
+                        runtime_ms,
+                        error: Some(e.clone()),
+                    });
+                    Err(e)
+                }
+            };
+            values.insert(s, v);
+        }
+        let lookup = |s: &SensorRef| match values.get(s) {
+            Some(Ok(v)) => v.clone(),
+            _ => Vec::new(),
+        };
+        let matched = q.filter.as_ref().is_none_or(|f| f.eval(&lookup));
+        let row = matched.then(|| {
+            q.select
+                .iter()
+                .map(|s| match values.get(s) {
+                    Some(Ok(v)) if v.is_empty() => "[no results]".to_string(),
+                    Some(Ok(v)) => v.join(", "),
+                    Some(Err(e)) => format!("[error: {e}]"),
+                    None => "[no results]".to_string(),
+                })
+                .collect()
+        });
+        Answer { row, problems }
+    }
+}
+
+/// The catalog of built-ins plus `scripts`.
+pub fn catalog_with(scripts: &[ScriptSensor]) -> Vec<SensorSpec> {
+    BUILTIN
+        .iter()
+        .map(|(n, p)| SensorSpec {
+            name: (*n).to_string(),
+            params: *p,
+        })
+        .chain(scripts.iter().map(|s| SensorSpec {
+            name: s.name.clone(),
+            params: 0,
+        }))
+        .collect()
+}
+
+fn cap(mut v: Vec<String>, limit: usize) -> Result<Vec<String>, SensorError> {
+    let total: usize = v.iter().map(String::len).sum();
+    if total <= limit {
+        return Ok(v);
+    }
+    let mut used = 0;
+    v.retain(|x| {
+        used += x.len();
+        used <= limit
+    });
+    Err(SensorError::OutputCapped { limit_bytes: limit })
+}
+
+fn builtin(
+    host: &dyn HostView,
+    baseline: &[PatchLevel],
+    s: &SensorRef,
+) -> Result<Vec<String>, SensorError> {
+    let one = |r: Result<String, SensorError>| r.map(|v| vec![v]);
+    let arg = || s.args.first().cloned().unwrap_or_default();
+    let mut v = match s.name.as_str() {
+        "Computer Name" => one(host.computer_name()),
+        "Operating System" => one(host.operating_system()),
+        "OS Version" => one(host.os_version()),
+        "Kernel Version" => one(host.kernel_version()),
+        "IP Address" => host.ip_addresses(),
+        "MAC Address" => host.mac_addresses(),
+        "Uptime" => one(host.uptime_secs().map(|u| u.to_string())),
+        "CPU" => one(host.cpu()),
+        "Memory" => one(host.memory_bytes().map(|u| u.to_string())),
+        "Disk Free" => one(host.disk_free_bytes().map(|u| u.to_string())),
+        "Logged In Users" => host.logged_in_users(),
+        "Running Processes" => host.processes(),
+        "Listening Ports" => host.listening_ports(),
+        "Installed Applications" => host
+            .packages()
+            .map(|p| p.into_iter().map(|(n, _)| n).collect()),
+        "Installed Application Version" => {
+            let want = arg();
+            host.packages().map(|p| {
+                p.into_iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(&want))
+                    .map(|(_, v)| v)
+                    .collect()
+            })
+        }
+        "File Exists" => one(host.file_exists(&arg()).map(|b| b.to_string())),
+        "File Hash" => one(host
+            .file_sha256(&arg())
+            .map(|h| h.unwrap_or_else(|| "file not found".into()))),
+        "Missing Patches" => host.packages().map(|installed| {
+            baseline
+                .iter()
+                .filter_map(|p| {
+                    installed
+                        .iter()
+                        .find(|(n, _)| n == &p.package)
+                        .filter(|(_, v)| version::compare(v, &p.min_version).is_lt())
+                        .map(|(n, v)| format!("{n} {v} < {}", p.min_version))
+                })
+                .collect()
+        }),
+        other => Err(SensorError::Unknown(other.to_string())),
+    }?;
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+async fn run_script(
+    script: &ScriptSensor,
+    limit: Duration,
+    output_limit: usize,
+) -> Result<Vec<String>, SensorError> {
+    use tokio::io::AsyncReadExt;
+    if sha256_hex(script.script.as_bytes()) != script.sha256 {
+        return Err(SensorError::Failed("script does not match its hash".into()));
+    }
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script.script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| SensorError::Failed(format!("cannot run sh: {e}")))?;
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or_else(|| SensorError::Failed("no stdout".into()))?;
+    let mut buf = Vec::new();
+    let read = async {
+        // Read at most one byte past the cap, to know it was exceeded.
+        let mut limited = (&mut out).take(output_limit as u64 + 1);
+        limited.read_to_end(&mut buf).await
+    };
+    match tokio::time::timeout(limit, read).await {
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(SensorError::TimedOut {
+                runtime_ms: started.elapsed().as_millis() as u64,
+                limit_ms: limit.as_millis() as u64,
+            });
+        }
+        Ok(Err(e)) => return Err(SensorError::Failed(e.to_string())),
+        Ok(Ok(_)) => {}
+    }
+    if buf.len() > output_limit {
+        let _ = child.kill().await;
+        return Err(SensorError::OutputCapped {
+            limit_bytes: output_limit,
+        });
+    }
+    let left = limit.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, child.wait()).await {
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(SensorError::TimedOut {
+                runtime_ms: started.elapsed().as_millis() as u64,
+                limit_ms: limit.as_millis() as u64,
+            });
+        }
+        Ok(Err(e)) => return Err(SensorError::Failed(e.to_string())),
+        Ok(Ok(status)) if !status.success() => {
+            return Err(SensorError::Failed(format!("script exited with {status}")));
+        }
+        Ok(Ok(_)) => {}
+    }
+    Ok(String::from_utf8_lossy(&buf)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}

@@ -163,7 +163,7 @@ const USERS: &[&str] = &["alice", "bob", "carol", "dave", "root"];
 impl HostProfile {
     /// The profile of simulated machine `seed`, reachable at `ip`.
     pub fn from_seed(seed: u64, ip: Option<IpAddr>) -> HostProfile {
-        let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed_0f_4057);
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x005e_ed0f_4057);
         let (os, os_version, kernel) = OSES[rng.random_range(0..OSES.len())];
         let kernel = kernel.replace("{}", &rng.random_range(60..120u32).to_string());
         let mut packages = Vec::new();

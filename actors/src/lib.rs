@@ -1,5 +1,6 @@
 //! rollcall-actors: the domain — the question language and (coming next) sensors, the
 //! endpoint's and server's question actors, actions, history and stores.
 
+pub mod desk;
 pub mod question;
 pub mod sensors;

@@ -15,5 +15,6 @@
 pub mod member;
 pub mod membership;
 pub mod proto;
+pub mod questions;
 pub mod ring;
 pub mod shard;

@@ -13,10 +13,27 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::proto::{
-    LeaderSides, MEMBER, MemberInfo, MemberRequest, REGISTRY, Registration, RegistrationReply,
-    RingId, ServerRequest,
+    LeaderSides, MEMBER, MemberInfo, MemberRequest, NodeAnswer, Partial, QuestionEnvelope,
+    REGISTRY, Registration, RegistrationReply, RingId, ServerRequest,
 };
 use crate::ring::{Input, Output, PeerHealth, RingConfig, RingCore};
+
+/// Answers questions on an endpoint: the bridge to its sensors (which live in
+/// `rollcall-actors`; the ring only carries the encoded question and the answers).
+pub trait Evaluator: Send + Sync + 'static {
+    /// This machine's answer to the encoded question `body`.
+    fn evaluate(&self, body: &[u8]) -> futures::future::BoxFuture<'static, NodeAnswer>;
+}
+
+/// A shareable [`Evaluator`].
+#[derive(Clone)]
+pub struct EvaluatorHandle(pub std::sync::Arc<dyn Evaluator>);
+
+impl std::fmt::Debug for EvaluatorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Evaluator")
+    }
+}
 
 /// Settings of an endpoint's ring membership.
 #[derive(Debug, Clone)]
@@ -37,6 +54,8 @@ pub struct MemberConfig {
     pub hostname: String,
     /// Seed for the registration jitter.
     pub seed: u64,
+    /// Answers questions (none: the endpoint answers with no row).
+    pub evaluator: Option<EvaluatorHandle>,
 }
 
 impl MemberConfig {
@@ -51,6 +70,7 @@ impl MemberConfig {
             server_timeout: Duration::from_secs(10),
             hostname,
             seed: 0,
+            evaluator: None,
         }
     }
 }
@@ -72,6 +92,8 @@ pub struct MemberStatus {
     pub server_link_up: bool,
     /// How it judges each candidate successor.
     pub health: Vec<(NodeId, PeerHealth)>,
+    /// Questions it holds that are not answered yet.
+    pub questions_pending: usize,
 }
 
 /// Messages of a [`RingMember`].
@@ -97,6 +119,38 @@ pub enum MemberMsg {
     },
     /// Report status.
     Status(RpcReplyPort<MemberStatus>),
+    /// This machine's own answer to a question is ready.
+    Evaluated {
+        /// The question.
+        id: u64,
+        /// The answer.
+        answer: NodeAnswer,
+    },
+    /// The answers from after us came back (or the forward failed).
+    Downstream {
+        /// The question.
+        id: u64,
+        /// Which forward attempt.
+        generation: u64,
+        /// Whom it went to.
+        to: NodeId,
+        /// What came back.
+        result: Result<Partial, CallError>,
+    },
+}
+
+/// One question in flight on this member.
+struct QState {
+    env: QuestionEnvelope,
+    deadline: tokio::time::Instant,
+    own: Option<NodeAnswer>,
+    down: Option<Partial>,
+    generation: u64,
+    forwarded_to: Option<NodeId>,
+    waiters: Vec<Incoming>,
+    done: Option<Partial>,
+    /// Answer to the server directly (a question handed over at registration).
+    late: bool,
 }
 
 impl From<Incoming> for MemberMsg {
@@ -120,6 +174,7 @@ pub struct MemberState {
     registrations: u64,
     rng: SmallRng,
     me: MemberInfo,
+    questions: HashMap<u64, QState>,
 }
 
 fn now() -> std::time::Instant {
@@ -145,6 +200,187 @@ async fn server_call<Q: Serialize, R: DeserializeOwned>(
 }
 
 impl MemberState {
+    /// Takes a question: answers from the cache if done, else joins (or starts) its
+    /// computation — forward first, then evaluate, then merge.
+    fn ask(
+        &mut self,
+        myself: &ActorRef<MemberMsg>,
+        env: QuestionEnvelope,
+        waiter: Option<Incoming>,
+        late: bool,
+    ) {
+        let id = env.id;
+        if let Some(q) = self.questions.get_mut(&id) {
+            match (&q.done, waiter) {
+                (Some(done), Some(mut w)) => {
+                    let _ = w.answer(done);
+                }
+                (None, Some(w)) => q.waiters.push(w),
+                (_, None) => {}
+            }
+            q.late |= late;
+            if late
+                && let Some(own) = q.own.clone() {
+                    self.send_late(id, own);
+                }
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(env.ttl_ms);
+        self.questions.insert(
+            id,
+            QState {
+                env: env.clone(),
+                deadline,
+                own: None,
+                // A late question is answered alone, straight to the server.
+                down: late.then(Partial::default),
+                generation: 0,
+                forwarded_to: None,
+                waiters: waiter.into_iter().collect(),
+                done: None,
+                late,
+            },
+        );
+        if !late {
+            self.forward(myself, id);
+        }
+        let me = myself.clone();
+        match &self.cfg.evaluator {
+            Some(ev) => {
+                let work = ev.0.evaluate(&env.body);
+                tokio::spawn(async move {
+                    let answer = work.await;
+                    let _ = me.send_message(MemberMsg::Evaluated { id, answer });
+                });
+            }
+            None => {
+                let _ = me.send_message(MemberMsg::Evaluated {
+                    id,
+                    answer: NodeAnswer {
+                        row: None,
+                        problems: vec!["this endpoint has no sensors".into()],
+                    },
+                });
+            }
+        }
+    }
+
+    /// Sends question `id` to the current route target (or, with none, ends the chain here).
+    fn forward(&mut self, myself: &ActorRef<MemberMsg>, id: u64) {
+        let target = self.core.route_target().cloned();
+        let Some(q) = self.questions.get_mut(&id) else {
+            return;
+        };
+        q.generation += 1;
+        let Some(target) = target else {
+            q.forwarded_to = None;
+            q.down = Some(Partial::default());
+            self.complete(id);
+            return;
+        };
+        q.forwarded_to = Some(target.id.clone());
+        let left = q
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        let env = QuestionEnvelope {
+            ttl_ms: left.as_millis() as u64,
+            ..q.env.clone()
+        };
+        let generation = q.generation;
+        let node = self.node.clone();
+        let link = self
+            .links
+            .get(&target.id)
+            .filter(|l| l.is_connected())
+            .cloned();
+        let dial = self.cfg.ring.dial_timeout;
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let call = async {
+                let link = match link {
+                    Some(l) => l,
+                    None => node.connect_once(target.addr, dial).await?,
+                };
+                link.call::<_, Partial>(MEMBER, &MemberRequest::Ask(env), left)
+                    .await
+            };
+            let result = match tokio::time::timeout(left, call).await {
+                Ok(r) => r,
+                Err(_) => Err(CallError::Timeout(left)),
+            };
+            let _ = me.send_message(MemberMsg::Downstream {
+                id,
+                generation,
+                to: target.id,
+                result,
+            });
+        });
+    }
+
+    /// Questions waiting on a successor the ring has since routed past go to the new one.
+    fn reroute_questions(&mut self, myself: &ActorRef<MemberMsg>) {
+        let target = self.core.route_target().map(|m| m.id.clone());
+        let now = tokio::time::Instant::now();
+        self.questions
+            .retain(|_, q| q.deadline + Duration::from_secs(60) > now);
+        let stale: Vec<u64> = self
+            .questions
+            .iter()
+            .filter(|(_, q)| {
+                q.down.is_none()
+                    && q.forwarded_to.is_some()
+                    && q.forwarded_to != target
+                    && q.deadline > now
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.forward(myself, id);
+        }
+    }
+
+    /// When both our answer and the answers after us are in: merge, cache, reply.
+    fn complete(&mut self, id: u64) {
+        let me = self.me.id.clone();
+        let Some(q) = self.questions.get_mut(&id) else {
+            return;
+        };
+        if q.done.is_some() {
+            return;
+        }
+        let (Some(own), Some(down)) = (q.own.clone(), q.down.clone()) else {
+            return;
+        };
+        let mut merged = down;
+        merged.answers.insert(me, own.clone());
+        for mut w in q.waiters.drain(..) {
+            let _ = w.answer(&merged);
+        }
+        q.done = Some(merged);
+        if q.late {
+            self.send_late(id, own);
+        }
+    }
+
+    fn send_late(&self, id: u64, answer: NodeAnswer) {
+        let node = self.node.clone();
+        let link = self.server_link.clone();
+        let (server, t) = (self.cfg.server, self.cfg.server_timeout);
+        tokio::spawn(async move {
+            let r: Result<(), CallError> = server_call(
+                &node,
+                link,
+                server,
+                t,
+                &ServerRequest::Answer { id, answer },
+            )
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(question = id, error = %e, "could not send a late answer");
+            }
+        });
+    }
+
     fn registration(&self) -> Registration {
         Registration {
             addr: self.cfg.advertise,
@@ -300,6 +536,7 @@ impl Actor for RingMember {
             ring: None,
             registrations: 0,
             me,
+            questions: HashMap::new(),
         })
     }
 
@@ -310,7 +547,10 @@ impl Actor for RingMember {
         st: &mut MemberState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            MemberMsg::Tick => st.feed(&myself, Input::Tick).await,
+            MemberMsg::Tick => {
+                st.feed(&myself, Input::Tick).await;
+                st.reroute_questions(&myself);
+            }
             MemberMsg::Register => {
                 let node = st.node.clone();
                 let link = st.server_link.clone();
@@ -404,6 +644,45 @@ impl Actor for RingMember {
                         inc.answer(&())?;
                         st.feed(&myself, Input::Hello(info)).await;
                     }
+                    MemberRequest::Ask(env) => st.ask(&myself, env, Some(inc), false),
+                    MemberRequest::Late(env) => {
+                        inc.answer(&())?;
+                        st.ask(&myself, env, None, true);
+                    }
+                }
+            }
+            MemberMsg::Evaluated { id, answer } => {
+                if let Some(q) = st.questions.get_mut(&id) {
+                    q.own = Some(answer);
+                }
+                st.complete(id);
+            }
+            MemberMsg::Downstream {
+                id,
+                generation,
+                to,
+                result,
+            } => {
+                let current = st
+                    .questions
+                    .get(&id)
+                    .is_some_and(|q| q.generation == generation && q.down.is_none());
+                if current {
+                    match result {
+                        Ok(p) => {
+                            if let Some(q) = st.questions.get_mut(&id) {
+                                q.down = Some(p);
+                            }
+                            st.complete(id);
+                        }
+                        Err(e) => {
+                            // A failed hop: the successor is treated as unreachable, and the
+                            // question goes to the next one.
+                            tracing::info!(question = id, %to, error = %e, "forward failed; rerouting");
+                            st.feed(&myself, Input::ProbeFailed(to)).await;
+                            st.forward(&myself, id);
+                        }
+                    }
                 }
             }
             MemberMsg::Status(reply) => {
@@ -423,6 +702,7 @@ impl Actor for RingMember {
                         .into_iter()
                         .map(|m| (m.id.clone(), core.health(&m.id)))
                         .collect(),
+                    questions_pending: st.questions.values().filter(|q| q.done.is_none()).count(),
                 });
             }
         }

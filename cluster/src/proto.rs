@@ -83,6 +83,13 @@ pub enum ServerRequest {
     },
     /// Announce which ends the sender leads, on its persistent server link (answered with `()`).
     Leader(LeaderSides),
+    /// A late answer to a question (answered with `()`).
+    Answer {
+        /// The question.
+        id: u64,
+        /// The sender's answer.
+        answer: NodeAnswer,
+    },
 }
 
 /// An item an endpoint missed while away, handed over when it registers again.
@@ -113,6 +120,49 @@ pub enum MemberRequest {
     Probe,
     /// I am your new neighbour (answered with `()`).
     Hello(MemberInfo),
+    /// Answer this question, with everyone after you (answered with [`Partial`]).
+    Ask(QuestionEnvelope),
+    /// A question you missed while away: answer it to the server directly (answered with
+    /// `()`; arrives as a hand-off at registration).
+    Late(QuestionEnvelope),
+}
+
+/// A question as it travels along rings. Its body is opaque here (the question language lives
+/// in `rollcall-actors`); only its id and time to live matter to the flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuestionEnvelope {
+    /// The server's id for it.
+    pub id: u64,
+    /// The encoded question.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// How long it stays open from when this hop received it.
+    pub ttl_ms: u64,
+}
+
+/// One machine's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAnswer {
+    /// Its row, or `None` when it did not match the question's filter.
+    pub row: Option<Vec<String>>,
+    /// Sensors that failed or blew their budget, as text.
+    pub problems: Vec<String>,
+}
+
+/// Answers merged along a ring: one per machine, whatever route it took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    /// Each machine's answer.
+    pub answers: std::collections::BTreeMap<NodeId, NodeAnswer>,
+}
+
+impl Partial {
+    /// Adds `other`'s answers; a machine already present keeps its first answer.
+    pub fn merge(&mut self, other: Partial) {
+        for (id, a) in other.answers {
+            self.answers.entry(id).or_insert(a);
+        }
+    }
 }
 
 /// Requests to [`RING_ADMIN`].

@@ -4,7 +4,7 @@
 //! Shards hold soft state: a restarted shard (its supervisor restarts it on failure) is
 //! rebuilt from the registrations of the next interval.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use crate::proto::{
     AdminRequest, MEMBER, MemberReport, MemberRequest, REGISTRY, RING_ADMIN, RegistrationReply,
     RingId, RingReport, RingsReport, ServerRequest,
 };
+use crate::questions::{Progress, QuestionStore, QuestionSummary};
 
 /// Settings of the server's ring service.
 #[derive(Debug, Clone)]
@@ -85,6 +86,7 @@ pub struct ShardArgs {
     cfg: RingServerConfig,
     node: Node,
     backlog: Option<Arc<dyn Backlog>>,
+    questions: Arc<QuestionStore>,
 }
 
 /// One shard: owns the rings whose ids hash to it.
@@ -133,10 +135,12 @@ impl Actor for ServerShard {
                 match req {
                     ServerRequest::Register(reg) => {
                         let r = st.core.register(&from, &reg, now());
-                        let handoffs = match (&r.returning, &st.args.backlog) {
+                        let mut handoffs = match (&r.returning, &st.args.backlog) {
                             (Some(since), Some(b)) => b.missed(&from, r.ring.as_ref(), *since),
                             _ => Vec::new(),
                         };
+                        // Open questions whose fan-out went on without it.
+                        handoffs.extend(st.args.questions.missed(&from));
                         if let Some(since) = r.returning {
                             tracing::info!(node = %from, ring = ?r.ring, returning = since.is_some(), "endpoint joined");
                         }
@@ -172,6 +176,10 @@ impl Actor for ServerShard {
                     }
                     ServerRequest::Leader(sides) => {
                         st.core.set_leader(&from, sides);
+                        incoming.answer(&())?;
+                    }
+                    ServerRequest::Answer { id, answer } => {
+                        st.args.questions.late_answer(id, from, answer);
                         incoming.answer(&())?;
                     }
                 }
@@ -212,6 +220,7 @@ fn shard_of(ring: &Option<RingId>, shards: usize) -> usize {
 /// Routes [`REGISTRY`] requests to the shard that owns the sender's ring.
 struct Registrar {
     table: ShardTable,
+    questions: Arc<QuestionStore>,
     cfg: RingServerConfig,
     /// Which shard each registered endpoint's ring lives in.
     placed: Arc<RwLock<HashMap<NodeId, usize>>>,
@@ -224,6 +233,11 @@ impl Deliver for Registrar {
             return Ok(());
         };
         let from = incoming.from.id.clone();
+        if let ServerRequest::Answer { id, answer } = req {
+            self.questions.late_answer(id, from, answer);
+            let _ = incoming.answer(&());
+            return Ok(());
+        }
         let idx = match &req {
             ServerRequest::Register(reg) => {
                 let ring = self.cfg.membership.ring_of(reg.addr.ip());
@@ -320,6 +334,7 @@ async fn rings_report(
 pub struct RingServer {
     table: ShardTable,
     node: Node,
+    questions: Arc<QuestionStore>,
 }
 
 impl std::fmt::Debug for RingServer {
@@ -339,6 +354,7 @@ impl RingServer {
         let shards = cfg.shards.max(1);
         let cfg = RingServerConfig { shards, ..cfg };
         let table: ShardTable = Arc::new(RwLock::new(vec![None; shards]));
+        let questions = Arc::new(QuestionStore::new(1000));
         let specs: Vec<ChildSpec> = (0..shards)
             .map(|index| {
                 let args = ShardArgs {
@@ -347,6 +363,7 @@ impl RingServer {
                     cfg: cfg.clone(),
                     node: node.clone(),
                     backlog: backlog.clone(),
+                    questions: questions.clone(),
                 };
                 ChildSpec::new(
                     format!("shard-{index}"),
@@ -367,6 +384,7 @@ impl RingServer {
             REGISTRY,
             Arc::new(Registrar {
                 table: table.clone(),
+                questions: questions.clone(),
                 cfg,
                 placed: Arc::new(RwLock::new(HashMap::new())),
             }),
@@ -404,6 +422,7 @@ impl RingServer {
         Ok(RingServer {
             table,
             node: node.clone(),
+            questions,
         })
     }
 
@@ -415,5 +434,90 @@ impl RingServer {
             .map(|t| t.iter().flatten().cloned().collect())
             .unwrap_or_default();
         rings_report(&self.node, &shards, filter).await
+    }
+
+    /// Asks every live machine a question: records it, sends it to each ring's forward
+    /// leader (and each isolated machine), merges what comes back, and retries rings whose
+    /// leader failed until every expected machine answered, the fan-out succeeded
+    /// everywhere, or the question expired. Returns its id at once.
+    pub async fn ask(
+        &self,
+        text: String,
+        columns: Vec<String>,
+        body: Vec<u8>,
+        ttl: Duration,
+    ) -> u64 {
+        let report = self.report(None).await;
+        let expected: BTreeMap<NodeId, String> = report
+            .rings
+            .iter()
+            .flat_map(|r| r.members.iter())
+            .chain(report.isolated.iter())
+            .filter(|m| m.health != crate::proto::Health::Offline)
+            .map(|m| (m.id.clone(), m.hostname.clone()))
+            .collect();
+        let id = self.questions.create(text, columns, body, ttl, expected);
+        let me = self.clone();
+        tokio::spawn(async move { me.fan_out(id).await });
+        id
+    }
+
+    async fn fan_out(&self, id: u64) {
+        let mut round = 0u32;
+        loop {
+            round += 1;
+            let Some(env) = self.questions.envelope(id) else {
+                break;
+            };
+            let report = self.report(None).await;
+            let leaders: Vec<NodeId> = report
+                .rings
+                .iter()
+                .flat_map(|r| r.members.iter())
+                .chain(report.isolated.iter())
+                .filter(|m| m.leads.forward && m.health != crate::proto::Health::Offline)
+                .map(|m| m.id.clone())
+                .collect();
+            let ttl = Duration::from_millis(env.ttl_ms);
+            let calls = leaders.iter().map(|leader| {
+                let link = self.node.peer(leader);
+                let env = env.clone();
+                let leader = leader.clone();
+                async move {
+                    let Some(link) = link else {
+                        return Err(format!("no link to leader {leader}"));
+                    };
+                    link.call::<_, crate::proto::Partial>(MEMBER, &MemberRequest::Ask(env), ttl)
+                        .await
+                        .map_err(|e| format!("leader {leader}: {e}"))
+                }
+            });
+            let results = futures::future::join_all(calls).await;
+            let mut failures = 0;
+            for r in results {
+                match r {
+                    Ok(p) => self.questions.merge(id, p),
+                    Err(e) => {
+                        failures += 1;
+                        tracing::info!(question = id, round, error = %e, "ring fan-out failed; will retry");
+                    }
+                }
+            }
+            if self.questions.all_answered(id) || (failures == 0 && !leaders.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        self.questions.fanned_out(id);
+    }
+
+    /// Where question `id` stands.
+    pub fn progress(&self, id: u64) -> Option<Progress> {
+        self.questions.progress(id)
+    }
+
+    /// The kept questions, newest first.
+    pub fn questions(&self) -> Vec<QuestionSummary> {
+        self.questions.list()
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
-use rollcall_cluster::member::{MemberConfig, MemberMsg, MemberStatus, RingMember, status};
+use rollcall_cluster::member::{
+    EvaluatorHandle, MemberConfig, MemberMsg, MemberStatus, RingMember, status,
+};
 use rollcall_cluster::membership::MembershipConfig;
 use rollcall_cluster::proto::RingsReport;
 use rollcall_cluster::ring::RingConfig;
@@ -60,6 +62,8 @@ pub struct Endpoint {
     pub ip: IpAddr,
     /// Whether it is running.
     pub alive: bool,
+    /// How it answers questions (kept for restarts).
+    pub evaluator: Option<EvaluatorHandle>,
     /// What its probe actor recorded (casts, and work handed over at registration).
     pub recorded: tokio::sync::mpsc::UnboundedReceiver<(rollcall_runtime::PeerIdentity, u32)>,
 }
@@ -121,6 +125,11 @@ impl RingCluster {
 
     /// Adds an endpoint at `ip`; returns its index.
     pub async fn add(&mut self, ip: &str) -> usize {
+        self.add_with(ip, None).await
+    }
+
+    /// Adds an endpoint at `ip` that answers questions with `evaluator`.
+    pub async fn add_with(&mut self, ip: &str, evaluator: Option<EvaluatorHandle>) -> usize {
         let creds = creds(&self.ca, PeerRole::Endpoint);
         let ep = self
             .launch(
@@ -128,6 +137,7 @@ impl RingCluster {
                 NodeSecret::generate(),
                 ip.parse().expect("ip"),
                 Arc::new(SocketFaults::default()),
+                evaluator,
             )
             .await;
         self.endpoints.push(ep);
@@ -140,6 +150,7 @@ impl RingCluster {
         secret: NodeSecret,
         ip: IpAddr,
         faults: Arc<SocketFaults>,
+        evaluator: Option<EvaluatorHandle>,
     ) -> Endpoint {
         let t = QuicTransport::bind(
             SocketAddr::new(ip, 0),
@@ -165,6 +176,7 @@ impl RingCluster {
         cfg.register_min = Duration::from_secs(1);
         cfg.register_max = REGISTER_MAX;
         cfg.server_timeout = Duration::from_secs(5);
+        cfg.evaluator = evaluator.clone();
         cfg.seed = u64::from(match ip {
             IpAddr::V4(v) => u32::from(v),
             IpAddr::V6(_) => 0,
@@ -180,6 +192,7 @@ impl RingCluster {
             secret,
             ip,
             alive: true,
+            evaluator,
             recorded,
         }
     }
@@ -196,12 +209,23 @@ impl RingCluster {
 
     /// Restarts endpoint `i` with its identity, at its address (a new port).
     pub async fn restart(&mut self, i: usize) {
-        let (creds, secret, ip) = {
+        let (creds, secret, ip, evaluator) = {
             let ep = &self.endpoints[i];
-            (ep.creds.clone(), ep.secret.clone(), ep.ip)
+            (
+                ep.creds.clone(),
+                ep.secret.clone(),
+                ep.ip,
+                ep.evaluator.clone(),
+            )
         };
         self.endpoints[i] = self
-            .launch(creds, secret, ip, Arc::new(SocketFaults::default()))
+            .launch(
+                creds,
+                secret,
+                ip,
+                Arc::new(SocketFaults::default()),
+                evaluator,
+            )
             .await;
     }
 
@@ -237,6 +261,25 @@ pub fn well_formed(report: &RingsReport, expected: usize, size: usize) -> bool {
                 && r.members
                     .iter()
                     .all(|m| m.health == rollcall_cluster::proto::Health::Ok)
+                && r.leader_links == 2
+                && r.members
+                    .iter()
+                    .enumerate()
+                    .all(|(i, m)| m.leads.forward == (i == 0) && m.leads.backward == (i == n - 1))
+        })
+}
+
+/// Like [`well_formed`], but members may be slow (under load, probes answered late are):
+/// the shape — sizes, leaders, leader links — and nobody suspect or offline.
+pub fn formed(report: &RingsReport, expected: usize, size: usize) -> bool {
+    use rollcall_cluster::proto::Health;
+    report.rings.len() == expected
+        && report.rings.iter().all(|r| {
+            let n = r.members.len();
+            n == size
+                && r.members
+                    .iter()
+                    .all(|m| matches!(m.health, Health::Ok | Health::Slow))
                 && r.leader_links == 2
                 && r.members
                     .iter()

@@ -7,7 +7,7 @@ use rollcall_cluster::membership::MembershipConfig;
 use rollcall_cluster::proto::{Health, LeaderSides, RingsReport};
 use rollcall_tests::eventually;
 use rollcall_tests::eventually_or;
-use rollcall_tests::rings::{REGISTER_MAX, RingCluster, shape, well_formed};
+use rollcall_tests::rings::{REGISTER_MAX, RingCluster, formed, shape};
 
 fn ring<'a>(r: &'a RingsReport, id: &str) -> &'a rollcall_cluster::proto::RingReport {
     r.rings
@@ -31,7 +31,7 @@ async fn three_subnets_form_three_rings_and_heal_around_failures() {
         Duration::from_secs(30),
         || async {
             let r = c.report().await;
-            if well_formed(&r, 3, 20) && r.ring_connections == 6 {
+            if formed(&r, 3, 20) && r.ring_connections == 6 {
                 Ok(r)
             } else {
                 Err(shape(&r))

@@ -249,12 +249,12 @@ impl HostView for LinuxHost {
             && let Ok(o) = std::process::Command::new("rpm")
                 .args(["-qa", "--qf", "%{NAME}\t%{VERSION}-%{RELEASE}\n"])
                 .output()
-            {
-                out.extend(String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| {
-                    let (n, v) = l.split_once('\t')?;
-                    Some((n.to_string(), v.to_string()))
-                }));
-            }
+        {
+            out.extend(String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| {
+                let (n, v) = l.split_once('\t')?;
+                Some((n.to_string(), v.to_string()))
+            }));
+        }
         Ok(out)
     }
 

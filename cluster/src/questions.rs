@@ -1,0 +1,264 @@
+//! The server's questions: their records, fan-out to each ring's forward leader, merging of
+//! the answers that come back (once per machine), late answers, and hand-off of open
+//! questions to machines that missed them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rollcall_runtime::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::proto::{Handoff, MEMBER, MemberRequest, NodeAnswer, Partial, QuestionEnvelope};
+
+/// A question as the server keeps it.
+#[derive(Debug, Clone)]
+struct Record {
+    text: String,
+    columns: Vec<String>,
+    body: Vec<u8>,
+    asked_at: Instant,
+    expires_at: Instant,
+    /// Live machines when it was asked, with their host names.
+    expected: BTreeMap<NodeId, String>,
+    partial: Partial,
+    /// The fan-out to the rings has finished (machines missing now missed it).
+    fanned_out: bool,
+}
+
+/// Distinct rows and how many machines gave each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowCount {
+    /// The cells.
+    pub cells: Vec<String>,
+    /// Machines that gave this row.
+    pub count: u64,
+}
+
+/// Where a question stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The question's id.
+    pub id: u64,
+    /// Its text.
+    pub text: String,
+    /// Column headings (the selected sensors).
+    pub columns: Vec<String>,
+    /// Machines that answered.
+    pub answered: usize,
+    /// Machines expected to (live at ask time, plus any that answered since).
+    pub expected: usize,
+    /// Of those that answered, how many matched the filter.
+    pub matched: u64,
+    /// Distinct rows, most common first.
+    pub rows: Vec<RowCount>,
+    /// Expected machines that have not answered: (id, host name).
+    pub not_answered: Vec<(NodeId, String)>,
+    /// Sensor trouble: (machine, what).
+    pub problems: Vec<(NodeId, String)>,
+    /// Milliseconds since it was asked.
+    pub elapsed_ms: u64,
+    /// Milliseconds until it expires (0 once expired).
+    pub expires_in_ms: u64,
+    /// The fan-out has finished (late answers may still come until expiry).
+    pub fanned_out: bool,
+}
+
+/// A question in the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuestionSummary {
+    /// Id.
+    pub id: u64,
+    /// Text.
+    pub text: String,
+    /// Answered so far.
+    pub answered: usize,
+    /// Expected.
+    pub expected: usize,
+    /// Still open.
+    pub open: bool,
+}
+
+/// Every question the server keeps (the newest `max_kept`).
+#[derive(Debug)]
+pub struct QuestionStore {
+    max_kept: usize,
+    state: Mutex<(u64, BTreeMap<u64, Record>)>,
+}
+
+impl QuestionStore {
+    /// A store that keeps the newest `max_kept` questions.
+    pub fn new(max_kept: usize) -> QuestionStore {
+        QuestionStore {
+            max_kept: max_kept.max(1),
+            state: Mutex::new((0, BTreeMap::new())),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, Record>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a new question; returns its id.
+    pub fn create(
+        &self,
+        text: String,
+        columns: Vec<String>,
+        body: Vec<u8>,
+        ttl: Duration,
+        expected: BTreeMap<NodeId, String>,
+    ) -> u64 {
+        let now = tokio::time::Instant::now().into_std();
+        let mut st = self.lock();
+        st.0 += 1;
+        let id = st.0;
+        st.1.insert(
+            id,
+            Record {
+                text,
+                columns,
+                body,
+                asked_at: now,
+                expires_at: now + ttl,
+                expected,
+                partial: Partial::default(),
+                fanned_out: false,
+            },
+        );
+        while st.1.len() > self.max_kept {
+            st.1.pop_first();
+        }
+        id
+    }
+
+    /// The envelope to send for question `id`, with the time it has left.
+    pub fn envelope(&self, id: u64) -> Option<QuestionEnvelope> {
+        let now = tokio::time::Instant::now().into_std();
+        let st = self.lock();
+        let r = st.1.get(&id)?;
+        let left = r.expires_at.checked_duration_since(now)?;
+        Some(QuestionEnvelope {
+            id,
+            body: r.body.clone(),
+            ttl_ms: left.as_millis() as u64,
+        })
+    }
+
+    /// Merges answers that came back along a ring.
+    pub fn merge(&self, id: u64, partial: Partial) {
+        if let Some(r) = self.lock().1.get_mut(&id) {
+            r.partial.merge(partial);
+        }
+    }
+
+    /// A late answer from `node`, accepted until the question expires.
+    pub fn late_answer(&self, id: u64, node: NodeId, answer: NodeAnswer) -> bool {
+        let now = tokio::time::Instant::now().into_std();
+        let mut st = self.lock();
+        match st.1.get_mut(&id) {
+            Some(r) if now < r.expires_at => {
+                r.partial.answers.entry(node).or_insert(answer);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The fan-out of `id` is over.
+    pub fn fanned_out(&self, id: u64) {
+        if let Some(r) = self.lock().1.get_mut(&id) {
+            r.fanned_out = true;
+        }
+    }
+
+    /// Whether every expected machine has answered `id`.
+    pub fn all_answered(&self, id: u64) -> bool {
+        self.lock()
+            .1
+            .get(&id)
+            .is_some_and(|r| r.expected.keys().all(|n| r.partial.answers.contains_key(n)))
+    }
+
+    /// Open questions that `node` missed (their fan-out is over and it has not answered),
+    /// as hand-offs for its ring actor.
+    pub fn missed(&self, node: &NodeId) -> Vec<Handoff> {
+        let now = tokio::time::Instant::now().into_std();
+        let st = self.lock();
+        st.1.iter()
+            .filter(|(_, r)| {
+                r.fanned_out && now < r.expires_at && !r.partial.answers.contains_key(node)
+            })
+            .filter_map(|(id, r)| {
+                let env = QuestionEnvelope {
+                    id: *id,
+                    body: r.body.clone(),
+                    ttl_ms: r.expires_at.duration_since(now).as_millis() as u64,
+                };
+                let body = rollcall_runtime::wire::encode_body(&MemberRequest::Late(env)).ok()?;
+                Some(Handoff {
+                    to: MEMBER.to_string(),
+                    body,
+                })
+            })
+            .collect()
+    }
+
+    /// Where question `id` stands.
+    pub fn progress(&self, id: u64) -> Option<Progress> {
+        let now = tokio::time::Instant::now().into_std();
+        let st = self.lock();
+        let r = st.1.get(&id)?;
+        let mut counts: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (node, a) in &r.partial.answers {
+            if let Some(row) = &a.row {
+                *counts.entry(row.clone()).or_default() += 1;
+            }
+            problems.extend(a.problems.iter().map(|p| (node.clone(), p.clone())));
+        }
+        let matched = counts.values().sum();
+        let mut rows: Vec<RowCount> = counts
+            .into_iter()
+            .map(|(cells, count)| RowCount { cells, count })
+            .collect();
+        rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.cells.cmp(&b.cells)));
+        let expected: BTreeSet<&NodeId> =
+            r.expected.keys().chain(r.partial.answers.keys()).collect();
+        let not_answered = r
+            .expected
+            .iter()
+            .filter(|(n, _)| !r.partial.answers.contains_key(*n))
+            .map(|(n, h)| (n.clone(), h.clone()))
+            .collect();
+        Some(Progress {
+            id,
+            text: r.text.clone(),
+            columns: r.columns.clone(),
+            answered: r.partial.answers.len(),
+            expected: expected.len(),
+            matched,
+            rows,
+            not_answered,
+            problems,
+            elapsed_ms: now.saturating_duration_since(r.asked_at).as_millis() as u64,
+            expires_in_ms: r.expires_at.saturating_duration_since(now).as_millis() as u64,
+            fanned_out: r.fanned_out,
+        })
+    }
+
+    /// Every kept question, newest first.
+    pub fn list(&self) -> Vec<QuestionSummary> {
+        let now = tokio::time::Instant::now().into_std();
+        let st = self.lock();
+        st.1.iter()
+            .rev()
+            .map(|(id, r)| QuestionSummary {
+                id: *id,
+                text: r.text.clone(),
+                answered: r.partial.answers.len(),
+                expected: r.expected.len(),
+                open: now < r.expires_at,
+            })
+            .collect()
+    }
+}

@@ -219,10 +219,9 @@ impl MemberState {
                 (_, None) => {}
             }
             q.late |= late;
-            if late
-                && let Some(own) = q.own.clone() {
-                    self.send_late(id, own);
-                }
+            if late && let Some(own) = q.own.clone() {
+                self.send_late(id, own);
+            }
             return;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(env.ttl_ms);
@@ -501,8 +500,11 @@ impl MemberState {
             if link.wait_connected(t).await.is_ok() {
                 let r: Result<(), CallError> =
                     link.call(REGISTRY, &ServerRequest::Leader(sides), t).await;
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "could not announce leadership");
+                match r {
+                    Ok(()) => {}
+                    // The node is shutting down.
+                    Err(CallError::Transport(rollcall_runtime::TransportError::LocallyClosed)) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not announce leadership"),
                 }
             }
         });

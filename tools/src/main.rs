@@ -10,9 +10,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use rollcall_cluster::member::{MemberConfig, RingMember};
+use rollcall_actors::desk::{DESK, DeskReply, DeskRequest, QuestionDesk, SensorEvaluator};
+use rollcall_actors::sensors::linux::LinuxHost;
+use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
+use rollcall_actors::sensors::{HostView, Sensors, catalog_with};
+use rollcall_cluster::member::{EvaluatorHandle, MemberConfig, RingMember};
 use rollcall_cluster::membership::{MembershipConfig, parse_cidr};
 use rollcall_cluster::proto::{AdminRequest, RING_ADMIN, RingsReport};
+use rollcall_cluster::questions::Progress;
 use rollcall_cluster::ring::RingConfig;
 use rollcall_cluster::shard::{RingServer, RingServerConfig};
 use rollcall_runtime::config::{Config, RawConfig};
@@ -51,9 +56,65 @@ enum Command {
     /// Look at the rings (any operator role).
     #[command(subcommand)]
     Ring(RingCommand),
-    /// Run a server and N endpoints on loopback in one process, enrol them over QUIC,
-    /// and show the rings they form.
+    /// Ask every machine a question and watch the answers arrive (operator role), e.g.
+    /// `rollcall ask 'Get Computer Name and Operating System from all machines with
+    /// Installed Applications contains "openssl"'`.
+    Ask(AskArgs),
+    /// Show a question's results again, or export them (any operator role).
+    Results(ResultsArgs),
+    /// List the questions the server keeps (any operator role).
+    Questions(OperatorArgs),
+    /// Run a server and N endpoints (simulated machines) on loopback in one process, enrol
+    /// them over QUIC, show the rings they form, ask them a question and show the answer.
     Demo(DemoArgs),
+}
+
+/// Where the server is and who is asking.
+#[derive(Debug, Args)]
+struct OperatorArgs {
+    /// The server's address.
+    #[arg(long)]
+    server: SocketAddr,
+    /// Operator credentials written by `rollcall ca issue-operator --out`.
+    #[arg(long)]
+    cert_dir: PathBuf,
+}
+
+/// How results are printed.
+#[derive(Debug, Args)]
+struct OutputFlags {
+    /// Print JSON (the whole progress record) instead of a table.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// Print the rows as CSV (a header, then one line per distinct row with its count).
+    #[arg(long)]
+    csv: bool,
+}
+
+#[derive(Debug, Args)]
+struct AskArgs {
+    /// The question.
+    question: String,
+    #[command(flatten)]
+    op: OperatorArgs,
+    #[command(flatten)]
+    out: OutputFlags,
+    /// Stop watching after this many seconds (the question stays open; see `rollcall results`).
+    #[arg(long, default_value_t = 30)]
+    wait_secs: u64,
+    /// How long the question stays open for machines that answer late.
+    #[arg(long, default_value_t = 600)]
+    ttl_secs: u64,
+}
+
+#[derive(Debug, Args)]
+struct ResultsArgs {
+    /// The question's id (from `rollcall ask` or `rollcall questions`).
+    id: u64,
+    #[command(flatten)]
+    op: OperatorArgs,
+    #[command(flatten)]
+    out: OutputFlags,
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,6 +250,10 @@ struct EndpointArgs {
     /// UDP address to listen on for peers.
     #[arg(long, default_value = "0.0.0.0:0")]
     listen: SocketAddr,
+    /// Answer questions as a simulated machine (a deterministic profile from this seed)
+    /// instead of reading this one: for test fleets.
+    #[arg(long, value_name = "SEED")]
+    simulate_host: Option<u64>,
     /// Shortest registration interval in milliseconds [default: 30000, or ring.register_min_ms].
     #[arg(long)]
     register_min_ms: Option<u64>,
@@ -220,7 +285,13 @@ struct DemoArgs {
     /// Spread them over this many subnets (127.0.1.x, 127.0.2.x, …): one ring each.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=50))]
     subnets: u16,
-    /// Print the rings as JSON instead of a table.
+    /// The question to ask once the rings have formed.
+    #[arg(
+        long,
+        default_value = "Get Operating System and OS Version from all machines"
+    )]
+    question: String,
+    /// Print the rings and the answer as JSON instead of tables.
     #[arg(long)]
     json: bool,
 }
@@ -255,6 +326,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Endpoint(a) => endpoint(a).await?,
         Command::Status(a) => status(a).await?,
         Command::Ring(RingCommand::Show(a)) => ring_show(a).await?,
+        Command::Ask(a) => return ask(a).await,
+        Command::Results(a) => results(a).await?,
+        Command::Questions(a) => questions(a).await?,
         Command::Demo(a) => return demo(a).await,
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -361,6 +435,7 @@ async fn start_server(
         .await
         .map_err(anyhow::Error::msg)
         .context("starting the ring service")?;
+    QuestionDesk::new(rings.clone(), catalog_with(&[])).install(&node);
     Ok((node, rings))
 }
 
@@ -387,8 +462,12 @@ async fn start_member(
     server: SocketAddr,
     cfg: &Config,
     hostname: String,
+    host: Arc<dyn HostView>,
 ) -> Result<ractor::ActorRef<rollcall_cluster::member::MemberMsg>> {
     let mut mc = MemberConfig::new(server, advertised(node.local_addr(), server), hostname);
+    mc.evaluator = Some(EvaluatorHandle(Arc::new(SensorEvaluator::new(
+        Sensors::new(host),
+    ))));
     mc.ring = ring_config(cfg);
     mc.register_min = Duration::from_millis(cfg.ring.register_min_ms);
     mc.register_max = Duration::from_millis(cfg.ring.register_max_ms);
@@ -488,7 +567,14 @@ async fn endpoint(a: EndpointArgs) -> Result<()> {
         node.identity().id,
         node.local_addr()
     );
-    let member = start_member(&node, a.server, &cfg, hostname).await?;
+    let host: Arc<dyn HostView> = match a.simulate_host {
+        Some(seed) => Arc::new(SimulatedHost(HostProfile::from_seed(
+            seed,
+            Some(node.local_addr().ip()),
+        ))),
+        None => Arc::new(LinuxHost::default()),
+    };
+    let member = start_member(&node, a.server, &cfg, hostname, host).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match rollcall_cluster::member::status(&member).await {
@@ -740,7 +826,19 @@ async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
             QuicOptions::default(),
         )?;
         let node = Node::start(t, NodeOptions::default()).await?;
-        start_member(&node, server_addr, &cfg, format!("demo-{ip}")).await?;
+        let seed = match ip {
+            IpAddr::V4(v) => u64::from(v.octets()[2]) * 1000 + u64::from(v.octets()[3]),
+            IpAddr::V6(_) => 0,
+        };
+        let profile = HostProfile::from_seed(seed, Some(*ip));
+        start_member(
+            &node,
+            server_addr,
+            &cfg,
+            profile.hostname.clone(),
+            Arc::new(SimulatedHost(profile)),
+        )
+        .await?;
         endpoints.push(node);
     }
 
@@ -777,20 +875,268 @@ async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
             a.endpoints
         );
     }
-    print_rings(&report, a.json)?;
+    if !a.json {
+        print_rings(&report, false)?;
+    }
+    if members != usize::from(a.endpoints) || report.rings.len() != usize::from(subnets) {
+        bail!("only {members} of {} endpoints formed rings", a.endpoints);
+    }
+
+    // The main job: ask every machine a question, watch the answers merge along the rings.
+    let desk = DeskClient::with_creds(&admin, server_addr).await?;
+    let text = a.question.clone();
+    let id = match desk
+        .call(DeskRequest::Ask {
+            text,
+            ttl_ms: Some(60_000),
+        })
+        .await?
+    {
+        DeskReply::Asked { id, canonical, .. } => {
+            if !a.json {
+                println!("\nrollcall ask '{canonical}'");
+            }
+            id
+        }
+        DeskReply::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer {other:?}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let p = desk.progress(id).await?;
+        if (p.fanned_out && p.answered >= p.expected) || Instant::now() >= deadline {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    desk.close().await;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "rings": report, "answer": answer })
+            )?
+        );
+    } else {
+        print_progress(
+            &answer,
+            &OutputFlags {
+                json: false,
+                csv: false,
+            },
+        )?;
+    }
     for node in &endpoints {
         node.shutdown();
     }
     server.shutdown();
-    if members != usize::from(a.endpoints) || report.rings.len() != usize::from(subnets) {
-        bail!("only {members} of {} endpoints formed rings", a.endpoints);
-    }
-    if !a.json {
-        println!(
-            "\n{members} of {} endpoints in {} rings",
-            a.endpoints,
-            report.rings.len()
+    if answer.answered != usize::from(a.endpoints) {
+        bail!(
+            "only {} of {} endpoints answered",
+            answer.answered,
+            a.endpoints
         );
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// An operator's connection to the server's question desk.
+struct DeskClient {
+    node: Node,
+    link: rollcall_runtime::PeerHandle,
+}
+
+impl DeskClient {
+    async fn connect(op: &OperatorArgs) -> Result<DeskClient> {
+        let creds = Credentials::load(&op.cert_dir).context("loading operator credentials")?;
+        DeskClient::with_creds(&creds, op.server).await
+    }
+
+    async fn with_creds(creds: &Credentials, server: SocketAddr) -> Result<DeskClient> {
+        let node = operator_node(creds, server).await?;
+        let link = node.connect(server).await?;
+        link.wait_connected(Duration::from_secs(10))
+            .await
+            .with_context(|| format!("connecting to {server}"))?;
+        Ok(DeskClient { node, link })
+    }
+
+    async fn call(&self, req: DeskRequest) -> Result<DeskReply> {
+        self
+            .link
+            .call(DESK, &req, Duration::from_secs(30))
+            .await
+            .context("asking the question desk")
+    }
+
+    async fn progress(&self, id: u64) -> Result<Progress> {
+        match self.call(DeskRequest::Progress { id }).await? {
+            DeskReply::Progress(p) => Ok(p),
+            DeskReply::Error(e) => bail!("{e}"),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    async fn close(self) {
+        self.node.shutdown_and_wait(Duration::from_secs(1)).await;
+    }
+}
+
+async fn ask(a: AskArgs) -> Result<std::process::ExitCode> {
+    let desk = DeskClient::connect(&a.op).await?;
+    let req = DeskRequest::Ask {
+        text: a.question.clone(),
+        ttl_ms: Some(a.ttl_secs.saturating_mul(1000)),
+    };
+    let (id, expected) = match desk.call(req).await? {
+        DeskReply::Asked {
+            id,
+            expected,
+            canonical,
+        } => {
+            eprintln!("question {id}: {canonical}");
+            eprintln!("asking {expected} machines");
+            (id, expected)
+        }
+        DeskReply::Error(e) => {
+            eprintln!("error: {e}");
+            desk.close().await;
+            return Ok(std::process::ExitCode::from(2));
+        }
+        other => bail!("unexpected answer {other:?}"),
+    };
+    let _ = expected;
+    let deadline = Instant::now() + Duration::from_secs(a.wait_secs);
+    let mut last = None;
+    let p = loop {
+        let p = desk.progress(id).await?;
+        let line = format!(
+            "answered {} of {} · {:.1} s · {} distinct rows",
+            p.answered,
+            p.expected,
+            p.elapsed_ms as f64 / 1000.0,
+            p.rows.len()
+        );
+        if last.as_ref() != Some(&line) {
+            eprintln!("{line}");
+            last = Some(line);
+        }
+        let done = p.fanned_out && p.answered >= p.expected;
+        if done || Instant::now() >= deadline {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    desk.close().await;
+    print_progress(&p, &a.out)?;
+    if !(p.fanned_out && p.answered >= p.expected) {
+        eprintln!(
+            "still open for {} s; `rollcall results {id}` shows answers that arrive later",
+            p.expires_in_ms / 1000
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn results(a: ResultsArgs) -> Result<()> {
+    let desk = DeskClient::connect(&a.op).await?;
+    let p = desk.progress(a.id).await;
+    desk.close().await;
+    print_progress(&p?, &a.out)
+}
+
+async fn questions(op: OperatorArgs) -> Result<()> {
+    let desk = DeskClient::connect(&op).await?;
+    let reply = desk.call(DeskRequest::List).await;
+    desk.close().await;
+    match reply? {
+        DeskReply::List(list) => {
+            println!("{:>5}  {:<6} {:>9}  QUESTION", "ID", "STATE", "ANSWERED");
+            for q in list {
+                let state = if q.open { "open" } else { "closed" };
+                println!(
+                    "{:>5}  {:<6} {:>9}  {}",
+                    q.id,
+                    state,
+                    format!("{}/{}", q.answered, q.expected),
+                    q.text
+                );
+            }
+            Ok(())
+        }
+        DeskReply::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn print_progress(p: &Progress, out: &OutputFlags) -> Result<()> {
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(p)?);
+        return Ok(());
+    }
+    if out.csv {
+        let header: Vec<String> = p
+            .columns
+            .iter()
+            .map(|c| csv_field(c))
+            .chain(["Count".to_string()])
+            .collect();
+        println!("{}", header.join(","));
+        for r in &p.rows {
+            let cells: Vec<String> = r
+                .cells
+                .iter()
+                .map(|c| csv_field(c))
+                .chain([r.count.to_string()])
+                .collect();
+            println!("{}", cells.join(","));
+        }
+        return Ok(());
+    }
+    let mut widths: Vec<usize> = p.columns.iter().map(|c| c.chars().count()).collect();
+    for r in &p.rows {
+        for (w, c) in widths.iter_mut().zip(&r.cells) {
+            *w = (*w).max(c.chars().count()).min(60);
+        }
+    }
+    let line = |cells: &[String], count: &str| {
+        let mut s = String::new();
+        for (c, w) in cells.iter().zip(&widths) {
+            let c: String = c.chars().take(60).collect();
+            s += &format!("{c:<w$}  ");
+        }
+        s + count
+    };
+    println!("{}", line(&p.columns, "COUNT"));
+    for r in &p.rows {
+        println!("{}", line(&r.cells, &r.count.to_string()));
+    }
+    println!(
+        "\nanswered {} of {} in {:.1} s; {} matched",
+        p.answered,
+        p.expected,
+        p.elapsed_ms as f64 / 1000.0,
+        p.matched
+    );
+    if !p.not_answered.is_empty() {
+        println!("not answered ({}):", p.not_answered.len());
+        for (id, host) in &p.not_answered {
+            println!("  {id}  {host}");
+        }
+    }
+    if !p.problems.is_empty() {
+        println!("sensor problems ({}):", p.problems.len());
+        for (id, what) in &p.problems {
+            println!("  {id}  {what}");
+        }
+    }
+    Ok(())
 }

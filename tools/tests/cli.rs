@@ -78,8 +78,24 @@ fn demo_enrols_endpoints_and_shows_their_rings() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let both: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let report = &both["rings"];
     let rings = report["rings"].as_array().expect("rings");
+    // The question reached all five simulated machines and their rows add up.
+    let answer = &both["answer"];
+    assert_eq!(answer["answered"], 5, "{answer:#}");
+    assert_eq!(answer["expected"], 5);
+    assert_eq!(
+        answer["columns"],
+        serde_json::json!(["Operating System", "OS Version"])
+    );
+    let counted: u64 = answer["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["count"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(counted, 5);
     let ids: Vec<&str> = rings
         .iter()
         .map(|r| r["ring"].as_str().expect("id"))
@@ -273,6 +289,112 @@ fn server_endpoint_and_operator_as_separate_processes() {
     );
     assert!(table.contains("forward+backward"), "{table}");
 
+    // Questions: an operator asks; the endpoint answers with this machine's real sensors.
+    let olga = run(&[
+        "ca",
+        "issue-operator",
+        "--dir",
+        &p("ca"),
+        "--name",
+        "olga",
+        "--role",
+        "operator",
+        "--out",
+        &p("olga"),
+    ]);
+    assert!(olga.status.success());
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("hostname")
+        .trim()
+        .to_string();
+    let asked = run(&[
+        "ask",
+        "Get Computer Name from all machines",
+        "--server",
+        &addr,
+        "--cert-dir",
+        &p("olga"),
+        "--wait-secs",
+        "20",
+    ]);
+    assert!(
+        asked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&asked.stderr)
+    );
+    let table = stdout(&asked);
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("Computer Name")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&hostname) && l.trim_end().ends_with(" 1")),
+        "{table}"
+    );
+    assert!(table.contains("answered 1 of 1"), "{table}");
+    let progress = String::from_utf8_lossy(&asked.stderr).into_owned();
+    assert!(
+        progress.contains("question 1: Get Computer Name from all machines"),
+        "{progress}"
+    );
+    // The results again, as CSV, and in the list.
+    let csv = stdout(&run(&[
+        "results",
+        "1",
+        "--server",
+        &addr,
+        "--cert-dir",
+        &p("vera"),
+        "--csv",
+    ]));
+    assert_eq!(csv, format!("Computer Name,Count\n{hostname},1\n"));
+    let list = stdout(&run(&[
+        "questions",
+        "--server",
+        &addr,
+        "--cert-dir",
+        &p("vera"),
+    ]));
+    assert!(
+        list.contains("1/1  Get Computer Name from all machines"),
+        "{list}"
+    );
+    // A viewer may not ask; a broken question says where and what it meant.
+    let denied = run(&[
+        "ask",
+        "Get Computer Name",
+        "--server",
+        &addr,
+        "--cert-dir",
+        &p("vera"),
+    ]);
+    assert_eq!(denied.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&denied.stderr)
+            .contains("this needs the operator role; you are operator/viewer")
+    );
+    let broken = run(&[
+        "ask",
+        "Get Computr Name",
+        "--server",
+        &addr,
+        "--cert-dir",
+        &p("olga"),
+    ]);
+    assert_eq!(broken.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&broken.stderr).contains(
+            "error: at column 5: unknown sensor \"Computr Name\" (did you mean \"Computer Name\"?)"
+        ),
+        "{}",
+        String::from_utf8_lossy(&broken.stderr)
+    );
+
     // Restarted with the same state directory, the endpoint needs no token and keeps its id.
     drop(endpoint);
     let again = Running::start(&[
@@ -294,7 +416,17 @@ fn server_endpoint_and_operator_as_separate_processes() {
 fn help_explains_every_command() {
     let out = run(&["--help"]);
     let text = stdout(&out);
-    for cmd in ["ca", "server", "endpoint", "status", "ring", "demo"] {
+    for cmd in [
+        "ca",
+        "server",
+        "endpoint",
+        "status",
+        "ring",
+        "ask",
+        "results",
+        "questions",
+        "demo",
+    ] {
         assert!(text.contains(cmd), "{text}");
     }
     let out = run(&["ca", "issue-operator", "--help"]);

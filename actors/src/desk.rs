@@ -1,7 +1,8 @@
 //! Questions end to end: the endpoint's [`SensorEvaluator`] (a ring member's bridge to its
 //! sensors) and the server's [`QuestionDesk`] (operators ask, watch progress, list).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -15,7 +16,9 @@ use rollcall_runtime::wire;
 use serde::{Deserialize, Serialize};
 
 use crate::question::{Question, SensorSpec, parse};
-use crate::sensors::Sensors;
+use crate::search::{SavedQuestion, Suggestion, search};
+use crate::sensors::{BUILTIN, PatchLevel, ScriptSensor, Sensors, catalog_with};
+use crate::store::ServerStore;
 
 /// Name of the server actor operators ask questions through.
 pub const DESK: &str = "question.desk";
@@ -23,26 +26,72 @@ pub const DESK: &str = "question.desk";
 /// How long a question stays open unless the operator says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 
+/// Name of the endpoint actor that takes the sensor configuration the server hands out at
+/// every registration.
+pub const SENSOR_CONFIG: &str = "sensors.config";
+
+/// What the server distributes to every endpoint: script sensors and the patch baseline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorConfig {
+    /// Admin-registered script sensors (each checked against its hash before use).
+    pub scripts: Vec<ScriptSensor>,
+    /// Versions `Missing Patches` compares against.
+    pub baseline: Vec<PatchLevel>,
+}
+
 /// Answers questions with this endpoint's sensors.
 #[derive(Debug, Clone)]
 pub struct SensorEvaluator {
-    sensors: Sensors,
+    sensors: Arc<RwLock<Sensors>>,
 }
 
 impl SensorEvaluator {
     /// An evaluator over `sensors`.
     pub fn new(sensors: Sensors) -> SensorEvaluator {
-        SensorEvaluator { sensors }
+        SensorEvaluator {
+            sensors: Arc::new(RwLock::new(sensors)),
+        }
+    }
+
+    /// Takes the server's [`SensorConfig`] on `node` as [`SENSOR_CONFIG`].
+    pub fn accept_config_on(&self, node: &rollcall_runtime::Node) {
+        node.router()
+            .register(SENSOR_CONFIG, Arc::new(ConfigRoute(self.sensors.clone())));
+    }
+
+    /// The sensor names this endpoint knows now.
+    pub fn catalog(&self) -> Vec<SensorSpec> {
+        self.sensors.read().map(|s| s.catalog()).unwrap_or_default()
+    }
+}
+
+struct ConfigRoute(Arc<RwLock<Sensors>>);
+
+impl Deliver for ConfigRoute {
+    fn deliver(&self, incoming: Incoming) -> Result<(), DestinationGone> {
+        if incoming.from.role != rollcall_runtime::PeerRole::Server {
+            return Ok(());
+        }
+        let Ok(cfg) = incoming.decode::<SensorConfig>() else {
+            return Ok(());
+        };
+        if let Ok(mut s) = self.0.write() {
+            if let Err(e) = s.set_scripts(cfg.scripts) {
+                tracing::warn!(error = %e, "refused the server's script sensors");
+            }
+            s.set_baseline(cfg.baseline);
+        }
+        Ok(())
     }
 }
 
 impl Evaluator for SensorEvaluator {
     fn evaluate(&self, body: &[u8]) -> BoxFuture<'static, NodeAnswer> {
         let question: Result<Question, _> = wire::decode_body(body);
-        let sensors = self.sensors.clone();
+        let sensors = self.sensors.read().map(|s| s.clone()).map_err(|_| ());
         Box::pin(async move {
-            match question {
-                Ok(q) => {
+            match (question, sensors) {
+                (Ok(q), Ok(sensors)) => {
                     let a = sensors.answer(&q).await;
                     NodeAnswer {
                         row: a.row,
@@ -60,9 +109,13 @@ impl Evaluator for SensorEvaluator {
                             .collect(),
                     }
                 }
-                Err(e) => NodeAnswer {
+                (Err(e), _) => NodeAnswer {
                     row: None,
                     problems: vec![format!("cannot read the question: {e}")],
+                },
+                (_, Err(_)) => NodeAnswer {
+                    row: None,
+                    problems: vec!["sensors unavailable".into()],
                 },
             }
         })
@@ -86,10 +139,35 @@ pub enum DeskRequest {
     },
     /// The kept questions (viewer role).
     List,
+    /// Register a script sensor that every endpoint receives (admin role).
+    AddSensor {
+        /// Its name in questions.
+        name: String,
+        /// The shell script; its output lines are the values.
+        script: String,
+    },
+    /// The sensor names questions may use (viewer role).
+    Sensors,
+    /// Set the patch baseline for `Missing Patches` (admin role).
+    SetBaseline(Vec<PatchLevel>),
+    /// Save a question, optionally reissued every `every_secs` (operator role).
+    Save(SavedQuestion),
+    /// The saved questions (viewer role).
+    Saved,
+    /// Ask a saved question now (operator role).
+    RunSaved {
+        /// Its name.
+        name: String,
+    },
+    /// Rank complete questions for plain words (viewer role).
+    Search {
+        /// The words.
+        text: String,
+    },
 }
 
 /// The desk's answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DeskReply {
     /// The question is out.
     Asked {
@@ -104,30 +182,121 @@ pub enum DeskReply {
     Progress(Progress),
     /// The list.
     List(Vec<QuestionSummary>),
+    /// Sensor names.
+    Sensors(Vec<String>),
+    /// Saved questions.
+    Saved(Vec<SavedQuestion>),
+    /// Search results, best first.
+    Suggestions(Vec<Suggestion>),
+    /// Done, with what was done.
+    Done(String),
     /// The request could not be served (a parse error with its column, an unknown id, a
     /// missing role).
     Error(String),
 }
 
+/// What the desk keeps (in the store when it has one).
+#[derive(Debug, Default)]
+struct DeskState {
+    config: SensorConfig,
+    saved: Vec<SavedQuestion>,
+    last_issued: std::collections::HashMap<String, tokio::time::Instant>,
+}
+
 /// The server's question desk.
 pub struct QuestionDesk {
     rings: RingServer,
-    catalog: Arc<Vec<SensorSpec>>,
+    store: Option<Arc<ServerStore>>,
+    state: Mutex<DeskState>,
 }
 
+const SCRIPTS_KEY: &str = "script-sensors";
+const BASELINE_KEY: &str = "patch-baseline";
+const SAVED_KEY: &str = "saved-questions";
+
 impl QuestionDesk {
-    /// A desk that parses against `catalog` and asks through `rings`.
-    pub fn new(rings: RingServer, catalog: Vec<SensorSpec>) -> QuestionDesk {
-        QuestionDesk {
+    /// A desk that asks through `rings`, keeping results and settings in `store` if given
+    /// (settings saved there before are loaded, and new question ids continue after the
+    /// stored ones).
+    pub fn new(rings: RingServer, store: Option<Arc<ServerStore>>) -> QuestionDesk {
+        let mut state = DeskState::default();
+        if let Some(st) = &store {
+            let mut load = || -> Result<(), crate::store::StoreError> {
+                state.config.scripts = st.setting(SCRIPTS_KEY)?.unwrap_or_default();
+                state.config.baseline = st.setting(BASELINE_KEY)?.unwrap_or_default();
+                state.saved = st.setting(SAVED_KEY)?.unwrap_or_default();
+                rings.resume_question_ids(st.last_id()?);
+                Ok(())
+            };
+            if let Err(e) = load() {
+                tracing::error!(error = %e, "could not load the desk's settings; starting empty");
+            }
+        }
+        let desk = QuestionDesk {
             rings,
-            catalog: Arc::new(catalog),
+            store,
+            state: Mutex::new(state),
+        };
+        desk.publish_config();
+        desk
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DeskState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn catalog(&self) -> Vec<SensorSpec> {
+        catalog_with(&self.lock().config.scripts)
+    }
+
+    /// Hands the sensor configuration to every endpoint at its next registration.
+    fn publish_config(&self) {
+        let cfg = self.lock().config.clone();
+        match wire::encode_body(&cfg) {
+            Ok(body) => {
+                self.rings
+                    .set_registration_extras(vec![rollcall_cluster::proto::Handoff {
+                        to: SENSOR_CONFIG.to_string(),
+                        body,
+                    }])
+            }
+            Err(e) => tracing::error!(error = %e, "could not encode the sensor configuration"),
+        }
+    }
+
+    fn persist<T: Serialize>(&self, key: &str, value: &T) -> Result<(), String> {
+        match &self.store {
+            Some(st) => st.put_setting(key, value).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    async fn ask(&self, text: String, ttl: Duration) -> DeskReply {
+        let q = match parse(&text, &self.catalog()) {
+            Ok(q) => q,
+            Err(e) => return DeskReply::Error(e.to_string()),
+        };
+        let body = match wire::encode_body(&q) {
+            Ok(b) => b,
+            Err(e) => return DeskReply::Error(e.to_string()),
+        };
+        let columns = q.select.iter().map(ToString::to_string).collect();
+        let id = self.rings.ask(text, columns, body, ttl).await;
+        let expected = self.rings.progress(id).map(|p| p.expected).unwrap_or(0);
+        DeskReply::Asked {
+            id,
+            expected,
+            canonical: q.to_string(),
         }
     }
 
     /// Serves one request.
     pub async fn serve(&self, req: DeskRequest, role: rollcall_runtime::PeerRole) -> DeskReply {
         let needed = match req {
-            DeskRequest::Ask { .. } => OperatorRole::Operator,
+            DeskRequest::Ask { .. } | DeskRequest::Save(_) | DeskRequest::RunSaved { .. } => {
+                OperatorRole::Operator
+            }
+            DeskRequest::AddSensor { .. } | DeskRequest::SetBaseline(_) => OperatorRole::Admin,
             _ => OperatorRole::Viewer,
         };
         if !role.allows(needed) {
@@ -135,38 +304,188 @@ impl QuestionDesk {
         }
         match req {
             DeskRequest::Ask { text, ttl_ms } => {
-                let q = match parse(&text, &self.catalog) {
-                    Ok(q) => q,
-                    Err(e) => return DeskReply::Error(e.to_string()),
-                };
-                let body = match wire::encode_body(&q) {
-                    Ok(b) => b,
-                    Err(e) => return DeskReply::Error(e.to_string()),
-                };
-                let columns = q.select.iter().map(ToString::to_string).collect();
                 let ttl = ttl_ms.map(Duration::from_millis).unwrap_or(DEFAULT_TTL);
-                let id = self.rings.ask(text, columns, body, ttl).await;
-                let expected = self.rings.progress(id).map(|p| p.expected).unwrap_or(0);
-                DeskReply::Asked {
-                    id,
-                    expected,
-                    canonical: q.to_string(),
-                }
+                self.ask(text, ttl).await
             }
             DeskRequest::Progress { id } => match self.rings.progress(id) {
                 Some(p) => DeskReply::Progress(p),
-                None => DeskReply::Error(format!(
-                    "no question {id} (it may have been dropped from the store)"
-                )),
+                None => match self.store.as_ref().map(|s| s.progress(id)) {
+                    Some(Ok(Some(p))) => DeskReply::Progress(p),
+                    Some(Err(e)) => DeskReply::Error(e.to_string()),
+                    _ => DeskReply::Error(format!(
+                        "no question {id} (it may have been dropped from the store)"
+                    )),
+                },
             },
-            DeskRequest::List => DeskReply::List(self.rings.questions()),
+            DeskRequest::List => {
+                let mut list = self.rings.questions();
+                if let Some(Ok(stored)) = self.store.as_ref().map(|s| s.list()) {
+                    let live: HashSet<u64> = list.iter().map(|q| q.id).collect();
+                    list.extend(stored.into_iter().filter(|q| !live.contains(&q.id)));
+                }
+                list.sort_by_key(|q| std::cmp::Reverse(q.id));
+                DeskReply::List(list)
+            }
+            DeskRequest::AddSensor { name, script } => {
+                let name = name.trim().to_string();
+                let taken = BUILTIN.iter().any(|(b, _)| b.eq_ignore_ascii_case(&name));
+                let valid = !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ')
+                    && !name.split(' ').any(|w| {
+                        ["and", "or", "not", "from", "with"]
+                            .contains(&w.to_ascii_lowercase().as_str())
+                    });
+                if taken || !valid {
+                    return DeskReply::Error(format!(
+                        "{name:?} cannot be a sensor name (built-in, empty, or not plain words)"
+                    ));
+                }
+                let scripts = {
+                    let mut st = self.lock();
+                    st.config
+                        .scripts
+                        .retain(|s| !s.name.eq_ignore_ascii_case(&name));
+                    st.config
+                        .scripts
+                        .push(ScriptSensor::new(name.clone(), script));
+                    st.config.scripts.clone()
+                };
+                if let Err(e) = self.persist(SCRIPTS_KEY, &scripts) {
+                    return DeskReply::Error(e);
+                }
+                self.publish_config();
+                DeskReply::Done(format!(
+                    "script sensor {name:?} registered; endpoints get it at their next registration"
+                ))
+            }
+            DeskRequest::Sensors => DeskReply::Sensors(
+                self.catalog()
+                    .into_iter()
+                    .map(|s| {
+                        if s.params > 0 {
+                            format!("{}[…]", s.name)
+                        } else {
+                            s.name
+                        }
+                    })
+                    .collect(),
+            ),
+            DeskRequest::SetBaseline(levels) => {
+                let n = levels.len();
+                self.lock().config.baseline = levels.clone();
+                if let Err(e) = self.persist(BASELINE_KEY, &levels) {
+                    return DeskReply::Error(e);
+                }
+                self.publish_config();
+                DeskReply::Done(format!("patch baseline of {n} packages set"))
+            }
+            DeskRequest::Save(q) => {
+                if let Err(e) = parse(&q.text, &self.catalog()) {
+                    return DeskReply::Error(e.to_string());
+                }
+                let saved = {
+                    let mut st = self.lock();
+                    st.saved.retain(|s| s.name != q.name);
+                    st.saved.push(q.clone());
+                    st.saved.clone()
+                };
+                if let Err(e) = self.persist(SAVED_KEY, &saved) {
+                    return DeskReply::Error(e);
+                }
+                DeskReply::Done(format!("saved {:?}", q.name))
+            }
+            DeskRequest::Saved => DeskReply::Saved(self.lock().saved.clone()),
+            DeskRequest::RunSaved { name } => {
+                let text = self
+                    .lock()
+                    .saved
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map(|s| s.text.clone());
+                match text {
+                    Some(t) => self.ask(t, DEFAULT_TTL).await,
+                    None => DeskReply::Error(format!("no saved question named {name:?}")),
+                }
+            }
+            DeskRequest::Search { text } => {
+                let saved = self.lock().saved.clone();
+                DeskReply::Suggestions(search(&text, &self.catalog(), &saved, 10))
+            }
         }
     }
 
-    /// Registers the desk on the server node as [`DESK`].
-    pub fn install(self, node: &rollcall_runtime::Node) {
+    /// Registers the desk on the server node as [`DESK`] and starts its background work:
+    /// saving results to the store, and reissuing scheduled saved questions.
+    pub fn install(self, node: &rollcall_runtime::Node) -> Arc<QuestionDesk> {
+        let desk = Arc::new(self);
         node.router()
-            .register(DESK, Arc::new(DeskRoute(Arc::new(self))));
+            .register(DESK, Arc::new(DeskRoute(desk.clone())));
+        let weak = Arc::downgrade(&desk);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut finished: HashSet<u64> = HashSet::new();
+            loop {
+                tick.tick().await;
+                let Some(desk) = weak.upgrade() else { return };
+                desk.save_results(&mut finished).await;
+                desk.reissue().await;
+            }
+        });
+        desk
+    }
+
+    async fn save_results(&self, finished: &mut HashSet<u64>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        for q in self.rings.questions() {
+            if finished.contains(&q.id) {
+                continue;
+            }
+            let Some(p) = self.rings.progress(q.id) else {
+                continue;
+            };
+            let store = store.clone();
+            let saved = tokio::task::spawn_blocking(move || store.save_progress(&p)).await;
+            match saved {
+                Ok(Ok(())) if !q.open => {
+                    finished.insert(q.id);
+                }
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(question = q.id, error = %e, "could not save results")
+                }
+                Err(e) => tracing::error!(error = %e, "result saver failed"),
+            }
+        }
+    }
+
+    async fn reissue(&self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<SavedQuestion> = {
+            let mut st = self.lock();
+            let saved = st.saved.clone();
+            saved
+                .into_iter()
+                .filter(|s| {
+                    let Some(every) = s.every_secs.filter(|e| *e > 0) else {
+                        return false;
+                    };
+                    let last = st.last_issued.get(&s.name).copied();
+                    let due =
+                        last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(every));
+                    if due {
+                        st.last_issued.insert(s.name.clone(), now);
+                    }
+                    due
+                })
+                .collect()
+        };
+        for s in due {
+            if let DeskReply::Error(e) = self.ask(s.text.clone(), DEFAULT_TTL).await {
+                tracing::warn!(saved = %s.name, error = %e, "scheduled question failed");
+            }
+        }
     }
 }
 

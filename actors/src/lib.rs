@@ -3,4 +3,6 @@
 
 pub mod desk;
 pub mod question;
+pub mod search;
 pub mod sensors;
+pub mod store;

@@ -99,6 +99,12 @@ impl QuestionStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// New ids start above `last`.
+    pub fn resume_ids(&self, last: u64) {
+        let mut st = self.lock();
+        st.0 = st.0.max(last);
+    }
+
     /// Records a new question; returns its id.
     pub fn create(
         &self,

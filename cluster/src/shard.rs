@@ -87,7 +87,11 @@ pub struct ShardArgs {
     node: Node,
     backlog: Option<Arc<dyn Backlog>>,
     questions: Arc<QuestionStore>,
+    extras: Extras,
 }
+
+/// Items handed to every endpoint at every registration (sensor configuration).
+type Extras = Arc<RwLock<Vec<crate::proto::Handoff>>>;
 
 /// One shard: owns the rings whose ids hash to it.
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +145,9 @@ impl Actor for ServerShard {
                         };
                         // Open questions whose fan-out went on without it.
                         handoffs.extend(st.args.questions.missed(&from));
+                        if let Ok(extras) = st.args.extras.read() {
+                            handoffs.extend(extras.iter().cloned());
+                        }
                         if let Some(since) = r.returning {
                             tracing::info!(node = %from, ring = ?r.ring, returning = since.is_some(), "endpoint joined");
                         }
@@ -335,6 +342,7 @@ pub struct RingServer {
     table: ShardTable,
     node: Node,
     questions: Arc<QuestionStore>,
+    extras: Extras,
 }
 
 impl std::fmt::Debug for RingServer {
@@ -355,6 +363,7 @@ impl RingServer {
         let cfg = RingServerConfig { shards, ..cfg };
         let table: ShardTable = Arc::new(RwLock::new(vec![None; shards]));
         let questions = Arc::new(QuestionStore::new(1000));
+        let extras: Extras = Arc::new(RwLock::new(Vec::new()));
         let specs: Vec<ChildSpec> = (0..shards)
             .map(|index| {
                 let args = ShardArgs {
@@ -364,6 +373,7 @@ impl RingServer {
                     node: node.clone(),
                     backlog: backlog.clone(),
                     questions: questions.clone(),
+                    extras: extras.clone(),
                 };
                 ChildSpec::new(
                     format!("shard-{index}"),
@@ -423,6 +433,7 @@ impl RingServer {
             table,
             node: node.clone(),
             questions,
+            extras,
         })
     }
 
@@ -509,6 +520,18 @@ impl RingServer {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         self.questions.fanned_out(id);
+    }
+
+    /// Sets what every endpoint is handed at every registration.
+    pub fn set_registration_extras(&self, items: Vec<crate::proto::Handoff>) {
+        if let Ok(mut e) = self.extras.write() {
+            *e = items;
+        }
+    }
+
+    /// New questions get ids above `last` (ids kept from before a restart stay unique).
+    pub fn resume_question_ids(&self, last: u64) {
+        self.questions.resume_ids(last);
     }
 
     /// Where question `id` stands.

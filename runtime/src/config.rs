@@ -47,6 +47,17 @@ pub struct RawConfig {
     /// `[peering]` settings (server).
     #[serde(default)]
     pub peering: RawPeering,
+    /// `[server]` settings.
+    #[serde(default)]
+    pub server: RawServer,
+}
+
+/// `[server]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// How many questions' results the server keeps (oldest dropped first).
+    pub results_kept: Option<usize>,
 }
 
 /// `[ring]` as written.
@@ -136,6 +147,8 @@ pub struct Config {
     pub ring: RingSettings,
     /// Peering settings.
     pub peering: PeeringSettings,
+    /// How many questions' results the server keeps.
+    pub results_kept: usize,
 }
 
 impl Default for Config {
@@ -157,6 +170,7 @@ impl Default for Config {
                 mask_v6: 64,
                 isolated: Vec::new(),
             },
+            results_kept: 1000,
         }
     }
 }
@@ -204,6 +218,7 @@ impl RawConfig {
                 mask_v6: self.peering.mask_v6.unwrap_or(d.peering.mask_v6),
                 isolated: self.peering.isolated.unwrap_or_default(),
             },
+            results_kept: self.server.results_kept.unwrap_or(d.results_kept),
         };
         let r = &cfg.ring;
         if r.register_min_ms == 0 || r.register_min_ms > r.register_max_ms {
@@ -216,6 +231,11 @@ impl RawConfig {
             return Err(ConfigError::Invalid(
                 "ring.probe_interval_ms, ring.hop_timeout_ms and ring.successors must be above 0"
                     .into(),
+            ));
+        }
+        if cfg.results_kept == 0 {
+            return Err(ConfigError::Invalid(
+                "server.results_kept must be at least 1".into(),
             ));
         }
         if cfg.peering.mask_v4 > 32 || cfg.peering.mask_v6 > 128 {

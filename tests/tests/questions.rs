@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rollcall_actors::desk::{DeskReply, DeskRequest, QuestionDesk, SensorEvaluator};
+use rollcall_actors::sensors::Sensors;
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
-use rollcall_actors::sensors::{Sensors, catalog_with};
 use rollcall_cluster::member::{Evaluator, EvaluatorHandle};
 use rollcall_cluster::membership::MembershipConfig;
 use rollcall_cluster::proto::NodeAnswer;
@@ -103,7 +103,7 @@ async fn questions_travel_the_rings_merge_once_per_machine_and_reach_returning_m
             profiles.push((c.endpoints[i].node.identity().id.clone(), profile));
         }
     }
-    let desk = QuestionDesk::new(c.rings.clone(), catalog_with(&[]));
+    let desk = QuestionDesk::new(c.rings.clone(), None);
     eventually_or(
         "three well-formed rings",
         Duration::from_secs(30),

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use rollcall_actors::desk::{DESK, DeskReply, DeskRequest, QuestionDesk, SensorEvaluator};
+use rollcall_actors::search::SavedQuestion;
 use rollcall_actors::sensors::linux::LinuxHost;
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
-use rollcall_actors::sensors::{HostView, Sensors, catalog_with};
+use rollcall_actors::sensors::{HostView, PatchLevel, Sensors};
+use rollcall_actors::store::ServerStore;
 use rollcall_cluster::member::{EvaluatorHandle, MemberConfig, RingMember};
 use rollcall_cluster::membership::{MembershipConfig, parse_cidr};
 use rollcall_cluster::proto::{AdminRequest, RING_ADMIN, RingsReport};
@@ -64,6 +66,16 @@ enum Command {
     Results(ResultsArgs),
     /// List the questions the server keeps (any operator role).
     Questions(OperatorArgs),
+    /// Turn plain words into ranked questions, e.g. `rollcall search "machines with chrome"`.
+    Search(SearchArgs),
+    /// Saved questions: save (optionally reissued on a schedule), list, run.
+    #[command(subcommand)]
+    Saved(SavedCommand),
+    /// Sensors: list them, or register a script sensor every endpoint receives (admin role).
+    #[command(subcommand)]
+    Sensor(SensorCommand),
+    /// Set the patch baseline that the `Missing Patches` sensor compares against (admin role).
+    Patches(PatchesArgs),
     /// Run a server and N endpoints (simulated machines) on loopback in one process, enrol
     /// them over QUIC, show the rings they form, ask them a question and show the answer.
     Demo(DemoArgs),
@@ -115,6 +127,70 @@ struct ResultsArgs {
     op: OperatorArgs,
     #[command(flatten)]
     out: OutputFlags,
+}
+
+#[derive(Debug, Args)]
+struct SearchArgs {
+    /// Plain words: sensor names (typos forgiven) and values to look for.
+    words: String,
+    #[command(flatten)]
+    op: OperatorArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum SavedCommand {
+    /// Save a question under a name.
+    Add {
+        /// Its name.
+        name: String,
+        /// The question.
+        question: String,
+        /// Reissue it every this many seconds.
+        #[arg(long)]
+        every_secs: Option<u64>,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
+    /// List saved questions.
+    List(OperatorArgs),
+    /// Ask a saved question now and watch its answers.
+    Run {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        op: OperatorArgs,
+        #[command(flatten)]
+        out: OutputFlags,
+        /// Stop watching after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SensorCommand {
+    /// The sensor names questions may use.
+    List(OperatorArgs),
+    /// Register a shell script as a sensor; its output lines are its values. Endpoints get it
+    /// (hash-checked) at their next registration and run it under the sensor budget.
+    Add {
+        /// The sensor's name in questions (plain words, not a built-in's).
+        name: String,
+        /// A file holding the script.
+        #[arg(long)]
+        script_file: PathBuf,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PatchesArgs {
+    /// A file with one `package minimum-version` per line (`#` starts a comment).
+    #[arg(long)]
+    file: PathBuf,
+    #[command(flatten)]
+    op: OperatorArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +307,10 @@ struct ServerArgs {
     /// file's peering.isolated.
     #[arg(long, value_name = "CIDR")]
     isolated: Vec<String>,
+    /// How many questions' results to keep in the server's store (oldest dropped first)
+    /// [default: 1000, or server.results_kept].
+    #[arg(long)]
+    results_kept: Option<usize>,
     #[command(flatten)]
     link: LinkFlags,
 }
@@ -329,6 +409,70 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Ask(a) => return ask(a).await,
         Command::Results(a) => results(a).await?,
         Command::Questions(a) => questions(a).await?,
+        Command::Search(a) => {
+            return desk_command(&a.op, DeskRequest::Search { text: a.words }).await;
+        }
+        Command::Saved(SavedCommand::Add {
+            name,
+            question,
+            every_secs,
+            op,
+        }) => {
+            let q = SavedQuestion {
+                name,
+                text: question,
+                every_secs,
+            };
+            return desk_command(&op, DeskRequest::Save(q)).await;
+        }
+        Command::Saved(SavedCommand::List(op)) => {
+            return desk_command(&op, DeskRequest::Saved).await;
+        }
+        Command::Saved(SavedCommand::Run {
+            name,
+            op,
+            out,
+            wait_secs,
+        }) => {
+            let desk = DeskClient::connect(&op).await?;
+            return watch(desk, DeskRequest::RunSaved { name }, wait_secs, &out).await;
+        }
+        Command::Sensor(SensorCommand::List(op)) => {
+            return desk_command(&op, DeskRequest::Sensors).await;
+        }
+        Command::Sensor(SensorCommand::Add {
+            name,
+            script_file,
+            op,
+        }) => {
+            let script = std::fs::read_to_string(&script_file)
+                .with_context(|| format!("reading {}", script_file.display()))?;
+            return desk_command(&op, DeskRequest::AddSensor { name, script }).await;
+        }
+        Command::Patches(a) => {
+            let text = std::fs::read_to_string(&a.file)
+                .with_context(|| format!("reading {}", a.file.display()))?;
+            let mut levels = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let mut f = line.split_whitespace();
+                match (f.next(), f.next(), f.next()) {
+                    (Some(p), Some(v), None) => levels.push(PatchLevel {
+                        package: p.into(),
+                        min_version: v.into(),
+                    }),
+                    _ => bail!(
+                        "{}:{}: expected `package minimum-version`",
+                        a.file.display(),
+                        n + 1
+                    ),
+                }
+            }
+            return desk_command(&a.op, DeskRequest::SetBaseline(levels)).await;
+        }
         Command::Demo(a) => return demo(a).await,
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -435,7 +579,9 @@ async fn start_server(
         .await
         .map_err(anyhow::Error::msg)
         .context("starting the ring service")?;
-    QuestionDesk::new(rings.clone(), catalog_with(&[])).install(&node);
+    let store = ServerStore::open(&state_dir.join("server.redb"), cfg.results_kept)
+        .context("opening the result store")?;
+    QuestionDesk::new(rings.clone(), Some(Arc::new(store))).install(&node);
     Ok((node, rings))
 }
 
@@ -465,9 +611,9 @@ async fn start_member(
     host: Arc<dyn HostView>,
 ) -> Result<ractor::ActorRef<rollcall_cluster::member::MemberMsg>> {
     let mut mc = MemberConfig::new(server, advertised(node.local_addr(), server), hostname);
-    mc.evaluator = Some(EvaluatorHandle(Arc::new(SensorEvaluator::new(
-        Sensors::new(host),
-    ))));
+    let evaluator = SensorEvaluator::new(Sensors::new(host));
+    evaluator.accept_config_on(node);
+    mc.evaluator = Some(EvaluatorHandle(Arc::new(evaluator)));
     mc.ring = ring_config(cfg);
     mc.register_min = Duration::from_millis(cfg.ring.register_min_ms);
     mc.register_max = Duration::from_millis(cfg.ring.register_max_ms);
@@ -513,6 +659,12 @@ async fn server(a: ServerArgs) -> Result<()> {
         cfg.peering.mask_v4 = m;
     }
     cfg.peering.isolated.extend(a.isolated);
+    if let Some(n) = a.results_kept {
+        if n == 0 {
+            bail!("--results-kept must be at least 1");
+        }
+        cfg.results_kept = n;
+    }
     let ca = Arc::new(Ca::load(&a.ca_dir).context("loading the CA")?);
     let state = a.state_dir.unwrap_or_else(|| a.ca_dir.join("server"));
     let (node, _rings) = start_server(ca, &state, a.listen, &cfg).await?;
@@ -962,8 +1114,7 @@ impl DeskClient {
     }
 
     async fn call(&self, req: DeskRequest) -> Result<DeskReply> {
-        self
-            .link
+        self.link
             .call(DESK, &req, Duration::from_secs(30))
             .await
             .context("asking the question desk")
@@ -988,7 +1139,18 @@ async fn ask(a: AskArgs) -> Result<std::process::ExitCode> {
         text: a.question.clone(),
         ttl_ms: Some(a.ttl_secs.saturating_mul(1000)),
     };
-    let (id, expected) = match desk.call(req).await? {
+    watch(desk, req, a.wait_secs, &a.out).await
+}
+
+/// Sends an ask (plain or saved), then streams progress until every expected machine has
+/// answered or `wait_secs` pass, and prints the results.
+async fn watch(
+    desk: DeskClient,
+    req: DeskRequest,
+    wait_secs: u64,
+    out: &OutputFlags,
+) -> Result<std::process::ExitCode> {
+    let id = match desk.call(req).await? {
         DeskReply::Asked {
             id,
             expected,
@@ -996,7 +1158,7 @@ async fn ask(a: AskArgs) -> Result<std::process::ExitCode> {
         } => {
             eprintln!("question {id}: {canonical}");
             eprintln!("asking {expected} machines");
-            (id, expected)
+            id
         }
         DeskReply::Error(e) => {
             eprintln!("error: {e}");
@@ -1005,8 +1167,7 @@ async fn ask(a: AskArgs) -> Result<std::process::ExitCode> {
         }
         other => bail!("unexpected answer {other:?}"),
     };
-    let _ = expected;
-    let deadline = Instant::now() + Duration::from_secs(a.wait_secs);
+    let deadline = Instant::now() + Duration::from_secs(wait_secs);
     let mut last = None;
     let p = loop {
         let p = desk.progress(id).await?;
@@ -1028,12 +1189,48 @@ async fn ask(a: AskArgs) -> Result<std::process::ExitCode> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     desk.close().await;
-    print_progress(&p, &a.out)?;
+    print_progress(&p, out)?;
     if !(p.fanned_out && p.answered >= p.expected) {
         eprintln!(
             "still open for {} s; `rollcall results {id}` shows answers that arrive later",
             p.expires_in_ms / 1000
         );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Sends a request that answers with `Done`, a list or an error, and prints it.
+async fn desk_command(op: &OperatorArgs, req: DeskRequest) -> Result<std::process::ExitCode> {
+    let desk = DeskClient::connect(op).await?;
+    let reply = desk.call(req).await;
+    desk.close().await;
+    match reply? {
+        DeskReply::Done(what) => println!("{what}"),
+        DeskReply::Sensors(names) => names.iter().for_each(|n| println!("{n}")),
+        DeskReply::Saved(list) => {
+            for s in list {
+                let every = s
+                    .every_secs
+                    .map(|e| format!(" (every {e} s)"))
+                    .unwrap_or_default();
+                println!("{}{every}: {}", s.name, s.text);
+            }
+        }
+        DeskReply::Suggestions(list) => {
+            for (i, s) in list.iter().enumerate() {
+                let saved = s
+                    .saved
+                    .as_ref()
+                    .map(|n| format!("  [saved: {n}]"))
+                    .unwrap_or_default();
+                println!("{:>2}. {}{saved}", i + 1, s.question);
+            }
+        }
+        DeskReply::Error(e) => {
+            eprintln!("error: {e}");
+            return Ok(std::process::ExitCode::from(2));
+        }
+        other => bail!("unexpected answer {other:?}"),
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -432,3 +432,238 @@ fn help_explains_every_command() {
     let out = run(&["ca", "issue-operator", "--help"]);
     assert!(stdout(&out).contains("viewer (read results and status)"));
 }
+
+/// Runs `rollcall` with `args` until its stdout satisfies `done`, at most `tries` times.
+fn run_until(args: &[&str], tries: usize, done: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..tries {
+        let out = run(args);
+        last = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+        if out.status.success() && done(&stdout(&out)) {
+            return stdout(&out);
+        }
+    }
+    panic!(
+        "`rollcall {}` never gave what was expected; last:\n{last}",
+        args.join(" ")
+    );
+}
+
+#[test]
+fn script_sensors_patches_saved_questions_search_and_results_that_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = |s: &str| dir.path().join(s).to_string_lossy().into_owned();
+    let token = token_from(&run(&["ca", "init", "--dir", &p("ca")]));
+    for (name, role) in [("ada", "admin"), ("olga", "operator"), ("vera", "viewer")] {
+        assert!(
+            run(&[
+                "ca",
+                "issue-operator",
+                "--dir",
+                &p("ca"),
+                "--name",
+                name,
+                "--role",
+                role,
+                "--out",
+                &p(name)
+            ])
+            .status
+            .success()
+        );
+    }
+    let server = Running::start(&[
+        "server",
+        "--ca-dir",
+        &p("ca"),
+        "--listen",
+        "127.0.0.1:0",
+        "--results-kept",
+        "50",
+    ]);
+    let addr = server
+        .line_starting("server ")
+        .rsplit(' ')
+        .next()
+        .expect("addr")
+        .to_string();
+    let ep = Running::start(&[
+        "endpoint",
+        "--server",
+        &addr,
+        "--join-token",
+        &token,
+        "--state-dir",
+        &p("ep"),
+        "--listen",
+        "127.0.3.1:0",
+        "--register-min-ms",
+        "200",
+        "--register-max-ms",
+        "300",
+    ]);
+    ep.line_starting("registered in ring ");
+    let op = |who: &str| {
+        vec![
+            "--server".to_string(),
+            addr.clone(),
+            "--cert-dir".to_string(),
+            p(who),
+        ]
+    };
+    let with = |base: &[&str], who: &str| -> Vec<String> {
+        base.iter().map(|s| s.to_string()).chain(op(who)).collect()
+    };
+    let run_as = |base: &[&str], who: &str| {
+        let args = with(base, who);
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    // A script sensor: only an admin may add it; the endpoint gets it at its next registration.
+    std::fs::write(p("greet.sh"), "echo hello from rollcall\n").expect("script");
+    let denied = run_as(
+        &["sensor", "add", "Greeting", "--script-file", &p("greet.sh")],
+        "olga",
+    );
+    assert_eq!(denied.status.code(), Some(2));
+    let added = run_as(
+        &["sensor", "add", "Greeting", "--script-file", &p("greet.sh")],
+        "ada",
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    assert!(
+        stdout(&run_as(&["sensor", "list"], "vera"))
+            .lines()
+            .any(|l| l == "Greeting")
+    );
+    let greet = with(
+        &[
+            "ask",
+            "Get Greeting from all machines",
+            "--csv",
+            "--wait-secs",
+            "10",
+        ],
+        "olga",
+    );
+    run_until(
+        &greet.iter().map(String::as_str).collect::<Vec<_>>(),
+        20,
+        |out| out == "Greeting,Count\nhello from rollcall,1\n",
+    );
+
+    // A patch baseline above what is installed shows up in Missing Patches.
+    std::fs::write(p("baseline.txt"), "# package  minimum\nbash 999\n").expect("baseline");
+    assert!(
+        run_as(&["patches", "--file", &p("baseline.txt")], "ada")
+            .status
+            .success()
+    );
+    let missing = with(
+        &[
+            "ask",
+            "Get Missing Patches from all machines",
+            "--csv",
+            "--wait-secs",
+            "10",
+        ],
+        "olga",
+    );
+    let out = run_until(
+        &missing.iter().map(String::as_str).collect::<Vec<_>>(),
+        20,
+        |out| out.contains(" < 999,1"),
+    );
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.starts_with("bash ")),
+        "{out}"
+    );
+
+    // Saved questions: save with a schedule, list, run; the schedule reissues it.
+    let saved = run_as(
+        &[
+            "saved",
+            "add",
+            "who",
+            "Get Computer Name from all machines",
+            "--every-secs",
+            "1",
+        ],
+        "olga",
+    );
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    assert_eq!(
+        stdout(&run_as(&["saved", "list"], "vera")),
+        "who (every 1 s): Get Computer Name from all machines\n"
+    );
+    let ran = run_as(&["saved", "run", "who", "--csv"], "olga");
+    assert!(ran.status.success());
+    assert!(stdout(&ran).starts_with("Computer Name,Count\n"));
+    let list = with(&["questions"], "vera");
+    run_until(
+        &list.iter().map(String::as_str).collect::<Vec<_>>(),
+        100,
+        |out| out.matches("Get Computer Name from all machines").count() >= 3,
+    );
+
+    // The search box.
+    let found = stdout(&run_as(&["search", "machines with chrome"], "vera"));
+    assert_eq!(
+        found.lines().next(),
+        Some(
+            r#" 1. Get Computer Name from all machines with Installed Applications contains "chrome""#
+        )
+    );
+
+    // Results and settings survive a server restart.
+    drop(ep);
+    drop(server);
+    let server = Running::start(&["server", "--ca-dir", &p("ca"), "--listen", "127.0.0.1:0"]);
+    let addr2 = server
+        .line_starting("server ")
+        .rsplit(' ')
+        .next()
+        .expect("addr")
+        .to_string();
+    let again = |base: &[&str]| {
+        let args: Vec<String> = base
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "--server".to_string(),
+                addr2.clone(),
+                "--cert-dir".to_string(),
+                p("vera"),
+            ])
+            .collect();
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let listed = stdout(&again(&["questions"]));
+    let greeting_id = listed
+        .lines()
+        .filter(|l| l.ends_with("Get Greeting from all machines"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or_else(|| panic!("no Greeting question kept: {listed}"));
+    let first = again(&["results", &greeting_id.to_string(), "--csv"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(stdout(&first), "Greeting,Count\nhello from rollcall,1\n");
+    assert!(stdout(&again(&["saved", "list"])).starts_with("who (every 1 s)"));
+    assert!(
+        stdout(&again(&["sensor", "list"]))
+            .lines()
+            .any(|l| l == "Greeting")
+    );
+}

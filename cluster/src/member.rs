@@ -119,6 +119,8 @@ pub enum MemberMsg {
     },
     /// Report status.
     Status(RpcReplyPort<MemberStatus>),
+    /// Members another member told us of (its answer to our hello).
+    Learned(Vec<MemberInfo>),
     /// This machine's own answer to a question is ready.
     Evaluated {
         /// The question.
@@ -435,11 +437,17 @@ impl MemberState {
             Output::Hello(pred) => {
                 let node = self.node.clone();
                 let hello = MemberRequest::Hello(self.me.clone());
+                let me = myself.clone();
                 tokio::spawn(async move {
                     if let Ok(l) = node.connect_once(pred.addr, dial).await {
-                        let r: Result<(), CallError> = l.call(MEMBER, &hello, timeout).await;
-                        if let Err(e) = r {
-                            tracing::debug!(to = %pred.id, error = %e, "hello not answered");
+                        // The answer is the greeted member's view: anyone it knows between
+                        // us is our real predecessor, whom we then greet.
+                        let r: Result<Vec<MemberInfo>, CallError> = l.call(MEMBER, &hello, timeout).await;
+                        match r {
+                            Ok(view) => {
+                                let _ = me.send_message(MemberMsg::Learned(view));
+                            }
+                            Err(e) => tracing::debug!(to = %pred.id, error = %e, "hello not answered"),
                         }
                         l.close();
                     }
@@ -554,6 +562,7 @@ impl Actor for RingMember {
                 st.reroute_questions(&myself);
             }
             MemberMsg::Register => {
+                st.feed(&myself, Input::RegistrationSent).await;
                 let node = st.node.clone();
                 let link = st.server_link.clone();
                 let (server, t) = (st.cfg.server, st.cfg.server_timeout);
@@ -567,6 +576,13 @@ impl Actor for RingMember {
                     st.cfg.register_min,
                     st.cfg.register_max.max(st.cfg.register_min),
                 );
+                // Right after starting, register again soon: when a whole fleet starts at once,
+                // the first answers hold only the machines registered before each one.
+                let (lo, hi) = if st.registrations == 0 {
+                    (lo.min(Duration::from_secs(1)), hi.min(Duration::from_secs(5)))
+                } else {
+                    (lo, hi)
+                };
                 let next = st.rng.random_range(lo..=hi);
                 myself.send_after(next, || MemberMsg::Register);
             }
@@ -643,8 +659,8 @@ impl Actor for RingMember {
                             inc.refuse();
                             return Ok(());
                         }
-                        inc.answer(&())?;
                         st.feed(&myself, Input::Hello(info)).await;
+                        inc.answer(&st.core.view().to_vec())?;
                     }
                     MemberRequest::Ask(env) => st.ask(&myself, env, Some(inc), false),
                     MemberRequest::Late(env) => {
@@ -687,6 +703,7 @@ impl Actor for RingMember {
                     }
                 }
             }
+            MemberMsg::Learned(view) => st.feed(&myself, Input::Learned(view)).await,
             MemberMsg::Status(reply) => {
                 let core = &st.core;
                 let _ = reply.send(MemberStatus {

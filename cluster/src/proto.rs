@@ -118,7 +118,7 @@ pub struct RegistrationReply {
 pub enum MemberRequest {
     /// Are you there? (answered with `()`)
     Probe,
-    /// I am your new neighbour (answered with `()`).
+    /// I am your new neighbour (answered with your view, `Vec<MemberInfo>`).
     Hello(MemberInfo),
     /// Answer this question, with everyone after you (answered with [`Partial`]).
     Ask(QuestionEnvelope),

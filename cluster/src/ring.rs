@@ -109,6 +109,12 @@ pub enum Input {
     ProbedBy(NodeId),
     /// A member announced itself (a joiner the server's list may not show yet).
     Hello(MemberInfo),
+    /// Members another member knows (its answer to our hello): those between it and us
+    /// are closer predecessors than the server's list showed.
+    Learned(Vec<MemberInfo>),
+    /// A registration request went out now: member lists answering it reflect the server's
+    /// view as of about now, so hellos from before it are in them.
+    RegistrationSent,
 }
 
 /// What to do.
@@ -157,6 +163,9 @@ pub struct RingCore {
     last_pred_probe: Option<Instant>,
     leader: LeaderSides,
     hello_sent_to: Option<NodeId>,
+    /// Members that said hello, and when: kept across member lists computed before the hello.
+    hellos: HashMap<NodeId, (MemberInfo, Instant)>,
+    registration_sent: Option<Instant>,
     out: VecDeque<Output>,
 }
 
@@ -177,6 +186,8 @@ impl RingCore {
             last_pred_probe: None,
             leader: LeaderSides::default(),
             hello_sent_to: None,
+            hellos: HashMap::new(),
+            registration_sent: None,
             out: VecDeque::new(),
         }
     }
@@ -195,12 +206,31 @@ impl RingCore {
             Input::Ack(id) => self.on_ack(&id, now),
             Input::ProbeFailed(id) => self.on_failed(&id, now),
             Input::ProbedBy(id) => {
-                if self.position(&id).is_some_and(|p| p < self.my_position()) {
+                // Only members before us probe us; one our view does not list yet (it
+                // registered after our last registration) counts too.
+                if self.position(&id).is_none_or(|p| p < self.my_position()) {
                     self.last_pred_probe = Some(now);
+                }
+            }
+            Input::RegistrationSent => self.registration_sent = Some(now),
+            Input::Learned(members) => {
+                let known: Vec<NodeId> = self.view.iter().map(|m| m.id.clone()).collect();
+                let mut added = false;
+                for m in members {
+                    if !known.contains(&m.id) && m.id != self.me.id {
+                        self.hellos.insert(m.id.clone(), (m.clone(), now));
+                        self.view.push(m);
+                        added = true;
+                    }
+                }
+                if added {
+                    self.view.sort_by(order);
+                    self.say_hello();
                 }
             }
             Input::Hello(m) => {
                 if m.id != self.me.id {
+                    self.hellos.insert(m.id.clone(), (m.clone(), now));
                     // New, or back at a new address: (re)place it in order.
                     self.view.retain(|v| v.id != m.id);
                     self.view.push(m.clone());
@@ -297,6 +327,16 @@ impl RingCore {
         }
         if !members.iter().any(|m| m.id == self.me.id) {
             members.push(self.me.clone());
+        }
+        // A list computed before a hello arrived does not show that joiner yet: keep it.
+        let since = self.registration_sent;
+        self.hellos.retain(|_, (_, at)| since.is_none_or(|s| *at >= s));
+        if !isolated {
+            for (m, _) in self.hellos.values() {
+                if !members.iter().any(|x| x.id == m.id) {
+                    members.push(m.clone());
+                }
+            }
         }
         members.sort_by(order);
         members.dedup_by(|a, b| a.id == b.id);
@@ -723,6 +763,31 @@ mod tests {
                 backward: true
             })]
         );
+    }
+
+    #[test]
+    fn a_hello_survives_a_member_list_computed_before_it() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut c = RingCore::new(cfg(), m(1), t0);
+        c.handle(Input::RegistrationSent, ms(0));
+        // Member 2 joins and greets us before our registration's answer (which predates it)
+        // arrives.
+        c.handle(Input::Hello(m(2)), ms(10));
+        c.handle(Input::Members { members: vec![m(1)], isolated: false }, ms(20));
+        assert_eq!(c.route_target(), Some(&m(2)));
+        assert!(!c.leader().backward);
+        // Greeting our predecessor teaches us of a member between us: we greet it in turn.
+        let mut j = RingCore::new(cfg(), m(3), t0);
+        j.handle(Input::Members { members: vec![m(1), m(3)], isolated: false }, ms(0));
+        assert!(drain(&mut j).contains(&Output::Hello(m(1))));
+        j.handle(Input::Learned(vec![m(1), m(2), m(3)]), ms(5));
+        assert_eq!(drain(&mut j), [Output::Hello(m(2))]);
+        assert_eq!(j.view(), [m(1), m(2), m(3)]);
+        // A later registration's list is the server's truth again.
+        c.handle(Input::RegistrationSent, ms(1000));
+        c.handle(Input::Members { members: vec![m(1)], isolated: false }, ms(1010));
+        assert_eq!(c.view(), [m(1)]);
     }
 
     #[test]

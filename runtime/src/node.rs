@@ -611,7 +611,9 @@ impl PeerHandle {
             .current()
             .inspect_err(|_| self.shared.stats.incr(|s| &s.casts_dropped_link_down))?;
         let frame = self.envelope(to, EnvelopeKind::Cast, wire::encode_body(msg)?)?;
+        let n = frame.len() as u64;
         conn.send_cast(frame).await?;
+        self.shared.stats.add_n(|s| &s.bytes_sent, n);
         self.shared.stats.incr(|s| &s.envelopes_sent);
         Ok(())
     }
@@ -628,6 +630,7 @@ impl PeerHandle {
         let frame = self.envelope(to, EnvelopeKind::Call(id), wire::encode_body(msg)?)?;
         let max = self.shared.opts.max_frame_bytes;
         self.shared.stats.incr(|s| &s.envelopes_sent);
+        self.shared.stats.add_n(|s| &s.bytes_sent, frame.len() as u64);
         let payload = tokio::time::timeout(timeout, conn.request(frame, max))
             .await
             .map_err(|_| CallError::Timeout(timeout))??;
@@ -644,6 +647,7 @@ impl PeerHandle {
             return Err(e.into());
         }
         self.shared.stats.incr(|s| &s.envelopes_received);
+        self.shared.stats.add_n(|s| &s.bytes_received, payload.len() as u64);
         Ok(wire::decode_body(&env.body)?)
     }
 }
@@ -893,6 +897,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
         );
     };
     shared.stats.incr(|s| &s.envelopes_received);
+    shared.stats.add_n(|s| &s.bytes_received, payload.len() as u64);
     let (tx, rx) = oneshot::channel();
     let incoming = Incoming {
         from: peer.clone(),
@@ -926,6 +931,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
     };
     match wire::encode_frame(&reply, shared.opts.max_frame_bytes) {
         Ok(frame) => {
+            shared.stats.add_n(|s| &s.bytes_sent, frame.len() as u64);
             if let Err(e) = stream.reply(frame).await {
                 tracing::debug!(%peer, error = %e, "reply not delivered");
             } else {

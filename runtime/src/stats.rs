@@ -34,6 +34,10 @@ counters! {
     envelopes_received,
     /// Envelopes sent.
     envelopes_sent,
+    /// Bytes of accepted envelopes received (frames, length prefix excluded).
+    bytes_received,
+    /// Bytes of envelopes sent (frames, length prefix included).
+    bytes_sent,
     /// Frames whose bytes were not a valid envelope.
     rejected_garbage,
     /// Frames longer than the frame limit.
@@ -73,6 +77,11 @@ impl WireStats {
             WireError::Protocol(_) => &self.rejected_protocol,
         };
         self.add(c);
+    }
+
+    /// Adds `n` to the counter `field` picks.
+    pub fn add_n(&self, field: fn(&WireStats) -> &AtomicU64, n: u64) {
+        field(self).fetch_add(n, Ordering::Relaxed);
     }
 
     /// Adds one to the counter `field` picks.

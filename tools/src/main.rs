@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+mod bench;
+mod sim;
 use clap::{Args, Parser, Subcommand};
 use rollcall_actors::desk::{DESK, DeskReply, DeskRequest, QuestionDesk, SensorEvaluator};
 use rollcall_actors::search::SavedQuestion;
@@ -76,6 +79,12 @@ enum Command {
     Sensor(SensorCommand),
     /// Set the patch baseline that the `Missing Patches` sensor compares against (admin role).
     Patches(PatchesArgs),
+    /// Run a server and N simulated endpoints in one process and measure questions:
+    /// registration time, time to 100% of answers, server messages and bytes, memory.
+    Sim(sim::SimArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Run a server and N endpoints (simulated machines) on loopback in one process, enrol
     /// them over QUIC, show the rings they form, ask them a question and show the answer.
     Demo(DemoArgs),
@@ -127,6 +136,23 @@ struct ResultsArgs {
     op: OperatorArgs,
     #[command(flatten)]
     out: OutputFlags,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Run the scale matrix (rings and the hub-and-spoke baseline, in-memory and QUIC) as
+    /// separate `rollcall sim` processes and write the table to a Markdown file.
+    Scale {
+        /// Where to write the results.
+        #[arg(long, default_value = "bench/RESULTS.md")]
+        out: PathBuf,
+        /// The largest in-memory fleet (the matrix is 1k, 10k, then this).
+        #[arg(long, default_value_t = 100_000)]
+        max_endpoints: usize,
+        /// Questions per run.
+        #[arg(long, default_value_t = 5)]
+        questions: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -378,10 +404,8 @@ struct DemoArgs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(
-        cli.command,
-        Command::Demo(_) | Command::Status(_) | Command::Ca(_)
-    );
+    // Long-running nodes log their lifecycle; one-shot commands only warnings.
+    let quiet = !matches!(cli.command, Command::Server(_) | Command::Endpoint(_));
     telemetry::init(if quiet { "warn" } else { "info" });
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -409,6 +433,20 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Ask(a) => return ask(a).await,
         Command::Results(a) => results(a).await?,
         Command::Questions(a) => questions(a).await?,
+        Command::Sim(a) => {
+            let r = sim::run(&a).await?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                sim::print(&r);
+            }
+            if !r.all_answered {
+                bail!("not every endpoint answered every question");
+            }
+        }
+        Command::Bench(BenchCommand::Scale { out, max_endpoints, questions }) => {
+            bench::scale(&out, max_endpoints, questions)?;
+        }
         Command::Search(a) => {
             return desk_command(&a.op, DeskRequest::Search { text: a.words }).await;
         }

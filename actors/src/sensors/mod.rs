@@ -80,6 +80,11 @@ pub trait HostView: Send + Sync + 'static {
     fn file_exists(&self, path: &str) -> Result<bool, SensorError>;
     /// SHA-256 of a file, `None` if it does not exist.
     fn file_sha256(&self, path: &str) -> Result<Option<String>, SensorError>;
+    /// Whether reads may block (file system, processes): then they run on the blocking pool
+    /// under the time limit. Reads that never block (simulated hosts) run inline.
+    fn reads_block(&self) -> bool {
+        true
+    }
 }
 
 /// A package version the fleet should be at or above, distributed by the server.
@@ -242,6 +247,8 @@ impl Sensors {
         let limit = Duration::from_millis(self.budget.time_limit_ms);
         let result = if let Some(script) = self.scripts.iter().find(|x| x.name == s.name) {
             run_script(script, limit, self.budget.output_limit_bytes).await
+        } else if !self.host.reads_block() {
+            builtin(&*self.host, &self.baseline, s)
         } else {
             let host = self.host.clone();
             let baseline = self.baseline.clone();

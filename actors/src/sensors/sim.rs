@@ -274,4 +274,7 @@ impl HostView for SimulatedHost {
             .find(|(p, _)| p == path)
             .map(|(_, h)| h.clone()))
     }
+    fn reads_block(&self) -> bool {
+        false
+    }
 }

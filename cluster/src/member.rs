@@ -442,12 +442,15 @@ impl MemberState {
                     if let Ok(l) = node.connect_once(pred.addr, dial).await {
                         // The answer is the greeted member's view: anyone it knows between
                         // us is our real predecessor, whom we then greet.
-                        let r: Result<Vec<MemberInfo>, CallError> = l.call(MEMBER, &hello, timeout).await;
+                        let r: Result<Vec<MemberInfo>, CallError> =
+                            l.call(MEMBER, &hello, timeout).await;
                         match r {
                             Ok(view) => {
                                 let _ = me.send_message(MemberMsg::Learned(view));
                             }
-                            Err(e) => tracing::debug!(to = %pred.id, error = %e, "hello not answered"),
+                            Err(e) => {
+                                tracing::debug!(to = %pred.id, error = %e, "hello not answered")
+                            }
                         }
                         l.close();
                     }
@@ -579,7 +582,10 @@ impl Actor for RingMember {
                 // Right after starting, register again soon: when a whole fleet starts at once,
                 // the first answers hold only the machines registered before each one.
                 let (lo, hi) = if st.registrations == 0 {
-                    (lo.min(Duration::from_secs(1)), hi.min(Duration::from_secs(5)))
+                    (
+                        lo.min(Duration::from_secs(1)),
+                        hi.min(Duration::from_secs(5)),
+                    )
                 } else {
                     (lo, hi)
                 };

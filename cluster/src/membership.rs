@@ -409,6 +409,17 @@ impl Membership {
         }
     }
 
+    /// Members that announced leading an end.
+    pub fn leaders(&self) -> Vec<NodeId> {
+        self.rings
+            .values()
+            .chain(std::iter::once(&self.isolated))
+            .flat_map(|ms| ms.values())
+            .filter(|m| m.leads.any())
+            .map(|m| m.info.id.clone())
+            .collect()
+    }
+
     /// `id`'s server link went down.
     pub fn link_down(&mut self, id: &NodeId) {
         if let Some(m) = self.find_mut(id) {

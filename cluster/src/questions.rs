@@ -209,6 +209,11 @@ impl QuestionStore {
             .collect()
     }
 
+    /// How many machines have answered `id` (cheap, for polling).
+    pub fn answered(&self, id: u64) -> Option<usize> {
+        self.lock().1.get(&id).map(|r| r.partial.answers.len())
+    }
+
     /// Where question `id` stands.
     pub fn progress(&self, id: u64) -> Option<Progress> {
         let now = tokio::time::Instant::now().into_std();

@@ -330,7 +330,8 @@ impl RingCore {
         }
         // A list computed before a hello arrived does not show that joiner yet: keep it.
         let since = self.registration_sent;
-        self.hellos.retain(|_, (_, at)| since.is_none_or(|s| *at >= s));
+        self.hellos
+            .retain(|_, (_, at)| since.is_none_or(|s| *at >= s));
         if !isolated {
             for (m, _) in self.hellos.values() {
                 if !members.iter().any(|x| x.id == m.id) {
@@ -774,19 +775,37 @@ mod tests {
         // Member 2 joins and greets us before our registration's answer (which predates it)
         // arrives.
         c.handle(Input::Hello(m(2)), ms(10));
-        c.handle(Input::Members { members: vec![m(1)], isolated: false }, ms(20));
+        c.handle(
+            Input::Members {
+                members: vec![m(1)],
+                isolated: false,
+            },
+            ms(20),
+        );
         assert_eq!(c.route_target(), Some(&m(2)));
         assert!(!c.leader().backward);
         // Greeting our predecessor teaches us of a member between us: we greet it in turn.
         let mut j = RingCore::new(cfg(), m(3), t0);
-        j.handle(Input::Members { members: vec![m(1), m(3)], isolated: false }, ms(0));
+        j.handle(
+            Input::Members {
+                members: vec![m(1), m(3)],
+                isolated: false,
+            },
+            ms(0),
+        );
         assert!(drain(&mut j).contains(&Output::Hello(m(1))));
         j.handle(Input::Learned(vec![m(1), m(2), m(3)]), ms(5));
         assert_eq!(drain(&mut j), [Output::Hello(m(2))]);
         assert_eq!(j.view(), [m(1), m(2), m(3)]);
         // A later registration's list is the server's truth again.
         c.handle(Input::RegistrationSent, ms(1000));
-        c.handle(Input::Members { members: vec![m(1)], isolated: false }, ms(1010));
+        c.handle(
+            Input::Members {
+                members: vec![m(1)],
+                isolated: false,
+            },
+            ms(1010),
+        );
         assert_eq!(c.view(), [m(1)]);
     }
 

@@ -67,6 +67,8 @@ pub enum ShardMsg {
     },
     /// A connection to this endpoint closed.
     LinkDown(NodeId),
+    /// Link events were missed: drop the leadership of every leader without a live link.
+    CheckLeaders,
     /// Timer.
     Tick,
     /// Report rings (all, or those the filter names).
@@ -194,6 +196,13 @@ impl Actor for ServerShard {
             ShardMsg::ProbeResult { id, answered } => {
                 tracing::info!(node = %id, answered, "direct probe of suspect finished");
                 st.core.probe_result(&id, answered, now());
+            }
+            ShardMsg::CheckLeaders => {
+                for id in st.core.leaders() {
+                    if !st.args.node.is_connected_to(&id) {
+                        st.core.link_down(&id);
+                    }
+                }
             }
             ShardMsg::LinkDown(id) => {
                 if !st.args.node.is_connected_to(&id) {
@@ -423,7 +432,17 @@ impl RingServer {
                     }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "ring service missed link events");
+                        tracing::debug!(
+                            missed = n,
+                            "ring service missed link events; rechecking leaders"
+                        );
+                        let shards: Vec<_> = watch_table
+                            .read()
+                            .map(|t| t.iter().flatten().cloned().collect())
+                            .unwrap_or_default();
+                        for s in shards {
+                            let _ = s.send_message(ShardMsg::CheckLeaders);
+                        }
                     }
                     Err(_) => return,
                 }
@@ -532,6 +551,11 @@ impl RingServer {
     /// New questions get ids above `last` (ids kept from before a restart stay unique).
     pub fn resume_question_ids(&self, last: u64) {
         self.questions.resume_ids(last);
+    }
+
+    /// How many machines have answered question `id` so far.
+    pub fn answered(&self, id: u64) -> Option<usize> {
+        self.questions.answered(id)
     }
 
     /// Where question `id` stands.

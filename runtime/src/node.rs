@@ -45,6 +45,9 @@ pub struct NodeOptions {
     pub reconnect: BackoffConfig,
     /// Seed for the backoff jitter.
     pub seed: u64,
+    /// Link events buffered for slow subscribers (a broadcast channel preallocates them, so
+    /// this is memory per node: keep it small on endpoints, larger on a busy server).
+    pub link_event_capacity: usize,
 }
 
 impl Default for NodeOptions {
@@ -54,6 +57,7 @@ impl Default for NodeOptions {
             serve_timeout: Duration::from_secs(10),
             reconnect: BackoffConfig::default(),
             seed: 0,
+            link_event_capacity: 64,
         }
     }
 }
@@ -271,7 +275,7 @@ impl Node {
         transport: Arc<dyn Transport>,
         opts: NodeOptions,
     ) -> Result<Node, NodeError> {
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(opts.link_event_capacity.max(1));
         let shared = Arc::new(Shared {
             identity: transport.identity().clone(),
             stats: transport.stats().clone(),
@@ -630,7 +634,9 @@ impl PeerHandle {
         let frame = self.envelope(to, EnvelopeKind::Call(id), wire::encode_body(msg)?)?;
         let max = self.shared.opts.max_frame_bytes;
         self.shared.stats.incr(|s| &s.envelopes_sent);
-        self.shared.stats.add_n(|s| &s.bytes_sent, frame.len() as u64);
+        self.shared
+            .stats
+            .add_n(|s| &s.bytes_sent, frame.len() as u64);
         let payload = tokio::time::timeout(timeout, conn.request(frame, max))
             .await
             .map_err(|_| CallError::Timeout(timeout))??;
@@ -647,7 +653,9 @@ impl PeerHandle {
             return Err(e.into());
         }
         self.shared.stats.incr(|s| &s.envelopes_received);
-        self.shared.stats.add_n(|s| &s.bytes_received, payload.len() as u64);
+        self.shared
+            .stats
+            .add_n(|s| &s.bytes_received, payload.len() as u64);
         Ok(wire::decode_body(&env.body)?)
     }
 }
@@ -897,7 +905,9 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
         );
     };
     shared.stats.incr(|s| &s.envelopes_received);
-    shared.stats.add_n(|s| &s.bytes_received, payload.len() as u64);
+    shared
+        .stats
+        .add_n(|s| &s.bytes_received, payload.len() as u64);
     let (tx, rx) = oneshot::channel();
     let incoming = Incoming {
         from: peer.clone(),

@@ -9,15 +9,27 @@ use anyhow::{Context, Result, bail};
 use crate::sim::SimReport;
 
 fn machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, m)| m.trim().to_string())
+            })
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{cores} cores ({cpu}), {mem_gib:.1} GiB memory")
 }
@@ -33,7 +45,11 @@ fn run_sim(args: &[String]) -> Result<SimReport> {
         .output()
         .context("running rollcall sim")?;
     if !out.status.success() {
-        bail!("rollcall sim {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "rollcall sim {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     serde_json::from_slice(&out.stdout).context("reading the sim's report")
 }
@@ -50,14 +66,36 @@ pub fn scale(out: &Path, max_endpoints: usize, questions: usize) -> Result<()> {
         for topology in ["ring", "star"] {
             runs.push((
                 format!("{n} mem {topology}"),
-                vec!["--endpoints".into(), n.to_string(), "--ring-size".into(), "100".into(), "--transport".into(), "mem".into(), "--topology".into(), topology.into(), "--questions".into(), q.clone()],
+                vec![
+                    "--endpoints".into(),
+                    n.to_string(),
+                    "--ring-size".into(),
+                    "100".into(),
+                    "--transport".into(),
+                    "mem".into(),
+                    "--topology".into(),
+                    topology.into(),
+                    "--questions".into(),
+                    q.clone(),
+                ],
             ));
         }
     }
     for topology in ["ring", "star"] {
         runs.push((
             format!("1000 quic {topology}"),
-            vec!["--endpoints".into(), "1000".into(), "--ring-size".into(), "100".into(), "--transport".into(), "quic".into(), "--topology".into(), topology.into(), "--questions".into(), q.clone()],
+            vec![
+                "--endpoints".into(),
+                "1000".into(),
+                "--ring-size".into(),
+                "100".into(),
+                "--transport".into(),
+                "quic".into(),
+                "--topology".into(),
+                topology.into(),
+                "--questions".into(),
+                q.clone(),
+            ],
         ));
     }
     let mut rows = Vec::new();
@@ -70,7 +108,9 @@ pub fn scale(out: &Path, max_endpoints: usize, questions: usize) -> Result<()> {
     let mut md = String::new();
     md += "# Scale benchmark\n\n";
     md += &format!("Machine: {}. Build: release.\n\n", machine());
-    md += &format!("Reproduce: `cargo run --release -p rollcall -- bench scale --max-endpoints {max_endpoints} --questions {questions}`\n\n");
+    md += &format!(
+        "Reproduce: `cargo run --release -p rollcall -- bench scale --max-endpoints {max_endpoints} --questions {questions}`\n\n"
+    );
     md += "Each row is one `rollcall sim` process: a server and N endpoints with simulated hosts, the production actors, asked the same question `questions` times in a row. *Time to 100%* is from the ask to the last endpoint's answer merged at the server. *Server msgs/bytes* count envelopes the server received and sent during each question (mean). RSS is resident memory added per endpoint.\n\n";
     md += "| run | endpoints | transport | topology | registered (s) | p50 to 100% (ms) | p99 to 100% (ms) | server msgs in/q | server msgs out/q | server KiB/q | server conns | RSS KiB/endpoint | all answered once |\n";
     md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -79,17 +119,35 @@ pub fn scale(out: &Path, max_endpoints: usize, questions: usize) -> Result<()> {
             Ok(r) => {
                 md += &format!(
                     "| {label} | {} | {:?} | {:?} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {} | {:.1} | {} |\n",
-                    r.endpoints, r.transport, r.topology, r.registered_secs, r.p50_ms, r.p99_ms,
-                    r.server_msgs_in_per_question, r.server_msgs_out_per_question, r.server_bytes_per_question / 1024.0,
-                    r.server_connections, r.rss_kib_per_endpoint, r.all_answered
+                    r.endpoints,
+                    r.transport,
+                    r.topology,
+                    r.registered_secs,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.server_msgs_in_per_question,
+                    r.server_msgs_out_per_question,
+                    r.server_bytes_per_question / 1024.0,
+                    r.server_connections,
+                    r.rss_kib_per_endpoint,
+                    r.all_answered
                 );
             }
-            Err(e) => md += &format!("| {label} | failed: {} |||||||||||| \n", e.lines().next().unwrap_or("")),
+            Err(e) => {
+                md += &format!(
+                    "| {label} | failed: {} |||||||||||| \n",
+                    e.lines().next().unwrap_or("")
+                )
+            }
         }
     }
     // Ring against star, same N, same transport.
     md += "\n## Ring against star\n\n| endpoints / transport | server msgs (ring ÷ star) | server bytes (ring ÷ star) | p99 (ring ÷ star) |\n|---|---|---|---|\n";
-    let find = |label: &str| rows.iter().find(|(l, _, r)| l == label && r.is_ok()).and_then(|(_, _, r)| r.as_ref().ok());
+    let find = |label: &str| {
+        rows.iter()
+            .find(|(l, _, r)| l == label && r.is_ok())
+            .and_then(|(_, _, r)| r.as_ref().ok())
+    };
     for (label, _, _) in rows.iter().filter(|(l, _, _)| l.ends_with(" ring")) {
         let star_label = label.replace(" ring", " star");
         if let (Some(ring), Some(star)) = (find(label), find(&star_label)) {
@@ -97,8 +155,14 @@ pub fn scale(out: &Path, max_endpoints: usize, questions: usize) -> Result<()> {
             md += &format!(
                 "| {} | {:.4} | {:.4} | {:.2} |\n",
                 label.trim_end_matches(" ring"),
-                ratio(ring.server_msgs_in_per_question + ring.server_msgs_out_per_question, star.server_msgs_in_per_question + star.server_msgs_out_per_question),
-                ratio(ring.server_bytes_per_question, star.server_bytes_per_question),
+                ratio(
+                    ring.server_msgs_in_per_question + ring.server_msgs_out_per_question,
+                    star.server_msgs_in_per_question + star.server_msgs_out_per_question
+                ),
+                ratio(
+                    ring.server_bytes_per_question,
+                    star.server_bytes_per_question
+                ),
                 ratio(ring.p99_ms, star.p99_ms)
             );
         }

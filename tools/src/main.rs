@@ -444,7 +444,11 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 bail!("not every endpoint answered every question");
             }
         }
-        Command::Bench(BenchCommand::Scale { out, max_endpoints, questions }) => {
+        Command::Bench(BenchCommand::Scale {
+            out,
+            max_endpoints,
+            questions,
+        }) => {
             bench::scale(&out, max_endpoints, questions)?;
         }
         Command::Search(a) => {
@@ -594,7 +598,14 @@ async fn start_server(
     };
     let t = QuicTransport::bind(listen, &creds, &secret, opts)
         .with_context(|| format!("listening on {listen}"))?;
-    let node = Node::start(t, node_options(cfg)).await?;
+    let node = Node::start(
+        t,
+        NodeOptions {
+            link_event_capacity: 16_384,
+            ..node_options(cfg)
+        },
+    )
+    .await?;
     let isolated = cfg
         .peering
         .isolated

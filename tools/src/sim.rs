@@ -145,20 +145,32 @@ pub async fn run(a: &SimArgs) -> Result<SimReport> {
         bail!("--endpoints must be at least 1");
     }
     if usize::from(a.ring_size) * 255 * 256 < a.endpoints {
-        bail!("too many endpoints for rings of {}: use a larger --ring-size", a.ring_size);
+        bail!(
+            "too many endpoints for rings of {}: use a larger --ring-size",
+            a.ring_size
+        );
     }
     let ca = Ca::generate("rollcall sim CA")?;
     let net = MemNetwork::new(a.seed, Duration::from_secs(30));
     net.set_default_latency(Duration::from_millis(a.hop_latency_ms));
     let server_creds = ca.issue(PeerRole::Server, None, Validity::default())?;
+    let server_opts = NodeOptions {
+        link_event_capacity: 65_536,
+        ..NodeOptions::default()
+    };
     let server = match a.transport {
         SimTransport::Mem => {
             let t = net.bind("127.0.0.1:7000".parse()?, server_creds.identity.clone())?;
-            Node::start(t, NodeOptions::default()).await?
+            Node::start(t, server_opts.clone()).await?
         }
         SimTransport::Quic => {
-            let t = QuicTransport::bind("127.0.0.1:0".parse()?, &server_creds, &NodeSecret::generate(), QuicOptions::default())?;
-            Node::start(t, NodeOptions::default()).await?
+            let t = QuicTransport::bind(
+                "127.0.0.1:0".parse()?,
+                &server_creds,
+                &NodeSecret::generate(),
+                QuicOptions::default(),
+            )?;
+            Node::start(t, server_opts.clone()).await?
         }
     };
     let isolated = match a.topology {
@@ -174,7 +186,9 @@ pub async fn run(a: &SimArgs) -> Result<SimReport> {
         shards: 8,
         ..RingServerConfig::default()
     };
-    let rings = RingServer::start(&server, rcfg, None).await.map_err(anyhow::Error::msg)?;
+    let rings = RingServer::start(&server, rcfg, None)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let desk = QuestionDesk::new(rings.clone(), None);
     let server_addr = server.local_addr();
 
@@ -207,13 +221,22 @@ pub async fn run(a: &SimArgs) -> Result<SimReport> {
             }
             SimTransport::Quic => {
                 let creds = ca.issue(PeerRole::Endpoint, None, Validity::default())?;
-                let t = QuicTransport::bind(SocketAddr::new(ip, 0), &creds, &NodeSecret::generate(), QuicOptions::default())
-                    .with_context(|| format!("binding {ip}"))?;
+                let t = QuicTransport::bind(
+                    SocketAddr::new(ip, 0),
+                    &creds,
+                    &NodeSecret::generate(),
+                    QuicOptions::default(),
+                )
+                .with_context(|| format!("binding {ip}"))?;
                 Node::start(t, NodeOptions::default()).await?
             }
         };
-        let profile = HostProfile::from_seed(a.seed.wrapping_mul(1_000_003).wrapping_add(i as u64), Some(ip));
-        let evaluator = SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost(profile.clone()))));
+        let profile = HostProfile::from_seed(
+            a.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+            Some(ip),
+        );
+        let evaluator =
+            SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost(profile.clone()))));
         evaluator.accept_config_on(&node);
         let mut mc = MemberConfig::new(server_addr, node.local_addr(), profile.hostname.clone());
         mc.ring = ring;
@@ -243,16 +266,40 @@ pub async fn run(a: &SimArgs) -> Result<SimReport> {
     let deadline = Instant::now() + Duration::from_secs(600);
     let report = loop {
         let r = rings.report(None).await;
-        let members: usize = r.rings.iter().map(|x| x.members.len()).sum::<usize>() + r.isolated.len();
-        let leaders_ok = r.rings.iter().all(|x| x.leader_links == x.members.len().min(2))
+        let members: usize =
+            r.rings.iter().map(|x| x.members.len()).sum::<usize>() + r.isolated.len();
+        let leaders_ok = r
+            .rings
+            .iter()
+            .all(|x| x.leader_links == x.members.len().min(2))
             && r.isolated.iter().all(|m| m.leads.forward);
-        if (members == a.endpoints && r.rings.len() == expected_rings && leaders_ok) || Instant::now() > deadline {
+        if (members == a.endpoints && r.rings.len() == expected_rings && leaders_ok)
+            || Instant::now() > deadline
+        {
             break r;
         }
         if std::env::var("SIM_DEBUG").is_ok() {
             for x in &r.rings {
-                let leads: Vec<String> = x.members.iter().enumerate().filter(|(_, m)| m.leads.any()).map(|(i, m)| format!("{i}{}{}", if m.leads.forward {"F"} else {""}, if m.leads.backward {"B"} else {""})).collect();
-                eprintln!("DEBUG {} n={} links={} leads={:?}", x.ring, x.members.len(), x.leader_links, leads);
+                let leads: Vec<String> = x
+                    .members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.leads.any())
+                    .map(|(i, m)| {
+                        format!(
+                            "{i}{}{}",
+                            if m.leads.forward { "F" } else { "" },
+                            if m.leads.backward { "B" } else { "" }
+                        )
+                    })
+                    .collect();
+                eprintln!(
+                    "DEBUG {} n={} links={} leads={:?}",
+                    x.ring,
+                    x.members.len(),
+                    x.leader_links,
+                    leads
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -269,23 +316,34 @@ pub async fn run(a: &SimArgs) -> Result<SimReport> {
     for _ in 0..a.questions {
         let before = server.stats();
         let t = Instant::now();
-        let id = match desk.serve(DeskRequest::Ask { text: SIM_QUESTION.into(), ttl_ms: Some(600_000) }, role).await {
+        let id = match desk
+            .serve(
+                DeskRequest::Ask {
+                    text: SIM_QUESTION.into(),
+                    ttl_ms: Some(600_000),
+                },
+                role,
+            )
+            .await
+        {
             DeskReply::Asked { id, .. } => id,
             other => bail!("ask failed: {other:?}"),
         };
         let deadline = Instant::now() + Duration::from_secs(120);
-        let p = loop {
-            let p = rings.progress(id).context("question vanished")?;
-            if p.answered >= a.endpoints || Instant::now() > deadline {
-                break p;
+        loop {
+            let n = rings.answered(id).context("question vanished")?;
+            if n >= a.endpoints || Instant::now() > deadline {
+                break;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        };
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         answer_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let p = rings.progress(id).context("question vanished")?;
         let after = server.stats();
         msgs_in += after.envelopes_received - before.envelopes_received;
         msgs_out += after.envelopes_sent - before.envelopes_sent;
-        bytes += (after.bytes_received - before.bytes_received) + (after.bytes_sent - before.bytes_sent);
+        bytes +=
+            (after.bytes_received - before.bytes_received) + (after.bytes_sent - before.bytes_sent);
         let counted: u64 = p.rows.iter().map(|r| r.count).sum();
         all_answered &= p.answered == a.endpoints && counted == a.endpoints as u64;
         last_rows = p
@@ -325,15 +383,32 @@ pub async fn run(a: &SimArgs) -> Result<SimReport> {
 
 /// Prints a report as a table.
 pub fn print(r: &SimReport) {
-    println!("endpoints            {} ({:?}, {:?}, rings of {})", r.endpoints, r.transport, r.topology, r.ring_size);
+    println!(
+        "endpoints            {} ({:?}, {:?}, rings of {})",
+        r.endpoints, r.transport, r.topology, r.ring_size
+    );
     println!("started              {:.2} s", r.start_secs);
-    println!("registered, linked   {:.2} s ({} rings)", r.registered_secs, r.rings);
-    println!("time to 100% answers p50 {:.1} ms, p99 {:.1} ms over {} questions", r.p50_ms, r.p99_ms, r.answer_ms.len());
+    println!(
+        "registered, linked   {:.2} s ({} rings)",
+        r.registered_secs, r.rings
+    );
+    println!(
+        "time to 100% answers p50 {:.1} ms, p99 {:.1} ms over {} questions",
+        r.p50_ms,
+        r.p99_ms,
+        r.answer_ms.len()
+    );
     println!(
         "server per question  {:.0} envelopes in, {:.0} out, {:.0} bytes",
         r.server_msgs_in_per_question, r.server_msgs_out_per_question, r.server_bytes_per_question
     );
     println!("server connections   {}", r.server_connections);
-    println!("memory               {:.1} KiB RSS per endpoint", r.rss_kib_per_endpoint);
-    println!("every endpoint answered every question exactly once: {}", r.all_answered);
+    println!(
+        "memory               {:.1} KiB RSS per endpoint",
+        r.rss_kib_per_endpoint
+    );
+    println!(
+        "every endpoint answered every question exactly once: {}",
+        r.all_answered
+    );
 }

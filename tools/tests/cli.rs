@@ -667,3 +667,60 @@ fn script_sensors_patches_saved_questions_search_and_results_that_survive_a_rest
             .any(|l| l == "Greeting")
     );
 }
+
+/// `rollcall sim` on both transports: every endpoint answers every question exactly once and
+/// the merged counts are the host profiles' ground truth.
+#[test]
+fn sim_answers_match_the_profiles_on_both_transports() {
+    use rollcall_actors::sensors::sim::HostProfile;
+    let (n, seed) = (60u64, 7u64);
+    let mut truth: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for i in 0..n {
+        let p = HostProfile::from_seed(seed.wrapping_mul(1_000_003).wrapping_add(i), None);
+        *truth.entry((p.os, p.os_version)).or_default() += 1;
+    }
+    for transport in ["mem", "quic"] {
+        let out = run(&[
+            "sim",
+            "--endpoints",
+            &n.to_string(),
+            "--ring-size",
+            "20",
+            "--transport",
+            transport,
+            "--seed",
+            &seed.to_string(),
+            "--questions",
+            "2",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{transport}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(r["all_answered"], true, "{transport}: {r:#}");
+        assert_eq!(r["rings"], 3, "{transport}");
+        let rows: std::collections::BTreeMap<(String, String), u64> = r["last_rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|row| {
+                let (os, ver, count) = (
+                    row[0].as_str().expect("os"),
+                    row[1].as_str().expect("ver"),
+                    row[2].as_u64().expect("count"),
+                );
+                ((os.to_string(), ver.to_string()), count)
+            })
+            .collect();
+        assert_eq!(rows, truth, "{transport}");
+        // Rings: only leaders talk to the server, so it receives a handful of envelopes per
+        // question, not one per endpoint.
+        assert!(
+            r["server_msgs_in_per_question"].as_f64().expect("msgs") < 30.0,
+            "{transport}: {r:#}"
+        );
+    }
+}

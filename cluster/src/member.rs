@@ -112,6 +112,8 @@ pub enum MemberMsg {
     Probed {
         /// Who.
         id: NodeId,
+        /// The address probed (a result for an address the member has since left is stale).
+        addr: SocketAddr,
         /// Answered?
         ok: bool,
         /// The link, if one was made.
@@ -422,11 +424,13 @@ impl MemberState {
                     let msg = match tokio::time::timeout(dial + timeout, attempt).await {
                         Ok(Ok((ok, link))) => MemberMsg::Probed {
                             id: m.id,
+                            addr: m.addr,
                             ok,
                             link: Some(link),
                         },
                         _ => MemberMsg::Probed {
                             id: m.id,
+                            addr: m.addr,
                             ok: false,
                             link: None,
                         },
@@ -624,7 +628,12 @@ impl Actor for RingMember {
                 tracing::warn!(error = %e, "registration failed; will retry at the next interval");
             }
             MemberMsg::ProbeStarted(id) => st.feed(&myself, Input::ProbeStarted(id)).await,
-            MemberMsg::Probed { id, ok, link } => {
+            MemberMsg::Probed { id, addr, .. }
+                if st.core.view().iter().any(|m| m.id == id && m.addr != addr) =>
+            {
+                // The member moved (it restarted elsewhere and said hello): a stale result.
+            }
+            MemberMsg::Probed { id, ok, link, .. } => {
                 if let Some(l) = link
                     && let Some(old) = st.links.insert(id.clone(), l.clone())
                     && (old.addr() != l.addr() || !old.is_connected())
@@ -656,8 +665,13 @@ impl Actor for RingMember {
                 match req {
                     MemberRequest::Probe => {
                         let from = inc.from.id.clone();
+                        let endpoint = inc.from.role == PeerRole::Endpoint;
                         inc.answer(&())?;
-                        st.feed(&myself, Input::ProbedBy(from)).await;
+                        // The server's direct probes of suspects say nothing of our
+                        // predecessors; only endpoints' probes count as theirs.
+                        if endpoint {
+                            st.feed(&myself, Input::ProbedBy(from)).await;
+                        }
                     }
                     MemberRequest::Hello(info) => {
                         // A peer can only introduce itself.

@@ -44,8 +44,8 @@ pub struct RingConfig {
     pub pred_timeout: Duration,
     /// How often dead successors closer than the route target are tried again.
     pub retry_interval: Duration,
-    /// How often a still-slow successor is reported again (the server forgets slowness that
-    /// nobody reports, so this must be below its hold time, about 5 s).
+    /// How often a still-slow or still-unreachable successor is reported again (the server
+    /// forgets slowness that nobody reports, so this must be below its hold time, about 5 s).
     pub report_interval: Duration,
 }
 
@@ -236,9 +236,13 @@ impl RingCore {
                     self.view.push(m.clone());
                     self.view.sort_by(order);
                 }
-                // A member that says hello is alive: give it another chance at once.
+                // A member that says hello is alive (perhaps back at a new address): forget
+                // what we thought of it and any attempt still under way, and probe it anew.
                 if let Some(p) = self.peers.get_mut(&m.id) {
                     p.health = PeerHealth::Unknown;
+                    p.attempt = None;
+                    p.probe_sent = None;
+                    p.reported = None;
                 }
             }
         }
@@ -392,7 +396,9 @@ impl RingCore {
     /// Reports slow and dead successors, but only once some other candidate has answered on
     /// time: a member that finds every successor slow or unreachable is more likely the one
     /// at fault (Lifeguard's local health), and accusing its neighbours would be wrong.
-    /// A slow spell is reported again every report interval; a dead one once.
+    /// A slow or dead spell is reported again every report interval while it lasts (the
+    /// server forgets slowness nobody reports, and rechecks a member that is still
+    /// unreachable).
     fn flush_reports(&mut self, now: Instant) {
         let ids: Vec<NodeId> = self
             .candidates()
@@ -411,13 +417,9 @@ impl RingCore {
                 PeerHealth::Dead => SuspectReason::Unreachable,
                 _ => continue,
             };
-            let due = match p.reported {
-                None => true,
-                Some(t) => {
-                    reason == SuspectReason::Slow
-                        && now.saturating_duration_since(t) >= self.cfg.report_interval
-                }
-            };
+            let due = p
+                .reported
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.report_interval);
             if due {
                 p.reported = Some(now);
                 self.out.push_back(Output::Report {

@@ -21,15 +21,15 @@ use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
 
 use crate::creds;
 
-/// Ring timing for tests: probe every 100 ms, hop timeout 250 ms, dead after 750 ms,
-/// predecessor timeout 1 s.
+/// Ring timing for the loopback tests, where 60 debug-built endpoints share two cores: probe
+/// every 200 ms, hop timeout 400 ms, dead after 1 s, predecessor timeout 1 s.
 pub fn test_ring_config() -> RingConfig {
     RingConfig {
         successors: 4,
         skip_contacts: 2,
-        probe_interval: Duration::from_millis(100),
-        hop_timeout: Duration::from_millis(250),
-        dead_timeout: Duration::from_millis(750),
+        probe_interval: Duration::from_millis(200),
+        hop_timeout: Duration::from_millis(400),
+        dead_timeout: Duration::from_millis(1000),
         dial_timeout: Duration::from_millis(3000),
         pred_timeout: Duration::from_millis(1000),
         retry_interval: Duration::from_millis(1000),

@@ -11,10 +11,11 @@ use std::time::Duration;
 use ractor::Actor;
 use rollcall_cluster::member::{MemberConfig, RingMember, status};
 use rollcall_cluster::proto::{Health, LeaderSides};
+use rollcall_cluster::ring::RingConfig;
 use rollcall_cluster::shard::{RingServer, RingServerConfig};
 use rollcall_runtime::NodeId;
 use rollcall_runtime::identity::{Credentials, NodeSecret, PeerRole};
-use rollcall_tests::rings::{RING_TIMEOUTS, test_ring_config};
+use rollcall_tests::rings::RING_TIMEOUTS;
 use rollcall_tests::sim::{self, PORT};
 use rollcall_tests::{SeedGuard, ca, creds, seeds};
 
@@ -125,7 +126,17 @@ fn scenario(
                 let server: SocketAddr = (turmoil::lookup("server"), PORT).into();
                 let me: SocketAddr = (turmoil::lookup(name.as_str()), PORT).into();
                 let mut cfg = MemberConfig::new(server, me, name.clone());
-                cfg.ring = test_ring_config();
+                cfg.ring = RingConfig {
+                    successors: 4,
+                    skip_contacts: 2,
+                    probe_interval: Duration::from_millis(100),
+                    hop_timeout: Duration::from_millis(250),
+                    dead_timeout: Duration::from_millis(750),
+                    dial_timeout: Duration::from_millis(3000),
+                    pred_timeout: Duration::from_millis(1000),
+                    retry_interval: Duration::from_millis(1000),
+                    report_interval: Duration::from_millis(2000),
+                };
                 cfg.register_min = Duration::from_secs(1);
                 cfg.register_max = Duration::from_secs(2);
                 cfg.server_timeout = Duration::from_secs(5);

@@ -88,7 +88,7 @@ async fn three_subnets_form_three_rings_and_heal_around_failures() {
     );
     // `ring show` marks it.
     let victim_id = r1.members[10].id.clone();
-    eventually(
+    eventually_or(
         "the server marking the dead member",
         Duration::from_secs(5),
         || async {
@@ -97,8 +97,15 @@ async fn three_subnets_form_three_rings_and_heal_around_failures() {
                 .members
                 .iter()
                 .find(|m| m.id == victim_id)
-                .cloned()?;
-            matches!(m.health, Health::Suspect | Health::Offline).then_some(())
+                .cloned();
+            match m {
+                Some(m) if matches!(m.health, Health::Suspect | Health::Offline) => Ok(()),
+                _ => Err(format!(
+                    "{}predecessor: {:?}",
+                    shape(&r),
+                    c.status(pred).await
+                )),
+            }
         },
     )
     .await;

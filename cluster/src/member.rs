@@ -717,7 +717,7 @@ impl Actor for RingMember {
                             // A failed hop: the successor is treated as unreachable, and the
                             // question goes to the next one.
                             tracing::info!(question = id, %to, error = %e, "forward failed; rerouting");
-                            st.feed(&myself, Input::ProbeFailed(to)).await;
+                            st.feed(&myself, Input::ForwardFailed(to)).await;
                             st.forward(&myself, id);
                         }
                     }

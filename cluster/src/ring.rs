@@ -107,6 +107,8 @@ pub enum Input {
     ProbeFailed(NodeId),
     /// A probe arrived from `id`.
     ProbedBy(NodeId),
+    /// A question forwarded to `id` failed: it is unreachable, whatever the probes say.
+    ForwardFailed(NodeId),
     /// A member announced itself (a joiner the server's list may not show yet).
     Hello(MemberInfo),
     /// Members another member knows (its answer to our hello): those between it and us
@@ -204,7 +206,13 @@ impl RingCore {
                 }
             }
             Input::Ack(id) => self.on_ack(&id, now),
-            Input::ProbeFailed(id) => self.on_failed(&id, now),
+            Input::ProbeFailed(id) => {
+                // Only a failure of the attempt under way counts (see `on_ack`).
+                if self.peers.get(&id).is_some_and(|p| p.attempt.is_some()) {
+                    self.on_failed(&id, now);
+                }
+            }
+            Input::ForwardFailed(id) => self.on_failed(&id, now),
             Input::ProbedBy(id) => {
                 // Only members before us probe us; one our view does not list yet (it
                 // registered after our last registration) counts too.
@@ -229,20 +237,27 @@ impl RingCore {
                 }
             }
             Input::Hello(m) => {
-                if m.id != self.me.id {
-                    self.hellos.insert(m.id.clone(), (m.clone(), now));
-                    // New, or back at a new address: (re)place it in order.
-                    self.view.retain(|v| v.id != m.id);
-                    self.view.push(m.clone());
-                    self.view.sort_by(order);
+                if m.id == self.me.id {
+                    return;
                 }
-                // A member that says hello is alive (perhaps back at a new address): forget
-                // what we thought of it and any attempt still under way, and probe it anew.
+                let moved = self.view.iter().any(|v| v.id == m.id && v.addr != m.addr);
+                self.hellos.insert(m.id.clone(), (m.clone(), now));
+                // New, or back at a new address: (re)place it in order.
+                self.view.retain(|v| v.id != m.id);
+                self.view.push(m.clone());
+                self.view.sort_by(order);
                 if let Some(p) = self.peers.get_mut(&m.id) {
-                    p.health = PeerHealth::Unknown;
-                    p.attempt = None;
-                    p.probe_sent = None;
-                    p.reported = None;
+                    if moved {
+                        // Restarted elsewhere: forget it and any attempt at the old address
+                        // (whose result the driver drops as stale), and probe it anew.
+                        p.attempt = None;
+                        p.probe_sent = None;
+                        p.reported = None;
+                        p.health = PeerHealth::Unknown;
+                    } else if p.health == PeerHealth::Dead {
+                        // It is alive after all: try it at the next tick.
+                        p.last_try = None;
+                    }
                 }
             }
         }
@@ -369,6 +384,11 @@ impl RingCore {
     fn on_ack(&mut self, id: &NodeId, now: Instant) {
         let hop = self.cfg.hop_timeout;
         let p = self.peer(id);
+        if p.attempt.is_none() {
+            // The answer to an attempt we have since forgotten (the member said hello and
+            // was probed anew): it says nothing about the new one.
+            return;
+        }
         let rtt = p.probe_sent.map(|t| now.saturating_duration_since(t));
         p.probe_sent = None;
         p.attempt = None;
@@ -731,7 +751,11 @@ mod tests {
         let mut c = ring(1, 3, t0);
         drain(&mut c);
         c.handle(Input::ProbeFailed(m(2).id), t0);
+        // m3 was not being probed: a probe failure for it is stale and ignored...
         c.handle(Input::ProbeFailed(m(3).id), t0);
+        assert_eq!(c.route_target(), Some(&m(3)));
+        // ...but a failed question forward is not.
+        c.handle(Input::ForwardFailed(m(3).id), t0);
         assert_eq!(c.route_target(), None);
         assert_eq!(
             c.leader(),

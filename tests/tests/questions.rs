@@ -30,6 +30,8 @@ impl Evaluator for SlowSensors {
         let work = self.inner.evaluate(body);
         let delay = self.delay;
         Box::pin(async move {
+            // Simulated sensor read time (not a wait for an event): keeps the question in
+            // flight long enough for the test to kill machines under it.
             tokio::time::sleep(delay).await;
             work.await
         })

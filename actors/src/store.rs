@@ -37,15 +37,7 @@ pub struct ServerStore {
 impl ServerStore {
     /// Opens (or creates) the store at `path`, keeping at most `max_results` questions.
     pub fn open(path: &Path, max_results: usize) -> Result<ServerStore, StoreError> {
-        let db = Database::create(path).map_err(dberr)?;
-        let w = db.begin_write().map_err(dberr)?;
-        w.open_table(RESULTS).map_err(dberr)?;
-        w.open_table(SETTINGS).map_err(dberr)?;
-        w.commit().map_err(dberr)?;
-        Ok(ServerStore {
-            db,
-            max_results: max_results.max(1),
-        })
+        ServerStore::with_db(Database::create(path).map_err(dberr)?, max_results)
     }
 
     /// An in-memory store (tests, simulations).
@@ -53,6 +45,10 @@ impl ServerStore {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(dberr)?;
+        ServerStore::with_db(db, max_results)
+    }
+
+    fn with_db(db: Database, max_results: usize) -> Result<ServerStore, StoreError> {
         let w = db.begin_write().map_err(dberr)?;
         w.open_table(RESULTS).map_err(dberr)?;
         w.open_table(SETTINGS).map_err(dberr)?;

@@ -152,7 +152,9 @@ struct QState {
     generation: u64,
     forwarded_to: Option<NodeId>,
     waiters: Vec<Incoming>,
-    done: Option<Partial>,
+    /// A round finished (its merged answer went to the waiters and was not kept: machines
+    /// down the chain keep their own answers, so asking again costs a round, not memory).
+    done: bool,
     /// Answer to the server directly (a question handed over at registration).
     late: bool,
 }
@@ -204,8 +206,8 @@ async fn server_call<Q: Serialize, R: DeserializeOwned>(
 }
 
 impl MemberState {
-    /// Takes a question: answers from the cache if done, else joins (or starts) its
-    /// computation — forward first, then evaluate, then merge.
+    /// Takes a question: joins the round under way, or starts one — forward first, then
+    /// evaluate (once per question), then merge.
     fn ask(
         &mut self,
         myself: &ActorRef<MemberMsg>,
@@ -215,16 +217,23 @@ impl MemberState {
     ) {
         let id = env.id;
         if let Some(q) = self.questions.get_mut(&id) {
-            match (&q.done, waiter) {
-                (Some(done), Some(mut w)) => {
-                    let _ = w.answer(done);
-                }
-                (None, Some(w)) => q.waiters.push(w),
-                (_, None) => {}
+            let again = waiter.is_some() && q.done;
+            if let Some(w) = waiter {
+                q.waiters.push(w);
             }
             q.late |= late;
-            if late && let Some(own) = q.own.clone() {
+            let late_own = if late { q.own.clone() } else { None };
+            if again {
+                // Asked again after a round finished (a predecessor rerouted): a new round
+                // down the chain, whose members answer from their own state.
+                q.done = false;
+                q.down = None;
+            }
+            if let Some(own) = late_own {
                 self.send_late(id, own);
+            }
+            if again {
+                self.forward(myself, id);
             }
             return;
         }
@@ -240,7 +249,7 @@ impl MemberState {
                 generation: 0,
                 forwarded_to: None,
                 waiters: waiter.into_iter().collect(),
-                done: None,
+                done: false,
                 late,
             },
         );
@@ -348,18 +357,18 @@ impl MemberState {
         let Some(q) = self.questions.get_mut(&id) else {
             return;
         };
-        if q.done.is_some() {
+        if q.done || q.own.is_none() || q.down.is_none() {
             return;
         }
-        let (Some(own), Some(down)) = (q.own.clone(), q.down.clone()) else {
+        let (Some(own), Some(mut merged)) = (q.own.clone(), q.down.take()) else {
             return;
         };
-        let mut merged = down;
         merged.answers.insert(me, own.clone());
         for mut w in q.waiters.drain(..) {
             let _ = w.answer(&merged);
         }
-        q.done = Some(merged);
+        q.done = true;
+        q.forwarded_to = None;
         if q.late {
             self.send_late(id, own);
         }
@@ -741,7 +750,7 @@ impl Actor for RingMember {
                         .into_iter()
                         .map(|m| (m.id.clone(), core.health(&m.id)))
                         .collect(),
-                    questions_pending: st.questions.values().filter(|q| q.done.is_none()).count(),
+                    questions_pending: st.questions.values().filter(|q| !q.done).count(),
                 });
             }
         }

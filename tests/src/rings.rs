@@ -255,10 +255,11 @@ impl RingCluster {
 /// leader links.
 pub fn well_formed(report: &RingsReport, expected: usize, size: usize) -> bool {
     formed(report, expected, size)
-        && report
-            .rings
-            .iter()
-            .all(|r| r.members.iter().all(|m| m.health == rollcall_cluster::proto::Health::Ok))
+        && report.rings.iter().all(|r| {
+            r.members
+                .iter()
+                .all(|m| m.health == rollcall_cluster::proto::Health::Ok)
+        })
 }
 
 /// Like [`well_formed`], but members may be slow (under load, probes answered late are):

@@ -228,12 +228,8 @@ enum RingCommand {
 
 #[derive(Debug, Args)]
 struct RingShowArgs {
-    /// The server's address.
-    #[arg(long)]
-    server: SocketAddr,
-    /// Operator credentials written by `rollcall ca issue-operator --out`.
-    #[arg(long)]
-    cert_dir: PathBuf,
+    #[command(flatten)]
+    op: OperatorArgs,
     /// Only this ring: its id (`127.0.1.0/24`) or any address inside it.
     #[arg(long)]
     subnet: Option<String>,
@@ -372,12 +368,8 @@ struct EndpointArgs {
 
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// The server's address.
-    #[arg(long)]
-    server: SocketAddr,
-    /// The operator credentials written by `rollcall ca issue-operator --out`.
-    #[arg(long)]
-    cert_dir: PathBuf,
+    #[command(flatten)]
+    op: OperatorArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -873,8 +865,8 @@ async fn fetch_rings(
 }
 
 async fn ring_show(a: RingShowArgs) -> Result<()> {
-    let creds = Credentials::load(&a.cert_dir).context("loading operator credentials")?;
-    let report = fetch_rings(&creds, a.server, a.subnet).await?;
+    let creds = Credentials::load(&a.op.cert_dir).context("loading operator credentials")?;
+    let report = fetch_rings(&creds, a.op.server, a.subnet).await?;
     print_rings(&report, a.json)
 }
 
@@ -932,8 +924,8 @@ fn print_rings(report: &RingsReport, json: bool) -> Result<()> {
 }
 
 async fn status(a: StatusArgs) -> Result<()> {
-    let creds = Credentials::load(&a.cert_dir).context("loading operator credentials")?;
-    let status = fetch_status(&creds, a.server).await?;
+    let creds = Credentials::load(&a.op.cert_dir).context("loading operator credentials")?;
+    let status = fetch_status(&creds, a.op.server).await?;
     print_status(&status, a.json)
 }
 

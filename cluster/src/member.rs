@@ -504,6 +504,10 @@ impl MemberState {
             }
             return;
         }
+        if self.registrations == 0 {
+            // The server does not know us yet; the first registration's answer announces.
+            return;
+        }
         self.announce(sides).await;
     }
 

@@ -1119,10 +1119,15 @@ async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
             },
         )?;
     }
+    // Endpoints first (their actors stop with them), then the server, so nothing is left
+    // trying to register with a server that is gone.
     for node in &endpoints {
         node.shutdown();
     }
-    server.shutdown();
+    for node in &endpoints {
+        node.shutdown_and_wait(Duration::from_millis(500)).await;
+    }
+    server.shutdown_and_wait(Duration::from_millis(500)).await;
     if answer.answered != usize::from(a.endpoints) {
         bail!(
             "only {} of {} endpoints answered",

@@ -414,6 +414,11 @@ impl MemberState {
         let dial = self.cfg.ring.dial_timeout;
         match out {
             Output::Probe(m) => {
+                // Look again right when this attempt's hop timeout runs out, so a late hop is
+                // routed past then, not at the next probe tick.
+                myself.send_after(self.cfg.ring.hop_timeout + Duration::from_millis(5), || {
+                    MemberMsg::Tick
+                });
                 let node = self.node.clone();
                 let link = self.links.get(&m.id).filter(|l| l.is_connected()).cloned();
                 let me = myself.clone();

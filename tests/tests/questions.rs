@@ -6,37 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use rollcall_actors::desk::{DeskReply, DeskRequest, QuestionDesk, SensorEvaluator};
 use rollcall_actors::sensors::Sensors;
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
-use rollcall_cluster::member::{Evaluator, EvaluatorHandle};
+use rollcall_cluster::member::EvaluatorHandle;
 use rollcall_cluster::membership::MembershipConfig;
-use rollcall_cluster::proto::NodeAnswer;
 use rollcall_cluster::questions::Progress;
 use rollcall_runtime::{NodeId, OperatorRole, PeerRole};
 use rollcall_tests::eventually_or;
 use rollcall_tests::rings::{RingCluster, formed, shape};
-
-/// A simulated machine whose sensors take `delay` to read (so questions stay in flight long
-/// enough to kill machines under them).
-struct SlowSensors {
-    inner: SensorEvaluator,
-    delay: Duration,
-}
-
-impl Evaluator for SlowSensors {
-    fn evaluate(&self, body: &[u8]) -> BoxFuture<'static, NodeAnswer> {
-        let work = self.inner.evaluate(body);
-        let delay = self.delay;
-        Box::pin(async move {
-            // Simulated sensor read time (not a wait for an event): keeps the question in
-            // flight long enough for the test to kill machines under it.
-            tokio::time::sleep(delay).await;
-            work.await
-        })
-    }
-}
 
 const QUESTION: &str = r#"Get Operating System and OS Version from all machines with Installed Applications contains "openssl""#;
 
@@ -97,10 +75,11 @@ async fn questions_travel_the_rings_merge_once_per_machine_and_reach_returning_m
             let ip = format!("127.0.{subnet}.{host}");
             let seed = u64::from(subnet) * 100 + u64::from(host);
             let profile = HostProfile::from_seed(seed, ip.parse().ok());
-            let eval = SlowSensors {
-                inner: SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost(profile.clone())))),
-                delay: Duration::from_millis(600),
-            };
+            // Each sensor read takes 300 ms (the question reads three), so a question stays in
+            // flight long enough to kill machines under it.
+            let sensors = Sensors::new(Arc::new(SimulatedHost(profile.clone())))
+                .with_read_delay(Duration::from_millis(300));
+            let eval = SensorEvaluator::new(sensors);
             let i = c.add_with(&ip, Some(EvaluatorHandle(Arc::new(eval)))).await;
             profiles.push((c.endpoints[i].node.identity().id.clone(), profile));
         }

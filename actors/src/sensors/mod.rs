@@ -172,6 +172,7 @@ pub struct Sensors {
     scripts: Vec<ScriptSensor>,
     baseline: Vec<PatchLevel>,
     budget: Budget,
+    read_delay: Duration,
 }
 
 impl std::fmt::Debug for Sensors {
@@ -208,7 +209,15 @@ impl Sensors {
             scripts: Vec::new(),
             baseline: Vec::new(),
             budget: Budget::default(),
+            read_delay: Duration::ZERO,
         }
+    }
+
+    /// Makes every read take at least `delay` (simulated hosts: a real sensor takes time,
+    /// and fleets under test need questions that stay in flight for a while).
+    pub fn with_read_delay(mut self, delay: Duration) -> Sensors {
+        self.read_delay = delay;
+        self
     }
 
     /// Sets the budget of every read.
@@ -245,6 +254,9 @@ impl Sensors {
     pub async fn read(&self, s: &SensorRef) -> (Result<Vec<String>, SensorError>, u64) {
         let started = Instant::now();
         let limit = Duration::from_millis(self.budget.time_limit_ms);
+        if !self.read_delay.is_zero() {
+            tokio::time::sleep(self.read_delay.min(limit)).await;
+        }
         let result = if let Some(script) = self.scripts.iter().find(|x| x.name == s.name) {
             run_script(script, limit, self.budget.output_limit_bytes).await
         } else if !self.host.reads_block() {

@@ -491,6 +491,12 @@ impl QuestionDesk {
 
 struct DeskRoute(Arc<QuestionDesk>);
 
+/// The desk as a route, to serve it on a second node of the same process too (a
+/// simulation's operator-facing node).
+pub fn route(desk: Arc<QuestionDesk>) -> Arc<dyn Deliver> {
+    Arc::new(DeskRoute(desk))
+}
+
 impl Deliver for DeskRoute {
     fn deliver(&self, mut incoming: Incoming) -> Result<(), DestinationGone> {
         let Ok(req) = incoming.decode::<DeskRequest>() else {

@@ -291,6 +291,7 @@ impl MemberState {
             return;
         };
         q.forwarded_to = Some(target.id.clone());
+        tracing::debug!(question = id, to = %target.id, at = ?tokio::time::Instant::now(), "forwarding");
         let left = q
             .deadline
             .saturating_duration_since(tokio::time::Instant::now());
@@ -347,6 +348,18 @@ impl MemberState {
             .map(|(id, _)| *id)
             .collect();
         for id in stale {
+            tracing::debug!(
+                question = id,
+                to = ?target,
+                me = %self.me.id,
+                candidates = ?self
+                    .core
+                    .candidates()
+                    .iter()
+                    .map(|m| (m.id.0.clone(), self.core.health(&m.id)))
+                    .collect::<Vec<_>>(),
+                "rerouting past a late successor"
+            );
             self.forward(myself, id);
         }
     }
@@ -431,8 +444,13 @@ impl MemberState {
                             None => node.connect_once(m.addr, dial).await?,
                         };
                         let _ = me.send_message(MemberMsg::ProbeStarted(m.id.clone()));
-                        let r: Result<(), CallError> =
-                            link.call(MEMBER, &MemberRequest::Probe, timeout).await;
+                        let r: Result<Vec<MemberInfo>, CallError> =
+                            link.call(MEMBER, &MemberRequest::Ping, timeout).await;
+                        if let Ok(next) = &r
+                            && !next.is_empty()
+                        {
+                            let _ = me.send_message(MemberMsg::Learned(next.clone()));
+                        }
                         Ok::<_, CallError>((r.is_ok(), link))
                     };
                     let msg = match tokio::time::timeout(dial + timeout, attempt).await {
@@ -681,6 +699,14 @@ impl Actor for RingMember {
                     return Ok(());
                 }
                 match req {
+                    MemberRequest::Ping => {
+                        let from = inc.from.id.clone();
+                        let next = st.core.successors().to_vec();
+                        inc.answer(&next)?;
+                        if inc.from.role == PeerRole::Endpoint {
+                            st.feed(&myself, Input::ProbedBy(from)).await;
+                        }
+                    }
                     MemberRequest::Probe => {
                         let from = inc.from.id.clone();
                         let endpoint = inc.from.role == PeerRole::Endpoint;

@@ -116,8 +116,12 @@ pub struct RegistrationReply {
 /// Requests to [`MEMBER`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemberRequest {
-    /// Are you there? (answered with `()`)
+    /// Are you there? (answered with `()`; the server's direct probe of a suspect)
     Probe,
+    /// Are you there, and who follows you? A ring neighbour's probe, answered with the
+    /// responder's next successors (`Vec<MemberInfo>`), so successor lists spread along the
+    /// chain between registrations.
+    Ping,
     /// I am your new neighbour (answered with your view, `Vec<MemberInfo>`).
     Hello(MemberInfo),
     /// Answer this question, with everyone after you (answered with [`Partial`]).

@@ -22,8 +22,25 @@ struct Record {
     /// Live machines when it was asked, with their host names.
     expected: BTreeMap<NodeId, String>,
     partial: Partial,
+    /// Answers from machines that had already answered. Always empty: only the deliberately
+    /// broken `broken-dedup` build keeps (and counts) them.
+    repeats: Vec<NodeAnswer>,
     /// The fan-out to the rings has finished (machines missing now missed it).
     fanned_out: bool,
+}
+
+impl Record {
+    fn add(&mut self, node: NodeId, answer: NodeAnswer) {
+        if cfg!(feature = "broken-dedup") && self.partial.answers.contains_key(&node) {
+            self.repeats.push(answer);
+            return;
+        }
+        self.partial.answers.entry(node).or_insert(answer);
+    }
+
+    fn answered(&self) -> usize {
+        self.partial.answers.len() + self.repeats.len()
+    }
 }
 
 /// Distinct rows and how many machines gave each.
@@ -128,6 +145,7 @@ impl QuestionStore {
                 expires_at: now + ttl,
                 expected,
                 partial: Partial::default(),
+                repeats: Vec::new(),
                 fanned_out: false,
             },
         );
@@ -153,7 +171,9 @@ impl QuestionStore {
     /// Merges answers that came back along a ring.
     pub fn merge(&self, id: u64, partial: Partial) {
         if let Some(r) = self.lock().1.get_mut(&id) {
-            r.partial.merge(partial);
+            for (node, answer) in partial.answers {
+                r.add(node, answer);
+            }
         }
     }
 
@@ -163,7 +183,7 @@ impl QuestionStore {
         let mut st = self.lock();
         match st.1.get_mut(&id) {
             Some(r) if now < r.expires_at => {
-                r.partial.answers.entry(node).or_insert(answer);
+                r.add(node, answer);
                 true
             }
             _ => false,
@@ -211,7 +231,24 @@ impl QuestionStore {
 
     /// How many machines have answered `id` (cheap, for polling).
     pub fn answered(&self, id: u64) -> Option<usize> {
-        self.lock().1.get(&id).map(|r| r.partial.answers.len())
+        self.lock().1.get(&id).map(Record::answered)
+    }
+
+    /// Which of `nodes` have answered `id`.
+    pub fn have_answered<'a>(&self, id: u64, nodes: impl Iterator<Item = &'a NodeId>) -> Vec<bool> {
+        let st = self.lock();
+        let r = st.1.get(&id);
+        nodes
+            .map(|n| r.is_some_and(|r| r.partial.answers.contains_key(n)))
+            .collect()
+    }
+
+    /// The machines that have answered `id`.
+    pub fn responders(&self, id: u64) -> Option<Vec<NodeId>> {
+        self.lock()
+            .1
+            .get(&id)
+            .map(|r| r.partial.answers.keys().cloned().collect())
     }
 
     /// Where question `id` stands.
@@ -226,6 +263,11 @@ impl QuestionStore {
                 *counts.entry(row.clone()).or_default() += 1;
             }
             problems.extend(a.problems.iter().map(|p| (node.clone(), p.clone())));
+        }
+        for a in &r.repeats {
+            if let Some(row) = &a.row {
+                *counts.entry(row.clone()).or_default() += 1;
+            }
         }
         let matched = counts.values().sum();
         let mut rows: Vec<RowCount> = counts
@@ -245,7 +287,7 @@ impl QuestionStore {
             id,
             text: r.text.clone(),
             columns: r.columns.clone(),
-            answered: r.partial.answers.len(),
+            answered: r.answered(),
             expected: expected.len(),
             matched,
             rows,
@@ -266,7 +308,7 @@ impl QuestionStore {
             .map(|(id, r)| QuestionSummary {
                 id: *id,
                 text: r.text.clone(),
-                answered: r.partial.answers.len(),
+                answered: r.answered(),
                 expected: r.expected.len(),
                 open: now < r.expires_at,
             })

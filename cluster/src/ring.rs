@@ -290,6 +290,13 @@ impl RingCore {
             .copied()
     }
 
+    /// The members after this one, up to the successor list's length.
+    pub fn successors(&self) -> &[MemberInfo] {
+        let me = self.my_position();
+        let after = &self.view[(me + 1).min(self.view.len())..];
+        &after[..after.len().min(self.cfg.successors)]
+    }
+
     /// The successor list followed by the skip contacts.
     pub fn candidates(&self) -> Vec<&MemberInfo> {
         let me = self.my_position();

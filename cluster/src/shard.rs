@@ -34,6 +34,14 @@ pub struct RingServerConfig {
     pub tick: Duration,
     /// How long a suspect has to answer the server's direct probe.
     pub probe_timeout: Duration,
+    /// While a member works on a question the server sent it, the server probes it this
+    /// often, and gives up on it (asking the next member who has not answered) when a probe
+    /// is not answered within this time.
+    pub hop_timeout: Duration,
+    /// How long the server may take to dial a member it asks directly.
+    pub dial_timeout: Duration,
+    /// How long a member that failed a question is skipped before it is asked again.
+    pub retry_interval: Duration,
 }
 
 impl Default for RingServerConfig {
@@ -43,6 +51,9 @@ impl Default for RingServerConfig {
             shards: 4,
             tick: Duration::from_millis(250),
             probe_timeout: Duration::from_secs(5),
+            hop_timeout: Duration::from_secs(1),
+            dial_timeout: Duration::from_secs(2),
+            retry_interval: Duration::from_secs(1),
         }
     }
 }
@@ -352,6 +363,21 @@ pub struct RingServer {
     node: Node,
     questions: Arc<QuestionStore>,
     extras: Extras,
+    fan: FanOut,
+}
+
+/// Timing of a question's fan-out.
+#[derive(Debug, Clone, Copy)]
+struct FanOut {
+    hop: Duration,
+    dial: Duration,
+    retry: Duration,
+}
+
+/// A chain the fan-out walks: a ring, or one isolated machine.
+enum Chain {
+    Ring(crate::proto::RingId),
+    Alone(crate::proto::MemberReport),
 }
 
 impl std::fmt::Debug for RingServer {
@@ -370,6 +396,11 @@ impl RingServer {
     ) -> Result<RingServer, String> {
         let shards = cfg.shards.max(1);
         let cfg = RingServerConfig { shards, ..cfg };
+        let fan = FanOut {
+            hop: cfg.hop_timeout,
+            dial: cfg.dial_timeout,
+            retry: cfg.retry_interval,
+        };
         let table: ShardTable = Arc::new(RwLock::new(vec![None; shards]));
         let questions = Arc::new(QuestionStore::new(1000));
         let extras: Extras = Arc::new(RwLock::new(Vec::new()));
@@ -453,7 +484,20 @@ impl RingServer {
             node: node.clone(),
             questions,
             extras,
+            fan,
         })
+    }
+
+    /// Also answers operators' ring requests ([`RING_ADMIN`]) arriving at `front`, a second
+    /// node in the same process (a simulation's operator-facing QUIC node).
+    pub fn serve_admin_on(&self, front: &Node) {
+        front.router().register(
+            RING_ADMIN,
+            Arc::new(RingAdmin {
+                table: self.table.clone(),
+                node: self.node.clone(),
+            }),
+        );
     }
 
     /// The rings as an operator sees them.
@@ -492,53 +536,132 @@ impl RingServer {
         id
     }
 
+    /// Sends question `id` down every chain at once, and keeps each chain going until every
+    /// member of it has answered, is offline, or the question expired.
     async fn fan_out(&self, id: u64) {
+        let report = self.report(None).await;
+        let chains = report
+            .rings
+            .into_iter()
+            .map(|r| Chain::Ring(r.ring))
+            .chain(report.isolated.into_iter().map(Chain::Alone));
+        futures::future::join_all(chains.map(|c| self.walk(id, c))).await;
+        self.questions.fanned_out(id);
+    }
+
+    /// One chain of a question: ask its first member who has not answered (the forward
+    /// leader, at first); what comes back covers it and everyone after it the chain reached.
+    /// If that left a gap (a split ring, a member routed around), ask the first member of the
+    /// gap directly, and so on. A member that fails (its call errs, or it stops answering
+    /// the server's probes while it works) is skipped for the retry interval.
+    async fn walk(&self, id: u64, chain: Chain) {
+        let mut failed: HashMap<NodeId, tokio::time::Instant> = HashMap::new();
         let mut round = 0u32;
         loop {
-            round += 1;
             let Some(env) = self.questions.envelope(id) else {
-                break;
+                return;
             };
-            let report = self.report(None).await;
-            let leaders: Vec<NodeId> = report
-                .rings
+            if env.ttl_ms == 0 {
+                return;
+            }
+            let members = match &chain {
+                Chain::Alone(m) => vec![m.clone()],
+                Chain::Ring(ring) => self
+                    .report(Some(ring.0.clone()))
+                    .await
+                    .rings
+                    .into_iter()
+                    .find(|r| &r.ring == ring)
+                    .map(|r| r.members)
+                    .unwrap_or_default(),
+            };
+            let online: Vec<&crate::proto::MemberReport> = members
                 .iter()
-                .flat_map(|r| r.members.iter())
-                .chain(report.isolated.iter())
-                .filter(|m| m.leads.forward && m.health != crate::proto::Health::Offline)
-                .map(|m| m.id.clone())
+                .filter(|m| m.health != crate::proto::Health::Offline)
                 .collect();
+            let answered = self.questions.have_answered(id, online.iter().map(|m| &m.id));
+            let missing: Vec<&crate::proto::MemberReport> = online
+                .into_iter()
+                .zip(answered)
+                .filter(|(_, a)| !a)
+                .map(|(m, _)| m)
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            let now = tokio::time::Instant::now();
+            let retry = self.fan.retry;
+            let Some(target) = missing
+                .iter()
+                .find(|m| failed.get(&m.id).is_none_or(|t| now - *t >= retry))
+            else {
+                // Everyone still missing failed a moment ago: wait for the first retry.
+                let next = missing
+                    .iter()
+                    .filter_map(|m| failed.get(&m.id))
+                    .min()
+                    .map(|t| *t + retry)
+                    .unwrap_or(now + retry);
+                tokio::time::sleep_until(next).await;
+                continue;
+            };
+            round += 1;
             let ttl = Duration::from_millis(env.ttl_ms);
-            let calls = leaders.iter().map(|leader| {
-                let link = self.node.peer(leader);
-                let env = env.clone();
-                let leader = leader.clone();
-                async move {
-                    let Some(link) = link else {
-                        return Err(format!("no link to leader {leader}"));
-                    };
-                    link.call::<_, crate::proto::Partial>(MEMBER, &MemberRequest::Ask(env), ttl)
-                        .await
-                        .map_err(|e| format!("leader {leader}: {e}"))
-                }
-            });
-            let results = futures::future::join_all(calls).await;
-            let mut failures = 0;
-            for r in results {
-                match r {
-                    Ok(p) => self.questions.merge(id, p),
-                    Err(e) => {
-                        failures += 1;
-                        tracing::info!(question = id, round, error = %e, "ring fan-out failed; will retry");
+            match self.ask_member(target, env, ttl).await {
+                Ok(p) => {
+                    let covered = p.answers.contains_key(&target.id);
+                    self.questions.merge(id, p);
+                    if !covered {
+                        failed.insert(target.id.clone(), now);
                     }
                 }
+                Err(e) => {
+                    tracing::info!(question = id, round, member = %target.id, error = %e, "chain failed at this member; asking the next");
+                    failed.insert(target.id.clone(), now);
+                }
             }
-            if self.questions.all_answered(id) || (failures == 0 && !leaders.is_empty()) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        self.questions.fanned_out(id);
+    }
+
+    /// Asks one member (on the leader link if there is one, else on a short-lived
+    /// connection), probing it while it works.
+    async fn ask_member(
+        &self,
+        m: &crate::proto::MemberReport,
+        env: crate::proto::QuestionEnvelope,
+        ttl: Duration,
+    ) -> Result<crate::proto::Partial, String> {
+        let fan = self.fan;
+        let (link, owned) = match self.node.peer(&m.id).filter(|l| l.is_connected()) {
+            Some(l) => (l, false),
+            None => {
+                let dial = tokio::time::timeout(fan.dial, self.node.connect_once(m.addr, fan.dial));
+                match dial.await {
+                    Ok(Ok(l)) => (l, true),
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err("dial timed out".into()),
+                }
+            }
+        };
+        let ask = MemberRequest::Ask(env);
+        let call = link.call::<_, crate::proto::Partial>(MEMBER, &ask, ttl);
+        let watchdog = async {
+            loop {
+                tokio::time::sleep(fan.hop).await;
+                let r: Result<(), CallError> = link.call(MEMBER, &MemberRequest::Probe, fan.hop).await;
+                if let Err(e) = r {
+                    return e;
+                }
+            }
+        };
+        let r = tokio::select! {
+            r = call => r.map_err(|e| e.to_string()),
+            e = watchdog => Err(format!("stopped answering while it worked: {e}")),
+        };
+        if owned {
+            link.close();
+        }
+        r
     }
 
     /// Sets what every endpoint is handed at every registration.
@@ -556,6 +679,11 @@ impl RingServer {
     /// How many machines have answered question `id` so far.
     pub fn answered(&self, id: u64) -> Option<usize> {
         self.questions.answered(id)
+    }
+
+    /// The machines that have answered question `id`.
+    pub fn responders(&self, id: u64) -> Option<Vec<NodeId>> {
+        self.questions.responders(id)
     }
 
     /// Where question `id` stands.

@@ -62,6 +62,69 @@ impl Default for NodeOptions {
     }
 }
 
+/// Faults put on a whole node, on any transport (chaos commands and fault tests use them).
+///
+/// - **Paused**: a grey node. Its connections stay up (the transport keeps them alive), but
+///   nothing it receives is handled and nothing it sends leaves until it resumes; callers see
+///   their calls time out.
+/// - **Slowed**: every envelope in and out waits `delay` first.
+#[derive(Debug)]
+pub struct NodeFaults {
+    paused: watch::Sender<bool>,
+    delay_us: AtomicU64,
+}
+
+impl Default for NodeFaults {
+    fn default() -> Self {
+        NodeFaults {
+            paused: watch::channel(false).0,
+            delay_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl NodeFaults {
+    /// Pauses (`true`) or resumes (`false`) the node.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// Whether the node is paused.
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// Delays every envelope in and out by `delay` (zero: no delay).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_us
+            .store(delay.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    }
+
+    /// The delay in force.
+    pub fn delay(&self) -> Duration {
+        Duration::from_micros(self.delay_us.load(Ordering::Relaxed))
+    }
+
+    /// Clears every fault.
+    pub fn clear(&self) {
+        self.set_paused(false);
+        self.set_delay(Duration::ZERO);
+    }
+
+    /// Waits while the node is paused, then for the delay.
+    async fn pass(&self) {
+        if self.is_paused() {
+            let mut rx = self.paused.subscribe();
+            // The sender lives as long as `self`.
+            let _ = rx.wait_for(|p| !*p).await;
+        }
+        let d = self.delay();
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
 /// Errors of casts and calls.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -245,6 +308,7 @@ struct Shared {
     links: RwLock<HashMap<NodeId, Vec<LinkCell>>>,
     next_call: AtomicU64,
     next_seed: AtomicU64,
+    faults: Arc<NodeFaults>,
 }
 
 /// A running node.
@@ -286,6 +350,7 @@ impl Node {
             events,
             links: RwLock::new(HashMap::new()),
             next_call: AtomicU64::new(1),
+            faults: Arc::new(NodeFaults::default()),
         });
         let status = {
             let weak = Arc::downgrade(&shared);
@@ -314,6 +379,11 @@ impl Node {
             }
         });
         Ok(node)
+    }
+
+    /// The faults in force on this node (pause, slow); clear by default.
+    pub fn faults(&self) -> &Arc<NodeFaults> {
+        &self.shared.faults
     }
 
     /// Who this node is.
@@ -616,6 +686,7 @@ impl PeerHandle {
             .inspect_err(|_| self.shared.stats.incr(|s| &s.casts_dropped_link_down))?;
         let frame = self.envelope(to, EnvelopeKind::Cast, wire::encode_body(msg)?)?;
         let n = frame.len() as u64;
+        self.shared.faults.pass().await;
         conn.send_cast(frame).await?;
         self.shared.stats.add_n(|s| &s.bytes_sent, n);
         self.shared.stats.incr(|s| &s.envelopes_sent);
@@ -637,7 +708,11 @@ impl PeerHandle {
         self.shared
             .stats
             .add_n(|s| &s.bytes_sent, frame.len() as u64);
-        let payload = tokio::time::timeout(timeout, conn.request(frame, max))
+        let sent = async {
+            self.shared.faults.pass().await;
+            conn.request(frame, max).await
+        };
+        let payload = tokio::time::timeout(timeout, sent)
             .await
             .map_err(|_| CallError::Timeout(timeout))??;
         let env = wire::decode_envelope(&payload)
@@ -870,6 +945,8 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
             return;
         }
     };
+    // A paused node holds what it received; a slowed one waits.
+    shared.faults.pass().await;
     let env = match wire::decode_envelope(&payload) {
         Ok(env) => env,
         Err(e) => return reject(&shared, &peer, stream, e),
@@ -939,6 +1016,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
         kind: EnvelopeKind::Reply(id),
         body: answer,
     };
+    shared.faults.pass().await;
     match wire::encode_frame(&reply, shared.opts.max_frame_bytes) {
         Ok(frame) => {
             shared.stats.add_n(|s| &s.bytes_sent, frame.len() as u64);

@@ -111,6 +111,7 @@ impl RingCluster {
             shards: 4,
             tick: Duration::from_millis(100),
             probe_timeout: Duration::from_secs(5),
+            ..RingServerConfig::default()
         };
         let rings = RingServer::start(&server, cfg, backlog)
             .await

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 mod bench;
-mod sim;
+
+use rollcall::sim;
 use clap::{Args, Parser, Subcommand};
 use rollcall_actors::desk::{DESK, DeskReply, DeskRequest, QuestionDesk, SensorEvaluator};
 use rollcall_actors::search::SavedQuestion;

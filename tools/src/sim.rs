@@ -2,42 +2,13 @@
 //! simulated hosts as sensors — on the in-memory transport or real QUIC over loopback; and
 //! `rollcall bench scale`, which runs a fixed matrix of sims and writes the results table.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rollcall_actors::desk::{DeskReply, DeskRequest, QuestionDesk, SensorEvaluator};
-use rollcall_actors::sensors::Sensors;
-use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
-use rollcall_cluster::member::{EvaluatorHandle, MemberConfig, RingMember};
-use rollcall_cluster::membership::{MembershipConfig, parse_cidr};
-use rollcall_cluster::ring::RingConfig;
-use rollcall_cluster::shard::{RingServer, RingServerConfig};
-use rollcall_runtime::identity::{Ca, NodeSecret, PeerRole, Validity};
-use rollcall_runtime::node::{Node, NodeOptions};
-use rollcall_runtime::transport::mem::MemNetwork;
-use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
-use rollcall_runtime::{NodeId, OperatorRole, PeerIdentity};
 use serde::{Deserialize, Serialize};
 
-/// Which transport the simulated fleet uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-pub enum SimTransport {
-    /// The in-memory network (every envelope still encoded and decoded).
-    Mem,
-    /// Real QUIC, each endpoint on its own 127.x.y.z address.
-    Quic,
-}
-
-/// How endpoints reach the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-pub enum Topology {
-    /// Rings per subnet; only leaders talk to the server.
-    Ring,
-    /// Hub and spoke: every endpoint talks to the server directly (the baseline).
-    Star,
-}
+pub use crate::fleet::{SIM_QUESTION, SimTransport, Topology, endpoint_ip};
+use crate::fleet::{Fleet, FleetConfig};
 
 /// `rollcall sim` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -119,18 +90,6 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// The address of endpoint `i`: subnet `i / ring_size` as 127.A.B.0/24, host `i % ring_size + 1`.
-pub fn endpoint_ip(i: usize, ring_size: u16) -> IpAddr {
-    let subnet = i / usize::from(ring_size);
-    let host = (i % usize::from(ring_size)) as u8 + 1;
-    let a = 1 + (subnet / 256) as u8;
-    let b = (subnet % 256) as u8;
-    IpAddr::V4(Ipv4Addr::new(127, a, b, host))
-}
-
-/// The question every sim asks.
-pub const SIM_QUESTION: &str = "Get Operating System and OS Version from all machines";
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -139,168 +98,60 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-/// Runs one sim.
+/// Runs one sim and stops its fleet.
 pub async fn run(a: &SimArgs) -> Result<SimReport> {
+    let (mut fleet, started) = start(a).await?;
+    let report = measure(a, &fleet, started).await;
+    fleet.shutdown().await;
+    report
+}
+
+/// When and at what memory a sim's fleet started.
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    at: Instant,
+    rss_kib: u64,
+    start_secs: f64,
+}
+
+/// Starts the fleet a sim describes, with a progress line on stderr unless `--json`.
+pub async fn start(a: &SimArgs) -> Result<(Fleet, Started)> {
+    let (at, rss_kib) = (Instant::now(), rss_kib());
     if a.endpoints == 0 {
         bail!("--endpoints must be at least 1");
     }
-    if usize::from(a.ring_size) * 255 * 256 < a.endpoints {
-        bail!(
-            "too many endpoints for rings of {}: use a larger --ring-size",
-            a.ring_size
-        );
-    }
-    let ca = Ca::generate("rollcall sim CA")?;
-    let net = MemNetwork::new(a.seed, Duration::from_secs(30));
-    net.set_default_latency(Duration::from_millis(a.hop_latency_ms));
-    let server_creds = ca.issue(PeerRole::Server, None, Validity::default())?;
-    let server_opts = NodeOptions {
-        link_event_capacity: 65_536,
-        ..NodeOptions::default()
-    };
-    let server = match a.transport {
-        SimTransport::Mem => {
-            let t = net.bind("127.0.0.1:7000".parse()?, server_creds.identity.clone())?;
-            Node::start(t, server_opts.clone()).await?
-        }
-        SimTransport::Quic => {
-            let t = QuicTransport::bind(
-                "127.0.0.1:0".parse()?,
-                &server_creds,
-                &NodeSecret::generate(),
-                QuicOptions::default(),
-            )?;
-            Node::start(t, server_opts.clone()).await?
-        }
-    };
-    let isolated = match a.topology {
-        Topology::Ring => Vec::new(),
-        Topology::Star => vec![parse_cidr("0.0.0.0/0").map_err(anyhow::Error::msg)?],
-    };
-    let rcfg = RingServerConfig {
-        membership: MembershipConfig {
-            isolated,
-            offline_after: Duration::from_secs(3600),
-            ..MembershipConfig::default()
-        },
-        shards: 8,
-        ..RingServerConfig::default()
-    };
-    let rings = RingServer::start(&server, rcfg, None)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let desk = QuestionDesk::new(rings.clone(), None);
-    let server_addr = server.local_addr();
-
-    // Endpoints: slow probing and registration, so the fleet's own chatter stays small.
-    let ring = RingConfig {
-        probe_interval: Duration::from_secs(2),
-        hop_timeout: Duration::from_secs(1),
-        dead_timeout: Duration::from_secs(4),
-        dial_timeout: Duration::from_secs(10),
-        pred_timeout: Duration::from_secs(10),
-        retry_interval: Duration::from_secs(5),
-        report_interval: Duration::from_secs(2),
-        ..RingConfig::default()
-    };
-    let rss_before = rss_kib();
-    let t0 = Instant::now();
-    let mut nodes = Vec::with_capacity(a.endpoints);
-    let mut profiles: Vec<HostProfile> = Vec::with_capacity(a.endpoints);
+    let mut cfg = FleetConfig::sim(a.endpoints, a.ring_size, a.transport, a.seed);
+    cfg.topology = a.topology;
+    cfg.hop_latency = Duration::from_millis(a.hop_latency_ms);
     let progress_every = (a.endpoints / 20).max(1);
-    for i in 0..a.endpoints {
-        let ip = endpoint_ip(i, a.ring_size);
-        let node = match a.transport {
-            SimTransport::Mem => {
-                let id = PeerIdentity {
-                    id: NodeId(format!("e{i:07}")),
-                    role: PeerRole::Endpoint,
-                };
-                let t = net.bind(SocketAddr::new(ip, 7000), id)?;
-                Node::start(t, NodeOptions::default()).await?
-            }
-            SimTransport::Quic => {
-                let creds = ca.issue(PeerRole::Endpoint, None, Validity::default())?;
-                let t = QuicTransport::bind(
-                    SocketAddr::new(ip, 0),
-                    &creds,
-                    &NodeSecret::generate(),
-                    QuicOptions::default(),
-                )
-                .with_context(|| format!("binding {ip}"))?;
-                Node::start(t, NodeOptions::default()).await?
-            }
-        };
-        let profile = HostProfile::from_seed(
-            a.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
-            Some(ip),
-        );
-        let evaluator =
-            SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost(profile.clone()))));
-        evaluator.accept_config_on(&node);
-        let mut mc = MemberConfig::new(server_addr, node.local_addr(), profile.hostname.clone());
-        mc.ring = ring;
-        mc.register_min = Duration::from_secs(30);
-        mc.register_max = Duration::from_secs(90);
-        mc.seed = a.seed ^ i as u64;
-        mc.evaluator = Some(EvaluatorHandle(Arc::new(evaluator)));
-        ractor::Actor::spawn(None, RingMember, (node.clone(), mc))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        nodes.push(node);
-        profiles.push(profile);
-        if !a.json && (i + 1) % progress_every == 0 {
-            eprint!("\rstarting endpoints: {} of {}", i + 1, a.endpoints);
+    let quiet = a.json;
+    let fleet = Fleet::start(cfg, |n| {
+        if !quiet && (n % progress_every == 0 || n == a.endpoints) {
+            eprint!("\rstarting endpoints: {n} of {}", a.endpoints);
         }
-    }
-    if !a.json {
+    })
+    .await?;
+    if !quiet {
         eprintln!();
     }
-    let start_secs = t0.elapsed().as_secs_f64();
+    let start_secs = at.elapsed().as_secs_f64();
+    Ok((
+        fleet,
+        Started {
+            at,
+            rss_kib,
+            start_secs,
+        },
+    ))
+}
 
-    // Registered, and every chain's leaders linked.
-    let expected_rings = match a.topology {
-        Topology::Ring => a.endpoints.div_ceil(usize::from(a.ring_size)),
-        Topology::Star => 0,
-    };
-    let deadline = Instant::now() + Duration::from_secs(600);
+/// Waits for the fleet to register and link, then asks the sim's questions and measures.
+pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<SimReport> {
+    let (t0, rss_before, start_secs) = (started.at, started.rss_kib, started.start_secs);
     let report = loop {
-        let r = rings.report(None).await;
-        let members: usize =
-            r.rings.iter().map(|x| x.members.len()).sum::<usize>() + r.isolated.len();
-        let leaders_ok = r
-            .rings
-            .iter()
-            .all(|x| x.leader_links == x.members.len().min(2))
-            && r.isolated.iter().all(|m| m.leads.forward);
-        if (members == a.endpoints && r.rings.len() == expected_rings && leaders_ok)
-            || Instant::now() > deadline
-        {
+        let r = fleet.report().await;
+        if fleet.one_chain_each(&r) || t0.elapsed() > Duration::from_secs(600) {
             break r;
-        }
-        if std::env::var("SIM_DEBUG").is_ok() {
-            for x in &r.rings {
-                let leads: Vec<String> = x
-                    .members
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, m)| m.leads.any())
-                    .map(|(i, m)| {
-                        format!(
-                            "{i}{}{}",
-                            if m.leads.forward { "F" } else { "" },
-                            if m.leads.backward { "B" } else { "" }
-                        )
-                    })
-                    .collect();
-                eprintln!(
-                    "DEBUG {} n={} links={} leads={:?}",
-                    x.ring,
-                    x.members.len(),
-                    x.leader_links,
-                    leads
-                );
-            }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -308,38 +159,25 @@ pub async fn run(a: &SimArgs) -> Result<SimReport> {
     let rss_after = rss_kib();
 
     // Questions, one after another.
-    let role = PeerRole::Operator(OperatorRole::Operator);
     let mut answer_ms = Vec::new();
     let (mut msgs_in, mut msgs_out, mut bytes) = (0u64, 0u64, 0u64);
     let mut all_answered = true;
     let mut last_rows = Vec::new();
     for _ in 0..a.questions {
-        let before = server.stats();
+        let before = fleet.server().stats();
         let t = Instant::now();
-        let id = match desk
-            .serve(
-                DeskRequest::Ask {
-                    text: SIM_QUESTION.into(),
-                    ttl_ms: Some(600_000),
-                },
-                role,
-            )
-            .await
-        {
-            DeskReply::Asked { id, .. } => id,
-            other => bail!("ask failed: {other:?}"),
-        };
+        let id = fleet.ask(SIM_QUESTION, Duration::from_secs(600)).await?;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let n = rings.answered(id).context("question vanished")?;
+            let n = fleet.rings().answered(id).context("question vanished")?;
             if n >= a.endpoints || Instant::now() > deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         answer_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        let p = rings.progress(id).context("question vanished")?;
-        let after = server.stats();
+        let p = fleet.progress(id).context("question vanished")?;
+        let after = fleet.server().stats();
         msgs_in += after.envelopes_received - before.envelopes_received;
         msgs_out += after.envelopes_sent - before.envelopes_sent;
         bytes +=
@@ -355,11 +193,7 @@ pub async fn run(a: &SimArgs) -> Result<SimReport> {
     let mut sorted = answer_ms.clone();
     sorted.sort_by(f64::total_cmp);
     let q = a.questions.max(1) as f64;
-    let server_connections = server.connected_peers().len();
-    for n in &nodes {
-        n.shutdown();
-    }
-    server.shutdown();
+    let server_connections = fleet.server().connected_peers().len();
     Ok(SimReport {
         endpoints: a.endpoints,
         ring_size: a.ring_size,

@@ -5,7 +5,10 @@
 //! transport: one frame per stream, frames are bytes that the receiving node decodes and
 //! checks, refusals carry the same codes, and links can be slowed, made lossy (a lost frame is
 //! retransmitted after a delay, as QUIC would) or partitioned (a partitioned connection times
-//! out after the idle timeout, and dials across the partition fail after it).
+//! out after the idle timeout, and dials across the partition fail after it). A host can crash
+//! silently (everything to and from it vanishes, its connections time out), and frames can be
+//! delivered twice (duplication above the transport, as an at-least-once resend would: the
+//! receiver handles both copies of a request, the caller gets one reply).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +38,14 @@ struct NetState {
     latency_default: Duration,
     latency: HashMap<(IpAddr, IpAddr), Duration>,
     loss: f64,
+    /// Loss on every link of one host.
+    host_loss: HashMap<IpAddr, f64>,
+    /// Probability that a cast is delivered twice.
+    dup: f64,
+    /// Duplication on every link of one host.
+    host_dup: HashMap<IpAddr, f64>,
+    /// Hosts that crashed: nothing reaches them or leaves them.
+    down: HashSet<IpAddr>,
     /// Unordered pairs of hosts that cannot reach each other.
     cut: HashSet<(IpAddr, IpAddr)>,
     rng: SmallRng,
@@ -73,6 +84,10 @@ impl MemNetwork {
                 latency_default: Duration::ZERO,
                 latency: HashMap::new(),
                 loss: 0.0,
+                host_loss: HashMap::new(),
+                dup: 0.0,
+                host_dup: HashMap::new(),
+                down: HashSet::new(),
                 cut: HashSet::new(),
                 rng: SmallRng::seed_from_u64(seed),
                 idle_timeout,
@@ -100,6 +115,66 @@ impl MemNetwork {
         self.lock().loss = p.clamp(0.0, 0.99);
     }
 
+    /// Probability that a frame to or from `host` is lost once (and retransmitted); 0 clears.
+    pub fn set_host_loss(&self, host: IpAddr, p: f64) {
+        let mut st = self.lock();
+        if p <= 0.0 {
+            st.host_loss.remove(&host);
+        } else {
+            st.host_loss.insert(host, p.clamp(0.0, 0.99));
+        }
+    }
+
+    /// Probability that any frame is delivered twice (a request's second copy is handled
+    /// but its reply goes nowhere).
+    pub fn set_duplication(&self, p: f64) {
+        self.lock().dup = p.clamp(0.0, 1.0);
+    }
+
+    /// Probability that a frame to or from `host` is delivered twice; 0 clears.
+    pub fn set_host_duplication(&self, host: IpAddr, p: f64) {
+        let mut st = self.lock();
+        if p <= 0.0 {
+            st.host_dup.remove(&host);
+        } else {
+            st.host_dup.insert(host, p.clamp(0.0, 1.0));
+        }
+    }
+
+    /// `host` crashes silently: from now on nothing reaches it or leaves it (not even a close
+    /// when its node shuts down), so its peers notice only by timeouts.
+    pub fn crash(&self, host: IpAddr) {
+        self.lock().down.insert(host);
+        self.time_out_cut();
+    }
+
+    /// `host` may be reached again ([`MemNetwork::bind`] does this for a restarted node).
+    pub fn revive(&self, host: IpAddr) {
+        self.lock().down.remove(&host);
+    }
+
+    /// Removes every partition, loss and duplication setting (crashed hosts stay down).
+    pub fn clear_faults(&self) {
+        let mut st = self.lock();
+        st.cut.clear();
+        st.loss = 0.0;
+        st.host_loss.clear();
+        st.dup = 0.0;
+        st.host_dup.clear();
+    }
+
+    fn duplicates(&self, from: IpAddr, to: IpAddr) -> bool {
+        let mut st = self.lock();
+        let p = [
+            st.dup,
+            st.host_dup.get(&from).copied().unwrap_or(0.0),
+            st.host_dup.get(&to).copied().unwrap_or(0.0),
+        ]
+        .into_iter()
+        .fold(0.0, f64::max);
+        p > 0.0 && st.rng.random_bool(p)
+    }
+
     /// Cuts every host in `a` off from every host in `b`.
     pub fn partition(&self, a: &[IpAddr], b: &[IpAddr]) {
         let mut st = self.lock();
@@ -108,13 +183,21 @@ impl MemNetwork {
                 st.cut.insert(pair(*x, *y));
             }
         }
+        drop(st);
+        self.time_out_cut();
+    }
+
+    /// Connections that now cross a cut or touch a crashed host time out after the idle
+    /// timeout, unless healed by then.
+    fn time_out_cut(&self) {
+        let mut st = self.lock();
         let idle = st.idle_timeout;
         st.conns.retain(|w| w.strong_count() > 0);
         let crossing: Vec<Arc<ConnShared>> = st
             .conns
             .iter()
             .filter_map(|w| w.upgrade())
-            .filter(|c| st.cut.contains(&pair(c.ends.0.ip(), c.ends.1.ip())))
+            .filter(|c| st.blocked(c.ends.0.ip(), c.ends.1.ip()))
             .collect();
         drop(st);
         for c in crossing {
@@ -134,12 +217,12 @@ impl MemNetwork {
     }
 
     fn is_cut(&self, a: IpAddr, b: IpAddr) -> bool {
-        self.lock().cut.contains(&pair(a, b))
+        self.lock().blocked(a, b)
     }
 
     fn fate(&self, from: IpAddr, to: IpAddr) -> Fate {
         let mut st = self.lock();
-        if st.cut.contains(&pair(from, to)) {
+        if st.blocked(from, to) {
             return Fate::Cut;
         }
         let one_way = st
@@ -148,7 +231,13 @@ impl MemNetwork {
             .copied()
             .unwrap_or(st.latency_default);
         let mut delay = one_way;
-        let loss = st.loss;
+        let loss = [
+            st.loss,
+            st.host_loss.get(&from).copied().unwrap_or(0.0),
+            st.host_loss.get(&to).copied().unwrap_or(0.0),
+        ]
+        .into_iter()
+        .fold(0.0, f64::max);
         while loss > 0.0 && st.rng.random_bool(loss) {
             delay += (one_way * 3).max(RETRANSMIT_MIN);
         }
@@ -163,6 +252,7 @@ impl MemNetwork {
     ) -> Result<Arc<MemTransport>, TransportError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut st = self.lock();
+        st.down.remove(&addr.ip());
         if st.listeners.contains_key(&addr) {
             return Err(TransportError::Connect {
                 addr,
@@ -183,6 +273,12 @@ impl MemNetwork {
             stats: Arc::new(WireStats::default()),
             accepted: Mutex::new(rx),
         }))
+    }
+}
+
+impl NetState {
+    fn blocked(&self, a: IpAddr, b: IpAddr) -> bool {
+        self.down.contains(&a) || self.down.contains(&b) || self.cut.contains(&pair(a, b))
     }
 }
 
@@ -275,6 +371,8 @@ impl Transport for MemTransport {
     fn close(&self) {
         let mut st = self.net.lock();
         st.listeners.remove(&self.addr);
+        let crashed = st.down.contains(&self.addr.ip());
+        let idle = st.idle_timeout;
         let mine: Vec<_> = st
             .conns
             .iter()
@@ -282,6 +380,17 @@ impl Transport for MemTransport {
             .filter(|c| c.ends.0 == self.addr || c.ends.1 == self.addr)
             .collect();
         drop(st);
+        if crashed {
+            // A crash: no close reaches anyone; the peers' ends time out, even if a new
+            // node comes up at this address meanwhile.
+            tokio::spawn(async move {
+                tokio::time::sleep(idle).await;
+                for c in mine {
+                    c.close(TransportError::TimedOut);
+                }
+            });
+            return;
+        }
         for c in mine {
             c.close(TransportError::LocallyClosed);
         }
@@ -343,11 +452,24 @@ impl MemConnection {
         if let Some(e) = self.shared.error() {
             return Err(e);
         }
+        if self.net.duplicates(self.local.ip(), self.remote.ip()) {
+            // The copy of a request is handled too, but its reply goes nowhere: an
+            // at-least-once resend whose first reply was lost.
+            let reply = s.reply.as_ref().map(|_| oneshot::channel().0);
+            self.send_once(MemStream {
+                frame: s.frame.clone(),
+                reply,
+            });
+        }
+        self.send_once(s);
+        Ok(())
+    }
+
+    fn send_once(&self, s: MemStream) {
         match self.net.fate(self.local.ip(), self.remote.ip()) {
-            Fate::Cut => Ok(()),
+            Fate::Cut => {}
             Fate::Deliver(d) if d.is_zero() => {
                 let _ = self.tx.send(s);
-                Ok(())
             }
             Fate::Deliver(d) => {
                 let tx = self.tx.clone();
@@ -355,7 +477,6 @@ impl MemConnection {
                     tokio::time::sleep(d).await;
                     let _ = tx.send(s);
                 });
-                Ok(())
             }
         }
     }

@@ -1,0 +1,76 @@
+//! The fault-scenario suite: every scenario against an in-memory fleet of 3 rings × 8
+//! endpoints, in paused time, for `ROLLCALL_SEEDS` seeds each (2 by default; one seed with
+//! `ROLLCALL_SEED`). Each run checks the six invariants of `rollcall::chaos` and prints its
+//! table when one fails.
+
+use rollcall::chaos::{Scenario, ScenarioOptions, run_scenario};
+use rollcall::fleet::{Fleet, FleetConfig, SimTransport};
+use rollcall_tests::{SeedGuard, seeds};
+
+async fn sweep(name: &'static str, scenario: Scenario) {
+    rollcall_runtime::telemetry::init("off");
+    for seed in seeds(2) {
+        let _guard = SeedGuard(name, seed);
+        let mut fleet = Fleet::start(FleetConfig::chaos(24, 8, SimTransport::Mem, seed), |_| {})
+            .await
+            .expect("fleet");
+        let report = run_scenario(&mut fleet, scenario, &ScenarioOptions::new(seed))
+            .await
+            .expect("scenario ran");
+        fleet.shutdown().await;
+        if std::env::var("ROLLCALL_CHAOS_PRINT").is_ok() {
+            eprintln!("{}", report.table());
+        }
+        assert!(report.passed(), "{}", report.table());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn neighbour_killed_mid_question() {
+    sweep("neighbour_killed_mid_question", Scenario::NeighbourKilled).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn grey_neighbour() {
+    sweep("grey_neighbour", Scenario::GreyNeighbour).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_neighbour() {
+    sweep("slow_neighbour", Scenario::SlowNeighbour).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn leader_killed_mid_question() {
+    sweep("leader_killed_mid_question", Scenario::LeaderKilled).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn both_leaders_killed() {
+    sweep("both_leaders_killed", Scenario::BothLeadersKilled).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ring_split_and_healed() {
+    sweep("ring_split_and_healed", Scenario::RingSplit).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn subnet_reboot() {
+    sweep("subnet_reboot", Scenario::SubnetReboot).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn offline_and_back_before_expiry() {
+    sweep("offline_and_back_before_expiry", Scenario::OfflineAndBack).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn loss_and_duplication() {
+    sweep("loss_and_duplication", Scenario::LossAndDuplication).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_restart() {
+    sweep("server_restart", Scenario::ServerRestart).await;
+}

@@ -1,0 +1,682 @@
+//! A fleet in one process: a server and N endpoints running the production actors (simulated
+//! hosts as sensors) on the in-memory network or on real QUIC over loopback, with every fault
+//! the chaos tooling applies: kill (silent), restart, pause (grey), slow, partition, loss,
+//! duplication, heal, and a server restart. `rollcall sim`, `rollcall chaos` and the
+//! fault-scenario suite all drive this.
+//!
+//! Time is read from tokio's clock only, so the fleet runs in paused time in tests.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ractor::ActorRef;
+use rollcall_actors::desk::{DeskReply, DeskRequest, QuestionDesk, SensorEvaluator};
+use rollcall_actors::sensors::Sensors;
+use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
+use rollcall_cluster::member::{EvaluatorHandle, MemberConfig, MemberMsg, RingMember};
+use rollcall_cluster::membership::{MembershipConfig, parse_cidr};
+use rollcall_cluster::proto::{Health, MemberReport, RingsReport};
+use rollcall_cluster::questions::Progress;
+use rollcall_cluster::ring::RingConfig;
+use rollcall_cluster::shard::{RingServer, RingServerConfig};
+use rollcall_runtime::identity::{Ca, Credentials, NodeSecret, PeerRole, Validity};
+use rollcall_runtime::node::{Node, NodeOptions};
+use rollcall_runtime::tls::LinkTimeouts;
+use rollcall_runtime::transport::faults::SocketFaults;
+use rollcall_runtime::transport::mem::MemNetwork;
+use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
+use rollcall_runtime::{NodeId, OperatorRole, PeerIdentity};
+use serde::{Deserialize, Serialize};
+
+/// Which transport the fleet uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum SimTransport {
+    /// The in-memory network (every envelope still encoded and decoded).
+    Mem,
+    /// Real QUIC, each endpoint on its own 127.x.y.z address.
+    Quic,
+}
+
+/// How endpoints reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum Topology {
+    /// Rings per subnet; only leaders talk to the server.
+    Ring,
+    /// Hub and spoke: every endpoint talks to the server directly (the baseline).
+    Star,
+}
+
+/// The question simulations ask: every machine gives exactly one row.
+pub const SIM_QUESTION: &str = "Get Operating System and OS Version from all machines";
+
+/// How to build a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Endpoints.
+    pub endpoints: usize,
+    /// Endpoints per subnet, i.e. per ring (at most 254).
+    pub ring_size: u16,
+    /// Transport.
+    pub transport: SimTransport,
+    /// Rings or hub and spoke.
+    pub topology: Topology,
+    /// One-way latency of every in-memory link.
+    pub hop_latency: Duration,
+    /// Seed of host profiles, registration jitter and the network's random choices.
+    pub seed: u64,
+    /// Ring timing.
+    pub ring: RingConfig,
+    /// Registration interval bounds.
+    pub register_min: Duration,
+    /// See `register_min`.
+    pub register_max: Duration,
+    /// Silence after which the server drops a member.
+    pub offline_after: Duration,
+    /// Idle timeout of links (QUIC), and of in-memory links across a cut.
+    pub idle_timeout: Duration,
+    /// Server shards.
+    pub shards: usize,
+}
+
+impl FleetConfig {
+    /// Large simulations: slow probing and registration every 30–90 s, so the fleet's own
+    /// chatter stays small.
+    pub fn sim(endpoints: usize, ring_size: u16, transport: SimTransport, seed: u64) -> Self {
+        FleetConfig {
+            endpoints,
+            ring_size,
+            transport,
+            topology: Topology::Ring,
+            hop_latency: Duration::ZERO,
+            seed,
+            ring: RingConfig {
+                probe_interval: Duration::from_secs(2),
+                hop_timeout: Duration::from_secs(1),
+                dead_timeout: Duration::from_secs(4),
+                dial_timeout: Duration::from_secs(10),
+                pred_timeout: Duration::from_secs(10),
+                retry_interval: Duration::from_secs(5),
+                report_interval: Duration::from_secs(2),
+                ..RingConfig::default()
+            },
+            register_min: Duration::from_secs(30),
+            register_max: Duration::from_secs(90),
+            offline_after: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(30),
+            shards: 8,
+        }
+    }
+
+    /// Fault scenarios: LAN-like timing (probe every 500 ms, hop timeout 300 ms, dead after
+    /// 1.5 s, registration every 5–10 s, links idle out after 3 s) and 5 ms per hop.
+    pub fn chaos(endpoints: usize, ring_size: u16, transport: SimTransport, seed: u64) -> Self {
+        FleetConfig {
+            hop_latency: Duration::from_millis(5),
+            ring: RingConfig {
+                probe_interval: Duration::from_millis(500),
+                hop_timeout: Duration::from_millis(300),
+                dead_timeout: Duration::from_millis(1500),
+                dial_timeout: Duration::from_secs(2),
+                pred_timeout: Duration::from_secs(2),
+                retry_interval: Duration::from_secs(1),
+                report_interval: Duration::from_secs(1),
+                ..RingConfig::default()
+            },
+            register_min: Duration::from_secs(5),
+            register_max: Duration::from_secs(10),
+            offline_after: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(3),
+            shards: 4,
+            ..FleetConfig::sim(endpoints, ring_size, transport, seed)
+        }
+    }
+}
+
+/// The address of endpoint `i`: subnet `i / ring_size` as 127.A.B.0/24, host `i % ring_size + 1`.
+pub fn endpoint_ip(i: usize, ring_size: u16) -> IpAddr {
+    let subnet = i / usize::from(ring_size);
+    let host = (i % usize::from(ring_size)) as u8 + 1;
+    let a = 1 + (subnet / 256) as u8;
+    let b = (subnet % 256) as u8;
+    IpAddr::V4(Ipv4Addr::new(127, a, b, host))
+}
+
+/// One endpoint of the fleet.
+pub struct FleetEndpoint {
+    /// Its id.
+    pub id: NodeId,
+    /// Its address.
+    pub ip: IpAddr,
+    /// Its simulated host (the ground truth of its answers).
+    pub profile: HostProfile,
+    node: Option<Node>,
+    member: Option<ActorRef<MemberMsg>>,
+    socket: Option<Arc<SocketFaults>>,
+    creds: Option<Credentials>,
+    secret: NodeSecret,
+}
+
+impl FleetEndpoint {
+    /// Whether it runs (not killed).
+    pub fn alive(&self) -> bool {
+        self.node.is_some()
+    }
+
+    /// Whether it runs and is not paused.
+    pub fn responsive(&self) -> bool {
+        self.node.as_ref().is_some_and(|n| !n.faults().is_paused())
+    }
+
+    /// Its node, while it runs.
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+}
+
+/// A server and its endpoints in this process.
+pub struct Fleet {
+    /// How it was built.
+    pub cfg: FleetConfig,
+    ca: Option<Arc<Ca>>,
+    net: MemNetwork,
+    server_creds: Option<Credentials>,
+    server_secret: NodeSecret,
+    server_addr: SocketAddr,
+    server: Node,
+    rings: RingServer,
+    desk: Arc<QuestionDesk>,
+    /// Fronts (operator-facing nodes) that serve the desk and ring admin too.
+    fronts: Vec<Node>,
+    /// The endpoints, in creation order.
+    pub endpoints: Vec<FleetEndpoint>,
+    by_id: HashMap<NodeId, usize>,
+}
+
+fn link_timeouts(cfg: &FleetConfig) -> LinkTimeouts {
+    let idle = cfg.idle_timeout.as_millis() as u64;
+    LinkTimeouts {
+        keep_alive_ms: (idle / 4).max(50),
+        idle_timeout_ms: idle.max(200),
+    }
+}
+
+impl Fleet {
+    /// Starts the server and every endpoint; `progress(started)` is called as they start.
+    pub async fn start(cfg: FleetConfig, mut progress: impl FnMut(usize)) -> Result<Fleet> {
+        if cfg.endpoints == 0 {
+            bail!("a fleet needs at least 1 endpoint");
+        }
+        if usize::from(cfg.ring_size) * 255 * 256 < cfg.endpoints {
+            bail!(
+                "too many endpoints for rings of {}: use a larger ring size",
+                cfg.ring_size
+            );
+        }
+        let net = MemNetwork::new(cfg.seed, cfg.idle_timeout);
+        net.set_default_latency(cfg.hop_latency);
+        let (ca, server_creds) = match cfg.transport {
+            SimTransport::Mem => (None, None),
+            SimTransport::Quic => {
+                let ca = Arc::new(Ca::generate("rollcall sim CA")?);
+                let c = ca.issue(PeerRole::Server, None, Validity::default())?;
+                (Some(ca), Some(c))
+            }
+        };
+        let server_secret = NodeSecret::generate();
+        let bind = match cfg.transport {
+            SimTransport::Mem => "127.0.0.1:7000".parse()?,
+            SimTransport::Quic => "127.0.0.1:0".parse()?,
+        };
+        let (server, rings, desk) =
+            Fleet::start_server(&cfg, &net, server_creds.as_ref(), &server_secret, bind).await?;
+        let server_addr = server.local_addr();
+        let mut fleet = Fleet {
+            cfg,
+            ca,
+            net,
+            server_creds,
+            server_secret,
+            server_addr,
+            server,
+            rings,
+            desk,
+            fronts: Vec::new(),
+            endpoints: Vec::new(),
+            by_id: HashMap::new(),
+        };
+        let n = fleet.cfg.endpoints;
+        fleet.endpoints.reserve(n);
+        for i in 0..n {
+            let ip = endpoint_ip(i, fleet.cfg.ring_size);
+            let profile = HostProfile::from_seed(
+                fleet.cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+                Some(ip),
+            );
+            let creds = match &fleet.ca {
+                Some(ca) => Some(ca.issue(PeerRole::Endpoint, None, Validity::default())?),
+                None => None,
+            };
+            let id = match &creds {
+                Some(c) => c.identity.id.clone(),
+                None => NodeId(format!("e{i:07}")),
+            };
+            fleet.by_id.insert(id.clone(), i);
+            fleet.endpoints.push(FleetEndpoint {
+                id,
+                ip,
+                profile,
+                node: None,
+                member: None,
+                socket: None,
+                creds,
+                secret: NodeSecret::generate(),
+            });
+            fleet.launch(i).await?;
+            progress(i + 1);
+        }
+        Ok(fleet)
+    }
+
+    async fn start_server(
+        cfg: &FleetConfig,
+        net: &MemNetwork,
+        creds: Option<&Credentials>,
+        secret: &NodeSecret,
+        bind: SocketAddr,
+    ) -> Result<(Node, RingServer, Arc<QuestionDesk>)> {
+        let opts = NodeOptions {
+            link_event_capacity: 65_536,
+            ..NodeOptions::default()
+        };
+        let server = match creds {
+            None => {
+                let id = PeerIdentity {
+                    id: NodeId("server".into()),
+                    role: PeerRole::Server,
+                };
+                Node::start(net.bind(bind, id)?, opts).await?
+            }
+            Some(c) => {
+                let t = QuicTransport::bind(
+                    bind,
+                    c,
+                    secret,
+                    QuicOptions {
+                        timeouts: link_timeouts(cfg),
+                        ..QuicOptions::default()
+                    },
+                )?;
+                Node::start(t, opts).await?
+            }
+        };
+        let isolated = match cfg.topology {
+            Topology::Ring => Vec::new(),
+            Topology::Star => vec![parse_cidr("0.0.0.0/0").map_err(anyhow::Error::msg)?],
+        };
+        let rcfg = RingServerConfig {
+            membership: MembershipConfig {
+                isolated,
+                offline_after: cfg.offline_after,
+                ..MembershipConfig::default()
+            },
+            shards: cfg.shards,
+            probe_timeout: cfg.ring.dead_timeout,
+            hop_timeout: cfg.ring.hop_timeout,
+            dial_timeout: cfg.ring.dial_timeout,
+            retry_interval: cfg.ring.retry_interval,
+            ..RingServerConfig::default()
+        };
+        let rings = RingServer::start(&server, rcfg, None)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let desk = QuestionDesk::new(rings.clone(), None).install(&server);
+        Ok((server, rings, desk))
+    }
+
+    /// Starts endpoint `i` (again), with its identity, at its address.
+    async fn launch(&mut self, i: usize) -> Result<()> {
+        let cfg = &self.cfg;
+        let ep = &self.endpoints[i];
+        let (node, socket) = match &ep.creds {
+            None => {
+                let id = PeerIdentity {
+                    id: ep.id.clone(),
+                    role: PeerRole::Endpoint,
+                };
+                let t = self.net.bind(SocketAddr::new(ep.ip, 7000), id)?;
+                (Node::start(t, NodeOptions::default()).await?, None)
+            }
+            Some(creds) => {
+                let faults = Arc::new(SocketFaults::seeded(cfg.seed ^ (i as u64) << 20));
+                let t = QuicTransport::bind(
+                    SocketAddr::new(ep.ip, 0),
+                    creds,
+                    &ep.secret,
+                    QuicOptions {
+                        timeouts: link_timeouts(cfg),
+                        faults: Some(faults.clone()),
+                        ..QuicOptions::default()
+                    },
+                )
+                .with_context(|| format!("binding {}", ep.ip))?;
+                (Node::start(t, NodeOptions::default()).await?, Some(faults))
+            }
+        };
+        let evaluator =
+            SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost(ep.profile.clone()))));
+        evaluator.accept_config_on(&node);
+        let mut mc = MemberConfig::new(self.server_addr, node.local_addr(), ep.profile.hostname.clone());
+        mc.ring = cfg.ring;
+        mc.register_min = cfg.register_min;
+        mc.register_max = cfg.register_max;
+        mc.server_timeout = Duration::from_secs(5);
+        mc.seed = cfg.seed ^ i as u64;
+        mc.evaluator = Some(EvaluatorHandle(Arc::new(evaluator)));
+        let (member, _) = ractor::Actor::spawn(None, RingMember, (node.clone(), mc))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ep = &mut self.endpoints[i];
+        ep.node = Some(node);
+        ep.member = Some(member);
+        ep.socket = socket;
+        Ok(())
+    }
+
+    /// The server node.
+    pub fn server(&self) -> &Node {
+        &self.server
+    }
+
+    /// The server's ring service.
+    pub fn rings(&self) -> &RingServer {
+        &self.rings
+    }
+
+    /// The server's question desk.
+    pub fn desk(&self) -> &Arc<QuestionDesk> {
+        &self.desk
+    }
+
+    /// The index of the endpoint with this id.
+    pub fn index_of(&self, id: &NodeId) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    /// How many rings the fleet should form.
+    pub fn expected_rings(&self) -> usize {
+        match self.cfg.topology {
+            Topology::Ring => self.cfg.endpoints.div_ceil(usize::from(self.cfg.ring_size)),
+            Topology::Star => 0,
+        }
+    }
+
+    /// Indices of the endpoints in ring `r` (creation order is ring order of addresses).
+    pub fn ring_members(&self, r: usize) -> std::ops::Range<usize> {
+        let size = usize::from(self.cfg.ring_size);
+        let start = (r * size).min(self.endpoints.len());
+        start..((r + 1) * size).min(self.endpoints.len())
+    }
+
+    /// Serves the desk and ring admin on `front` too (an operator-facing node).
+    pub fn add_front(&mut self, front: Node) {
+        front.router().register(
+            rollcall_actors::desk::DESK,
+            rollcall_actors::desk::route(self.desk.clone()),
+        );
+        self.rings.serve_admin_on(&front);
+        self.fronts.push(front);
+    }
+
+    /// The fleet's CA (QUIC fleets only).
+    pub fn ca(&self) -> Option<&Arc<Ca>> {
+        self.ca.as_ref()
+    }
+
+    /// Kills endpoint `i` silently: nothing leaves or reaches it any more (not even a close),
+    /// so its peers notice only by timeouts. Returns false if it was not running.
+    pub fn kill(&mut self, i: usize) -> bool {
+        let ep = &mut self.endpoints[i];
+        let Some(node) = ep.node.take() else {
+            return false;
+        };
+        match &ep.socket {
+            Some(s) => s.set_blackhole(true),
+            None => self.net.crash(ep.ip),
+        }
+        if let Some(m) = ep.member.take() {
+            m.stop(Some("killed".into()));
+        }
+        node.shutdown();
+        true
+    }
+
+    /// Restarts endpoint `i` with its identity (killing it first if it runs).
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        self.kill(i);
+        self.launch(i).await
+    }
+
+    /// Pauses (a grey node: connections kept, nothing handled) or resumes endpoint `i`.
+    pub fn pause(&self, i: usize, paused: bool) -> bool {
+        match &self.endpoints[i].node {
+            Some(n) => {
+                n.faults().set_paused(paused);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delays every envelope in and out of endpoint `i` by `delay` (zero clears).
+    pub fn slow(&self, i: usize, delay: Duration) -> bool {
+        match &self.endpoints[i].node {
+            Some(n) => {
+                n.faults().set_delay(delay);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Loses a share `p` of what endpoint `i` sends and receives (in memory: a lost frame is
+    /// resent after a delay, as QUIC would; on QUIC: datagrams).
+    pub fn loss(&self, i: usize, p: f64) {
+        let ep = &self.endpoints[i];
+        match &ep.socket {
+            Some(s) => s.set_loss(p),
+            None => self.net.set_host_loss(ep.ip, p),
+        }
+    }
+
+    /// Duplicates a share `p` of what endpoint `i` sends and receives (in memory: casts
+    /// delivered twice; on QUIC: datagrams sent twice).
+    pub fn duplicate(&self, i: usize, p: f64) {
+        let ep = &self.endpoints[i];
+        match &ep.socket {
+            Some(s) => s.set_duplication(p),
+            None => self.net.set_host_duplication(ep.ip, p),
+        }
+    }
+
+    /// Cuts endpoints `a` off from endpoints `b` (and from the server if `server_in_b`).
+    pub fn partition(&self, a: &[usize], b: &[usize], server_in_b: bool) {
+        let ips = |s: &[usize]| -> Vec<IpAddr> { s.iter().map(|&i| self.endpoints[i].ip).collect() };
+        let (a_ips, mut b_ips) = (ips(a), ips(b));
+        if server_in_b {
+            b_ips.push(self.server_addr.ip());
+        }
+        match self.cfg.transport {
+            SimTransport::Mem => self.net.partition(&a_ips, &b_ips),
+            SimTransport::Quic => {
+                for &i in a {
+                    if let Some(s) = &self.endpoints[i].socket {
+                        b_ips.iter().for_each(|ip| s.block(*ip));
+                    }
+                }
+                for &i in b {
+                    if let Some(s) = &self.endpoints[i].socket {
+                        a_ips.iter().for_each(|ip| s.block(*ip));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Clears every fault on running endpoints and the network (killed endpoints stay down).
+    pub fn heal(&self) {
+        self.net.clear_faults();
+        for ep in &self.endpoints {
+            if let Some(n) = &ep.node {
+                n.faults().clear();
+            }
+            if let Some(s) = &ep.socket {
+                s.clear();
+            }
+        }
+    }
+
+    /// Clears every fault and restarts killed endpoints: a clean fleet for the next scenario.
+    pub async fn reset(&mut self) -> Result<()> {
+        self.heal();
+        for i in 0..self.endpoints.len() {
+            if !self.endpoints[i].alive() {
+                self.launch(i).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restarts the server at its address. Open questions are lost with it (as they are
+    /// when a server without a result store restarts); endpoints re-register and leaders
+    /// link again.
+    pub async fn restart_server(&mut self) -> Result<()> {
+        match self.cfg.transport {
+            SimTransport::Mem => self.net.crash(self.server_addr.ip()),
+            SimTransport::Quic => {}
+        }
+        self.server.shutdown_and_wait(Duration::from_millis(200)).await;
+        let (server, rings, desk) = Fleet::start_server(
+            &self.cfg,
+            &self.net,
+            self.server_creds.as_ref(),
+            &self.server_secret,
+            self.server_addr,
+        )
+        .await?;
+        self.server = server;
+        self.rings = rings;
+        self.desk = desk;
+        let fronts = std::mem::take(&mut self.fronts);
+        for f in fronts {
+            self.add_front(f);
+        }
+        Ok(())
+    }
+
+    /// The server's view of every ring.
+    pub async fn report(&self) -> RingsReport {
+        self.rings.report(None).await
+    }
+
+    /// Whether every ring has formed: all running endpoints registered, each ring's online
+    /// members one chain (first leads forward, last leads backward, two leader links),
+    /// nobody suspect. Killed endpoints must be offline or gone.
+    pub fn one_chain_each(&self, report: &RingsReport) -> bool {
+        let alive = self.endpoints.iter().filter(|e| e.alive()).count();
+        let online = |ms: &'_ [MemberReport]| -> Vec<MemberReport> {
+            ms.iter()
+                .filter(|m| m.health != Health::Offline)
+                .cloned()
+                .collect()
+        };
+        let isolated = online(&report.isolated);
+        let mut members = isolated.len();
+        report.rings.iter().all(|r| {
+            let chain = online(&r.members);
+            let n = chain.len();
+            members += n;
+            chain
+                .iter()
+                .all(|m| matches!(m.health, Health::Ok | Health::Slow))
+                && r.leader_links == n.min(2)
+                && chain.iter().enumerate().all(|(i, m)| {
+                    m.leads.forward == (i == 0) && m.leads.backward == (i + 1 == n)
+                })
+        }) && members == alive
+            && isolated.iter().all(|m| m.leads.forward)
+    }
+
+    /// Waits until [`Fleet::one_chain_each`] holds, polling every `every`; returns how long it
+    /// took, or `None` after `timeout`.
+    pub async fn wait_formed(&self, timeout: Duration, every: Duration) -> Option<Duration> {
+        let t0 = tokio::time::Instant::now();
+        loop {
+            let r = self.report().await;
+            if self.one_chain_each(&r) {
+                return Some(t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Asks `text` through the desk, as an operator; returns the question's id.
+    pub async fn ask(&self, text: &str, ttl: Duration) -> Result<u64> {
+        match self
+            .desk
+            .serve(
+                DeskRequest::Ask {
+                    text: text.into(),
+                    ttl_ms: Some(ttl.as_millis() as u64),
+                },
+                PeerRole::Operator(OperatorRole::Operator),
+            )
+            .await
+        {
+            DeskReply::Asked { id, .. } => Ok(id),
+            other => bail!("ask failed: {other:?}"),
+        }
+    }
+
+    /// Where question `id` stands.
+    pub fn progress(&self, id: u64) -> Option<Progress> {
+        self.rings.progress(id)
+    }
+
+    /// What the profiles say [`SIM_QUESTION`]'s rows are over the endpoints in `who`.
+    pub fn ground_truth<'a>(
+        &self,
+        who: impl IntoIterator<Item = &'a NodeId>,
+    ) -> std::collections::BTreeMap<Vec<String>, u64> {
+        let mut t = std::collections::BTreeMap::new();
+        for id in who {
+            if let Some(&i) = self.by_id.get(id) {
+                let p = &self.endpoints[i].profile;
+                *t.entry(vec![p.os.clone(), p.os_version.clone()])
+                    .or_default() += 1;
+            }
+        }
+        t
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(&mut self) {
+        for ep in &mut self.endpoints {
+            if let Some(m) = ep.member.take() {
+                m.stop(None);
+            }
+            if let Some(n) = ep.node.take() {
+                n.shutdown();
+            }
+        }
+        for f in &self.fronts {
+            f.shutdown();
+        }
+        self.server.shutdown_and_wait(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,6 @@
+//! The fleet simulator and the chaos tooling behind `rollcall sim`, `rollcall chaos` and
+//! `rollcall bench`, shared with the fault-scenario suite.
+
+pub mod chaos;
+pub mod fleet;
+pub mod sim;

@@ -104,6 +104,8 @@ pub enum MemberMsg {
     Tick,
     /// Registration timer.
     Register,
+    /// Register now, outside the timer (the server came back).
+    RegisterNow,
     /// A registration's answer.
     Registered(Result<RegistrationReply, CallError>),
     /// A probe's request went on the wire.
@@ -309,17 +311,22 @@ impl MemberState {
         let dial = self.cfg.ring.dial_timeout;
         let me = myself.clone();
         tokio::spawn(async move {
-            let call = async {
-                let link = match link {
-                    Some(l) => l,
-                    None => node.connect_once(target.addr, dial).await?,
-                };
-                link.call::<_, Partial>(MEMBER, &MemberRequest::Ask(env), left)
-                    .await
+            // A link dialed for this question alone is closed after it.
+            let (link, owned) = match link {
+                Some(l) => (Ok(l), false),
+                None => (node.connect_once(target.addr, dial.min(left)).await, true),
             };
-            let result = match tokio::time::timeout(left, call).await {
-                Ok(r) => r,
-                Err(_) => Err(CallError::Timeout(left)),
+            let result = match link {
+                Ok(link) => {
+                    let r = link
+                        .call::<_, Partial>(MEMBER, &MemberRequest::Ask(env), left)
+                        .await;
+                    if owned {
+                        link.close();
+                    }
+                    r
+                }
+                Err(e) => Err(e),
             };
             let _ = me.send_message(MemberMsg::Downstream {
                 id,
@@ -436,9 +443,9 @@ impl MemberState {
                 let link = self.links.get(&m.id).filter(|l| l.is_connected()).cloned();
                 let me = myself.clone();
                 tokio::spawn(async move {
-                    let me2 = me.clone();
+                    // The dial and the call have their own timeouts: never drop a half-made
+                    // attempt, whose link would stay open.
                     let attempt = async {
-                        let me = me2;
                         let link = match link {
                             Some(l) => l,
                             None => node.connect_once(m.addr, dial).await?,
@@ -453,8 +460,8 @@ impl MemberState {
                         }
                         Ok::<_, CallError>((r.is_ok(), link))
                     };
-                    let msg = match tokio::time::timeout(dial + timeout, attempt).await {
-                        Ok(Ok((ok, link))) => MemberMsg::Probed {
+                    let msg = match attempt.await {
+                        Ok((ok, link)) => MemberMsg::Probed {
                             id: m.id,
                             addr: m.addr,
                             ok,
@@ -510,12 +517,12 @@ impl MemberState {
                     l.close();
                 }
             }
-            Output::Leader(sides) => self.lead(sides).await,
+            Output::Leader(sides) => self.lead(myself, sides).await,
         }
     }
 
     /// Opens or closes the server link as leadership changes, and announces it.
-    async fn lead(&mut self, sides: LeaderSides) {
+    async fn lead(&mut self, myself: &ActorRef<MemberMsg>, sides: LeaderSides) {
         tracing::info!(
             forward = sides.forward,
             backward = sides.backward,
@@ -531,16 +538,28 @@ impl MemberState {
             // The server does not know us yet; the first registration's answer announces.
             return;
         }
-        self.announce(sides).await;
+        self.announce(myself, sides).await;
     }
 
-    async fn announce(&mut self, sides: LeaderSides) {
+    async fn announce(&mut self, myself: &ActorRef<MemberMsg>, sides: LeaderSides) {
         let (server, t) = (self.cfg.server, self.cfg.server_timeout);
         if self.server_link.is_none() {
             // A redialing link: it survives server restarts. `connect` only starts the link
             // actor; it does not wait for the connection.
             match self.node.connect(server).await {
-                Ok(l) => self.server_link = Some(l),
+                Ok(l) => {
+                    // When the server comes back after losing us (a restart), register at
+                    // once, so it learns its leaders without waiting a whole interval.
+                    let (watch, me) = (l.clone(), myself.clone());
+                    tokio::spawn(async move {
+                        while watch.wait_reconnected().await {
+                            if me.send_message(MemberMsg::RegisterNow).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    self.server_link = Some(l);
+                }
                 Err(e) => tracing::warn!(error = %e, "could not start the server link"),
             }
         }
@@ -604,7 +623,8 @@ impl Actor for RingMember {
                 st.feed(&myself, Input::Tick).await;
                 st.reroute_questions(&myself);
             }
-            MemberMsg::Register => {
+            MemberMsg::Register | MemberMsg::RegisterNow => {
+                let timer = matches!(msg, MemberMsg::Register);
                 st.feed(&myself, Input::RegistrationSent).await;
                 let node = st.node.clone();
                 let link = st.server_link.clone();
@@ -630,7 +650,9 @@ impl Actor for RingMember {
                     (lo, hi)
                 };
                 let next = st.rng.random_range(lo..=hi);
-                myself.send_after(next, || MemberMsg::Register);
+                if timer {
+                    myself.send_after(next, || MemberMsg::Register);
+                }
             }
             MemberMsg::Registered(Ok(reply)) => {
                 st.registrations += 1;
@@ -657,7 +679,7 @@ impl Actor for RingMember {
                 if sides.any() {
                     // Re-announce on every registration: a restarted server learns its
                     // leaders within one interval.
-                    st.announce(sides).await;
+                    st.announce(&myself, sides).await;
                 }
             }
             MemberMsg::Registered(Err(e)) => {

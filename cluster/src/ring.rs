@@ -473,12 +473,18 @@ impl RingCore {
             }
         }
         // Probe the route target, every non-routable candidate closer than it (slow ones each
-        // tick, dead ones each retry interval), and nothing beyond it.
+        // tick, dead ones each retry interval), and nothing beyond it. But once a closer one
+        // failed, a route target never probed yet is not trusted: the ones after it are
+        // probed at the same time, up to one known to answer, so a whole unreachable arc is
+        // routed past in one hop timeout, not one per member.
         let candidates: Vec<MemberInfo> = self.candidates().into_iter().cloned().collect();
         let retry = self.cfg.retry_interval;
+        let mut failed_before = false;
         for m in candidates {
             let p = self.peer(&m.id);
             let routable = p.health.routable();
+            let trusted = p.health == PeerHealth::Ok || !failed_before;
+            failed_before |= !routable;
             let due = match p.health {
                 PeerHealth::Dead => p
                     .last_try
@@ -490,7 +496,7 @@ impl RingCore {
                 p.last_try = Some(now);
                 self.out.push_back(Output::Probe(m.clone()));
             }
-            if routable {
+            if routable && trusted {
                 break;
             }
         }
@@ -654,8 +660,15 @@ mod tests {
         c.handle(Input::Tick, ms(251));
         assert_eq!(c.health(&m(2).id), PeerHealth::Late);
         assert_eq!(c.route_target(), Some(&m(3)));
-        assert_eq!(probes(&sent(&mut c, ms(251))), [m(3).id]);
+        // m(3) was never probed and a closer one just failed: it is not trusted yet, so the
+        // ones after it, up to one known to answer, are probed at the same time.
+        assert_eq!(
+            probes(&sent(&mut c, ms(251))),
+            [m(3).id, m(4).id, m(5).id]
+        );
         c.handle(Input::Ack(m(3).id), ms(260));
+        c.handle(Input::Ack(m(4).id), ms(261));
+        c.handle(Input::Ack(m(5).id), ms(262));
         // ...but only the request's own round trip judges it: on time, so it is back.
         c.handle(Input::ProbeStarted(m(2).id), ms(300));
         c.handle(Input::Ack(m(2).id), ms(340));

@@ -178,15 +178,17 @@ impl Actor for ServerShard {
                             let t = st.args.cfg.probe_timeout;
                             let me = myself.clone();
                             tokio::spawn(async move {
-                                let probe = async {
-                                    let link = node.connect_once(order.member.addr, t).await?;
-                                    let r: Result<(), CallError> =
-                                        link.call(MEMBER, &MemberRequest::Probe, t).await;
-                                    link.close();
-                                    r
+                                // Each step has its own timeout, so the link is always closed.
+                                let answered = match node.connect_once(order.member.addr, t).await
+                                {
+                                    Ok(link) => {
+                                        let r: Result<(), CallError> =
+                                            link.call(MEMBER, &MemberRequest::Probe, t).await;
+                                        link.close();
+                                        r.is_ok()
+                                    }
+                                    Err(_) => false,
                                 };
-                                let answered =
-                                    matches!(tokio::time::timeout(t, probe).await, Ok(Ok(())));
                                 let _ = me.send_message(ShardMsg::ProbeResult {
                                     id: order.member.id,
                                     answered,
@@ -195,7 +197,11 @@ impl Actor for ServerShard {
                         }
                     }
                     ServerRequest::Leader(sides) => {
-                        st.core.set_leader(&from, sides);
+                        // An announcement that arrives after its link closed is stale: the
+                        // member has stopped leading, or will announce again.
+                        if !sides.any() || st.args.node.is_connected_to(&from) {
+                            st.core.set_leader(&from, sides);
+                        }
                         incoming.answer(&())?;
                     }
                     ServerRequest::Answer { id, answer } => {
@@ -223,6 +229,13 @@ impl Actor for ServerShard {
             ShardMsg::Tick => {
                 for (ring, id) in st.core.tick(now()) {
                     tracing::warn!(%ring, node = %id, "evicted");
+                }
+                // A leader whose link is gone no longer leads, even if its link-down event
+                // raced with its announcement.
+                for id in st.core.leaders() {
+                    if !st.args.node.is_connected_to(&id) {
+                        st.core.link_down(&id);
+                    }
                 }
             }
             ShardMsg::Report { filter, reply } => {

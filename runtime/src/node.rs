@@ -458,7 +458,12 @@ impl Node {
         addr: SocketAddr,
         timeout: Duration,
     ) -> Result<PeerHandle, CallError> {
-        let conn = tokio::time::timeout(timeout, self.shared.transport.connect(addr))
+        let dial = async {
+            // A paused node dials nothing.
+            self.shared.faults.pass().await;
+            self.shared.transport.connect(addr).await
+        };
+        let conn = tokio::time::timeout(timeout, dial)
             .await
             .map_err(|_| CallError::Timeout(timeout))??;
         self.spawn_link(LinkMode::Single(conn), addr)
@@ -651,6 +656,16 @@ impl PeerHandle {
             .borrow()
             .clone()
             .ok_or(CallError::NotConnected(self.addr))
+    }
+
+    /// Waits until the link, connected or not now, has been down and is connected again (a
+    /// redialing link that lost its peer and found it again). False once the link is gone.
+    pub async fn wait_reconnected(&self) -> bool {
+        let mut rx = self.conn.subscribe();
+        if rx.wait_for(|c| c.is_none()).await.is_err() {
+            return false;
+        }
+        rx.wait_for(|c| c.is_some()).await.is_ok()
     }
 
     /// Waits until the link is connected, up to `timeout`.
@@ -848,9 +863,12 @@ impl Actor for PeerLink {
         match msg {
             PeerLinkMsg::Dial => {
                 let transport = state.handle.shared.transport.clone();
+                let faults = state.handle.shared.faults.clone();
                 let addr = state.handle.addr;
                 let me = myself.clone();
                 tokio::spawn(async move {
+                    // A paused node dials nothing.
+                    faults.pass().await;
                     let msg = match transport.connect(addr).await {
                         Ok(c) => PeerLinkMsg::Connected(c),
                         Err(e) => PeerLinkMsg::DialFailed(e),

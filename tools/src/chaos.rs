@@ -390,6 +390,19 @@ impl Observer {
             if t0.elapsed() > timeout {
                 if std::env::var("ROLLCALL_CHAOS_DEBUG").is_ok() {
                     eprintln!("not formed:\n{}", shape(&r));
+                    for m in members(&r).filter(|m| m.leads.any()) {
+                        if let Some(i) = fleet.index_of(&m.id) {
+                            eprintln!("{}: {:?}", m.id, fleet.member_status(i).await);
+                            let at_server: Vec<_> = fleet
+                                .server()
+                                .connected_peers()
+                                .into_iter()
+                                .filter(|p| p.peer.id == m.id)
+                                .collect();
+                            let mine = fleet.endpoints[i].node().map(|n| n.connected_peers());
+                            eprintln!("  server has {at_server:?}\n  it has {mine:?}");
+                        }
+                    }
                 }
                 return Ok(None);
             }

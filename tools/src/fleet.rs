@@ -385,6 +385,11 @@ impl Fleet {
         Ok(())
     }
 
+    /// What endpoint `i`'s ring actor reports about itself, while it runs.
+    pub async fn member_status(&self, i: usize) -> Option<rollcall_cluster::member::MemberStatus> {
+        rollcall_cluster::member::status(self.endpoints[i].member.as_ref()?).await
+    }
+
     /// The server node.
     pub fn server(&self) -> &Node {
         &self.server

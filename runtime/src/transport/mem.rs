@@ -446,6 +446,14 @@ struct MemConnection {
     rx: Mutex<mpsc::UnboundedReceiver<MemStream>>,
 }
 
+impl Drop for MemConnection {
+    /// As with QUIC, a connection whose last handle at one end is dropped is closed for both.
+    fn drop(&mut self) {
+        self.shared
+            .close(TransportError::ClosedByPeer("connection dropped".into()));
+    }
+}
+
 impl MemConnection {
     /// Sends after the link's delay; frames on a cut link vanish (the connection will time out).
     fn send_delayed(&self, s: MemStream) -> Result<(), TransportError> {

@@ -572,8 +572,12 @@ impl MemberState {
                     link.call(REGISTRY, &ServerRequest::Leader(sides), t).await;
                 match r {
                     Ok(()) => {}
-                    // The node is shutting down.
-                    Err(CallError::Transport(rollcall_runtime::TransportError::LocallyClosed)) => {}
+                    // The node is shutting down, or leadership moved on and the link was
+                    // closed (a fleet starting at once hands it on quickly).
+                    Err(CallError::Transport(
+                        rollcall_runtime::TransportError::LocallyClosed
+                        | rollcall_runtime::TransportError::ClosedByPeer(_),
+                    )) => tracing::debug!("leadership announcement overtaken by a closed link"),
                     Err(e) => tracing::warn!(error = %e, "could not announce leadership"),
                 }
             }

@@ -913,6 +913,18 @@ pub enum Target {
     All,
 }
 
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Node(n) => write!(f, "--node {n}"),
+            Target::Random(p) => write!(f, "--random {p}%"),
+            Target::Leaders => f.write_str("--leaders"),
+            Target::Subnet(s) => write!(f, "--subnet {s}"),
+            Target::All => f.write_str("--all"),
+        }
+    }
+}
+
 /// A fault to apply now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FaultAction {
@@ -1003,7 +1015,7 @@ pub fn resolve(fleet: &Fleet, report: &RingsReport, target: &Target, seed: u64) 
         }
     };
     if picked.is_empty() {
-        anyhow::bail!("no endpoint matches {target:?}");
+        anyhow::bail!("no endpoint matches {target}");
     }
     Ok(picked)
 }

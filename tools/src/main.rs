@@ -83,6 +83,11 @@ enum Command {
     /// Run a server and N simulated endpoints in one process and measure questions:
     /// registration time, time to 100% of answers, server messages and bytes, memory.
     Sim(sim::SimArgs),
+    /// Inject faults into a fleet served by `rollcall sim --serve`, or run a fault scenario
+    /// and print its invariant table (admin role). The server flags come first, e.g.
+    /// `rollcall chaos --server 127.0.0.1:4800 --cert-dir ops kill --random 10%`, or
+    /// `... --scenario ring-split`, `... --scenario all`.
+    Chaos(ChaosArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -100,6 +105,247 @@ struct OperatorArgs {
     /// Operator credentials written by `rollcall ca issue-operator --out`.
     #[arg(long)]
     cert_dir: PathBuf,
+}
+
+/// `rollcall chaos` arguments.
+#[derive(Debug, Args)]
+struct ChaosArgs {
+    #[command(flatten)]
+    op: OperatorArgs,
+    /// Run a scenario (or `all` of them, one after another) from a healed fleet and print
+    /// the invariant table: neighbour-killed, grey-neighbour, slow-neighbour, leader-killed,
+    /// both-leaders-killed, ring-split, subnet-reboot, offline-and-back,
+    /// loss-and-duplication, server-restart. Exits non-zero if an invariant fails.
+    #[arg(long, value_name = "NAME")]
+    scenario: Option<String>,
+    /// Seed of the scenario's choices (which ring, which machines, when).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How long the scenario's fault lasts before healing, in seconds.
+    #[arg(long, default_value_t = 4)]
+    fault_secs: u64,
+    /// The window in which subnet-reboot's machines reboot, in seconds.
+    #[arg(long, default_value_t = 60)]
+    reboot_window_secs: u64,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    action: Option<ChaosAction>,
+}
+
+/// A fault to apply now.
+#[derive(Debug, Subcommand)]
+enum ChaosAction {
+    /// Kill silently (nothing leaves them, not even a close).
+    Kill(TargetArgs),
+    /// Start killed ones again, with their identity (running ones are killed first).
+    Restart(TargetArgs),
+    /// Pause: a grey machine that keeps its connections but answers nothing.
+    Pause(TargetArgs),
+    /// Resume paused ones.
+    Resume(TargetArgs),
+    /// Delay everything they send and receive.
+    Slow {
+        /// Milliseconds per message, each way.
+        #[arg(long)]
+        ms: u64,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Lose a share of what they send and receive.
+    Loss {
+        /// Percent, e.g. 10 or 10%.
+        #[arg(long, value_parser = parse_percent)]
+        percent: f64,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Duplicate a share of what they send and receive.
+    Duplicate {
+        /// Percent, e.g. 10 or 10%.
+        #[arg(long, value_parser = parse_percent)]
+        percent: f64,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Cut them off from every other endpoint.
+    Partition {
+        /// Cut them off from the server too.
+        #[arg(long)]
+        from_server: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Clear every fault (killed machines stay down until restarted).
+    Heal,
+}
+
+/// Which endpoints a fault hits (exactly one).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct TargetArgs {
+    /// One endpoint, by id or address.
+    #[arg(long)]
+    node: Option<String>,
+    /// A random share of the running endpoints, e.g. 10%.
+    #[arg(long, value_parser = parse_percent)]
+    random: Option<f64>,
+    /// Every current leader.
+    #[arg(long)]
+    leaders: bool,
+    /// Every endpoint of a subnet, e.g. 127.1.0.0/24.
+    #[arg(long)]
+    subnet: Option<String>,
+    /// Every endpoint.
+    #[arg(long)]
+    all: bool,
+}
+
+impl TargetArgs {
+    fn target(&self) -> rollcall::chaos::Target {
+        use rollcall::chaos::Target;
+        if let Some(n) = &self.node {
+            Target::Node(n.clone())
+        } else if let Some(p) = self.random {
+            Target::Random(p)
+        } else if self.leaders {
+            Target::Leaders
+        } else if let Some(s) = &self.subnet {
+            Target::Subnet(s.clone())
+        } else {
+            Target::All
+        }
+    }
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage like 10 or 10%"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{v}% is not between 0% and 100%"));
+    }
+    Ok(v)
+}
+
+async fn chaos_command(a: ChaosArgs) -> Result<std::process::ExitCode> {
+    use rollcall::chaos::{CHAOS, ChaosReply, ChaosRequest, FaultAction, Scenario, ScenarioOptions};
+    let requests: Vec<ChaosRequest> = match (&a.scenario, &a.action) {
+        (Some(_), Some(_)) => bail!("give either a fault or --scenario, not both"),
+        (Some(name), None) => {
+            let list: Vec<Scenario> = if name == "all" {
+                Scenario::ALL.to_vec()
+            } else {
+                vec![
+                    <Scenario as clap::ValueEnum>::from_str(name, true).map_err(|_| {
+                        anyhow::anyhow!(
+                            "no scenario {name:?}; one of: all, {}",
+                            Scenario::ALL.map(|s| s.name()).join(", ")
+                        )
+                    })?,
+                ]
+            };
+            let mut opts = ScenarioOptions::new(a.seed);
+            opts.fault_for = Duration::from_secs(a.fault_secs.max(1));
+            opts.reboot_window = Duration::from_secs(a.reboot_window_secs.max(1));
+            list.into_iter()
+                .map(|scenario| ChaosRequest::Scenario {
+                    scenario,
+                    opts: opts.clone(),
+                })
+                .collect()
+        }
+        (None, Some(action)) => {
+            let (action, target) = match action {
+                ChaosAction::Kill(t) => (FaultAction::Kill, t.target()),
+                ChaosAction::Restart(t) => (FaultAction::Restart, t.target()),
+                ChaosAction::Pause(t) => (FaultAction::Pause, t.target()),
+                ChaosAction::Resume(t) => (FaultAction::Resume, t.target()),
+                ChaosAction::Slow { ms, target } => (FaultAction::Slow(*ms), target.target()),
+                ChaosAction::Loss { percent, target } => {
+                    (FaultAction::Loss(*percent), target.target())
+                }
+                ChaosAction::Duplicate { percent, target } => {
+                    (FaultAction::Duplicate(*percent), target.target())
+                }
+                ChaosAction::Partition {
+                    from_server,
+                    target,
+                } => (FaultAction::Partition(*from_server), target.target()),
+                ChaosAction::Heal => (FaultAction::Heal, rollcall::chaos::Target::All),
+            };
+            vec![ChaosRequest::Fault {
+                action,
+                target,
+                seed: a.seed,
+            }]
+        }
+        (None, None) => bail!("say what to do: a fault (see `rollcall chaos --help`) or --scenario NAME"),
+    };
+    let creds = Credentials::load(&a.op.cert_dir).context("loading operator credentials")?;
+    let node = operator_node(&creds, a.op.server).await?;
+    let link = node.connect(a.op.server).await?;
+    link.wait_connected(Duration::from_secs(10))
+        .await
+        .with_context(|| format!("connecting to {}", a.op.server))?;
+    let mut ok = true;
+    for req in requests {
+        if let ChaosRequest::Scenario { scenario, opts } = &req {
+            eprintln!(
+                "running scenario {} (seed {}): forming, fault for {:?}, healing; this takes a minute or two",
+                scenario.name(),
+                opts.seed,
+                opts.fault_for
+            );
+        }
+        let reply: ChaosReply = match link.call(CHAOS, &req, Duration::from_secs(3600)).await {
+            Ok(r) => r,
+            Err(rollcall_runtime::node::CallError::Transport(
+                rollcall_runtime::TransportError::Refused(
+                    rollcall_runtime::transport::RefuseCode::UnknownDestination,
+                ),
+            )) => {
+                bail!(
+                    "{} takes no chaos commands: they run against a fleet served by `rollcall sim --serve`",
+                    a.op.server
+                )
+            }
+            Err(e) => return Err(e).context("sending the chaos command"),
+        };
+        match reply {
+            ChaosReply::Applied(who) => {
+                if a.json {
+                    println!("{}", serde_json::to_string(&who)?);
+                } else {
+                    println!("applied to {} endpoint(s):", who.len());
+                    for (id, ip) in who {
+                        println!("  {id}  {ip}");
+                    }
+                }
+            }
+            ChaosReply::Scenario(r) => {
+                ok &= r.passed();
+                if a.json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!("{}", r.table());
+                }
+            }
+            ChaosReply::Error(e) => {
+                node.shutdown_and_wait(Duration::from_secs(1)).await;
+                bail!("{e}")
+            }
+        }
+    }
+    node.shutdown_and_wait(Duration::from_secs(1)).await;
+    Ok(if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
 
 /// How results are printed.
@@ -427,16 +673,29 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Results(a) => results(a).await?,
         Command::Questions(a) => questions(a).await?,
         Command::Sim(a) => {
-            let r = sim::run(&a).await?;
+            let (mut fleet, started) = sim::start(&a).await?;
+            let r = sim::measure(&a, &fleet, started).await;
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    fleet.shutdown().await;
+                    return Err(e);
+                }
+            };
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 sim::print(&r);
             }
+            match (a.serve, &a.cert_dir) {
+                (Some(addr), Some(dir)) => sim::serve(fleet, addr, dir, wait_for_shutdown()).await?,
+                _ => fleet.shutdown().await,
+            }
             if !r.all_answered {
                 bail!("not every endpoint answered every question");
             }
         }
+        Command::Chaos(a) => return chaos_command(a).await,
         Command::Bench(BenchCommand::Scale {
             out,
             max_endpoints,

@@ -37,6 +37,29 @@ pub struct SimArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// After measuring, keep the fleet running and serve operators (the question desk, ring
+    /// admin and chaos commands) over QUIC at this address, e.g. 127.0.0.1:4800, until
+    /// Ctrl-C. Admin credentials for `rollcall chaos`, `ask` and `ring show` are written to
+    /// `--cert-dir`.
+    #[arg(long, value_name = "ADDR", requires = "cert_dir")]
+    pub serve: Option<std::net::SocketAddr>,
+    /// Where `--serve` writes the admin operator's credentials.
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<std::path::PathBuf>,
+    /// Ring timing: `scale` probes every 2 s and registers every 30–90 s (large fleets);
+    /// `lan` probes every 500 ms, routes past a silent hop after 300 ms and registers every
+    /// 5–10 s (fault scenarios). Default: `lan` with `--serve`, else `scale`.
+    #[arg(long, value_enum)]
+    pub timing: Option<Timing>,
+}
+
+/// Ring timing presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Timing {
+    /// Slow probing and registration, for very large fleets.
+    Scale,
+    /// LAN-like timing, for fault scenarios.
+    Lan,
 }
 
 /// What a sim measured.
@@ -106,6 +129,61 @@ pub async fn run(a: &SimArgs) -> Result<SimReport> {
     report
 }
 
+/// Serves operators at `addr` in front of `fleet` until `stop` resolves: the question desk,
+/// ring admin and chaos commands, over QUIC with mutual TLS. Writes an admin operator's
+/// credentials to `cert_dir`.
+pub async fn serve(
+    mut fleet: Fleet,
+    addr: std::net::SocketAddr,
+    cert_dir: &std::path::Path,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    use rollcall_runtime::identity::{Ca, NodeSecret, PeerRole, Validity};
+    use rollcall_runtime::node::{Node, NodeOptions};
+    use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
+    let ca = match fleet.ca() {
+        Some(ca) => ca.clone(),
+        None => std::sync::Arc::new(Ca::generate("rollcall sim CA")?),
+    };
+    let front_creds = ca.issue(PeerRole::Server, Some("sim-front"), Validity::default())?;
+    let admin = ca.issue(
+        PeerRole::Operator(rollcall_runtime::OperatorRole::Admin),
+        Some("sim-admin"),
+        Validity::default(),
+    )?;
+    admin
+        .save(cert_dir)
+        .with_context(|| format!("writing credentials to {}", cert_dir.display()))?;
+    let t = QuicTransport::bind(
+        addr,
+        &front_creds,
+        &NodeSecret::generate(),
+        QuicOptions::default(),
+    )
+    .with_context(|| format!("listening on {addr}"))?;
+    // Scenarios run for minutes: let operators' calls wait for them.
+    let front = Node::start(
+        t,
+        NodeOptions {
+            serve_timeout: Duration::from_secs(3600),
+            ..NodeOptions::default()
+        },
+    )
+    .await?;
+    let listen = front.local_addr();
+    fleet.add_front(front.clone());
+    let fleet = std::sync::Arc::new(tokio::sync::Mutex::new(fleet));
+    crate::chaos::ChaosControl::new(fleet.clone()).install(&front);
+    eprintln!(
+        "serving operators at {listen}; admin credentials in {dir}\n  e.g. rollcall chaos --server {listen} --cert-dir {dir} --scenario neighbour-killed\n       rollcall ring show --server {listen} --cert-dir {dir}\nCtrl-C stops.",
+        dir = cert_dir.display()
+    );
+    stop.await;
+    front.shutdown_and_wait(Duration::from_millis(500)).await;
+    fleet.lock().await.shutdown().await;
+    Ok(())
+}
+
 /// When and at what memory a sim's fleet started.
 #[derive(Debug, Clone, Copy)]
 pub struct Started {
@@ -120,7 +198,15 @@ pub async fn start(a: &SimArgs) -> Result<(Fleet, Started)> {
     if a.endpoints == 0 {
         bail!("--endpoints must be at least 1");
     }
-    let mut cfg = FleetConfig::sim(a.endpoints, a.ring_size, a.transport, a.seed);
+    let timing = a.timing.unwrap_or(if a.serve.is_some() {
+        Timing::Lan
+    } else {
+        Timing::Scale
+    });
+    let mut cfg = match timing {
+        Timing::Scale => FleetConfig::sim(a.endpoints, a.ring_size, a.transport, a.seed),
+        Timing::Lan => FleetConfig::chaos(a.endpoints, a.ring_size, a.transport, a.seed),
+    };
     cfg.topology = a.topology;
     cfg.hop_latency = Duration::from_millis(a.hop_latency_ms);
     let progress_every = (a.endpoints / 20).max(1);

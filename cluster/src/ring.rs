@@ -662,10 +662,7 @@ mod tests {
         assert_eq!(c.route_target(), Some(&m(3)));
         // m(3) was never probed and a closer one just failed: it is not trusted yet, so the
         // ones after it, up to one known to answer, are probed at the same time.
-        assert_eq!(
-            probes(&sent(&mut c, ms(251))),
-            [m(3).id, m(4).id, m(5).id]
-        );
+        assert_eq!(probes(&sent(&mut c, ms(251))), [m(3).id, m(4).id, m(5).id]);
         c.handle(Input::Ack(m(3).id), ms(260));
         c.handle(Input::Ack(m(4).id), ms(261));
         c.handle(Input::Ack(m(5).id), ms(262));

@@ -179,8 +179,7 @@ impl Actor for ServerShard {
                             let me = myself.clone();
                             tokio::spawn(async move {
                                 // Each step has its own timeout, so the link is always closed.
-                                let answered = match node.connect_once(order.member.addr, t).await
-                                {
+                                let answered = match node.connect_once(order.member.addr, t).await {
                                     Ok(link) => {
                                         let r: Result<(), CallError> =
                                             link.call(MEMBER, &MemberRequest::Probe, t).await;
@@ -592,7 +591,9 @@ impl RingServer {
                 .iter()
                 .filter(|m| m.health != crate::proto::Health::Offline)
                 .collect();
-            let answered = self.questions.have_answered(id, online.iter().map(|m| &m.id));
+            let answered = self
+                .questions
+                .have_answered(id, online.iter().map(|m| &m.id));
             let missing: Vec<&crate::proto::MemberReport> = online
                 .into_iter()
                 .zip(answered)
@@ -661,7 +662,8 @@ impl RingServer {
         let watchdog = async {
             loop {
                 tokio::time::sleep(fan.hop).await;
-                let r: Result<(), CallError> = link.call(MEMBER, &MemberRequest::Probe, fan.hop).await;
+                let r: Result<(), CallError> =
+                    link.call(MEMBER, &MemberRequest::Probe, fan.hop).await;
                 if let Err(e) = r {
                     return e;
                 }

@@ -96,8 +96,10 @@ impl NodeFaults {
 
     /// Delays every envelope in and out by `delay` (zero: no delay).
     pub fn set_delay(&self, delay: Duration) {
-        self.delay_us
-            .store(delay.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        self.delay_us.store(
+            delay.as_micros().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// The delay in force.

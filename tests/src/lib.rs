@@ -263,6 +263,17 @@ pub mod sim {
         seed: u64,
         timeouts: LinkTimeouts,
     ) -> Result<Node, Box<dyn std::error::Error>> {
+        node_with_faults(creds, secret, seed, timeouts, None).await
+    }
+
+    /// Like [`node`], with a fault-injecting socket (loss, duplication, blocking).
+    pub async fn node_with_faults(
+        creds: &Credentials,
+        secret: &NodeSecret,
+        seed: u64,
+        timeouts: LinkTimeouts,
+        faults: Option<Arc<rollcall_runtime::transport::faults::SocketFaults>>,
+    ) -> Result<Node, Box<dyn std::error::Error>> {
         let socket = TurmoilUdpSocket::bind(PORT).await?;
         let mut rng_seed = [0u8; 32];
         rng_seed[..8].copy_from_slice(&seed.to_le_bytes());
@@ -274,6 +285,7 @@ pub mod sim {
             QuicOptions {
                 timeouts,
                 rng_seed: Some(rng_seed),
+                faults,
                 ..Default::default()
             },
         )?;

@@ -74,3 +74,24 @@ async fn loss_and_duplication() {
 async fn server_restart() {
     sweep("server_restart", Scenario::ServerRestart).await;
 }
+
+/// The same machinery on real QUIC over loopback (each endpoint on its own 127.1.x.y with a
+/// fault-injecting socket), in real time: one seed of the ring split, whose partition is
+/// made by the sockets' per-peer blocking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_split_on_real_quic() {
+    rollcall_runtime::telemetry::init("off");
+    let seed = seeds(1)[0];
+    let _guard = SeedGuard("ring_split_on_real_quic", seed);
+    let mut fleet = Fleet::start(FleetConfig::chaos(12, 6, SimTransport::Quic, seed), |_| {})
+        .await
+        .expect("fleet");
+    let mut opts = ScenarioOptions::new(seed);
+    opts.ttl = std::time::Duration::from_secs(60);
+    let report = run_scenario(&mut fleet, Scenario::RingSplit, &opts)
+        .await
+        .expect("scenario ran");
+    fleet.shutdown().await;
+    eprintln!("{}", report.table());
+    assert!(report.passed(), "{}", report.table());
+}

@@ -259,7 +259,10 @@ struct Observer {
 }
 
 fn members(r: &RingsReport) -> impl Iterator<Item = &rollcall_cluster::proto::MemberReport> {
-    r.rings.iter().flat_map(|x| x.members.iter()).chain(r.isolated.iter())
+    r.rings
+        .iter()
+        .flat_map(|x| x.members.iter())
+        .chain(r.isolated.iter())
 }
 
 impl Observer {
@@ -380,7 +383,11 @@ impl Observer {
     }
 
     /// Samples until every ring is one chain (and pending reboots are done), or `timeout`.
-    async fn until_formed(&mut self, fleet: &mut Fleet, timeout: Duration) -> Result<Option<Duration>> {
+    async fn until_formed(
+        &mut self,
+        fleet: &mut Fleet,
+        timeout: Duration,
+    ) -> Result<Option<Duration>> {
         let t0 = Instant::now();
         loop {
             let r = self.sample(fleet).await?;
@@ -463,7 +470,11 @@ impl Scenario {
                 fleet.kill(i);
                 v.excused.insert(id(fleet, i));
                 v.lost.insert(id(fleet, i));
-                format!("killed {} ({}) silently", id(fleet, i), fleet.endpoints[i].ip)
+                format!(
+                    "killed {} ({}) silently",
+                    id(fleet, i),
+                    fleet.endpoints[i].ip
+                )
             }
             Scenario::GreyNeighbour => {
                 let Some(i) = pick_inner(&ring, rng) else {
@@ -677,12 +688,16 @@ pub async fn run_scenario(
             .filter(|e| e.alive())
             .map(|e| &e.id)
             .collect();
-        let done = obs.questions.iter().filter(|q| !q.lost_with_server).all(|q| {
-            fleet.rings().responders(q.id).is_some_and(|r| {
-                let r: HashSet<NodeId> = r.into_iter().collect();
-                must.iter().all(|id| r.contains(*id))
-            })
-        });
+        let done = obs
+            .questions
+            .iter()
+            .filter(|q| !q.lost_with_server)
+            .all(|q| {
+                fleet.rings().responders(q.id).is_some_and(|r| {
+                    let r: HashSet<NodeId> = r.into_iter().collect();
+                    must.iter().all(|id| r.contains(*id))
+                })
+            });
         if done || Instant::now() >= end {
             break;
         }
@@ -738,17 +753,8 @@ pub async fn run_scenario(
         let (Some(p), Some(who)) = (fleet.progress(q.id), fleet.rings().responders(q.id)) else {
             continue;
         };
-        let counted: u64 = p.rows.iter().map(|r| r.count).sum();
-        let rows: BTreeMap<Vec<String>, u64> =
-            p.rows.iter().map(|r| (r.cells.clone(), r.count)).collect();
-        if counted != who.len() as u64 || p.answered != who.len() || rows != fleet.ground_truth(&who)
-        {
-            twice.push(format!(
-                "question {}: {} answers counted for {} machines",
-                q.id,
-                counted,
-                who.len()
-            ));
+        if let Err(e) = counted_once(&p, who.len(), &fleet.ground_truth(&who)) {
+            twice.push(format!("question {}: {e}", q.id));
         }
     }
     checks.push(Check {
@@ -887,6 +893,30 @@ pub fn shape(report: &RingsReport) -> String {
     out
 }
 
+/// Whether a question's counts are right: every machine that answered counted once, and the
+/// rows equal the ground truth over exactly those machines.
+pub fn counted_once(
+    p: &rollcall_cluster::questions::Progress,
+    responders: usize,
+    truth: &BTreeMap<Vec<String>, u64>,
+) -> Result<(), String> {
+    let counted: u64 = p.rows.iter().map(|r| r.count).sum();
+    if counted != responders as u64 || p.answered != responders {
+        return Err(format!(
+            "{counted} answers counted ({} reported answered) for {responders} machines",
+            p.answered
+        ));
+    }
+    let rows: BTreeMap<Vec<String>, u64> =
+        p.rows.iter().map(|r| (r.cells.clone(), r.count)).collect();
+    if &rows != truth {
+        return Err(format!(
+            "rows {rows:?} differ from the ground truth {truth:?}"
+        ));
+    }
+    Ok(())
+}
+
 fn first(v: &[String]) -> String {
     match v.len() {
         0 => String::new(),
@@ -981,7 +1011,12 @@ pub enum ChaosReply {
 }
 
 /// Resolves a target to fleet indices.
-pub fn resolve(fleet: &Fleet, report: &RingsReport, target: &Target, seed: u64) -> Result<Vec<usize>> {
+pub fn resolve(
+    fleet: &Fleet,
+    report: &RingsReport,
+    target: &Target,
+    seed: u64,
+) -> Result<Vec<usize>> {
     let all = 0..fleet.endpoints.len();
     let picked: Vec<usize> = match target {
         Target::All => all.collect(),
@@ -1024,7 +1059,9 @@ fn in_subnet(ip: std::net::IpAddr, net: std::net::IpAddr, prefix: u8) -> bool {
     use std::net::IpAddr;
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
             u32::from(a) & mask == u32::from(b) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(b)) => {
@@ -1119,8 +1156,10 @@ impl ChaosControl {
 
     /// Serves [`CHAOS`] on `node` for admin operators.
     pub fn install(self, node: &rollcall_runtime::Node) {
-        node.router()
-            .register(CHAOS, std::sync::Arc::new(ChaosRoute(std::sync::Arc::new(self))));
+        node.router().register(
+            CHAOS,
+            std::sync::Arc::new(ChaosRoute(std::sync::Arc::new(self))),
+        );
     }
 }
 
@@ -1156,5 +1195,75 @@ impl rollcall_runtime::node::Deliver for ChaosRoute {
             let _ = incoming.answer(&reply);
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollcall_cluster::questions::{Progress, RowCount};
+
+    fn progress(rows: &[(&str, u64)], answered: usize) -> Progress {
+        Progress {
+            id: 1,
+            text: String::new(),
+            columns: vec!["Operating System".into()],
+            answered,
+            expected: answered,
+            matched: rows.iter().map(|r| r.1).sum(),
+            rows: rows
+                .iter()
+                .map(|(c, n)| RowCount {
+                    cells: vec![c.to_string()],
+                    count: *n,
+                })
+                .collect(),
+            not_answered: Vec::new(),
+            problems: Vec::new(),
+            elapsed_ms: 0,
+            expires_in_ms: 0,
+            fanned_out: true,
+        }
+    }
+
+    fn truth(rows: &[(&str, u64)]) -> BTreeMap<Vec<String>, u64> {
+        rows.iter()
+            .map(|(c, n)| (vec![c.to_string()], *n))
+            .collect()
+    }
+
+    #[test]
+    fn the_count_check_passes_exact_counts_and_catches_a_machine_counted_twice() {
+        let t = truth(&[("Linux", 2), ("Windows", 1)]);
+        assert_eq!(
+            counted_once(&progress(&[("Linux", 2), ("Windows", 1)], 3), 3, &t),
+            Ok(())
+        );
+        // One machine's answer merged twice: 4 counted for 3 machines.
+        let e = counted_once(&progress(&[("Linux", 3), ("Windows", 1)], 4), 3, &t).unwrap_err();
+        assert!(e.contains("4 answers counted"), "{e}");
+        // The right total, the wrong rows.
+        let e = counted_once(&progress(&[("Linux", 1), ("Windows", 2)], 3), 3, &t).unwrap_err();
+        assert!(e.contains("ground truth"), "{e}");
+    }
+
+    #[test]
+    fn scenario_names_round_trip_and_targets_resolve_by_share() {
+        for s in Scenario::ALL {
+            assert_eq!(
+                <Scenario as clap::ValueEnum>::from_str(s.name(), true).ok(),
+                Some(s)
+            );
+        }
+        assert!(in_subnet(
+            "127.1.2.9".parse().unwrap(),
+            "127.1.2.0".parse().unwrap(),
+            24
+        ));
+        assert!(!in_subnet(
+            "127.1.3.9".parse().unwrap(),
+            "127.1.2.0".parse().unwrap(),
+            24
+        ));
     }
 }

@@ -252,7 +252,11 @@ impl Fleet {
         for i in 0..n {
             let ip = endpoint_ip(i, fleet.cfg.ring_size);
             let profile = HostProfile::from_seed(
-                fleet.cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64),
+                fleet
+                    .cfg
+                    .seed
+                    .wrapping_mul(1_000_003)
+                    .wrapping_add(i as u64),
                 Some(ip),
             );
             let creds = match &fleet.ca {
@@ -368,7 +372,11 @@ impl Fleet {
         let evaluator =
             SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost(ep.profile.clone()))));
         evaluator.accept_config_on(&node);
-        let mut mc = MemberConfig::new(self.server_addr, node.local_addr(), ep.profile.hostname.clone());
+        let mut mc = MemberConfig::new(
+            self.server_addr,
+            node.local_addr(),
+            ep.profile.hostname.clone(),
+        );
         mc.ring = cfg.ring;
         mc.register_min = cfg.register_min;
         mc.register_max = cfg.register_max;
@@ -508,7 +516,8 @@ impl Fleet {
 
     /// Cuts endpoints `a` off from endpoints `b` (and from the server if `server_in_b`).
     pub fn partition(&self, a: &[usize], b: &[usize], server_in_b: bool) {
-        let ips = |s: &[usize]| -> Vec<IpAddr> { s.iter().map(|&i| self.endpoints[i].ip).collect() };
+        let ips =
+            |s: &[usize]| -> Vec<IpAddr> { s.iter().map(|&i| self.endpoints[i].ip).collect() };
         let (a_ips, mut b_ips) = (ips(a), ips(b));
         if server_in_b {
             b_ips.push(self.server_addr.ip());
@@ -562,7 +571,9 @@ impl Fleet {
             SimTransport::Mem => self.net.crash(self.server_addr.ip()),
             SimTransport::Quic => {}
         }
-        self.server.shutdown_and_wait(Duration::from_millis(200)).await;
+        self.server
+            .shutdown_and_wait(Duration::from_millis(200))
+            .await;
         let (server, rings, desk) = Fleet::start_server(
             &self.cfg,
             &self.net,
@@ -607,9 +618,10 @@ impl Fleet {
                 .iter()
                 .all(|m| matches!(m.health, Health::Ok | Health::Slow))
                 && r.leader_links == n.min(2)
-                && chain.iter().enumerate().all(|(i, m)| {
-                    m.leads.forward == (i == 0) && m.leads.backward == (i + 1 == n)
-                })
+                && chain
+                    .iter()
+                    .enumerate()
+                    .all(|(i, m)| m.leads.forward == (i == 0) && m.leads.backward == (i + 1 == n))
         }) && members == alive
             && isolated.iter().all(|m| m.leads.forward)
     }
@@ -682,6 +694,8 @@ impl Fleet {
         for f in &self.fronts {
             f.shutdown();
         }
-        self.server.shutdown_and_wait(Duration::from_millis(500)).await;
+        self.server
+            .shutdown_and_wait(Duration::from_millis(500))
+            .await;
     }
 }

@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 
 mod bench;
 
-use rollcall::sim;
 use clap::{Args, Parser, Subcommand};
+use rollcall::sim;
 use rollcall_actors::desk::{DESK, DeskReply, DeskRequest, QuestionDesk, SensorEvaluator};
 use rollcall_actors::search::SavedQuestion;
 use rollcall_actors::sensors::linux::LinuxHost;
@@ -232,7 +232,9 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 }
 
 async fn chaos_command(a: ChaosArgs) -> Result<std::process::ExitCode> {
-    use rollcall::chaos::{CHAOS, ChaosReply, ChaosRequest, FaultAction, Scenario, ScenarioOptions};
+    use rollcall::chaos::{
+        CHAOS, ChaosReply, ChaosRequest, FaultAction, Scenario, ScenarioOptions,
+    };
     let requests: Vec<ChaosRequest> = match (&a.scenario, &a.action) {
         (Some(_), Some(_)) => bail!("give either a fault or --scenario, not both"),
         (Some(name), None) => {
@@ -283,7 +285,9 @@ async fn chaos_command(a: ChaosArgs) -> Result<std::process::ExitCode> {
                 seed: a.seed,
             }]
         }
-        (None, None) => bail!("say what to do: a fault (see `rollcall chaos --help`) or --scenario NAME"),
+        (None, None) => {
+            bail!("say what to do: a fault (see `rollcall chaos --help`) or --scenario NAME")
+        }
     };
     let creds = Credentials::load(&a.op.cert_dir).context("loading operator credentials")?;
     let node = operator_node(&creds, a.op.server).await?;
@@ -688,7 +692,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 sim::print(&r);
             }
             match (a.serve, &a.cert_dir) {
-                (Some(addr), Some(dir)) => sim::serve(fleet, addr, dir, wait_for_shutdown()).await?,
+                (Some(addr), Some(dir)) => {
+                    sim::serve(fleet, addr, dir, wait_for_shutdown()).await?
+                }
                 _ => fleet.shutdown().await,
             }
             if !r.all_answered {

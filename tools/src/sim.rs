@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-pub use crate::fleet::{SIM_QUESTION, SimTransport, Topology, endpoint_ip};
 use crate::fleet::{Fleet, FleetConfig};
+pub use crate::fleet::{SIM_QUESTION, SimTransport, Topology, endpoint_ip};
 
 /// `rollcall sim` arguments.
 #[derive(Debug, Clone, clap::Args)]

@@ -1,0 +1,303 @@
+//! The faults the chaos tooling applies, on each transport: pause and slow (node level, the
+//! same everywhere), loss and duplication (real QUIC and the deterministic network through the
+//! fault-injecting socket; the in-memory network in its own way), and a silent crash.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rollcall_runtime::identity::{NodeSecret, PeerRole};
+use rollcall_runtime::node::{CallError, Node};
+use rollcall_runtime::transport::faults::SocketFaults;
+use rollcall_runtime::transport::mem::MemNetwork;
+use rollcall_runtime::transport::quic::QuicOptions;
+use rollcall_runtime::{NodeId, PeerIdentity};
+use rollcall_tests::sim::{self, PORT};
+use rollcall_tests::*;
+
+fn endpoint(id: &str) -> PeerIdentity {
+    PeerIdentity {
+        id: NodeId(id.into()),
+        role: PeerRole::Endpoint,
+    }
+}
+
+/// `b` paused: `a`'s calls time out but the connection stays up; resumed: answered again.
+/// `b` slowed by 100 ms: a call waits at least 200 ms (in and out).
+async fn pause_and_slow_suite(a: Node, b: Node) {
+    let _b_probe = start_probe(&b).await;
+    let link = a.connect(b.local_addr()).await.expect("connect");
+    link.wait_connected(DEADLINE).await.expect("connected");
+    let r: ProbeReply = link
+        .call(PROBE, &Probe::Echo("before".into()), DEADLINE)
+        .await
+        .expect("answered before the pause");
+    assert_eq!(r, ProbeReply::Echo("before".into()));
+
+    b.faults().set_paused(true);
+    let r: Result<ProbeReply, CallError> = link
+        .call(
+            PROBE,
+            &Probe::Echo("paused".into()),
+            Duration::from_millis(300),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(CallError::Timeout(_))),
+        "a paused node answers nothing: {r:?}"
+    );
+    // Grey, not gone: the connection holds for longer than the idle timeout.
+    holds_for(
+        "the link to a paused node stays up",
+        Duration::from_secs(2),
+        || {
+            let up = link.is_connected();
+            async move { up }
+        },
+    )
+    .await;
+    b.faults().set_paused(false);
+    let r: ProbeReply = link
+        .call(PROBE, &Probe::Echo("after".into()), DEADLINE)
+        .await
+        .expect("answered after resuming");
+    assert_eq!(r, ProbeReply::Echo("after".into()));
+
+    b.faults().set_delay(Duration::from_millis(100));
+    let t = tokio::time::Instant::now();
+    let _: ProbeReply = link
+        .call(PROBE, &Probe::Echo("slow".into()), DEADLINE)
+        .await
+        .expect("answered while slow");
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "slowed by 100 ms each way, answered in {:?}",
+        t.elapsed()
+    );
+    b.faults().clear();
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_and_slow_on_the_in_memory_network() {
+    let net = MemNetwork::new(1, Duration::from_secs(1));
+    let a = mem_node(&net, "127.0.0.1:1", endpoint("a")).await;
+    let b = mem_node(&net, "127.0.0.2:1", endpoint("b")).await;
+    pause_and_slow_suite(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_slow_on_real_quic() {
+    let ca = ca();
+    let opts = QuicOptions {
+        timeouts: fast_timeouts(),
+        ..Default::default()
+    };
+    let (a, _) = quic_node(&creds(&ca, PeerRole::Endpoint), "127.0.0.1", opts.clone()).await;
+    let (b, _) = quic_node(&creds(&ca, PeerRole::Endpoint), "127.0.0.1", opts).await;
+    pause_and_slow_suite(a, b).await;
+}
+
+/// 200 calls and 50 casts through 20% loss and 20% duplication each way: every call
+/// answered with its own value, every cast delivered exactly once (the probe records casts
+/// of `Record`; the calls are `Echo`).
+async fn lossy_exchange(
+    a: &Node,
+    b: &Node,
+    b_recorded: &mut tokio::sync::mpsc::UnboundedReceiver<(PeerIdentity, u32)>,
+) {
+    let link = a.connect(b.local_addr()).await.expect("connect");
+    link.wait_connected(DEADLINE).await.expect("connected");
+    for n in 0..200u32 {
+        let r: ProbeReply = link
+            .call(PROBE, &Probe::Echo(n.to_string()), DEADLINE)
+            .await
+            .expect("answered through loss");
+        assert_eq!(r, ProbeReply::Echo(n.to_string()));
+    }
+    for n in 0..50u32 {
+        link.cast(PROBE, &Probe::Record(n)).await.expect("cast");
+    }
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        let (_, n) = tokio::time::timeout(DEADLINE, b_recorded.recv())
+            .await
+            .expect("cast arrives")
+            .expect("open");
+        got.push(n);
+    }
+    got.sort();
+    assert_eq!(got, (0..50).collect::<Vec<_>>(), "each cast exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_and_duplication_on_real_quic_are_absorbed() {
+    let ca = ca();
+    let fa = Arc::new(SocketFaults::seeded(1));
+    let fb = Arc::new(SocketFaults::seeded(2));
+    let opts = |f: &Arc<SocketFaults>| QuicOptions {
+        timeouts: fast_timeouts(),
+        faults: Some(f.clone()),
+        ..Default::default()
+    };
+    let (a, _) = quic_node(&creds(&ca, PeerRole::Endpoint), "127.0.0.1", opts(&fa)).await;
+    let (b, _) = quic_node(&creds(&ca, PeerRole::Endpoint), "127.0.0.1", opts(&fb)).await;
+    let mut recorded = start_probe(&b).await;
+    for f in [&fa, &fb] {
+        f.set_loss(0.2);
+        f.set_duplication(0.2);
+    }
+    lossy_exchange(&a, &b, &mut recorded).await;
+    let dropped = fa.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        + fb.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let duplicated = fa.duplicated.load(std::sync::atomic::Ordering::Relaxed)
+        + fb.duplicated.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        dropped > 20 && duplicated > 20,
+        "dropped {dropped}, duplicated {duplicated}"
+    );
+    // No late extra copy of a cast turns up.
+    holds_for(
+        "no cast delivered twice",
+        Duration::from_millis(300),
+        || {
+            let extra = recorded.try_recv().is_ok();
+            async move { !extra }
+        },
+    )
+    .await;
+}
+
+#[test]
+fn loss_and_duplication_on_the_deterministic_network_are_absorbed() {
+    for seed in seeds(2) {
+        let _guard = SeedGuard(
+            "loss_and_duplication_on_the_deterministic_network_are_absorbed",
+            seed,
+        );
+        let ca = ca();
+        let (sc, cc) = (creds(&ca, PeerRole::Server), creds(&ca, PeerRole::Endpoint));
+        let mut net = turmoil::Builder::new()
+            .simulation_duration(Duration::from_secs(120))
+            .rng_seed(seed)
+            .build();
+        net.host("server", move || {
+            let sc = sc.clone();
+            async move {
+                let f = Arc::new(SocketFaults::seeded(seed));
+                f.set_loss(0.15);
+                f.set_duplication(0.15);
+                let node = sim::node_with_faults(
+                    &sc,
+                    &NodeSecret::from_bytes([7; 32]),
+                    seed,
+                    fast_timeouts(),
+                    Some(f),
+                )
+                .await?;
+                let mut recorded = start_probe(&node).await;
+                // Hand the casts this host receives to the client's check through a count.
+                let mut n = 0u32;
+                while recorded.recv().await.is_some() {
+                    n += 1;
+                    if n > 50 {
+                        panic!("a cast was delivered twice");
+                    }
+                }
+                Ok(())
+            }
+        });
+        net.client("client", async move {
+            let f = Arc::new(SocketFaults::seeded(seed + 1000));
+            f.set_loss(0.15);
+            f.set_duplication(0.15);
+            let a = sim::node_with_faults(
+                &cc,
+                &NodeSecret::from_bytes([9; 32]),
+                seed,
+                fast_timeouts(),
+                Some(f.clone()),
+            )
+            .await?;
+            let server = std::net::SocketAddr::new(turmoil::lookup("server"), PORT);
+            let link = a.connect(server).await?;
+            link.wait_connected(DEADLINE).await?;
+            for n in 0..100u32 {
+                let r: ProbeReply = link
+                    .call(PROBE, &Probe::Echo(n.to_string()), DEADLINE)
+                    .await?;
+                assert_eq!(r, ProbeReply::Echo(n.to_string()));
+            }
+            for n in 0..50u32 {
+                link.cast(PROBE, &Probe::Record(n)).await?;
+            }
+            let dropped = f.dropped.load(std::sync::atomic::Ordering::Relaxed);
+            let duplicated = f.duplicated.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(
+                dropped > 5 && duplicated > 5,
+                "dropped {dropped}, duplicated {duplicated}"
+            );
+            Ok(())
+        });
+        net.run().expect("simulation");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplication_on_the_in_memory_network_delivers_twice_and_answers_once() {
+    let net = MemNetwork::new(3, Duration::from_secs(1));
+    let a = mem_node(&net, "127.0.0.1:1", endpoint("a")).await;
+    let b = mem_node(&net, "127.0.0.2:1", endpoint("b")).await;
+    let mut recorded = start_probe(&b).await;
+    let link = a.connect(b.local_addr()).await.expect("connect");
+    link.wait_connected(DEADLINE).await.expect("connected");
+    net.set_host_duplication("127.0.0.2".parse().unwrap(), 1.0);
+    for n in 0..10u32 {
+        link.cast(PROBE, &Probe::Record(n)).await.expect("cast");
+        let r: ProbeReply = link
+            .call(PROBE, &Probe::Echo(n.to_string()), DEADLINE)
+            .await
+            .expect("one answer per call");
+        assert_eq!(r, ProbeReply::Echo(n.to_string()));
+    }
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let (_, n) = tokio::time::timeout(DEADLINE, recorded.recv())
+            .await
+            .expect("both copies arrive")
+            .expect("open");
+        got.push(n);
+    }
+    got.sort();
+    let twice: Vec<u32> = (0..10).flat_map(|n| [n, n]).collect();
+    assert_eq!(got, twice, "every cast delivered exactly twice");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_host_is_noticed_only_by_the_idle_timeout() {
+    let idle = Duration::from_secs(3);
+    let net = MemNetwork::new(4, idle);
+    let a = mem_node(&net, "127.0.0.1:1", endpoint("a")).await;
+    let b = mem_node(&net, "127.0.0.2:1", endpoint("b")).await;
+    let _probe = start_probe(&b).await;
+    let link = a
+        .connect_once(b.local_addr(), DEADLINE)
+        .await
+        .expect("connect");
+    let t = tokio::time::Instant::now();
+    net.crash("127.0.0.2".parse().unwrap());
+    b.shutdown();
+    holds_for(
+        "no close reaches the peer",
+        idle - Duration::from_millis(100),
+        || {
+            let up = link.is_connected();
+            async move { up }
+        },
+    )
+    .await;
+    eventually("the link times out", DEADLINE, || {
+        let down = !link.is_connected();
+        async move { down.then_some(()) }
+    })
+    .await;
+    assert!(t.elapsed() >= idle && t.elapsed() < idle + Duration::from_secs(1));
+}

@@ -106,6 +106,8 @@ pub enum MemberMsg {
     Register,
     /// Register now, outside the timer (the server came back).
     RegisterNow,
+    /// A question is going to this successor (probe it if not probed lately).
+    Forwarding(NodeId),
     /// A registration's answer.
     Registered(Result<RegistrationReply, CallError>),
     /// A probe's request went on the wire.
@@ -293,6 +295,7 @@ impl MemberState {
             return;
         };
         q.forwarded_to = Some(target.id.clone());
+        let _ = myself.send_message(MemberMsg::Forwarding(target.id.clone()));
         tracing::debug!(question = id, to = %target.id, at = ?tokio::time::Instant::now(), "forwarding");
         let left = q
             .deadline
@@ -794,6 +797,7 @@ impl Actor for RingMember {
                 }
             }
             MemberMsg::Learned(view) => st.feed(&myself, Input::Learned(view)).await,
+            MemberMsg::Forwarding(id) => st.feed(&myself, Input::Forwarding(id)).await,
             MemberMsg::Status(reply) => {
                 let core = &st.core;
                 let _ = reply.send(MemberStatus {

@@ -91,6 +91,10 @@ impl PeerHealth {
 pub enum Input {
     /// Time passed.
     Tick,
+    /// A question is about to go to this successor: if it was not probed within the hop
+    /// timeout, probe it now, so a member that just died is routed past one hop timeout from
+    /// now, not after the next probe round.
+    Forwarding(NodeId),
     /// The server's member list (from a registration), or `isolated` when the endpoint is in
     /// a range that never peers.
     Members {
@@ -198,6 +202,23 @@ impl RingCore {
     pub fn handle(&mut self, input: Input, now: Instant) {
         match input {
             Input::Tick => self.tick(now),
+            Input::Forwarding(id) => {
+                let hop = self.cfg.hop_timeout;
+                let m = self.view.iter().find(|m| m.id == id).cloned();
+                let p = self.peer(&id);
+                let recent = p
+                    .last_try
+                    .is_some_and(|t| now.saturating_duration_since(t) < hop);
+                if let Some(m) = m
+                    && p.attempt.is_none()
+                    && !recent
+                    && p.health != PeerHealth::Dead
+                {
+                    p.attempt = Some(now);
+                    p.last_try = Some(now);
+                    self.out.push_back(Output::Probe(m));
+                }
+            }
             Input::Members { members, isolated } => self.set_members(members, isolated, now),
             Input::ProbeStarted(id) => {
                 let p = self.peer(&id);

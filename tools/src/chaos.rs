@@ -15,7 +15,7 @@
 //!    the fault (questions in flight when it struck or asked while it lasted);
 //! 4. no endpoint that kept answering was evicted;
 //! 5. the server holds connections only to leaders, plus registrations (a connection to a
-//!    non-leader lasts under 2 s);
+//!    non-leader that is not itself faulted lasts under 2 s);
 //! 6. after healing, every ring is one chain again.
 //!
 //! Adding a scenario is one arm in [`Scenario::strike`] (the fault) and, if it needs one, in
@@ -340,7 +340,12 @@ impl Observer {
         self.max_endpoint_conns = self.max_endpoint_conns.max(conns.len());
         let links: usize = r.rings.iter().map(|x| x.leader_links).sum();
         self.max_leader_links = self.max_leader_links.max(links);
-        let non_leaders: HashSet<&NodeId> = conns.iter().filter(|c| !leaders.contains(c)).collect();
+        // A faulted machine may hold what it had open when the fault struck (a grey node's
+        // half-made registration): only the others' connections are judged.
+        let non_leaders: HashSet<&NodeId> = conns
+            .iter()
+            .filter(|c| !leaders.contains(c) && !self.victims.excused.contains(*c))
+            .collect();
         self.non_leader_since
             .retain(|id, _| non_leaders.contains(id));
         for id in non_leaders {

@@ -110,14 +110,14 @@ impl FleetConfig {
         }
     }
 
-    /// Fault scenarios: LAN-like timing (probe every 500 ms, hop timeout 300 ms, dead after
+    /// Fault scenarios: LAN-like timing (probe every 400 ms, hop timeout 200 ms, dead after
     /// 1.5 s, registration every 5–10 s, links idle out after 3 s) and 5 ms per hop.
     pub fn chaos(endpoints: usize, ring_size: u16, transport: SimTransport, seed: u64) -> Self {
         FleetConfig {
             hop_latency: Duration::from_millis(5),
             ring: RingConfig {
-                probe_interval: Duration::from_millis(500),
-                hop_timeout: Duration::from_millis(300),
+                probe_interval: Duration::from_millis(400),
+                hop_timeout: Duration::from_millis(200),
                 dead_timeout: Duration::from_millis(1500),
                 dial_timeout: Duration::from_secs(2),
                 pred_timeout: Duration::from_secs(2),

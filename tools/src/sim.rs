@@ -47,7 +47,7 @@ pub struct SimArgs {
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<std::path::PathBuf>,
     /// Ring timing: `scale` probes every 2 s and registers every 30–90 s (large fleets);
-    /// `lan` probes every 500 ms, routes past a silent hop after 300 ms and registers every
+    /// `lan` probes every 400 ms, routes past a silent hop after 200 ms and registers every
     /// 5–10 s (fault scenarios). Default: `lan` with `--serve`, else `scale`.
     #[arg(long, value_enum)]
     pub timing: Option<Timing>,

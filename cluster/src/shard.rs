@@ -568,6 +568,9 @@ impl RingServer {
     /// the server's probes while it works) is skipped for the retry interval.
     async fn walk(&self, id: u64, chain: Chain) {
         let mut failed: HashMap<NodeId, tokio::time::Instant> = HashMap::new();
+        // Members whose link closed under a call are asked again at once (a new leader's
+        // link replacing the old one), a few times at most.
+        let mut quick: HashMap<NodeId, u32> = HashMap::new();
         let mut round = 0u32;
         loop {
             let Some(env) = self.questions.envelope(id) else {
@@ -629,22 +632,29 @@ impl RingServer {
                         failed.insert(target.id.clone(), now);
                     }
                 }
-                Err(e) => {
-                    tracing::info!(question = id, round, member = %target.id, error = %e, "chain failed at this member; asking the next");
-                    failed.insert(target.id.clone(), now);
+                Err((e, closed)) => {
+                    let tries = quick.entry(target.id.clone()).or_default();
+                    if closed && *tries < 2 {
+                        *tries += 1;
+                        tracing::debug!(question = id, round, member = %target.id, error = %e, "link closed under the question; asking again");
+                    } else {
+                        tracing::info!(question = id, round, member = %target.id, error = %e, "chain failed at this member; asking the next");
+                        failed.insert(target.id.clone(), now);
+                    }
                 }
             }
         }
     }
 
     /// Asks one member (on the leader link if there is one, else on a short-lived
-    /// connection), probing it while it works.
+    /// connection), probing it while it works. An error says whether the link closed under
+    /// the call (worth asking again at once) rather than the member failing to answer.
     async fn ask_member(
         &self,
         m: &crate::proto::MemberReport,
         env: crate::proto::QuestionEnvelope,
         ttl: Duration,
-    ) -> Result<crate::proto::Partial, String> {
+    ) -> Result<crate::proto::Partial, (String, bool)> {
         let fan = self.fan;
         let (link, owned) = match self.node.peer(&m.id).filter(|l| l.is_connected()) {
             Some(l) => (l, false),
@@ -652,8 +662,8 @@ impl RingServer {
                 let dial = tokio::time::timeout(fan.dial, self.node.connect_once(m.addr, fan.dial));
                 match dial.await {
                     Ok(Ok(l)) => (l, true),
-                    Ok(Err(e)) => return Err(e.to_string()),
-                    Err(_) => return Err("dial timed out".into()),
+                    Ok(Err(e)) => return Err((e.to_string(), false)),
+                    Err(_) => return Err(("dial timed out".into(), false)),
                 }
             }
         };
@@ -670,8 +680,18 @@ impl RingServer {
             }
         };
         let r = tokio::select! {
-            r = call => r.map_err(|e| e.to_string()),
-            e = watchdog => Err(format!("stopped answering while it worked: {e}")),
+            r = call => r.map_err(|e| {
+                let closed = matches!(
+                    e,
+                    CallError::NotConnected(_)
+                        | CallError::Transport(
+                            rollcall_runtime::TransportError::ClosedByPeer(_)
+                                | rollcall_runtime::TransportError::LocallyClosed
+                        )
+                );
+                (e.to_string(), closed)
+            }),
+            e = watchdog => Err((format!("stopped answering while it worked: {e}"), false)),
         };
         if owned {
             link.close();

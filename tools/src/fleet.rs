@@ -329,7 +329,9 @@ impl Fleet {
             shards: cfg.shards,
             probe_timeout: cfg.ring.dead_timeout,
             hop_timeout: cfg.ring.hop_timeout,
-            dial_timeout: cfg.ring.dial_timeout,
+            // Asking a gap's first member directly: a member that cannot be dialed within a
+            // few hop timeouts is skipped (its neighbours route past it the same way).
+            dial_timeout: cfg.ring.dial_timeout.min(cfg.ring.hop_timeout * 2),
             retry_interval: cfg.ring.retry_interval,
             ..RingServerConfig::default()
         };

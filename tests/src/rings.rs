@@ -282,44 +282,12 @@ pub fn formed(report: &RingsReport, expected: usize, size: usize) -> bool {
         })
 }
 
-/// One line per ring: `id [leader links] 1F 2 3s 4? 5X … 20B` (s slow, ? suspect, X offline,
-/// F/B the ends it leads).
+/// The server's connection counts, then one line per ring (see [`rollcall::chaos::shape`]).
 pub fn shape(report: &RingsReport) -> String {
-    use rollcall_cluster::proto::Health;
-    let mut out = format!(
-        "server connections {}, ring connections {}\n",
-        report.server_connections, report.ring_connections
-    );
-    for ring in &report.rings {
-        let members: Vec<String> = ring
-            .members
-            .iter()
-            .map(|m| {
-                let host = match m.addr.ip() {
-                    IpAddr::V4(v) => v.octets()[3].to_string(),
-                    IpAddr::V6(v) => v.to_string(),
-                };
-                let health = match m.health {
-                    Health::Ok => "",
-                    Health::Slow => "s",
-                    Health::Suspect => "?",
-                    Health::Offline => "X",
-                };
-                let leads = match (m.leads.forward, m.leads.backward) {
-                    (true, true) => "FB",
-                    (true, false) => "F",
-                    (false, true) => "B",
-                    _ => "",
-                };
-                format!("{host}{health}{leads}")
-            })
-            .collect();
-        out += &format!(
-            "  {} [{}] {}\n",
-            ring.ring,
-            ring.leader_links,
-            members.join(" ")
-        );
-    }
-    out
+    format!(
+        "server connections {}, ring connections {}\n{}",
+        report.server_connections,
+        report.ring_connections,
+        rollcall::chaos::shape(report)
+    )
 }

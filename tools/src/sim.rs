@@ -174,8 +174,9 @@ pub async fn serve(
     fleet.add_front(front.clone());
     let fleet = std::sync::Arc::new(tokio::sync::Mutex::new(fleet));
     crate::chaos::ChaosControl::new(fleet.clone()).install(&front);
+    println!("serving operators at {listen}");
     eprintln!(
-        "serving operators at {listen}; admin credentials in {dir}\n  e.g. rollcall chaos --server {listen} --cert-dir {dir} --scenario neighbour-killed\n       rollcall ring show --server {listen} --cert-dir {dir}\nCtrl-C stops.",
+        "admin credentials in {dir}\n  e.g. rollcall chaos --server {listen} --cert-dir {dir} --scenario neighbour-killed\n       rollcall ring show --server {listen} --cert-dir {dir}\nCtrl-C stops.",
         dir = cert_dir.display()
     );
     stop.await;

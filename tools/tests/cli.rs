@@ -426,6 +426,9 @@ fn help_explains_every_command() {
         "results",
         "questions",
         "demo",
+        "sim",
+        "chaos",
+        "bench",
     ] {
         assert!(text.contains(cmd), "{text}");
     }
@@ -723,4 +726,105 @@ fn sim_answers_match_the_profiles_on_both_transports() {
             "{transport}: {r:#}"
         );
     }
+}
+
+#[test]
+fn chaos_against_a_served_sim_runs_a_scenario_and_applies_faults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ops = dir.path().join("ops");
+    let ops = ops.to_str().expect("path");
+    let sim = Running::start(&[
+        "sim",
+        "--endpoints",
+        "24",
+        "--ring-size",
+        "8",
+        "--questions",
+        "1",
+        "--serve",
+        "127.0.0.1:0",
+        "--cert-dir",
+        ops,
+    ]);
+    let line = sim.line_starting("serving operators at ");
+    let addr = line
+        .trim_start_matches("serving operators at ")
+        .trim()
+        .to_string();
+
+    let out = run(&[
+        "chaos",
+        "--server",
+        &addr,
+        "--cert-dir",
+        ops,
+        "--scenario",
+        "neighbour-killed",
+        "--fault-secs",
+        "2",
+    ]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("scenario neighbour-killed (seed 1), 24 endpoints"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.contains("  pass    ")).count(),
+        6,
+        "six invariants, each held:\n{text}"
+    );
+    assert!(text.contains("all invariants held"), "{text}");
+
+    let out = run(&[
+        "chaos",
+        "--server",
+        &addr,
+        "--cert-dir",
+        ops,
+        "kill",
+        "--node",
+        "e0000003",
+    ]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("applied to 1 endpoint(s)"), "{text}");
+    assert!(text.contains("e0000003  127.1.0.4"), "{text}");
+
+    let out = run(&[
+        "chaos",
+        "--server",
+        &addr,
+        "--cert-dir",
+        ops,
+        "pause",
+        "--node",
+        "nobody",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no endpoint matches --node nobody"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = run(&[
+        "chaos",
+        "--server",
+        &addr,
+        "--cert-dir",
+        ops,
+        "--scenario",
+        "no-such",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no scenario \"no-such\""));
 }

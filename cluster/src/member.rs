@@ -180,6 +180,8 @@ pub struct MemberState {
     core: RingCore,
     links: HashMap<NodeId, PeerHandle>,
     server_link: Option<PeerHandle>,
+    /// Watches the server link for a comeback (aborted with the link or the member).
+    server_watch: Option<AbortOnDrop>,
     ring: Option<RingId>,
     registrations: u64,
     rng: SmallRng,
@@ -207,6 +209,15 @@ async fn server_call<Q: Serialize, R: DeserializeOwned>(
     let r = l.call(REGISTRY, req, timeout).await;
     l.close();
     r
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl MemberState {
@@ -535,6 +546,7 @@ impl MemberState {
             if let Some(l) = self.server_link.take() {
                 l.close();
             }
+            self.server_watch = None;
             return;
         }
         if self.registrations == 0 {
@@ -554,13 +566,13 @@ impl MemberState {
                     // When the server comes back after losing us (a restart), register at
                     // once, so it learns its leaders without waiting a whole interval.
                     let (watch, me) = (l.clone(), myself.clone());
-                    tokio::spawn(async move {
+                    self.server_watch = Some(AbortOnDrop(tokio::spawn(async move {
                         while watch.wait_reconnected().await {
                             if me.send_message(MemberMsg::RegisterNow).is_err() {
                                 return;
                             }
                         }
-                    });
+                    })));
                     self.server_link = Some(l);
                 }
                 Err(e) => tracing::warn!(error = %e, "could not start the server link"),
@@ -612,6 +624,7 @@ impl Actor for RingMember {
             node,
             links: HashMap::new(),
             server_link: None,
+            server_watch: None,
             ring: None,
             registrations: 0,
             me,

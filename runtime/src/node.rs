@@ -291,6 +291,13 @@ impl Router {
         }
     }
 
+    /// Removes every route (a stopping node: routes often hold what holds the node).
+    pub fn clear(&self) {
+        if let Ok(mut r) = self.routes.write() {
+            r.clear();
+        }
+    }
+
     fn lookup(&self, name: &str) -> Option<Arc<dyn Deliver>> {
         self.routes.read().ok()?.get(name).cloned()
     }
@@ -535,6 +542,8 @@ impl Node {
     pub fn shutdown(&self) {
         self.shared.transport.close();
         self.supervisor.stop(Some("node shutting down".into()));
+        // Routes hold services that hold this node: drop them so nothing keeps it alive.
+        self.shared.router.clear();
     }
 
     async fn spawn_link(&self, mode: LinkMode, addr: SocketAddr) -> Result<PeerHandle, NodeError> {

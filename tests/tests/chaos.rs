@@ -5,10 +5,17 @@
 
 use rollcall::chaos::{Scenario, ScenarioOptions, run_scenario};
 use rollcall::fleet::{Fleet, FleetConfig, SimTransport};
-use rollcall_tests::{SeedGuard, seeds};
+use rollcall_tests::{SeedGuard, eventually_or, seeds};
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
 
 async fn sweep(name: &'static str, scenario: Scenario) {
     rollcall_runtime::telemetry::init("off");
+    let base = alive_tasks();
     for seed in seeds(2) {
         let _guard = SeedGuard(name, seed);
         let mut fleet = Fleet::start(FleetConfig::chaos(24, 8, SimTransport::Mem, seed), |_| {})
@@ -18,9 +25,27 @@ async fn sweep(name: &'static str, scenario: Scenario) {
             .await
             .expect("scenario ran");
         fleet.shutdown().await;
+        drop(fleet);
         if std::env::var("ROLLCALL_CHAOS_PRINT").is_ok() {
             eprintln!("{}", report.table());
         }
+        // A stopped fleet leaves nothing running (a sweep of a thousand seeds runs in one
+        // process): every task it spawned ends, held calls included, within the question ttl.
+        eventually_or(
+            "every task of the stopped fleet ends",
+            std::time::Duration::from_secs(180),
+            || {
+                let n = alive_tasks();
+                async move {
+                    if n <= base {
+                        Ok(())
+                    } else {
+                        Err(format!("{} tasks left", n - base))
+                    }
+                }
+            },
+        )
+        .await;
         assert!(report.passed(), "{}", report.table());
     }
 }

@@ -703,7 +703,14 @@ impl Actor for RingMember {
                 }
             }
             MemberMsg::Registered(Err(e)) => {
-                tracing::warn!(error = %e, "registration failed; will retry at the next interval");
+                if st.server_link.is_some() {
+                    // A leader must not stay unknown to a server that just came back (its
+                    // ring service may not have been up yet): try again soon.
+                    tracing::info!(error = %e, "registration failed; a leader tries again shortly");
+                    myself.send_after(st.cfg.ring.retry_interval, || MemberMsg::RegisterNow);
+                } else {
+                    tracing::warn!(error = %e, "registration failed; will retry at the next interval");
+                }
             }
             MemberMsg::ProbeStarted(id) => st.feed(&myself, Input::ProbeStarted(id)).await,
             MemberMsg::Probed { id, addr, .. }

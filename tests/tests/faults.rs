@@ -249,7 +249,7 @@ async fn duplication_on_the_in_memory_network_delivers_twice_and_answers_once() 
     let mut recorded = start_probe(&b).await;
     let link = a.connect(b.local_addr()).await.expect("connect");
     link.wait_connected(DEADLINE).await.expect("connected");
-    net.set_host_duplication("127.0.0.2".parse().unwrap(), 1.0);
+    net.set_host_duplication("127.0.0.2".parse().expect("ip"), 1.0);
     for n in 0..10u32 {
         link.cast(PROBE, &Probe::Record(n)).await.expect("cast");
         let r: ProbeReply = link
@@ -283,7 +283,7 @@ async fn a_crashed_host_is_noticed_only_by_the_idle_timeout() {
         .await
         .expect("connect");
     let t = tokio::time::Instant::now();
-    net.crash("127.0.0.2".parse().unwrap());
+    net.crash("127.0.0.2".parse().expect("ip"));
     b.shutdown();
     holds_for(
         "no close reaches the peer",

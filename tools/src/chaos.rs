@@ -1245,10 +1245,12 @@ mod tests {
             Ok(())
         );
         // One machine's answer merged twice: 4 counted for 3 machines.
-        let e = counted_once(&progress(&[("Linux", 3), ("Windows", 1)], 4), 3, &t).unwrap_err();
+        let e = counted_once(&progress(&[("Linux", 3), ("Windows", 1)], 4), 3, &t)
+            .expect_err("counted twice");
         assert!(e.contains("4 answers counted"), "{e}");
         // The right total, the wrong rows.
-        let e = counted_once(&progress(&[("Linux", 1), ("Windows", 2)], 3), 3, &t).unwrap_err();
+        let e = counted_once(&progress(&[("Linux", 1), ("Windows", 2)], 3), 3, &t)
+            .expect_err("wrong rows");
         assert!(e.contains("ground truth"), "{e}");
     }
 
@@ -1261,13 +1263,13 @@ mod tests {
             );
         }
         assert!(in_subnet(
-            "127.1.2.9".parse().unwrap(),
-            "127.1.2.0".parse().unwrap(),
+            "127.1.2.9".parse().expect("ip"),
+            "127.1.2.0".parse().expect("ip"),
             24
         ));
         assert!(!in_subnet(
-            "127.1.3.9".parse().unwrap(),
-            "127.1.2.0".parse().unwrap(),
+            "127.1.3.9".parse().expect("ip"),
+            "127.1.2.0".parse().expect("ip"),
             24
         ));
     }

@@ -581,6 +581,7 @@ impl MemberState {
         let Some(link) = self.server_link.clone() else {
             return;
         };
+        let me = myself.clone();
         tokio::spawn(async move {
             if link.wait_connected(t).await.is_ok() {
                 let r: Result<(), CallError> =
@@ -593,6 +594,12 @@ impl MemberState {
                         rollcall_runtime::TransportError::LocallyClosed
                         | rollcall_runtime::TransportError::ClosedByPeer(_),
                     )) => tracing::debug!("leadership announcement overtaken by a closed link"),
+                    // A server that does not know us (it restarted): register, and the
+                    // answer's handler announces again.
+                    Err(CallError::Transport(rollcall_runtime::TransportError::Refused(_))) => {
+                        tracing::info!("the server does not know this leader; registering now");
+                        let _ = me.send_message(MemberMsg::RegisterNow);
+                    }
                     Err(e) => tracing::warn!(error = %e, "could not announce leadership"),
                 }
             }

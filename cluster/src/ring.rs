@@ -243,10 +243,10 @@ impl RingCore {
             }
             Input::RegistrationSent => self.registration_sent = Some(now),
             Input::Learned(members) => {
-                let known: Vec<NodeId> = self.view.iter().map(|m| m.id.clone()).collect();
+                // Every probe's answer lands here: no allocation unless someone is new.
                 let mut added = false;
                 for m in members {
-                    if !known.contains(&m.id) && m.id != self.me.id {
+                    if m.id != self.me.id && !self.view.iter().any(|v| v.id == m.id) {
                         self.hellos.insert(m.id.clone(), (m.clone(), now));
                         self.view.push(m);
                         added = true;

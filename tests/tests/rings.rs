@@ -154,18 +154,34 @@ async fn three_subnets_form_three_rings_and_heal_around_failures() {
     let t2 = Instant::now();
     c.restart(victim).await;
     let pred_id = r1.members[9].id.clone();
-    eventually(
+    eventually_or(
         "the restarted member back in its place",
         Duration::from_secs(10),
         || async {
             let r = c.report().await;
             let members = &ring(&r, "127.0.1.0/24").members;
-            let back = members
+            let pred = c.status(c.index_of(&pred_id)).await;
+            let seen = format!(
+                "victim in report: {:?}; predecessor routes to {:?}, health {:?}",
+                members
+                    .iter()
+                    .position(|m| m.id == victim_id)
+                    .map(|i| (i, members[i].health, members[i].addr)),
+                pred.route_target,
+                pred.health
+            );
+            let Some(back) = members
                 .iter()
-                .position(|m| m.id == victim_id && m.health == Health::Ok)?;
-            let routed =
-                c.status(c.index_of(&pred_id)).await.route_target == Some(victim_id.clone());
-            (routed && members[back - 1].id == pred_id).then_some(())
+                .position(|m| m.id == victim_id && m.health == Health::Ok)
+            else {
+                return Err(seen);
+            };
+            let routed = pred.route_target == Some(victim_id.clone());
+            if routed && members[back - 1].id == pred_id {
+                Ok(())
+            } else {
+                Err(seen)
+            }
         },
     )
     .await;

@@ -390,6 +390,15 @@ impl RingCore {
         members.dedup_by(|a, b| a.id == b.id);
         self.peers
             .retain(|id, _| members.iter().any(|m| &m.id == id));
+        // A member back at a new address: an attempt at the old one will never be judged
+        // (its result is dropped as stale), so forget it and probe the new address.
+        for m in &members {
+            let moved = self.view.iter().any(|v| v.id == m.id && v.addr != m.addr);
+            if moved && let Some(p) = self.peers.get_mut(&m.id) {
+                p.attempt = None;
+                p.probe_sent = None;
+            }
+        }
         self.view = members;
         self.say_hello();
         self.tick(now);

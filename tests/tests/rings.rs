@@ -163,10 +163,11 @@ async fn three_subnets_form_three_rings_and_heal_around_failures() {
             let pred = c.status(c.index_of(&pred_id)).await;
             let seen = format!(
                 "victim in report: {:?}; predecessor routes to {:?}, health {:?}",
-                members
-                    .iter()
-                    .position(|m| m.id == victim_id)
-                    .map(|i| (i, members[i].health, members[i].addr)),
+                members.iter().position(|m| m.id == victim_id).map(|i| (
+                    i,
+                    members[i].health,
+                    members[i].addr
+                )),
                 pred.route_target,
                 pred.health
             );

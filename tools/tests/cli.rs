@@ -752,17 +752,14 @@ fn chaos_against_a_served_sim_runs_a_scenario_and_applies_faults() {
         .trim()
         .to_string();
 
-    let out = run(&[
-        "chaos",
-        "--server",
-        &addr,
-        "--cert-dir",
-        ops,
-        "--scenario",
-        "neighbour-killed",
-        "--fault-secs",
-        "2",
-    ]);
+    // `rollcall chaos` against this sim.
+    let chaos = |args: &[&str]| {
+        let mut all = vec!["chaos", "--server", addr.as_str(), "--cert-dir", ops];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+
+    let out = chaos(&["--scenario", "neighbour-killed", "--fault-secs", "2"]);
     let text = stdout(&out);
     assert!(
         out.status.success(),
@@ -780,16 +777,7 @@ fn chaos_against_a_served_sim_runs_a_scenario_and_applies_faults() {
     );
     assert!(text.contains("all invariants held"), "{text}");
 
-    let out = run(&[
-        "chaos",
-        "--server",
-        &addr,
-        "--cert-dir",
-        ops,
-        "kill",
-        "--node",
-        "e0000003",
-    ]);
+    let out = chaos(&["kill", "--node", "e0000003"]);
     let text = stdout(&out);
     assert!(
         out.status.success(),
@@ -799,16 +787,7 @@ fn chaos_against_a_served_sim_runs_a_scenario_and_applies_faults() {
     assert!(text.contains("applied to 1 endpoint(s)"), "{text}");
     assert!(text.contains("e0000003  127.1.0.4"), "{text}");
 
-    let out = run(&[
-        "chaos",
-        "--server",
-        &addr,
-        "--cert-dir",
-        ops,
-        "pause",
-        "--node",
-        "nobody",
-    ]);
+    let out = chaos(&["pause", "--node", "nobody"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no endpoint matches --node nobody"),
@@ -816,15 +795,7 @@ fn chaos_against_a_served_sim_runs_a_scenario_and_applies_faults() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let out = run(&[
-        "chaos",
-        "--server",
-        &addr,
-        "--cert-dir",
-        ops,
-        "--scenario",
-        "no-such",
-    ]);
+    let out = chaos(&["--scenario", "no-such"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no scenario \"no-such\""));
 }

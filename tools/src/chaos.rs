@@ -687,22 +687,11 @@ pub async fn run_scenario(
     let end = Instant::now() + opts.ttl;
     loop {
         obs.sample(fleet).await?;
-        let must: Vec<&NodeId> = fleet
-            .endpoints
-            .iter()
-            .filter(|e| e.alive())
-            .map(|e| &e.id)
-            .collect();
         let done = obs
             .questions
             .iter()
             .filter(|q| !q.lost_with_server)
-            .all(|q| {
-                fleet.rings().responders(q.id).is_some_and(|r| {
-                    let r: HashSet<NodeId> = r.into_iter().collect();
-                    must.iter().all(|id| r.contains(*id))
-                })
-            });
+            .all(|q| unanswered(fleet, q.id).is_empty());
         if done || Instant::now() >= end {
             break;
         }
@@ -720,16 +709,8 @@ pub async fn run_scenario(
     let mut checked = 0;
     for q in obs.questions.iter().filter(|q| !q.lost_with_server) {
         checked += 1;
-        let r: HashSet<NodeId> = fleet
-            .rings()
-            .responders(q.id)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        for id in &live {
-            if !r.contains(*id) {
-                missing.push(format!("{} missing from question {}", id, q.id));
-            }
+        for id in unanswered(fleet, q.id) {
+            missing.push(format!("{} missing from question {}", id, q.id));
         }
     }
     let lost: Vec<String> = obs.victims.lost.iter().map(|i| i.0.clone()).collect();
@@ -920,6 +901,22 @@ pub fn counted_once(
         ));
     }
     Ok(())
+}
+
+/// Running endpoints that have not answered question `id`.
+fn unanswered(fleet: &Fleet, id: u64) -> Vec<NodeId> {
+    let answered: HashSet<NodeId> = fleet
+        .rings()
+        .responders(id)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    fleet
+        .endpoints
+        .iter()
+        .filter(|e| e.alive() && !answered.contains(&e.id))
+        .map(|e| e.id.clone())
+        .collect()
 }
 
 fn first(v: &[String]) -> String {

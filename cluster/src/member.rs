@@ -397,7 +397,7 @@ impl MemberState {
         let (Some(own), Some(mut merged)) = (q.own.clone(), q.down.take()) else {
             return;
         };
-        merged.answers.insert(me, own.clone());
+        merged.add(&me, &own);
         for mut w in q.waiters.drain(..) {
             let _ = w.answer(&merged);
         }

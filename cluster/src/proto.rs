@@ -145,7 +145,7 @@ pub struct QuestionEnvelope {
 }
 
 /// One machine's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeAnswer {
     /// Its row, or `None` when it did not match the question's filter.
     pub row: Option<Vec<String>>,
@@ -153,19 +153,156 @@ pub struct NodeAnswer {
     pub problems: Vec<String>,
 }
 
-/// Answers merged along a ring: one per machine, whatever route it took.
+/// Machine ids packed into one byte string: each is a two-byte length and its UTF-8 bytes.
+/// A chain's answer carries one such list per distinct answer, so a hop decodes and encodes
+/// a few allocations, not several per machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IdList {
+    #[serde(with = "serde_bytes")]
+    packed: Vec<u8>,
+}
+
+impl IdList {
+    /// Appends `id` (node ids are short hex digests; one over 64 KiB is cut there).
+    pub fn push(&mut self, id: &NodeId) {
+        let mut end = id.0.len().min(u16::MAX as usize);
+        while !id.0.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.packed.extend_from_slice(&(end as u16).to_be_bytes());
+        self.packed.extend_from_slice(&id.0.as_bytes()[..end]);
+    }
+
+    fn split(rest: &[u8]) -> Option<Result<(&[u8], &[u8]), &'static str>> {
+        if rest.is_empty() {
+            return None;
+        }
+        let Some((len, tail)) = rest.split_first_chunk::<2>() else {
+            return Some(Err("an id list ends inside a length"));
+        };
+        let len = u16::from_be_bytes(*len) as usize;
+        if tail.len() < len {
+            return Some(Err("an id list ends inside an id"));
+        }
+        Some(Ok(tail.split_at(len)))
+    }
+
+    /// The ids, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let mut rest = &self.packed[..];
+        std::iter::from_fn(move || {
+            // Checked when decoded and built by `push`: every list holds whole UTF-8 ids.
+            let (id, tail) = IdList::split(rest)?.ok()?;
+            rest = tail;
+            std::str::from_utf8(id).ok()
+        })
+    }
+
+    /// Whether `id` is in the list.
+    pub fn contains(&self, id: &NodeId) -> bool {
+        self.iter().any(|x| x == id.0)
+    }
+
+    /// How many ids.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// No ids.
+    pub fn is_empty(&self) -> bool {
+        self.packed.is_empty()
+    }
+
+    fn check(packed: &[u8]) -> Result<(), &'static str> {
+        let mut rest = packed;
+        while let Some(r) = IdList::split(rest) {
+            let (id, tail) = r?;
+            std::str::from_utf8(id).map_err(|_| "an id in an id list is not UTF-8")?;
+            rest = tail;
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for IdList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IdList, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(with = "serde_bytes")]
+            packed: Vec<u8>,
+        }
+        let raw = Raw::deserialize(d)?;
+        IdList::check(&raw.packed).map_err(serde::de::Error::custom)?;
+        Ok(IdList { packed: raw.packed })
+    }
+}
+
+/// One distinct answer and the machines that gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerGroup {
+    /// The answer.
+    pub answer: NodeAnswer,
+    /// Who gave it.
+    pub who: IdList,
+}
+
+/// Answers merged along a ring, in compact form: each distinct answer once, with the
+/// machines that gave it. A machine may appear more than once (rerouted rounds); the server
+/// counts each machine once.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Partial {
-    /// Each machine's answer.
-    pub answers: std::collections::BTreeMap<NodeId, NodeAnswer>,
+    /// Distinct answers.
+    pub groups: Vec<AnswerGroup>,
 }
 
 impl Partial {
-    /// Adds `other`'s answers; a machine already present keeps its first answer.
-    pub fn merge(&mut self, other: Partial) {
-        for (id, a) in other.answers {
-            self.answers.entry(id).or_insert(a);
+    /// Adds one machine's answer.
+    pub fn add(&mut self, id: &NodeId, answer: &NodeAnswer) {
+        match self.groups.iter_mut().find(|g| &g.answer == answer) {
+            Some(g) => {
+                g.who.push(id);
+            }
+            None => {
+                let mut who = IdList::default();
+                who.push(id);
+                self.groups.push(AnswerGroup {
+                    answer: answer.clone(),
+                    who,
+                });
+            }
         }
+    }
+
+    /// Adds `other`'s answers.
+    pub fn merge(&mut self, other: Partial) {
+        for g in other.groups {
+            match self.groups.iter_mut().find(|x| x.answer == g.answer) {
+                Some(x) => x.who.packed.extend_from_slice(&g.who.packed),
+                None => self.groups.push(g),
+            }
+        }
+    }
+
+    /// Whether `id` answered.
+    pub fn contains(&self, id: &NodeId) -> bool {
+        self.groups.iter().any(|g| g.who.contains(id))
+    }
+
+    /// Every (machine, answer), repeats included.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &NodeAnswer)> + '_ {
+        self.groups
+            .iter()
+            .flat_map(|g| g.who.iter().map(move |id| (id, &g.answer)))
+    }
+
+    /// How many answers, repeats included.
+    pub fn len(&self) -> usize {
+        self.groups.iter().map(|g| g.who.len()).sum()
+    }
+
+    /// No answers.
+    pub fn is_empty(&self) -> bool {
+        self.groups.iter().all(|g| g.who.is_empty())
     }
 }
 
@@ -240,4 +377,72 @@ pub struct RingsReport {
     pub server_connections: usize,
     /// Of those, leaders' ring links.
     pub ring_connections: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(os: &str) -> NodeAnswer {
+        NodeAnswer {
+            row: Some(vec!["linux".into(), os.into()]),
+            problems: vec![],
+        }
+    }
+
+    fn id(s: &str) -> NodeId {
+        NodeId(s.into())
+    }
+
+    #[test]
+    fn a_partial_keeps_each_distinct_answer_once_and_survives_the_wire() {
+        let mut p = Partial::default();
+        p.add(&id("a1"), &answer("6.1"));
+        p.add(&id("b22"), &answer("6.8"));
+        p.add(&id("c333"), &answer("6.1"));
+        let mut down = Partial::default();
+        down.add(&id("d4"), &answer("6.8"));
+        down.add(&id("a1"), &answer("6.1")); // a repeat from a rerouted round
+        p.merge(down);
+        assert_eq!(p.groups.len(), 2);
+        assert_eq!(p.len(), 5);
+        assert!(p.contains(&id("d4")) && !p.contains(&id("e5")));
+        let bytes = rollcall_runtime::wire::encode_body(&p).expect("encodes");
+        let back: Partial = rollcall_runtime::wire::decode_body(&bytes).expect("decodes");
+        assert_eq!(back, p);
+        let mut entries: Vec<(String, String)> = back
+            .entries()
+            .map(|(n, a)| (n.to_string(), a.row.as_ref().expect("row")[1].clone()))
+            .collect();
+        entries.sort();
+        assert_eq!(
+            entries,
+            [
+                ("a1".to_string(), "6.1".to_string()),
+                ("a1".into(), "6.1".into()),
+                ("b22".into(), "6.8".into()),
+                ("c333".into(), "6.1".into()),
+                ("d4".into(), "6.8".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_non_utf8_id_list_is_refused_when_decoded() {
+        #[derive(Serialize)]
+        struct Raw {
+            #[serde(with = "serde_bytes")]
+            packed: Vec<u8>,
+        }
+        for (packed, why) in [
+            (vec![0u8, 5, b'a', b'b'], "ends inside an id"),
+            (vec![0u8, 2, b'a', b'b', 0], "ends inside a length"),
+            (vec![0u8, 2, 0xff, 0xfe], "not UTF-8"),
+        ] {
+            let bytes = rollcall_runtime::wire::encode_body(&Raw { packed }).expect("encodes");
+            let err = rollcall_runtime::wire::decode_body::<IdList>(&bytes)
+                .expect_err("a malformed list must not decode");
+            assert!(err.to_string().contains(why), "{err} should say {why}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! the answers that come back (once per machine), late answers, and hand-off of open
 //! questions to machines that missed them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,25 +21,53 @@ struct Record {
     expires_at: Instant,
     /// Live machines when it was asked, with their host names.
     expected: BTreeMap<NodeId, String>,
-    partial: Partial,
+    /// Each machine that answered, once, with the index of its answer in `distinct`.
+    answers: BTreeMap<NodeId, u32>,
+    /// Distinct answers (most machines share a few).
+    distinct: Vec<NodeAnswer>,
+    index: HashMap<NodeAnswer, u32>,
     /// Answers from machines that had already answered. Always empty: only the deliberately
     /// broken `broken-dedup` build keeps (and counts) them.
-    repeats: Vec<NodeAnswer>,
+    repeats: Vec<u32>,
     /// The fan-out to the rings has finished (machines missing now missed it).
     fanned_out: bool,
 }
 
 impl Record {
-    fn add(&mut self, node: NodeId, answer: NodeAnswer) {
-        if cfg!(feature = "broken-dedup") && self.partial.answers.contains_key(&node) {
-            self.repeats.push(answer);
+    fn intern(&mut self, answer: &NodeAnswer) -> u32 {
+        if let Some(i) = self.index.get(answer) {
+            return *i;
+        }
+        let i = self.distinct.len() as u32;
+        self.distinct.push(answer.clone());
+        self.index.insert(answer.clone(), i);
+        i
+    }
+
+    /// Counts `node`'s answer, unless it has answered already.
+    fn add_indexed(&mut self, node: &str, i: u32) {
+        // Looked up by `&str` first: no allocation for a machine already counted.
+        let known = self.answers.contains_key(node);
+        if known {
+            if cfg!(feature = "broken-dedup") {
+                self.repeats.push(i);
+            }
             return;
         }
-        self.partial.answers.entry(node).or_insert(answer);
+        self.answers.insert(NodeId(node.to_string()), i);
+    }
+
+    fn add(&mut self, node: &str, answer: &NodeAnswer) {
+        let i = self.intern(answer);
+        self.add_indexed(node, i);
+    }
+
+    fn has(&self, node: &NodeId) -> bool {
+        self.answers.contains_key(node)
     }
 
     fn answered(&self) -> usize {
-        self.partial.answers.len() + self.repeats.len()
+        self.answers.len() + self.repeats.len()
     }
 }
 
@@ -144,7 +172,9 @@ impl QuestionStore {
                 asked_at: now,
                 expires_at: now + ttl,
                 expected,
-                partial: Partial::default(),
+                answers: BTreeMap::new(),
+                distinct: Vec::new(),
+                index: HashMap::new(),
                 repeats: Vec::new(),
                 fanned_out: false,
             },
@@ -171,8 +201,11 @@ impl QuestionStore {
     /// Merges answers that came back along a ring.
     pub fn merge(&self, id: u64, partial: Partial) {
         if let Some(r) = self.lock().1.get_mut(&id) {
-            for (node, answer) in partial.answers {
-                r.add(node, answer);
+            for g in &partial.groups {
+                let i = r.intern(&g.answer);
+                for node in g.who.iter() {
+                    r.add_indexed(node, i);
+                }
             }
         }
     }
@@ -183,7 +216,7 @@ impl QuestionStore {
         let mut st = self.lock();
         match st.1.get_mut(&id) {
             Some(r) if now < r.expires_at => {
-                r.add(node, answer);
+                r.add(&node.0, &answer);
                 true
             }
             _ => false,
@@ -202,7 +235,7 @@ impl QuestionStore {
         self.lock()
             .1
             .get(&id)
-            .is_some_and(|r| r.expected.keys().all(|n| r.partial.answers.contains_key(n)))
+            .is_some_and(|r| r.expected.keys().all(|n| r.has(n)))
     }
 
     /// Open questions that `node` missed (their fan-out is over and it has not answered),
@@ -211,9 +244,7 @@ impl QuestionStore {
         let now = tokio::time::Instant::now().into_std();
         let st = self.lock();
         st.1.iter()
-            .filter(|(_, r)| {
-                r.fanned_out && now < r.expires_at && !r.partial.answers.contains_key(node)
-            })
+            .filter(|(_, r)| r.fanned_out && now < r.expires_at && !r.has(node))
             .filter_map(|(id, r)| {
                 let env = QuestionEnvelope {
                     id: *id,
@@ -238,9 +269,7 @@ impl QuestionStore {
     pub fn have_answered<'a>(&self, id: u64, nodes: impl Iterator<Item = &'a NodeId>) -> Vec<bool> {
         let st = self.lock();
         let r = st.1.get(&id);
-        nodes
-            .map(|n| r.is_some_and(|r| r.partial.answers.contains_key(n)))
-            .collect()
+        nodes.map(|n| r.is_some_and(|r| r.has(n))).collect()
     }
 
     /// The machines that have answered `id`.
@@ -248,7 +277,7 @@ impl QuestionStore {
         self.lock()
             .1
             .get(&id)
-            .map(|r| r.partial.answers.keys().cloned().collect())
+            .map(|r| r.answers.keys().cloned().collect())
     }
 
     /// Where question `id` stands.
@@ -256,31 +285,39 @@ impl QuestionStore {
         let now = tokio::time::Instant::now().into_std();
         let st = self.lock();
         let r = st.1.get(&id)?;
-        let mut counts: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+        let mut per_answer = vec![0u64; r.distinct.len()];
         let mut problems = Vec::new();
-        for (node, a) in &r.partial.answers {
-            if let Some(row) = &a.row {
-                *counts.entry(row.clone()).or_default() += 1;
-            }
+        for (node, &i) in &r.answers {
+            per_answer[i as usize] += 1;
+            let a = &r.distinct[i as usize];
             problems.extend(a.problems.iter().map(|p| (node.clone(), p.clone())));
         }
-        for a in &r.repeats {
-            if let Some(row) = &a.row {
-                *counts.entry(row.clone()).or_default() += 1;
+        for &i in &r.repeats {
+            per_answer[i as usize] += 1;
+        }
+        // Answers that differ only in their problems share a row.
+        let mut counts: BTreeMap<&Vec<String>, u64> = BTreeMap::new();
+        for (a, n) in r.distinct.iter().zip(per_answer) {
+            if let Some(row) = &a.row
+                && n > 0
+            {
+                *counts.entry(row).or_default() += n;
             }
         }
         let matched = counts.values().sum();
         let mut rows: Vec<RowCount> = counts
             .into_iter()
-            .map(|(cells, count)| RowCount { cells, count })
+            .map(|(cells, count)| RowCount {
+                cells: cells.clone(),
+                count,
+            })
             .collect();
         rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.cells.cmp(&b.cells)));
-        let expected: BTreeSet<&NodeId> =
-            r.expected.keys().chain(r.partial.answers.keys()).collect();
+        let expected: BTreeSet<&NodeId> = r.expected.keys().chain(r.answers.keys()).collect();
         let not_answered = r
             .expected
             .iter()
-            .filter(|(n, _)| !r.partial.answers.contains_key(*n))
+            .filter(|(n, _)| !r.has(n))
             .map(|(n, h)| (n.clone(), h.clone()))
             .collect();
         Some(Progress {
@@ -313,5 +350,59 @@ impl QuestionStore {
                 open: now < r.expires_at,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(os: &str, problems: &[&str]) -> NodeAnswer {
+        NodeAnswer {
+            row: Some(vec!["linux".into(), os.into()]),
+            problems: problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn each_machine_counts_once_whatever_route_its_answers_took() {
+        let store = QuestionStore::new(4);
+        let expected: BTreeMap<NodeId, String> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| (NodeId(n.to_string()), format!("host-{n}")))
+            .collect();
+        let id = store.create(
+            "q".into(),
+            vec!["os".into(), "version".into()],
+            vec![],
+            Duration::from_secs(60),
+            expected,
+        );
+        let mut p = Partial::default();
+        p.add(&NodeId("a".into()), &answer("6.1", &[]));
+        p.add(&NodeId("b".into()), &answer("6.1", &["uptime: timed out"]));
+        p.add(&NodeId("a".into()), &answer("6.1", &[]));
+        store.merge(id, p.clone());
+        store.merge(id, p);
+        assert!(store.late_answer(id, NodeId("c".into()), answer("6.8", &[])));
+        assert!(store.late_answer(id, NodeId("c".into()), answer("6.8", &[])));
+        let pr = store.progress(id).expect("kept");
+        assert_eq!(pr.answered, 3);
+        assert_eq!(pr.expected, 4);
+        assert_eq!(pr.matched, 3);
+        let rows: Vec<(String, u64)> = pr
+            .rows
+            .iter()
+            .map(|r| (r.cells[1].clone(), r.count))
+            .collect();
+        assert_eq!(rows, [("6.1".to_string(), 2), ("6.8".to_string(), 1)]);
+        assert_eq!(
+            pr.problems,
+            [(NodeId("b".into()), "uptime: timed out".to_string())]
+        );
+        assert_eq!(
+            pr.not_answered,
+            [(NodeId("d".into()), "host-d".to_string())]
+        );
     }
 }

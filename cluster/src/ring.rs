@@ -163,6 +163,8 @@ pub struct RingCore {
     cfg: RingConfig,
     me: MemberInfo,
     view: Vec<MemberInfo>,
+    /// This member's index in `view` (kept with the view: every message needs it).
+    pos: usize,
     peers: HashMap<NodeId, PeerState>,
     isolated: bool,
     started: Instant,
@@ -185,6 +187,7 @@ impl RingCore {
         RingCore {
             cfg,
             view: vec![me.clone()],
+            pos: 0,
             me,
             peers: HashMap::new(),
             isolated: false,
@@ -243,10 +246,13 @@ impl RingCore {
             }
             Input::RegistrationSent => self.registration_sent = Some(now),
             Input::Learned(members) => {
-                // Every probe's answer lands here: no allocation unless someone is new.
+                // Every probe's answer lands here: no allocation unless someone is new, and
+                // a member already in place is found by binary search (the view is sorted).
                 let mut added = false;
                 for m in members {
-                    if m.id != self.me.id && !self.view.iter().any(|v| v.id == m.id) {
+                    let known = self.view.binary_search_by(|v| order(v, &m)).is_ok()
+                        || self.view.iter().any(|v| v.id == m.id);
+                    if m.id != self.me.id && !known {
                         self.hellos.insert(m.id.clone(), (m.clone(), now));
                         self.view.push(m);
                         added = true;
@@ -254,6 +260,7 @@ impl RingCore {
                 }
                 if added {
                     self.view.sort_by(order);
+                    self.reindex();
                     self.say_hello();
                 }
             }
@@ -267,6 +274,7 @@ impl RingCore {
                 self.view.retain(|v| v.id != m.id);
                 self.view.push(m.clone());
                 self.view.sort_by(order);
+                self.reindex();
                 if let Some(p) = self.peers.get_mut(&m.id) {
                     if moved {
                         // Restarted elsewhere: forget it and any attempt at the old address
@@ -299,16 +307,12 @@ impl RingCore {
     /// The successor questions go to now: the first routable candidate, or, when every
     /// candidate is slow (more likely this member's own network is), the first slow one.
     pub fn route_target(&self) -> Option<&MemberInfo> {
-        let candidates = self.candidates();
-        candidates
-            .iter()
+        self.candidate_iter()
             .find(|m| self.health(&m.id).routable())
             .or_else(|| {
-                candidates
-                    .iter()
+                self.candidate_iter()
                     .find(|m| self.health(&m.id) == PeerHealth::Slow)
             })
-            .copied()
     }
 
     /// The members after this one, up to the successor list's length.
@@ -320,20 +324,23 @@ impl RingCore {
 
     /// The successor list followed by the skip contacts.
     pub fn candidates(&self) -> Vec<&MemberInfo> {
-        let me = self.my_position();
-        let after = &self.view[me + 1..];
-        let mut c: Vec<&MemberInfo> = after.iter().take(self.cfg.successors).collect();
-        let mut step = self.cfg.successors * 2;
-        for _ in 0..self.cfg.skip_contacts {
-            if step == 0 {
-                break;
-            }
-            if let Some(m) = after.get(step - 1) {
-                c.push(m);
-            }
-            step *= 2;
-        }
-        c
+        self.candidate_iter().collect()
+    }
+
+    /// [`RingCore::candidates`] without allocating.
+    fn candidate_iter(&self) -> impl Iterator<Item = &MemberInfo> + '_ {
+        self.candidate_indices().map(|i| &self.view[i])
+    }
+
+    /// Indices in `view` of the candidates, in order.
+    fn candidate_indices(&self) -> impl Iterator<Item = usize> + use<> {
+        let first = self.pos + 1;
+        let len = self.view.len();
+        let n = self.cfg.successors;
+        let skips = (0..self.cfg.skip_contacts as u32)
+            .filter(move |_| n > 0)
+            .map(move |k| first + ((n * 2) << k) - 1);
+        (first..first + n).chain(skips).filter(move |&i| i < len)
     }
 
     /// How this member judges `id`.
@@ -354,7 +361,12 @@ impl RingCore {
     }
 
     fn my_position(&self) -> usize {
-        self.position(&self.me.id).unwrap_or(0)
+        self.pos
+    }
+
+    /// Recomputes this member's index after the view changed.
+    fn reindex(&mut self) {
+        self.pos = self.position(&self.me.id).unwrap_or(0);
     }
 
     fn peer(&mut self, id: &NodeId) -> &mut PeerState {
@@ -400,6 +412,7 @@ impl RingCore {
             }
         }
         self.view = members;
+        self.reindex();
         self.say_hello();
         self.tick(now);
     }
@@ -457,11 +470,15 @@ impl RingCore {
     /// server forgets slowness nobody reports, and rechecks a member that is still
     /// unreachable).
     fn flush_reports(&mut self, now: Instant) {
-        let ids: Vec<NodeId> = self
-            .candidates()
-            .into_iter()
-            .map(|m| m.id.clone())
-            .collect();
+        // Nearly always nothing to report: skip the work without allocating.
+        if !self
+            .peers
+            .values()
+            .any(|p| matches!(p.health, PeerHealth::Slow | PeerHealth::Dead))
+        {
+            return;
+        }
+        let ids: Vec<NodeId> = self.candidate_iter().map(|m| m.id.clone()).collect();
         if !ids.iter().any(|id| self.health(id) == PeerHealth::Ok) {
             return;
         }
@@ -507,24 +524,33 @@ impl RingCore {
         // failed, a route target never probed yet is not trusted: the ones after it are
         // probed at the same time, up to one known to answer, so a whole unreachable arc is
         // routed past in one hop timeout, not one per member.
-        let candidates: Vec<MemberInfo> = self.candidates().into_iter().cloned().collect();
+        // A member that answered is probed again after the probe interval, a slow one after
+        // the hop timeout, a dead one after the retry interval: ticks come more often than
+        // that (one follows each probe's hop timeout), and must not add probes.
         let retry = self.cfg.retry_interval;
+        let interval = self.cfg.probe_interval;
         let mut failed_before = false;
-        for m in candidates {
-            let p = self.peer(&m.id);
+        for i in self.candidate_indices() {
+            let id = self.view[i].id.clone();
+            let p = self.peer(&id);
             let routable = p.health.routable();
             let trusted = p.health == PeerHealth::Ok || !failed_before;
             failed_before |= !routable;
+            let since = |d: Duration| {
+                p.last_try
+                    .is_none_or(|t| now.saturating_duration_since(t) >= d)
+            };
             let due = match p.health {
-                PeerHealth::Dead => p
-                    .last_try
-                    .is_none_or(|t| now.saturating_duration_since(t) >= retry),
-                _ => true,
+                PeerHealth::Dead => since(retry),
+                PeerHealth::Ok => since(interval),
+                PeerHealth::Slow => since(hop),
+                PeerHealth::Unknown | PeerHealth::Late => true,
             };
             if p.attempt.is_none() && due {
                 p.attempt = Some(now);
                 p.last_try = Some(now);
-                self.out.push_back(Output::Probe(m.clone()));
+                let m = self.view[i].clone();
+                self.out.push_back(Output::Probe(m));
             }
             if routable && trusted {
                 break;
@@ -633,6 +659,29 @@ mod tests {
         // Four successors, then skips at 8 and 16 places after us.
         assert_eq!(cand, ["n04", "n05", "n06", "n07", "n11", "n19"]);
         assert_eq!(c.route_target().map(|m| m.id.0.as_str()), Some("n04"));
+    }
+
+    #[test]
+    fn extra_ticks_do_not_add_probes_to_a_healthy_successor() {
+        // Each probe is followed by a tick at its hop timeout; ticks in between (or many of
+        // them) must not probe a successor that answered within the probe interval.
+        let t0 = Instant::now();
+        let mut c = ring(2, 8, t0);
+        let first = sent(&mut c, t0);
+        assert_eq!(probes(&first), [NodeId("n03".into())]);
+        let t1 = t0 + Duration::from_millis(10);
+        c.handle(Input::Ack(NodeId("n03".into())), t1);
+        let interval = cfg().probe_interval;
+        let mut extra = 0;
+        for k in 1..50u32 {
+            let t = t0 + interval * k / 50;
+            c.handle(Input::Tick, t);
+            extra += probes(&sent(&mut c, t)).len();
+        }
+        assert_eq!(extra, 0, "ticks within the probe interval sent probes");
+        let due = t0 + interval;
+        c.handle(Input::Tick, due);
+        assert_eq!(probes(&sent(&mut c, due)), [NodeId("n03".into())]);
     }
 
     #[test]

@@ -626,7 +626,7 @@ impl RingServer {
             let ttl = Duration::from_millis(env.ttl_ms);
             match self.ask_member(target, env, ttl).await {
                 Ok(p) => {
-                    let covered = p.answers.contains_key(&target.id);
+                    let covered = p.contains(&target.id);
                     self.questions.merge(id, p);
                     if !covered {
                         failed.insert(target.id.clone(), now);

@@ -50,7 +50,22 @@ struct NetState {
     cut: HashSet<(IpAddr, IpAddr)>,
     rng: SmallRng,
     idle_timeout: Duration,
-    conns: Vec<std::sync::Weak<ConnShared>>,
+    /// Open connections by each of their two ends' addresses (a node's close finds its own
+    /// without scanning the whole network).
+    conns: HashMap<SocketAddr, Vec<std::sync::Weak<ConnShared>>>,
+}
+
+impl NetState {
+    fn track(&mut self, c: &Arc<ConnShared>) {
+        for end in [c.ends.0, c.ends.1] {
+            let list = self.conns.entry(end).or_default();
+            // Forget closed ones now and then: amortised O(1) per connection.
+            if list.len() >= 16 && list.len().is_power_of_two() {
+                list.retain(|w| w.strong_count() > 0);
+            }
+            list.push(Arc::downgrade(c));
+        }
+    }
 }
 
 /// The shared in-memory network.
@@ -91,7 +106,7 @@ impl MemNetwork {
                 cut: HashSet::new(),
                 rng: SmallRng::seed_from_u64(seed),
                 idle_timeout,
-                conns: Vec::new(),
+                conns: HashMap::new(),
             })),
         }
     }
@@ -192,11 +207,16 @@ impl MemNetwork {
     fn time_out_cut(&self) {
         let mut st = self.lock();
         let idle = st.idle_timeout;
-        st.conns.retain(|w| w.strong_count() > 0);
+        for list in st.conns.values_mut() {
+            list.retain(|w| w.strong_count() > 0);
+        }
+        st.conns.retain(|_, list| !list.is_empty());
+        // Each connection is listed under both ends: take it under its first.
         let crossing: Vec<Arc<ConnShared>> = st
             .conns
             .iter()
-            .filter_map(|w| w.upgrade())
+            .flat_map(|(addr, list)| list.iter().map(move |w| (addr, w)))
+            .filter_map(|(addr, w)| w.upgrade().filter(|c| c.ends.0 == *addr))
             .filter(|c| st.blocked(c.ends.0.ip(), c.ends.1.ip()))
             .collect();
         drop(st);
@@ -340,7 +360,7 @@ impl Transport for MemTransport {
             ends: (self.addr, addr),
             closed: watch::channel(None).0,
         });
-        self.net.lock().conns.push(Arc::downgrade(&shared));
+        self.net.lock().track(&shared);
         let (to_server, server_rx) = mpsc::unbounded_channel();
         let (to_client, client_rx) = mpsc::unbounded_channel();
         let server_end: Arc<dyn Connection> = Arc::new(MemConnection {
@@ -375,9 +395,10 @@ impl Transport for MemTransport {
         let idle = st.idle_timeout;
         let mine: Vec<_> = st
             .conns
+            .remove(&self.addr)
+            .unwrap_or_default()
             .iter()
             .filter_map(|w| w.upgrade())
-            .filter(|c| c.ends.0 == self.addr || c.ends.1 == self.addr)
             .collect();
         drop(st);
         if crashed {

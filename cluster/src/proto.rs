@@ -153,6 +153,9 @@ pub struct NodeAnswer {
     pub problems: Vec<String>,
 }
 
+/// One id and the bytes after it, as `IdList::split` cuts them.
+type Split<'a> = (&'a [u8], &'a [u8]);
+
 /// Machine ids packed into one byte string: each is a two-byte length and its UTF-8 bytes.
 /// A chain's answer carries one such list per distinct answer, so a hop decodes and encodes
 /// a few allocations, not several per machine.
@@ -173,7 +176,7 @@ impl IdList {
         self.packed.extend_from_slice(&id.0.as_bytes()[..end]);
     }
 
-    fn split(rest: &[u8]) -> Option<Result<(&[u8], &[u8]), &'static str>> {
+    fn split(rest: &[u8]) -> Option<Result<Split<'_>, &'static str>> {
         if rest.is_empty() {
             return None;
         }

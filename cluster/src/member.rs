@@ -127,6 +127,8 @@ pub enum MemberMsg {
     Status(RpcReplyPort<MemberStatus>),
     /// Members another member told us of (its answer to our hello).
     Learned(Vec<MemberInfo>),
+    /// Our hello to this member went unanswered.
+    HelloFailed(NodeId),
     /// This machine's own answer to a question is ready.
     Evaluated {
         /// The question.
@@ -184,9 +186,18 @@ pub struct MemberState {
     server_watch: Option<AbortOnDrop>,
     ring: Option<RingId>,
     registrations: u64,
+    /// Registrations that failed in a row: retries back off (a server shedding load must
+    /// not face a fleet retrying ever faster).
+    reg_failures: u32,
     rng: SmallRng,
     me: MemberInfo,
     questions: HashMap<u64, QState>,
+}
+
+/// `base` doubled once per earlier failure, at most `cap` (never below `base`).
+fn backoff(base: Duration, failures: u32, cap: Duration) -> Duration {
+    base.saturating_mul(1 << failures.min(16))
+        .min(cap.max(base))
 }
 
 fn now() -> std::time::Instant {
@@ -496,20 +507,31 @@ impl MemberState {
                 let hello = MemberRequest::Hello(self.me.clone());
                 let me = myself.clone();
                 tokio::spawn(async move {
-                    if let Ok(l) = node.connect_once(pred.addr, dial).await {
-                        // The answer is the greeted member's view: anyone it knows between
-                        // us is our real predecessor, whom we then greet.
-                        let r: Result<Vec<MemberInfo>, CallError> =
-                            l.call(MEMBER, &hello, timeout).await;
-                        match r {
-                            Ok(view) => {
-                                let _ = me.send_message(MemberMsg::Learned(view));
-                            }
-                            Err(e) => {
-                                tracing::debug!(to = %pred.id, error = %e, "hello not answered")
+                    let answered = match node.connect_once(pred.addr, dial).await {
+                        Ok(l) => {
+                            // The answer is the greeted member's view: anyone it knows between
+                            // us is our real predecessor, whom we then greet.
+                            let r: Result<Vec<MemberInfo>, CallError> =
+                                l.call(MEMBER, &hello, timeout).await;
+                            l.close();
+                            match r {
+                                Ok(view) => {
+                                    let _ = me.send_message(MemberMsg::Learned(view));
+                                    true
+                                }
+                                Err(e) => {
+                                    tracing::debug!(to = %pred.id, error = %e, "hello not answered");
+                                    false
+                                }
                             }
                         }
-                        l.close();
+                        Err(e) => {
+                            tracing::debug!(to = %pred.id, error = %e, "could not reach our predecessor to greet it");
+                            false
+                        }
+                    };
+                    if !answered {
+                        let _ = me.send_message(MemberMsg::HelloFailed(pred.id));
                     }
                 });
             }
@@ -582,6 +604,11 @@ impl MemberState {
             return;
         };
         let me = myself.clone();
+        let retry = self
+            .cfg
+            .ring
+            .retry_interval
+            .mul_f64(self.rng.random_range(0.5..=1.0));
         tokio::spawn(async move {
             if link.wait_connected(t).await.is_ok() {
                 let r: Result<(), CallError> =
@@ -600,7 +627,13 @@ impl MemberState {
                         tracing::info!("the server does not know this leader; registering now");
                         let _ = me.send_message(MemberMsg::RegisterNow);
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not announce leadership"),
+                    // Unanswered (a server busy with a fleet starting at once): register
+                    // again after a while; the answer's handler announces again. Until
+                    // then the server routes questions by what it last heard.
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?retry, "could not announce leadership");
+                        me.send_after(retry, || MemberMsg::RegisterNow);
+                    }
                 }
             }
         });
@@ -634,6 +667,7 @@ impl Actor for RingMember {
             server_watch: None,
             ring: None,
             registrations: 0,
+            reg_failures: 0,
             me,
             questions: HashMap::new(),
         })
@@ -676,13 +710,18 @@ impl Actor for RingMember {
                 } else {
                     (lo, hi)
                 };
-                let next = st.rng.random_range(lo..=hi);
+                let next = backoff(
+                    st.rng.random_range(lo..=hi),
+                    st.reg_failures,
+                    st.cfg.register_max,
+                );
                 if timer {
                     myself.send_after(next, || MemberMsg::Register);
                 }
             }
             MemberMsg::Registered(Ok(reply)) => {
                 st.registrations += 1;
+                st.reg_failures = 0;
                 st.ring = reply.ring.clone();
                 let isolated = reply.ring.is_none();
                 for h in reply.handoffs {
@@ -710,14 +749,23 @@ impl Actor for RingMember {
                 }
             }
             MemberMsg::Registered(Err(e)) => {
-                if st.server_link.is_some() {
-                    // A leader must not stay unknown to a server that just came back (its
-                    // ring service may not have been up yet): try again soon.
-                    tracing::info!(error = %e, "registration failed; a leader tries again shortly");
-                    myself.send_after(st.cfg.ring.retry_interval, || MemberMsg::RegisterNow);
+                st.reg_failures = st.reg_failures.saturating_add(1);
+                // A leader must not stay unknown to a server that just came back (its ring
+                // service may not have been up yet), and a member whose answer was lost must
+                // not wait a whole interval for its ring's members: try again soon, backing
+                // off while failures repeat so a server shedding load is not buried.
+                let jitter = st.rng.random_range(0.5..=1.0);
+                let wait = backoff(
+                    st.cfg.ring.retry_interval.mul_f64(jitter),
+                    st.reg_failures - 1,
+                    st.cfg.register_max,
+                );
+                if st.reg_failures == 1 {
+                    tracing::info!(error = %e, retry_in = ?wait, "registration failed; trying again");
                 } else {
-                    tracing::warn!(error = %e, "registration failed; will retry at the next interval");
+                    tracing::warn!(error = %e, failures = st.reg_failures, retry_in = ?wait, "registration failed again");
                 }
+                myself.send_after(wait, || MemberMsg::RegisterNow);
             }
             MemberMsg::ProbeStarted(id) => st.feed(&myself, Input::ProbeStarted(id)).await,
             MemberMsg::Probed { id, addr, .. }
@@ -824,6 +872,7 @@ impl Actor for RingMember {
                 }
             }
             MemberMsg::Learned(view) => st.feed(&myself, Input::Learned(view)).await,
+            MemberMsg::HelloFailed(id) => st.feed(&myself, Input::HelloFailed(id)).await,
             MemberMsg::Forwarding(id) => st.feed(&myself, Input::Forwarding(id)).await,
             MemberMsg::Status(reply) => {
                 let core = &st.core;

@@ -176,6 +176,18 @@ pub trait Backlog: Send + Sync + 'static {
     fn missed(&self, node: &NodeId, ring: Option<&RingId>, since: Option<Instant>) -> Vec<Handoff>;
 }
 
+impl MembershipConfig {
+    /// Lifeguard's suspicion timeout for a ring of `n` with `confirmations` reporters.
+    pub fn suspicion_timeout(&self, n: usize, confirmations: u32) -> Duration {
+        let min = self.suspicion_min.as_secs_f64();
+        let max = (4.0 * (n.max(1) as f64).log10().max(1.0)).max(min);
+        let k = f64::from(self.confirmations.max(1));
+        let c = f64::from(confirmations.saturating_sub(1));
+        let t = max - (max - min) * (c + 1.0).ln() / (k + 1.0).ln();
+        Duration::from_secs_f64(t.max(min))
+    }
+}
+
 /// The server's rings (those of one shard).
 #[derive(Debug)]
 pub struct Membership {
@@ -348,55 +360,39 @@ impl Membership {
 
     /// The suspicion timeout for a ring of `n` with `confirmations` independent reports.
     pub fn suspicion_timeout(&self, n: usize, confirmations: u32) -> Duration {
-        let min = self.cfg.suspicion_min.as_secs_f64();
-        let max = (4.0 * (n.max(1) as f64).log10().max(1.0)).max(min);
-        let k = f64::from(self.cfg.confirmations.max(1));
-        let c = f64::from(confirmations.saturating_sub(1));
-        let t = max - (max - min) * (c + 1.0).ln() / (k + 1.0).ln();
-        Duration::from_secs_f64(t.max(min))
+        self.cfg.suspicion_timeout(n, confirmations)
     }
 
     /// Advances time: evicts suspects whose timeout ran out and members silent too long;
     /// clears old slowness. Returns who was evicted.
     pub fn tick(&mut self, now: Instant) -> Vec<(RingId, NodeId)> {
+        // Every member is visited on every tick: no allocation unless one is evicted.
         let mut evicted = Vec::new();
-        let ids: Vec<(RingId, NodeId, usize)> = self
-            .rings
-            .iter()
-            .flat_map(|(r, ms)| ms.keys().map(move |id| (r.clone(), id.clone(), ms.len())))
-            .collect();
-        for (ring, id, n) in ids {
-            let offline_after = self.cfg.offline_after;
-            let timeout = match self
-                .rings
-                .get(&ring)
-                .and_then(|ms| ms.get(&id))
-                .map(|m| &m.state)
-            {
-                Some(State::Suspect { reporters, .. }) => {
-                    Some(self.suspicion_timeout(n, reporters.len() as u32))
+        let offline_after = self.cfg.offline_after;
+        let cfg = self.cfg.clone();
+        for (ring, ms) in self.rings.iter_mut() {
+            let n = ms.len();
+            let slow_hold = cfg.suspicion_timeout(n, 1);
+            for (id, m) in ms.iter_mut() {
+                let evict = match &m.state {
+                    State::Suspect {
+                        since, reporters, ..
+                    } => {
+                        now.saturating_duration_since(*since)
+                            >= cfg.suspicion_timeout(n, reporters.len() as u32)
+                    }
+                    State::Offline { .. } => false,
+                    _ => now.saturating_duration_since(m.last_seen) >= offline_after,
+                };
+                if evict {
+                    m.state = State::Offline { since: now };
+                    m.leads = LeaderSides::default();
+                    evicted.push((ring.clone(), id.clone()));
+                } else if let State::Slow { last_report } = m.state
+                    && now.saturating_duration_since(last_report) >= slow_hold
+                {
+                    m.state = State::Ok;
                 }
-                _ => None,
-            };
-            let slow_hold = self.suspicion_timeout(n, 1);
-            let Some(m) = self.rings.get_mut(&ring).and_then(|ms| ms.get_mut(&id)) else {
-                continue;
-            };
-            let evict = match (&m.state, timeout) {
-                (State::Suspect { since, .. }, Some(t)) => {
-                    now.saturating_duration_since(*since) >= t
-                }
-                (State::Offline { .. }, _) => false,
-                _ => now.saturating_duration_since(m.last_seen) >= offline_after,
-            };
-            if evict {
-                m.state = State::Offline { since: now };
-                m.leads = LeaderSides::default();
-                evicted.push((ring.clone(), id.clone()));
-            } else if let State::Slow { last_report } = m.state
-                && now.saturating_duration_since(last_report) >= slow_hold
-            {
-                m.state = State::Ok;
             }
         }
         evicted

@@ -115,6 +115,9 @@ pub enum Input {
     ForwardFailed(NodeId),
     /// A member announced itself (a joiner the server's list may not show yet).
     Hello(MemberInfo),
+    /// Our hello to `id` went unanswered: greet it again at the next tick (until then it
+    /// may not know we follow it, and a first member would go on leading both ends).
+    HelloFailed(NodeId),
     /// Members another member knows (its answer to our hello): those between it and us
     /// are closer predecessors than the server's list showed.
     Learned(Vec<MemberInfo>),
@@ -245,6 +248,11 @@ impl RingCore {
                 }
             }
             Input::RegistrationSent => self.registration_sent = Some(now),
+            Input::HelloFailed(id) => {
+                if self.hello_sent_to.as_ref() == Some(&id) {
+                    self.hello_sent_to = None;
+                }
+            }
             Input::Learned(members) => {
                 // Every probe's answer lands here: no allocation unless someone is new, and
                 // a member already in place is found by binary search (the view is sorted).
@@ -508,6 +516,8 @@ impl RingCore {
         if self.isolated {
             return;
         }
+        // A hello that failed is tried again, once a tick (a no-op once it was answered).
+        self.say_hello();
         let hop = self.cfg.hop_timeout;
         // Attempts outstanding past the hop timeout, dial included: route past them now.
         // (Only the request's own round trip decides whether a member is slow.)
@@ -972,6 +982,25 @@ mod tests {
             },
             t0,
         );
+        assert!(!drain(&mut j).iter().any(|o| matches!(o, Output::Hello(_))));
+        // Ticks do not greet again while the hello stands...
+        j.handle(Input::Tick, t0 + Duration::from_millis(10));
+        assert!(!drain(&mut j).iter().any(|o| matches!(o, Output::Hello(_))));
+        // ...but one that went unanswered is sent again at the next tick, and only then.
+        j.handle(Input::HelloFailed(m(1).id), t0 + Duration::from_millis(20));
+        assert!(!drain(&mut j).iter().any(|o| matches!(o, Output::Hello(_))));
+        j.handle(Input::Tick, t0 + Duration::from_millis(30));
+        let again = drain(&mut j);
+        assert_eq!(
+            again
+                .iter()
+                .filter(|o| matches!(o, Output::Hello(_)))
+                .collect::<Vec<_>>(),
+            [&Output::Hello(m(1))]
+        );
+        // A failure reported for someone we no longer greet changes nothing.
+        j.handle(Input::HelloFailed(m(3).id), t0 + Duration::from_millis(40));
+        j.handle(Input::Tick, t0 + Duration::from_millis(50));
         assert!(!drain(&mut j).iter().any(|o| matches!(o, Output::Hello(_))));
     }
 }

@@ -101,6 +101,7 @@ pub struct ShardArgs {
     backlog: Option<Arc<dyn Backlog>>,
     questions: Arc<QuestionStore>,
     extras: Extras,
+    joined: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Items handed to every endpoint at every registration (sensor configuration).
@@ -152,6 +153,11 @@ impl Actor for ServerShard {
                 match req {
                     ServerRequest::Register(reg) => {
                         let r = st.core.register(&from, &reg, now());
+                        if r.returning == Some(None) {
+                            st.args
+                                .joined
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         let mut handoffs = match (&r.returning, &st.args.backlog) {
                             (Some(since), Some(b)) => b.missed(&from, r.ring.as_ref(), *since),
                             _ => Vec::new(),
@@ -376,6 +382,7 @@ pub struct RingServer {
     questions: Arc<QuestionStore>,
     extras: Extras,
     fan: FanOut,
+    joined: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Timing of a question's fan-out.
@@ -408,6 +415,7 @@ impl RingServer {
     ) -> Result<RingServer, String> {
         let shards = cfg.shards.max(1);
         let cfg = RingServerConfig { shards, ..cfg };
+        let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let fan = FanOut {
             hop: cfg.hop_timeout,
             dial: cfg.dial_timeout,
@@ -426,6 +434,7 @@ impl RingServer {
                     backlog: backlog.clone(),
                     questions: questions.clone(),
                     extras: extras.clone(),
+                    joined: joined.clone(),
                 };
                 ChildSpec::new(
                     format!("shard-{index}"),
@@ -497,6 +506,7 @@ impl RingServer {
             questions,
             extras,
             fan,
+            joined,
         })
     }
 
@@ -510,6 +520,38 @@ impl RingServer {
                 node: self.node.clone(),
             }),
         );
+    }
+
+    /// Endpoints whose first registration this server has answered since it started.
+    pub fn joined(&self) -> usize {
+        self.joined.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One ring's members, from the shard that owns it alone (a fan-out asks this once per
+    /// ring and round: it must not stop every shard).
+    async fn ring_members(&self, ring: &RingId) -> Vec<crate::proto::MemberReport> {
+        let shard = self.table.read().ok().and_then(|t| {
+            let i = shard_of(&Some(ring.clone()), t.len());
+            t.get(i).cloned().flatten()
+        });
+        let Some(s) = shard else {
+            return Vec::new();
+        };
+        let filter = Some(ring.0.clone());
+        match s
+            .call(
+                |reply| ShardMsg::Report { filter, reply },
+                Some(Duration::from_secs(5)),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success((rings, _))) => rings
+                .into_iter()
+                .find(|r| &r.ring == ring)
+                .map(|r| r.members)
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
     }
 
     /// The rings as an operator sees them.
@@ -581,14 +623,7 @@ impl RingServer {
             }
             let members = match &chain {
                 Chain::Alone(m) => vec![m.clone()],
-                Chain::Ring(ring) => self
-                    .report(Some(ring.0.clone()))
-                    .await
-                    .rings
-                    .into_iter()
-                    .find(|r| &r.ring == ring)
-                    .map(|r| r.members)
-                    .unwrap_or_default(),
+                Chain::Ring(ring) => self.ring_members(ring).await,
             };
             let online: Vec<&crate::proto::MemberReport> = members
                 .iter()

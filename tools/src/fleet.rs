@@ -81,10 +81,19 @@ pub struct FleetConfig {
     pub shards: usize,
 }
 
+/// Endpoints a fleet start lets run ahead of the server's answered first registrations.
+const START_WINDOW: usize = 2_000;
+
 impl FleetConfig {
-    /// Large simulations: slow probing and registration every 30–90 s, so the fleet's own
-    /// chatter stays small.
+    /// Large simulations: probing every 2 s and registration every 30–90 s up to 10,000
+    /// endpoints. Beyond that both intervals stretch in proportion, because one process runs
+    /// every endpoint's background duties on the simulating machine's few cores: the
+    /// fleet's aggregate background load (about 5,000 probes and 170 registrations a second)
+    /// stays that of 10,000 endpoints, as a real fleet's does per machine. Question hops keep
+    /// their timing.
     pub fn sim(endpoints: usize, ring_size: u16, transport: SimTransport, seed: u64) -> Self {
+        let k = (endpoints as f64 / 10_000.0).max(1.0);
+        let register_max = Duration::from_secs(90).mul_f64(k);
         FleetConfig {
             endpoints,
             ring_size,
@@ -93,18 +102,18 @@ impl FleetConfig {
             hop_latency: Duration::ZERO,
             seed,
             ring: RingConfig {
-                probe_interval: Duration::from_secs(2),
+                probe_interval: Duration::from_secs(2).mul_f64(k),
                 hop_timeout: Duration::from_secs(1),
                 dead_timeout: Duration::from_secs(4),
                 dial_timeout: Duration::from_secs(10),
-                pred_timeout: Duration::from_secs(10),
-                retry_interval: Duration::from_secs(5),
+                pred_timeout: Duration::from_secs(10).mul_f64(k),
+                retry_interval: Duration::from_secs(5).mul_f64(k),
                 report_interval: Duration::from_secs(2),
                 ..RingConfig::default()
             },
-            register_min: Duration::from_secs(30),
-            register_max: Duration::from_secs(90),
-            offline_after: Duration::from_secs(3600),
+            register_min: Duration::from_secs(30).mul_f64(k),
+            register_max,
+            offline_after: Duration::from_secs(3600).max(register_max * 3),
             idle_timeout: Duration::from_secs(30),
             shards: 8,
         }
@@ -280,6 +289,19 @@ impl Fleet {
             });
             fleet.launch(i).await?;
             progress(i + 1);
+            // Machines boot over a while, not in one instant: keep the endpoints that have
+            // started but not yet registered within what the server takes in, so one
+            // process starting 100,000 does not bury its own server in registrations that
+            // time out and are retried.
+            if (i + 1) % 500 == 0 {
+                let window = START_WINDOW;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while i + 1 > fleet.rings().joined() + window
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
         Ok(fleet)
     }
@@ -628,6 +650,62 @@ impl Fleet {
             && isolated.iter().all(|m| m.leads.forward)
     }
 
+    /// What still keeps [`Fleet::one_chain_each`] from holding, counted: for progress lines
+    /// while a large fleet forms, and for the reason when it does not.
+    pub fn formation_gaps(&self, report: &RingsReport) -> FormationGaps {
+        let alive = self.endpoints.iter().filter(|e| e.alive()).count();
+        let mut g = FormationGaps {
+            alive,
+            rings: report.rings.len(),
+            ..FormationGaps::default()
+        };
+        for m in report
+            .isolated
+            .iter()
+            .filter(|m| m.health != Health::Offline)
+        {
+            g.registered += 1;
+            g.unhealthy += usize::from(!matches!(m.health, Health::Ok | Health::Slow));
+        }
+        for r in &report.rings {
+            let chain: Vec<&MemberReport> = r
+                .members
+                .iter()
+                .filter(|m| m.health != Health::Offline)
+                .collect();
+            let n = chain.len();
+            g.registered += n;
+            g.unhealthy += chain
+                .iter()
+                .filter(|m| !matches!(m.health, Health::Ok | Health::Slow))
+                .count();
+            g.rings_missing_links += usize::from(r.leader_links != n.min(2));
+            let misled: Vec<String> = chain
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| m.leads.forward != (*i == 0) || m.leads.backward != (i + 1 == n))
+                .map(|(i, m)| {
+                    format!(
+                        "#{i} of {n} leads forward {} backward {}",
+                        m.leads.forward, m.leads.backward
+                    )
+                })
+                .collect();
+            if !misled.is_empty() {
+                g.rings_misled += 1;
+                g.example.get_or_insert_with(|| {
+                    format!(
+                        "ring {} ({} leader links): {}",
+                        r.ring.0,
+                        r.leader_links,
+                        misled.join(", ")
+                    )
+                });
+            }
+        }
+        g
+    }
+
     /// Waits until [`Fleet::one_chain_each`] holds, polling every `every`; returns how long it
     /// took, or `None` after `timeout`.
     pub async fn wait_formed(&self, timeout: Duration, every: Duration) -> Option<Duration> {
@@ -699,5 +777,44 @@ impl Fleet {
         self.server
             .shutdown_and_wait(Duration::from_millis(500))
             .await;
+    }
+}
+
+/// What keeps a fleet from having formed (see [`Fleet::formation_gaps`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FormationGaps {
+    /// Endpoints running.
+    pub alive: usize,
+    /// Endpoints the server holds online.
+    pub registered: usize,
+    /// Rings the server holds.
+    pub rings: usize,
+    /// Online endpoints suspected or not yet confirmed by their neighbours.
+    pub unhealthy: usize,
+    /// Rings whose leaders do not hold exactly their links to the server.
+    pub rings_missing_links: usize,
+    /// Rings where a member other than the first leads forward or other than the last
+    /// backward (a join the ring has not taken in yet).
+    pub rings_misled: usize,
+    /// One misled ring, described.
+    pub example: Option<String>,
+}
+
+impl std::fmt::Display for FormationGaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} registered in {} rings; {} unconfirmed, {} rings missing leader links, {} rings with a misplaced leader",
+            self.registered,
+            self.alive,
+            self.rings,
+            self.unhealthy,
+            self.rings_missing_links,
+            self.rings_misled
+        )?;
+        if let Some(e) = &self.example {
+            write!(f, " (e.g. {e})")?;
+        }
+        Ok(())
     }
 }

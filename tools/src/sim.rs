@@ -46,7 +46,7 @@ pub struct SimArgs {
     /// Where `--serve` writes the admin operator's credentials.
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<std::path::PathBuf>,
-    /// Ring timing: `scale` probes every 2 s and registers every 30–90 s (large fleets);
+    /// Ring timing: `scale` probes every 2 s and registers every 30–90 s, both stretched in proportion beyond 10,000 endpoints so one process's background load stays that of 10,000 (large fleets);
     /// `lan` probes every 400 ms, routes past a silent hop after 200 ms and registers every
     /// 5–10 s (fault scenarios). Default: `lan` with `--serve`, else `scale`.
     #[arg(long, value_enum)]
@@ -80,6 +80,11 @@ pub struct SimReport {
     pub registered_secs: f64,
     /// Rings formed.
     pub rings: usize,
+    /// Every ring formed before the formation deadline (else questions went to the rings
+    /// as they stood, and `gaps` says what was missing).
+    pub formed: bool,
+    /// What was still missing when questions began.
+    pub gaps: crate::fleet::FormationGaps,
     /// Time to 100% of answers, per question, in milliseconds.
     pub answer_ms: Vec<f64>,
     /// Median of `answer_ms`.
@@ -120,6 +125,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     let idx = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }
+
+/// How long a sim waits for every ring to form before it asks anyway.
+const FORMATION_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Runs one sim and stops its fleet.
 pub async fn run(a: &SimArgs) -> Result<SimReport> {
@@ -235,14 +243,33 @@ pub async fn start(a: &SimArgs) -> Result<(Fleet, Started)> {
 /// Waits for the fleet to register and link, then asks the sim's questions and measures.
 pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<SimReport> {
     let (t0, rss_before, start_secs) = (started.at, started.rss_kib, started.start_secs);
-    let report = loop {
+    let mut said = Instant::now();
+    let (report, formed) = loop {
         let r = fleet.report().await;
-        if fleet.one_chain_each(&r) || t0.elapsed() > Duration::from_secs(600) {
-            break r;
+        if fleet.one_chain_each(&r) {
+            break (r, true);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if t0.elapsed() > FORMATION_DEADLINE {
+            if !a.json {
+                eprintln!("not formed after {FORMATION_DEADLINE:?}; asking anyway");
+            }
+            break (r, false);
+        }
+        if !a.json && said.elapsed() >= Duration::from_secs(10) {
+            said = Instant::now();
+            eprintln!(
+                "forming ({:.0} s): {}",
+                t0.elapsed().as_secs_f64(),
+                fleet.formation_gaps(&r)
+            );
+        }
+        // A full report walks every member in the server's shards: at 100,000 endpoints,
+        // polling it often would slow the registrations it waits for.
+        let every = Duration::from_micros(10 * a.endpoints as u64);
+        tokio::time::sleep(every.max(Duration::from_millis(200))).await;
     };
     let registered_secs = t0.elapsed().as_secs_f64();
+    let gaps = fleet.formation_gaps(&report);
     let rss_after = rss_kib();
 
     // Questions, one after another.
@@ -289,6 +316,8 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
         start_secs,
         registered_secs,
         rings: report.rings.len(),
+        formed,
+        gaps,
         p50_ms: percentile(&sorted, 50.0),
         p99_ms: percentile(&sorted, 99.0),
         answer_ms,
@@ -309,10 +338,17 @@ pub fn print(r: &SimReport) {
         r.endpoints, r.transport, r.topology, r.ring_size
     );
     println!("started              {:.2} s", r.start_secs);
-    println!(
-        "registered, linked   {:.2} s ({} rings)",
-        r.registered_secs, r.rings
-    );
+    if r.formed {
+        println!(
+            "registered, linked   {:.2} s ({} rings)",
+            r.registered_secs, r.rings
+        );
+    } else {
+        println!(
+            "NOT FORMED after     {:.2} s: {}",
+            r.registered_secs, r.gaps
+        );
+    }
     println!(
         "time to 100% answers p50 {:.1} ms, p99 {:.1} ms over {} questions",
         r.p50_ms,

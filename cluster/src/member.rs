@@ -769,7 +769,7 @@ impl Actor for RingMember {
             }
             MemberMsg::ProbeStarted(id) => st.feed(&myself, Input::ProbeStarted(id)).await,
             MemberMsg::Probed { id, addr, .. }
-                if st.core.view().iter().any(|m| m.id == id && m.addr != addr) =>
+                if st.core.view().iter().any(|m| m.addr != addr && m.id == id) =>
             {
                 // The member moved (it restarted elsewhere and said hello): a stale result.
             }

@@ -210,7 +210,12 @@ impl RingCore {
             Input::Tick => self.tick(now),
             Input::Forwarding(id) => {
                 let hop = self.cfg.hop_timeout;
-                let m = self.view.iter().find(|m| m.id == id).cloned();
+                // Questions go to a candidate (a successor or skip): look there first.
+                let m = self
+                    .candidate_iter()
+                    .find(|m| m.id == id)
+                    .or_else(|| self.view.iter().find(|m| m.id == id))
+                    .cloned();
                 let p = self.peer(&id);
                 let recent = p
                     .last_try
@@ -243,7 +248,9 @@ impl RingCore {
             Input::ProbedBy(id) => {
                 // Only members before us probe us; one our view does not list yet (it
                 // registered after our last registration) counts too.
-                if self.position(&id).is_none_or(|p| p < self.my_position()) {
+                let me = self.my_position();
+                let just_before = me > 0 && self.view.get(me - 1).is_some_and(|m| m.id == id);
+                if just_before || self.position(&id).is_none_or(|p| p < me) {
                     self.last_pred_probe = Some(now);
                 }
             }

@@ -586,20 +586,26 @@ impl RingServer {
             .collect();
         let id = self.questions.create(text, columns, body, ttl, expected);
         let me = self.clone();
-        tokio::spawn(async move { me.fan_out(id).await });
+        tokio::spawn(async move { me.fan_out(id, report).await });
         id
     }
 
     /// Sends question `id` down every chain at once, and keeps each chain going until every
     /// member of it has answered, is offline, or the question expired.
-    async fn fan_out(&self, id: u64) {
-        let report = self.report(None).await;
+    /// `report` is the server's view as the question was created: each chain's first round
+    /// uses it (a full report walks every member; at 100,000 endpoints, once is enough).
+    async fn fan_out(&self, id: u64, report: RingsReport) {
         let chains = report
             .rings
             .into_iter()
-            .map(|r| Chain::Ring(r.ring))
-            .chain(report.isolated.into_iter().map(Chain::Alone));
-        futures::future::join_all(chains.map(|c| self.walk(id, c))).await;
+            .map(|r| (Chain::Ring(r.ring), r.members))
+            .chain(
+                report
+                    .isolated
+                    .into_iter()
+                    .map(|m| (Chain::Alone(m.clone()), vec![m])),
+            );
+        futures::future::join_all(chains.map(|(c, ms)| self.walk(id, c, ms))).await;
         self.questions.fanned_out(id);
     }
 
@@ -608,7 +614,8 @@ impl RingServer {
     /// If that left a gap (a split ring, a member routed around), ask the first member of the
     /// gap directly, and so on. A member that fails (its call errs, or it stops answering
     /// the server's probes while it works) is skipped for the retry interval.
-    async fn walk(&self, id: u64, chain: Chain) {
+    async fn walk(&self, id: u64, chain: Chain, first: Vec<crate::proto::MemberReport>) {
+        let mut first = Some(first);
         let mut failed: HashMap<NodeId, tokio::time::Instant> = HashMap::new();
         // Members whose link closed under a call are asked again at once (a new leader's
         // link replacing the old one), a few times at most.
@@ -621,9 +628,10 @@ impl RingServer {
             if env.ttl_ms == 0 {
                 return;
             }
-            let members = match &chain {
-                Chain::Alone(m) => vec![m.clone()],
-                Chain::Ring(ring) => self.ring_members(ring).await,
+            let members = match (first.take(), &chain) {
+                (Some(ms), _) => ms,
+                (None, Chain::Alone(m)) => vec![m.clone()],
+                (None, Chain::Ring(ring)) => self.ring_members(ring).await,
             };
             let online: Vec<&crate::proto::MemberReport> = members
                 .iter()

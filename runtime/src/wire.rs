@@ -84,8 +84,18 @@ pub enum WireError {
 
 /// Encodes an envelope as one frame (length prefix included).
 pub fn encode_frame(env: &Envelope, max: usize) -> Result<Bytes, WireError> {
-    let body = rmp_serde::to_vec(env).map_err(|e| WireError::Garbage(e.to_string()))?;
-    frame(&body, max)
+    // Encoded once, straight after a length placeholder: no copy of the payload.
+    let mut out = BytesMut::with_capacity(64 + env.from.len() + env.to.len() + env.body.len());
+    out.put_u32(0);
+    let mut w = out.writer();
+    rmp_serde::encode::write(&mut w, env).map_err(|e| WireError::Garbage(e.to_string()))?;
+    let mut out = w.into_inner();
+    let len = out.len() - 4;
+    if len > max {
+        return Err(WireError::Oversized { len, max });
+    }
+    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(out.freeze())
 }
 
 /// Prefixes `payload` with its length, refusing payloads over `max`.
@@ -143,7 +153,9 @@ where
 
 /// Encodes an actor's message as an envelope body.
 pub fn encode_body<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
-    rmp_serde::to_vec(msg).map_err(|e| WireError::Garbage(e.to_string()))
+    let mut out = Vec::with_capacity(128);
+    rmp_serde::encode::write(&mut out, msg).map_err(|e| WireError::Garbage(e.to_string()))?;
+    Ok(out)
 }
 
 /// Decodes an envelope body into an actor's message.

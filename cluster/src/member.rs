@@ -108,8 +108,8 @@ pub enum MemberMsg {
     RegisterNow,
     /// A question is going to this successor (probe it if not probed lately).
     Forwarding(NodeId),
-    /// A registration's answer.
-    Registered(Result<RegistrationReply, CallError>),
+    /// A registration's answer, and when its request went out.
+    Registered(std::time::Instant, Result<RegistrationReply, CallError>),
     /// A probe's request went on the wire.
     ProbeStarted(NodeId),
     /// A probe's outcome, with the link it used.
@@ -686,6 +686,7 @@ impl Actor for RingMember {
             }
             MemberMsg::Register | MemberMsg::RegisterNow => {
                 let timer = matches!(msg, MemberMsg::Register);
+                let sent = now();
                 st.feed(&myself, Input::RegistrationSent).await;
                 let node = st.node.clone();
                 let link = st.server_link.clone();
@@ -694,7 +695,7 @@ impl Actor for RingMember {
                 let me = myself.clone();
                 tokio::spawn(async move {
                     let r = server_call(&node, link, server, t, &req).await;
-                    let _ = me.send_message(MemberMsg::Registered(r));
+                    let _ = me.send_message(MemberMsg::Registered(sent, r));
                 });
                 let (lo, hi) = (
                     st.cfg.register_min,
@@ -719,7 +720,8 @@ impl Actor for RingMember {
                     myself.send_after(next, || MemberMsg::Register);
                 }
             }
-            MemberMsg::Registered(Ok(reply)) => {
+            MemberMsg::Registered(sent, Ok(reply)) => {
+                st.core.registration_answered(sent);
                 st.registrations += 1;
                 st.reg_failures = 0;
                 st.ring = reply.ring.clone();
@@ -748,7 +750,7 @@ impl Actor for RingMember {
                     st.announce(&myself, sides).await;
                 }
             }
-            MemberMsg::Registered(Err(e)) => {
+            MemberMsg::Registered(_, Err(e)) => {
                 st.reg_failures = st.reg_failures.saturating_add(1);
                 // A leader must not stay unknown to a server that just came back (its ring
                 // service may not have been up yet), and a member whose answer was lost must

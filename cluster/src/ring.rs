@@ -309,6 +309,13 @@ impl RingCore {
         self.update_leadership(now);
     }
 
+    /// The registration about to be answered went out at `sent`: the member list that
+    /// follows reflects the server's view as of then (several may be out at once when one
+    /// is retried; each answer keeps the hellos its own request predates).
+    pub fn registration_answered(&mut self, sent: Instant) {
+        self.registration_sent = Some(sent);
+    }
+
     /// The next thing to do, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
@@ -903,6 +910,38 @@ mod tests {
                 backward: true
             })]
         );
+    }
+
+    #[test]
+    fn a_hello_survives_an_older_registrations_answer_while_a_newer_one_is_out() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut c = RingCore::new(cfg(), m(1), t0);
+        c.handle(Input::RegistrationSent, ms(0));
+        c.handle(Input::Hello(m(2)), ms(10));
+        // A retry goes out before the first answer comes back...
+        c.handle(Input::RegistrationSent, ms(20));
+        // ...and the first answer, computed before the hello, lists nobody else.
+        c.registration_answered(ms(0));
+        c.handle(
+            Input::Members {
+                members: vec![m(1)],
+                isolated: false,
+            },
+            ms(30),
+        );
+        assert_eq!(c.view(), [m(1), m(2)]);
+        assert!(!c.leader().backward);
+        // The retry's answer, sent after the hello, is the server's truth.
+        c.registration_answered(ms(20));
+        c.handle(
+            Input::Members {
+                members: vec![m(1)],
+                isolated: false,
+            },
+            ms(40),
+        );
+        assert_eq!(c.view(), [m(1)]);
     }
 
     #[test]

@@ -129,6 +129,8 @@ pub enum MemberMsg {
     Learned(Vec<MemberInfo>),
     /// Our hello to this member went unanswered.
     HelloFailed(NodeId),
+    /// A suspect report was answered (or not).
+    Reported(bool),
     /// This machine's own answer to a question is ready.
     Evaluated {
         /// The question.
@@ -189,6 +191,10 @@ pub struct MemberState {
     /// Registrations that failed in a row: retries back off (a server shedding load must
     /// not face a fleet retrying ever faster).
     reg_failures: u32,
+    /// Suspect reports the server left unanswered in a row, and until when further ones
+    /// are held back.
+    report_failures: u32,
+    reports_held_until: Option<std::time::Instant>,
     rng: SmallRng,
     me: MemberInfo,
     questions: HashMap<u64, QState>,
@@ -536,16 +542,25 @@ impl MemberState {
                 });
             }
             Output::Report { suspect, reason } => {
+                // While the server leaves reports unanswered, hold further ones back (the
+                // ring core reports again later while the neighbour stays suspect): a server
+                // slowed by load must not be buried in reports of the slowness it causes.
+                if self.reports_held_until.is_some_and(|t| now() < t) {
+                    tracing::debug!(%suspect, ?reason, "report held back: the server is not answering reports");
+                    return;
+                }
                 tracing::info!(%suspect, ?reason, "reporting suspect neighbour");
                 let node = self.node.clone();
                 let link = self.server_link.clone();
                 let (server, t) = (self.cfg.server, self.cfg.server_timeout);
+                let me = myself.clone();
                 tokio::spawn(async move {
                     let req = ServerRequest::Suspect { suspect, reason };
                     let r: Result<(), CallError> = server_call(&node, link, server, t, &req).await;
-                    if let Err(e) = r {
+                    if let Err(e) = &r {
                         tracing::warn!(error = %e, "could not report a suspect to the server");
                     }
+                    let _ = me.send_message(MemberMsg::Reported(r.is_ok()));
                 });
             }
             Output::Drop(id) => {
@@ -668,6 +683,8 @@ impl Actor for RingMember {
             ring: None,
             registrations: 0,
             reg_failures: 0,
+            report_failures: 0,
+            reports_held_until: None,
             me,
             questions: HashMap::new(),
         })
@@ -875,6 +892,19 @@ impl Actor for RingMember {
             }
             MemberMsg::Learned(view) => st.feed(&myself, Input::Learned(view)).await,
             MemberMsg::HelloFailed(id) => st.feed(&myself, Input::HelloFailed(id)).await,
+            MemberMsg::Reported(true) => {
+                st.report_failures = 0;
+                st.reports_held_until = None;
+            }
+            MemberMsg::Reported(false) => {
+                st.report_failures = st.report_failures.saturating_add(1);
+                let hold = backoff(
+                    st.cfg.ring.report_interval,
+                    st.report_failures,
+                    st.cfg.ring.retry_interval,
+                );
+                st.reports_held_until = Some(now() + hold);
+            }
             MemberMsg::Forwarding(id) => st.feed(&myself, Input::Forwarding(id)).await,
             MemberMsg::Status(reply) => {
                 let core = &st.core;

@@ -86,7 +86,8 @@ const START_WINDOW: usize = 2_000;
 
 impl FleetConfig {
     /// Large simulations: probing every 2 s and registration every 30–90 s up to 10,000
-    /// endpoints. Beyond that both intervals stretch in proportion, because one process runs
+    /// endpoints. Beyond that these intervals (and retries and repeated suspect reports)
+    /// stretch in proportion, because one process runs
     /// every endpoint's background duties on the simulating machine's few cores: the
     /// fleet's aggregate background load (about 5,000 probes and 170 registrations a second)
     /// stays that of 10,000 endpoints, as a real fleet's does per machine. Question hops keep
@@ -108,7 +109,7 @@ impl FleetConfig {
                 dial_timeout: Duration::from_secs(10),
                 pred_timeout: Duration::from_secs(10).mul_f64(k),
                 retry_interval: Duration::from_secs(5).mul_f64(k),
-                report_interval: Duration::from_secs(2),
+                report_interval: Duration::from_secs(2).mul_f64(k),
                 ..RingConfig::default()
             },
             register_min: Duration::from_secs(30).mul_f64(k),

@@ -788,7 +788,7 @@ impl Actor for RingMember {
             }
             MemberMsg::ProbeStarted(id) => st.feed(&myself, Input::ProbeStarted(id)).await,
             MemberMsg::Probed { id, addr, .. }
-                if st.core.view().iter().any(|m| m.addr != addr && m.id == id) =>
+                if st.core.member(&id).is_some_and(|m| m.addr != addr) =>
             {
                 // The member moved (it restarted elsewhere and said hello): a stale result.
             }

@@ -210,12 +210,7 @@ impl RingCore {
             Input::Tick => self.tick(now),
             Input::Forwarding(id) => {
                 let hop = self.cfg.hop_timeout;
-                // Questions go to a candidate (a successor or skip): look there first.
-                let m = self
-                    .candidate_iter()
-                    .find(|m| m.id == id)
-                    .or_else(|| self.view.iter().find(|m| m.id == id))
-                    .cloned();
+                let m = self.member(&id).cloned();
                 let p = self.peer(&id);
                 let recent = p
                     .last_try
@@ -376,6 +371,14 @@ impl RingCore {
     /// The ends this member leads.
     pub fn leader(&self) -> LeaderSides {
         self.leader
+    }
+
+    /// A member of the view by id. Probes and questions go to candidates (successors and
+    /// skips), so those are looked at first; the whole view only after.
+    pub fn member(&self, id: &NodeId) -> Option<&MemberInfo> {
+        self.candidate_iter()
+            .find(|m| &m.id == id)
+            .or_else(|| self.view.iter().find(|m| &m.id == id))
     }
 
     fn position(&self, id: &NodeId) -> Option<usize> {

@@ -956,3 +956,20 @@ pub async fn status(member: &ActorRef<MemberMsg>) -> Option<MemberStatus> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn retries_double_per_failure_up_to_the_cap_and_never_below_the_base() {
+        let s = Duration::from_secs;
+        let waits: Vec<Duration> = (0..6).map(|f| backoff(s(5), f, s(60))).collect();
+        assert_eq!(waits, [s(5), s(10), s(20), s(40), s(60), s(60)]);
+        // A cap under the base (a short registration interval) leaves the base.
+        assert_eq!(backoff(s(5), 3, s(1)), s(5));
+        // Many failures do not overflow.
+        assert_eq!(backoff(s(5), u32::MAX, s(90)), s(90));
+    }
+}

@@ -355,7 +355,10 @@ impl Fleet {
             // Asking a gap's first member directly: a member that cannot be dialed within a
             // few hop timeouts is skipped (its neighbours route past it the same way).
             dial_timeout: cfg.ring.dial_timeout.min(cfg.ring.hop_timeout * 2),
-            retry_interval: cfg.ring.retry_interval,
+            // A question's own timing is never stretched with the fleet's background
+            // intervals (see `FleetConfig::sim`): a chain member the fan-out gave up on is
+            // asked again within 5 s, not after a large fleet's stretched retry interval.
+            retry_interval: cfg.ring.retry_interval.min(Duration::from_secs(5)),
             ..RingServerConfig::default()
         };
         let rings = RingServer::start(&server, rcfg, None)

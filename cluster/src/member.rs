@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -186,6 +187,11 @@ pub struct MemberState {
     server_link: Option<PeerHandle>,
     /// Watches the server link for a comeback (aborted with the link or the member).
     server_watch: Option<AbortOnDrop>,
+    /// Leadership announcements go out one at a time, newest only: `announce_seq` numbers
+    /// them and the lock is held across each call, so the server never hears an older
+    /// announcement after a newer one (each call is its own stream and may overtake).
+    announce_seq: Arc<std::sync::atomic::AtomicU64>,
+    announce_lock: Arc<tokio::sync::Mutex<()>>,
     ring: Option<RingId>,
     registrations: u64,
     /// Registrations that failed in a row: retries back off (a server shedding load must
@@ -624,8 +630,16 @@ impl MemberState {
             .ring
             .retry_interval
             .mul_f64(self.rng.random_range(0.5..=1.0));
+        let seq = self.announce_seq.clone();
+        let mine = seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let lock = self.announce_lock.clone();
         tokio::spawn(async move {
             if link.wait_connected(t).await.is_ok() {
+                let _one_at_a_time = lock.lock().await;
+                if seq.load(std::sync::atomic::Ordering::SeqCst) != mine {
+                    // A newer announcement was made while this one waited: it alone goes.
+                    return;
+                }
                 let r: Result<(), CallError> =
                     link.call(REGISTRY, &ServerRequest::Leader(sides), t).await;
                 match r {
@@ -680,6 +694,8 @@ impl Actor for RingMember {
             links: HashMap::new(),
             server_link: None,
             server_watch: None,
+            announce_seq: Arc::default(),
+            announce_lock: Arc::default(),
             ring: None,
             registrations: 0,
             reg_failures: 0,

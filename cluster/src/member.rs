@@ -204,6 +204,9 @@ pub struct MemberState {
     rng: SmallRng,
     me: MemberInfo,
     questions: HashMap<u64, QState>,
+    /// Each probe's hop-timeout look, cancelled when the probe is answered first (one is
+    /// made per question hop: an answered probe needs no second look).
+    probe_timers: HashMap<NodeId, AbortOnDrop>,
 }
 
 /// `base` doubled once per earlier failure, at most `cap` (never below `base`).
@@ -473,9 +476,15 @@ impl MemberState {
             Output::Probe(m) => {
                 // Look again right when this attempt's hop timeout runs out, so a late hop is
                 // routed past then, not at the next probe tick.
-                myself.send_after(self.cfg.ring.hop_timeout + Duration::from_millis(5), || {
-                    MemberMsg::Tick
-                });
+                let look = myself.clone();
+                let after = self.cfg.ring.hop_timeout + Duration::from_millis(5);
+                self.probe_timers.insert(
+                    m.id.clone(),
+                    AbortOnDrop(tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = look.send_message(MemberMsg::Tick);
+                    })),
+                );
                 let node = self.node.clone();
                 let link = self.links.get(&m.id).filter(|l| l.is_connected()).cloned();
                 let me = myself.clone();
@@ -703,6 +712,7 @@ impl Actor for RingMember {
             reports_held_until: None,
             me,
             questions: HashMap::new(),
+            probe_timers: HashMap::new(),
         })
     }
 
@@ -809,6 +819,10 @@ impl Actor for RingMember {
                 // The member moved (it restarted elsewhere and said hello): a stale result.
             }
             MemberMsg::Probed { id, ok, link, .. } => {
+                if ok {
+                    // Answered: the look at its hop timeout is not needed (dropping aborts it).
+                    st.probe_timers.remove(&id);
+                }
                 if let Some(l) = link
                     && let Some(old) = st.links.insert(id.clone(), l.clone())
                     && (old.addr() != l.addr() || !old.is_connected())

@@ -368,8 +368,8 @@ impl Membership {
     pub fn tick(&mut self, now: Instant) -> Vec<(RingId, NodeId)> {
         // Every member is visited on every tick: no allocation unless one is evicted.
         let mut evicted = Vec::new();
-        let offline_after = self.cfg.offline_after;
-        let cfg = self.cfg.clone();
+        let cfg = &self.cfg;
+        let offline_after = cfg.offline_after;
         for (ring, ms) in self.rings.iter_mut() {
             let n = ms.len();
             let slow_hold = cfg.suspicion_timeout(n, 1);

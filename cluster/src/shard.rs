@@ -5,6 +5,7 @@
 //! rebuilt from the registrations of the next interval.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -101,7 +102,7 @@ pub struct ShardArgs {
     backlog: Option<Arc<dyn Backlog>>,
     questions: Arc<QuestionStore>,
     extras: Extras,
-    joined: Arc<std::sync::atomic::AtomicUsize>,
+    joined: Arc<AtomicUsize>,
 }
 
 /// Items handed to every endpoint at every registration (sensor configuration).
@@ -154,9 +155,7 @@ impl Actor for ServerShard {
                     ServerRequest::Register(reg) => {
                         let r = st.core.register(&from, &reg, now());
                         if r.returning == Some(None) {
-                            st.args
-                                .joined
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            st.args.joined.fetch_add(1, Ordering::Relaxed);
                         }
                         let mut handoffs = match (&r.returning, &st.args.backlog) {
                             (Some(since), Some(b)) => b.missed(&from, r.ring.as_ref(), *since),
@@ -382,7 +381,7 @@ pub struct RingServer {
     questions: Arc<QuestionStore>,
     extras: Extras,
     fan: FanOut,
-    joined: Arc<std::sync::atomic::AtomicUsize>,
+    joined: Arc<AtomicUsize>,
 }
 
 /// Timing of a question's fan-out.
@@ -415,7 +414,7 @@ impl RingServer {
     ) -> Result<RingServer, String> {
         let shards = cfg.shards.max(1);
         let cfg = RingServerConfig { shards, ..cfg };
-        let joined = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let joined = Arc::new(AtomicUsize::new(0));
         let fan = FanOut {
             hop: cfg.hop_timeout,
             dial: cfg.dial_timeout,
@@ -524,7 +523,7 @@ impl RingServer {
 
     /// Endpoints whose first registration this server has answered since it started.
     pub fn joined(&self) -> usize {
-        self.joined.load(std::sync::atomic::Ordering::Relaxed)
+        self.joined.load(Ordering::Relaxed)
     }
 
     /// One ring's members, from the shard that owns it alone (a fan-out asks this once per

@@ -295,9 +295,8 @@ impl Fleet {
             // process starting 100,000 does not bury its own server in registrations that
             // time out and are retried.
             if (i + 1) % 500 == 0 {
-                let window = START_WINDOW;
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-                while i + 1 > fleet.rings().joined() + window
+                while i + 1 > fleet.rings().joined() + START_WINDOW
                     && tokio::time::Instant::now() < deadline
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -629,33 +628,11 @@ impl Fleet {
     /// members one chain (first leads forward, last leads backward, two leader links),
     /// nobody suspect. Killed endpoints must be offline or gone.
     pub fn one_chain_each(&self, report: &RingsReport) -> bool {
-        let alive = self.endpoints.iter().filter(|e| e.alive()).count();
-        let online = |ms: &'_ [MemberReport]| -> Vec<MemberReport> {
-            ms.iter()
-                .filter(|m| m.health != Health::Offline)
-                .cloned()
-                .collect()
-        };
-        let isolated = online(&report.isolated);
-        let mut members = isolated.len();
-        report.rings.iter().all(|r| {
-            let chain = online(&r.members);
-            let n = chain.len();
-            members += n;
-            chain
-                .iter()
-                .all(|m| matches!(m.health, Health::Ok | Health::Slow))
-                && r.leader_links == n.min(2)
-                && chain
-                    .iter()
-                    .enumerate()
-                    .all(|(i, m)| m.leads.forward == (i == 0) && m.leads.backward == (i + 1 == n))
-        }) && members == alive
-            && isolated.iter().all(|m| m.leads.forward)
+        self.formation_gaps(report).formed()
     }
 
-    /// What still keeps [`Fleet::one_chain_each`] from holding, counted: for progress lines
-    /// while a large fleet forms, and for the reason when it does not.
+    /// What still keeps the rings from forming (see [`Fleet::one_chain_each`]), counted: for
+    /// progress lines while a large fleet forms, and for the reason when it does not.
     pub fn formation_gaps(&self, report: &RingsReport) -> FormationGaps {
         let alive = self.endpoints.iter().filter(|e| e.alive()).count();
         let mut g = FormationGaps {
@@ -663,13 +640,14 @@ impl Fleet {
             rings: report.rings.len(),
             ..FormationGaps::default()
         };
+        // An isolated machine is a chain of one: it leads (its health is nobody's report).
         for m in report
             .isolated
             .iter()
             .filter(|m| m.health != Health::Offline)
         {
             g.registered += 1;
-            g.unhealthy += usize::from(!matches!(m.health, Health::Ok | Health::Slow));
+            g.rings_misled += usize::from(!m.leads.forward);
         }
         for r in &report.rings {
             let chain: Vec<&MemberReport> = r
@@ -684,27 +662,30 @@ impl Fleet {
                 .filter(|m| !matches!(m.health, Health::Ok | Health::Slow))
                 .count();
             g.rings_missing_links += usize::from(r.leader_links != n.min(2));
-            let misled: Vec<String> = chain
-                .iter()
-                .enumerate()
-                .filter(|(i, m)| m.leads.forward != (*i == 0) || m.leads.backward != (i + 1 == n))
-                .map(|(i, m)| {
-                    format!(
-                        "#{i} of {n} leads forward {} backward {}",
-                        m.leads.forward, m.leads.backward
-                    )
-                })
-                .collect();
-            if !misled.is_empty() {
+            let misplaced = |(i, m): &(usize, &&MemberReport)| {
+                m.leads.forward != (*i == 0) || m.leads.backward != (i + 1 == n)
+            };
+            if chain.iter().enumerate().any(|x| misplaced(&x)) {
                 g.rings_misled += 1;
-                g.example.get_or_insert_with(|| {
-                    format!(
+                if g.example.is_none() {
+                    let who: Vec<String> = chain
+                        .iter()
+                        .enumerate()
+                        .filter(misplaced)
+                        .map(|(i, m)| {
+                            format!(
+                                "#{i} of {n} leads forward {} backward {}",
+                                m.leads.forward, m.leads.backward
+                            )
+                        })
+                        .collect();
+                    g.example = Some(format!(
                         "ring {} ({} leader links): {}",
                         r.ring.0,
                         r.leader_links,
-                        misled.join(", ")
-                    )
-                });
+                        who.join(", ")
+                    ));
+                }
             }
         }
         g
@@ -793,15 +774,27 @@ pub struct FormationGaps {
     pub registered: usize,
     /// Rings the server holds.
     pub rings: usize,
-    /// Online endpoints suspected or not yet confirmed by their neighbours.
+    /// Online ring members suspected or not yet confirmed by their neighbours.
     pub unhealthy: usize,
     /// Rings whose leaders do not hold exactly their links to the server.
     pub rings_missing_links: usize,
     /// Rings where a member other than the first leads forward or other than the last
-    /// backward (a join the ring has not taken in yet).
+    /// backward (a join the ring has not taken in yet), and isolated machines that do not
+    /// lead.
     pub rings_misled: usize,
     /// One misled ring, described.
     pub example: Option<String>,
+}
+
+impl FormationGaps {
+    /// Nothing missing: every running endpoint registered, every chain whole and led from
+    /// both ends.
+    pub fn formed(&self) -> bool {
+        self.registered == self.alive
+            && self.unhealthy == 0
+            && self.rings_missing_links == 0
+            && self.rings_misled == 0
+    }
 }
 
 impl std::fmt::Display for FormationGaps {

@@ -377,6 +377,37 @@ impl MemberState {
         });
     }
 
+    /// Closes links to members that are no longer among our candidates (the view moved on, as
+    /// it does while a ring forms) and that no question waits on: each is a connection held at
+    /// both ends for nothing.
+    fn prune_links(&mut self) {
+        if self.links.len() <= self.core.candidates().len() {
+            return;
+        }
+        let keep: std::collections::HashSet<&NodeId> = self
+            .core
+            .candidates()
+            .into_iter()
+            .map(|m| &m.id)
+            .chain(
+                self.questions
+                    .values()
+                    .filter_map(|q| q.forwarded_to.as_ref()),
+            )
+            .collect();
+        let stale: Vec<NodeId> = self
+            .links
+            .keys()
+            .filter(|id| !keep.contains(id))
+            .cloned()
+            .collect();
+        for id in stale {
+            if let Some(l) = self.links.remove(&id) {
+                l.close();
+            }
+        }
+    }
+
     /// Questions waiting on a successor the ring has since routed past go to the new one.
     fn reroute_questions(&mut self, myself: &ActorRef<MemberMsg>) {
         let target = self.core.route_target().map(|m| m.id.clone());
@@ -726,6 +757,7 @@ impl Actor for RingMember {
             MemberMsg::Tick => {
                 st.feed(&myself, Input::Tick).await;
                 st.reroute_questions(&myself);
+                st.prune_links();
             }
             MemberMsg::Register | MemberMsg::RegisterNow => {
                 let timer = matches!(msg, MemberMsg::Register);

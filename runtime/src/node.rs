@@ -1,7 +1,8 @@
 //! A node: peer links over a [`Transport`], a router to named local actors, and remote calls.
 //!
-//! Each connection is owned by a `PeerLink` actor, a child of the node's link supervisor. A
-//! link reads every stream its peer opens, decodes and checks the envelope (frame limit,
+//! A connection this node keeps up is owned by a `PeerLink` actor, a child of the node's link
+//! supervisor, which redials it; a connection that ends the link with it (accepted, or dialed
+//! once) is owned by a task. A link reads every stream its peer opens, decodes and checks the envelope (frame limit,
 //! wire version, sender matches certificate, destination exists), and delivers it to the
 //! local actor registered under the envelope's `to`. A link that this node dialed redials
 //! with jittered exponential backoff when its connection is lost; a link the peer dialed ends
@@ -310,7 +311,9 @@ struct Shared {
     router: Router,
     stats: Arc<WireStats>,
     opts: NodeOptions,
-    events: broadcast::Sender<LinkEvent>,
+    /// Made when the first subscriber comes: most nodes never have one, and a broadcast
+    /// channel preallocates its whole buffer.
+    events: std::sync::OnceLock<broadcast::Sender<LinkEvent>>,
     /// Live links by peer. Holds the links' connection cells, not [`PeerHandle`]s, which
     /// point back at this struct: a cycle would keep a stopped node's socket bound.
     /// A peer may have several at once (a persistent link and a short-lived one).
@@ -318,6 +321,15 @@ struct Shared {
     next_call: AtomicU64,
     next_seed: AtomicU64,
     faults: Arc<NodeFaults>,
+}
+
+impl Shared {
+    /// Tells the link-event subscribers, if any.
+    fn emit(&self, e: LinkEvent) {
+        if let Some(tx) = self.events.get() {
+            let _ = tx.send(e);
+        }
+    }
 }
 
 /// A running node.
@@ -348,7 +360,6 @@ impl Node {
         transport: Arc<dyn Transport>,
         opts: NodeOptions,
     ) -> Result<Node, NodeError> {
-        let (events, _) = broadcast::channel(opts.link_event_capacity.max(1));
         let shared = Arc::new(Shared {
             identity: transport.identity().clone(),
             stats: transport.stats().clone(),
@@ -356,23 +367,21 @@ impl Node {
             transport: transport.clone(),
             next_seed: AtomicU64::new(opts.seed),
             opts,
-            events,
+            events: std::sync::OnceLock::new(),
             links: RwLock::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             faults: Arc::new(NodeFaults::default()),
         });
-        let status = {
-            let weak = Arc::downgrade(&shared);
-            ChildSpec::new(STATUS_ACTOR, Restart::Permanent, StatusActor, move || {
-                weak.clone()
-            })
-        };
+        shared.router.register(
+            STATUS_ACTOR,
+            Arc::new(StatusService(Arc::downgrade(&shared))),
+        );
         let (supervisor, _) = Actor::spawn(
             None,
             Supervisor,
             SupervisorArgs {
                 intensity: RestartIntensity::default(),
-                children: vec![status],
+                children: Vec::new(),
             },
         )
         .await
@@ -450,7 +459,11 @@ impl Node {
 
     /// Link events from now on.
     pub fn link_events(&self) -> broadcast::Receiver<LinkEvent> {
-        self.shared.events.subscribe()
+        let cap = self.shared.opts.link_event_capacity.max(1);
+        self.shared
+            .events
+            .get_or_init(|| broadcast::channel(cap).0)
+            .subscribe()
     }
 
     /// A link to `addr` that this node keeps up, redialing with backoff when it drops. The
@@ -553,24 +566,17 @@ impl Node {
             actor: Arc::new(std::sync::Mutex::new(None)),
             shared: self.shared.clone(),
         };
-        let restart = match mode {
-            LinkMode::Single(_) => Restart::Temporary,
-            LinkMode::Outbound => Restart::Transient,
-        };
+        if let LinkMode::Single(conn) = mode {
+            single_link(handle.clone(), conn);
+            return Ok(handle);
+        }
         let seed = self.shared.next_seed.fetch_add(1, Ordering::Relaxed);
         let args_handle = handle.clone();
-        let mode = std::sync::Mutex::new(Some(mode));
         let spec = ChildSpec::new(
             format!("link-{addr}-{seed}"),
-            restart,
+            Restart::Transient,
             PeerLink,
             move || LinkArgs {
-                // An inbound link's connection can only be used by its first start.
-                mode: mode
-                    .lock()
-                    .ok()
-                    .and_then(|mut m| m.take())
-                    .unwrap_or(LinkMode::Outbound),
                 handle: args_handle.clone(),
                 seed,
             },
@@ -762,14 +768,69 @@ impl PeerHandle {
 }
 
 enum LinkMode {
-    /// Owns one connection (accepted, or dialed once) and ends with it.
+    /// Owns one connection (accepted, or dialed once) and ends with it: a task.
     Single(Arc<dyn Connection>),
-    /// Dials, and redials with backoff whenever the connection is lost.
+    /// Dials, and redials with backoff whenever the connection is lost: a supervised actor.
     Outbound,
 }
 
+/// Makes `conn` the link's connection for good: lists it among the node's links, announces
+/// it, and serves its streams until it ends; then forgets it.
+///
+/// A task, not an actor: every accepted connection and every dialed-once one is such a link,
+/// so a node holds many of them (an endpoint two or three, a server one per leader and per
+/// registration in flight), and a ractor actor costs kilobytes (two mailboxes, a supervision
+/// tree) where a task costs a few hundred bytes. Nothing here can fail in a way a restart
+/// would mend: the link ends with its connection either way.
+fn single_link(handle: PeerHandle, conn: Arc<dyn Connection>) {
+    let peer = conn.peer().clone();
+    handle.conn.send_replace(Some(conn.clone()));
+    list_link(&handle, &peer);
+    tokio::spawn(async move {
+        let reason = serve_connection(handle.shared.clone(), conn).await;
+        tracing::info!(addr = %handle.addr, %peer, error = %reason, "link down");
+        handle.conn.send_replace(None);
+        unlist_link(&handle, &peer);
+        let _ = handle.shared.emit(LinkEvent::Down {
+            peer: Some(peer),
+            addr: handle.addr,
+            reason,
+        });
+    });
+}
+
+/// Lists a link that just got its connection among the node's links, and announces it.
+fn list_link(handle: &PeerHandle, peer: &PeerIdentity) {
+    if let Ok(mut links) = handle.shared.links.write() {
+        let cells = links.entry(peer.id.clone()).or_default();
+        if !cells.iter().any(|c| Arc::ptr_eq(&c.conn, &handle.conn)) {
+            cells.push(LinkCell {
+                addr: handle.addr,
+                conn: handle.conn.clone(),
+                actor: handle.actor.clone(),
+            });
+        }
+    }
+    let _ = handle.shared.emit(LinkEvent::Up {
+        peer: peer.clone(),
+        addr: handle.addr,
+    });
+}
+
+/// Takes a link whose connection is gone off the node's list.
+fn unlist_link(handle: &PeerHandle, peer: &PeerIdentity) {
+    let Ok(mut links) = handle.shared.links.write() else {
+        return;
+    };
+    if let Some(cells) = links.get_mut(&peer.id) {
+        cells.retain(|c| !Arc::ptr_eq(&c.conn, &handle.conn));
+        if cells.is_empty() {
+            links.remove(&peer.id);
+        }
+    }
+}
+
 struct LinkArgs {
-    mode: LinkMode,
     handle: PeerHandle,
     seed: u64,
 }
@@ -789,7 +850,6 @@ enum PeerLinkMsg {
 
 struct LinkState {
     handle: PeerHandle,
-    outbound: bool,
     generation: u64,
     backoff: Backoff,
     peer: Option<PeerIdentity>,
@@ -802,41 +862,19 @@ impl LinkState {
         let peer = conn.peer().clone();
         self.peer = Some(peer.clone());
         self.handle.conn.send_replace(Some(conn.clone()));
-        if let Ok(mut links) = self.handle.shared.links.write() {
-            let cells = links.entry(peer.id.clone()).or_default();
-            if !cells
-                .iter()
-                .any(|c| Arc::ptr_eq(&c.conn, &self.handle.conn))
-            {
-                cells.push(LinkCell {
-                    addr: self.handle.addr,
-                    conn: self.handle.conn.clone(),
-                    actor: self.handle.actor.clone(),
-                });
-            }
-        }
-        let _ = self.handle.shared.events.send(LinkEvent::Up {
-            peer,
-            addr: self.handle.addr,
+        list_link(&self.handle, &peer);
+        let (shared, link, generation) =
+            (self.handle.shared.clone(), myself.clone(), self.generation);
+        tokio::spawn(async move {
+            let reason = serve_connection(shared, conn).await;
+            let _ = link.send_message(PeerLinkMsg::Lost { generation, reason });
         });
-        tokio::spawn(serve_connection(
-            self.handle.shared.clone(),
-            conn,
-            myself.clone(),
-            self.generation,
-        ));
     }
 
     fn forget(&mut self) {
         self.handle.conn.send_replace(None);
-        let (Some(peer), Ok(mut links)) = (&self.peer, self.handle.shared.links.write()) else {
-            return;
-        };
-        if let Some(cells) = links.get_mut(&peer.id) {
-            cells.retain(|c| !Arc::ptr_eq(&c.conn, &self.handle.conn));
-            if cells.is_empty() {
-                links.remove(&peer.id);
-            }
+        if let Some(peer) = &self.peer {
+            unlist_link(&self.handle, peer);
         }
     }
 }
@@ -851,17 +889,13 @@ impl Actor for PeerLink {
         myself: ActorRef<Self::Msg>,
         args: LinkArgs,
     ) -> Result<LinkState, ActorProcessingErr> {
-        let mut state = LinkState {
+        let state = LinkState {
             backoff: Backoff::new(args.handle.shared.opts.reconnect, args.seed),
             handle: args.handle,
-            outbound: matches!(args.mode, LinkMode::Outbound),
             generation: 0,
             peer: None,
         };
-        match args.mode {
-            LinkMode::Single(conn) => state.install(&myself, conn),
-            LinkMode::Outbound => myself.send_message(PeerLinkMsg::Dial)?,
-        }
+        myself.send_message(PeerLinkMsg::Dial)?;
         Ok(state)
     }
 
@@ -891,7 +925,7 @@ impl Actor for PeerLink {
             PeerLinkMsg::DialFailed(reason) => {
                 let retry_in = state.backoff.next_delay();
                 tracing::debug!(addr = %state.handle.addr, error = %reason, ?retry_in, "dial failed");
-                let _ = state.handle.shared.events.send(LinkEvent::DialFailed {
+                let _ = state.handle.shared.emit(LinkEvent::DialFailed {
                     addr: state.handle.addr,
                     reason,
                     retry_in,
@@ -904,17 +938,13 @@ impl Actor for PeerLink {
                 }
                 tracing::info!(addr = %state.handle.addr, peer = ?state.peer, error = %reason, "link down");
                 state.forget();
-                let _ = state.handle.shared.events.send(LinkEvent::Down {
+                let _ = state.handle.shared.emit(LinkEvent::Down {
                     peer: state.peer.clone(),
                     addr: state.handle.addr,
                     reason: reason.clone(),
                 });
-                if state.outbound {
-                    let retry_in = state.backoff.next_delay();
-                    myself.send_after(retry_in, || PeerLinkMsg::Dial);
-                } else {
-                    myself.stop(Some(format!("connection lost: {reason}")));
-                }
+                let retry_in = state.backoff.next_delay();
+                myself.send_after(retry_in, || PeerLinkMsg::Dial);
             }
         }
         Ok(())
@@ -933,23 +963,16 @@ impl Actor for PeerLink {
     }
 }
 
-/// Accepts the peer's streams until the connection ends, serving each in its own task.
-async fn serve_connection(
-    shared: Arc<Shared>,
-    conn: Arc<dyn Connection>,
-    link: ActorRef<PeerLinkMsg>,
-    generation: u64,
-) {
+/// Accepts the peer's streams until the connection ends, serving each in its own task;
+/// returns why it ended.
+async fn serve_connection(shared: Arc<Shared>, conn: Arc<dyn Connection>) -> TransportError {
     let peer = conn.peer().clone();
     loop {
         match conn.accept_stream().await {
             Ok(stream) => {
                 tokio::spawn(serve_stream(shared.clone(), peer.clone(), stream));
             }
-            Err(reason) => {
-                let _ = link.send_message(PeerLinkMsg::Lost { generation, reason });
-                return;
-            }
+            Err(reason) => return reason,
         }
     }
 }
@@ -1081,35 +1104,14 @@ pub struct NodeStatus {
     pub asked_by: PeerIdentity,
 }
 
-/// Answers [`StatusRequest`] from servers and operators (any role).
-#[derive(Clone, Copy)]
-struct StatusActor;
+/// Answers [`StatusRequest`] from servers and operators (any role), right in the stream's
+/// task: the answer is a read of shared state, so it needs no mailbox (an actor would cost
+/// every node kilobytes for it).
+struct StatusService(std::sync::Weak<Shared>);
 
-impl Actor for StatusActor {
-    type Msg = Incoming;
-    type State = std::sync::Weak<Shared>;
-    type Arguments = std::sync::Weak<Shared>;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Incoming>,
-        shared: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        if let Some(s) = shared.upgrade() {
-            s.router.register_actor(STATUS_ACTOR, myself);
-        }
-        Ok(shared)
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Incoming>,
-        mut msg: Incoming,
-        shared: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let Some(shared) = shared.upgrade() else {
-            return Ok(());
-        };
+impl Deliver for StatusService {
+    fn deliver(&self, mut msg: Incoming) -> Result<(), DestinationGone> {
+        let shared = self.0.upgrade().ok_or(DestinationGone)?;
         if msg.decode::<StatusRequest>().is_err() || !msg.from.role.allows(OperatorRole::Viewer) {
             msg.refuse();
             return Ok(());
@@ -1122,7 +1124,9 @@ impl Actor for StatusActor {
             stats: shared.stats.snapshot(),
             asked_by: msg.from.clone(),
         };
-        msg.answer(&status)?;
+        if let Err(e) = msg.answer(&status) {
+            tracing::warn!(error = %e, "status could not be encoded");
+        }
         Ok(())
     }
 }

@@ -791,7 +791,7 @@ fn single_link(handle: PeerHandle, conn: Arc<dyn Connection>) {
         tracing::info!(addr = %handle.addr, %peer, error = %reason, "link down");
         handle.conn.send_replace(None);
         unlist_link(&handle, &peer);
-        let _ = handle.shared.emit(LinkEvent::Down {
+        handle.shared.emit(LinkEvent::Down {
             peer: Some(peer),
             addr: handle.addr,
             reason,
@@ -811,7 +811,7 @@ fn list_link(handle: &PeerHandle, peer: &PeerIdentity) {
             });
         }
     }
-    let _ = handle.shared.emit(LinkEvent::Up {
+    handle.shared.emit(LinkEvent::Up {
         peer: peer.clone(),
         addr: handle.addr,
     });
@@ -925,7 +925,7 @@ impl Actor for PeerLink {
             PeerLinkMsg::DialFailed(reason) => {
                 let retry_in = state.backoff.next_delay();
                 tracing::debug!(addr = %state.handle.addr, error = %reason, ?retry_in, "dial failed");
-                let _ = state.handle.shared.emit(LinkEvent::DialFailed {
+                state.handle.shared.emit(LinkEvent::DialFailed {
                     addr: state.handle.addr,
                     reason,
                     retry_in,
@@ -938,7 +938,7 @@ impl Actor for PeerLink {
                 }
                 tracing::info!(addr = %state.handle.addr, peer = ?state.peer, error = %reason, "link down");
                 state.forget();
-                let _ = state.handle.shared.emit(LinkEvent::Down {
+                state.handle.shared.emit(LinkEvent::Down {
                     peer: state.peer.clone(),
                     addr: state.handle.addr,
                     reason: reason.clone(),

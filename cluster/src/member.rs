@@ -107,8 +107,6 @@ pub enum MemberMsg {
     Register,
     /// Register now, outside the timer (the server came back).
     RegisterNow,
-    /// A question is going to this successor (probe it if not probed lately).
-    Forwarding(NodeId),
     /// A registration's answer, and when its request went out.
     Registered(std::time::Instant, Result<RegistrationReply, CallError>),
     /// A probe's request went on the wire.
@@ -184,6 +182,9 @@ pub struct MemberState {
     node: Node,
     core: RingCore,
     links: HashMap<NodeId, PeerHandle>,
+    /// Successors questions went to while handling the current message (see
+    /// `flush_forwarding`).
+    forwarding: Vec<NodeId>,
     server_link: Option<PeerHandle>,
     /// Watches the server link for a comeback (aborted with the link or the member).
     server_watch: Option<AbortOnDrop>,
@@ -300,11 +301,19 @@ impl MemberState {
         let me = myself.clone();
         match &self.cfg.evaluator {
             Some(ev) => {
-                let work = ev.0.evaluate(&env.body);
-                tokio::spawn(async move {
-                    let answer = work.await;
-                    let _ = me.send_message(MemberMsg::Evaluated { id, answer });
-                });
+                let mut work = ev.0.evaluate(&env.body);
+                // Sensors that answer at once (most do; a simulated host always does) are
+                // taken here; only work that waits gets a task of its own, whose answer comes
+                // back as a message. The question went on first either way.
+                match futures::FutureExt::now_or_never(&mut work) {
+                    Some(answer) => self.evaluated(id, answer),
+                    None => {
+                        tokio::spawn(async move {
+                            let answer = work.await;
+                            let _ = me.send_message(MemberMsg::Evaluated { id, answer });
+                        });
+                    }
+                }
             }
             None => {
                 let _ = me.send_message(MemberMsg::Evaluated {
@@ -332,7 +341,7 @@ impl MemberState {
             return;
         };
         q.forwarded_to = Some(target.id.clone());
-        let _ = myself.send_message(MemberMsg::Forwarding(target.id.clone()));
+        self.forwarding.push(target.id.clone());
         tracing::debug!(question = id, to = %target.id, at = ?tokio::time::Instant::now(), "forwarding");
         let left = q
             .deadline
@@ -442,6 +451,23 @@ impl MemberState {
         }
     }
 
+    /// Tells the ring core of the hops forwarded since the last call.
+    async fn flush_forwarding(&mut self, myself: &ActorRef<MemberMsg>) {
+        while !self.forwarding.is_empty() {
+            for to in std::mem::take(&mut self.forwarding) {
+                self.feed(myself, Input::Forwarding(to)).await;
+            }
+        }
+    }
+
+    /// Our own answer to question `id` is in.
+    fn evaluated(&mut self, id: u64, answer: NodeAnswer) {
+        if let Some(q) = self.questions.get_mut(&id) {
+            q.own = Some(answer);
+        }
+        self.complete(id);
+    }
+
     /// When both our answer and the answers after us are in: merge, cache, reply.
     fn complete(&mut self, id: u64) {
         let me = self.me.id.clone();
@@ -503,8 +529,9 @@ impl MemberState {
     async fn act(&mut self, myself: &ActorRef<MemberMsg>, out: Output) {
         let timeout = self.cfg.ring.dead_timeout;
         let dial = self.cfg.ring.dial_timeout;
+        let learn = matches!(out, Output::Probe(_));
         match out {
-            Output::Probe(m) => {
+            Output::Probe(m) | Output::CheckHop(m) => {
                 // Look again right when this attempt's hop timeout runs out, so a late hop is
                 // routed past then, not at the next probe tick.
                 let look = myself.clone();
@@ -528,14 +555,21 @@ impl MemberState {
                             None => node.connect_once(m.addr, dial).await?,
                         };
                         let _ = me.send_message(MemberMsg::ProbeStarted(m.id.clone()));
-                        let r: Result<Vec<MemberInfo>, CallError> =
-                            link.call(MEMBER, &MemberRequest::Ping, timeout).await;
-                        if let Ok(next) = &r
-                            && !next.is_empty()
-                        {
-                            let _ = me.send_message(MemberMsg::Learned(next.clone()));
-                        }
-                        Ok::<_, CallError>((r.is_ok(), link))
+                        let ok = if learn {
+                            let r: Result<Vec<MemberInfo>, CallError> =
+                                link.call(MEMBER, &MemberRequest::Ping, timeout).await;
+                            if let Ok(next) = &r
+                                && !next.is_empty()
+                            {
+                                let _ = me.send_message(MemberMsg::Learned(next.clone()));
+                            }
+                            r.is_ok()
+                        } else {
+                            let r: Result<(), CallError> =
+                                link.call(MEMBER, &MemberRequest::Probe, timeout).await;
+                            r.is_ok()
+                        };
+                        Ok::<_, CallError>((ok, link))
                     };
                     let msg = match attempt.await {
                         Ok((ok, link)) => MemberMsg::Probed {
@@ -732,6 +766,7 @@ impl Actor for RingMember {
             cfg,
             node,
             links: HashMap::new(),
+            forwarding: Vec::new(),
             server_link: None,
             server_watch: None,
             announce_seq: Arc::default(),
@@ -753,6 +788,7 @@ impl Actor for RingMember {
         msg: MemberMsg,
         st: &mut MemberState,
     ) -> Result<(), ActorProcessingErr> {
+        let r: Result<(), ActorProcessingErr> = async {
         match msg {
             MemberMsg::Tick => {
                 st.feed(&myself, Input::Tick).await;
@@ -918,12 +954,7 @@ impl Actor for RingMember {
                     }
                 }
             }
-            MemberMsg::Evaluated { id, answer } => {
-                if let Some(q) = st.questions.get_mut(&id) {
-                    q.own = Some(answer);
-                }
-                st.complete(id);
-            }
+            MemberMsg::Evaluated { id, answer } => st.evaluated(id, answer),
             MemberMsg::Downstream {
                 id,
                 generation,
@@ -967,7 +998,6 @@ impl Actor for RingMember {
                 );
                 st.reports_held_until = Some(now() + hold);
             }
-            MemberMsg::Forwarding(id) => st.feed(&myself, Input::Forwarding(id)).await,
             MemberMsg::Status(reply) => {
                 let core = &st.core;
                 let _ = reply.send(MemberStatus {
@@ -990,6 +1020,13 @@ impl Actor for RingMember {
             }
         }
         Ok(())
+        }
+        .await;
+        // Hops started while handling this message are judged now (a probe of the successor
+        // when none is under way): the ring core hears of them without a message of their
+        // own in this actor's mailbox.
+        st.flush_forwarding(&myself).await;
+        r
     }
 
     async fn post_stop(

@@ -133,6 +133,10 @@ pub enum Output {
     /// [`Input::ProbeStarted`] when the request is sent, then [`Input::Ack`] or
     /// [`Input::ProbeFailed`] (no answer within the dead timeout, or no link).
     Probe(MemberInfo),
+    /// As [`Output::Probe`], for a successor just handed a question: only whether it answers
+    /// in time matters, so the cheaper request that does not list its successors will do
+    /// (the periodic probes learn those).
+    CheckHop(MemberInfo),
     /// Introduce ourselves to this member (our nearest predecessor).
     Hello(MemberInfo),
     /// Tell the server this member is suspect.
@@ -222,7 +226,7 @@ impl RingCore {
                 {
                     p.attempt = Some(now);
                     p.last_try = Some(now);
-                    self.out.push_back(Output::Probe(m));
+                    self.out.push_back(Output::CheckHop(m));
                 }
             }
             Input::Members { members, isolated } => self.set_members(members, isolated, now),
@@ -638,7 +642,7 @@ mod tests {
     fn probes(out: &[Output]) -> Vec<NodeId> {
         out.iter()
             .filter_map(|o| match o {
-                Output::Probe(m) => Some(m.id.clone()),
+                Output::Probe(m) | Output::CheckHop(m) => Some(m.id.clone()),
                 _ => None,
             })
             .collect()

@@ -634,11 +634,20 @@ impl MemberState {
                 let link = self.server_link.clone();
                 let (server, t) = (self.cfg.server, self.cfg.server_timeout);
                 let me = myself.clone();
+                // Warn once per streak of failures: an overloaded server would otherwise get
+                // one warning line per member per report interval in every member's log.
+                let streak = self.report_failures > 0;
                 tokio::spawn(async move {
                     let req = ServerRequest::Suspect { suspect, reason };
                     let r: Result<(), CallError> = server_call(&node, link, server, t, &req).await;
-                    if let Err(e) = &r {
-                        tracing::warn!(error = %e, "could not report a suspect to the server");
+                    match &r {
+                        Err(e) if streak => {
+                            tracing::debug!(error = %e, "could not report a suspect to the server, again");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not report a suspect to the server")
+                        }
+                        Ok(()) => {}
                     }
                     let _ = me.send_message(MemberMsg::Reported(r.is_ok()));
                 });

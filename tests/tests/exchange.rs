@@ -3,11 +3,13 @@
 use std::time::Duration;
 
 use rollcall_runtime::identity::PeerRole;
-use rollcall_runtime::node::{CallError, Node};
+use rollcall_runtime::node::{CallError, LinkEvent, Node};
+use rollcall_runtime::supervisor::SupervisorMsg;
 use rollcall_runtime::transport::mem::MemNetwork;
 use rollcall_runtime::transport::quic::QuicOptions;
 use rollcall_runtime::transport::{RefuseCode, TransportError};
 use rollcall_runtime::wire::WireError;
+use rollcall_runtime::{NodeId, PeerIdentity};
 use rollcall_tests::*;
 
 /// `a` dials `b`; both run a probe. Everything here must hold on every transport.
@@ -154,4 +156,78 @@ async fn exchange_over_quic() {
     )
     .await;
     exchange_suite(a, b).await;
+}
+
+async fn actors_under(node: &Node) -> usize {
+    match node
+        .supervisor()
+        .call(SupervisorMsg::Children, Some(DEADLINE))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(children)) => children.len(),
+        other => panic!("the supervisor did not list its children: {other:?}"),
+    }
+}
+
+/// A connection that ends its link (dialed once, or accepted) is served by a task: neither
+/// end starts an actor for it, both list it while it lives, a subscriber sees it come and go,
+/// and closing it takes it off both lists.
+#[tokio::test(start_paused = true)]
+async fn a_single_connection_link_runs_without_an_actor_and_is_forgotten_when_closed() {
+    let net = MemNetwork::new(5, Duration::from_secs(1));
+    let a_id = PeerIdentity {
+        id: NodeId("a".into()),
+        role: PeerRole::Endpoint,
+    };
+    let b_id = PeerIdentity {
+        id: NodeId("b".into()),
+        role: PeerRole::Endpoint,
+    };
+    let a = mem_node(&net, "127.0.0.1:1", a_id.clone()).await;
+    let b = mem_node(&net, "127.0.0.2:1", b_id.clone()).await;
+    let _probe = start_probe(&b).await;
+    let mut b_events = b.link_events();
+
+    let link = a
+        .connect_once(b.local_addr(), DEADLINE)
+        .await
+        .expect("dial");
+    let r: ProbeReply = link
+        .call(PROBE, &Probe::Echo("once".into()), DEADLINE)
+        .await
+        .expect("answered");
+    assert_eq!(r, ProbeReply::Echo("once".into()));
+    assert_eq!(
+        a.connected_peers()
+            .iter()
+            .map(|p| &p.peer)
+            .collect::<Vec<_>>(),
+        [&b_id]
+    );
+    assert_eq!(
+        b.connected_peers()
+            .iter()
+            .map(|p| &p.peer)
+            .collect::<Vec<_>>(),
+        [&a_id]
+    );
+    assert_eq!(actors_under(&a).await, 0, "the dialing end runs no actor");
+    assert_eq!(actors_under(&b).await, 0, "the accepting end runs no actor");
+
+    link.close();
+    eventually("both ends forget the link", DEADLINE, || {
+        let gone = a.connected_peers().is_empty() && b.connected_peers().is_empty();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let up = b_events.recv().await.expect("up event");
+    assert!(
+        matches!(&up, LinkEvent::Up { peer, .. } if *peer == a_id),
+        "{up:?}"
+    );
+    let down = b_events.recv().await.expect("down event");
+    assert!(
+        matches!(&down, LinkEvent::Down { peer: Some(peer), .. } if *peer == a_id),
+        "{down:?}"
+    );
 }

@@ -126,7 +126,11 @@ impl FleetConfig {
         FleetConfig {
             hop_latency: Duration::from_millis(5),
             ring: RingConfig {
-                probe_interval: Duration::from_millis(400),
+                // A successor that acked a hop and is then cut off is found only by the next
+                // periodic probe: at 400 ms, that plus the hop timeout and the server's gap
+                // walk came to about the promptness bound (fault-free time + 1 s), and a split
+                // applied mid-question missed it now and then.
+                probe_interval: Duration::from_millis(200),
                 hop_timeout: Duration::from_millis(200),
                 dead_timeout: Duration::from_millis(1500),
                 dial_timeout: Duration::from_secs(2),

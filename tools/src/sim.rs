@@ -245,7 +245,26 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
     let (t0, rss_before, start_secs) = (started.at, started.rss_kib, started.start_secs);
     let mut said = Instant::now();
     let (report, formed) = loop {
-        let r = fleet.report().await;
+        // A server buried in work (hundreds of thousands of endpoints on two cores) can take
+        // minutes to report: say so instead of going quiet.
+        let r = match tokio::time::timeout(Duration::from_secs(10), fleet.report()).await {
+            Ok(r) => r,
+            Err(_) => {
+                if !a.json {
+                    eprintln!(
+                        "forming ({:.0} s): the server is too busy to report within 10 s",
+                        t0.elapsed().as_secs_f64()
+                    );
+                }
+                if t0.elapsed() > FORMATION_DEADLINE {
+                    if !a.json {
+                        eprintln!("not formed after {FORMATION_DEADLINE:?}; asking anyway");
+                    }
+                    break (fleet.report().await, false);
+                }
+                continue;
+            }
+        };
         if fleet.one_chain_each(&r) {
             break (r, true);
         }

@@ -390,12 +390,11 @@ impl MemberState {
     /// it does while a ring forms) and that no question waits on: each is a connection held at
     /// both ends for nothing.
     fn prune_links(&mut self) {
-        if self.links.len() <= self.core.candidates().len() {
+        let candidates = self.core.candidates();
+        if self.links.len() <= candidates.len() {
             return;
         }
-        let keep: std::collections::HashSet<&NodeId> = self
-            .core
-            .candidates()
+        let keep: std::collections::HashSet<&NodeId> = candidates
             .into_iter()
             .map(|m| &m.id)
             .chain(
@@ -797,240 +796,7 @@ impl Actor for RingMember {
         msg: MemberMsg,
         st: &mut MemberState,
     ) -> Result<(), ActorProcessingErr> {
-        let r: Result<(), ActorProcessingErr> = async {
-        match msg {
-            MemberMsg::Tick => {
-                st.feed(&myself, Input::Tick).await;
-                st.reroute_questions(&myself);
-                st.prune_links();
-            }
-            MemberMsg::Register | MemberMsg::RegisterNow => {
-                let timer = matches!(msg, MemberMsg::Register);
-                let sent = now();
-                st.feed(&myself, Input::RegistrationSent).await;
-                let node = st.node.clone();
-                let link = st.server_link.clone();
-                let (server, t) = (st.cfg.server, st.cfg.server_timeout);
-                let req = ServerRequest::Register(st.registration());
-                let me = myself.clone();
-                tokio::spawn(async move {
-                    let r = server_call(&node, link, server, t, &req).await;
-                    let _ = me.send_message(MemberMsg::Registered(sent, r));
-                });
-                let (lo, hi) = (
-                    st.cfg.register_min,
-                    st.cfg.register_max.max(st.cfg.register_min),
-                );
-                // Right after starting, register again soon: when a whole fleet starts at once,
-                // the first answers hold only the machines registered before each one.
-                let (lo, hi) = if st.registrations == 0 {
-                    (
-                        lo.min(Duration::from_secs(1)),
-                        hi.min(Duration::from_secs(5)),
-                    )
-                } else {
-                    (lo, hi)
-                };
-                let next = backoff(
-                    st.rng.random_range(lo..=hi),
-                    st.reg_failures,
-                    st.cfg.register_max,
-                );
-                if timer {
-                    myself.send_after(next, || MemberMsg::Register);
-                }
-            }
-            MemberMsg::Registered(sent, Ok(reply)) => {
-                st.core.registration_answered(sent);
-                st.registrations += 1;
-                st.reg_failures = 0;
-                st.ring = reply.ring.clone();
-                let isolated = reply.ring.is_none();
-                for h in reply.handoffs {
-                    let from = PeerIdentity {
-                        id: NodeId("server".into()),
-                        role: PeerRole::Server,
-                    };
-                    if let Err(e) = st.node.deliver_local(&h.to, from, h.body) {
-                        tracing::warn!(to = %h.to, error = %e, "could not deliver missed work");
-                    }
-                }
-                st.feed(
-                    &myself,
-                    Input::Members {
-                        members: reply.members,
-                        isolated,
-                    },
-                )
-                .await;
-                let sides = st.core.leader();
-                if sides.any() {
-                    // Re-announce on every registration: a restarted server learns its
-                    // leaders within one interval.
-                    st.announce(&myself, sides).await;
-                }
-            }
-            MemberMsg::Registered(_, Err(e)) => {
-                st.reg_failures = st.reg_failures.saturating_add(1);
-                // A leader must not stay unknown to a server that just came back (its ring
-                // service may not have been up yet), and a member whose answer was lost must
-                // not wait a whole interval for its ring's members: try again soon, backing
-                // off while failures repeat so a server shedding load is not buried.
-                let jitter = st.rng.random_range(0.5..=1.0);
-                let wait = backoff(
-                    st.cfg.ring.retry_interval.mul_f64(jitter),
-                    st.reg_failures - 1,
-                    st.cfg.register_max,
-                );
-                if st.reg_failures == 1 {
-                    tracing::info!(error = %e, retry_in = ?wait, "registration failed; trying again");
-                } else {
-                    tracing::warn!(error = %e, failures = st.reg_failures, retry_in = ?wait, "registration failed again");
-                }
-                myself.send_after(wait, || MemberMsg::RegisterNow);
-            }
-            MemberMsg::ProbeStarted(id) => st.feed(&myself, Input::ProbeStarted(id)).await,
-            MemberMsg::Probed { id, addr, .. }
-                if st.core.member(&id).is_some_and(|m| m.addr != addr) =>
-            {
-                // The member moved (it restarted elsewhere and said hello): a stale result.
-            }
-            MemberMsg::Probed { id, ok, link, .. } => {
-                if ok {
-                    // Answered: the look at its hop timeout is not needed (dropping aborts it).
-                    st.probe_timers.remove(&id);
-                }
-                if let Some(l) = link
-                    && let Some(old) = st.links.insert(id.clone(), l.clone())
-                    && (old.addr() != l.addr() || !old.is_connected())
-                {
-                    old.close();
-                }
-                st.feed(
-                    &myself,
-                    if ok {
-                        Input::Ack(id)
-                    } else {
-                        Input::ProbeFailed(id)
-                    },
-                )
-                .await;
-            }
-            MemberMsg::Remote(mut inc) => {
-                let req: MemberRequest = match inc.decode() {
-                    Ok(r) => r,
-                    Err(_) => {
-                        inc.refuse();
-                        return Ok(());
-                    }
-                };
-                if inc.from.role != PeerRole::Endpoint && inc.from.role != PeerRole::Server {
-                    inc.refuse();
-                    return Ok(());
-                }
-                match req {
-                    MemberRequest::Ping => {
-                        let from = inc.from.id.clone();
-                        let next = st.core.successors().to_vec();
-                        inc.answer(&next)?;
-                        if inc.from.role == PeerRole::Endpoint {
-                            st.feed(&myself, Input::ProbedBy(from)).await;
-                        }
-                    }
-                    MemberRequest::Probe => {
-                        let from = inc.from.id.clone();
-                        let endpoint = inc.from.role == PeerRole::Endpoint;
-                        inc.answer(&())?;
-                        // The server's direct probes of suspects say nothing of our
-                        // predecessors; only endpoints' probes count as theirs.
-                        if endpoint {
-                            st.feed(&myself, Input::ProbedBy(from)).await;
-                        }
-                    }
-                    MemberRequest::Hello(info) => {
-                        // A peer can only introduce itself.
-                        if info.id != inc.from.id {
-                            inc.refuse();
-                            return Ok(());
-                        }
-                        st.feed(&myself, Input::Hello(info)).await;
-                        inc.answer(&st.core.view().to_vec())?;
-                    }
-                    MemberRequest::Ask(env) => st.ask(&myself, env, Some(inc), false),
-                    MemberRequest::Late(env) => {
-                        inc.answer(&())?;
-                        st.ask(&myself, env, None, true);
-                    }
-                }
-            }
-            MemberMsg::Evaluated { id, answer } => st.evaluated(id, answer),
-            MemberMsg::Downstream {
-                id,
-                generation,
-                to,
-                result,
-            } => {
-                let current = st
-                    .questions
-                    .get(&id)
-                    .is_some_and(|q| q.generation == generation && q.down.is_none());
-                if current {
-                    match result {
-                        Ok(p) => {
-                            if let Some(q) = st.questions.get_mut(&id) {
-                                q.down = Some(p);
-                            }
-                            st.complete(id);
-                        }
-                        Err(e) => {
-                            // A failed hop: the successor is treated as unreachable, and the
-                            // question goes to the next one.
-                            tracing::info!(question = id, %to, error = %e, "forward failed; rerouting");
-                            st.feed(&myself, Input::ForwardFailed(to)).await;
-                            st.forward(&myself, id);
-                        }
-                    }
-                }
-            }
-            MemberMsg::Learned(view) => st.feed(&myself, Input::Learned(view)).await,
-            MemberMsg::HelloFailed(id) => st.feed(&myself, Input::HelloFailed(id)).await,
-            MemberMsg::Reported(true) => {
-                st.report_failures = 0;
-                st.reports_held_until = None;
-            }
-            MemberMsg::Reported(false) => {
-                st.report_failures = st.report_failures.saturating_add(1);
-                let hold = backoff(
-                    st.cfg.ring.report_interval,
-                    st.report_failures,
-                    st.cfg.ring.retry_interval,
-                );
-                st.reports_held_until = Some(now() + hold);
-            }
-            MemberMsg::Status(reply) => {
-                let core = &st.core;
-                let _ = reply.send(MemberStatus {
-                    ring: st.ring.clone(),
-                    registrations: st.registrations,
-                    view: core.view().to_vec(),
-                    route_target: core.route_target().map(|m| m.id.clone()),
-                    leads: core.leader(),
-                    server_link_up: st
-                        .server_link
-                        .as_ref()
-                        .is_some_and(PeerHandle::is_connected),
-                    health: core
-                        .candidates()
-                        .into_iter()
-                        .map(|m| (m.id.clone(), core.health(&m.id)))
-                        .collect(),
-                    questions_pending: st.questions.values().filter(|q| !q.done).count(),
-                });
-            }
-        }
-        Ok(())
-        }
-        .await;
+        let r = dispatch(myself.clone(), msg, st).await;
         // Hops started while handling this message are judged now (a probe of the successor
         // when none is under way): the ring core hears of them without a message of their
         // own in this actor's mailbox.
@@ -1052,6 +818,246 @@ impl Actor for RingMember {
         }
         Ok(())
     }
+}
+
+/// One message's work. `RingMember::handle` runs it, then tells the ring core of the hops it
+/// started.
+async fn dispatch(
+    myself: ActorRef<MemberMsg>,
+    msg: MemberMsg,
+    st: &mut MemberState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        MemberMsg::Tick => {
+            st.feed(&myself, Input::Tick).await;
+            st.reroute_questions(&myself);
+            st.prune_links();
+        }
+        MemberMsg::Register | MemberMsg::RegisterNow => {
+            let timer = matches!(msg, MemberMsg::Register);
+            let sent = now();
+            st.feed(&myself, Input::RegistrationSent).await;
+            let node = st.node.clone();
+            let link = st.server_link.clone();
+            let (server, t) = (st.cfg.server, st.cfg.server_timeout);
+            let req = ServerRequest::Register(st.registration());
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let r = server_call(&node, link, server, t, &req).await;
+                let _ = me.send_message(MemberMsg::Registered(sent, r));
+            });
+            let (lo, hi) = (
+                st.cfg.register_min,
+                st.cfg.register_max.max(st.cfg.register_min),
+            );
+            // Right after starting, register again soon: when a whole fleet starts at once,
+            // the first answers hold only the machines registered before each one.
+            let (lo, hi) = if st.registrations == 0 {
+                (
+                    lo.min(Duration::from_secs(1)),
+                    hi.min(Duration::from_secs(5)),
+                )
+            } else {
+                (lo, hi)
+            };
+            let next = backoff(
+                st.rng.random_range(lo..=hi),
+                st.reg_failures,
+                st.cfg.register_max,
+            );
+            if timer {
+                myself.send_after(next, || MemberMsg::Register);
+            }
+        }
+        MemberMsg::Registered(sent, Ok(reply)) => {
+            st.core.registration_answered(sent);
+            st.registrations += 1;
+            st.reg_failures = 0;
+            st.ring = reply.ring.clone();
+            let isolated = reply.ring.is_none();
+            for h in reply.handoffs {
+                let from = PeerIdentity {
+                    id: NodeId("server".into()),
+                    role: PeerRole::Server,
+                };
+                if let Err(e) = st.node.deliver_local(&h.to, from, h.body) {
+                    tracing::warn!(to = %h.to, error = %e, "could not deliver missed work");
+                }
+            }
+            st.feed(
+                &myself,
+                Input::Members {
+                    members: reply.members,
+                    isolated,
+                },
+            )
+            .await;
+            let sides = st.core.leader();
+            if sides.any() {
+                // Re-announce on every registration: a restarted server learns its
+                // leaders within one interval.
+                st.announce(&myself, sides).await;
+            }
+        }
+        MemberMsg::Registered(_, Err(e)) => {
+            st.reg_failures = st.reg_failures.saturating_add(1);
+            // A leader must not stay unknown to a server that just came back (its ring
+            // service may not have been up yet), and a member whose answer was lost must
+            // not wait a whole interval for its ring's members: try again soon, backing
+            // off while failures repeat so a server shedding load is not buried.
+            let jitter = st.rng.random_range(0.5..=1.0);
+            let wait = backoff(
+                st.cfg.ring.retry_interval.mul_f64(jitter),
+                st.reg_failures - 1,
+                st.cfg.register_max,
+            );
+            if st.reg_failures == 1 {
+                tracing::info!(error = %e, retry_in = ?wait, "registration failed; trying again");
+            } else {
+                tracing::warn!(error = %e, failures = st.reg_failures, retry_in = ?wait, "registration failed again");
+            }
+            myself.send_after(wait, || MemberMsg::RegisterNow);
+        }
+        MemberMsg::ProbeStarted(id) => st.feed(&myself, Input::ProbeStarted(id)).await,
+        MemberMsg::Probed { id, addr, .. }
+            if st.core.member(&id).is_some_and(|m| m.addr != addr) =>
+        {
+            // The member moved (it restarted elsewhere and said hello): a stale result.
+        }
+        MemberMsg::Probed { id, ok, link, .. } => {
+            if ok {
+                // Answered: the look at its hop timeout is not needed (dropping aborts it).
+                st.probe_timers.remove(&id);
+            }
+            if let Some(l) = link
+                && let Some(old) = st.links.insert(id.clone(), l.clone())
+                && (old.addr() != l.addr() || !old.is_connected())
+            {
+                old.close();
+            }
+            st.feed(
+                &myself,
+                if ok {
+                    Input::Ack(id)
+                } else {
+                    Input::ProbeFailed(id)
+                },
+            )
+            .await;
+        }
+        MemberMsg::Remote(mut inc) => {
+            let req: MemberRequest = match inc.decode() {
+                Ok(r) => r,
+                Err(_) => {
+                    inc.refuse();
+                    return Ok(());
+                }
+            };
+            if inc.from.role != PeerRole::Endpoint && inc.from.role != PeerRole::Server {
+                inc.refuse();
+                return Ok(());
+            }
+            match req {
+                MemberRequest::Ping => {
+                    let from = inc.from.id.clone();
+                    let next = st.core.successors().to_vec();
+                    inc.answer(&next)?;
+                    if inc.from.role == PeerRole::Endpoint {
+                        st.feed(&myself, Input::ProbedBy(from)).await;
+                    }
+                }
+                MemberRequest::Probe => {
+                    let from = inc.from.id.clone();
+                    let endpoint = inc.from.role == PeerRole::Endpoint;
+                    inc.answer(&())?;
+                    // The server's direct probes of suspects say nothing of our
+                    // predecessors; only endpoints' probes count as theirs.
+                    if endpoint {
+                        st.feed(&myself, Input::ProbedBy(from)).await;
+                    }
+                }
+                MemberRequest::Hello(info) => {
+                    // A peer can only introduce itself.
+                    if info.id != inc.from.id {
+                        inc.refuse();
+                        return Ok(());
+                    }
+                    st.feed(&myself, Input::Hello(info)).await;
+                    inc.answer(&st.core.view().to_vec())?;
+                }
+                MemberRequest::Ask(env) => st.ask(&myself, env, Some(inc), false),
+                MemberRequest::Late(env) => {
+                    inc.answer(&())?;
+                    st.ask(&myself, env, None, true);
+                }
+            }
+        }
+        MemberMsg::Evaluated { id, answer } => st.evaluated(id, answer),
+        MemberMsg::Downstream {
+            id,
+            generation,
+            to,
+            result,
+        } => {
+            let current = st
+                .questions
+                .get(&id)
+                .is_some_and(|q| q.generation == generation && q.down.is_none());
+            if current {
+                match result {
+                    Ok(p) => {
+                        if let Some(q) = st.questions.get_mut(&id) {
+                            q.down = Some(p);
+                        }
+                        st.complete(id);
+                    }
+                    Err(e) => {
+                        // A failed hop: the successor is treated as unreachable, and the
+                        // question goes to the next one.
+                        tracing::info!(question = id, %to, error = %e, "forward failed; rerouting");
+                        st.feed(&myself, Input::ForwardFailed(to)).await;
+                        st.forward(&myself, id);
+                    }
+                }
+            }
+        }
+        MemberMsg::Learned(view) => st.feed(&myself, Input::Learned(view)).await,
+        MemberMsg::HelloFailed(id) => st.feed(&myself, Input::HelloFailed(id)).await,
+        MemberMsg::Reported(true) => {
+            st.report_failures = 0;
+            st.reports_held_until = None;
+        }
+        MemberMsg::Reported(false) => {
+            st.report_failures = st.report_failures.saturating_add(1);
+            let hold = backoff(
+                st.cfg.ring.report_interval,
+                st.report_failures,
+                st.cfg.ring.retry_interval,
+            );
+            st.reports_held_until = Some(now() + hold);
+        }
+        MemberMsg::Status(reply) => {
+            let core = &st.core;
+            let _ = reply.send(MemberStatus {
+                ring: st.ring.clone(),
+                registrations: st.registrations,
+                view: core.view().to_vec(),
+                route_target: core.route_target().map(|m| m.id.clone()),
+                leads: core.leader(),
+                server_link_up: st
+                    .server_link
+                    .as_ref()
+                    .is_some_and(PeerHandle::is_connected),
+                health: core
+                    .candidates()
+                    .into_iter()
+                    .map(|m| (m.id.clone(), core.health(&m.id)))
+                    .collect(),
+                questions_pending: st.questions.values().filter(|q| !q.done).count(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Asks a member for its status.

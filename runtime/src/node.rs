@@ -2,10 +2,10 @@
 //!
 //! A connection this node keeps up is owned by a `PeerLink` actor, a child of the node's link
 //! supervisor, which redials it; a connection that ends the link with it (accepted, or dialed
-//! once) is owned by a task. A link reads every stream its peer opens, decodes and checks the envelope (frame limit,
-//! wire version, sender matches certificate, destination exists), and delivers it to the
-//! local actor registered under the envelope's `to`. A link that this node dialed redials
-//! with jittered exponential backoff when its connection is lost; a link the peer dialed ends
+//! once) is owned by a task. A link reads every stream its peer opens, decodes and checks the
+//! envelope (frame limit, wire version, sender matches certificate, destination exists), and
+//! delivers it to the local actor registered under the envelope's `to`. A link kept up
+//! redials with jittered exponential backoff when its connection is lost; any other link ends
 //! with its connection. Every rejection is counted in [`WireStats`] and logged; it closes that
 //! one stream, never the connection or the node.
 //!

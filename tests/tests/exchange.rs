@@ -175,14 +175,11 @@ async fn actors_under(node: &Node) -> usize {
 #[tokio::test(start_paused = true)]
 async fn a_single_connection_link_runs_without_an_actor_and_is_forgotten_when_closed() {
     let net = MemNetwork::new(5, Duration::from_secs(1));
-    let a_id = PeerIdentity {
-        id: NodeId("a".into()),
+    let endpoint = |id: &str| PeerIdentity {
+        id: NodeId(id.into()),
         role: PeerRole::Endpoint,
     };
-    let b_id = PeerIdentity {
-        id: NodeId("b".into()),
-        role: PeerRole::Endpoint,
-    };
+    let (a_id, b_id) = (endpoint("a"), endpoint("b"));
     let a = mem_node(&net, "127.0.0.1:1", a_id.clone()).await;
     let b = mem_node(&net, "127.0.0.2:1", b_id.clone()).await;
     let _probe = start_probe(&b).await;

@@ -128,6 +128,8 @@ pub enum MemberMsg {
     Learned(Vec<MemberInfo>),
     /// Our hello to this member went unanswered.
     HelloFailed(NodeId),
+    /// A question handed to this member was not acknowledged within the hop timeout.
+    HopLate(NodeId),
     /// A suspect report was answered (or not).
     Reported(bool),
     /// This machine's own answer to a question is ready.
@@ -182,9 +184,6 @@ pub struct MemberState {
     node: Node,
     core: RingCore,
     links: HashMap<NodeId, PeerHandle>,
-    /// Successors questions went to while handling the current message (see
-    /// `flush_forwarding`).
-    forwarding: Vec<NodeId>,
     server_link: Option<PeerHandle>,
     /// Watches the server link for a comeback (aborted with the link or the member).
     server_watch: Option<AbortOnDrop>,
@@ -205,8 +204,8 @@ pub struct MemberState {
     rng: SmallRng,
     me: MemberInfo,
     questions: HashMap<u64, QState>,
-    /// Each probe's hop-timeout look, cancelled when the probe is answered first (one is
-    /// made per question hop: an answered probe needs no second look).
+    /// Each probe's hop-timeout look, cancelled when the probe is answered first (an
+    /// answered probe needs no second look).
     probe_timers: HashMap<NodeId, AbortOnDrop>,
 }
 
@@ -341,7 +340,6 @@ impl MemberState {
             return;
         };
         q.forwarded_to = Some(target.id.clone());
-        self.forwarding.push(target.id.clone());
         tracing::debug!(question = id, to = %target.id, at = ?tokio::time::Instant::now(), "forwarding");
         let left = q
             .deadline
@@ -358,6 +356,7 @@ impl MemberState {
             .filter(|l| l.is_connected())
             .cloned();
         let dial = self.cfg.ring.dial_timeout;
+        let hop = self.cfg.ring.hop_timeout;
         let me = myself.clone();
         tokio::spawn(async move {
             // A link dialed for this question alone is closed after it.
@@ -367,9 +366,25 @@ impl MemberState {
             };
             let result = match link {
                 Ok(link) => {
-                    let r = link
-                        .call::<_, Partial>(MEMBER, &MemberRequest::Ask(env), left)
-                        .await;
+                    // The successor acknowledges the question as soon as it takes it, long
+                    // before the answers from down the chain come back: no acknowledgement
+                    // within the hop timeout (dial time aside) and the ring routes past it.
+                    let (acked_tx, acked) = tokio::sync::oneshot::channel();
+                    let ask = MemberRequest::Ask(env);
+                    let call = link.call_acked::<_, Partial>(MEMBER, &ask, left, acked_tx);
+                    let late = target.id.clone();
+                    let watch = async {
+                        if tokio::time::timeout(hop, acked).await.is_err() {
+                            let _ = me.send_message(MemberMsg::HopLate(late));
+                        }
+                        // The call's own outcome decides the rest.
+                        std::future::pending::<()>().await
+                    };
+                    let r = tokio::select! {
+                        biased;
+                        r = call => r,
+                        () = watch => unreachable!("the watch never ends"),
+                    };
                     if owned {
                         link.close();
                     }
@@ -450,15 +465,6 @@ impl MemberState {
         }
     }
 
-    /// Tells the ring core of the hops forwarded since the last call.
-    async fn flush_forwarding(&mut self, myself: &ActorRef<MemberMsg>) {
-        while !self.forwarding.is_empty() {
-            for to in std::mem::take(&mut self.forwarding) {
-                self.feed(myself, Input::Forwarding(to)).await;
-            }
-        }
-    }
-
     /// Our own answer to question `id` is in.
     fn evaluated(&mut self, id: u64, answer: NodeAnswer) {
         if let Some(q) = self.questions.get_mut(&id) {
@@ -528,9 +534,8 @@ impl MemberState {
     async fn act(&mut self, myself: &ActorRef<MemberMsg>, out: Output) {
         let timeout = self.cfg.ring.dead_timeout;
         let dial = self.cfg.ring.dial_timeout;
-        let learn = matches!(out, Output::Probe(_));
         match out {
-            Output::Probe(m) | Output::CheckHop(m) => {
+            Output::Probe(m) => {
                 // Look again right when this attempt's hop timeout runs out, so a late hop is
                 // routed past then, not at the next probe tick.
                 let look = myself.clone();
@@ -554,20 +559,14 @@ impl MemberState {
                             None => node.connect_once(m.addr, dial).await?,
                         };
                         let _ = me.send_message(MemberMsg::ProbeStarted(m.id.clone()));
-                        let ok = if learn {
-                            let r: Result<Vec<MemberInfo>, CallError> =
-                                link.call(MEMBER, &MemberRequest::Ping, timeout).await;
-                            if let Ok(next) = &r
-                                && !next.is_empty()
-                            {
-                                let _ = me.send_message(MemberMsg::Learned(next.clone()));
-                            }
-                            r.is_ok()
-                        } else {
-                            let r: Result<(), CallError> =
-                                link.call(MEMBER, &MemberRequest::Probe, timeout).await;
-                            r.is_ok()
-                        };
+                        let r: Result<Vec<MemberInfo>, CallError> =
+                            link.call(MEMBER, &MemberRequest::Ping, timeout).await;
+                        if let Ok(next) = &r
+                            && !next.is_empty()
+                        {
+                            let _ = me.send_message(MemberMsg::Learned(next.clone()));
+                        }
+                        let ok = r.is_ok();
                         Ok::<_, CallError>((ok, link))
                     };
                     let msg = match attempt.await {
@@ -774,7 +773,6 @@ impl Actor for RingMember {
             cfg,
             node,
             links: HashMap::new(),
-            forwarding: Vec::new(),
             server_link: None,
             server_watch: None,
             announce_seq: Arc::default(),
@@ -796,12 +794,7 @@ impl Actor for RingMember {
         msg: MemberMsg,
         st: &mut MemberState,
     ) -> Result<(), ActorProcessingErr> {
-        let r = dispatch(myself.clone(), msg, st).await;
-        // Hops started while handling this message are judged now (a probe of the successor
-        // when none is under way): the ring core hears of them without a message of their
-        // own in this actor's mailbox.
-        st.flush_forwarding(&myself).await;
-        r
+        dispatch(myself, msg, st).await
     }
 
     async fn post_stop(
@@ -820,8 +813,7 @@ impl Actor for RingMember {
     }
 }
 
-/// One message's work. `RingMember::handle` runs it, then tells the ring core of the hops it
-/// started.
+/// One message's work.
 async fn dispatch(
     myself: ActorRef<MemberMsg>,
     msg: MemberMsg,
@@ -985,7 +977,12 @@ async fn dispatch(
                     st.feed(&myself, Input::Hello(info)).await;
                     inc.answer(&st.core.view().to_vec())?;
                 }
-                MemberRequest::Ask(env) => st.ask(&myself, env, Some(inc), false),
+                MemberRequest::Ask(env) => {
+                    // Taken: the predecessor stops its hop clock (the answer follows once
+                    // the rest of the chain has answered).
+                    inc.ack();
+                    st.ask(&myself, env, Some(inc), false)
+                }
                 MemberRequest::Late(env) => {
                     inc.answer(&())?;
                     st.ask(&myself, env, None, true);
@@ -1023,6 +1020,10 @@ async fn dispatch(
         }
         MemberMsg::Learned(view) => st.feed(&myself, Input::Learned(view)).await,
         MemberMsg::HelloFailed(id) => st.feed(&myself, Input::HelloFailed(id)).await,
+        MemberMsg::HopLate(id) => {
+            st.feed(&myself, Input::HopLate(id)).await;
+            st.reroute_questions(&myself);
+        }
         MemberMsg::Reported(true) => {
             st.report_failures = 0;
             st.reports_held_until = None;

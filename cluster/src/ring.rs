@@ -91,10 +91,10 @@ impl PeerHealth {
 pub enum Input {
     /// Time passed.
     Tick,
-    /// A question is about to go to this successor: if it was not probed within the hop
-    /// timeout, probe it now, so a member that just died is routed past one hop timeout from
-    /// now, not after the next probe round.
-    Forwarding(NodeId),
+    /// A question handed to `id` was not acknowledged within the hop timeout (the
+    /// acknowledgement comes on the question's own stream): route past it now, not after the
+    /// next probe round, and probe it until it answers in time again.
+    HopLate(NodeId),
     /// The server's member list (from a registration), or `isolated` when the endpoint is in
     /// a range that never peers.
     Members {
@@ -133,10 +133,6 @@ pub enum Output {
     /// [`Input::ProbeStarted`] when the request is sent, then [`Input::Ack`] or
     /// [`Input::ProbeFailed`] (no answer within the dead timeout, or no link).
     Probe(MemberInfo),
-    /// As [`Output::Probe`], for a successor just handed a question: only whether it answers
-    /// in time matters, so the cheaper request that does not list its successors will do
-    /// (the periodic probes learn those).
-    CheckHop(MemberInfo),
     /// Introduce ourselves to this member (our nearest predecessor).
     Hello(MemberInfo),
     /// Tell the server this member is suspect.
@@ -212,21 +208,16 @@ impl RingCore {
     pub fn handle(&mut self, input: Input, now: Instant) {
         match input {
             Input::Tick => self.tick(now),
-            Input::Forwarding(id) => {
-                let hop = self.cfg.hop_timeout;
-                let m = self.member(&id).cloned();
+            Input::HopLate(id) => {
+                if self.member(&id).is_none() {
+                    return;
+                }
                 let p = self.peer(&id);
-                let recent = p
-                    .last_try
-                    .is_some_and(|t| now.saturating_duration_since(t) < hop);
-                if let Some(m) = m
-                    && p.attempt.is_none()
-                    && !recent
-                    && p.health != PeerHealth::Dead
-                {
-                    p.attempt = Some(now);
-                    p.last_try = Some(now);
-                    self.out.push_back(Output::CheckHop(m));
+                if p.health.routable() {
+                    p.health = PeerHealth::Late;
+                    // Late members are probed at every tick until one answers in time (or
+                    // late: then it is slow); this tick starts that.
+                    self.tick(now);
                 }
             }
             Input::Members { members, isolated } => self.set_members(members, isolated, now),
@@ -642,7 +633,7 @@ mod tests {
     fn probes(out: &[Output]) -> Vec<NodeId> {
         out.iter()
             .filter_map(|o| match o {
-                Output::Probe(m) | Output::CheckHop(m) => Some(m.id.clone()),
+                Output::Probe(m) => Some(m.id.clone()),
                 _ => None,
             })
             .collect()
@@ -807,6 +798,40 @@ mod tests {
         // An on-time answer brings it back.
         c.handle(Input::Ack(m(2).id), ms(900));
         assert_eq!(c.health(&m(2).id), PeerHealth::Ok);
+        assert_eq!(c.route_target(), Some(&m(2)));
+    }
+
+    #[test]
+    fn an_unacknowledged_hop_is_routed_past_at_once_and_probed_until_on_time() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut c = ring(1, 6, t0);
+        assert_eq!(probes(&sent(&mut c, t0)), [m(2).id]);
+        c.handle(Input::Ack(m(2).id), ms(10));
+        assert_eq!(c.route_target(), Some(&m(2)));
+        // A question handed to m(2) is not acknowledged within the hop timeout: route past
+        // it now, without waiting for a tick, and probe it (and the ones after it, never
+        // probed yet, so not trusted after a closer one failed).
+        c.handle(Input::HopLate(m(2).id), ms(300));
+        assert_eq!(c.health(&m(2).id), PeerHealth::Late);
+        assert_eq!(c.route_target(), Some(&m(3)));
+        assert_eq!(
+            probes(&sent(&mut c, ms(300))),
+            [m(2).id, m(3).id, m(4).id, m(5).id]
+        );
+        // Said twice (two questions waited on it): nothing more is sent.
+        c.handle(Input::HopLate(m(2).id), ms(301));
+        assert_eq!(drain(&mut c), []);
+        for i in 3..=5 {
+            c.handle(Input::Ack(m(i).id), ms(310));
+        }
+        // Its probe is answered in time: it is the target again.
+        c.handle(Input::Ack(m(2).id), ms(320));
+        assert_eq!(c.health(&m(2).id), PeerHealth::Ok);
+        assert_eq!(c.route_target(), Some(&m(2)));
+        // A member the view does not hold (it left) changes nothing.
+        c.handle(Input::HopLate(m(9).id), ms(330));
+        assert_eq!(drain(&mut c), []);
         assert_eq!(c.route_target(), Some(&m(2)));
     }
 

@@ -35,10 +35,13 @@ pub struct RingServerConfig {
     pub tick: Duration,
     /// How long a suspect has to answer the server's direct probe.
     pub probe_timeout: Duration,
-    /// While a member works on a question the server sent it, the server probes it this
-    /// often, and gives up on it (asking the next member who has not answered) when a probe
-    /// is not answered within this time.
+    /// A member the server hands a question must acknowledge it within this time, and
+    /// answer each of the server's probes while it works within it; else the server gives up
+    /// on it (asking the next member who has not answered).
     pub hop_timeout: Duration,
+    /// How often the server probes a member that acknowledged its question while the member
+    /// works on it (members check their successors at their probe interval the same way).
+    pub watch_interval: Duration,
     /// How long the server may take to dial a member it asks directly.
     pub dial_timeout: Duration,
     /// How long a member that failed a question is skipped before it is asked again.
@@ -53,6 +56,7 @@ impl Default for RingServerConfig {
             tick: Duration::from_millis(250),
             probe_timeout: Duration::from_secs(5),
             hop_timeout: Duration::from_secs(1),
+            watch_interval: Duration::from_secs(2),
             dial_timeout: Duration::from_secs(2),
             retry_interval: Duration::from_secs(1),
         }
@@ -388,6 +392,7 @@ pub struct RingServer {
 #[derive(Debug, Clone, Copy)]
 struct FanOut {
     hop: Duration,
+    watch: Duration,
     dial: Duration,
     retry: Duration,
 }
@@ -417,6 +422,7 @@ impl RingServer {
         let joined = Arc::new(AtomicUsize::new(0));
         let fan = FanOut {
             hop: cfg.hop_timeout,
+            watch: cfg.watch_interval,
             dial: cfg.dial_timeout,
             retry: cfg.retry_interval,
         };
@@ -689,8 +695,9 @@ impl RingServer {
     }
 
     /// Asks one member (on the leader link if there is one, else on a short-lived
-    /// connection), probing it while it works. An error says whether the link closed under
-    /// the call (worth asking again at once) rather than the member failing to answer.
+    /// connection): it must acknowledge the question within the hop timeout, and is probed
+    /// every watch interval while it works. An error says whether the link closed under the
+    /// call (worth asking again at once) rather than the member failing to answer.
     async fn ask_member(
         &self,
         m: &crate::proto::MemberReport,
@@ -710,14 +717,21 @@ impl RingServer {
             }
         };
         let ask = MemberRequest::Ask(env);
-        let call = link.call::<_, crate::proto::Partial>(MEMBER, &ask, ttl);
+        let (acked_tx, acked) = tokio::sync::oneshot::channel();
+        let call = link.call_acked::<_, crate::proto::Partial>(MEMBER, &ask, ttl, acked_tx);
         let watchdog = async {
+            match tokio::time::timeout(fan.hop, acked).await {
+                Ok(Ok(())) => {}
+                // The call ended first: its outcome decides.
+                Ok(Err(_)) => std::future::pending().await,
+                Err(_) => return format!("did not take the question within {:?}", fan.hop),
+            }
             loop {
-                tokio::time::sleep(fan.hop).await;
+                tokio::time::sleep(fan.watch).await;
                 let r: Result<(), CallError> =
                     link.call(MEMBER, &MemberRequest::Probe, fan.hop).await;
                 if let Err(e) = r {
-                    return e;
+                    return format!("stopped answering while it worked: {e}");
                 }
             }
         };
@@ -733,7 +747,7 @@ impl RingServer {
                 );
                 (e.to_string(), closed)
             }),
-            e = watchdog => Err((format!("stopped answering while it worked: {e}"), false)),
+            e = watchdog => Err((e, false)),
         };
         if owned {
             link.close();

@@ -205,6 +205,14 @@ impl Incoming {
         }
     }
 
+    /// Tells the caller the call was taken, ahead of its answer (see
+    /// [`PeerHandle::call_acked`]); a no-op for a cast, or after the first time.
+    pub fn ack(&mut self) {
+        if let Some(tx) = self.reply.as_mut().and_then(|p| p.ack.take()) {
+            let _ = tx.send(());
+        }
+    }
+
     /// Refuses a call (no-op for a cast).
     pub fn refuse(&mut self) {
         if let Some(port) = self.reply.take() {
@@ -217,6 +225,7 @@ impl Incoming {
 #[derive(Debug)]
 pub struct ReplyPort {
     tx: oneshot::Sender<Result<Vec<u8>, RefuseCode>>,
+    ack: Option<oneshot::Sender<()>>,
 }
 
 impl ReplyPort {
@@ -732,6 +741,30 @@ impl PeerHandle {
         msg: &Q,
         timeout: Duration,
     ) -> Result<R, CallError> {
+        self.call_inner(to, msg, timeout, None).await
+    }
+
+    /// As [`PeerHandle::call`], and fires `acked` as soon as the peer's actor acknowledges the
+    /// call ([`Incoming::ack`]), ahead of its answer: a caller that may wait long for the
+    /// answer learns within a round trip that the peer took the call. `acked` is dropped
+    /// unfired if no acknowledgement comes.
+    pub async fn call_acked<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        to: &str,
+        msg: &Q,
+        timeout: Duration,
+        acked: oneshot::Sender<()>,
+    ) -> Result<R, CallError> {
+        self.call_inner(to, msg, timeout, Some(acked)).await
+    }
+
+    async fn call_inner<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        to: &str,
+        msg: &Q,
+        timeout: Duration,
+        acked: Option<oneshot::Sender<()>>,
+    ) -> Result<R, CallError> {
         let conn = self.current()?;
         let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
         let frame = self.envelope(to, EnvelopeKind::Call(id), wire::encode_body(msg)?)?;
@@ -742,7 +775,10 @@ impl PeerHandle {
             .add_n(|s| &s.bytes_sent, frame.len() as u64);
         let sent = async {
             self.shared.faults.pass().await;
-            conn.request(frame, max).await
+            match acked {
+                Some(acked) => conn.request_acked(frame, max, acked).await,
+                None => conn.request(frame, max).await,
+            }
         };
         let payload = tokio::time::timeout(timeout, sent)
             .await
@@ -1037,11 +1073,15 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
     shared
         .stats
         .add_n(|s| &s.bytes_received, payload.len() as u64);
-    let (tx, rx) = oneshot::channel();
+    let (tx, mut rx) = oneshot::channel();
+    let (ack_tx, ack_rx) = oneshot::channel();
     let incoming = Incoming {
         from: peer.clone(),
         body: Bytes::from(env.body),
-        reply: call_id.map(|_| ReplyPort { tx }),
+        reply: call_id.map(|_| ReplyPort {
+            tx,
+            ack: Some(ack_tx),
+        }),
         stats: shared.stats.clone(),
     };
     if target.deliver(incoming).is_err() {
@@ -1053,7 +1093,32 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
         );
     }
     let Some(id) = call_id else { return };
-    let answer = match tokio::time::timeout(shared.opts.serve_timeout, rx).await {
+    let answered = async {
+        // An acknowledgement, if the actor gives one before its answer, goes out at once.
+        let mut ack_rx = Some(ack_rx);
+        loop {
+            tokio::select! {
+                // An acknowledgement given before the answer goes out before it.
+                biased;
+                a = async {
+                    match ack_rx.as_mut() {
+                        Some(ack) => ack.await,
+                        None => std::future::pending().await,
+                    }
+                }, if ack_rx.is_some() => {
+                    ack_rx = None;
+                    if a.is_ok() {
+                        shared.faults.pass().await;
+                        if let Err(e) = stream.ack().await {
+                            tracing::debug!(%peer, error = %e, "acknowledgement not delivered");
+                        }
+                    }
+                }
+                r = &mut rx => return r,
+            }
+        }
+    };
+    let answer = match tokio::time::timeout(shared.opts.serve_timeout, answered).await {
         Ok(Ok(Ok(body))) => body,
         Ok(Ok(Err(code))) => return stream.refuse(code),
         Ok(Err(_)) | Err(_) => {

@@ -32,6 +32,10 @@ pub enum Probe {
     Drop,
     /// Keep the call and never answer.
     Hold,
+    /// Acknowledge the call, then keep it and never answer.
+    AckThenHold,
+    /// Acknowledge the call, then answer with the same text.
+    AckThenEcho(String),
 }
 
 /// What the probe actor answers.
@@ -93,6 +97,14 @@ impl Actor for ProbeActor {
             }
             Probe::Drop => drop(msg),
             Probe::Hold => state.held.push(msg),
+            Probe::AckThenHold => {
+                msg.ack();
+                state.held.push(msg);
+            }
+            Probe::AckThenEcho(s) => {
+                msg.ack();
+                msg.answer(&ProbeReply::Echo(s))?;
+            }
         }
         Ok(())
     }

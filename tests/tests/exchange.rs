@@ -99,6 +99,34 @@ async fn exchange_suite(a: Node, b: Node) {
     let short = Duration::from_millis(300);
     let r: Result<ProbeReply, _> = link.call(PROBE, &Probe::Hold, short).await;
     assert_eq!(r, Err(CallError::Timeout(short)));
+
+    // Acknowledged calls: the acknowledgement comes ahead of an answer that never does...
+    let (tx, acked) = tokio::sync::oneshot::channel();
+    let r: Result<ProbeReply, _> = link.call_acked(PROBE, &Probe::AckThenHold, short, tx).await;
+    assert_eq!(r, Err(CallError::Timeout(short)));
+    assert_eq!(acked.await, Ok(()), "the acknowledgement arrived");
+    // ...and ahead of one that does;
+    let (tx, acked) = tokio::sync::oneshot::channel();
+    let r: ProbeReply = link
+        .call_acked(PROBE, &Probe::AckThenEcho("taken".into()), DEADLINE, tx)
+        .await
+        .expect("acked call");
+    assert_eq!(r, ProbeReply::Echo("taken".into()));
+    assert_eq!(acked.await, Ok(()));
+    // a plain call to an actor that acknowledges gets just the answer;
+    let r: ProbeReply = link
+        .call(PROBE, &Probe::AckThenEcho("plain".into()), DEADLINE)
+        .await
+        .expect("plain call, acknowledged");
+    assert_eq!(r, ProbeReply::Echo("plain".into()));
+    // and an actor that answers without acknowledging leaves the caller's signal unfired.
+    let (tx, acked) = tokio::sync::oneshot::channel();
+    let r: ProbeReply = link
+        .call_acked(PROBE, &Probe::Echo("direct".into()), DEADLINE, tx)
+        .await
+        .expect("unacknowledged call");
+    assert_eq!(r, ProbeReply::Echo("direct".into()));
+    assert!(acked.await.is_err(), "no acknowledgement was given");
     let huge = "x".repeat(2 << 20);
     let r: Result<ProbeReply, _> = link.call(PROBE, &Probe::Echo(huge), DEADLINE).await;
     assert!(

@@ -355,6 +355,10 @@ impl Fleet {
             shards: cfg.shards,
             probe_timeout: cfg.ring.dead_timeout,
             hop_timeout: cfg.ring.hop_timeout,
+            // The server checks a chain's first member as often as members check their
+            // successors, but at least every two hop timeouts (a question's timing is never
+            // stretched with a large fleet's probe interval).
+            watch_interval: cfg.ring.probe_interval.min(cfg.ring.hop_timeout * 2),
             // Asking a gap's first member directly: a member that cannot be dialed within a
             // few hop timeouts is skipped (its neighbours route past it the same way).
             dial_timeout: cfg.ring.dial_timeout.min(cfg.ring.hop_timeout * 2),

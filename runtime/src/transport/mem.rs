@@ -454,6 +454,8 @@ impl ConnShared {
 struct MemStream {
     frame: Bytes,
     reply: Option<oneshot::Sender<Result<Bytes, RefuseCode>>>,
+    /// Fired by the answerer's acknowledgement (requests made with `request_acked`).
+    ack: Option<oneshot::Sender<()>>,
 }
 
 /// One direction of a connection: an unbounded queue that allocates nothing until used and
@@ -523,6 +525,7 @@ impl MemConnection {
             self.send_once(MemStream {
                 frame: s.frame.clone(),
                 reply,
+                ack: None,
             });
         }
         self.send_once(s);
@@ -555,14 +558,61 @@ impl Connection for MemConnection {
     }
 
     async fn send_cast(&self, frame: Bytes) -> Result<(), TransportError> {
-        self.send_delayed(MemStream { frame, reply: None })
+        self.send_delayed(MemStream {
+            frame,
+            reply: None,
+            ack: None,
+        })
     }
 
     async fn request(&self, frame: Bytes, max_reply: usize) -> Result<Bytes, TransportError> {
+        self.exchange(frame, max_reply, None).await
+    }
+
+    async fn request_acked(
+        &self,
+        frame: Bytes,
+        max_reply: usize,
+        acked: oneshot::Sender<()>,
+    ) -> Result<Bytes, TransportError> {
+        self.exchange(frame, max_reply, Some(acked)).await
+    }
+
+    async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError> {
+        tokio::select! {
+            s = self.rx.pop() => Ok(Box::new(MemInbound {
+                frame: Some(s.frame),
+                reply: s.reply,
+                ack: s.ack,
+                net: self.net.clone(),
+                ends: (self.local.ip(), self.remote.ip()),
+            })),
+            e = self.shared.wait_closed() => Err(e),
+        }
+    }
+
+    async fn closed(&self) -> TransportError {
+        self.shared.wait_closed().await
+    }
+
+    fn close(&self, reason: &str) {
+        self.shared
+            .close(TransportError::ClosedByPeer(reason.to_string()));
+    }
+}
+
+impl MemConnection {
+    async fn exchange(
+        &self,
+        frame: Bytes,
+        max_reply: usize,
+        ack: Option<oneshot::Sender<()>>,
+    ) -> Result<Bytes, TransportError> {
         let (tx, rx) = oneshot::channel();
         self.send_delayed(MemStream {
             frame,
             reply: Some(tx),
+            ack,
         })?;
         let reply = tokio::select! {
             r = rx => r,
@@ -587,27 +637,6 @@ impl Connection for MemConnection {
                 .unwrap_or(TransportError::Lost("peer dropped the stream".into()))),
         }
     }
-
-    async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError> {
-        tokio::select! {
-            s = self.rx.pop() => Ok(Box::new(MemInbound {
-                frame: Some(s.frame),
-                reply: s.reply,
-                net: self.net.clone(),
-                ends: (self.local.ip(), self.remote.ip()),
-            })),
-            e = self.shared.wait_closed() => Err(e),
-        }
-    }
-
-    async fn closed(&self) -> TransportError {
-        self.shared.wait_closed().await
-    }
-
-    fn close(&self, reason: &str) {
-        self.shared
-            .close(TransportError::ClosedByPeer(reason.to_string()));
-    }
 }
 
 fn strip_prefix(frame: Bytes) -> Result<Bytes, TransportError> {
@@ -624,24 +653,31 @@ fn strip_prefix(frame: Bytes) -> Result<Bytes, TransportError> {
 struct MemInbound {
     frame: Option<Bytes>,
     reply: Option<oneshot::Sender<Result<Bytes, RefuseCode>>>,
+    ack: Option<oneshot::Sender<()>>,
     net: MemNetwork,
     ends: (IpAddr, IpAddr),
 }
 
 impl MemInbound {
-    fn answer(self, r: Result<Bytes, RefuseCode>) {
-        let Some(tx) = self.reply else { return };
+    /// Sends `msg` back to the caller as the link delivers (late, or never over a cut link).
+    fn send_back<T: Send + 'static>(&self, tx: oneshot::Sender<T>, msg: T) {
         match self.net.fate(self.ends.0, self.ends.1) {
             Fate::Cut => {}
             Fate::Deliver(d) if d.is_zero() => {
-                let _ = tx.send(r);
+                let _ = tx.send(msg);
             }
             Fate::Deliver(d) => {
                 tokio::spawn(async move {
                     tokio::time::sleep(d).await;
-                    let _ = tx.send(r);
+                    let _ = tx.send(msg);
                 });
             }
+        }
+    }
+
+    fn answer(mut self, r: Result<Bytes, RefuseCode>) {
+        if let Some(tx) = self.reply.take() {
+            self.send_back(tx, r);
         }
     }
 }
@@ -661,6 +697,13 @@ impl InboundStream for MemInbound {
             }
         }
         strip_prefix(frame)
+    }
+
+    async fn ack(&mut self) -> Result<(), TransportError> {
+        if let Some(tx) = self.ack.take() {
+            self.send_back(tx, ());
+        }
+        Ok(())
     }
 
     async fn reply(self: Box<Self>, frame: Bytes) -> Result<(), TransportError> {

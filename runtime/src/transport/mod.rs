@@ -2,7 +2,10 @@
 //!
 //! A [`Transport`] dials and accepts [`Connection`]s to authenticated peers. A connection
 //! carries one frame per stream: a cast (one frame, no answer) or a request (one frame, one
-//! reply frame, or a refusal code). Three implementations sit behind these traits:
+//! reply frame, or a refusal code). The answerer of a request may first acknowledge it with
+//! an empty frame ("received, working on it"): a caller that waits long for an answer (a
+//! question handed down a ring) learns within a round trip whether it was taken, without a
+//! second request to find out. Three implementations sit behind these traits:
 //!
 //! - [`quic::QuicTransport`]: real QUIC with mutual TLS (quinn), on a real UDP socket;
 //! - the same QUIC code over turmoil's simulated UDP ([`deterministic`], feature
@@ -18,6 +21,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use crate::identity::PeerIdentity;
 use crate::stats::WireStats;
@@ -140,8 +144,17 @@ pub trait Connection: Send + Sync + 'static {
     fn remote_addr(&self) -> SocketAddr;
     /// Sends one frame on its own stream, with no answer.
     async fn send_cast(&self, frame: Bytes) -> Result<(), TransportError>;
-    /// Sends one frame on its own stream and reads the reply frame.
+    /// Sends one frame on its own stream and reads the reply frame (skipping an
+    /// acknowledgement).
     async fn request(&self, frame: Bytes, max_reply: usize) -> Result<Bytes, TransportError>;
+    /// As [`Connection::request`], and fires `acked` when the answerer acknowledges the
+    /// request (see [`InboundStream::ack`]); `acked` is dropped unfired if it never does.
+    async fn request_acked(
+        &self,
+        frame: Bytes,
+        max_reply: usize,
+        acked: oneshot::Sender<()>,
+    ) -> Result<Bytes, TransportError>;
     /// The next stream the peer opened; an error means the connection is gone.
     async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError>;
     /// Resolves when the connection is gone, with why.
@@ -157,6 +170,9 @@ pub trait InboundStream: Send {
     fn expects_reply(&self) -> bool;
     /// Reads the stream's one frame, refusing it if longer than `max`.
     async fn read_frame(&mut self, max: usize) -> Result<Bytes, TransportError>;
+    /// Acknowledges a request before its reply (an empty frame; at most once; a no-op on a
+    /// cast).
+    async fn ack(&mut self) -> Result<(), TransportError>;
     /// Sends the reply frame.
     async fn reply(self: Box<Self>, frame: Bytes) -> Result<(), TransportError>;
     /// Refuses the stream with a code the caller will see.

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use quinn::{AsyncUdpSocket, Runtime, VarInt};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{Connection, InboundStream, RefuseCode, Transport, TransportError};
 use crate::identity::{Credentials, NODE_SERVER_NAME, NodeSecret, PeerIdentity};
@@ -345,26 +345,27 @@ impl Connection for QuicConnection {
     }
 
     async fn request(&self, frame: Bytes, max_reply: usize) -> Result<Bytes, TransportError> {
-        let (mut send, mut recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| map_connection_error(&e))?;
-        send.write_chunk(frame).await.map_err(map_write)?;
-        send.finish()
-            .map_err(|e| TransportError::Lost(e.to_string()))?;
-        read_quic_frame(&mut recv, max_reply).await
+        self.exchange(frame, max_reply, None).await
+    }
+
+    async fn request_acked(
+        &self,
+        frame: Bytes,
+        max_reply: usize,
+        acked: oneshot::Sender<()>,
+    ) -> Result<Bytes, TransportError> {
+        self.exchange(frame, max_reply, Some(acked)).await
     }
 
     async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError> {
         tokio::select! {
             uni = self.conn.accept_uni() => {
                 let recv = uni.map_err(|e| map_connection_error(&e))?;
-                Ok(Box::new(QuicInbound { recv, send: None }))
+                Ok(Box::new(QuicInbound { recv, send: None, acked: false }))
             }
             bi = self.conn.accept_bi() => {
                 let (send, recv) = bi.map_err(|e| map_connection_error(&e))?;
-                Ok(Box::new(QuicInbound { recv, send: Some(send) }))
+                Ok(Box::new(QuicInbound { recv, send: Some(send), acked: false }))
             }
         }
     }
@@ -379,9 +380,44 @@ impl Connection for QuicConnection {
     }
 }
 
+impl QuicConnection {
+    /// One request on its own stream: the reply frame, after at most one empty
+    /// acknowledgement frame (told to `acked`).
+    async fn exchange(
+        &self,
+        frame: Bytes,
+        max_reply: usize,
+        mut acked: Option<oneshot::Sender<()>>,
+    ) -> Result<Bytes, TransportError> {
+        let (mut send, mut recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| map_connection_error(&e))?;
+        send.write_chunk(frame).await.map_err(map_write)?;
+        send.finish()
+            .map_err(|e| TransportError::Lost(e.to_string()))?;
+        let mut acks = 0;
+        loop {
+            let reply = read_quic_frame(&mut recv, max_reply).await?;
+            if !reply.is_empty() {
+                return Ok(reply);
+            }
+            acks += 1;
+            if acks > 1 {
+                return Err(WireError::Protocol("a request acknowledged twice".into()).into());
+            }
+            if let Some(tx) = acked.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
 struct QuicInbound {
     recv: quinn::RecvStream,
     send: Option<quinn::SendStream>,
+    acked: bool,
 }
 
 #[async_trait]
@@ -392,6 +428,16 @@ impl InboundStream for QuicInbound {
 
     async fn read_frame(&mut self, max: usize) -> Result<Bytes, TransportError> {
         read_quic_frame(&mut self.recv, max).await
+    }
+
+    async fn ack(&mut self) -> Result<(), TransportError> {
+        let Some(send) = self.send.as_mut().filter(|_| !self.acked) else {
+            return Ok(());
+        };
+        self.acked = true;
+        send.write_chunk(Bytes::from_static(&[0, 0, 0, 0]))
+            .await
+            .map_err(map_write)
     }
 
     async fn reply(self: Box<Self>, frame: Bytes) -> Result<(), TransportError> {

@@ -1021,6 +1021,7 @@ async fn dispatch(
         MemberMsg::Learned(view) => st.feed(&myself, Input::Learned(view)).await,
         MemberMsg::HelloFailed(id) => st.feed(&myself, Input::HelloFailed(id)).await,
         MemberMsg::HopLate(id) => {
+            tracing::info!(successor = %id, "a question was not acknowledged within the hop timeout; routing past");
             st.feed(&myself, Input::HopLate(id)).await;
             st.reroute_questions(&myself);
         }

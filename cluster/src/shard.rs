@@ -455,7 +455,7 @@ impl RingServer {
                 children: specs.clone(),
             }
         });
-        start_child(node.supervisor(), sup).await?;
+        start_child(node.supervisor().await.map_err(|e| e.to_string())?, sup).await?;
         node.router().register(
             REGISTRY,
             Arc::new(Registrar {

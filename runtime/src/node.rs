@@ -345,7 +345,11 @@ impl Shared {
 #[derive(Clone)]
 pub struct Node {
     shared: Arc<Shared>,
-    supervisor: ActorRef<SupervisorMsg>,
+    /// Started on first use (a redialing link, or an actor put under it): most endpoints
+    /// never need one, and a ractor actor costs kilobytes.
+    supervisor: Arc<tokio::sync::OnceCell<ActorRef<SupervisorMsg>>>,
+    /// Set by [`Node::shutdown`]: no supervisor is started after it.
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Node {
@@ -364,7 +368,8 @@ pub enum NodeError {
 }
 
 impl Node {
-    /// Starts a node on `transport`: its link supervisor, its status actor and its accept loop.
+    /// Starts a node on `transport`: its status service and its accept loop (its link
+    /// supervisor starts when first needed).
     pub async fn start(
         transport: Arc<dyn Transport>,
         opts: NodeOptions,
@@ -385,17 +390,11 @@ impl Node {
             STATUS_ACTOR,
             Arc::new(StatusService(Arc::downgrade(&shared))),
         );
-        let (supervisor, _) = Actor::spawn(
-            None,
-            Supervisor,
-            SupervisorArgs {
-                intensity: RestartIntensity::default(),
-                children: Vec::new(),
-            },
-        )
-        .await
-        .map_err(|e| NodeError::Spawn(e.to_string()))?;
-        let node = Node { shared, supervisor };
+        let node = Node {
+            shared,
+            supervisor: Arc::default(),
+            stopped: Arc::default(),
+        };
         let accepting = node.clone();
         tokio::spawn(async move {
             while let Some(conn) = accepting.shared.transport.accept().await {
@@ -461,9 +460,32 @@ impl Node {
         &self.shared.stats
     }
 
-    /// The node's link supervisor.
-    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
-        &self.supervisor
+    /// The node's supervisor (of its redialing links, and of what the caller puts under
+    /// it), started on first use; an error once the node is shut down.
+    pub async fn supervisor(&self) -> Result<&ActorRef<SupervisorMsg>, NodeError> {
+        self.supervisor
+            .get_or_try_init(|| async {
+                if self.stopped.load(Ordering::SeqCst) {
+                    return Err(NodeError::Spawn("the node is shut down".into()));
+                }
+                let (supervisor, _) = Actor::spawn(
+                    None,
+                    Supervisor,
+                    SupervisorArgs {
+                        intensity: RestartIntensity::default(),
+                        children: Vec::new(),
+                    },
+                )
+                .await
+                .map_err(|e| NodeError::Spawn(e.to_string()))?;
+                // Shut down while it started: `shutdown` may not have seen it.
+                if self.stopped.load(Ordering::SeqCst) {
+                    supervisor.stop(Some("node shutting down".into()));
+                    return Err(NodeError::Spawn("the node is shut down".into()));
+                }
+                Ok(supervisor)
+            })
+            .await
     }
 
     /// Link events from now on.
@@ -562,8 +584,11 @@ impl Node {
 
     /// Closes every link and stops the node's actors.
     pub fn shutdown(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
         self.shared.transport.close();
-        self.supervisor.stop(Some("node shutting down".into()));
+        if let Some(s) = self.supervisor.get() {
+            s.stop(Some("node shutting down".into()));
+        }
         // Routes hold services that hold this node: drop them so nothing keeps it alive.
         self.shared.router.clear();
     }
@@ -590,7 +615,7 @@ impl Node {
                 seed,
             },
         );
-        let cell = start_child(&self.supervisor, spec)
+        let cell = start_child(self.supervisor().await?, spec)
             .await
             .map_err(NodeError::Spawn)?;
         if let Ok(mut slot) = handle.actor.lock() {

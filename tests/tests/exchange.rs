@@ -189,6 +189,8 @@ async fn exchange_over_quic() {
 async fn actors_under(node: &Node) -> usize {
     match node
         .supervisor()
+        .await
+        .expect("supervisor")
         .call(SupervisorMsg::Children, Some(DEADLINE))
         .await
     {

@@ -937,7 +937,7 @@ async fn start_member(
     let spec = ChildSpec::new("ring.member", Restart::Permanent, RingMember, move || {
         (n.clone(), mc.clone())
     });
-    let cell = start_child(node.supervisor(), spec)
+    let cell = start_child(node.supervisor().await?, spec)
         .await
         .map_err(anyhow::Error::msg)?;
     Ok(cell.into())

@@ -565,43 +565,6 @@ impl Connection for MemConnection {
         })
     }
 
-    async fn request(&self, frame: Bytes, max_reply: usize) -> Result<Bytes, TransportError> {
-        self.exchange(frame, max_reply, None).await
-    }
-
-    async fn request_acked(
-        &self,
-        frame: Bytes,
-        max_reply: usize,
-        acked: oneshot::Sender<()>,
-    ) -> Result<Bytes, TransportError> {
-        self.exchange(frame, max_reply, Some(acked)).await
-    }
-
-    async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError> {
-        tokio::select! {
-            s = self.rx.pop() => Ok(Box::new(MemInbound {
-                frame: Some(s.frame),
-                reply: s.reply,
-                ack: s.ack,
-                net: self.net.clone(),
-                ends: (self.local.ip(), self.remote.ip()),
-            })),
-            e = self.shared.wait_closed() => Err(e),
-        }
-    }
-
-    async fn closed(&self) -> TransportError {
-        self.shared.wait_closed().await
-    }
-
-    fn close(&self, reason: &str) {
-        self.shared
-            .close(TransportError::ClosedByPeer(reason.to_string()));
-    }
-}
-
-impl MemConnection {
     async fn exchange(
         &self,
         frame: Bytes,
@@ -636,6 +599,28 @@ impl MemConnection {
                 .error()
                 .unwrap_or(TransportError::Lost("peer dropped the stream".into()))),
         }
+    }
+
+    async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError> {
+        tokio::select! {
+            s = self.rx.pop() => Ok(Box::new(MemInbound {
+                frame: Some(s.frame),
+                reply: s.reply,
+                ack: s.ack,
+                net: self.net.clone(),
+                ends: (self.local.ip(), self.remote.ip()),
+            })),
+            e = self.shared.wait_closed() => Err(e),
+        }
+    }
+
+    async fn closed(&self) -> TransportError {
+        self.shared.wait_closed().await
+    }
+
+    fn close(&self, reason: &str) {
+        self.shared
+            .close(TransportError::ClosedByPeer(reason.to_string()));
     }
 }
 

@@ -144,17 +144,30 @@ pub trait Connection: Send + Sync + 'static {
     fn remote_addr(&self) -> SocketAddr;
     /// Sends one frame on its own stream, with no answer.
     async fn send_cast(&self, frame: Bytes) -> Result<(), TransportError>;
+    /// Sends one frame on its own stream and reads the reply frame, after at most one
+    /// acknowledgement (see [`InboundStream::ack`]), which fires `acked` if given (dropped
+    /// unfired if none comes).
+    async fn exchange(
+        &self,
+        frame: Bytes,
+        max_reply: usize,
+        acked: Option<oneshot::Sender<()>>,
+    ) -> Result<Bytes, TransportError>;
     /// Sends one frame on its own stream and reads the reply frame (skipping an
     /// acknowledgement).
-    async fn request(&self, frame: Bytes, max_reply: usize) -> Result<Bytes, TransportError>;
+    async fn request(&self, frame: Bytes, max_reply: usize) -> Result<Bytes, TransportError> {
+        self.exchange(frame, max_reply, None).await
+    }
     /// As [`Connection::request`], and fires `acked` when the answerer acknowledges the
-    /// request (see [`InboundStream::ack`]); `acked` is dropped unfired if it never does.
+    /// request; `acked` is dropped unfired if it never does.
     async fn request_acked(
         &self,
         frame: Bytes,
         max_reply: usize,
         acked: oneshot::Sender<()>,
-    ) -> Result<Bytes, TransportError>;
+    ) -> Result<Bytes, TransportError> {
+        self.exchange(frame, max_reply, Some(acked)).await
+    }
     /// The next stream the peer opened; an error means the connection is gone.
     async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError>;
     /// Resolves when the connection is gone, with why.

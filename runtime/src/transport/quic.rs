@@ -344,43 +344,6 @@ impl Connection for QuicConnection {
         Ok(())
     }
 
-    async fn request(&self, frame: Bytes, max_reply: usize) -> Result<Bytes, TransportError> {
-        self.exchange(frame, max_reply, None).await
-    }
-
-    async fn request_acked(
-        &self,
-        frame: Bytes,
-        max_reply: usize,
-        acked: oneshot::Sender<()>,
-    ) -> Result<Bytes, TransportError> {
-        self.exchange(frame, max_reply, Some(acked)).await
-    }
-
-    async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError> {
-        tokio::select! {
-            uni = self.conn.accept_uni() => {
-                let recv = uni.map_err(|e| map_connection_error(&e))?;
-                Ok(Box::new(QuicInbound { recv, send: None, acked: false }))
-            }
-            bi = self.conn.accept_bi() => {
-                let (send, recv) = bi.map_err(|e| map_connection_error(&e))?;
-                Ok(Box::new(QuicInbound { recv, send: Some(send), acked: false }))
-            }
-        }
-    }
-
-    async fn closed(&self) -> TransportError {
-        map_connection_error(&self.conn.closed().await)
-    }
-
-    fn close(&self, reason: &str) {
-        self.conn
-            .close(VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
-    }
-}
-
-impl QuicConnection {
     /// One request on its own stream: the reply frame, after at most one empty
     /// acknowledgement frame (told to `acked`).
     async fn exchange(
@@ -411,6 +374,28 @@ impl QuicConnection {
                 let _ = tx.send(());
             }
         }
+    }
+
+    async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError> {
+        tokio::select! {
+            uni = self.conn.accept_uni() => {
+                let recv = uni.map_err(|e| map_connection_error(&e))?;
+                Ok(Box::new(QuicInbound { recv, send: None, acked: false }))
+            }
+            bi = self.conn.accept_bi() => {
+                let (send, recv) = bi.map_err(|e| map_connection_error(&e))?;
+                Ok(Box::new(QuicInbound { recv, send: Some(send), acked: false }))
+            }
+        }
+    }
+
+    async fn closed(&self) -> TransportError {
+        map_connection_error(&self.conn.closed().await)
+    }
+
+    fn close(&self, reason: &str) {
+        self.conn
+            .close(VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
     }
 }
 

@@ -372,18 +372,18 @@ impl MemberState {
                     let (acked_tx, acked) = tokio::sync::oneshot::channel();
                     let ask = MemberRequest::Ask(env);
                     let call = link.call_acked::<_, Partial>(MEMBER, &ask, left, acked_tx);
+                    tokio::pin!(call);
                     let late = target.id.clone();
                     let watch = async {
                         if tokio::time::timeout(hop, acked).await.is_err() {
                             let _ = me.send_message(MemberMsg::HopLate(late));
                         }
-                        // The call's own outcome decides the rest.
-                        std::future::pending::<()>().await
                     };
+                    // Once acknowledged (or found late), the call's own outcome decides.
                     let r = tokio::select! {
                         biased;
-                        r = call => r,
-                        () = watch => unreachable!("the watch never ends"),
+                        r = &mut call => r,
+                        () = watch => call.await,
                     };
                     if owned {
                         link.close();

@@ -152,6 +152,10 @@ pub enum MemberMsg {
     },
 }
 
+/// Question ids are the server's sequence numbers, given by authenticated peers: a fast
+/// hash will do.
+type QuestionIds = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
+
 /// One question in flight on this member.
 struct QState {
     env: QuestionEnvelope,
@@ -203,7 +207,7 @@ pub struct MemberState {
     reports_held_until: Option<std::time::Instant>,
     rng: SmallRng,
     me: MemberInfo,
-    questions: HashMap<u64, QState>,
+    questions: HashMap<u64, QState, QuestionIds>,
     /// Each probe's hop-timeout look, cancelled when the probe is answered first (an
     /// answered probe needs no second look).
     probe_timers: HashMap<NodeId, AbortOnDrop>,
@@ -655,7 +659,9 @@ impl MemberState {
                     l.close();
                 }
             }
-            Output::Leader(sides) => self.lead(myself, sides).await,
+            // Boxed, as is the announcement below: dialing the server is a large future, and
+            // held inline it would be moved with every message the member handles.
+            Output::Leader(sides) => Box::pin(self.lead(myself, sides)).await,
         }
     }
 
@@ -783,7 +789,7 @@ impl Actor for RingMember {
             report_failures: 0,
             reports_held_until: None,
             me,
-            questions: HashMap::new(),
+            questions: HashMap::default(),
             probe_timers: HashMap::new(),
         })
     }
@@ -888,7 +894,7 @@ async fn dispatch(
             if sides.any() {
                 // Re-announce on every registration: a restarted server learns its
                 // leaders within one interval.
-                st.announce(&myself, sides).await;
+                Box::pin(st.announce(&myself, sides)).await;
             }
         }
         MemberMsg::Registered(_, Err(e)) => {

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -29,7 +29,9 @@ use crate::stats::{WireStats, WireStatsSnapshot};
 use crate::supervisor::{
     ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg, start_child,
 };
-use crate::transport::{Connection, InboundStream, RefuseCode, Transport, TransportError};
+use crate::transport::{
+    Connection, ImmediateStream, InboundStream, RefuseCode, Transport, TransportError,
+};
 use crate::wire::{self, DEFAULT_MAX_FRAME_BYTES, Envelope, EnvelopeKind, WIRE_VERSION, WireError};
 
 /// Name of the status actor every node runs.
@@ -72,6 +74,8 @@ impl Default for NodeOptions {
 #[derive(Debug)]
 pub struct NodeFaults {
     paused: watch::Sender<bool>,
+    /// `paused`'s value, read without a lock on every envelope.
+    paused_now: AtomicBool,
     delay_us: AtomicU64,
 }
 
@@ -79,6 +83,7 @@ impl Default for NodeFaults {
     fn default() -> Self {
         NodeFaults {
             paused: watch::channel(false).0,
+            paused_now: AtomicBool::new(false),
             delay_us: AtomicU64::new(0),
         }
     }
@@ -87,12 +92,18 @@ impl Default for NodeFaults {
 impl NodeFaults {
     /// Pauses (`true`) or resumes (`false`) the node.
     pub fn set_paused(&self, paused: bool) {
+        self.paused_now.store(paused, Ordering::Relaxed);
         self.paused.send_replace(paused);
     }
 
     /// Whether the node is paused.
     pub fn is_paused(&self) -> bool {
-        *self.paused.borrow()
+        self.paused_now.load(Ordering::Relaxed)
+    }
+
+    /// Whether no fault is in force: envelopes pass without waiting.
+    fn quiet(&self) -> bool {
+        !self.is_paused() && self.delay_us.load(Ordering::Relaxed) == 0
     }
 
     /// Delays every envelope in and out by `delay` (zero: no delay).
@@ -116,7 +127,10 @@ impl NodeFaults {
 
     /// Waits while the node is paused, then for the delay.
     async fn pass(&self) {
-        if self.is_paused() {
+        if self.quiet() {
+            return;
+        }
+        if *self.paused.borrow() {
             let mut rx = self.paused.subscribe();
             // The sender lives as long as `self`.
             let _ = rx.wait_for(|p| !*p).await;
@@ -208,8 +222,8 @@ impl Incoming {
     /// Tells the caller the call was taken, ahead of its answer (see
     /// [`PeerHandle::call_acked`]); a no-op for a cast, or after the first time.
     pub fn ack(&mut self) {
-        if let Some(tx) = self.reply.as_mut().and_then(|p| p.ack.take()) {
-            let _ = tx.send(());
+        if let Some(p) = self.reply.as_mut() {
+            p.ack();
         }
     }
 
@@ -221,25 +235,145 @@ impl Incoming {
     }
 }
 
-/// Where a local actor sends the answer to a remote call.
-#[derive(Debug)]
-pub struct ReplyPort {
-    tx: oneshot::Sender<Result<Vec<u8>, RefuseCode>>,
-    ack: Option<oneshot::Sender<()>>,
+/// Where a local actor sends the answer to a remote call. Dropped unanswered, the call is
+/// refused with [`RefuseCode::NoAnswer`].
+pub struct ReplyPort(Port);
+
+enum Port {
+    /// The stream's task writes what the actor sends here.
+    Task {
+        tx: oneshot::Sender<Result<Vec<u8>, RefuseCode>>,
+        ack: Option<oneshot::Sender<()>>,
+    },
+    /// An inline-served stream (see [`InboundStream::into_immediate`]): written from here.
+    Now(NowPort),
+    /// Answered, refused, or handed to a task.
+    Spent,
+}
+
+/// An inline-served call waiting for its answer.
+struct NowPort {
+    stream: Box<dyn ImmediateStream>,
+    shared: Arc<Shared>,
+    /// The caller (the reply's `to`).
+    to: String,
+    id: u64,
+}
+
+impl std::fmt::Debug for ReplyPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = match &self.0 {
+            Port::Task { .. } => "task",
+            Port::Now(_) => "inline",
+            Port::Spent => "spent",
+        };
+        f.debug_tuple("ReplyPort").field(&how).finish()
+    }
 }
 
 impl ReplyPort {
     /// Sends the answer.
-    pub fn send<T: Serialize>(self, msg: &T) -> Result<(), WireError> {
+    pub fn send<T: Serialize>(mut self, msg: &T) -> Result<(), WireError> {
         let body = wire::encode_body(msg)?;
-        let _ = self.tx.send(Ok(body));
+        if matches!(&self.0, Port::Now(n) if !n.shared.faults.quiet()) {
+            self.to_task();
+        }
+        match std::mem::replace(&mut self.0, Port::Spent) {
+            Port::Task { tx, .. } => {
+                let _ = tx.send(Ok(body));
+            }
+            Port::Now(n) => n.answer(body),
+            Port::Spent => {}
+        }
         Ok(())
     }
 
     /// Refuses the call; the caller sees [`RefuseCode::Rejected`].
-    pub fn refuse(self) {
-        let _ = self.tx.send(Err(RefuseCode::Rejected));
+    pub fn refuse(mut self) {
+        match std::mem::replace(&mut self.0, Port::Spent) {
+            Port::Task { tx, .. } => {
+                let _ = tx.send(Err(RefuseCode::Rejected));
+            }
+            Port::Now(n) => n.stream.refuse(RefuseCode::Rejected),
+            Port::Spent => {}
+        }
     }
+
+    /// Acknowledges the call ahead of its answer (at most once).
+    fn ack(&mut self) {
+        if matches!(&self.0, Port::Now(n) if !n.shared.faults.quiet()) {
+            self.to_task();
+        }
+        match &mut self.0 {
+            Port::Task { ack, .. } => {
+                if let Some(tx) = ack.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Port::Now(n) => n.stream.ack(),
+            Port::Spent => {}
+        }
+    }
+
+    /// A fault came into force while the call was being handled: from here on, a task
+    /// writes to the stream, waiting as the fault says.
+    fn to_task(&mut self) {
+        if let Port::Now(n) = std::mem::replace(&mut self.0, Port::Spent) {
+            let (tx, rx) = oneshot::channel();
+            let (ack_tx, ack_rx) = oneshot::channel();
+            tokio::spawn(answer_stream(
+                n.shared,
+                n.to,
+                n.id,
+                AnyStream::Now(n.stream),
+                rx,
+                ack_rx,
+            ));
+            self.0 = Port::Task {
+                tx,
+                ack: Some(ack_tx),
+            };
+        }
+    }
+}
+
+impl Drop for ReplyPort {
+    fn drop(&mut self) {
+        // A task sees its sender dropped; an inline stream is refused here.
+        if let Port::Now(n) = std::mem::replace(&mut self.0, Port::Spent) {
+            tracing::warn!(peer = %n.to, "local actor did not answer a call");
+            n.stream.refuse(RefuseCode::NoAnswer);
+        }
+    }
+}
+
+impl NowPort {
+    fn answer(self, body: Vec<u8>) {
+        match reply_frame(&self.shared, self.to, self.id, body) {
+            Ok(frame) => {
+                self.stream.reply(frame);
+                self.shared.stats.incr(|s| &s.envelopes_sent);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reply could not be encoded");
+                self.stream.refuse(RefuseCode::NoAnswer);
+            }
+        }
+    }
+}
+
+/// The reply envelope to call `id` from `to`, framed (its bytes counted as sent).
+fn reply_frame(shared: &Shared, to: String, id: u64, body: Vec<u8>) -> Result<Bytes, WireError> {
+    let reply = Envelope {
+        version: WIRE_VERSION,
+        from: shared.identity.id.0.clone(),
+        to,
+        kind: EnvelopeKind::Reply(id),
+        body,
+    };
+    let frame = wire::encode_frame(&reply, shared.opts.max_frame_bytes)?;
+    shared.stats.add_n(|s| &s.bytes_sent, frame.len() as u64);
+    Ok(frame)
 }
 
 /// A local destination for remote messages.
@@ -1024,21 +1158,85 @@ impl Actor for PeerLink {
     }
 }
 
-/// Accepts the peer's streams until the connection ends, serving each in its own task;
-/// returns why it ended.
+/// Accepts the peer's streams until the connection ends, serving each in its own task, or
+/// right here when it needs no waiting (an in-memory stream on a node with no fault in
+/// force); returns why it ended.
 async fn serve_connection(shared: Arc<Shared>, conn: Arc<dyn Connection>) -> TransportError {
     let peer = conn.peer().clone();
     loop {
         match conn.accept_stream().await {
-            Ok(stream) => {
-                tokio::spawn(serve_stream(shared.clone(), peer.clone(), stream));
-            }
+            Ok(stream) => match stream.into_immediate() {
+                Ok(now) if shared.faults.quiet() => serve_now(&shared, &peer, now),
+                Ok(now) => {
+                    tokio::spawn(serve_stream(
+                        shared.clone(),
+                        peer.clone(),
+                        AnyStream::Now(now),
+                    ));
+                }
+                Err(stream) => {
+                    tokio::spawn(serve_stream(
+                        shared.clone(),
+                        peer.clone(),
+                        AnyStream::Task(stream),
+                    ));
+                }
+            },
             Err(reason) => return reason,
         }
     }
 }
 
-fn reject(shared: &Shared, peer: &PeerIdentity, stream: Box<dyn InboundStream>, e: WireError) {
+/// A stream being served: read and written in a task, or without waiting.
+enum AnyStream {
+    Task(Box<dyn InboundStream>),
+    Now(Box<dyn ImmediateStream>),
+}
+
+impl AnyStream {
+    fn expects_reply(&self) -> bool {
+        match self {
+            AnyStream::Task(s) => s.expects_reply(),
+            AnyStream::Now(s) => s.expects_reply(),
+        }
+    }
+
+    async fn read_frame(&mut self, max: usize) -> Result<Bytes, TransportError> {
+        match self {
+            AnyStream::Task(s) => s.read_frame(max).await,
+            AnyStream::Now(s) => s.take_frame(max),
+        }
+    }
+
+    async fn ack(&mut self) -> Result<(), TransportError> {
+        match self {
+            AnyStream::Task(s) => s.ack().await,
+            AnyStream::Now(s) => {
+                s.ack();
+                Ok(())
+            }
+        }
+    }
+
+    async fn reply(self, frame: Bytes) -> Result<(), TransportError> {
+        match self {
+            AnyStream::Task(s) => s.reply(frame).await,
+            AnyStream::Now(s) => {
+                s.reply(frame);
+                Ok(())
+            }
+        }
+    }
+
+    fn refuse(self, code: RefuseCode) {
+        match self {
+            AnyStream::Task(s) => s.refuse(code),
+            AnyStream::Now(s) => s.refuse(code),
+        }
+    }
+}
+
+fn reject(shared: &Shared, peer: &PeerIdentity, stream: AnyStream, e: WireError) {
     shared.stats.count_rejection(&e);
     tracing::warn!(%peer, error = %e, "rejected frame");
     let code = match e {
@@ -1048,8 +1246,82 @@ fn reject(shared: &Shared, peer: &PeerIdentity, stream: Box<dyn InboundStream>, 
     stream.refuse(code);
 }
 
+/// Checks one received envelope: it decodes, its sender is the certificate's, its kind fits
+/// the stream, and its destination exists. Counts it received if so.
+fn admit(
+    shared: &Shared,
+    peer: &PeerIdentity,
+    payload: &[u8],
+    expects_reply: bool,
+) -> Result<(Envelope, Option<u64>, Arc<dyn Deliver>), WireError> {
+    let env = wire::decode_envelope(payload)?;
+    if env.from != peer.id.0 {
+        return Err(WireError::Spoofed {
+            claimed: env.from,
+            actual: peer.id.0.clone(),
+        });
+    }
+    let call_id = match (env.kind, expects_reply) {
+        (EnvelopeKind::Cast, false) => None,
+        (EnvelopeKind::Call(id), true) => Some(id),
+        (kind, _) => {
+            return Err(WireError::Protocol(format!(
+                "{kind:?} on a stream that {} a reply",
+                if expects_reply {
+                    "expects"
+                } else {
+                    "cannot carry"
+                }
+            )));
+        }
+    };
+    let Some(target) = shared.router.lookup(&env.to) else {
+        return Err(WireError::UnknownDestination(env.to));
+    };
+    shared.stats.incr(|s| &s.envelopes_received);
+    shared
+        .stats
+        .add_n(|s| &s.bytes_received, payload.len() as u64);
+    Ok((env, call_id, target))
+}
+
+/// Serves a stream that needs no waiting, right in the connection's loop: checked and
+/// delivered now; the actor's acknowledgement and answer go straight onto the stream.
+fn serve_now(shared: &Arc<Shared>, peer: &PeerIdentity, mut stream: Box<dyn ImmediateStream>) {
+    let payload = match stream.take_frame(shared.opts.max_frame_bytes) {
+        Ok(p) => p,
+        Err(TransportError::Wire(e)) => return reject(shared, peer, AnyStream::Now(stream), e),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "stream ended");
+            return;
+        }
+    };
+    let (env, call_id, target) = match admit(shared, peer, &payload, stream.expects_reply()) {
+        Ok(a) => a,
+        Err(e) => return reject(shared, peer, AnyStream::Now(stream), e),
+    };
+    let incoming = Incoming {
+        from: peer.clone(),
+        body: Bytes::from(env.body),
+        reply: call_id.map(|id| {
+            ReplyPort(Port::Now(NowPort {
+                stream,
+                shared: shared.clone(),
+                to: env.from,
+                id,
+            }))
+        }),
+        stats: shared.stats.clone(),
+    };
+    // A destination that stopped since the lookup drops the call with it: the caller sees
+    // it refused unanswered.
+    if target.deliver(incoming).is_err() {
+        tracing::debug!(%peer, to = %env.to, "destination stopped before delivery");
+    }
+}
+
 /// Reads, checks and delivers one stream's envelope; answers it if it is a call.
-async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<dyn InboundStream>) {
+async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: AnyStream) {
     let payload = match stream.read_frame(shared.opts.max_frame_bytes).await {
         Ok(p) => p,
         Err(TransportError::Wire(e)) => return reject(&shared, &peer, stream, e),
@@ -1060,52 +1332,20 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
     };
     // A paused node holds what it received; a slowed one waits.
     shared.faults.pass().await;
-    let env = match wire::decode_envelope(&payload) {
-        Ok(env) => env,
+    let (env, call_id, target) = match admit(&shared, &peer, &payload, stream.expects_reply()) {
+        Ok(a) => a,
         Err(e) => return reject(&shared, &peer, stream, e),
     };
-    if env.from != peer.id.0 {
-        let e = WireError::Spoofed {
-            claimed: env.from,
-            actual: peer.id.0.clone(),
-        };
-        return reject(&shared, &peer, stream, e);
-    }
-    let call_id = match (env.kind, stream.expects_reply()) {
-        (EnvelopeKind::Cast, false) => None,
-        (EnvelopeKind::Call(id), true) => Some(id),
-        (kind, _) => {
-            let e = WireError::Protocol(format!(
-                "{kind:?} on a stream that {} a reply",
-                if stream.expects_reply() {
-                    "expects"
-                } else {
-                    "cannot carry"
-                }
-            ));
-            return reject(&shared, &peer, stream, e);
-        }
-    };
-    let Some(target) = shared.router.lookup(&env.to) else {
-        return reject(
-            &shared,
-            &peer,
-            stream,
-            WireError::UnknownDestination(env.to),
-        );
-    };
-    shared.stats.incr(|s| &s.envelopes_received);
-    shared
-        .stats
-        .add_n(|s| &s.bytes_received, payload.len() as u64);
-    let (tx, mut rx) = oneshot::channel();
+    let (tx, rx) = oneshot::channel();
     let (ack_tx, ack_rx) = oneshot::channel();
     let incoming = Incoming {
         from: peer.clone(),
         body: Bytes::from(env.body),
-        reply: call_id.map(|_| ReplyPort {
-            tx,
-            ack: Some(ack_tx),
+        reply: call_id.map(|_| {
+            ReplyPort(Port::Task {
+                tx,
+                ack: Some(ack_tx),
+            })
         }),
         stats: shared.stats.clone(),
     };
@@ -1118,8 +1358,21 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
         );
     }
     let Some(id) = call_id else { return };
+    answer_stream(shared, env.from, id, stream, rx, ack_rx).await;
+}
+
+/// Writes the local actor's acknowledgement and answer to call `id` from `to` onto its
+/// stream, as they come (an acknowledgement given first goes out first), each after what the
+/// node's faults say; refuses the call if no answer comes within the serve timeout.
+async fn answer_stream(
+    shared: Arc<Shared>,
+    to: String,
+    id: u64,
+    mut stream: AnyStream,
+    mut rx: oneshot::Receiver<Result<Vec<u8>, RefuseCode>>,
+    ack_rx: oneshot::Receiver<()>,
+) {
     let answered = async {
-        // An acknowledgement, if the actor gives one before its answer, goes out at once.
         let mut ack_rx = Some(ack_rx);
         loop {
             tokio::select! {
@@ -1135,7 +1388,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
                     if a.is_ok() {
                         shared.faults.pass().await;
                         if let Err(e) = stream.ack().await {
-                            tracing::debug!(%peer, error = %e, "acknowledgement not delivered");
+                            tracing::debug!(peer = %to, error = %e, "acknowledgement not delivered");
                         }
                     }
                 }
@@ -1147,29 +1400,21 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: Box<d
         Ok(Ok(Ok(body))) => body,
         Ok(Ok(Err(code))) => return stream.refuse(code),
         Ok(Err(_)) | Err(_) => {
-            tracing::warn!(%peer, to = %env.to, "local actor did not answer a call");
+            tracing::warn!(peer = %to, "local actor did not answer a call");
             return stream.refuse(RefuseCode::NoAnswer);
         }
     };
-    let reply = Envelope {
-        version: WIRE_VERSION,
-        from: shared.identity.id.0.clone(),
-        to: env.from,
-        kind: EnvelopeKind::Reply(id),
-        body: answer,
-    };
     shared.faults.pass().await;
-    match wire::encode_frame(&reply, shared.opts.max_frame_bytes) {
+    match reply_frame(&shared, to.clone(), id, answer) {
         Ok(frame) => {
-            shared.stats.add_n(|s| &s.bytes_sent, frame.len() as u64);
             if let Err(e) = stream.reply(frame).await {
-                tracing::debug!(%peer, error = %e, "reply not delivered");
+                tracing::debug!(peer = %to, error = %e, "reply not delivered");
             } else {
                 shared.stats.incr(|s| &s.envelopes_sent);
             }
         }
         Err(e) => {
-            tracing::warn!(%peer, error = %e, "reply could not be encoded");
+            tracing::warn!(peer = %to, error = %e, "reply could not be encoded");
             stream.refuse(RefuseCode::NoAnswer);
         }
     }

@@ -36,6 +36,10 @@ pub enum Probe {
     AckThenHold,
     /// Acknowledge the call, then answer with the same text.
     AckThenEcho(String),
+    /// Keep the call and record the number.
+    HoldAndTell(u32),
+    /// Answer every call kept so far with `Echo("released")`.
+    Release,
 }
 
 /// What the probe actor answers.
@@ -104,6 +108,16 @@ impl Actor for ProbeActor {
             Probe::AckThenEcho(s) => {
                 msg.ack();
                 msg.answer(&ProbeReply::Echo(s))?;
+            }
+            Probe::HoldAndTell(n) => {
+                let _ = state.recorded.send((msg.from.clone(), n));
+                state.held.push(msg);
+            }
+            Probe::Release => {
+                for mut held in state.held.drain(..) {
+                    held.answer(&ProbeReply::Echo("released".into()))?;
+                }
+                msg.answer(&ProbeReply::Echo("released".into()))?;
             }
         }
         Ok(())

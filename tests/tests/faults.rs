@@ -21,10 +21,11 @@ fn endpoint(id: &str) -> PeerIdentity {
     }
 }
 
-/// `b` paused: `a`'s calls time out but the connection stays up; resumed: answered again.
-/// `b` slowed by 100 ms: a call waits at least 200 ms (in and out).
+/// `b` paused: `a`'s calls time out but the connection stays up, and an answer `b`'s actor
+/// gives while paused to a call it took before is held; resumed: it goes out, and calls are
+/// answered again. `b` slowed by 100 ms: a call waits at least 200 ms (in and out).
 async fn pause_and_slow_suite(a: Node, b: Node) {
-    let _b_probe = start_probe(&b).await;
+    let mut b_probe = start_probe(&b).await;
     let link = a.connect(b.local_addr()).await.expect("connect");
     link.wait_connected(DEADLINE).await.expect("connected");
     let r: ProbeReply = link
@@ -33,7 +34,33 @@ async fn pause_and_slow_suite(a: Node, b: Node) {
         .expect("answered before the pause");
     assert_eq!(r, ProbeReply::Echo("before".into()));
 
+    // Taken while running, answered while paused.
+    let taken = tokio::spawn({
+        let link = link.clone();
+        async move {
+            link.call::<_, ProbeReply>(PROBE, &Probe::HoldAndTell(7), DEADLINE * 4)
+                .await
+        }
+    });
+    let (_, n) = tokio::time::timeout(DEADLINE, b_probe.recv())
+        .await
+        .expect("the call was taken")
+        .expect("open");
+    assert_eq!(n, 7);
+
     b.faults().set_paused(true);
+    let release = rollcall_runtime::wire::encode_body(&Probe::Release).expect("encode");
+    b.deliver_local(PROBE, b.identity().clone(), release)
+        .expect("the probe is there");
+    holds_for(
+        "an answer given while paused is held",
+        Duration::from_millis(500),
+        || {
+            let held = !taken.is_finished();
+            async move { held }
+        },
+    )
+    .await;
     let r: Result<ProbeReply, CallError> = link
         .call(
             PROBE,
@@ -56,6 +83,11 @@ async fn pause_and_slow_suite(a: Node, b: Node) {
     )
     .await;
     b.faults().set_paused(false);
+    let r = tokio::time::timeout(DEADLINE, taken)
+        .await
+        .expect("the held answer went out on resuming")
+        .expect("task");
+    assert_eq!(r, Ok(ProbeReply::Echo("released".into())));
     let r: ProbeReply = link
         .call(PROBE, &Probe::Echo("after".into()), DEADLINE)
         .await

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 
-use super::{Connection, InboundStream, RefuseCode, Transport, TransportError};
+use super::{Connection, ImmediateStream, InboundStream, RefuseCode, Transport, TransportError};
 use crate::identity::PeerIdentity;
 use crate::stats::WireStats;
 use crate::wire::WireError;
@@ -667,13 +667,12 @@ impl MemInbound {
     }
 }
 
-#[async_trait]
-impl InboundStream for MemInbound {
+impl ImmediateStream for MemInbound {
     fn expects_reply(&self) -> bool {
         self.reply.is_some()
     }
 
-    async fn read_frame(&mut self, max: usize) -> Result<Bytes, TransportError> {
+    fn take_frame(&mut self, max: usize) -> Result<Bytes, TransportError> {
         let frame = self.frame.take().ok_or(WireError::Truncated)?;
         if frame.len() >= 4 {
             let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
@@ -684,19 +683,46 @@ impl InboundStream for MemInbound {
         strip_prefix(frame)
     }
 
-    async fn ack(&mut self) -> Result<(), TransportError> {
+    fn ack(&mut self) {
         if let Some(tx) = self.ack.take() {
             self.send_back(tx, ());
         }
-        Ok(())
     }
 
-    async fn reply(self: Box<Self>, frame: Bytes) -> Result<(), TransportError> {
+    fn reply(self: Box<Self>, frame: Bytes) {
         self.answer(Ok(frame));
-        Ok(())
     }
 
     fn refuse(self: Box<Self>, code: RefuseCode) {
         self.answer(Err(code));
+    }
+}
+
+#[async_trait]
+impl InboundStream for MemInbound {
+    fn expects_reply(&self) -> bool {
+        self.reply.is_some()
+    }
+
+    async fn read_frame(&mut self, max: usize) -> Result<Bytes, TransportError> {
+        self.take_frame(max)
+    }
+
+    async fn ack(&mut self) -> Result<(), TransportError> {
+        ImmediateStream::ack(self);
+        Ok(())
+    }
+
+    async fn reply(self: Box<Self>, frame: Bytes) -> Result<(), TransportError> {
+        ImmediateStream::reply(self, frame);
+        Ok(())
+    }
+
+    fn refuse(self: Box<Self>, code: RefuseCode) {
+        ImmediateStream::refuse(self, code);
+    }
+
+    fn into_immediate(self: Box<Self>) -> Result<Box<dyn ImmediateStream>, Box<dyn InboundStream>> {
+        Ok(self)
     }
 }

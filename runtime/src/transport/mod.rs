@@ -190,4 +190,25 @@ pub trait InboundStream: Send {
     async fn reply(self: Box<Self>, frame: Bytes) -> Result<(), TransportError>;
     /// Refuses the stream with a code the caller will see.
     fn refuse(self: Box<Self>, code: RefuseCode);
+    /// The stream as an [`ImmediateStream`], if its frame is already here and its
+    /// acknowledgement and reply need no waiting (an in-memory stream): the node then serves
+    /// it inline, without a task of its own; a stream that must be waited on (QUIC) is given
+    /// back.
+    fn into_immediate(self: Box<Self>) -> Result<Box<dyn ImmediateStream>, Box<dyn InboundStream>>;
+}
+
+/// A stream that is read, acknowledged and answered without waiting (see
+/// [`InboundStream::into_immediate`]). Link latency, loss and partitions still apply: they
+/// are the transport's to play out after the call returns.
+pub trait ImmediateStream: Send {
+    /// Whether the peer waits for a reply (a request) or not (a cast).
+    fn expects_reply(&self) -> bool;
+    /// Takes the stream's one frame, refusing it if longer than `max`.
+    fn take_frame(&mut self, max: usize) -> Result<Bytes, TransportError>;
+    /// Acknowledges a request before its reply (at most once; a no-op on a cast).
+    fn ack(&mut self);
+    /// Sends the reply frame.
+    fn reply(self: Box<Self>, frame: Bytes);
+    /// Refuses the stream with a code the caller will see.
+    fn refuse(self: Box<Self>, code: RefuseCode);
 }

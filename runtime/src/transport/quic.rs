@@ -442,4 +442,11 @@ impl InboundStream for QuicInbound {
             let _ = send.reset(code);
         }
     }
+
+    fn into_immediate(
+        self: Box<Self>,
+    ) -> Result<Box<dyn super::ImmediateStream>, Box<dyn InboundStream>> {
+        // Its frame is read off the network, and its answer written back, as they can.
+        Err(self)
+    }
 }

@@ -42,14 +42,16 @@ pub struct SensorConfig {
 /// Answers questions with this endpoint's sensors.
 #[derive(Debug, Clone)]
 pub struct SensorEvaluator {
-    sensors: Arc<RwLock<Sensors>>,
+    /// Replaced whole when the server's configuration comes: a question takes a reference,
+    /// not a copy of every script.
+    sensors: Arc<RwLock<Arc<Sensors>>>,
 }
 
 impl SensorEvaluator {
     /// An evaluator over `sensors`.
     pub fn new(sensors: Sensors) -> SensorEvaluator {
         SensorEvaluator {
-            sensors: Arc::new(RwLock::new(sensors)),
+            sensors: Arc::new(RwLock::new(Arc::new(sensors))),
         }
     }
 
@@ -65,7 +67,7 @@ impl SensorEvaluator {
     }
 }
 
-struct ConfigRoute(Arc<RwLock<Sensors>>);
+struct ConfigRoute(Arc<RwLock<Arc<Sensors>>>);
 
 impl Deliver for ConfigRoute {
     fn deliver(&self, incoming: Incoming) -> Result<(), DestinationGone> {
@@ -76,10 +78,12 @@ impl Deliver for ConfigRoute {
             return Ok(());
         };
         if let Ok(mut s) = self.0.write() {
-            if let Err(e) = s.set_scripts(cfg.scripts) {
+            let mut next = Sensors::clone(&s);
+            if let Err(e) = next.set_scripts(cfg.scripts) {
                 tracing::warn!(error = %e, "refused the server's script sensors");
             }
-            s.set_baseline(cfg.baseline);
+            next.set_baseline(cfg.baseline);
+            *s = Arc::new(next);
         }
         Ok(())
     }
@@ -88,7 +92,7 @@ impl Deliver for ConfigRoute {
 impl Evaluator for SensorEvaluator {
     fn evaluate(&self, body: &[u8]) -> BoxFuture<'static, NodeAnswer> {
         let question: Result<Question, _> = wire::decode_body(body);
-        let sensors = self.sensors.read().map(|s| s.clone()).map_err(|_| ());
+        let sensors = self.sensors.read().map(|s| Arc::clone(&s)).map_err(|_| ());
         Box::pin(async move {
             match (question, sensors) {
                 (Ok(q), Ok(sensors)) => {

@@ -366,7 +366,11 @@ impl MemberState {
             // A link dialed for this question alone is closed after it.
             let (link, owned) = match link {
                 Some(l) => (Ok(l), false),
-                None => (node.connect_once(target.addr, dial.min(left)).await, true),
+                // Boxed: rarely taken, and large held inline in every forwarding task.
+                None => (
+                    Box::pin(node.connect_once(target.addr, dial.min(left))).await,
+                    true,
+                ),
             };
             let result = match link {
                 Ok(link) => {

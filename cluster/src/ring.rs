@@ -18,6 +18,10 @@
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, VecDeque};
+
+/// Ids here come from the server and from authenticated peers: a fast hash will do (a
+/// route is chosen, by id, for every question that passes).
+type FastIds = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
 use std::time::{Duration, Instant};
 
 use rollcall_runtime::NodeId;
@@ -168,14 +172,14 @@ pub struct RingCore {
     view: Vec<MemberInfo>,
     /// This member's index in `view` (kept with the view: every message needs it).
     pos: usize,
-    peers: HashMap<NodeId, PeerState>,
+    peers: HashMap<NodeId, PeerState, FastIds>,
     isolated: bool,
     started: Instant,
     last_pred_probe: Option<Instant>,
     leader: LeaderSides,
     hello_sent_to: Option<NodeId>,
     /// Members that said hello, and when: kept across member lists computed before the hello.
-    hellos: HashMap<NodeId, (MemberInfo, Instant)>,
+    hellos: HashMap<NodeId, (MemberInfo, Instant), FastIds>,
     registration_sent: Option<Instant>,
     out: VecDeque<Output>,
 }
@@ -192,13 +196,13 @@ impl RingCore {
             view: vec![me.clone()],
             pos: 0,
             me,
-            peers: HashMap::new(),
+            peers: HashMap::default(),
             isolated: false,
             started: now,
             last_pred_probe: None,
             leader: LeaderSides::default(),
             hello_sent_to: None,
-            hellos: HashMap::new(),
+            hellos: HashMap::default(),
             registration_sent: None,
             out: VecDeque::new(),
         }

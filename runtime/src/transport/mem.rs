@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -359,17 +360,17 @@ impl Transport for MemTransport {
         let shared = Arc::new(ConnShared {
             ends: (self.addr, addr),
             closed: watch::channel(None).0,
+            is_closed: AtomicBool::new(false),
+            queues: Default::default(),
         });
         self.net.lock().track(&shared);
-        let (to_server, to_client) = (Arc::new(Queue::default()), Arc::new(Queue::default()));
         let server_end: Arc<dyn Connection> = Arc::new(MemConnection {
             net: self.net.clone(),
             shared: shared.clone(),
             local: addr,
             remote: self.addr,
             peer: self.identity.clone(),
-            tx: to_client.clone(),
-            rx: to_server.clone(),
+            to: TO_CLIENT,
         });
         accept.send(server_end).map_err(|_| fail("node stopped"))?;
         Ok(Arc::new(MemConnection {
@@ -378,8 +379,7 @@ impl Transport for MemTransport {
             local: self.addr,
             remote: addr,
             peer,
-            tx: to_server,
-            rx: to_client,
+            to: TO_SERVER,
         }))
     }
 
@@ -420,11 +420,20 @@ impl Transport for MemTransport {
 struct ConnShared {
     ends: (SocketAddr, SocketAddr),
     closed: watch::Sender<Option<TransportError>>,
+    /// Set with `closed`; read without a lock by each stream's reader.
+    is_closed: AtomicBool,
+    /// The streams in flight each way, indexed by [`TO_SERVER`] and [`TO_CLIENT`].
+    queues: [Queue; 2],
 }
+
+/// The queue of streams the dialing end opened.
+const TO_SERVER: usize = 0;
+/// The queue of streams the accepting end opened.
+const TO_CLIENT: usize = 1;
 
 impl ConnShared {
     fn close(&self, why: TransportError) {
-        self.closed.send_if_modified(|c| {
+        let closed = self.closed.send_if_modified(|c| {
             if c.is_none() {
                 *c = Some(why);
                 true
@@ -432,6 +441,13 @@ impl ConnShared {
                 false
             }
         });
+        if closed {
+            self.is_closed.store(true, Ordering::Release);
+            // Each end's reader wakes and finds the connection gone.
+            for q in &self.queues {
+                q.ready.notify_one();
+            }
+        }
     }
 
     fn error(&self) -> Option<TransportError> {
@@ -478,15 +494,19 @@ impl Queue {
         self.ready.notify_one();
     }
 
-    async fn pop(&self) -> MemStream {
+    /// The next stream, or why the connection ended (then nothing more is taken).
+    async fn pop(&self, conn: &ConnShared) -> Result<MemStream, TransportError> {
         loop {
+            if conn.is_closed.load(Ordering::Acquire) {
+                return Err(conn.error().unwrap_or(TransportError::LocallyClosed));
+            }
             if let Some(s) = self
                 .items
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .pop_front()
             {
-                return s;
+                return Ok(s);
             }
             self.ready.notified().await;
         }
@@ -499,9 +519,8 @@ struct MemConnection {
     local: SocketAddr,
     remote: SocketAddr,
     peer: PeerIdentity,
-    /// What this end sends; the other end's `rx`.
-    tx: Arc<Queue>,
-    rx: Arc<Queue>,
+    /// The queue this end sends on (the other end reads it).
+    to: usize,
 }
 
 impl Drop for MemConnection {
@@ -535,12 +554,12 @@ impl MemConnection {
     fn send_once(&self, s: MemStream) {
         match self.net.fate(self.local.ip(), self.remote.ip()) {
             Fate::Cut => {}
-            Fate::Deliver(d) if d.is_zero() => self.tx.push(s),
+            Fate::Deliver(d) if d.is_zero() => self.shared.queues[self.to].push(s),
             Fate::Deliver(d) => {
-                let tx = self.tx.clone();
+                let (shared, to) = (self.shared.clone(), self.to);
                 tokio::spawn(async move {
                     tokio::time::sleep(d).await;
-                    tx.push(s);
+                    shared.queues[to].push(s);
                 });
             }
         }
@@ -602,16 +621,14 @@ impl Connection for MemConnection {
     }
 
     async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError> {
-        tokio::select! {
-            s = self.rx.pop() => Ok(Box::new(MemInbound {
-                frame: Some(s.frame),
-                reply: s.reply,
-                ack: s.ack,
-                net: self.net.clone(),
-                ends: (self.local.ip(), self.remote.ip()),
-            })),
-            e = self.shared.wait_closed() => Err(e),
-        }
+        let s = self.shared.queues[1 - self.to].pop(&self.shared).await?;
+        Ok(Box::new(MemInbound {
+            frame: Some(s.frame),
+            reply: s.reply,
+            ack: s.ack,
+            net: self.net.clone(),
+            ends: (self.local.ip(), self.remote.ip()),
+        }))
     }
 
     async fn closed(&self) -> TransportError {

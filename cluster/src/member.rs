@@ -22,7 +22,9 @@ use crate::ring::{Input, Output, PeerHealth, RingConfig, RingCore};
 /// Answers questions on an endpoint: the bridge to its sensors (which live in
 /// `rollcall-actors`; the ring only carries the encoded question and the answers).
 pub trait Evaluator: Send + Sync + 'static {
-    /// This machine's answer to the encoded question `body`.
+    /// This machine's answer to the encoded question `body`. Called before the question is
+    /// passed on: read the question here, and leave the sensors' work to the future (which
+    /// the member polls once the question went on).
     fn evaluate(&self, body: &[u8]) -> futures::future::BoxFuture<'static, NodeAnswer>;
 }
 
@@ -207,7 +209,9 @@ pub struct MemberState {
     reports_held_until: Option<std::time::Instant>,
     rng: SmallRng,
     me: MemberInfo,
-    questions: HashMap<u64, QState, QuestionIds>,
+    /// Boxed: a member keeps every question until a minute after it expires, and the map
+    /// grows by copying its entries.
+    questions: HashMap<u64, Box<QState>, QuestionIds>,
     /// Each probe's hop-timeout look, cancelled when the probe is answered first (an
     /// answered probe needs no second look).
     probe_timers: HashMap<NodeId, AbortOnDrop>,
@@ -283,10 +287,16 @@ impl MemberState {
             return;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(env.ttl_ms);
+        // The question is read now; the sensors run once it went on.
+        let work = self
+            .cfg
+            .evaluator
+            .as_ref()
+            .map(|ev| ev.0.evaluate(&env.body));
         self.questions.insert(
             id,
-            QState {
-                env: env.clone(),
+            Box::new(QState {
+                env,
                 deadline,
                 own: None,
                 // A late question is answered alone, straight to the server.
@@ -296,15 +306,14 @@ impl MemberState {
                 waiters: waiter.into_iter().collect(),
                 done: false,
                 late,
-            },
+            }),
         );
         if !late {
             self.forward(myself, id);
         }
         let me = myself.clone();
-        match &self.cfg.evaluator {
-            Some(ev) => {
-                let mut work = ev.0.evaluate(&env.body);
+        match work {
+            Some(mut work) => {
                 // Sensors that answer at once (most do; a simulated host always does) are
                 // taken here; only work that waits gets a task of its own, whose answer comes
                 // back as a message. The question went on first either way.

@@ -934,10 +934,9 @@ impl PeerHandle {
             .add_n(|s| &s.bytes_sent, frame.len() as u64);
         let sent = async {
             self.shared.faults.pass().await;
-            match acked {
-                Some(acked) => conn.request_acked(frame, max, acked).await,
-                None => conn.request(frame, max).await,
-            }
+            // The transport's one exchange, called directly (each trait call is a boxed
+            // future).
+            conn.exchange(frame, max, acked).await
         };
         let payload = tokio::time::timeout(timeout, sent)
             .await

@@ -541,11 +541,20 @@ impl MemberState {
         }
     }
 
-    async fn feed(&mut self, myself: &ActorRef<MemberMsg>, input: Input) {
-        self.core.handle(input, now());
-        while let Some(out) = self.core.poll_output() {
-            self.act(myself, out).await;
-        }
+    /// Feeds the ring core and carries out what it says. Boxed: held inline, its state (and
+    /// every output's) would be part of the future of each message the member handles, which
+    /// ractor moves and keeps for the member's whole life.
+    fn feed<'a>(
+        &'a mut self,
+        myself: &'a ActorRef<MemberMsg>,
+        input: Input,
+    ) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.core.handle(input, now());
+            while let Some(out) = self.core.poll_output() {
+                self.act(myself, out).await;
+            }
+        })
     }
 
     async fn act(&mut self, myself: &ActorRef<MemberMsg>, out: Output) {

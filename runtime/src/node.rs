@@ -533,7 +533,9 @@ impl Node {
         tokio::spawn(async move {
             while let Some(conn) = accepting.shared.transport.accept().await {
                 let addr = conn.remote_addr();
-                if let Err(e) = accepting.spawn_link(LinkMode::Single(conn), addr).await {
+                // Boxed: starting a link is a large future, and this loop runs on every node.
+                let link = Box::pin(accepting.spawn_link(LinkMode::Single(conn), addr));
+                if let Err(e) = link.await {
                     tracing::error!(%addr, error = %e, "could not start link");
                 }
             }

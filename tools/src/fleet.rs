@@ -164,8 +164,8 @@ pub struct FleetEndpoint {
     pub id: NodeId,
     /// Its address.
     pub ip: IpAddr,
-    /// Its simulated host (the ground truth of its answers).
-    pub profile: HostProfile,
+    /// Its simulated host (the ground truth of its answers), shared with its sensors.
+    pub host: Arc<SimulatedHost>,
     node: Option<Node>,
     member: Option<ActorRef<MemberMsg>>,
     socket: Option<Arc<SocketFaults>>,
@@ -285,7 +285,7 @@ impl Fleet {
             fleet.endpoints.push(FleetEndpoint {
                 id,
                 ip,
-                profile,
+                host: Arc::new(SimulatedHost(profile)),
                 node: None,
                 member: None,
                 socket: None,
@@ -404,13 +404,12 @@ impl Fleet {
                 (Node::start(t, NodeOptions::default()).await?, Some(faults))
             }
         };
-        let evaluator =
-            SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost(ep.profile.clone()))));
+        let evaluator = SensorEvaluator::new(Sensors::new(ep.host.clone()));
         evaluator.accept_config_on(&node);
         let mut mc = MemberConfig::new(
             self.server_addr,
             node.local_addr(),
-            ep.profile.hostname.clone(),
+            ep.host.0.hostname.clone(),
         );
         mc.ring = cfg.ring;
         mc.register_min = cfg.register_min;
@@ -746,7 +745,7 @@ impl Fleet {
         let mut t = std::collections::BTreeMap::new();
         for id in who {
             if let Some(&i) = self.by_id.get(id) {
-                let p = &self.endpoints[i].profile;
+                let p = &self.endpoints[i].host.0;
                 *t.entry(vec![p.os.clone(), p.os_version.clone()])
                     .or_default() += 1;
             }

@@ -276,7 +276,7 @@ impl ReplyPort {
     pub fn send<T: Serialize>(mut self, msg: &T) -> Result<(), WireError> {
         let body = wire::encode_body(msg)?;
         if matches!(&self.0, Port::Now(n) if !n.shared.faults.quiet()) {
-            self.to_task();
+            self.hand_to_task();
         }
         match std::mem::replace(&mut self.0, Port::Spent) {
             Port::Task { tx, .. } => {
@@ -302,7 +302,7 @@ impl ReplyPort {
     /// Acknowledges the call ahead of its answer (at most once).
     fn ack(&mut self) {
         if matches!(&self.0, Port::Now(n) if !n.shared.faults.quiet()) {
-            self.to_task();
+            self.hand_to_task();
         }
         match &mut self.0 {
             Port::Task { ack, .. } => {
@@ -317,7 +317,7 @@ impl ReplyPort {
 
     /// A fault came into force while the call was being handled: from here on, a task
     /// writes to the stream, waiting as the fault says.
-    fn to_task(&mut self) {
+    fn hand_to_task(&mut self) {
         if let Port::Now(n) = std::mem::replace(&mut self.0, Port::Spent) {
             let (tx, rx) = oneshot::channel();
             let (ack_tx, ack_rx) = oneshot::channel();
@@ -1247,6 +1247,9 @@ fn reject(shared: &Shared, peer: &PeerIdentity, stream: AnyStream, e: WireError)
     stream.refuse(code);
 }
 
+/// An envelope that passed [`admit`]: itself, its call id (none for a cast), and where it goes.
+type Admitted = (Envelope, Option<u64>, Arc<dyn Deliver>);
+
 /// Checks one received envelope: it decodes, its sender is the certificate's, its kind fits
 /// the stream, and its destination exists. Counts it received if so.
 fn admit(
@@ -1254,7 +1257,7 @@ fn admit(
     peer: &PeerIdentity,
     payload: &[u8],
     expects_reply: bool,
-) -> Result<(Envelope, Option<u64>, Arc<dyn Deliver>), WireError> {
+) -> Result<Admitted, WireError> {
     let env = wire::decode_envelope(payload)?;
     if env.from != peer.id.0 {
         return Err(WireError::Spoofed {

@@ -103,6 +103,10 @@ pub struct SimReport {
     pub rss_kib_per_endpoint: f64,
     /// Every endpoint answered every question exactly once.
     pub all_answered: bool,
+    /// How many endpoints had answered each question when the wait for it ended (all of
+    /// them, or fewer when its two-minute wait ran out).
+    #[serde(default)]
+    pub answered: Vec<usize>,
     /// The merged rows of the last question: (operating system, version, count).
     pub last_rows: Vec<(String, String, u64)>,
 }
@@ -295,6 +299,7 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
     let mut answer_ms = Vec::new();
     let (mut msgs_in, mut msgs_out, mut bytes) = (0u64, 0u64, 0u64);
     let mut all_answered = true;
+    let mut answered = Vec::new();
     let mut last_rows = Vec::new();
     for _ in 0..a.questions {
         let before = fleet.server().stats();
@@ -317,6 +322,7 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
             (after.bytes_received - before.bytes_received) + (after.bytes_sent - before.bytes_sent);
         let counted: u64 = p.rows.iter().map(|r| r.count).sum();
         all_answered &= p.answered == a.endpoints && counted == a.endpoints as u64;
+        answered.push(p.answered);
         last_rows = p
             .rows
             .iter()
@@ -346,6 +352,7 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
         server_connections,
         rss_kib_per_endpoint: rss_after.saturating_sub(rss_before) as f64 / a.endpoints as f64,
         all_answered,
+        answered,
         last_rows,
     })
 }
@@ -387,4 +394,10 @@ pub fn print(r: &SimReport) {
         "every endpoint answered every question exactly once: {}",
         r.all_answered
     );
+    if let Some(fewest) = r.answered.iter().min().filter(|&&n| n < r.endpoints) {
+        println!(
+            "fewest answers        {fewest} of {} (a question's wait ends after two minutes)",
+            r.endpoints
+        );
+    }
 }

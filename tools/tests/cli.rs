@@ -704,6 +704,7 @@ fn sim_answers_match_the_profiles_on_both_transports() {
         );
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         assert_eq!(r["all_answered"], true, "{transport}: {r:#}");
+        assert_eq!(r["answered"], serde_json::json!([n, n]), "{transport}");
         assert_eq!(r["formed"], true, "{transport}: {r:#}");
         assert_eq!(r["rings"], 3, "{transport}");
         let rows: std::collections::BTreeMap<(String, String), u64> = r["last_rows"]

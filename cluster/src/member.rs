@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -371,16 +372,51 @@ impl MemberState {
         let dial = self.cfg.ring.dial_timeout;
         let hop = self.cfg.ring.hop_timeout;
         let me = myself.clone();
+        if let Some(link) = link {
+            // Over a link we hold, the answer comes back as a message from wherever it is
+            // known (on the in-memory transport, the answering side), with no task per hop:
+            // only the hop's deadline waits, to route past a successor that did not take
+            // the question in time (the question's expiry bounds the rest).
+            let acked = Arc::new(AtomicBool::new(false));
+            let back = myself.clone();
+            let to = target.id.clone();
+            let started = link.call_then(
+                MEMBER,
+                &MemberRequest::Ask(env),
+                acked.clone(),
+                move |result: Result<Partial, CallError>| {
+                    let _ = back.send_message(MemberMsg::Downstream {
+                        id,
+                        generation,
+                        to,
+                        result,
+                    });
+                },
+            );
+            match started {
+                Ok(()) => {
+                    let late = target.id;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(hop).await;
+                        if !acked.load(Ordering::Acquire) {
+                            let _ = me.send_message(MemberMsg::HopLate(late));
+                        }
+                    });
+                }
+                Err(e) => {
+                    let _ = me.send_message(MemberMsg::Downstream {
+                        id,
+                        generation,
+                        to: target.id,
+                        result: Err(e),
+                    });
+                }
+            }
+            return;
+        }
         tokio::spawn(async move {
-            // A link dialed for this question alone is closed after it.
-            let (link, owned) = match link {
-                Some(l) => (Ok(l), false),
-                // Boxed: rarely taken, and large held inline in every forwarding task.
-                None => (
-                    Box::pin(node.connect_once(target.addr, dial.min(left))).await,
-                    true,
-                ),
-            };
+            // No link held: one dialed for this question alone, closed after it.
+            let link = Box::pin(node.connect_once(target.addr, dial.min(left))).await;
             let result = match link {
                 Ok(link) => {
                     // The successor acknowledges the question as soon as it takes it, long
@@ -402,9 +438,7 @@ impl MemberState {
                         r = &mut call => r,
                         () = watch => call.await,
                     };
-                    if owned {
-                        link.close();
-                    }
+                    link.close();
                     r
                 }
                 Err(e) => Err(e),

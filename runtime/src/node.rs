@@ -943,24 +943,85 @@ impl PeerHandle {
         let payload = tokio::time::timeout(timeout, sent)
             .await
             .map_err(|_| CallError::Timeout(timeout))??;
-        let env = wire::decode_envelope(&payload)
-            .inspect_err(|e| self.shared.stats.count_rejection(e))?;
-        if env.kind != EnvelopeKind::Reply(id) || env.from != conn.peer().id.0 {
-            let e = WireError::Protocol(format!(
-                "expected reply {id} from {}, got {:?} from {}",
-                conn.peer().id,
-                env.kind,
-                env.from
-            ));
-            self.shared.stats.count_rejection(&e);
-            return Err(e.into());
-        }
-        self.shared.stats.incr(|s| &s.envelopes_received);
+        read_reply(&self.shared, &conn.peer().id, id, &payload)
+    }
+
+    /// Starts a call whose answer is handed to `done` instead of awaited: `acked` is set when
+    /// the peer's actor acknowledges it ([`Incoming::ack`]), and `done` gets the answer or the
+    /// failure exactly once, from wherever it is known (on the in-memory transport, the
+    /// answering side: no task per call). No timeout: the caller keeps its own watch (a
+    /// member's hop deadline; the question's expiry). Fails at once, without calling `done`,
+    /// if the link has no connection or the message cannot be encoded.
+    pub fn call_then<Q, R, F>(
+        &self,
+        to: &str,
+        msg: &Q,
+        acked: Arc<AtomicBool>,
+        done: F,
+    ) -> Result<(), CallError>
+    where
+        Q: Serialize,
+        R: DeserializeOwned,
+        F: FnOnce(Result<R, CallError>) + Send + 'static,
+    {
+        let conn = self.current()?;
+        let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
+        let frame = self.envelope(to, EnvelopeKind::Call(id), wire::encode_body(msg)?)?;
+        let max = self.shared.opts.max_frame_bytes;
+        self.shared.stats.incr(|s| &s.envelopes_sent);
         self.shared
             .stats
-            .add_n(|s| &s.bytes_received, payload.len() as u64);
-        Ok(wire::decode_body(&env.body)?)
+            .add_n(|s| &s.bytes_sent, frame.len() as u64);
+        let shared = self.shared.clone();
+        let peer = conn.peer().id.clone();
+        let finish = move |r: Result<Bytes, TransportError>| {
+            done(
+                r.map_err(CallError::from)
+                    .and_then(|payload| read_reply(&shared, &peer, id, &payload)),
+            );
+        };
+        if self.shared.faults.quiet() {
+            conn.exchange_then(frame, max, acked, Box::new(finish));
+        } else {
+            // A paused or slowed node: the call waits as the fault says, in a task.
+            let faults = self.shared.faults.clone();
+            tokio::spawn(async move {
+                faults.pass().await;
+                let (tx, rx) = oneshot::channel();
+                let ack = async {
+                    if rx.await.is_ok() {
+                        acked.store(true, Ordering::Release);
+                    }
+                };
+                let (r, ()) = tokio::join!(conn.exchange(frame, max, Some(tx)), ack);
+                finish(r);
+            });
+        }
+        Ok(())
     }
+}
+
+/// Checks a reply frame to call `id` made to `peer` and decodes its body.
+fn read_reply<R: DeserializeOwned>(
+    shared: &Shared,
+    peer: &NodeId,
+    id: u64,
+    payload: &[u8],
+) -> Result<R, CallError> {
+    let env = wire::decode_envelope(payload).inspect_err(|e| shared.stats.count_rejection(e))?;
+    if env.kind != EnvelopeKind::Reply(id) || env.from != peer.0 {
+        let e = WireError::Protocol(format!(
+            "expected reply {id} from {peer}, got {:?} from {}",
+            env.kind, env.from
+        ));
+        shared.stats.count_rejection(&e);
+        return Err(e.into());
+    }
+    shared.stats.incr(|s| &s.envelopes_received);
+    shared
+        .stats
+        .add_n(|s| &s.bytes_received, payload.len() as u64);
+    Ok(wire::decode_body(&env.body)?)
 }
 
 enum LinkMode {

@@ -1,5 +1,7 @@
 //! The same message-exchange suite, run over the in-memory transport and over real QUIC.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rollcall_runtime::identity::PeerRole;
@@ -127,6 +129,66 @@ async fn exchange_suite(a: Node, b: Node) {
         .expect("unacknowledged call");
     assert_eq!(r, ProbeReply::Echo("direct".into()));
     assert!(acked.await.is_err(), "no acknowledgement was given");
+
+    // Calls whose outcome is handed to a callback: called exactly once, with the answer, and
+    // the acknowledgement flag set ahead of it...
+    let then = |to: &str, probe: Probe| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let acked = Arc::new(AtomicBool::new(false));
+        link.call_then(
+            to,
+            &probe,
+            acked.clone(),
+            move |r: Result<ProbeReply, CallError>| {
+                // (A held call is called back, refused, when its node stops.)
+                let _ = tx.send(r);
+            },
+        )
+        .expect("started");
+        (acked, rx)
+    };
+    let outcome = |rx: tokio::sync::oneshot::Receiver<Result<ProbeReply, CallError>>| async {
+        tokio::time::timeout(DEADLINE, rx)
+            .await
+            .expect("the callback came in time")
+            .expect("the callback was called")
+    };
+    let (acked, rx) = then(PROBE, Probe::AckThenEcho("called back".into()));
+    assert_eq!(
+        outcome(rx).await,
+        Ok(ProbeReply::Echo("called back".into()))
+    );
+    assert!(acked.load(Ordering::Acquire));
+    // ...left unset by an answer without one;
+    let (acked, rx) = then(PROBE, Probe::Echo("unacknowledged".into()));
+    assert_eq!(
+        outcome(rx).await,
+        Ok(ProbeReply::Echo("unacknowledged".into()))
+    );
+    assert!(!acked.load(Ordering::Acquire));
+    // set by a call that is taken and held, whose callback waits;
+    let (acked, mut held) = then(PROBE, Probe::AckThenHold);
+    eventually("the held call's acknowledgement", DEADLINE, || {
+        let set = acked.load(Ordering::Acquire).then_some(());
+        async move { set }
+    })
+    .await;
+    assert!(held.try_recv().is_err(), "a held call is not called back");
+    // a call dropped unanswered, or to nobody, is called back with the refusal.
+    let (_, rx) = then(PROBE, Probe::Drop);
+    assert_eq!(
+        outcome(rx).await,
+        Err(CallError::Transport(TransportError::Refused(
+            RefuseCode::NoAnswer
+        )))
+    );
+    let (_, rx) = then("nobody", Probe::WhoAmI);
+    assert_eq!(
+        outcome(rx).await,
+        Err(CallError::Transport(TransportError::Refused(
+            RefuseCode::UnknownDestination
+        )))
+    );
     let huge = "x".repeat(2 << 20);
     let r: Result<ProbeReply, _> = link.call(PROBE, &Probe::Echo(huge), DEADLINE).await;
     assert!(
@@ -142,8 +204,8 @@ async fn exchange_suite(a: Node, b: Node) {
 
     // Nothing above was a bad frame on the receiving side except the unknown destination.
     let s = b.stats();
-    assert_eq!(s.rejected_unknown_destination, 1, "{s:?}");
-    assert_eq!(s.rejected_total(), 1, "{s:?}");
+    assert_eq!(s.rejected_unknown_destination, 2, "{s:?}");
+    assert_eq!(s.rejected_total(), 2, "{s:?}");
     a.shutdown();
     b.shutdown();
 }

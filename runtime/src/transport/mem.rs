@@ -469,9 +469,87 @@ impl ConnShared {
 
 struct MemStream {
     frame: Bytes,
-    reply: Option<oneshot::Sender<Result<Bytes, RefuseCode>>>,
-    /// Fired by the answerer's acknowledgement (requests made with `request_acked`).
-    ack: Option<oneshot::Sender<()>>,
+    reply: Option<ReplyTo>,
+    /// Fired by the answerer's acknowledgement (acknowledged requests).
+    ack: Option<AckTo>,
+}
+
+/// Where a request's reply goes: to the caller's task, or to its callback.
+enum ReplyTo {
+    Chan(oneshot::Sender<Result<Bytes, RefuseCode>>),
+    Call(ReplyCall),
+}
+
+/// Where a request's acknowledgement goes.
+enum AckTo {
+    Chan(oneshot::Sender<()>),
+    Flag(Arc<AtomicBool>),
+}
+
+impl AckTo {
+    fn fire(self) {
+        match self {
+            AckTo::Chan(tx) => {
+                let _ = tx.send(());
+            }
+            AckTo::Flag(f) => f.store(true, Ordering::Release),
+        }
+    }
+}
+
+/// An exchange's callback ([`Connection::exchange_then`]); called exactly once: with the
+/// reply, or, if it is dropped unanswered (the answerer dropped the stream, or the reply was
+/// lost on a cut link), with why.
+struct ReplyCall {
+    done: Option<super::ReplyFn>,
+    conn: Arc<ConnShared>,
+    max_reply: usize,
+}
+
+impl ReplyCall {
+    fn answer(mut self, r: Result<Bytes, RefuseCode>) {
+        let outcome = match r {
+            Ok(frame) => check_reply(frame, self.max_reply),
+            Err(code) => Err(TransportError::Refused(code)),
+        };
+        if let Some(done) = self.done.take() {
+            done(outcome);
+        }
+    }
+}
+
+impl Drop for ReplyCall {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(Err(self.conn.error().unwrap_or(TransportError::Lost(
+                "peer dropped the stream".into(),
+            ))));
+        }
+    }
+}
+
+impl ReplyTo {
+    fn send(self, r: Result<Bytes, RefuseCode>) {
+        match self {
+            ReplyTo::Chan(tx) => {
+                let _ = tx.send(r);
+            }
+            ReplyTo::Call(c) => c.answer(r),
+        }
+    }
+}
+
+/// A reply frame's payload, refused if over `max_reply`.
+fn check_reply(frame: Bytes, max_reply: usize) -> Result<Bytes, TransportError> {
+    let payload = strip_prefix(frame)?;
+    if payload.len() > max_reply {
+        return Err(WireError::Oversized {
+            len: payload.len(),
+            max: max_reply,
+        }
+        .into());
+    }
+    Ok(payload)
 }
 
 /// One direction of a connection: an unbounded queue that allocates nothing until used and
@@ -540,7 +618,10 @@ impl MemConnection {
         if self.net.duplicates(self.local.ip(), self.remote.ip()) {
             // The copy of a request is handled too, but its reply goes nowhere: an
             // at-least-once resend whose first reply was lost.
-            let reply = s.reply.as_ref().map(|_| oneshot::channel().0);
+            let reply = s
+                .reply
+                .as_ref()
+                .map(|_| ReplyTo::Chan(oneshot::channel().0));
             self.send_once(MemStream {
                 frame: s.frame.clone(),
                 reply,
@@ -593,31 +674,42 @@ impl Connection for MemConnection {
         let (tx, rx) = oneshot::channel();
         self.send_delayed(MemStream {
             frame,
-            reply: Some(tx),
-            ack,
+            reply: Some(ReplyTo::Chan(tx)),
+            ack: ack.map(AckTo::Chan),
         })?;
         let reply = tokio::select! {
             r = rx => r,
             e = self.shared.wait_closed() => return Err(e),
         };
         match reply {
-            Ok(Ok(frame)) => {
-                let payload = strip_prefix(frame)?;
-                if payload.len() > max_reply {
-                    return Err(WireError::Oversized {
-                        len: payload.len(),
-                        max: max_reply,
-                    }
-                    .into());
-                }
-                Ok(payload)
-            }
+            Ok(Ok(frame)) => check_reply(frame, max_reply),
             Ok(Err(code)) => Err(TransportError::Refused(code)),
             Err(_) => Err(self
                 .shared
                 .error()
                 .unwrap_or(TransportError::Lost("peer dropped the stream".into()))),
         }
+    }
+
+    fn exchange_then(
+        self: Arc<Self>,
+        frame: Bytes,
+        max_reply: usize,
+        acked: Arc<AtomicBool>,
+        done: super::ReplyFn,
+    ) {
+        let call = ReplyCall {
+            done: Some(done),
+            conn: self.shared.clone(),
+            max_reply,
+        };
+        // On failure here, the stream (and with it the callback, which then reports why) is
+        // dropped.
+        let _ = self.send_delayed(MemStream {
+            frame,
+            reply: Some(ReplyTo::Call(call)),
+            ack: Some(AckTo::Flag(acked)),
+        });
     }
 
     async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError> {
@@ -654,32 +746,32 @@ fn strip_prefix(frame: Bytes) -> Result<Bytes, TransportError> {
 
 struct MemInbound {
     frame: Option<Bytes>,
-    reply: Option<oneshot::Sender<Result<Bytes, RefuseCode>>>,
-    ack: Option<oneshot::Sender<()>>,
+    reply: Option<ReplyTo>,
+    ack: Option<AckTo>,
     net: MemNetwork,
     ends: (IpAddr, IpAddr),
 }
 
 impl MemInbound {
     /// Sends `msg` back to the caller as the link delivers (late, or never over a cut link).
-    fn send_back<T: Send + 'static>(&self, tx: oneshot::Sender<T>, msg: T) {
+    fn send_back(&self, deliver: impl FnOnce() + Send + 'static) {
         match self.net.fate(self.ends.0, self.ends.1) {
+            // Lost: what would have carried it is dropped (a caller waiting on it sees the
+            // stream gone).
             Fate::Cut => {}
-            Fate::Deliver(d) if d.is_zero() => {
-                let _ = tx.send(msg);
-            }
+            Fate::Deliver(d) if d.is_zero() => deliver(),
             Fate::Deliver(d) => {
                 tokio::spawn(async move {
                     tokio::time::sleep(d).await;
-                    let _ = tx.send(msg);
+                    deliver();
                 });
             }
         }
     }
 
     fn answer(mut self, r: Result<Bytes, RefuseCode>) {
-        if let Some(tx) = self.reply.take() {
-            self.send_back(tx, r);
+        if let Some(to) = self.reply.take() {
+            self.send_back(move || to.send(r));
         }
     }
 }
@@ -701,8 +793,8 @@ impl ImmediateStream for MemInbound {
     }
 
     fn ack(&mut self) {
-        if let Some(tx) = self.ack.take() {
-            self.send_back(tx, ());
+        if let Some(a) = self.ack.take() {
+            self.send_back(move || a.fire());
         }
     }
 

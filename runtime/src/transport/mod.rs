@@ -18,6 +18,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -168,6 +169,29 @@ pub trait Connection: Send + Sync + 'static {
     ) -> Result<Bytes, TransportError> {
         self.exchange(frame, max_reply, Some(acked)).await
     }
+    /// Starts an exchange whose outcome is handed to `done` wherever it is known, instead of
+    /// awaited: `acked` is set when the answerer acknowledges, `done` gets the reply frame or
+    /// the failure (a refusal, the stream dropped, the connection gone) exactly once. No
+    /// timeout: the caller keeps its own watch. The default runs [`Connection::exchange`] in
+    /// a task; the in-memory transport calls `done` from the answering side, with no task.
+    fn exchange_then(
+        self: Arc<Self>,
+        frame: Bytes,
+        max_reply: usize,
+        acked: Arc<AtomicBool>,
+        done: ReplyFn,
+    ) {
+        tokio::spawn(async move {
+            let (tx, rx) = oneshot::channel();
+            let ack = async {
+                if rx.await.is_ok() {
+                    acked.store(true, Ordering::Release);
+                }
+            };
+            let (r, ()) = tokio::join!(self.exchange(frame, max_reply, Some(tx)), ack);
+            done(r);
+        });
+    }
     /// The next stream the peer opened; an error means the connection is gone.
     async fn accept_stream(&self) -> Result<Box<dyn InboundStream>, TransportError>;
     /// Resolves when the connection is gone, with why.
@@ -175,6 +199,9 @@ pub trait Connection: Send + Sync + 'static {
     /// Closes the connection.
     fn close(&self, reason: &str);
 }
+
+/// Where [`Connection::exchange_then`] hands an exchange's outcome.
+pub type ReplyFn = Box<dyn FnOnce(Result<Bytes, TransportError>) + Send>;
 
 /// One stream the peer opened.
 #[async_trait]

@@ -983,18 +983,11 @@ impl PeerHandle {
         if self.shared.faults.quiet() {
             conn.exchange_then(frame, max, acked, Box::new(finish));
         } else {
-            // A paused or slowed node: the call waits as the fault says, in a task.
+            // A paused or slowed node: the call leaves when the fault says.
             let faults = self.shared.faults.clone();
             tokio::spawn(async move {
                 faults.pass().await;
-                let (tx, rx) = oneshot::channel();
-                let ack = async {
-                    if rx.await.is_ok() {
-                        acked.store(true, Ordering::Release);
-                    }
-                };
-                let (r, ()) = tokio::join!(conn.exchange(frame, max, Some(tx)), ack);
-                finish(r);
+                conn.exchange_then(frame, max, acked, Box::new(finish));
             });
         }
         Ok(())

@@ -718,6 +718,7 @@ impl Connection for MemConnection {
             frame: Some(s.frame),
             reply: s.reply,
             ack: s.ack,
+            acked: None,
             net: self.net.clone(),
             ends: (self.local.ip(), self.remote.ip()),
         }))
@@ -748,6 +749,9 @@ struct MemInbound {
     frame: Option<Bytes>,
     reply: Option<ReplyTo>,
     ack: Option<AckTo>,
+    /// The caller's flag, once acknowledged: set again as the reply lands, so a reply that
+    /// overtakes its acknowledgement on a link with latency never arrives unacknowledged.
+    acked: Option<Arc<AtomicBool>>,
     net: MemNetwork,
     ends: (IpAddr, IpAddr),
 }
@@ -771,7 +775,13 @@ impl MemInbound {
 
     fn answer(mut self, r: Result<Bytes, RefuseCode>) {
         if let Some(to) = self.reply.take() {
-            self.send_back(move || to.send(r));
+            let acked = self.acked.take();
+            self.send_back(move || {
+                if let Some(flag) = acked {
+                    flag.store(true, Ordering::Release);
+                }
+                to.send(r)
+            });
         }
     }
 }
@@ -794,6 +804,9 @@ impl ImmediateStream for MemInbound {
 
     fn ack(&mut self) {
         if let Some(a) = self.ack.take() {
+            if let AckTo::Flag(f) = &a {
+                self.acked = Some(f.clone());
+            }
             self.send_back(move || a.fire());
         }
     }

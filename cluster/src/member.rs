@@ -246,6 +246,68 @@ async fn server_call<Q: Serialize, R: DeserializeOwned>(
     r
 }
 
+/// One hop of a question, handed to a successor: its answer (or failure) comes back to the
+/// member as `Downstream`.
+struct HopSend {
+    id: u64,
+    generation: u64,
+    to: NodeId,
+    hop: Duration,
+    me: ActorRef<MemberMsg>,
+}
+
+impl HopSend {
+    /// Sends the question over `link` (closed after the answer if it was `dialed` for it).
+    /// The answer comes back from wherever it is known (on the in-memory transport, the
+    /// answering side), with no task per hop: only the hop's deadline waits, to route past a
+    /// successor that did not take the question in time (the question's expiry bounds the
+    /// rest). The deadline starts once the link is there: dialing time never judges a hop.
+    fn over(self, link: PeerHandle, dialed: bool, env: QuestionEnvelope) {
+        let acked = Arc::new(AtomicBool::new(false));
+        let (id, generation) = (self.id, self.generation);
+        let (back, closing, answered_by) = (self.me.clone(), link.clone(), self.to.clone());
+        let started = link.call_then(
+            MEMBER,
+            &MemberRequest::Ask(env),
+            acked.clone(),
+            move |result: Result<Partial, CallError>| {
+                if dialed {
+                    closing.close();
+                }
+                let _ = back.send_message(MemberMsg::Downstream {
+                    id,
+                    generation,
+                    to: answered_by,
+                    result,
+                });
+            },
+        );
+        if let Err(e) = started {
+            if dialed {
+                link.close();
+            }
+            return self.failed(e);
+        }
+        let HopSend { to, hop, me, .. } = self;
+        tokio::spawn(async move {
+            tokio::time::sleep(hop).await;
+            if !acked.load(Ordering::Acquire) {
+                let _ = me.send_message(MemberMsg::HopLate(to));
+            }
+        });
+    }
+
+    /// The question could not be sent.
+    fn failed(self, e: CallError) {
+        let _ = self.me.send_message(MemberMsg::Downstream {
+            id: self.id,
+            generation: self.generation,
+            to: self.to,
+            result: Err(e),
+        });
+    }
+}
+
 /// A task aborted when this is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -370,86 +432,25 @@ impl MemberState {
             .filter(|l| l.is_connected())
             .cloned();
         let dial = self.cfg.ring.dial_timeout;
-        let hop = self.cfg.ring.hop_timeout;
-        let me = myself.clone();
-        if let Some(link) = link {
-            // Over a link we hold, the answer comes back as a message from wherever it is
-            // known (on the in-memory transport, the answering side), with no task per hop:
-            // only the hop's deadline waits, to route past a successor that did not take
-            // the question in time (the question's expiry bounds the rest).
-            let acked = Arc::new(AtomicBool::new(false));
-            let back = myself.clone();
-            let to = target.id.clone();
-            let started = link.call_then(
-                MEMBER,
-                &MemberRequest::Ask(env),
-                acked.clone(),
-                move |result: Result<Partial, CallError>| {
-                    let _ = back.send_message(MemberMsg::Downstream {
-                        id,
-                        generation,
-                        to,
-                        result,
-                    });
-                },
-            );
-            match started {
-                Ok(()) => {
-                    let late = target.id;
-                    tokio::spawn(async move {
-                        tokio::time::sleep(hop).await;
-                        if !acked.load(Ordering::Acquire) {
-                            let _ = me.send_message(MemberMsg::HopLate(late));
-                        }
-                    });
-                }
-                Err(e) => {
-                    let _ = me.send_message(MemberMsg::Downstream {
-                        id,
-                        generation,
-                        to: target.id,
-                        result: Err(e),
-                    });
-                }
-            }
-            return;
-        }
-        tokio::spawn(async move {
+        let send = HopSend {
+            id,
+            generation,
+            to: target.id,
+            hop: self.cfg.ring.hop_timeout,
+            me: myself.clone(),
+        };
+        match link {
+            Some(link) => send.over(link, false, env),
             // No link held: one dialed for this question alone, closed after it.
-            let link = Box::pin(node.connect_once(target.addr, dial.min(left))).await;
-            let result = match link {
-                Ok(link) => {
-                    // The successor acknowledges the question as soon as it takes it, long
-                    // before the answers from down the chain come back: no acknowledgement
-                    // within the hop timeout (dial time aside) and the ring routes past it.
-                    let (acked_tx, acked) = tokio::sync::oneshot::channel();
-                    let ask = MemberRequest::Ask(env);
-                    let call = link.call_acked::<_, Partial>(MEMBER, &ask, left, acked_tx);
-                    tokio::pin!(call);
-                    let late = target.id.clone();
-                    let watch = async {
-                        if tokio::time::timeout(hop, acked).await.is_err() {
-                            let _ = me.send_message(MemberMsg::HopLate(late));
-                        }
-                    };
-                    // Once acknowledged (or found late), the call's own outcome decides.
-                    let r = tokio::select! {
-                        biased;
-                        r = &mut call => r,
-                        () = watch => call.await,
-                    };
-                    link.close();
-                    r
-                }
-                Err(e) => Err(e),
-            };
-            let _ = me.send_message(MemberMsg::Downstream {
-                id,
-                generation,
-                to: target.id,
-                result,
-            });
-        });
+            None => {
+                tokio::spawn(async move {
+                    match Box::pin(node.connect_once(target.addr, dial.min(left))).await {
+                        Ok(link) => send.over(link, true, env),
+                        Err(e) => send.failed(e),
+                    }
+                });
+            }
+        }
     }
 
     /// Closes links to members that are no longer among our candidates (the view moved on, as

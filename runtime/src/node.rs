@@ -275,9 +275,7 @@ impl ReplyPort {
     /// Sends the answer.
     pub fn send<T: Serialize>(mut self, msg: &T) -> Result<(), WireError> {
         let body = wire::encode_body(msg)?;
-        if matches!(&self.0, Port::Now(n) if !n.shared.faults.quiet()) {
-            self.hand_to_task();
-        }
+        self.follow_faults();
         match std::mem::replace(&mut self.0, Port::Spent) {
             Port::Task { tx, .. } => {
                 let _ = tx.send(Ok(body));
@@ -301,9 +299,7 @@ impl ReplyPort {
 
     /// Acknowledges the call ahead of its answer (at most once).
     fn ack(&mut self) {
-        if matches!(&self.0, Port::Now(n) if !n.shared.faults.quiet()) {
-            self.hand_to_task();
-        }
+        self.follow_faults();
         match &mut self.0 {
             Port::Task { ack, .. } => {
                 if let Some(tx) = ack.take() {
@@ -315,9 +311,12 @@ impl ReplyPort {
         }
     }
 
-    /// A fault came into force while the call was being handled: from here on, a task
-    /// writes to the stream, waiting as the fault says.
-    fn hand_to_task(&mut self) {
+    /// If a fault came into force while an inline-served call was being handled, a task
+    /// writes to the stream from here on, waiting as the fault says.
+    fn follow_faults(&mut self) {
+        if !matches!(&self.0, Port::Now(n) if !n.shared.faults.quiet()) {
+            return;
+        }
         if let Port::Now(n) = std::mem::replace(&mut self.0, Port::Spent) {
             let (tx, rx) = oneshot::channel();
             let (ack_tx, ack_rx) = oneshot::channel();

@@ -443,9 +443,13 @@ impl ConnShared {
         });
         if closed {
             self.is_closed.store(true, Ordering::Release);
-            // Each end's reader wakes and finds the connection gone.
             for q in &self.queues {
+                // Streams never taken are dropped (their callers see the connection gone),
+                // and each end's reader wakes and finds it so.
+                let pending =
+                    std::mem::take(&mut *q.items.lock().unwrap_or_else(|p| p.into_inner()));
                 q.ready.notify_one();
+                drop(pending);
             }
         }
     }
@@ -563,11 +567,19 @@ struct Queue {
 }
 
 impl Queue {
-    fn push(&self, s: MemStream) {
-        self.items
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(s);
+    /// Queues `s`, unless the connection closed: then it is dropped, and a caller waiting on
+    /// it sees the connection gone. (Checked under the lock `close` empties the queue with,
+    /// so nothing is left behind: a stream's callback holds the connection.)
+    fn push(&self, conn: &ConnShared, s: MemStream) {
+        {
+            let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+            if conn.is_closed.load(Ordering::Acquire) {
+                drop(items);
+                drop(s);
+                return;
+            }
+            items.push_back(s);
+        }
         // One reader per direction; a permit is kept if it is not waiting yet.
         self.ready.notify_one();
     }
@@ -635,12 +647,12 @@ impl MemConnection {
     fn send_once(&self, s: MemStream) {
         match self.net.fate(self.local.ip(), self.remote.ip()) {
             Fate::Cut => {}
-            Fate::Deliver(d) if d.is_zero() => self.shared.queues[self.to].push(s),
+            Fate::Deliver(d) if d.is_zero() => self.shared.queues[self.to].push(&self.shared, s),
             Fate::Deliver(d) => {
                 let (shared, to) = (self.shared.clone(), self.to);
                 tokio::spawn(async move {
                     tokio::time::sleep(d).await;
-                    shared.queues[to].push(s);
+                    shared.queues[to].push(&shared, s);
                 });
             }
         }

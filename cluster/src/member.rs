@@ -15,8 +15,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::proto::{
-    LeaderSides, MEMBER, MemberInfo, MemberRequest, NodeAnswer, Partial, QuestionEnvelope,
-    REGISTRY, Registration, RegistrationReply, RingId, ServerRequest,
+    EncodedAnswer, LeaderSides, MEMBER, MemberInfo, MemberRequest, NodeAnswer, Partial,
+    QuestionEnvelope, REGISTRY, Registration, RegistrationReply, RingId, ServerRequest,
 };
 use crate::ring::{Input, Output, PeerHealth, RingConfig, RingCore};
 
@@ -163,7 +163,7 @@ type QuestionIds = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
 struct QState {
     env: QuestionEnvelope,
     deadline: tokio::time::Instant,
-    own: Option<NodeAnswer>,
+    own: Option<EncodedAnswer>,
     down: Option<Partial>,
     generation: u64,
     forwarded_to: Option<NodeId>,
@@ -520,39 +520,48 @@ impl MemberState {
     /// Our own answer to question `id` is in.
     fn evaluated(&mut self, id: u64, answer: NodeAnswer) {
         if let Some(q) = self.questions.get_mut(&id) {
-            q.own = Some(answer);
+            q.own = Some(EncodedAnswer::new(&answer));
         }
         self.complete(id);
     }
 
     /// When both our answer and the answers after us are in: merge, cache, reply.
     fn complete(&mut self, id: u64) {
-        let me = self.me.id.clone();
         let Some(q) = self.questions.get_mut(&id) else {
             return;
         };
-        if q.done || q.own.is_none() || q.down.is_none() {
+        if q.done {
             return;
         }
-        let (Some(own), Some(mut merged)) = (q.own.clone(), q.down.take()) else {
+        let (Some(own), Some(merged)) = (q.own.as_ref(), q.down.as_mut()) else {
             return;
         };
-        merged.add(&me, &own);
+        merged.add(&self.me.id, own);
         for mut w in q.waiters.drain(..) {
-            let _ = w.answer(&merged);
+            let _ = w.answer(&*merged);
         }
+        // The merged answer is not kept (see `QState::done`).
+        q.down = None;
         q.done = true;
         q.forwarded_to = None;
         if q.late {
+            let own = own.clone();
             self.send_late(id, own);
         }
     }
 
-    fn send_late(&self, id: u64, answer: NodeAnswer) {
+    fn send_late(&self, id: u64, answer: EncodedAnswer) {
         let node = self.node.clone();
         let link = self.server_link.clone();
         let (server, t) = (self.cfg.server, self.cfg.server_timeout);
         tokio::spawn(async move {
+            let answer = match answer.decode() {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(question = id, error = %e, "own answer undecodable");
+                    return;
+                }
+            };
             let r: Result<(), CallError> = server_call(
                 &node,
                 link,

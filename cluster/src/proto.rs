@@ -153,6 +153,67 @@ pub struct NodeAnswer {
     pub problems: Vec<String>,
 }
 
+/// One machine's answer as it travels in a chain's [`Partial`]: its rmp-serde encoding,
+/// checked to be one when decoded. A hop copies one buffer per distinct answer and compares
+/// answers as bytes, where a decoded row would cost an allocation per cell at every hop.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct EncodedAnswer(#[serde(with = "serde_bytes")] Vec<u8>);
+
+impl EncodedAnswer {
+    /// Encodes `answer`.
+    pub fn new(answer: &NodeAnswer) -> EncodedAnswer {
+        // A struct of strings always encodes.
+        EncodedAnswer(rmp_serde::to_vec(answer).unwrap_or_default())
+    }
+
+    /// The answer (checked when this was decoded or built).
+    pub fn decode(&self) -> Result<NodeAnswer, String> {
+        rmp_serde::from_slice(&self.0).map_err(|e| format!("undecodable answer: {e}"))
+    }
+
+    /// Checks that `bytes` are one encoded [`NodeAnswer`], without building it.
+    fn check(bytes: &[u8]) -> Result<(), rmp_serde::decode::Error> {
+        /// A sequence of strings, read in place and dropped.
+        struct Strs;
+        impl<'de> Deserialize<'de> for Strs {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Strs, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Strs;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a sequence of strings")
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        mut s: A,
+                    ) -> Result<Strs, A::Error> {
+                        while s.next_element::<&'de str>()?.is_some() {}
+                        Ok(Strs)
+                    }
+                }
+                d.deserialize_seq(V)
+            }
+        }
+        #[derive(Deserialize)]
+        struct Shape {
+            #[serde(rename = "row")]
+            _row: Option<Strs>,
+            #[serde(rename = "problems")]
+            _problems: Strs,
+        }
+        rmp_serde::from_slice::<Shape>(bytes).map(|_| ())
+    }
+}
+
+impl<'de> Deserialize<'de> for EncodedAnswer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<EncodedAnswer, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?.into_vec();
+        EncodedAnswer::check(&bytes)
+            .map_err(|e| serde::de::Error::custom(format!("not an answer: {e}")))?;
+        Ok(EncodedAnswer(bytes))
+    }
+}
+
 /// One id and the bytes after it, as `IdList::split` cuts them.
 type Split<'a> = (&'a [u8], &'a [u8]);
 
@@ -244,7 +305,7 @@ impl<'de> Deserialize<'de> for IdList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnswerGroup {
     /// The answer.
-    pub answer: NodeAnswer,
+    pub answer: EncodedAnswer,
     /// Who gave it.
     pub who: IdList,
 }
@@ -260,7 +321,7 @@ pub struct Partial {
 
 impl Partial {
     /// Adds one machine's answer.
-    pub fn add(&mut self, id: &NodeId, answer: &NodeAnswer) {
+    pub fn add(&mut self, id: &NodeId, answer: &EncodedAnswer) {
         match self.groups.iter_mut().find(|g| &g.answer == answer) {
             Some(g) => {
                 g.who.push(id);
@@ -292,7 +353,7 @@ impl Partial {
     }
 
     /// Every (machine, answer), repeats included.
-    pub fn entries(&self) -> impl Iterator<Item = (&str, &NodeAnswer)> + '_ {
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &EncodedAnswer)> + '_ {
         self.groups
             .iter()
             .flat_map(|g| g.who.iter().map(move |id| (id, &g.answer)))
@@ -386,11 +447,11 @@ pub struct RingsReport {
 mod tests {
     use super::*;
 
-    fn answer(os: &str) -> NodeAnswer {
-        NodeAnswer {
+    fn answer(os: &str) -> EncodedAnswer {
+        EncodedAnswer::new(&NodeAnswer {
             row: Some(vec!["linux".into(), os.into()]),
             problems: vec![],
-        }
+        })
     }
 
     fn id(s: &str) -> NodeId {
@@ -415,7 +476,10 @@ mod tests {
         assert_eq!(back, p);
         let mut entries: Vec<(String, String)> = back
             .entries()
-            .map(|(n, a)| (n.to_string(), a.row.as_ref().expect("row")[1].clone()))
+            .map(|(n, a)| {
+                let a = a.decode().expect("an answer");
+                (n.to_string(), a.row.expect("row")[1].clone())
+            })
             .collect();
         entries.sort();
         assert_eq!(
@@ -428,6 +492,58 @@ mod tests {
                 ("d4".into(), "6.8".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_partial_whose_answer_is_not_an_answer_is_refused_when_decoded() {
+        #[derive(Serialize)]
+        struct Group {
+            #[serde(with = "serde_bytes")]
+            answer: Vec<u8>,
+            who: IdList,
+        }
+        #[derive(Serialize)]
+        struct Raw {
+            groups: Vec<Group>,
+        }
+        let mut who = IdList::default();
+        who.push(&id("a1"));
+        let good = rollcall_runtime::wire::encode_body(&NodeAnswer {
+            row: None,
+            problems: vec!["uptime: timed out".into()],
+        })
+        .expect("encodes");
+        for (answer, ok) in [
+            (good, true),
+            (
+                rollcall_runtime::wire::encode_body(&(1u8, "x")).expect("enc"),
+                false,
+            ),
+            (
+                rollcall_runtime::wire::encode_body(&(None::<u8>, [7u8])).expect("enc"),
+                false,
+            ),
+            (vec![0x92, 0xc0, 0x91, 0xa2, 0xff, 0xfe], false), // a row cell not UTF-8
+            (vec![0x92, 0xc0], false),                         // ends inside
+        ] {
+            let bytes = rollcall_runtime::wire::encode_body(&Raw {
+                groups: vec![Group {
+                    answer,
+                    who: who.clone(),
+                }],
+            })
+            .expect("encodes");
+            let got = rollcall_runtime::wire::decode_body::<Partial>(&bytes);
+            match (got, ok) {
+                (Ok(p), true) => {
+                    let (n, a) = p.entries().next().expect("one entry");
+                    assert_eq!(n, "a1");
+                    assert_eq!(a.decode().expect("answer").problems, ["uptime: timed out"]);
+                }
+                (Err(e), false) => assert!(e.to_string().contains("not an answer"), "{e}"),
+                (got, _) => panic!("expected ok={ok}, got {got:?}"),
+            }
+        }
     }
 
     #[test]

@@ -202,7 +202,11 @@ impl QuestionStore {
     pub fn merge(&self, id: u64, partial: Partial) {
         if let Some(r) = self.lock().1.get_mut(&id) {
             for g in &partial.groups {
-                let i = r.intern(&g.answer);
+                // Checked when the partial was decoded: this cannot fail.
+                let Ok(answer) = g.answer.decode() else {
+                    continue;
+                };
+                let i = r.intern(&answer);
                 for node in g.who.iter() {
                     r.add_indexed(node, i);
                 }
@@ -356,6 +360,7 @@ impl QuestionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::EncodedAnswer;
 
     fn answer(os: &str, problems: &[&str]) -> NodeAnswer {
         NodeAnswer {
@@ -379,9 +384,18 @@ mod tests {
             expected,
         );
         let mut p = Partial::default();
-        p.add(&NodeId("a".into()), &answer("6.1", &[]));
-        p.add(&NodeId("b".into()), &answer("6.1", &["uptime: timed out"]));
-        p.add(&NodeId("a".into()), &answer("6.1", &[]));
+        p.add(
+            &NodeId("a".into()),
+            &EncodedAnswer::new(&answer("6.1", &[])),
+        );
+        p.add(
+            &NodeId("b".into()),
+            &EncodedAnswer::new(&answer("6.1", &["uptime: timed out"])),
+        );
+        p.add(
+            &NodeId("a".into()),
+            &EncodedAnswer::new(&answer("6.1", &[])),
+        );
         store.merge(id, p.clone());
         store.merge(id, p);
         assert!(store.late_answer(id, NodeId("c".into()), answer("6.8", &[])));

@@ -32,7 +32,9 @@ use crate::supervisor::{
 use crate::transport::{
     Connection, ImmediateStream, InboundStream, RefuseCode, Transport, TransportError,
 };
-use crate::wire::{self, DEFAULT_MAX_FRAME_BYTES, Envelope, EnvelopeKind, WIRE_VERSION, WireError};
+use crate::wire::{
+    self, DEFAULT_MAX_FRAME_BYTES, EnvelopeKind, EnvelopeOut, EnvelopeRef, WIRE_VERSION, WireError,
+};
 
 /// Name of the status actor every node runs.
 pub const STATUS_ACTOR: &str = "node.status";
@@ -274,16 +276,18 @@ impl std::fmt::Debug for ReplyPort {
 impl ReplyPort {
     /// Sends the answer.
     pub fn send<T: Serialize>(mut self, msg: &T) -> Result<(), WireError> {
-        let body = wire::encode_body(msg)?;
         self.follow_faults();
-        match std::mem::replace(&mut self.0, Port::Spent) {
-            Port::Task { tx, .. } => {
-                let _ = tx.send(Ok(body));
+        let port = std::mem::replace(&mut self.0, Port::Spent);
+        wire::with_body(msg, |body| {
+            match port {
+                Port::Task { tx, .. } => {
+                    let _ = tx.send(Ok(body.to_vec()));
+                }
+                Port::Now(n) => n.answer(body),
+                Port::Spent => {}
             }
-            Port::Now(n) => n.answer(body),
-            Port::Spent => {}
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Refuses the call; the caller sees [`RefuseCode::Rejected`].
@@ -347,8 +351,8 @@ impl Drop for ReplyPort {
 }
 
 impl NowPort {
-    fn answer(self, body: Vec<u8>) {
-        match reply_frame(&self.shared, self.to, self.id, body) {
+    fn answer(self, body: &[u8]) {
+        match reply_frame(&self.shared, &self.to, self.id, body) {
             Ok(frame) => {
                 self.stream.reply(frame);
                 self.shared.stats.incr(|s| &s.envelopes_sent);
@@ -362,15 +366,15 @@ impl NowPort {
 }
 
 /// The reply envelope to call `id` from `to`, framed (its bytes counted as sent).
-fn reply_frame(shared: &Shared, to: String, id: u64, body: Vec<u8>) -> Result<Bytes, WireError> {
-    let reply = Envelope {
+fn reply_frame(shared: &Shared, to: &str, id: u64, body: &[u8]) -> Result<Bytes, WireError> {
+    let reply = EnvelopeOut {
         version: WIRE_VERSION,
-        from: shared.identity.id.0.clone(),
+        from: &shared.identity.id.0,
         to,
         kind: EnvelopeKind::Reply(id),
         body,
     };
-    let frame = wire::encode_frame(&reply, shared.opts.max_frame_bytes)?;
+    let frame = wire::encode_frame_out(&reply, shared.opts.max_frame_bytes)?;
     shared.stats.add_n(|s| &s.bytes_sent, frame.len() as u64);
     Ok(frame)
 }
@@ -867,17 +871,25 @@ impl PeerHandle {
         }
     }
 
-    fn envelope(&self, to: &str, kind: EnvelopeKind, body: Vec<u8>) -> Result<Bytes, WireError> {
-        wire::encode_frame(
-            &Envelope {
-                version: WIRE_VERSION,
-                from: self.shared.identity.id.0.clone(),
-                to: to.to_string(),
-                kind,
-                body,
-            },
-            self.shared.opts.max_frame_bytes,
-        )
+    /// `msg` for the actor `to` on the peer, framed.
+    fn envelope<T: Serialize>(
+        &self,
+        to: &str,
+        kind: EnvelopeKind,
+        msg: &T,
+    ) -> Result<Bytes, WireError> {
+        wire::with_body(msg, |body| {
+            wire::encode_frame_out(
+                &EnvelopeOut {
+                    version: WIRE_VERSION,
+                    from: &self.shared.identity.id.0,
+                    to,
+                    kind,
+                    body,
+                },
+                self.shared.opts.max_frame_bytes,
+            )
+        })
     }
 
     /// Sends `msg` to the actor named `to` on the peer; no answer.
@@ -885,7 +897,7 @@ impl PeerHandle {
         let conn = self
             .current()
             .inspect_err(|_| self.shared.stats.incr(|s| &s.casts_dropped_link_down))?;
-        let frame = self.envelope(to, EnvelopeKind::Cast, wire::encode_body(msg)?)?;
+        let frame = self.envelope(to, EnvelopeKind::Cast, msg)?;
         let n = frame.len() as u64;
         self.shared.faults.pass().await;
         conn.send_cast(frame).await?;
@@ -927,7 +939,7 @@ impl PeerHandle {
     ) -> Result<R, CallError> {
         let conn = self.current()?;
         let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
-        let frame = self.envelope(to, EnvelopeKind::Call(id), wire::encode_body(msg)?)?;
+        let frame = self.envelope(to, EnvelopeKind::Call(id), msg)?;
         let max = self.shared.opts.max_frame_bytes;
         self.shared.stats.incr(|s| &s.envelopes_sent);
         self.shared
@@ -965,7 +977,7 @@ impl PeerHandle {
     {
         let conn = self.current()?;
         let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
-        let frame = self.envelope(to, EnvelopeKind::Call(id), wire::encode_body(msg)?)?;
+        let frame = self.envelope(to, EnvelopeKind::Call(id), msg)?;
         let max = self.shared.opts.max_frame_bytes;
         self.shared.stats.incr(|s| &s.envelopes_sent);
         self.shared
@@ -1000,7 +1012,8 @@ fn read_reply<R: DeserializeOwned>(
     id: u64,
     payload: &[u8],
 ) -> Result<R, CallError> {
-    let env = wire::decode_envelope(payload).inspect_err(|e| shared.stats.count_rejection(e))?;
+    let env =
+        wire::decode_envelope_ref(payload).inspect_err(|e| shared.stats.count_rejection(e))?;
     if env.kind != EnvelopeKind::Reply(id) || env.from != peer.0 {
         let e = WireError::Protocol(format!(
             "expected reply {id} from {peer}, got {:?} from {}",
@@ -1013,7 +1026,7 @@ fn read_reply<R: DeserializeOwned>(
     shared
         .stats
         .add_n(|s| &s.bytes_received, payload.len() as u64);
-    Ok(wire::decode_body(&env.body)?)
+    Ok(wire::decode_body(env.body)?)
 }
 
 enum LinkMode {
@@ -1301,20 +1314,20 @@ fn reject(shared: &Shared, peer: &PeerIdentity, stream: AnyStream, e: WireError)
 }
 
 /// An envelope that passed [`admit`]: itself, its call id (none for a cast), and where it goes.
-type Admitted = (Envelope, Option<u64>, Arc<dyn Deliver>);
+type Admitted<'a> = (EnvelopeRef<'a>, Option<u64>, Arc<dyn Deliver>);
 
 /// Checks one received envelope: it decodes, its sender is the certificate's, its kind fits
 /// the stream, and its destination exists. Counts it received if so.
-fn admit(
+fn admit<'a>(
     shared: &Shared,
     peer: &PeerIdentity,
-    payload: &[u8],
+    payload: &'a [u8],
     expects_reply: bool,
-) -> Result<Admitted, WireError> {
-    let env = wire::decode_envelope(payload)?;
+) -> Result<Admitted<'a>, WireError> {
+    let env = wire::decode_envelope_ref(payload)?;
     if env.from != peer.id.0 {
         return Err(WireError::Spoofed {
-            claimed: env.from,
+            claimed: env.from.to_string(),
             actual: peer.id.0.clone(),
         });
     }
@@ -1332,8 +1345,8 @@ fn admit(
             )));
         }
     };
-    let Some(target) = shared.router.lookup(&env.to) else {
-        return Err(WireError::UnknownDestination(env.to));
+    let Some(target) = shared.router.lookup(env.to) else {
+        return Err(WireError::UnknownDestination(env.to.to_string()));
     };
     shared.stats.incr(|s| &s.envelopes_received);
     shared
@@ -1359,12 +1372,12 @@ fn serve_now(shared: &Arc<Shared>, peer: &PeerIdentity, mut stream: Box<dyn Imme
     };
     let incoming = Incoming {
         from: peer.clone(),
-        body: Bytes::from(env.body),
+        body: payload.slice_ref(env.body),
         reply: call_id.map(|id| {
             ReplyPort(Port::Now(NowPort {
                 stream,
                 shared: shared.clone(),
-                to: env.from,
+                to: env.from.to_string(),
                 id,
             }))
         }),
@@ -1397,7 +1410,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: AnySt
     let (ack_tx, ack_rx) = oneshot::channel();
     let incoming = Incoming {
         from: peer.clone(),
-        body: Bytes::from(env.body),
+        body: payload.slice_ref(env.body),
         reply: call_id.map(|_| {
             ReplyPort(Port::Task {
                 tx,
@@ -1411,11 +1424,12 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: AnySt
             &shared,
             &peer,
             stream,
-            WireError::UnknownDestination(env.to),
+            WireError::UnknownDestination(env.to.to_string()),
         );
     }
     let Some(id) = call_id else { return };
-    answer_stream(shared, env.from, id, stream, rx, ack_rx).await;
+    let to = env.from.to_string();
+    answer_stream(shared, to, id, stream, rx, ack_rx).await;
 }
 
 /// Writes the local actor's acknowledgement and answer to call `id` from `to` onto its
@@ -1462,7 +1476,7 @@ async fn answer_stream(
         }
     };
     shared.faults.pass().await;
-    match reply_frame(&shared, to.clone(), id, answer) {
+    match reply_frame(&shared, &to, id, &answer) {
         Ok(frame) => {
             if let Err(e) = stream.reply(frame).await {
                 tracing::debug!(peer = %to, error = %e, "reply not delivered");

@@ -42,6 +42,52 @@ pub struct Envelope {
     pub body: Vec<u8>,
 }
 
+/// An envelope read in place: its strings and body borrow the frame's bytes, so checking and
+/// routing a message allocates nothing. Same wire shape as [`Envelope`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct EnvelopeRef<'a> {
+    /// Wire version; see [`WIRE_VERSION`].
+    pub version: u16,
+    /// The sender's node id.
+    pub from: &'a str,
+    /// The name of the actor it is for.
+    pub to: &'a str,
+    /// Cast, call or reply.
+    pub kind: EnvelopeKind,
+    /// The actor's own message.
+    #[serde(borrow, with = "serde_bytes")]
+    pub body: &'a [u8],
+}
+
+/// An envelope to encode, from borrowed parts (no copy of the sender, destination or body
+/// before they are written). Same wire shape as [`Envelope`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EnvelopeOut<'a> {
+    /// Wire version; see [`WIRE_VERSION`].
+    pub version: u16,
+    /// The sender's node id.
+    pub from: &'a str,
+    /// The name of the actor it is for.
+    pub to: &'a str,
+    /// Cast, call or reply.
+    pub kind: EnvelopeKind,
+    /// The actor's own message, rmp-serde encoded.
+    #[serde(with = "serde_bytes")]
+    pub body: &'a [u8],
+}
+
+impl<'a> From<&'a Envelope> for EnvelopeOut<'a> {
+    fn from(e: &'a Envelope) -> Self {
+        EnvelopeOut {
+            version: e.version,
+            from: &e.from,
+            to: &e.to,
+            kind: e.kind,
+            body: &e.body,
+        }
+    }
+}
+
 /// Why a frame or envelope was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -84,6 +130,11 @@ pub enum WireError {
 
 /// Encodes an envelope as one frame (length prefix included).
 pub fn encode_frame(env: &Envelope, max: usize) -> Result<Bytes, WireError> {
+    encode_frame_out(&EnvelopeOut::from(env), max)
+}
+
+/// [`encode_frame`] from borrowed parts.
+pub fn encode_frame_out(env: &EnvelopeOut<'_>, max: usize) -> Result<Bytes, WireError> {
     // Encoded once, straight after a length placeholder: no copy of the payload.
     let mut out = BytesMut::with_capacity(64 + env.from.len() + env.to.len() + env.body.len());
     out.put_u32(0);
@@ -115,6 +166,18 @@ pub fn frame(payload: &[u8], max: usize) -> Result<Bytes, WireError> {
 /// Decodes a frame's payload (without its length prefix) into an envelope, checking the
 /// wire version before anything else so a newer peer gets a precise error.
 pub fn decode_envelope(payload: &[u8]) -> Result<Envelope, WireError> {
+    let e = decode_envelope_ref(payload)?;
+    Ok(Envelope {
+        version: e.version,
+        from: e.from.to_string(),
+        to: e.to.to_string(),
+        kind: e.kind,
+        body: e.body.to_vec(),
+    })
+}
+
+/// [`decode_envelope`] in place: nothing is copied out of `payload`.
+pub fn decode_envelope_ref(payload: &[u8]) -> Result<EnvelopeRef<'_>, WireError> {
     let mut rd = payload;
     let fields = rmp::decode::read_array_len(&mut rd)
         .map_err(|e| WireError::Garbage(format!("not an envelope: {e}")))?;
@@ -151,6 +214,28 @@ where
     Ok(Bytes::from(buf))
 }
 
+/// Encodes `msg` as an envelope body and hands it to `f` (which frames it): the body is
+/// written to a buffer kept per thread, so it is copied once, into the frame, and never
+/// allocated on its own.
+pub fn with_body<T: Serialize, R>(
+    msg: &T,
+    f: impl FnOnce(&[u8]) -> Result<R, WireError>,
+) -> Result<R, WireError> {
+    thread_local! {
+        static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut buf = SCRATCH.take();
+    buf.clear();
+    let r = rmp_serde::encode::write(&mut buf, msg)
+        .map_err(|e| WireError::Garbage(e.to_string()))
+        .and_then(|()| f(&buf));
+    // A rare large body is not kept for the life of the thread.
+    if buf.capacity() <= 64 * 1024 {
+        SCRATCH.set(buf);
+    }
+    r
+}
+
 /// Encodes an actor's message as an envelope body.
 pub fn encode_body<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::with_capacity(128);
@@ -183,6 +268,21 @@ mod tests {
         let mut rd = &f[..];
         let payload = read_frame(&mut rd, 1024).await.expect("read");
         assert_eq!(decode_envelope(&payload).expect("decode"), env());
+        let e = env();
+        let r = decode_envelope_ref(&payload).expect("decode in place");
+        assert_eq!(
+            (r.version, r.from, r.to, r.kind, r.body),
+            (e.version, &e.from[..], &e.to[..], e.kind, &e.body[..])
+        );
+        // Borrowed and owned encodings are the same bytes.
+        let out = EnvelopeOut {
+            version: WIRE_VERSION,
+            from: "a",
+            to: "echo",
+            kind: EnvelopeKind::Call(7),
+            body: &[1, 2, 3],
+        };
+        assert_eq!(encode_frame_out(&out, 1024).expect("encode"), f);
     }
 
     #[tokio::test]

@@ -54,7 +54,7 @@ impl Record {
             }
             return;
         }
-        self.answers.insert(NodeId(node.to_string()), i);
+        self.answers.insert(NodeId::new(node), i);
     }
 
     fn add(&mut self, node: &str, answer: &NodeAnswer) {
@@ -374,7 +374,7 @@ mod tests {
         let store = QuestionStore::new(4);
         let expected: BTreeMap<NodeId, String> = ["a", "b", "c", "d"]
             .iter()
-            .map(|n| (NodeId(n.to_string()), format!("host-{n}")))
+            .map(|n| (NodeId::new(*n), format!("host-{n}")))
             .collect();
         let id = store.create(
             "q".into(),

@@ -611,7 +611,7 @@ mod tests {
 
     fn m(i: u8) -> MemberInfo {
         MemberInfo {
-            id: NodeId(format!("n{i:02}")),
+            id: NodeId(format!("n{i:02}").into()),
             addr: format!("127.0.1.{i}:7000").parse().expect("addr"),
         }
     }

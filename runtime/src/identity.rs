@@ -6,6 +6,7 @@
 //! `operator/admin`). Node certificates also carry the DNS name [`NODE_SERVER_NAME`], so any
 //! node can accept connections; operator certificates do not, so they can only dial.
 
+use compact_str::CompactString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -64,15 +65,27 @@ pub enum IdentityError {
     Exists(PathBuf),
 }
 
-/// A node's stable identifier: 16 hex digits derived from its public key.
+/// A node's stable identifier: 16 hex digits derived from its public key. Held inline (up
+/// to 24 bytes without an allocation): ids are copied into every message, view and map, and
+/// compared on every hop.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct NodeId(pub String);
+pub struct NodeId(pub CompactString);
 
 impl NodeId {
+    /// An id from any string.
+    pub fn new(id: impl Into<CompactString>) -> NodeId {
+        NodeId(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     /// The id of the node holding `public_key_der` (a SubjectPublicKeyInfo).
     pub fn from_public_key(public_key_der: &[u8]) -> NodeId {
         let digest = Sha256::digest(public_key_der);
-        NodeId(hex::encode(&digest[..8]))
+        NodeId(hex::encode(&digest[..8]).into())
     }
 }
 
@@ -206,7 +219,7 @@ impl PeerIdentity {
         let role = PeerRole::from_tag(ou)
             .ok_or_else(|| IdentityError::NotRollcall(format!("unknown role {ou:?}")))?;
         Ok(PeerIdentity {
-            id: NodeId(cn.to_string()),
+            id: NodeId::new(cn),
             role,
         })
     }
@@ -508,7 +521,7 @@ impl Ca {
     ) -> Result<Credentials, IdentityError> {
         let key = KeyPair::generate()?;
         let id = match name {
-            Some(n) => NodeId(n.to_string()),
+            Some(n) => NodeId::new(n),
             None => NodeId::from_public_key(&rcgen::PublicKeyData::subject_public_key_info(&key)),
         };
         let params = leaf_params(&id, role, validity)?;

@@ -258,7 +258,7 @@ struct NowPort {
     stream: Box<dyn ImmediateStream>,
     shared: Arc<Shared>,
     /// The caller (the reply's `to`).
-    to: String,
+    to: NodeId,
     id: u64,
 }
 
@@ -352,7 +352,7 @@ impl Drop for ReplyPort {
 
 impl NowPort {
     fn answer(self, body: &[u8]) {
-        match reply_frame(&self.shared, &self.to, self.id, body) {
+        match reply_frame(&self.shared, self.to.as_str(), self.id, body) {
             Ok(frame) => {
                 self.stream.reply(frame);
                 self.shared.stats.incr(|s| &s.envelopes_sent);
@@ -1328,7 +1328,7 @@ fn admit<'a>(
     if env.from != peer.id.0 {
         return Err(WireError::Spoofed {
             claimed: env.from.to_string(),
-            actual: peer.id.0.clone(),
+            actual: peer.id.0.to_string(),
         });
     }
     let call_id = match (env.kind, expects_reply) {
@@ -1377,7 +1377,7 @@ fn serve_now(shared: &Arc<Shared>, peer: &PeerIdentity, mut stream: Box<dyn Imme
             ReplyPort(Port::Now(NowPort {
                 stream,
                 shared: shared.clone(),
-                to: env.from.to_string(),
+                to: peer.id.clone(),
                 id,
             }))
         }),
@@ -1428,7 +1428,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: AnySt
         );
     }
     let Some(id) = call_id else { return };
-    let to = env.from.to_string();
+    let to = peer.id.clone();
     answer_stream(shared, to, id, stream, rx, ack_rx).await;
 }
 
@@ -1437,7 +1437,7 @@ async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: AnySt
 /// node's faults say; refuses the call if no answer comes within the serve timeout.
 async fn answer_stream(
     shared: Arc<Shared>,
-    to: String,
+    to: NodeId,
     id: u64,
     mut stream: AnyStream,
     mut rx: oneshot::Receiver<Result<Vec<u8>, RefuseCode>>,
@@ -1476,7 +1476,7 @@ async fn answer_stream(
         }
     };
     shared.faults.pass().await;
-    match reply_frame(&shared, &to, id, &answer) {
+    match reply_frame(&shared, to.as_str(), id, &answer) {
         Ok(frame) => {
             if let Err(e) = stream.reply(frame).await {
                 tracing::debug!(peer = %to, error = %e, "reply not delivered");

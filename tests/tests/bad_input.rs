@@ -80,7 +80,7 @@ async fn each_bad_frame_is_refused_counted_and_harmless() {
 
     // The attacker holds a valid certificate and speaks raw QUIC.
     let bad = creds(&ca, PeerRole::Endpoint);
-    let me = bad.identity.id.0.clone();
+    let me = bad.identity.id.0.to_string();
     let ep = quinn::Endpoint::client("127.0.0.3:0".parse().expect("addr")).expect("client");
     let cfg = tls::client_config(&bad, fast_timeouts()).expect("cfg");
     let conn = ep

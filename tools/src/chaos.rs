@@ -525,7 +525,7 @@ impl Scenario {
                     v.excused.insert(id(fleet, i));
                     v.lost.insert(id(fleet, i));
                 }
-                let names: Vec<String> = who.iter().map(|&i| id(fleet, i).0).collect();
+                let names: Vec<String> = who.iter().map(|&i| id(fleet, i).0.to_string()).collect();
                 format!("killed leader(s) {} silently", names.join(", "))
             }
             Scenario::RingSplit => {
@@ -713,7 +713,7 @@ pub async fn run_scenario(
             missing.push(format!("{} missing from question {}", id, q.id));
         }
     }
-    let lost: Vec<String> = obs.victims.lost.iter().map(|i| i.0.clone()).collect();
+    let lost: Vec<String> = obs.victims.lost.iter().map(|i| i.0.to_string()).collect();
     checks.push(Check {
         invariant: "no live endpoint's answer lost".into(),
         pass: missing.is_empty(),
@@ -1139,7 +1139,7 @@ impl ChaosControl {
                         who.iter()
                             .map(|&i| {
                                 let e = &fleet.endpoints[i];
-                                (e.id.0.clone(), e.ip.to_string())
+                                (e.id.0.to_string(), e.ip.to_string())
                             })
                             .collect(),
                     ))

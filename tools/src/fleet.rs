@@ -279,7 +279,7 @@ impl Fleet {
             };
             let id = match &creds {
                 Some(c) => c.identity.id.clone(),
-                None => NodeId(format!("e{i:07}")),
+                None => NodeId(format!("e{i:07}").into()),
             };
             fleet.by_id.insert(id.clone(), i);
             fleet.endpoints.push(FleetEndpoint {

@@ -286,7 +286,8 @@ impl QuestionDesk {
         };
         let columns = q.select.iter().map(ToString::to_string).collect();
         let id = self.rings.ask(text, columns, body, ttl).await;
-        let expected = self.rings.progress(id).map(|p| p.expected).unwrap_or(0);
+        // Not a progress report: that lists every machine yet to answer (all of them, now).
+        let expected = self.rings.expected(id).unwrap_or(0);
         DeskReply::Asked {
             id,
             expected,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -289,11 +289,11 @@ impl HopSend {
             return self.failed(e);
         }
         let HopSend { to, hop, me, .. } = self;
-        tokio::spawn(async move {
-            tokio::time::sleep(hop).await;
-            if !acked.load(Ordering::Acquire) {
-                let _ = me.send_message(MemberMsg::HopLate(to));
-            }
+        hop_deadlines::watch(hop_deadlines::Deadline {
+            at: tokio::time::Instant::now() + hop,
+            acked,
+            me,
+            to,
         });
     }
 
@@ -305,6 +305,124 @@ impl HopSend {
             to: self.to,
             result: Err(e),
         });
+    }
+}
+
+/// Hop deadlines, watched by one task per runtime thread instead of a sleeping task per
+/// hop: a hop costs a channel send and a heap entry, not a task, a timer and a wake-up. A
+/// watcher ends once it has nothing left to watch, so a stopped fleet leaves no task.
+mod hop_deadlines {
+    use std::cell::RefCell;
+    use std::cmp::{Ordering as CmpOrdering, Reverse};
+    use std::collections::BinaryHeap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ractor::ActorRef;
+    use rollcall_runtime::NodeId;
+    use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, error::SendError};
+    use tokio::time::Instant;
+
+    use super::MemberMsg;
+
+    /// A question handed to `to` at a hop: unless `acked` is set by `at`, `me` hears
+    /// [`MemberMsg::HopLate`].
+    pub(super) struct Deadline {
+        pub(super) at: Instant,
+        pub(super) acked: Arc<AtomicBool>,
+        pub(super) me: ActorRef<MemberMsg>,
+        pub(super) to: NodeId,
+    }
+
+    impl PartialEq for Deadline {
+        fn eq(&self, other: &Self) -> bool {
+            self.at == other.at
+        }
+    }
+    impl Eq for Deadline {}
+    impl PartialOrd for Deadline {
+        fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Deadline {
+        fn cmp(&self, other: &Self) -> CmpOrdering {
+            self.at.cmp(&other.at)
+        }
+    }
+
+    thread_local! {
+        static WATCHER: RefCell<Option<UnboundedSender<Deadline>>> = const { RefCell::new(None) };
+    }
+
+    /// Watches `d` (from a task on a Tokio runtime). This thread's watcher is started on
+    /// first use, and again if the runtime it ran on is gone (a thread can outlive one).
+    pub(super) fn watch(d: Deadline) {
+        WATCHER.with(|w| {
+            let mut w = w.borrow_mut();
+            let d = match w.as_ref() {
+                Some(tx) => match tx.send(d) {
+                    Ok(()) => return,
+                    Err(SendError(d)) => d,
+                },
+                None => d,
+            };
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let _ = tx.send(d);
+            tokio::spawn(run(rx));
+            *w = Some(tx);
+        });
+    }
+
+    async fn run(mut rx: UnboundedReceiver<Deadline>) {
+        let mut due: BinaryHeap<Reverse<Deadline>> = BinaryHeap::new();
+        let sleep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sleep);
+        let mut open = true;
+        loop {
+            // What is due goes first, however busy the channel is.
+            let now = Instant::now();
+            while due.peek().is_some_and(|d| d.0.at <= now) {
+                if let Some(Reverse(d)) = due.pop()
+                    && !d.acked.load(Ordering::Acquire)
+                {
+                    let _ = d.me.send_message(MemberMsg::HopLate(d.to));
+                }
+            }
+            if due.is_empty() {
+                // Nothing left to watch: end (the next hop on this thread starts a watcher
+                // again), taking what was sent before the channel closed.
+                rx.close();
+                while let Ok(d) = rx.try_recv() {
+                    due.push(Reverse(d));
+                }
+                if due.is_empty() {
+                    return;
+                }
+                open = false;
+            }
+            let next = due.peek().map(|d| d.0.at);
+            if let Some(at) = next
+                && sleep.deadline() != at
+            {
+                sleep.as_mut().reset(at);
+            }
+            tokio::select! {
+                d = rx.recv(), if open => match d {
+                    Some(d) => {
+                        due.push(Reverse(d));
+                        // A batch at a time: due deadlines are looked at between batches.
+                        for _ in 0..1024 {
+                            let Ok(d) = rx.try_recv() else { break };
+                            due.push(Reverse(d));
+                        }
+                    }
+                    None => open = false,
+                },
+                () = &mut sleep, if next.is_some() => {}
+                else => return,
+            }
+        }
     }
 }
 

@@ -264,6 +264,11 @@ impl QuestionStore {
             .collect()
     }
 
+    /// How many machines are expected to answer `id` (cheap: no progress report is built).
+    pub fn expected(&self, id: u64) -> Option<usize> {
+        self.lock().1.get(&id).map(|r| r.expected.len())
+    }
+
     /// How many machines have answered `id` (cheap, for polling).
     pub fn answered(&self, id: u64) -> Option<usize> {
         self.lock().1.get(&id).map(Record::answered)

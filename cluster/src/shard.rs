@@ -767,6 +767,11 @@ impl RingServer {
         self.questions.resume_ids(last);
     }
 
+    /// How many machines question `id` expects answers from.
+    pub fn expected(&self, id: u64) -> Option<usize> {
+        self.questions.expected(id)
+    }
+
     /// How many machines have answered question `id` so far.
     pub fn answered(&self, id: u64) -> Option<usize> {
         self.questions.answered(id)

@@ -389,7 +389,11 @@ mod hop_deadlines {
                     let _ = d.me.send_message(MemberMsg::HopLate(d.to));
                 }
             }
-            if due.is_empty() {
+            if due.is_empty() && open {
+                if let Ok(d) = rx.try_recv() {
+                    due.push(Reverse(d));
+                    continue;
+                }
                 // Nothing left to watch: end (the next hop on this thread starts a watcher
                 // again), taking what was sent before the channel closed.
                 rx.close();

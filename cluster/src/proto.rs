@@ -253,7 +253,12 @@ impl IdList {
 
     /// The ids, in the order they were added.
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
-        let mut rest = &self.packed[..];
+        IdList::ids(&self.packed)
+    }
+
+    /// The ids in a packed list (checked: see [`IdList::check`]).
+    pub fn ids(packed: &[u8]) -> impl Iterator<Item = &str> + '_ {
+        let mut rest = packed;
         std::iter::from_fn(move || {
             // Checked when decoded and built by `push`: every list holds whole UTF-8 ids.
             let (id, tail) = IdList::split(rest)?.ok()?;
@@ -301,72 +306,208 @@ impl<'de> Deserialize<'de> for IdList {
     }
 }
 
-/// One distinct answer and the machines that gave it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AnswerGroup {
-    /// The answer.
-    pub answer: EncodedAnswer,
-    /// Who gave it.
-    pub who: IdList,
-}
-
 /// Answers merged along a ring, in compact form: each distinct answer once, with the
 /// machines that gave it. A machine may appear more than once (rerouted rounds); the server
 /// counts each machine once.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Held as its encoding, checked when decoded: a list of groups, each a two-element array of
+/// an encoded [`NodeAnswer`] (bytes) and an [`IdList`] (bytes). A hop adds its machine by
+/// copying the bytes once, where decoding every group and encoding it again cost an
+/// allocation per group at every hop, on answers that grow along the chain.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Partial {
-    /// Distinct answers.
-    pub groups: Vec<AnswerGroup>,
+    raw: Vec<u8>,
+}
+
+/// Where one group of a [`Partial`] lies in its encoding.
+struct GroupAt {
+    answer: std::ops::Range<usize>,
+    /// Where the group's id list's length header starts.
+    who_header: usize,
+    who: std::ops::Range<usize>,
+}
+
+impl Default for Partial {
+    fn default() -> Self {
+        let mut raw = Vec::with_capacity(64);
+        write_array_len(&mut raw, 0);
+        Partial { raw }
+    }
+}
+
+impl std::fmt::Debug for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.groups().map(|(a, who)| {
+                let a = rmp_serde::from_slice::<NodeAnswer>(a).ok();
+                (a, IdList::ids(who).collect::<Vec<_>>())
+            }))
+            .finish()
+    }
+}
+
+fn write_array_len(out: &mut Vec<u8>, n: u32) {
+    // Writing to a Vec cannot fail.
+    let _ = rmp::encode::write_array_len(out, n);
+}
+
+fn write_bin(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let _ = rmp::encode::write_bin_len(out, len as u32);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
 }
 
 impl Partial {
-    /// Adds one machine's answer.
-    pub fn add(&mut self, id: &NodeId, answer: &EncodedAnswer) {
-        match self.groups.iter_mut().find(|g| &g.answer == answer) {
-            Some(g) => {
-                g.who.push(id);
-            }
-            None => {
-                let mut who = IdList::default();
-                who.push(id);
-                self.groups.push(AnswerGroup {
-                    answer: answer.clone(),
+    /// The groups' places, checking the shape (not the contents) as it goes.
+    fn walk(raw: &[u8]) -> impl Iterator<Item = Result<GroupAt, String>> + '_ {
+        let mut rd = raw;
+        let at = |rd: &[u8]| raw.len() - rd.len();
+        let mut left = match rmp::decode::read_array_len(&mut rd) {
+            Ok(n) => Ok(n),
+            Err(e) => Err(format!("not a list of answers: {e}")),
+        };
+        std::iter::from_fn(move || {
+            let n = match &mut left {
+                Ok(0) => return None,
+                Ok(n) => n,
+                Err(e) => {
+                    let e = std::mem::take(e);
+                    left = Ok(0);
+                    return Some(Err(e));
+                }
+            };
+            *n -= 1;
+            let mut group = || -> Result<GroupAt, String> {
+                let fields = rmp::decode::read_array_len(&mut rd).map_err(|e| e.to_string())?;
+                if fields != 2 {
+                    return Err(format!("a group has {fields} fields, not 2"));
+                }
+                let bin = |rd: &mut &[u8]| -> Result<(usize, std::ops::Range<usize>), String> {
+                    let header = at(rd);
+                    let len = rmp::decode::read_bin_len(rd).map_err(|e| e.to_string())? as usize;
+                    if rd.len() < len {
+                        return Err("a group ends early".into());
+                    }
+                    let start = at(rd);
+                    *rd = &rd[len..];
+                    Ok((header, start..start + len))
+                };
+                let (_, answer) = bin(&mut rd)?;
+                let (who_header, who) = bin(&mut rd)?;
+                Ok(GroupAt {
+                    answer,
+                    who_header,
                     who,
-                });
+                })
+            };
+            match group() {
+                Ok(g) => Some(Ok(g)),
+                Err(e) => {
+                    left = Ok(0);
+                    Some(Err(format!("malformed answers: {e}")))
+                }
             }
-        }
+        })
     }
 
-    /// Adds `other`'s answers.
-    pub fn merge(&mut self, other: Partial) {
-        for g in other.groups {
-            match self.groups.iter_mut().find(|x| x.answer == g.answer) {
-                Some(x) => x.who.packed.extend_from_slice(&g.who.packed),
-                None => self.groups.push(g),
+    /// Checks every group: an answer, then a list of ids, and nothing after the last.
+    fn check(raw: &[u8]) -> Result<(), String> {
+        let mut end = None;
+        for g in Partial::walk(raw) {
+            let g = g?;
+            EncodedAnswer::check(&raw[g.answer.clone()])
+                .map_err(|e| format!("not an answer: {e}"))?;
+            IdList::check(&raw[g.who.clone()]).map_err(str::to_string)?;
+            end = Some(g.who.end);
+        }
+        let end = match end {
+            Some(e) => e,
+            None => {
+                let mut rd = raw;
+                rmp::decode::read_array_len(&mut rd).map_err(|e| e.to_string())?;
+                raw.len() - rd.len()
+            }
+        };
+        if end != raw.len() {
+            return Err("bytes after the last group".into());
+        }
+        Ok(())
+    }
+
+    /// Each distinct answer's encoding, with the packed ids of the machines that gave it.
+    pub fn groups(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        // Checked when built or decoded: every group is whole.
+        Partial::walk(&self.raw)
+            .map_while(Result::ok)
+            .map(|g| (&self.raw[g.answer], &self.raw[g.who]))
+    }
+
+    /// Adds one machine's answer.
+    pub fn add(&mut self, id: &NodeId, answer: &EncodedAnswer) {
+        let mut entry = IdList::default();
+        entry.push(id);
+        let entry = &entry.packed[..];
+        let found = Partial::walk(&self.raw)
+            .map_while(Result::ok)
+            .find(|g| self.raw[g.answer.clone()] == answer.0[..]);
+        let mut out = Vec::with_capacity(self.raw.len() + answer.0.len() + entry.len() + 16);
+        match found {
+            Some(g) => {
+                // The id joins its answer's list: the list's header is written anew (it may
+                // grow), the rest is copied.
+                out.extend_from_slice(&self.raw[..g.who_header]);
+                write_bin(&mut out, &[&self.raw[g.who.clone()], entry]);
+                out.extend_from_slice(&self.raw[g.who.end..]);
+            }
+            None => {
+                let mut rd = &self.raw[..];
+                let n = rmp::decode::read_array_len(&mut rd).unwrap_or(0);
+                write_array_len(&mut out, n + 1);
+                out.extend_from_slice(rd);
+                write_array_len(&mut out, 2);
+                write_bin(&mut out, &[&answer.0]);
+                write_bin(&mut out, &[entry]);
             }
         }
+        self.raw = out;
     }
 
     /// Whether `id` answered.
     pub fn contains(&self, id: &NodeId) -> bool {
-        self.groups.iter().any(|g| g.who.contains(id))
+        self.groups()
+            .any(|(_, who)| IdList::ids(who).any(|x| x == id.as_str()))
     }
 
-    /// Every (machine, answer), repeats included.
-    pub fn entries(&self) -> impl Iterator<Item = (&str, &EncodedAnswer)> + '_ {
-        self.groups
-            .iter()
-            .flat_map(|g| g.who.iter().map(move |id| (id, &g.answer)))
+    /// Every (machine, encoded answer), repeats included.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.groups()
+            .flat_map(|(a, who)| IdList::ids(who).map(move |id| (id, a)))
     }
 
     /// How many answers, repeats included.
     pub fn len(&self) -> usize {
-        self.groups.iter().map(|g| g.who.len()).sum()
+        self.groups().map(|(_, who)| IdList::ids(who).count()).sum()
     }
 
     /// No answers.
     pub fn is_empty(&self) -> bool {
-        self.groups.iter().all(|g| g.who.is_empty())
+        self.len() == 0
+    }
+}
+
+impl Serialize for Partial {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.raw)
+    }
+}
+
+impl<'de> Deserialize<'de> for Partial {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Partial, D::Error> {
+        let raw = serde_bytes::ByteBuf::deserialize(d)?.into_vec();
+        Partial::check(&raw).map_err(serde::de::Error::custom)?;
+        Ok(Partial { raw })
     }
 }
 
@@ -464,11 +605,9 @@ mod tests {
         p.add(&id("a1"), &answer("6.1"));
         p.add(&id("b22"), &answer("6.8"));
         p.add(&id("c333"), &answer("6.1"));
-        let mut down = Partial::default();
-        down.add(&id("d4"), &answer("6.8"));
-        down.add(&id("a1"), &answer("6.1")); // a repeat from a rerouted round
-        p.merge(down);
-        assert_eq!(p.groups.len(), 2);
+        p.add(&id("d4"), &answer("6.8"));
+        p.add(&id("a1"), &answer("6.1")); // a repeat from a rerouted round
+        assert_eq!(p.groups().count(), 2);
         assert_eq!(p.len(), 5);
         assert!(p.contains(&id("d4")) && !p.contains(&id("e5")));
         let bytes = rollcall_runtime::wire::encode_body(&p).expect("encodes");
@@ -477,7 +616,7 @@ mod tests {
         let mut entries: Vec<(String, String)> = back
             .entries()
             .map(|(n, a)| {
-                let a = a.decode().expect("an answer");
+                let a: NodeAnswer = rmp_serde::from_slice(a).expect("an answer");
                 (n.to_string(), a.row.expect("row")[1].clone())
             })
             .collect();
@@ -495,53 +634,85 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_whose_answer_is_not_an_answer_is_refused_when_decoded() {
+    fn a_malformed_partial_is_refused_when_decoded_with_its_reason() {
         #[derive(Serialize)]
         struct Group {
             #[serde(with = "serde_bytes")]
             answer: Vec<u8>,
-            who: IdList,
+            #[serde(with = "serde_bytes")]
+            who: Vec<u8>,
         }
-        #[derive(Serialize)]
-        struct Raw {
-            groups: Vec<Group>,
-        }
+        let enc = |v: &dyn erased::Enc| v.enc();
         let mut who = IdList::default();
         who.push(&id("a1"));
+        let who = who.packed;
         let good = rollcall_runtime::wire::encode_body(&NodeAnswer {
             row: None,
             problems: vec!["uptime: timed out".into()],
         })
         .expect("encodes");
-        for (answer, ok) in [
-            (good, true),
+        let group = |answer: Vec<u8>, who: Vec<u8>| vec![Group { answer, who }];
+        let cases: Vec<(Vec<u8>, Option<&str>)> = vec![
+            (enc(&group(good.clone(), who.clone())), None),
             (
-                rollcall_runtime::wire::encode_body(&(1u8, "x")).expect("enc"),
-                false,
+                enc(&group(enc(&(1u8, "x")), who.clone())),
+                Some("not an answer"),
             ),
             (
-                rollcall_runtime::wire::encode_body(&(None::<u8>, [7u8])).expect("enc"),
-                false,
+                enc(&group(enc(&(None::<u8>, [7u8])), who.clone())),
+                Some("not an answer"),
             ),
-            (vec![0x92, 0xc0, 0x91, 0xa2, 0xff, 0xfe], false), // a row cell not UTF-8
-            (vec![0x92, 0xc0], false),                         // ends inside
-        ] {
-            let bytes = rollcall_runtime::wire::encode_body(&Raw {
-                groups: vec![Group {
-                    answer,
-                    who: who.clone(),
-                }],
-            })
-            .expect("encodes");
+            // A row cell that is not UTF-8; an answer that ends inside.
+            (
+                enc(&group(
+                    vec![0x92, 0xc0, 0x91, 0xa2, 0xff, 0xfe],
+                    who.clone(),
+                )),
+                Some("not an answer"),
+            ),
+            (
+                enc(&group(vec![0x92, 0xc0], who.clone())),
+                Some("not an answer"),
+            ),
+            (
+                enc(&group(good.clone(), vec![0, 5, b'a', b'b'])),
+                Some("ends inside an id"),
+            ),
+            (
+                enc(&vec![(good.clone(), who.clone(), 3u8)]),
+                Some("3 fields"),
+            ),
+            (
+                [enc(&group(good.clone(), who.clone())), vec![0xc0]].concat(),
+                Some("bytes after"),
+            ),
+            (enc(&"groups"), Some("not a list of answers")),
+            (vec![0x91, 0x92, 0xc4, 0x09, 1], Some("ends early")),
+        ];
+        for (raw, why) in cases {
+            let bytes = enc(&serde_bytes::ByteBuf::from(raw.clone()));
             let got = rollcall_runtime::wire::decode_body::<Partial>(&bytes);
-            match (got, ok) {
-                (Ok(p), true) => {
+            match (got, why) {
+                (Ok(p), None) => {
                     let (n, a) = p.entries().next().expect("one entry");
                     assert_eq!(n, "a1");
-                    assert_eq!(a.decode().expect("answer").problems, ["uptime: timed out"]);
+                    let a: NodeAnswer = rmp_serde::from_slice(a).expect("answer");
+                    assert_eq!(a.problems, ["uptime: timed out"]);
                 }
-                (Err(e), false) => assert!(e.to_string().contains("not an answer"), "{e}"),
-                (got, _) => panic!("expected ok={ok}, got {got:?}"),
+                (Err(e), Some(why)) => assert!(e.to_string().contains(why), "{e} should say {why}"),
+                (got, _) => panic!("{raw:?}: expected {why:?}, got {got:?}"),
+            }
+        }
+    }
+
+    /// Encoding for the cases above, whatever their type.
+    mod erased {
+        pub trait Enc {
+            fn enc(&self) -> Vec<u8>;
+        }
+        impl<T: serde::Serialize> Enc for T {
+            fn enc(&self) -> Vec<u8> {
+                rollcall_runtime::wire::encode_body(self).expect("encodes")
             }
         }
     }

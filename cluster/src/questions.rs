@@ -2,14 +2,21 @@
 //! the answers that come back (once per machine), late answers, and hand-off of open
 //! questions to machines that missed them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rollcall_runtime::NodeId;
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{Handoff, MEMBER, MemberRequest, NodeAnswer, Partial, QuestionEnvelope};
+use crate::proto::{Handoff, IdList, MEMBER, MemberRequest, NodeAnswer, Partial, QuestionEnvelope};
+
+/// Node ids come from the server's own records and authenticated peers: a fast hash will do
+/// (every answer of every question is counted through one of these maps).
+type FastIds = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
+
+/// The machines a question expects answers from, with their host names.
+pub type Expected = HashMap<NodeId, String, FastIds>;
 
 /// A question as the server keeps it.
 #[derive(Debug, Clone)]
@@ -20,9 +27,9 @@ struct Record {
     asked_at: Instant,
     expires_at: Instant,
     /// Live machines when it was asked, with their host names.
-    expected: BTreeMap<NodeId, String>,
+    expected: Expected,
     /// Each machine that answered, once, with the index of its answer in `distinct`.
-    answers: BTreeMap<NodeId, u32>,
+    answers: HashMap<NodeId, u32, FastIds>,
     /// Distinct answers (most machines share a few).
     distinct: Vec<NodeAnswer>,
     index: HashMap<NodeAnswer, u32>,
@@ -157,7 +164,7 @@ impl QuestionStore {
         columns: Vec<String>,
         body: Vec<u8>,
         ttl: Duration,
-        expected: BTreeMap<NodeId, String>,
+        expected: Expected,
     ) -> u64 {
         let now = tokio::time::Instant::now().into_std();
         let mut st = self.lock();
@@ -172,7 +179,7 @@ impl QuestionStore {
                 asked_at: now,
                 expires_at: now + ttl,
                 expected,
-                answers: BTreeMap::new(),
+                answers: HashMap::default(),
                 distinct: Vec::new(),
                 index: HashMap::new(),
                 repeats: Vec::new(),
@@ -201,13 +208,13 @@ impl QuestionStore {
     /// Merges answers that came back along a ring.
     pub fn merge(&self, id: u64, partial: Partial) {
         if let Some(r) = self.lock().1.get_mut(&id) {
-            for g in &partial.groups {
+            for (answer, who) in partial.groups() {
                 // Checked when the partial was decoded: this cannot fail.
-                let Ok(answer) = g.answer.decode() else {
+                let Ok(answer) = rmp_serde::from_slice::<NodeAnswer>(answer) else {
                     continue;
                 };
                 let i = r.intern(&answer);
-                for node in g.who.iter() {
+                for node in IdList::ids(who) {
                     r.add_indexed(node, i);
                 }
             }
@@ -283,10 +290,11 @@ impl QuestionStore {
 
     /// The machines that have answered `id`.
     pub fn responders(&self, id: u64) -> Option<Vec<NodeId>> {
-        self.lock()
-            .1
-            .get(&id)
-            .map(|r| r.answers.keys().cloned().collect())
+        self.lock().1.get(&id).map(|r| {
+            let mut who: Vec<NodeId> = r.answers.keys().cloned().collect();
+            who.sort();
+            who
+        })
     }
 
     /// Where question `id` stands.
@@ -322,19 +330,26 @@ impl QuestionStore {
             })
             .collect();
         rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.cells.cmp(&b.cells)));
-        let expected: BTreeSet<&NodeId> = r.expected.keys().chain(r.answers.keys()).collect();
-        let not_answered = r
+        problems.sort();
+        // Expected: the machines live at ask time, and any that answered since.
+        let expected = r.expected.len()
+            + r.answers
+                .keys()
+                .filter(|n| !r.expected.contains_key(*n))
+                .count();
+        let mut not_answered: Vec<(NodeId, String)> = r
             .expected
             .iter()
             .filter(|(n, _)| !r.has(n))
             .map(|(n, h)| (n.clone(), h.clone()))
             .collect();
+        not_answered.sort();
         Some(Progress {
             id,
             text: r.text.clone(),
             columns: r.columns.clone(),
             answered: r.answered(),
-            expected: expected.len(),
+            expected,
             matched,
             rows,
             not_answered,
@@ -377,7 +392,7 @@ mod tests {
     #[test]
     fn each_machine_counts_once_whatever_route_its_answers_took() {
         let store = QuestionStore::new(4);
-        let expected: BTreeMap<NodeId, String> = ["a", "b", "c", "d"]
+        let expected: Expected = ["a", "b", "c", "d"]
             .iter()
             .map(|n| (NodeId::new(*n), format!("host-{n}")))
             .collect();

@@ -4,7 +4,7 @@
 //! Shards hold soft state: a restarted shard (its supervisor restarts it on failure) is
 //! rebuilt from the registrations of the next interval.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -581,7 +581,7 @@ impl RingServer {
         ttl: Duration,
     ) -> u64 {
         let report = self.report(None).await;
-        let expected: BTreeMap<NodeId, String> = report
+        let expected: crate::questions::Expected = report
             .rings
             .iter()
             .flat_map(|r| r.members.iter())

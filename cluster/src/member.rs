@@ -314,7 +314,7 @@ impl HopSend {
 mod hop_deadlines {
     use std::cell::RefCell;
     use std::cmp::{Ordering as CmpOrdering, Reverse};
-    use std::collections::BinaryHeap;
+    use std::collections::{BinaryHeap, VecDeque};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -334,20 +334,83 @@ mod hop_deadlines {
         pub(super) to: NodeId,
     }
 
-    impl PartialEq for Deadline {
-        fn eq(&self, other: &Self) -> bool {
-            self.at == other.at
+    /// Something due at an instant.
+    trait At {
+        fn at(&self) -> Instant;
+    }
+
+    impl At for Deadline {
+        fn at(&self) -> Instant {
+            self.at
         }
     }
-    impl Eq for Deadline {}
-    impl PartialOrd for Deadline {
+
+    /// Ordered by when it is due.
+    struct ByAt<T>(T);
+
+    impl<T: At> PartialEq for ByAt<T> {
+        fn eq(&self, other: &Self) -> bool {
+            self.0.at() == other.0.at()
+        }
+    }
+    impl<T: At> Eq for ByAt<T> {}
+    impl<T: At> PartialOrd for ByAt<T> {
         fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
             Some(self.cmp(other))
         }
     }
-    impl Ord for Deadline {
+    impl<T: At> Ord for ByAt<T> {
         fn cmp(&self, other: &Self) -> CmpOrdering {
-            self.at.cmp(&other.at)
+            self.0.at().cmp(&other.0.at())
+        }
+    }
+
+    /// Pending deadlines, soonest first. Deadlines from one thread with one hop timeout come
+    /// in order: those queue at the back in O(1); any other goes to a heap.
+    struct Due<T> {
+        fifo: VecDeque<T>,
+        heap: BinaryHeap<Reverse<ByAt<T>>>,
+    }
+
+    impl<T: At> Due<T> {
+        fn new() -> Self {
+            Due {
+                fifo: VecDeque::new(),
+                heap: BinaryHeap::new(),
+            }
+        }
+
+        fn push(&mut self, d: T) {
+            if self.fifo.back().is_none_or(|b| b.at() <= d.at()) {
+                self.fifo.push_back(d);
+            } else {
+                self.heap.push(Reverse(ByAt(d)));
+            }
+        }
+
+        fn next(&self) -> Option<Instant> {
+            let f = self.fifo.front().map(At::at);
+            let h = self.heap.peek().map(|d| d.0.0.at());
+            match (f, h) {
+                (Some(f), Some(h)) => Some(f.min(h)),
+                (f, h) => f.or(h),
+            }
+        }
+
+        /// The soonest deadline, if it is at or before `now`.
+        fn pop_due(&mut self, now: Instant) -> Option<T> {
+            let f = self.fifo.front().map(At::at).filter(|&at| at <= now);
+            let h = self.heap.peek().map(|d| d.0.0.at()).filter(|&at| at <= now);
+            match (f, h) {
+                (Some(f), Some(h)) if h < f => self.heap.pop().map(|d| d.0.0),
+                (Some(_), _) => self.fifo.pop_front(),
+                (None, Some(_)) => self.heap.pop().map(|d| d.0.0),
+                (None, None) => None,
+            }
+        }
+
+        fn is_empty(&self) -> bool {
+            self.fifo.is_empty() && self.heap.is_empty()
         }
     }
 
@@ -375,37 +438,35 @@ mod hop_deadlines {
     }
 
     async fn run(mut rx: UnboundedReceiver<Deadline>) {
-        let mut due: BinaryHeap<Reverse<Deadline>> = BinaryHeap::new();
+        let mut due: Due<Deadline> = Due::new();
         let sleep = tokio::time::sleep_until(Instant::now());
         tokio::pin!(sleep);
         let mut open = true;
         loop {
             // What is due goes first, however busy the channel is.
             let now = Instant::now();
-            while due.peek().is_some_and(|d| d.0.at <= now) {
-                if let Some(Reverse(d)) = due.pop()
-                    && !d.acked.load(Ordering::Acquire)
-                {
+            while let Some(d) = due.pop_due(now) {
+                if !d.acked.load(Ordering::Acquire) {
                     let _ = d.me.send_message(MemberMsg::HopLate(d.to));
                 }
             }
             if due.is_empty() && open {
                 if let Ok(d) = rx.try_recv() {
-                    due.push(Reverse(d));
+                    due.push(d);
                     continue;
                 }
                 // Nothing left to watch: end (the next hop on this thread starts a watcher
                 // again), taking what was sent before the channel closed.
                 rx.close();
                 while let Ok(d) = rx.try_recv() {
-                    due.push(Reverse(d));
+                    due.push(d);
                 }
                 if due.is_empty() {
                     return;
                 }
                 open = false;
             }
-            let next = due.peek().map(|d| d.0.at);
+            let next = due.next();
             if let Some(at) = next
                 && sleep.deadline() != at
             {
@@ -414,11 +475,11 @@ mod hop_deadlines {
             tokio::select! {
                 d = rx.recv(), if open => match d {
                     Some(d) => {
-                        due.push(Reverse(d));
+                        due.push(d);
                         // A batch at a time: due deadlines are looked at between batches.
                         for _ in 0..1024 {
                             let Ok(d) = rx.try_recv() else { break };
-                            due.push(Reverse(d));
+                            due.push(d);
                         }
                     }
                     None => open = false,
@@ -426,6 +487,40 @@ mod hop_deadlines {
                 () = &mut sleep, if next.is_some() => {}
                 else => return,
             }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        impl At for (Instant, u32) {
+            fn at(&self) -> Instant {
+                self.0
+            }
+        }
+
+        #[test]
+        fn deadlines_come_due_soonest_first_in_order_or_not() {
+            let t0 = Instant::now();
+            let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
+            let mut due = Due::new();
+            // In order (one thread, one hop timeout) and out of it (a shorter timeout).
+            for (at, tag) in [(10, 1), (20, 2), (30, 3), (15, 4), (5, 5), (30, 6)] {
+                due.push((ms(at), tag));
+            }
+            assert_eq!(due.next(), Some(ms(5)));
+            assert!(due.pop_due(ms(4)).is_none(), "nothing is due before 5 ms");
+            let mut got = Vec::new();
+            while let Some((_, tag)) = due.pop_due(ms(20)) {
+                got.push(tag);
+            }
+            assert_eq!(got, [5, 1, 4, 2]);
+            assert_eq!(due.next(), Some(ms(30)));
+            let rest: Vec<u32> = std::iter::from_fn(|| due.pop_due(ms(99)).map(|d| d.1)).collect();
+            assert_eq!(rest.len(), 2);
+            assert!(rest.contains(&3) && rest.contains(&6));
+            assert!(due.is_empty() && due.next().is_none());
         }
     }
 }
@@ -659,7 +754,8 @@ impl MemberState {
             return;
         };
         merged.add(&self.me.id, own);
-        for mut w in q.waiters.drain(..) {
+        // Taken, not drained: a finished question keeps no room for waiters.
+        for mut w in std::mem::take(&mut q.waiters) {
             let _ = w.answer(&*merged);
         }
         // The merged answer is not kept (see `QState::done`).

@@ -172,6 +172,8 @@ pub struct RingCore {
     view: Vec<MemberInfo>,
     /// This member's index in `view` (kept with the view: every message needs it).
     pos: usize,
+    /// The route target's index in `view` (see [`RingCore::route_target`]).
+    route: Option<usize>,
     peers: HashMap<NodeId, PeerState, FastIds>,
     isolated: bool,
     started: Instant,
@@ -195,6 +197,7 @@ impl RingCore {
             cfg,
             view: vec![me.clone()],
             pos: 0,
+            route: None,
             me,
             peers: HashMap::default(),
             isolated: false,
@@ -299,6 +302,7 @@ impl RingCore {
                 }
             }
         }
+        self.route = self.find_route();
         self.flush_reports(now);
         self.update_leadership(now);
     }
@@ -322,12 +326,19 @@ impl RingCore {
 
     /// The successor questions go to now: the first routable candidate, or, when every
     /// candidate is slow (more likely this member's own network is), the first slow one.
+    /// Found when the state last changed (every question asks; few inputs change it).
     pub fn route_target(&self) -> Option<&MemberInfo> {
-        self.candidate_iter()
-            .find(|m| self.health(&m.id).routable())
+        self.route.and_then(|i| self.view.get(i))
+    }
+
+    /// [`RingCore::route_target`]'s index in the view, worked out anew.
+    fn find_route(&self) -> Option<usize> {
+        let health = |i: &usize| self.health(&self.view[*i].id);
+        self.candidate_indices()
+            .find(|i| health(i).routable())
             .or_else(|| {
-                self.candidate_iter()
-                    .find(|m| self.health(&m.id) == PeerHealth::Slow)
+                self.candidate_indices()
+                    .find(|i| health(i) == PeerHealth::Slow)
             })
     }
 

@@ -345,6 +345,19 @@ mod hop_deadlines {
         }
     }
 
+    /// What a watcher does with a deadline that came due.
+    trait Expire: At {
+        fn expire(self);
+    }
+
+    impl Expire for Deadline {
+        fn expire(self) {
+            if !self.acked.load(Ordering::Acquire) {
+                let _ = self.me.send_message(MemberMsg::HopLate(self.to));
+            }
+        }
+    }
+
     /// Ordered by when it is due.
     struct ByAt<T>(T);
 
@@ -437,8 +450,8 @@ mod hop_deadlines {
         });
     }
 
-    async fn run(mut rx: UnboundedReceiver<Deadline>) {
-        let mut due: Due<Deadline> = Due::new();
+    async fn run<T: Expire>(mut rx: UnboundedReceiver<T>) {
+        let mut due: Due<T> = Due::new();
         let sleep = tokio::time::sleep_until(Instant::now());
         tokio::pin!(sleep);
         let mut open = true;
@@ -446,9 +459,7 @@ mod hop_deadlines {
             // What is due goes first, however busy the channel is.
             let now = Instant::now();
             while let Some(d) = due.pop_due(now) {
-                if !d.acked.load(Ordering::Acquire) {
-                    let _ = d.me.send_message(MemberMsg::HopLate(d.to));
-                }
+                d.expire();
             }
             if due.is_empty() && open {
                 if let Ok(d) = rx.try_recv() {
@@ -498,6 +509,57 @@ mod hop_deadlines {
             fn at(&self) -> Instant {
                 self.0
             }
+        }
+
+        /// A deadline that records when it expired.
+        struct Probe(Instant, u32, std::sync::mpsc::Sender<(u32, Instant)>);
+
+        impl At for Probe {
+            fn at(&self) -> Instant {
+                self.0
+            }
+        }
+
+        impl Expire for Probe {
+            fn expire(self) {
+                let _ = self.2.send((self.1, Instant::now()));
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn one_watcher_takes_every_deadline_sent_while_it_has_work_then_ends() {
+            let (fired_tx, fired) = std::sync::mpsc::channel();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let t0 = Instant::now();
+            let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
+            // As `watch` starts one: the first deadline is sent before the task runs.
+            tx.send(Probe(ms(100), 0, fired_tx.clone())).expect("open");
+            let watcher = tokio::spawn(run(rx));
+            for i in 1..=5u32 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                let sent = tx.send(Probe(ms(100 + 10 * u64::from(i)), i, fired_tx.clone()));
+                assert!(
+                    sent.is_ok(),
+                    "deadline {i} refused: the watcher closed early"
+                );
+            }
+            tokio::time::timeout(std::time::Duration::from_secs(5), watcher)
+                .await
+                .expect("the watcher ends once nothing is left")
+                .expect("no panic");
+            let got: Vec<(u32, u64)> = fired
+                .try_iter()
+                .map(|(i, at)| (i, (at - t0).as_millis() as u64))
+                .collect();
+            assert_eq!(
+                got,
+                [(0, 100), (1, 110), (2, 120), (3, 130), (4, 140), (5, 150)],
+                "each deadline fires once, at its time"
+            );
+            assert!(
+                tx.send(Probe(ms(999), 9, fired_tx)).is_err(),
+                "an ended watcher takes no more"
+            );
         }
 
         #[test]

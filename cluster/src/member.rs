@@ -308,9 +308,10 @@ impl HopSend {
     }
 }
 
-/// Hop deadlines, watched by one task per runtime thread instead of a sleeping task per
-/// hop: a hop costs a channel send and a heap entry, not a task, a timer and a wake-up. A
-/// watcher ends once it has nothing left to watch, so a stopped fleet leaves no task.
+/// Hop deadlines, watched by one task per thread of a multi-thread runtime instead of a
+/// sleeping task per hop: a hop costs a channel send and a queue entry, not a task, a timer
+/// and a wake-up. A watcher ends once it has nothing left to watch, so a stopped fleet
+/// leaves no task. On a current-thread runtime a hop's deadline is a task of its own.
 mod hop_deadlines {
     use std::cell::RefCell;
     use std::cmp::{Ordering as CmpOrdering, Reverse};
@@ -434,6 +435,18 @@ mod hop_deadlines {
     /// Watches `d` (from a task on a Tokio runtime). This thread's watcher is started on
     /// first use, and again if the runtime it ran on is gone (a thread can outlive one).
     pub(super) fn watch(d: Deadline) {
+        // A thread runs one multi-thread runtime's tasks only; current-thread runtimes may
+        // take turns on one thread (each host of a deterministic network test, each test),
+        // each with its own clock: there a hop keeps a task of its own.
+        if tokio::runtime::Handle::current().runtime_flavor()
+            != tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::spawn(async move {
+                tokio::time::sleep_until(d.at).await;
+                d.expire();
+            });
+            return;
+        }
         WATCHER.with(|w| {
             let mut w = w.borrow_mut();
             let d = match w.as_ref() {
@@ -469,7 +482,10 @@ mod hop_deadlines {
                 // Nothing left to watch: end (the next hop on this thread starts a watcher
                 // again), taking what was sent before the channel closed.
                 rx.close();
-                while let Ok(d) = rx.try_recv() {
+                // Not `try_recv`: a send counted but not yet pushed would read as empty, and
+                // its sender, told the send went through, would start no watcher for it.
+                // `recv` on a closed channel ends once no send is in flight.
+                while let Some(d) = rx.recv().await {
                     due.push(d);
                 }
                 if due.is_empty() {

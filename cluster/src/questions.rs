@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::{Handoff, IdList, MEMBER, MemberRequest, NodeAnswer, Partial, QuestionEnvelope};
 
-/// Node ids come from the server's own records and authenticated peers: a fast hash will do
-/// (every answer of every question is counted through one of these maps).
+/// The expected machines come from the server's own records: a fast hash will do.
 type FastIds = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
 
 /// The machines a question expects answers from, with their host names.
@@ -28,8 +27,9 @@ struct Record {
     expires_at: Instant,
     /// Live machines when it was asked, with their host names.
     expected: Expected,
-    /// Each machine that answered, once, with the index of its answer in `distinct`.
-    answers: HashMap<NodeId, u32, FastIds>,
+    /// Each machine that answered, once, with the index of its answer in `distinct`. Keyed
+    /// with the default (keyed) hash: these ids are whatever the machines down a chain wrote.
+    answers: HashMap<NodeId, u32>,
     /// Distinct answers (most machines share a few).
     distinct: Vec<NodeAnswer>,
     index: HashMap<NodeAnswer, u32>,
@@ -330,7 +330,8 @@ impl QuestionStore {
             })
             .collect();
         rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.cells.cmp(&b.cells)));
-        problems.sort();
+        // By machine; each machine's problems in sensor order.
+        problems.sort_by(|a, b| a.0.cmp(&b.0));
         // Expected: the machines live at ask time, and any that answered since.
         let expected = r.expected.len()
             + r.answers

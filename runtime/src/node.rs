@@ -277,17 +277,23 @@ impl ReplyPort {
     /// Sends the answer.
     pub fn send<T: Serialize>(mut self, msg: &T) -> Result<(), WireError> {
         self.follow_faults();
-        let port = std::mem::replace(&mut self.0, Port::Spent);
-        wire::with_body(msg, |body| {
-            match port {
-                Port::Task { tx, .. } => {
+        let mut port = Some(std::mem::replace(&mut self.0, Port::Spent));
+        let sent = wire::with_body(msg, |body| {
+            match port.take() {
+                Some(Port::Task { tx, .. }) => {
                     let _ = tx.send(Ok(body.to_vec()));
                 }
-                Port::Now(n) => n.answer(body),
-                Port::Spent => {}
+                Some(Port::Now(n)) => n.answer(body),
+                Some(Port::Spent) | None => {}
             }
             Ok(())
-        })
+        });
+        // An answer that would not encode: the port goes back, and is refused as unanswered
+        // when dropped.
+        if let Some(p) = port {
+            self.0 = p;
+        }
+        sent
     }
 
     /// Refuses the call; the caller sees [`RefuseCode::Rejected`].

@@ -10,7 +10,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u16 = 1;
+/// 2: a chain's partial answer travels as its checked encoding (bytes), not as a struct.
+pub const WIRE_VERSION: u16 = 2;
 
 /// Default hard limit on one frame.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
@@ -306,10 +307,12 @@ mod tests {
         ));
         assert!(matches!(decode_envelope(&[]), Err(WireError::Garbage(_))));
         // A future version with a different shape is named as such, not as garbage.
-        let future = rmp_serde::to_vec(&(2u16, "x", 1.5f64, ["y"])).expect("enc");
+        let future = rmp_serde::to_vec(&(WIRE_VERSION + 1, "x", 1.5f64, ["y"])).expect("enc");
         assert_eq!(
             decode_envelope(&future),
-            Err(WireError::UnknownVersion { got: 2 })
+            Err(WireError::UnknownVersion {
+                got: WIRE_VERSION + 1
+            })
         );
         // Encoding refuses what the peer would refuse.
         let mut big = env();

@@ -30,6 +30,8 @@ pub enum Probe {
     WhoAmI,
     /// Drop the call without answering.
     Drop,
+    /// Answer with something that cannot be encoded.
+    Unencodable,
     /// Keep the call and never answer.
     Hold,
     /// Acknowledge the call, then keep it and never answer.
@@ -40,6 +42,15 @@ pub enum Probe {
     HoldAndTell(u32),
     /// Answer every call kept so far with `Echo("released")`.
     Release,
+}
+
+/// An answer whose encoding fails.
+struct Unencodable;
+
+impl Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this answer cannot be encoded"))
+    }
 }
 
 /// What the probe actor answers.
@@ -100,6 +111,10 @@ impl Actor for ProbeActor {
                 msg.answer(&ProbeReply::Caller(who))?;
             }
             Probe::Drop => drop(msg),
+            Probe::Unencodable => {
+                let err = msg.answer(&Unencodable).expect_err("cannot be encoded");
+                assert!(err.to_string().contains("cannot be encoded"), "{err}");
+            }
             Probe::Hold => state.held.push(msg),
             Probe::AckThenHold => {
                 msg.ack();

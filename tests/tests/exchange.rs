@@ -98,6 +98,14 @@ async fn exchange_suite(a: Node, b: Node) {
             RefuseCode::NoAnswer
         )))
     );
+    // An answer that fails to encode is refused as unanswered, not left to time out.
+    let r: Result<ProbeReply, _> = link.call(PROBE, &Probe::Unencodable, DEADLINE).await;
+    assert_eq!(
+        r,
+        Err(CallError::Transport(TransportError::Refused(
+            RefuseCode::NoAnswer
+        )))
+    );
     let short = Duration::from_millis(300);
     let r: Result<ProbeReply, _> = link.call(PROBE, &Probe::Hold, short).await;
     assert_eq!(r, Err(CallError::Timeout(short)));

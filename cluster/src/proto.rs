@@ -153,11 +153,11 @@ pub struct NodeAnswer {
     pub problems: Vec<String>,
 }
 
-/// One machine's answer as it travels in a chain's [`Partial`]: its rmp-serde encoding,
-/// checked to be one when decoded. A hop copies one buffer per distinct answer and compares
+/// One machine's answer as it travels in a chain's [`Partial`]: its rmp-serde encoding
+/// (checked when a partial is decoded). A hop copies one buffer per distinct answer and compares
 /// answers as bytes, where a decoded row would cost an allocation per cell at every hop.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct EncodedAnswer(#[serde(with = "serde_bytes")] Vec<u8>);
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EncodedAnswer(Vec<u8>);
 
 impl EncodedAnswer {
     /// Encodes `answer`.
@@ -202,15 +202,6 @@ impl EncodedAnswer {
             _problems: Strs,
         }
         rmp_serde::from_slice::<Shape>(bytes).map(|_| ())
-    }
-}
-
-impl<'de> Deserialize<'de> for EncodedAnswer {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<EncodedAnswer, D::Error> {
-        let bytes = serde_bytes::ByteBuf::deserialize(d)?.into_vec();
-        EncodedAnswer::check(&bytes)
-            .map_err(|e| serde::de::Error::custom(format!("not an answer: {e}")))?;
-        Ok(EncodedAnswer(bytes))
     }
 }
 

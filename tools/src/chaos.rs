@@ -686,12 +686,15 @@ pub async fn run_scenario(
     obs.ask(fleet, opts.ttl, Some(Instant::now())).await?;
     let end = Instant::now() + opts.ttl;
     loop {
-        obs.sample(fleet).await?;
+        // Looked at before the sample, which then sees at least these answers: answers land
+        // while we look, and one that came between a sample and this check would end the
+        // wait with its question never marked complete.
         let done = obs
             .questions
             .iter()
             .filter(|q| !q.lost_with_server)
             .all(|q| unanswered(fleet, q.id).is_empty());
+        obs.sample(fleet).await?;
         if done || Instant::now() >= end {
             break;
         }

@@ -86,7 +86,9 @@ pub struct MemberStatus {
     pub ring: Option<RingId>,
     /// Registrations answered so far.
     pub registrations: u64,
-    /// Members in ring order.
+    /// Members in the server's last list of its ring (hellos included).
+    pub ring_members: usize,
+    /// The members it keeps, in ring order: its nearest predecessor and its candidates.
     pub view: Vec<MemberInfo>,
     /// Where questions go next.
     pub route_target: Option<NodeId>,
@@ -1320,8 +1322,7 @@ async fn dispatch(
             match req {
                 MemberRequest::Ping => {
                     let from = inc.from.id.clone();
-                    let next = st.core.successors().to_vec();
-                    inc.answer(&next)?;
+                    inc.answer(&st.core.successors())?;
                     if inc.from.role == PeerRole::Endpoint {
                         st.feed(&myself, Input::ProbedBy(from)).await;
                     }
@@ -1343,7 +1344,7 @@ async fn dispatch(
                         return Ok(());
                     }
                     st.feed(&myself, Input::Hello(info)).await;
-                    inc.answer(&st.core.view().to_vec())?;
+                    inc.answer(&st.core.view())?;
                 }
                 MemberRequest::Ask(env) => {
                     // Taken: the predecessor stops its hop clock (the answer follows once
@@ -1411,6 +1412,7 @@ async fn dispatch(
             let _ = reply.send(MemberStatus {
                 ring: st.ring.clone(),
                 registrations: st.registrations,
+                ring_members: core.ring_members(),
                 view: core.view().to_vec(),
                 route_target: core.route_target().map(|m| m.id.clone()),
                 leads: core.leader(),

@@ -170,6 +170,8 @@ pub struct RingCore {
     cfg: RingConfig,
     me: MemberInfo,
     view: Vec<MemberInfo>,
+    /// Members in the server's last list.
+    ring_members: usize,
     /// This member's index in `view` (kept with the view: every message needs it).
     pos: usize,
     /// The route target's index in `view` (see [`RingCore::route_target`]).
@@ -196,6 +198,7 @@ impl RingCore {
         RingCore {
             cfg,
             view: vec![me.clone()],
+            ring_members: 1,
             pos: 0,
             route: None,
             me,
@@ -319,9 +322,15 @@ impl RingCore {
         self.out.pop_front()
     }
 
-    /// Members in ring order, this one included.
+    /// The members this one uses, in ring order, itself included: its nearest predecessor
+    /// and its candidates (the rest of the ring is not kept).
     pub fn view(&self) -> &[MemberInfo] {
         &self.view
+    }
+
+    /// Members in the server's last list (hellos included), this one too.
+    pub fn ring_members(&self) -> usize {
+        self.ring_members
     }
 
     /// The successor questions go to now: the first routable candidate, or, when every
@@ -399,9 +408,30 @@ impl RingCore {
         self.pos
     }
 
-    /// Recomputes this member's index after the view changed.
+    /// Recomputes this member's index after the view changed, and keeps only the part of
+    /// the view this member uses: its nearest predecessor (greeted; and the view's first
+    /// member leads) and its candidates, up to the furthest skip contact. A ring of a few
+    /// hundred members costs each of them a few dozen entries, not the whole list; the
+    /// server's next list brings back whoever moves into range.
     fn reindex(&mut self) {
         self.pos = self.position(&self.me.id).unwrap_or(0);
+        let n = self.cfg.successors;
+        let reach = match (n, self.cfg.skip_contacts) {
+            (0, _) => 0,
+            (n, 0) => n,
+            (n, k) => n.max((n * 2) << (k - 1)),
+        };
+        let keep_to = (self.pos + 1 + reach).min(self.view.len());
+        let keep_from = self.pos.saturating_sub(1);
+        if keep_to < self.view.len() || keep_from > 0 {
+            self.view.truncate(keep_to);
+            self.view.drain(..keep_from);
+            self.pos -= keep_from;
+        }
+        // Hellos push onto a view built to size: without this, one joiner doubles it.
+        if self.view.capacity() > self.view.len() + self.view.len() / 4 + 4 {
+            self.view.shrink_to_fit();
+        }
     }
 
     fn peer(&mut self, id: &NodeId) -> &mut PeerState {
@@ -435,19 +465,20 @@ impl RingCore {
         }
         members.sort_by(order);
         members.dedup_by(|a, b| a.id == b.id);
-        self.peers
-            .retain(|id, _| members.iter().any(|m| &m.id == id));
+        self.ring_members = members.len();
+        let old = std::mem::replace(&mut self.view, members);
+        self.reindex();
+        let view = &self.view;
+        self.peers.retain(|id, _| view.iter().any(|m| &m.id == id));
         // A member back at a new address: an attempt at the old one will never be judged
         // (its result is dropped as stale), so forget it and probe the new address.
-        for m in &members {
-            let moved = self.view.iter().any(|v| v.id == m.id && v.addr != m.addr);
+        for m in &self.view {
+            let moved = old.iter().any(|v| v.id == m.id && v.addr != m.addr);
             if moved && let Some(p) = self.peers.get_mut(&m.id) {
                 p.attempt = None;
                 p.probe_sent = None;
             }
         }
-        self.view = members;
-        self.reindex();
         self.say_hello();
         self.tick(now);
     }
@@ -690,12 +721,71 @@ mod tests {
             },
             t0,
         );
-        let ids: Vec<_> = c.view().iter().take(4).map(|m| m.id.0.clone()).collect();
-        assert_eq!(ids, ["n01", "n02", "a-first", "n03"]);
+        // It keeps its nearest predecessor, itself and what its furthest skip reaches; it
+        // knows how many the ring has.
+        let ids: Vec<_> = c.view().iter().map(|m| m.id.0.clone()).collect();
+        let mut want = vec!["a-first".to_string()];
+        want.extend((3..=19).map(|i| format!("n{i:02}")));
+        assert_eq!(ids, want);
+        assert_eq!(c.ring_members(), 41);
         let cand: Vec<_> = c.candidates().iter().map(|m| m.id.0.clone()).collect();
         // Four successors, then skips at 8 and 16 places after us.
         assert_eq!(cand, ["n04", "n05", "n06", "n07", "n11", "n19"]);
         assert_eq!(c.route_target().map(|m| m.id.0.as_str()), Some("n04"));
+    }
+
+    #[test]
+    fn a_member_keeps_only_its_predecessor_and_candidates_as_the_ring_changes() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let ids =
+            |c: &RingCore| -> Vec<String> { c.view().iter().map(|m| m.id.0.to_string()).collect() };
+        let names = |r: std::ops::RangeInclusive<u8>| -> Vec<String> {
+            r.map(|i| format!("n{i:02}")).collect()
+        };
+        let mut c = ring(30, 60, t0);
+        assert_eq!(ids(&c), names(29..=46));
+        assert_eq!(c.ring_members(), 60);
+        // A joiner right after us is spliced in; the furthest member falls out of reach.
+        let mut joiner = m(31);
+        joiner.id = NodeId("a-joiner".into());
+        c.handle(Input::Hello(joiner.clone()), ms(10));
+        let mut want = names(29..=30);
+        want.push("a-joiner".into());
+        want.extend(names(31..=45));
+        assert_eq!(ids(&c), want);
+        assert_eq!(c.route_target(), Some(&joiner));
+        // One beyond reach is not kept.
+        let mut far = m(50);
+        far.id = NodeId("a-far".into());
+        c.handle(Input::Hello(far), ms(20));
+        assert_eq!(ids(&c), want);
+        // The server's next list: the member before us left, so the one before it is our
+        // predecessor now; the joiner is in the list.
+        c.handle(Input::RegistrationSent, ms(1000));
+        let mut members: Vec<_> = (1..=60).filter(|&i| i != 29).map(m).collect();
+        members.push(joiner);
+        c.handle(
+            Input::Members {
+                members,
+                isolated: false,
+            },
+            ms(1010),
+        );
+        let mut want = names(28..=28);
+        want.extend(names(30..=30));
+        want.push("a-joiner".into());
+        want.extend(names(31..=45));
+        assert_eq!(ids(&c), want);
+        assert_eq!(c.ring_members(), 60);
+        // The first member has nothing before it: it leads the forward end.
+        let first = ring(1, 60, t0);
+        assert_eq!(ids(&first), names(1..=17));
+        assert!(first.leader().forward);
+        // The last keeps its predecessor only.
+        let last = ring(60, 60, t0);
+        assert_eq!(ids(&last), names(59..=60));
+        assert!(last.leader().backward);
     }
 
     #[test]
@@ -1021,7 +1111,8 @@ mod tests {
         assert!(drain(&mut j).contains(&Output::Hello(m(1))));
         j.handle(Input::Learned(vec![m(1), m(2), m(3)]), ms(5));
         assert_eq!(drain(&mut j), [Output::Hello(m(2))]);
-        assert_eq!(j.view(), [m(1), m(2), m(3)]);
+        // Only the nearest predecessor is kept of those before it.
+        assert_eq!(j.view(), [m(2), m(3)]);
         // A later registration's list is the server's truth again.
         c.handle(Input::RegistrationSent, ms(1000));
         c.handle(

@@ -1047,7 +1047,7 @@ async fn endpoint(a: EndpointArgs) -> Result<()> {
         match rollcall_cluster::member::status(&member).await {
             Some(s) if s.registrations > 0 => {
                 match &s.ring {
-                    Some(r) => println!("registered in ring {r} with {} members", s.view.len()),
+                    Some(r) => println!("registered in ring {r} with {} members", s.ring_members),
                     None => println!("registered in an isolated range (no peering)"),
                 }
                 break;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rollcall_runtime::node::{CallError, Deliver, DestinationGone, Incoming, LinkEvent, Node};
 use rollcall_runtime::supervisor::{
-    ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs, start_child,
+    ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs,
 };
 use rollcall_runtime::{NodeId, OperatorRole};
 use sha2::{Digest, Sha256};
@@ -453,9 +453,10 @@ impl RingServer {
             SupervisorArgs {
                 intensity: RestartIntensity::default(),
                 children: specs.clone(),
+                stop_when_idle: false,
             }
         });
-        start_child(node.supervisor().await.map_err(|e| e.to_string())?, sup).await?;
+        node.start_child(sup).await.map_err(|e| e.to_string())?;
         node.router().register(
             REGISTRY,
             Arc::new(Registrar {

@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, ActorStatus};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::{broadcast, oneshot, watch};
 
@@ -27,7 +27,7 @@ use crate::backoff::{Backoff, BackoffConfig};
 use crate::identity::{NodeId, OperatorRole, PeerIdentity};
 use crate::stats::{WireStats, WireStatsSnapshot};
 use crate::supervisor::{
-    ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg, start_child,
+    ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg,
 };
 use crate::transport::{
     Connection, ImmediateStream, InboundStream, RefuseCode, Transport, TransportError,
@@ -488,9 +488,10 @@ impl Shared {
 #[derive(Clone)]
 pub struct Node {
     shared: Arc<Shared>,
-    /// Started on first use (a redialing link, or an actor put under it): most endpoints
-    /// never need one, and a ractor actor costs kilobytes.
-    supervisor: Arc<tokio::sync::OnceCell<ActorRef<SupervisorMsg>>>,
+    /// Started on first use (a redialing link, or an actor put under it) and stopped when its
+    /// last child is gone: most endpoints need one only while they lead (a leader's server
+    /// link), and a ractor actor costs kilobytes.
+    supervisor: Arc<std::sync::Mutex<Option<ActorRef<SupervisorMsg>>>>,
     /// Set by [`Node::shutdown`]: no supervisor is started after it.
     stopped: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -606,31 +607,71 @@ impl Node {
     }
 
     /// The node's supervisor (of its redialing links, and of what the caller puts under
-    /// it), started on first use; an error once the node is shut down.
-    pub async fn supervisor(&self) -> Result<&ActorRef<SupervisorMsg>, NodeError> {
-        self.supervisor
-            .get_or_try_init(|| async {
-                if self.stopped.load(Ordering::SeqCst) {
-                    return Err(NodeError::Spawn("the node is shut down".into()));
-                }
-                let (supervisor, _) = Actor::spawn(
-                    None,
-                    Supervisor,
-                    SupervisorArgs {
-                        intensity: RestartIntensity::default(),
-                        children: Vec::new(),
-                    },
-                )
+    /// it), started on first use and stopped once its last child is gone (the next use
+    /// starts another); an error once the node is shut down.
+    pub async fn supervisor(&self) -> Result<ActorRef<SupervisorMsg>, NodeError> {
+        let live = |s: &ActorRef<SupervisorMsg>| {
+            matches!(
+                s.get_status(),
+                ActorStatus::Unstarted | ActorStatus::Starting | ActorStatus::Running
+            )
+        };
+        let gone = || NodeError::Spawn("the node is shut down".into());
+        {
+            let slot = self.supervisor.lock().map_err(|_| gone())?;
+            if let Some(s) = slot.as_ref().filter(|s| live(s)) {
+                return Ok(s.clone());
+            }
+        }
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(gone());
+        }
+        let (supervisor, _) = Actor::spawn(
+            None,
+            Supervisor,
+            SupervisorArgs {
+                intensity: RestartIntensity::default(),
+                children: Vec::new(),
+                stop_when_idle: true,
+            },
+        )
+        .await
+        .map_err(|e| NodeError::Spawn(e.to_string()))?;
+        let mut slot = self.supervisor.lock().map_err(|_| gone())?;
+        // Another caller started one meanwhile: use that one.
+        if let Some(s) = slot.as_ref().filter(|s| live(s)) {
+            supervisor.stop(None);
+            return Ok(s.clone());
+        }
+        // Shut down while it started: `shutdown` may not have seen it.
+        if self.stopped.load(Ordering::SeqCst) {
+            supervisor.stop(Some("node shutting down".into()));
+            return Err(gone());
+        }
+        *slot = Some(supervisor.clone());
+        Ok(supervisor)
+    }
+
+    /// Starts `spec` under the node's supervisor. One that stopped (its last child ended)
+    /// just as the request reached it is replaced once.
+    pub async fn start_child(&self, spec: ChildSpec) -> Result<ActorCell, NodeError> {
+        let mut retried = false;
+        loop {
+            let sup = self.supervisor().await?;
+            let s = spec.clone();
+            match sup
+                .call(|port| SupervisorMsg::StartChild(s, port), None)
                 .await
-                .map_err(|e| NodeError::Spawn(e.to_string()))?;
-                // Shut down while it started: `shutdown` may not have seen it.
-                if self.stopped.load(Ordering::SeqCst) {
-                    supervisor.stop(Some("node shutting down".into()));
-                    return Err(NodeError::Spawn("the node is shut down".into()));
-                }
-                Ok(supervisor)
-            })
-            .await
+            {
+                // Started, or refused by the supervisor (a child of that name exists, or it
+                // failed to start).
+                Ok(ractor::rpc::CallResult::Success(r)) => return r.map_err(NodeError::Spawn),
+                // The request was dropped unanswered: the supervisor stopped.
+                _ if !retried => retried = true,
+                Ok(_) => return Err(NodeError::Spawn("supervisor did not answer".into())),
+                Err(e) => return Err(NodeError::Spawn(format!("supervisor is gone: {e}"))),
+            }
+        }
     }
 
     /// Link events from now on.
@@ -731,7 +772,7 @@ impl Node {
     pub fn shutdown(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.shared.transport.close();
-        if let Some(s) = self.supervisor.get() {
+        if let Some(s) = self.supervisor.lock().ok().and_then(|mut s| s.take()) {
             s.stop(Some("node shutting down".into()));
         }
         // Routes hold services that hold this node: drop them so nothing keeps it alive.
@@ -760,9 +801,7 @@ impl Node {
                 seed,
             },
         );
-        let cell = start_child(self.supervisor().await?, spec)
-            .await
-            .map_err(NodeError::Spawn)?;
+        let cell = self.start_child(spec).await?;
         if let Ok(mut slot) = handle.actor.lock() {
             *slot = Some(cell);
         }

@@ -192,6 +192,9 @@ pub struct SupervisorArgs {
     pub intensity: RestartIntensity,
     /// Children started with the supervisor, in order.
     pub children: Vec<ChildSpec>,
+    /// Stop (normally) once the last child has exited for good: a supervisor started on
+    /// demand for short-lived children (a node's redialing links) does not outlive them.
+    pub stop_when_idle: bool,
 }
 
 struct Child {
@@ -204,6 +207,7 @@ struct Child {
 /// The supervisor's state.
 pub struct SupervisorState {
     intensity: RestartIntensity,
+    stop_when_idle: bool,
     children: HashMap<String, Child>,
     by_id: HashMap<ActorId, String>,
 }
@@ -266,6 +270,9 @@ impl SupervisorState {
         if !restart {
             tracing::debug!(child = %name, %why, "child exited; not restarted");
             self.children.remove(&name);
+            if self.stop_when_idle && self.children.is_empty() {
+                myself.stop(Some("no children left".into()));
+            }
             return Ok(());
         }
         let now = tokio::time::Instant::now().into_std();
@@ -300,6 +307,7 @@ impl Actor for Supervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = SupervisorState {
             intensity: args.intensity,
+            stop_when_idle: args.stop_when_idle,
             children: HashMap::new(),
             by_id: HashMap::new(),
         };
@@ -496,6 +504,7 @@ mod tests {
                 SupervisorArgs {
                     intensity: intensity(),
                     children: vec![spec],
+                    stop_when_idle: false,
                 },
                 myself.get_cell(),
             )

@@ -328,3 +328,48 @@ async fn a_single_connection_link_runs_without_an_actor_and_is_forgotten_when_cl
         "{down:?}"
     );
 }
+
+/// A redialing link runs under the node's supervisor, started for it; once the last such
+/// link is closed the supervisor stops (an endpoint that led for a while does not keep one),
+/// and the next redialing link starts another.
+#[tokio::test(start_paused = true)]
+async fn the_node_supervisor_lives_only_while_it_has_links_to_keep() {
+    let net = MemNetwork::new(5, Duration::from_secs(1));
+    let endpoint = |id: &str| PeerIdentity {
+        id: NodeId(id.into()),
+        role: PeerRole::Endpoint,
+    };
+    let a = mem_node(&net, "127.0.0.1:1", endpoint("a")).await;
+    let b = mem_node(&net, "127.0.0.2:1", endpoint("b")).await;
+    let _probe = start_probe(&b).await;
+
+    for round in 0..2 {
+        let one = a.connect(b.local_addr()).await.expect("link");
+        let two = a.connect(b.local_addr()).await.expect("link");
+        one.wait_connected(DEADLINE).await.expect("connected");
+        two.wait_connected(DEADLINE).await.expect("connected");
+        let sup = a.supervisor().await.expect("supervisor");
+        assert_eq!(actors_under(&a).await, 2, "round {round}: one actor per link");
+        one.close();
+        eventually("the first link's actor ends", DEADLINE, || {
+            let sup = sup.clone();
+            async move {
+                match sup.call(SupervisorMsg::Children, Some(DEADLINE)).await {
+                    Ok(ractor::rpc::CallResult::Success(c)) if c.len() == 1 => Some(()),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            sup.get_status(),
+            ractor::ActorStatus::Running,
+            "round {round}: a link is left to keep"
+        );
+        two.close();
+        tokio::time::timeout(DEADLINE, sup.get_cell().wait(None))
+            .await
+            .expect("the supervisor stops with its last link")
+            .expect("stopped");
+    }
+}

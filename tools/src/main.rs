@@ -40,7 +40,7 @@ use rollcall_runtime::identity::{
     self, Ca, Credentials, JoinToken, OperatorRole, PeerRole, Validity,
 };
 use rollcall_runtime::node::{Node, NodeOptions, NodeStatus, STATUS_ACTOR, StatusRequest};
-use rollcall_runtime::supervisor::{ChildSpec, Restart, start_child};
+use rollcall_runtime::supervisor::{ChildSpec, Restart};
 use rollcall_runtime::telemetry;
 use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
 
@@ -937,9 +937,7 @@ async fn start_member(
     let spec = ChildSpec::new("ring.member", Restart::Permanent, RingMember, move || {
         (n.clone(), mc.clone())
     });
-    let cell = start_child(node.supervisor().await?, spec)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let cell = node.start_child(spec).await?;
     Ok(cell.into())
 }
 

@@ -349,7 +349,11 @@ async fn the_node_supervisor_lives_only_while_it_has_links_to_keep() {
         one.wait_connected(DEADLINE).await.expect("connected");
         two.wait_connected(DEADLINE).await.expect("connected");
         let sup = a.supervisor().await.expect("supervisor");
-        assert_eq!(actors_under(&a).await, 2, "round {round}: one actor per link");
+        assert_eq!(
+            actors_under(&a).await,
+            2,
+            "round {round}: one actor per link"
+        );
         one.close();
         eventually("the first link's actor ends", DEADLINE, || {
             let sup = sup.clone();

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::{Connection, ImmediateStream, InboundStream, RefuseCode, Transport, TransportError};
 use crate::identity::PeerIdentity;
@@ -31,7 +31,59 @@ const RETRANSMIT_MIN: Duration = Duration::from_millis(20);
 
 struct Listener {
     identity: PeerIdentity,
-    accept: mpsc::UnboundedSender<Arc<dyn Connection>>,
+    accept: Arc<AcceptQueue>,
+}
+
+/// Connections dialed to a node and not accepted yet. Like [`Queue`], it allocates nothing
+/// until used (a tokio channel's first block was ~1 KB on every simulated node).
+#[derive(Default)]
+struct AcceptQueue {
+    items: StdMutex<VecDeque<Arc<dyn Connection>>>,
+    closed: AtomicBool,
+    ready: tokio::sync::Notify,
+}
+
+impl AcceptQueue {
+    /// Queues `c`; `false` once the node stopped listening.
+    fn push(&self, c: Arc<dyn Connection>) -> bool {
+        {
+            let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+            if self.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            items.push_back(c);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// Stops listening: connections queued before are still taken, then `None`.
+    fn close(&self) {
+        {
+            let _items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+            self.closed.store(true, Ordering::Release);
+        }
+        self.ready.notify_waiters();
+        self.ready.notify_one();
+    }
+
+    async fn pop(&self) -> Option<Arc<dyn Connection>> {
+        loop {
+            {
+                let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(c) = items.pop_front() {
+                    if items.is_empty() && items.capacity() > 4 {
+                        items.shrink_to_fit();
+                    }
+                    return Some(c);
+                }
+                if self.closed.load(Ordering::Acquire) {
+                    return None;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 struct NetState {
@@ -271,7 +323,7 @@ impl MemNetwork {
         addr: SocketAddr,
         identity: PeerIdentity,
     ) -> Result<Arc<MemTransport>, TransportError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let accept = Arc::new(AcceptQueue::default());
         let mut st = self.lock();
         st.down.remove(&addr.ip());
         if st.listeners.contains_key(&addr) {
@@ -284,7 +336,7 @@ impl MemNetwork {
             addr,
             Listener {
                 identity: identity.clone(),
-                accept: tx,
+                accept: accept.clone(),
             },
         );
         Ok(Arc::new(MemTransport {
@@ -292,7 +344,7 @@ impl MemNetwork {
             addr,
             identity,
             stats: Arc::new(WireStats::default()),
-            accepted: Mutex::new(rx),
+            accepted: accept,
         }))
     }
 }
@@ -309,7 +361,15 @@ pub struct MemTransport {
     addr: SocketAddr,
     identity: PeerIdentity,
     stats: Arc<WireStats>,
-    accepted: Mutex<mpsc::UnboundedReceiver<Arc<dyn Connection>>>,
+    accepted: Arc<AcceptQueue>,
+}
+
+impl Drop for MemTransport {
+    /// Dialing a node whose transport is gone fails at once (as it did when the accept queue
+    /// was a channel whose receiver this held).
+    fn drop(&mut self) {
+        self.accepted.close();
+    }
 }
 
 impl std::fmt::Debug for MemTransport {
@@ -372,7 +432,9 @@ impl Transport for MemTransport {
             peer: self.identity.clone(),
             to: TO_CLIENT,
         });
-        accept.send(server_end).map_err(|_| fail("node stopped"))?;
+        if !accept.push(server_end) {
+            return Err(fail("node stopped"));
+        }
         Ok(Arc::new(MemConnection {
             net: self.net.clone(),
             shared,
@@ -384,12 +446,20 @@ impl Transport for MemTransport {
     }
 
     async fn accept(&self) -> Option<Arc<dyn Connection>> {
-        self.accepted.lock().await.recv().await
+        self.accepted.pop().await
     }
 
     fn close(&self) {
         let mut st = self.net.lock();
-        st.listeners.remove(&self.addr);
+        // Another node may listen here by now (this one was restarted): leave that one be.
+        if st
+            .listeners
+            .get(&self.addr)
+            .is_some_and(|l| Arc::ptr_eq(&l.accept, &self.accepted))
+        {
+            st.listeners.remove(&self.addr);
+        }
+        self.accepted.close();
         let crashed = st.down.contains(&self.addr.ip());
         let idle = st.idle_timeout;
         let mine: Vec<_> = st

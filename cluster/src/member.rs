@@ -754,19 +754,30 @@ impl MemberState {
     /// it does while a ring forms) and that no question waits on: each is a connection held at
     /// both ends for nothing.
     fn prune_links(&mut self) {
-        let candidates = self.core.candidates();
-        if self.links.len() <= candidates.len() {
+        if self.links.len() <= 1 {
             return;
         }
-        let keep: std::collections::HashSet<&NodeId> = candidates
-            .into_iter()
-            .map(|m| &m.id)
-            .chain(
-                self.questions
-                    .values()
-                    .filter_map(|q| q.forwarded_to.as_ref()),
-            )
-            .collect();
+        // Links in use: to the candidates up to the route target (those before it are probed
+        // while slow or dead), and on to the first after it known to answer (probed too while
+        // the target is untried); and to where a question waits. Links further along carry
+        // nothing until the route moves there, and then are dialed again: each costs both
+        // ends a connection, and a ring of 10^5 simulated members held two extra apiece.
+        let core = &self.core;
+        let target = core.route_target().map(|m| &m.id);
+        let mut keep: Vec<&NodeId> = Vec::new();
+        let mut past_target = target.is_none();
+        for m in core.candidates() {
+            keep.push(&m.id);
+            past_target |= target == Some(&m.id);
+            if past_target && core.health(&m.id) == PeerHealth::Ok {
+                break;
+            }
+        }
+        keep.extend(
+            self.questions
+                .values()
+                .filter_map(|q| q.forwarded_to.as_ref()),
+        );
         let stale: Vec<NodeId> = self
             .links
             .keys()

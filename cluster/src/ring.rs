@@ -456,6 +456,10 @@ impl RingCore {
         let since = self.registration_sent;
         self.hellos
             .retain(|_, (_, at)| since.is_none_or(|s| *at >= s));
+        if self.hellos.is_empty() {
+            // Most of the time: the table's room goes too.
+            self.hellos.shrink_to_fit();
+        }
         if !isolated {
             for (m, _) in self.hellos.values() {
                 if !members.iter().any(|x| x.id == m.id) {

@@ -1071,8 +1071,10 @@ impl MemberState {
                     // When the server comes back after losing us (a restart), register at
                     // once, so it learns its leaders without waiting a whole interval.
                     let (watch, me) = (l.clone(), myself.clone());
+                    // Aborted when the link is let go of (`server_watch` with it).
                     self.server_watch = Some(AbortOnDrop(tokio::spawn(async move {
-                        while watch.wait_reconnected().await {
+                        loop {
+                            watch.wait_reconnected().await;
                             if me.send_message(MemberMsg::RegisterNow).is_err() {
                                 return;
                             }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, ActorStatus};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::identity::{NodeId, OperatorRole, PeerIdentity};
@@ -727,7 +727,7 @@ impl Node {
         let cells = links.get(id)?;
         let cell = cells
             .iter()
-            .find(|c| c.conn.borrow().is_some())
+            .find(|c| c.conn.is_some())
             .or_else(|| cells.first())?
             .clone();
         Some(PeerHandle {
@@ -763,7 +763,7 @@ impl Node {
             .ok()
             .and_then(|l| {
                 l.get(id)
-                    .map(|cells| cells.iter().any(|c| c.conn.borrow().is_some()))
+                    .map(|cells| cells.iter().any(|c| c.conn.is_some()))
             })
             .unwrap_or(false)
     }
@@ -793,7 +793,7 @@ impl Node {
     async fn spawn_link(&self, mode: LinkMode, addr: SocketAddr) -> Result<PeerHandle, NodeError> {
         let handle = PeerHandle {
             addr,
-            conn: Arc::new(watch::channel(None).0),
+            conn: Arc::default(),
             actor: Arc::new(std::sync::Mutex::new(None)),
             shared: self.shared.clone(),
         };
@@ -828,7 +828,7 @@ fn connected_peers(shared: &Shared) -> Vec<PeerInfo> {
         .values()
         .flatten()
         .filter_map(|cell| {
-            let c = cell.conn.borrow().clone()?;
+            let c = cell.conn.get()?;
             Some(PeerInfo {
                 peer: c.peer().clone(),
                 addr: c.remote_addr(),
@@ -848,11 +848,59 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
 }
 
+/// A link's current connection (none while down), which tasks can wait on: what a watch
+/// channel does, without its ~350 bytes (a waker list per slot of eight) on every link end
+/// of a simulated fleet.
+#[derive(Default)]
+struct ConnSlot {
+    conn: std::sync::Mutex<Option<Arc<dyn Connection>>>,
+    changed: tokio::sync::Notify,
+}
+
+impl ConnSlot {
+    fn get(&self) -> Option<Arc<dyn Connection>> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn is_some(&self) -> bool {
+        self.conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    fn set(&self, c: Option<Arc<dyn Connection>>) {
+        let old = std::mem::replace(&mut *self.conn.lock().unwrap_or_else(|p| p.into_inner()), c);
+        self.changed.notify_waiters();
+        drop(old);
+    }
+
+    /// Waits until `pred` holds for the slot, and returns what it holds then.
+    async fn wait_for(
+        &self,
+        pred: impl Fn(&Option<Arc<dyn Connection>>) -> bool,
+    ) -> Option<Arc<dyn Connection>> {
+        loop {
+            // Registered before the look, so a change in between is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+                if pred(&c) {
+                    return c.clone();
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
 /// A link's address, its current connection (none while down) and its actor.
 #[derive(Clone)]
 struct LinkCell {
     addr: SocketAddr,
-    conn: Arc<watch::Sender<Option<Arc<dyn Connection>>>>,
+    conn: Arc<ConnSlot>,
     actor: Arc<std::sync::Mutex<Option<ractor::ActorCell>>>,
 }
 
@@ -860,7 +908,7 @@ struct LinkCell {
 #[derive(Clone)]
 pub struct PeerHandle {
     addr: SocketAddr,
-    conn: Arc<watch::Sender<Option<Arc<dyn Connection>>>>,
+    conn: Arc<ConnSlot>,
     actor: Arc<std::sync::Mutex<Option<ractor::ActorCell>>>,
     shared: Arc<Shared>,
 }
@@ -882,47 +930,38 @@ impl PeerHandle {
         let cell = self.actor.lock().ok().and_then(|mut a| a.take());
         if let Some(cell) = cell {
             cell.stop(Some("closed by owner".into()));
-        } else if let Some(conn) = self.conn.borrow().clone() {
+        } else if let Some(conn) = self.conn.get() {
             conn.close("closed by owner");
         }
     }
 
     /// Whether the link has a connection now.
     pub fn is_connected(&self) -> bool {
-        self.conn.borrow().is_some()
+        self.conn.is_some()
     }
 
     /// The peer's identity, while connected.
     pub fn peer(&self) -> Option<PeerIdentity> {
-        self.conn.borrow().as_ref().map(|c| c.peer().clone())
+        self.conn.get().map(|c| c.peer().clone())
     }
 
     fn current(&self) -> Result<Arc<dyn Connection>, CallError> {
-        self.conn
-            .borrow()
-            .clone()
-            .ok_or(CallError::NotConnected(self.addr))
+        self.conn.get().ok_or(CallError::NotConnected(self.addr))
     }
 
     /// Waits until the link, connected or not now, has been down and is connected again (a
-    /// redialing link that lost its peer and found it again). False once the link is gone.
-    pub async fn wait_reconnected(&self) -> bool {
-        let mut rx = self.conn.subscribe();
-        if rx.wait_for(|c| c.is_none()).await.is_err() {
-            return false;
-        }
-        rx.wait_for(|c| c.is_some()).await.is_ok()
+    /// redialing link that lost its peer and found it again). A closed link never is: drop
+    /// the wait.
+    pub async fn wait_reconnected(&self) {
+        self.conn.wait_for(|c| c.is_none()).await;
+        self.conn.wait_for(|c| c.is_some()).await;
     }
 
     /// Waits until the link is connected, up to `timeout`.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<PeerIdentity, CallError> {
-        let mut rx = self.conn.subscribe();
-        let wait = rx.wait_for(|c| c.is_some());
+        let wait = self.conn.wait_for(|c| c.is_some());
         match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(c)) => Ok(c
-                .as_ref()
-                .map(|c| c.peer().clone())
-                .ok_or(CallError::NotConnected(self.addr))?),
+            Ok(Some(c)) => Ok(c.peer().clone()),
             _ => Err(CallError::NotConnected(self.addr)),
         }
     }
@@ -1102,12 +1141,12 @@ enum LinkMode {
 /// would mend: the link ends with its connection either way.
 fn single_link(handle: PeerHandle, conn: Arc<dyn Connection>) {
     let peer = conn.peer().clone();
-    handle.conn.send_replace(Some(conn.clone()));
+    handle.conn.set(Some(conn.clone()));
     list_link(&handle, &peer);
     tokio::spawn(async move {
         let reason = serve_connection(handle.shared.clone(), conn).await;
         tracing::info!(addr = %handle.addr, %peer, error = %reason, "link down");
-        handle.conn.send_replace(None);
+        handle.conn.set(None);
         unlist_link(&handle, &peer);
         handle.shared.emit(LinkEvent::Down {
             peer: Some(peer),
@@ -1179,7 +1218,7 @@ impl LinkState {
         self.backoff.reset();
         let peer = conn.peer().clone();
         self.peer = Some(peer.clone());
-        self.handle.conn.send_replace(Some(conn.clone()));
+        self.handle.conn.set(Some(conn.clone()));
         list_link(&self.handle, &peer);
         let (shared, link, generation) =
             (self.handle.shared.clone(), myself.clone(), self.generation);
@@ -1190,7 +1229,7 @@ impl LinkState {
     }
 
     fn forget(&mut self) {
-        self.handle.conn.send_replace(None);
+        self.handle.conn.set(None);
         if let Some(peer) = &self.peer {
             unlist_link(&self.handle, peer);
         }
@@ -1273,7 +1312,7 @@ impl Actor for PeerLink {
         _myself: ActorRef<Self::Msg>,
         state: &mut LinkState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(conn) = state.handle.conn.borrow().clone() {
+        if let Some(conn) = state.handle.conn.get() {
             conn.close("link stopped");
         }
         state.forget();

@@ -9,8 +9,9 @@
 //! not answer within the dead timeout, or whose link fails, is *dead*: dropped, reported to
 //! the server, and retried every retry interval so the chain heals after a partition.
 //!
-//! A member leads the forward end when nothing before it is in its view, or when it has heard
-//! no probe from any predecessor for the predecessor timeout; it leads the backward end when it
+//! A member leads the forward end when nothing before it is in its view and nothing has probed
+//! it (a predecessor that registered later is in no list it has had yet, but its probes say it
+//! is there), or when it has heard no probe from any predecessor for the predecessor timeout; it leads the backward end when it
 //! has no routable successor. A member in an isolated range leads both ends of a chain of one.
 //!
 //! The core never reads a clock and does no I/O: feed it [`Input`]s with `now`, and carry out
@@ -637,7 +638,10 @@ impl RingCore {
                 backward: true,
             }
         } else {
-            let first = self.my_position() == 0;
+            // First in its view, and no predecessor has probed it: one that registered after
+            // it is in no list it has had yet (it learns of it at its next registration), but
+            // its probes say it is there.
+            let first = self.my_position() == 0 && self.last_pred_probe.is_none();
             let heard = self.last_pred_probe.unwrap_or(self.started);
             LeaderSides {
                 forward: first || now.saturating_duration_since(heard) > self.cfg.pred_timeout,
@@ -1127,6 +1131,31 @@ mod tests {
             ms(1010),
         );
         assert_eq!(c.view(), [m(1)]);
+    }
+
+    #[test]
+    fn a_member_probed_by_one_its_list_lacks_does_not_lead_the_forward_end() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // Its list starts with itself: those before it registered after it did.
+        let mut c = ring(5, 9, t0);
+        c.handle(
+            Input::Members {
+                members: (5..=9).map(m).collect(),
+                isolated: false,
+            },
+            ms(0),
+        );
+        assert!(c.leader().forward);
+        // Member 4, which it has never heard of, probes it: someone is before it.
+        c.handle(Input::ProbedBy(m(4).id), ms(100));
+        assert!(!c.leader().forward);
+        c.handle(Input::ProbedBy(m(4).id), ms(900));
+        c.handle(Input::Tick, ms(1800));
+        assert!(!c.leader().forward, "probed within the predecessor timeout");
+        // The probes stop (member 4 left): after the predecessor timeout it leads again.
+        c.handle(Input::Tick, ms(1901));
+        assert!(c.leader().forward);
     }
 
     #[test]

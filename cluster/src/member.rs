@@ -183,6 +183,11 @@ impl From<Incoming> for MemberMsg {
     }
 }
 
+/// An endpoint registers a second time within this of its first answer (then every
+/// `register_min..register_max`): a fleet starting at once gets lists that hold only the
+/// machines registered before each one, and the second fills them in.
+pub const FIRST_REREGISTRATION_WITHIN: Duration = Duration::from_secs(5);
+
 /// The endpoint's ring actor.
 #[derive(Debug, Clone, Copy)]
 pub struct RingMember;
@@ -750,9 +755,9 @@ impl MemberState {
         }
     }
 
-    /// Closes links to members that are no longer among our candidates (the view moved on, as
-    /// it does while a ring forms) and that no question waits on: each is a connection held at
-    /// both ends for nothing.
+    /// Closes links that carry nothing: to members no longer among our candidates (the view
+    /// moved on, as it does while a ring forms) or past the route target, with no probe under
+    /// way and no question waiting on them. Each is a connection held at both ends.
     fn prune_links(&mut self) {
         if self.links.len() <= 1 {
             return;
@@ -766,11 +771,16 @@ impl MemberState {
         let target = core.route_target().map(|m| &m.id);
         let mut keep: Vec<&NodeId> = Vec::new();
         let mut past_target = target.is_none();
+        let mut in_use = true;
         for m in core.candidates() {
-            keep.push(&m.id);
+            // A probe under way keeps its link whatever the route (closing it would fail a
+            // healthy member's probe and mark it dead).
+            if in_use || core.probing(&m.id) {
+                keep.push(&m.id);
+            }
             past_target |= target == Some(&m.id);
             if past_target && core.health(&m.id) == PeerHealth::Ok {
-                break;
+                in_use = false;
             }
         }
         keep.extend(
@@ -1232,7 +1242,7 @@ async fn dispatch(
             let (lo, hi) = if st.registrations == 0 {
                 (
                     lo.min(Duration::from_secs(1)),
-                    hi.min(Duration::from_secs(5)),
+                    hi.min(FIRST_REREGISTRATION_WITHIN),
                 )
             } else {
                 (lo, hi)

@@ -264,19 +264,31 @@ impl RingCore {
             Input::Learned(members) => {
                 // Every probe's answer lands here: no allocation unless someone is new, and
                 // a member already in place is found by binary search (the view is sorted).
-                let mut added = false;
+                // Members past the end of a full window would be trimmed at once: skipped.
+                let full = self.view.len() > self.pos + self.reach();
+                let mut added = Vec::new();
                 for m in members {
                     let known = self.view.binary_search_by(|v| order(v, &m)).is_ok()
                         || self.view.iter().any(|v| v.id == m.id);
-                    if m.id != self.me.id && !known {
-                        self.hellos.insert(m.id.clone(), (m.clone(), now));
+                    let beyond = full
+                        && self
+                            .view
+                            .last()
+                            .is_some_and(|l| order(&m, l) == Ordering::Greater);
+                    if m.id != self.me.id && !known && !beyond {
+                        added.push(m.id.clone());
                         self.view.push(m);
-                        added = true;
                     }
                 }
-                if added {
+                if !added.is_empty() {
                     self.view.sort_by(order);
                     self.reindex();
+                    // Kept across the server's older lists: those still in the window.
+                    for id in added {
+                        if let Some(m) = self.view.iter().find(|v| v.id == id) {
+                            self.hellos.insert(id, (m.clone(), now));
+                        }
+                    }
                     self.say_hello();
                 }
             }
@@ -388,6 +400,11 @@ impl RingCore {
             .unwrap_or(PeerHealth::Unknown)
     }
 
+    /// Whether a probe of `id` is under way (dialing, or its request unanswered).
+    pub fn probing(&self, id: &NodeId) -> bool {
+        self.peers.get(id).is_some_and(|p| p.attempt.is_some())
+    }
+
     /// The ends this member leads.
     pub fn leader(&self) -> LeaderSides {
         self.leader
@@ -409,6 +426,15 @@ impl RingCore {
         self.pos
     }
 
+    /// How far after this member its furthest candidate can be.
+    fn reach(&self) -> usize {
+        match (self.cfg.successors, self.cfg.skip_contacts) {
+            (0, _) => 0,
+            (n, 0) => n,
+            (n, k) => n.max((n * 2) << (k - 1)),
+        }
+    }
+
     /// Recomputes this member's index after the view changed, and keeps only the part of
     /// the view this member uses: its nearest predecessor (greeted; and the view's first
     /// member leads) and its candidates, up to the furthest skip contact. A ring of a few
@@ -416,13 +442,7 @@ impl RingCore {
     /// server's next list brings back whoever moves into range.
     fn reindex(&mut self) {
         self.pos = self.position(&self.me.id).unwrap_or(0);
-        let n = self.cfg.successors;
-        let reach = match (n, self.cfg.skip_contacts) {
-            (0, _) => 0,
-            (n, 0) => n,
-            (n, k) => n.max((n * 2) << (k - 1)),
-        };
-        let keep_to = (self.pos + 1 + reach).min(self.view.len());
+        let keep_to = (self.pos + 1 + self.reach()).min(self.view.len());
         let keep_from = self.pos.saturating_sub(1);
         if keep_to < self.view.len() || keep_from > 0 {
             self.view.truncate(keep_to);
@@ -471,10 +491,12 @@ impl RingCore {
         members.sort_by(order);
         members.dedup_by(|a, b| a.id == b.id);
         self.ring_members = members.len();
+        // Judged against the whole list: a member that leaves the window and comes back
+        // (a joiner pushed it out) keeps its health.
+        self.peers
+            .retain(|id, _| members.iter().any(|m| &m.id == id));
         let old = std::mem::replace(&mut self.view, members);
         self.reindex();
-        let view = &self.view;
-        self.peers.retain(|id, _| view.iter().any(|m| &m.id == id));
         // A member back at a new address: an attempt at the old one will never be judged
         // (its result is dropped as stale), so forget it and probe the new address.
         for m in &self.view {

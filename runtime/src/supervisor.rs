@@ -339,7 +339,11 @@ impl Actor for Supervisor {
                     .start(&myself.get_cell(), spec)
                     .await
                     .map_err(|e| e.to_string());
+                let failed = r.is_err();
                 let _ = reply.send(r);
+                if failed && state.stop_when_idle && state.children.is_empty() {
+                    myself.stop(Some("no children left".into()));
+                }
             }
             SupervisorMsg::Children(reply) => {
                 let list = state

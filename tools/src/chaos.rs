@@ -694,7 +694,10 @@ pub async fn run_scenario(
             .iter()
             .filter(|q| !q.lost_with_server)
             .all(|q| unanswered(fleet, q.id).is_empty());
+        // A restart this sample carries out has not answered yet: look again after it.
+        let restarting = !obs.victims.restarts.is_empty();
         obs.sample(fleet).await?;
+        let done = done && !restarting;
         if done || Instant::now() >= end {
             break;
         }

@@ -369,6 +369,17 @@ impl Drop for MemTransport {
     /// was a channel whose receiver this held).
     fn drop(&mut self) {
         self.accepted.close();
+        // Nobody is left to take what was dialed: dropping those closes them for their
+        // dialers too. (A transport that is closed but still held, as on a crash, keeps them
+        // for its accept loop, as a closed channel kept what was sent before.)
+        let queued = std::mem::take(
+            &mut *self
+                .accepted
+                .items
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        drop(queued);
     }
 }
 

@@ -269,16 +269,19 @@ async fn actors_under(node: &Node) -> usize {
     }
 }
 
+fn endpoint(id: &str) -> PeerIdentity {
+    PeerIdentity {
+        id: NodeId(id.into()),
+        role: PeerRole::Endpoint,
+    }
+}
+
 /// A connection that ends its link (dialed once, or accepted) is served by a task: neither
 /// end starts an actor for it, both list it while it lives, a subscriber sees it come and go,
 /// and closing it takes it off both lists.
 #[tokio::test(start_paused = true)]
 async fn a_single_connection_link_runs_without_an_actor_and_is_forgotten_when_closed() {
     let net = MemNetwork::new(5, Duration::from_secs(1));
-    let endpoint = |id: &str| PeerIdentity {
-        id: NodeId(id.into()),
-        role: PeerRole::Endpoint,
-    };
     let (a_id, b_id) = (endpoint("a"), endpoint("b"));
     let a = mem_node(&net, "127.0.0.1:1", a_id.clone()).await;
     let b = mem_node(&net, "127.0.0.2:1", b_id.clone()).await;
@@ -335,10 +338,6 @@ async fn a_single_connection_link_runs_without_an_actor_and_is_forgotten_when_cl
 #[tokio::test(start_paused = true)]
 async fn the_node_supervisor_lives_only_while_it_has_links_to_keep() {
     let net = MemNetwork::new(5, Duration::from_secs(1));
-    let endpoint = |id: &str| PeerIdentity {
-        id: NodeId(id.into()),
-        role: PeerRole::Endpoint,
-    };
     let a = mem_node(&net, "127.0.0.1:1", endpoint("a")).await;
     let b = mem_node(&net, "127.0.0.2:1", endpoint("b")).await;
     let _probe = start_probe(&b).await;

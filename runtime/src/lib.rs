@@ -20,6 +20,7 @@ pub mod supervisor;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+mod wake;
 pub mod wire;
 
 pub use identity::{NodeId, OperatorRole, PeerIdentity, PeerRole};

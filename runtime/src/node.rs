@@ -126,16 +126,10 @@ impl NodeFaults {
         if self.quiet() {
             return;
         }
-        loop {
-            // Registered before the check, so a resume in between is not missed.
-            let resumed = self.resumed.notified();
-            tokio::pin!(resumed);
-            resumed.as_mut().enable();
-            if !self.paused_now.load(Ordering::SeqCst) {
-                break;
-            }
-            resumed.await;
-        }
+        crate::wake::wait_until(&self.resumed, || {
+            (!self.paused_now.load(Ordering::SeqCst)).then_some(())
+        })
+        .await;
         let d = self.delay();
         if !d.is_zero() {
             tokio::time::sleep(d).await;
@@ -848,9 +842,8 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
 }
 
-/// A link's current connection (none while down), which tasks can wait on: what a watch
-/// channel does, without its ~350 bytes (a waker list per slot of eight) on every link end
-/// of a simulated fleet.
+/// A link's current connection (none while down), which tasks can wait on (see
+/// [`crate::wake`]).
 #[derive(Default)]
 struct ConnSlot {
     conn: std::sync::Mutex<Option<Arc<dyn Connection>>>,
@@ -880,19 +873,11 @@ impl ConnSlot {
         &self,
         pred: impl Fn(&Option<Arc<dyn Connection>>) -> bool,
     ) -> Option<Arc<dyn Connection>> {
-        loop {
-            // Registered before the look, so a change in between is not missed.
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            {
-                let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-                if pred(&c) {
-                    return c.clone();
-                }
-            }
-            changed.await;
-        }
+        crate::wake::wait_until(&self.changed, || {
+            let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            pred(&c).then(|| c.clone())
+        })
+        .await
     }
 }
 

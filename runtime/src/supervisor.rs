@@ -251,6 +251,13 @@ impl SupervisorState {
         Ok(cell)
     }
 
+    /// With `stop_when_idle`, stops once no child is left.
+    fn stop_if_idle(&self, myself: &ActorRef<SupervisorMsg>) {
+        if self.stop_when_idle && self.children.is_empty() {
+            myself.stop(Some("no children left".into()));
+        }
+    }
+
     fn on_child_exit(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
@@ -270,9 +277,7 @@ impl SupervisorState {
         if !restart {
             tracing::debug!(child = %name, %why, "child exited; not restarted");
             self.children.remove(&name);
-            if self.stop_when_idle && self.children.is_empty() {
-                myself.stop(Some("no children left".into()));
-            }
+            self.stop_if_idle(myself);
             return Ok(());
         }
         let now = tokio::time::Instant::now().into_std();
@@ -339,11 +344,8 @@ impl Actor for Supervisor {
                     .start(&myself.get_cell(), spec)
                     .await
                     .map_err(|e| e.to_string());
-                let failed = r.is_err();
                 let _ = reply.send(r);
-                if failed && state.stop_when_idle && state.children.is_empty() {
-                    myself.stop(Some("no children left".into()));
-                }
+                state.stop_if_idle(&myself);
             }
             SupervisorMsg::Children(reply) => {
                 let list = state

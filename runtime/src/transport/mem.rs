@@ -547,16 +547,7 @@ impl ConnShared {
     }
 
     async fn wait_closed(&self) -> TransportError {
-        loop {
-            // Registered before the look, so a close in between is not missed.
-            let woken = self.closed_wake.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            if let Some(e) = self.error() {
-                return e;
-            }
-            woken.await;
-        }
+        crate::wake::wait_until(&self.closed_wake, || self.error()).await
     }
 }
 

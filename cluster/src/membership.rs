@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use compact_str::CompactString;
 use rollcall_runtime::NodeId;
 
 use crate::proto::{
@@ -123,7 +124,8 @@ enum State {
 #[derive(Debug, Clone)]
 struct Member {
     info: MemberInfo,
-    hostname: String,
+    /// Inline up to 24 bytes: reports and questions' expected lists copy it per member.
+    hostname: CompactString,
     last_seen: Instant,
     state: State,
     leads: LeaderSides,
@@ -284,7 +286,7 @@ impl Membership {
         let returning = match members.get_mut(id) {
             Some(m) => {
                 m.info.addr = reg.addr;
-                m.hostname = reg.hostname.clone();
+                m.hostname = reg.hostname.as_str().into();
                 m.last_seen = now;
                 match m.state {
                     State::Offline { since } => {
@@ -307,7 +309,7 @@ impl Membership {
                             id: id.clone(),
                             addr: reg.addr,
                         },
-                        hostname: reg.hostname.clone(),
+                        hostname: reg.hostname.as_str().into(),
                         last_seen: now,
                         state: State::Ok,
                         leads: LeaderSides::default(),

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use compact_str::CompactString;
 use rollcall_runtime::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -544,7 +545,7 @@ pub struct MemberReport {
     /// Where.
     pub addr: SocketAddr,
     /// Host name.
-    pub hostname: String,
+    pub hostname: CompactString,
     /// Health.
     pub health: Health,
     /// Which ends it leads (by its own announcement on a live server link).

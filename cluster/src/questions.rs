@@ -3,9 +3,10 @@
 //! questions to machines that missed them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use compact_str::CompactString;
 use rollcall_runtime::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +16,7 @@ use crate::proto::{Handoff, IdList, MEMBER, MemberRequest, NodeAnswer, Partial, 
 type FastIds = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
 
 /// The machines a question expects answers from, with their host names.
-pub type Expected = HashMap<NodeId, String, FastIds>;
+pub type Expected = HashMap<NodeId, CompactString, FastIds>;
 
 /// A question as the server keeps it.
 #[derive(Debug, Clone)]
@@ -25,8 +26,9 @@ struct Record {
     body: Vec<u8>,
     asked_at: Instant,
     expires_at: Instant,
-    /// Live machines when it was asked, with their host names.
-    expected: Expected,
+    /// Live machines when it was asked, with their host names (shared with the questions
+    /// before it while the fleet stays the same).
+    expected: Arc<Expected>,
     /// Each machine that answered, once, with the index of its answer in `distinct`. Keyed
     /// with the default (keyed) hash: these ids are whatever the machines down a chain wrote.
     answers: HashMap<NodeId, u32>,
@@ -136,6 +138,9 @@ pub struct QuestionSummary {
 pub struct QuestionStore {
     max_kept: usize,
     state: Mutex<(u64, BTreeMap<u64, Record>)>,
+    /// The last question's live machines, as listed and as indexed: a question asked of the
+    /// same fleet shares the index instead of hashing every machine again.
+    roster: Mutex<Option<(Vec<(NodeId, CompactString)>, Arc<Expected>)>>,
 }
 
 impl QuestionStore {
@@ -144,6 +149,7 @@ impl QuestionStore {
         QuestionStore {
             max_kept: max_kept.max(1),
             state: Mutex::new((0, BTreeMap::new())),
+            roster: Mutex::new(None),
         }
     }
 
@@ -157,15 +163,33 @@ impl QuestionStore {
         st.0 = st.0.max(last);
     }
 
-    /// Records a new question; returns its id.
+    /// The index of `live` (machine, host name), the last one's if it lists the same.
+    fn index(&self, live: Vec<(NodeId, CompactString)>) -> Arc<Expected> {
+        let mut roster = self.roster.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((last, index)) = roster.as_ref()
+            && *last == live
+        {
+            return index.clone();
+        }
+        let mut index = Expected::with_capacity_and_hasher(live.len(), FastIds::default());
+        index.extend(live.iter().cloned());
+        let index = Arc::new(index);
+        *roster = Some((live, index.clone()));
+        index
+    }
+
+    /// Records a new question asked of `live` (machine, host name); returns its id.
     pub fn create(
         &self,
         text: String,
         columns: Vec<String>,
         body: Vec<u8>,
         ttl: Duration,
-        expected: Expected,
+        live: Vec<(NodeId, CompactString)>,
     ) -> u64 {
+        let expected = self.index(live);
+        // Most expected machines answer: room for them all at once, not rehashing as they do.
+        let answers = HashMap::with_capacity(expected.len());
         let now = tokio::time::Instant::now().into_std();
         let mut st = self.lock();
         st.0 += 1;
@@ -179,7 +203,7 @@ impl QuestionStore {
                 asked_at: now,
                 expires_at: now + ttl,
                 expected,
-                answers: HashMap::default(),
+                answers,
                 distinct: Vec::new(),
                 index: HashMap::new(),
                 repeats: Vec::new(),
@@ -342,7 +366,7 @@ impl QuestionStore {
             .expected
             .iter()
             .filter(|(n, _)| !r.has(n))
-            .map(|(n, h)| (n.clone(), h.clone()))
+            .map(|(n, h)| (n.clone(), h.to_string()))
             .collect();
         not_answered.sort();
         Some(Progress {
@@ -393,9 +417,9 @@ mod tests {
     #[test]
     fn each_machine_counts_once_whatever_route_its_answers_took() {
         let store = QuestionStore::new(4);
-        let expected: Expected = ["a", "b", "c", "d"]
+        let expected = ["a", "b", "c", "d"]
             .iter()
-            .map(|n| (NodeId::new(*n), format!("host-{n}")))
+            .map(|n| (NodeId::new(*n), format!("host-{n}").into()))
             .collect();
         let id = store.create(
             "q".into(),
@@ -438,6 +462,66 @@ mod tests {
         assert_eq!(
             pr.not_answered,
             [(NodeId("d".into()), "host-d".to_string())]
+        );
+    }
+
+    #[test]
+    fn questions_asked_of_the_same_fleet_share_its_index_and_a_changed_fleet_gets_its_own() {
+        let store = QuestionStore::new(8);
+        let fleet = |names: &[&str]| -> Vec<(NodeId, CompactString)> {
+            names
+                .iter()
+                .map(|n| (NodeId::new(*n), format!("host-{n}").into()))
+                .collect()
+        };
+        let ask = |names: &[&str]| {
+            store.create(
+                "q".into(),
+                vec!["os".into()],
+                vec![],
+                Duration::from_secs(60),
+                fleet(names),
+            )
+        };
+        let index = |id: u64| store.lock().1.get(&id).map(|r| r.expected.clone());
+        let first = ask(&["a", "b"]);
+        let second = ask(&["a", "b"]);
+        let (i1, i2) = (index(first).expect("kept"), index(second).expect("kept"));
+        assert!(Arc::ptr_eq(&i1, &i2), "the same fleet is indexed once");
+        // A machine joined, and one was renamed: each a new index; the older questions keep
+        // what they were asked of.
+        let third = ask(&["a", "b", "c"]);
+        let fourth = ask(&["a", "c"]);
+        let renamed = store.create(
+            "q".into(),
+            vec!["os".into()],
+            vec![],
+            Duration::from_secs(60),
+            vec![
+                (NodeId::new("a"), "host-a".into()),
+                (NodeId::new("c"), "other".into()),
+            ],
+        );
+        let i3 = index(third).expect("kept");
+        assert!(!Arc::ptr_eq(&i1, &i3));
+        assert_eq!(store.expected(first), Some(2));
+        assert_eq!(store.expected(third), Some(3));
+        assert_eq!(store.expected(fourth), Some(2));
+        let pr = store.progress(renamed).expect("kept");
+        assert_eq!(
+            pr.not_answered,
+            [
+                (NodeId("a".into()), "host-a".to_string()),
+                (NodeId("c".into()), "other".to_string())
+            ]
+        );
+        let pr = store.progress(fourth).expect("kept");
+        assert_eq!(
+            pr.not_answered,
+            [
+                (NodeId("a".into()), "host-a".to_string()),
+                (NodeId("c".into()), "host-c".to_string())
+            ]
         );
     }
 }

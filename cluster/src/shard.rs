@@ -353,15 +353,16 @@ async fn rings_report(
 ) -> RingsReport {
     let mut rings = Vec::new();
     let mut isolated = Vec::new();
-    for s in shards {
+    // Every shard at once: each walks its own members, on whichever thread is free.
+    let calls = shards.iter().map(|s| {
         let f = filter.clone();
-        if let Ok(ractor::rpc::CallResult::Success((r, i))) = s
-            .call(
-                |reply| ShardMsg::Report { filter: f, reply },
-                Some(Duration::from_secs(5)),
-            )
-            .await
-        {
+        s.call(
+            |reply| ShardMsg::Report { filter: f, reply },
+            Some(Duration::from_secs(5)),
+        )
+    });
+    for answer in futures::future::join_all(calls).await {
+        if let Ok(ractor::rpc::CallResult::Success((r, i))) = answer {
             rings.extend(r);
             isolated.extend(i);
         }
@@ -582,7 +583,7 @@ impl RingServer {
         ttl: Duration,
     ) -> u64 {
         let report = self.report(None).await;
-        let expected: crate::questions::Expected = report
+        let live = report
             .rings
             .iter()
             .flat_map(|r| r.members.iter())
@@ -590,7 +591,7 @@ impl RingServer {
             .filter(|m| m.health != crate::proto::Health::Offline)
             .map(|m| (m.id.clone(), m.hostname.clone()))
             .collect();
-        let id = self.questions.create(text, columns, body, ttl, expected);
+        let id = self.questions.create(text, columns, body, ttl, live);
         let me = self.clone();
         tokio::spawn(async move { me.fan_out(id, report).await });
         id

@@ -18,6 +18,9 @@ type FastIds = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
 /// The machines a question expects answers from, with their host names.
 pub type Expected = HashMap<NodeId, CompactString, FastIds>;
 
+/// Live machines as a question is asked: (machine, host name).
+pub type Live = Vec<(NodeId, CompactString)>;
+
 /// A question as the server keeps it.
 #[derive(Debug, Clone)]
 struct Record {
@@ -140,7 +143,7 @@ pub struct QuestionStore {
     state: Mutex<(u64, BTreeMap<u64, Record>)>,
     /// The last question's live machines, as listed and as indexed: a question asked of the
     /// same fleet shares the index instead of hashing every machine again.
-    roster: Mutex<Option<(Vec<(NodeId, CompactString)>, Arc<Expected>)>>,
+    roster: Mutex<Option<(Live, Arc<Expected>)>>,
 }
 
 impl QuestionStore {
@@ -164,7 +167,7 @@ impl QuestionStore {
     }
 
     /// The index of `live` (machine, host name), the last one's if it lists the same.
-    fn index(&self, live: Vec<(NodeId, CompactString)>) -> Arc<Expected> {
+    fn index(&self, live: Live) -> Arc<Expected> {
         let mut roster = self.roster.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((last, index)) = roster.as_ref()
             && *last == live
@@ -185,7 +188,7 @@ impl QuestionStore {
         columns: Vec<String>,
         body: Vec<u8>,
         ttl: Duration,
-        live: Vec<(NodeId, CompactString)>,
+        live: Live,
     ) -> u64 {
         let expected = self.index(live);
         // Most expected machines answer: room for them all at once, not rehashing as they do.
@@ -468,7 +471,7 @@ mod tests {
     #[test]
     fn questions_asked_of_the_same_fleet_share_its_index_and_a_changed_fleet_gets_its_own() {
         let store = QuestionStore::new(8);
-        let fleet = |names: &[&str]| -> Vec<(NodeId, CompactString)> {
+        let fleet = |names: &[&str]| -> Live {
             names
                 .iter()
                 .map(|n| (NodeId::new(*n), format!("host-{n}").into()))

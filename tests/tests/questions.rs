@@ -11,6 +11,7 @@ use rollcall_actors::sensors::Sensors;
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
 use rollcall_cluster::member::EvaluatorHandle;
 use rollcall_cluster::membership::MembershipConfig;
+use rollcall_cluster::proto::{MEMBER, MemberRequest, NodeAnswer, Partial, QuestionEnvelope};
 use rollcall_cluster::questions::Progress;
 use rollcall_runtime::{NodeId, OperatorRole, PeerRole};
 use rollcall_tests::eventually_or;
@@ -202,4 +203,79 @@ async fn questions_travel_the_rings_merge_once_per_machine_and_reach_returning_m
     .await;
     assert_eq!(rows(&p3), ground_truth(&profiles, &[]));
     assert!(p3.not_answered.is_empty(), "{p3:?}");
+}
+
+/// Every machine answers `x`; counts how often it was asked to read its sensors.
+struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl rollcall_cluster::member::Evaluator for Counting {
+    fn evaluate(&self, _body: &[u8]) -> futures::future::BoxFuture<'static, NodeAnswer> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async {
+            NodeAnswer {
+                row: Some(vec!["x".into()]),
+                problems: Vec::new(),
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_asked_again_after_answering_answers_from_its_kept_answer_without_reading_its_sensors_again()
+ {
+    let mut c = RingCluster::start(MembershipConfig::default()).await;
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let i = c
+        .add_with(
+            "127.0.9.1",
+            Some(EvaluatorHandle(Arc::new(Counting(reads.clone())))),
+        )
+        .await;
+    let me = c.endpoints[i].node.identity().id.clone();
+    let link = c
+        .server
+        .connect_once(c.endpoints[i].node.local_addr(), Duration::from_secs(10))
+        .await
+        .expect("a link to the member");
+    let x = NodeAnswer {
+        row: Some(vec!["x".into()]),
+        problems: Vec::new(),
+    };
+    for id in [7, 8] {
+        let env = QuestionEnvelope {
+            id,
+            body: Vec::new(),
+            ttl_ms: 60_000,
+        };
+        // The first round reads the sensors; later rounds (a predecessor that rerouted asks
+        // again) answer from what the member kept.
+        for round in 1..=3 {
+            let p: Partial = link
+                .call(
+                    MEMBER,
+                    &MemberRequest::Ask(env.clone()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("an answer");
+            let entries: Vec<(String, NodeAnswer)> = p
+                .entries()
+                .map(|(who, a)| (who.to_string(), decode_answer(a)))
+                .collect();
+            assert_eq!(
+                entries,
+                [(me.0.to_string(), x.clone())],
+                "question {id}, round {round}"
+            );
+        }
+    }
+    assert_eq!(
+        reads.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "sensors read once per question"
+    );
+}
+
+fn decode_answer(bytes: &[u8]) -> NodeAnswer {
+    rollcall_runtime::wire::decode_body(bytes).expect("an encoded answer")
 }

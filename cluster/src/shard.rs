@@ -589,8 +589,7 @@ impl RingServer {
             .flat_map(|r| r.members.iter())
             .chain(report.isolated.iter())
             .filter(|m| m.health != crate::proto::Health::Offline)
-            .map(|m| (m.id.clone(), m.hostname.clone()))
-            .collect();
+            .map(|m| (&m.id, &m.hostname));
         let id = self.questions.create(text, columns, body, ttl, live);
         let me = self.clone();
         tokio::spawn(async move { me.fan_out(id, report).await });

@@ -285,3 +285,41 @@ async fn simulated_hosts_are_deterministic_and_varied() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_sensor_named_twice_is_read_once_and_fills_both_columns_and_a_filter_sensor_is_not_a_column()
+ {
+    let p = HostProfile::from_seed(3, None);
+    let mut s = Sensors::new(Arc::new(SimulatedHost(p.clone())));
+    // Counts its runs in its own output: read once per question, whatever names it.
+    let runs = tempfile_path("rollcall-sensor-runs");
+    s.set_scripts(vec![ScriptSensor::new(
+        "Runs",
+        format!("echo x >> {runs}; wc -l < {runs}"),
+    )])
+    .expect("scripts");
+    let q = parse(
+        "Get Runs and Operating System and Runs from all machines with Runs contains \"1\" and OS Version contains \"\"",
+        &s.catalog(),
+    )
+    .expect("parse");
+    let a = s.answer(&q).await;
+    assert_eq!(
+        a.row,
+        Some(vec!["1".to_string(), p.os.clone(), "1".to_string()])
+    );
+    assert!(a.problems.is_empty(), "{:?}", a.problems);
+    let _ = std::fs::remove_file(&runs);
+}
+
+/// A fresh path under the system's temporary directory (the file is not created).
+fn tempfile_path(stem: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    std::env::temp_dir()
+        .join(format!("{stem}-{}-{n}", std::process::id()))
+        .display()
+        .to_string()
+}

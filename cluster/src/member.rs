@@ -835,6 +835,42 @@ impl MemberState {
         }
     }
 
+    /// A question from a predecessor (`Ask`) or handed over by the server (`Late`).
+    fn take_question(
+        &mut self,
+        myself: &ActorRef<MemberMsg>,
+        mut inc: Incoming,
+        req: MemberRequest,
+    ) -> Result<(), ActorProcessingErr> {
+        match req {
+            MemberRequest::Ask(env) => {
+                // Taken: the predecessor stops its hop clock (the answer follows once the
+                // rest of the chain has answered).
+                inc.ack();
+                self.ask(myself, env, Some(inc), false);
+            }
+            MemberRequest::Late(env) => {
+                inc.answer(&())?;
+                self.ask(myself, env, None, true);
+            }
+            _ => inc.refuse(),
+        }
+        Ok(())
+    }
+
+    /// What the successor answered to round `generation` of question `id` came back (an
+    /// answer to an earlier round, rerouted since, is dropped).
+    fn downstream(&mut self, id: u64, generation: u64, answer: Partial) {
+        let Some(q) = self.questions.get_mut(&id) else {
+            return;
+        };
+        if q.generation != generation || q.down.is_some() {
+            return;
+        }
+        q.down = Some(answer);
+        self.complete(id);
+    }
+
     /// Our own answer to question `id` is in.
     fn evaluated(&mut self, id: u64, answer: NodeAnswer) {
         if let Some(q) = self.questions.get_mut(&id) {
@@ -1187,8 +1223,37 @@ impl Actor for RingMember {
         msg: MemberMsg,
         st: &mut MemberState,
     ) -> Result<(), ActorProcessingErr> {
-        // Boxed: ractor keeps room for the handler's future in each actor's loop for the
-        // actor's whole life (~0.7 KB here, on every endpoint); a box lives for one message.
+        // A question's messages at each hop need no waiting: taken here. The rest go to a
+        // boxed future: ractor keeps room for the handler's future in each actor's loop for
+        // the actor's whole life (~0.7 KB here, on every endpoint); a box lives for one
+        // message.
+        let msg = match msg {
+            MemberMsg::Evaluated { id, answer } => {
+                st.evaluated(id, answer);
+                return Ok(());
+            }
+            MemberMsg::Downstream {
+                id,
+                generation,
+                result: Ok(p),
+                ..
+            } => {
+                st.downstream(id, generation, p);
+                return Ok(());
+            }
+            MemberMsg::Remote(mut inc) => {
+                let Some(req) = admit(&mut inc) else {
+                    return Ok(());
+                };
+                return match req {
+                    req @ (MemberRequest::Ask(_) | MemberRequest::Late(_)) => {
+                        st.take_question(&myself, inc, req)
+                    }
+                    req => Box::pin(remote(myself, inc, req, st)).await,
+                };
+            }
+            other => other,
+        };
         Box::pin(dispatch(myself, msg, st)).await
     }
 
@@ -1333,54 +1398,8 @@ async fn dispatch(
             .await;
         }
         MemberMsg::Remote(mut inc) => {
-            let req: MemberRequest = match inc.decode() {
-                Ok(r) => r,
-                Err(_) => {
-                    inc.refuse();
-                    return Ok(());
-                }
-            };
-            if inc.from.role != PeerRole::Endpoint && inc.from.role != PeerRole::Server {
-                inc.refuse();
-                return Ok(());
-            }
-            match req {
-                MemberRequest::Ping => {
-                    let from = inc.from.id.clone();
-                    inc.answer(&st.core.successors())?;
-                    if inc.from.role == PeerRole::Endpoint {
-                        st.feed(&myself, Input::ProbedBy(from)).await;
-                    }
-                }
-                MemberRequest::Probe => {
-                    let from = inc.from.id.clone();
-                    let endpoint = inc.from.role == PeerRole::Endpoint;
-                    inc.answer(&())?;
-                    // The server's direct probes of suspects say nothing of our
-                    // predecessors; only endpoints' probes count as theirs.
-                    if endpoint {
-                        st.feed(&myself, Input::ProbedBy(from)).await;
-                    }
-                }
-                MemberRequest::Hello(info) => {
-                    // A peer can only introduce itself.
-                    if info.id != inc.from.id {
-                        inc.refuse();
-                        return Ok(());
-                    }
-                    st.feed(&myself, Input::Hello(info)).await;
-                    inc.answer(&st.core.view())?;
-                }
-                MemberRequest::Ask(env) => {
-                    // Taken: the predecessor stops its hop clock (the answer follows once
-                    // the rest of the chain has answered).
-                    inc.ack();
-                    st.ask(&myself, env, Some(inc), false)
-                }
-                MemberRequest::Late(env) => {
-                    inc.answer(&())?;
-                    st.ask(&myself, env, None, true);
-                }
+            if let Some(req) = admit(&mut inc) {
+                remote(myself, inc, req, st).await?;
             }
         }
         MemberMsg::Evaluated { id, answer } => st.evaluated(id, answer),
@@ -1389,29 +1408,22 @@ async fn dispatch(
             generation,
             to,
             result,
-        } => {
-            let current = st
-                .questions
-                .get(&id)
-                .is_some_and(|q| q.generation == generation && q.down.is_none());
-            if current {
-                match result {
-                    Ok(p) => {
-                        if let Some(q) = st.questions.get_mut(&id) {
-                            q.down = Some(p);
-                        }
-                        st.complete(id);
-                    }
-                    Err(e) => {
-                        // A failed hop: the successor is treated as unreachable, and the
-                        // question goes to the next one.
-                        tracing::info!(question = id, %to, error = %e, "forward failed; rerouting");
-                        st.feed(&myself, Input::ForwardFailed(to)).await;
-                        st.forward(&myself, id);
-                    }
+        } => match result {
+            Ok(p) => st.downstream(id, generation, p),
+            Err(e) => {
+                let current = st
+                    .questions
+                    .get(&id)
+                    .is_some_and(|q| q.generation == generation && q.down.is_none());
+                if current {
+                    // A failed hop: the successor is treated as unreachable, and the
+                    // question goes to the next one.
+                    tracing::info!(question = id, %to, error = %e, "forward failed; rerouting");
+                    st.feed(&myself, Input::ForwardFailed(to)).await;
+                    st.forward(&myself, id);
                 }
             }
-        }
+        },
         MemberMsg::Learned(view) => st.feed(&myself, Input::Learned(view)).await,
         MemberMsg::HelloFailed(id) => st.feed(&myself, Input::HelloFailed(id)).await,
         MemberMsg::HopLate(id) => {
@@ -1452,6 +1464,61 @@ async fn dispatch(
                     .collect(),
                 questions_pending: st.questions.values().filter(|q| !q.done).count(),
             });
+        }
+    }
+    Ok(())
+}
+
+/// A peer's request, decoded; refused (and `None`) if it is not one or the peer is neither an
+/// endpoint nor the server.
+fn admit(inc: &mut Incoming) -> Option<MemberRequest> {
+    let Ok(req) = inc.decode::<MemberRequest>() else {
+        inc.refuse();
+        return None;
+    };
+    if inc.from.role != PeerRole::Endpoint && inc.from.role != PeerRole::Server {
+        inc.refuse();
+        return None;
+    }
+    Some(req)
+}
+
+/// Serves a peer's request.
+async fn remote(
+    myself: ActorRef<MemberMsg>,
+    mut inc: Incoming,
+    req: MemberRequest,
+    st: &mut MemberState,
+) -> Result<(), ActorProcessingErr> {
+    match req {
+        MemberRequest::Ping => {
+            let from = inc.from.id.clone();
+            inc.answer(&st.core.successors())?;
+            if inc.from.role == PeerRole::Endpoint {
+                st.feed(&myself, Input::ProbedBy(from)).await;
+            }
+        }
+        MemberRequest::Probe => {
+            let from = inc.from.id.clone();
+            let endpoint = inc.from.role == PeerRole::Endpoint;
+            inc.answer(&())?;
+            // The server's direct probes of suspects say nothing of our
+            // predecessors; only endpoints' probes count as theirs.
+            if endpoint {
+                st.feed(&myself, Input::ProbedBy(from)).await;
+            }
+        }
+        MemberRequest::Hello(info) => {
+            // A peer can only introduce itself.
+            if info.id != inc.from.id {
+                inc.refuse();
+                return Ok(());
+            }
+            st.feed(&myself, Input::Hello(info)).await;
+            inc.answer(&st.core.view())?;
+        }
+        req @ (MemberRequest::Ask(_) | MemberRequest::Late(_)) => {
+            st.take_question(&myself, inc, req)?
         }
     }
     Ok(())

@@ -163,8 +163,12 @@ pub struct EncodedAnswer(Vec<u8>);
 impl EncodedAnswer {
     /// Encodes `answer`.
     pub fn new(answer: &NodeAnswer) -> EncodedAnswer {
+        // Room for a typical row at once, not grown as it is written.
+        let cells: usize = answer.row.iter().flatten().map(|c| c.len() + 2).sum();
+        let mut out = Vec::with_capacity(16 + cells);
         // A struct of strings always encodes.
-        EncodedAnswer(rmp_serde::to_vec(answer).unwrap_or_default())
+        let _ = rmp_serde::encode::write(&mut out, answer);
+        EncodedAnswer(out)
     }
 
     /// The answer (checked when this was decoded or built).
@@ -221,12 +225,19 @@ pub struct IdList {
 impl IdList {
     /// Appends `id` (node ids are short hex digests; one over 64 KiB is cut there).
     pub fn push(&mut self, id: &NodeId) {
+        let id = IdList::cut(id);
+        self.packed
+            .extend_from_slice(&(id.len() as u16).to_be_bytes());
+        self.packed.extend_from_slice(id.as_bytes());
+    }
+
+    /// `id` as listed: whole, or cut at 64 KiB (on a character boundary).
+    fn cut(id: &NodeId) -> &str {
         let mut end = id.0.len().min(u16::MAX as usize);
         while !id.0.is_char_boundary(end) {
             end -= 1;
         }
-        self.packed.extend_from_slice(&(end as u16).to_be_bytes());
-        self.packed.extend_from_slice(&id.0.as_bytes()[..end]);
+        &id.0[..end]
     }
 
     fn split(rest: &[u8]) -> Option<Result<Split<'_>, &'static str>> {
@@ -438,9 +449,9 @@ impl Partial {
 
     /// Adds one machine's answer.
     pub fn add(&mut self, id: &NodeId, answer: &EncodedAnswer) {
-        let mut entry = IdList::default();
-        entry.push(id);
-        let entry = &entry.packed[..];
+        let id = IdList::cut(id);
+        let head = (id.len() as u16).to_be_bytes();
+        let entry: &[&[u8]] = &[&head, id.as_bytes()];
         let found = Partial::walk(&self.raw)
             .map_while(Result::ok)
             .find(|g| self.raw[g.answer.clone()] == answer.0[..]);
@@ -450,7 +461,7 @@ impl Partial {
                 // The id joins its answer's list: the list's header is written anew (it may
                 // grow), the rest is copied.
                 out.extend_from_slice(&self.raw[..g.who_header]);
-                write_bin(&mut out, &[&self.raw[g.who.clone()], entry]);
+                write_bin(&mut out, &[&self.raw[g.who.clone()], entry[0], entry[1]]);
                 out.extend_from_slice(&self.raw[g.who.end..]);
             }
             None => {
@@ -460,7 +471,7 @@ impl Partial {
                 out.extend_from_slice(rd);
                 write_array_len(&mut out, 2);
                 write_bin(&mut out, &[&answer.0]);
-                write_bin(&mut out, &[entry]);
+                write_bin(&mut out, entry);
             }
         }
         self.raw = out;

@@ -1450,9 +1450,12 @@ fn serve_now(shared: &Arc<Shared>, peer: &PeerIdentity, mut stream: Box<dyn Imme
         Ok(a) => a,
         Err(e) => return reject(shared, peer, AnyStream::Now(stream), e),
     };
+    let to = compact_str::CompactString::from(env.to);
+    let at = body_at(&payload, env.body);
+    let body = body_of(payload, at);
     let incoming = Incoming {
         from: peer.clone(),
-        body: payload.slice_ref(env.body),
+        body,
         reply: call_id.map(|id| {
             ReplyPort(Port::Now(NowPort {
                 stream,
@@ -1466,8 +1469,28 @@ fn serve_now(shared: &Arc<Shared>, peer: &PeerIdentity, mut stream: Box<dyn Imme
     // A destination that stopped since the lookup drops the call with it: the caller sees
     // it refused unanswered.
     if target.deliver(incoming).is_err() {
-        tracing::debug!(%peer, to = %env.to, "destination stopped before delivery");
+        tracing::debug!(%peer, %to, "destination stopped before delivery");
     }
+}
+
+/// The envelope's body, `body` (a slice of `payload`), as its own `Bytes`: the frame itself,
+/// advanced past the header, when the body ends it (it does: it is the envelope's last field).
+/// A slice would make a frame built from one buffer allocate a shared header on every
+/// message.
+fn body_of(payload: Bytes, at: std::ops::Range<usize>) -> Bytes {
+    if at.end == payload.len() {
+        let mut b = payload;
+        bytes::Buf::advance(&mut b, at.start);
+        b
+    } else {
+        payload.slice(at)
+    }
+}
+
+/// Where `body`, a slice of `payload`, lies in it.
+fn body_at(payload: &[u8], body: &[u8]) -> std::ops::Range<usize> {
+    let start = body.as_ptr() as usize - payload.as_ptr() as usize;
+    start..start + body.len()
 }
 
 /// Reads, checks and delivers one stream's envelope; answers it if it is a call.

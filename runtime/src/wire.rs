@@ -136,18 +136,30 @@ pub fn encode_frame(env: &Envelope, max: usize) -> Result<Bytes, WireError> {
 
 /// [`encode_frame`] from borrowed parts.
 pub fn encode_frame_out(env: &EnvelopeOut<'_>, max: usize) -> Result<Bytes, WireError> {
-    // Encoded once, straight after a length placeholder: no copy of the payload.
-    let mut out = BytesMut::with_capacity(64 + env.from.len() + env.to.len() + env.body.len());
-    out.put_u32(0);
-    let mut w = out.writer();
-    rmp_serde::encode::write(&mut w, env).map_err(|e| WireError::Garbage(e.to_string()))?;
-    let mut out = w.into_inner();
-    let len = out.len() - 4;
-    if len > max {
-        return Err(WireError::Oversized { len, max });
+    thread_local! {
+        static FRAME: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     }
-    out[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(out.freeze())
+    // Encoded into a per-thread buffer after a length placeholder, then copied once into a
+    // frame of exactly its size: one allocation per frame (a growable buffer frozen into
+    // `Bytes` costs a second, for the shared header of a buffer with room to spare).
+    let mut buf = FRAME.take();
+    buf.clear();
+    buf.extend_from_slice(&[0; 4]);
+    let r = rmp_serde::encode::write(&mut buf, env)
+        .map_err(|e| WireError::Garbage(e.to_string()))
+        .and_then(|()| {
+            let len = buf.len() - 4;
+            if len > max {
+                return Err(WireError::Oversized { len, max });
+            }
+            buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
+            Ok(Bytes::copy_from_slice(&buf))
+        });
+    // A rare large frame is not kept for the life of the thread.
+    if buf.capacity() <= 64 * 1024 {
+        FRAME.set(buf);
+    }
+    r
 }
 
 /// Prefixes `payload` with its length, refusing payloads over `max`.

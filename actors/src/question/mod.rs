@@ -160,23 +160,31 @@ impl std::fmt::Display for Question {
 
 impl Question {
     /// Every sensor the question reads (selected or filtered on), once each.
-    pub fn sensors(&self) -> Vec<SensorRef> {
-        fn walk(f: &Filter, out: &mut Vec<SensorRef>) {
+    pub fn sensors(&self) -> Vec<&SensorRef> {
+        // A question names a handful of sensors: a linear look for repeats beats a set (this
+        // runs once per question on every machine).
+        fn add<'q>(out: &mut Vec<&'q SensorRef>, s: &'q SensorRef) {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        fn walk<'q>(f: &'q Filter, out: &mut Vec<&'q SensorRef>) {
             match f {
                 Filter::And(a, b) | Filter::Or(a, b) => {
                     walk(a, out);
                     walk(b, out);
                 }
                 Filter::Not(a) => walk(a, out),
-                Filter::Cmp { sensor, .. } => out.push(sensor.clone()),
+                Filter::Cmp { sensor, .. } => add(out, sensor),
             }
         }
-        let mut out = self.select.clone();
+        let mut out = Vec::with_capacity(self.select.len() + 2);
+        for s in &self.select {
+            add(&mut out, s);
+        }
         if let Some(f) = &self.filter {
             walk(f, &mut out);
         }
-        let mut seen = std::collections::BTreeSet::new();
-        out.retain(|s| seen.insert(s.clone()));
         out
     }
 }

@@ -283,38 +283,46 @@ impl Sensors {
     /// Evaluates `q` on this machine: every sensor read once, the filter applied, the row
     /// built. A failing sensor gives `[error: …]` in its cell and a problem entry.
     pub async fn answer(&self, q: &Question) -> Answer {
-        let mut values = std::collections::BTreeMap::new();
+        // Each sensor read once, in the question's order (a handful: looked up linearly).
+        let sensors = q.sensors();
+        let mut values: Vec<Result<Vec<String>, SensorError>> = Vec::with_capacity(sensors.len());
         let mut problems = Vec::new();
-        for s in q.sensors() {
-            let (r, runtime_ms) = self.read(&s).await;
-            let v = match r {
-                Ok(v) => Ok(v),
-                Err(e) => {
-                    problems.push(SensorOutcome {
-                        sensor: s.to_string(),
-                        runtime_ms,
-                        error: Some(e.clone()),
-                    });
-                    Err(e)
-                }
-            };
-            values.insert(s, v);
+        for s in &sensors {
+            let (r, runtime_ms) = self.read(s).await;
+            if let Err(e) = &r {
+                problems.push(SensorOutcome {
+                    sensor: s.to_string(),
+                    runtime_ms,
+                    error: Some(e.clone()),
+                });
+            }
+            values.push(r);
         }
-        let lookup = |s: &SensorRef| match values.get(s) {
+        let at = |s: &SensorRef| sensors.iter().position(|x| *x == s);
+        let lookup = |s: &SensorRef| match at(s).map(|i| &values[i]) {
             Some(Ok(v)) => v.clone(),
             _ => Vec::new(),
         };
         let matched = q.filter.as_ref().is_none_or(|f| f.eval(&lookup));
         let row = matched.then(|| {
-            q.select
-                .iter()
-                .map(|s| match values.get(s) {
+            let mut cells = Vec::with_capacity(q.select.len());
+            for s in &q.select {
+                let cell = match at(s).map(|i| &mut values[i]) {
                     Some(Ok(v)) if v.is_empty() => "[no results]".to_string(),
+                    // One value (most sensors) is moved, not joined into a copy; a sensor
+                    // selected twice is read once, so the second column copies the first.
+                    Some(Ok(v))
+                        if v.len() == 1 && q.select.iter().filter(|x| *x == s).count() == 1 =>
+                    {
+                        std::mem::take(&mut v[0])
+                    }
                     Some(Ok(v)) => v.join(", "),
                     Some(Err(e)) => format!("[error: {e}]"),
                     None => "[no results]".to_string(),
-                })
-                .collect()
+                };
+                cells.push(cell);
+            }
+            cells
         });
         Answer { row, problems }
     }

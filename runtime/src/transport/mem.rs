@@ -834,7 +834,11 @@ fn strip_prefix(frame: Bytes) -> Result<Bytes, TransportError> {
     if frame.len() - 4 != len {
         return Err(WireError::Truncated.into());
     }
-    Ok(frame.slice(4..))
+    // Advanced, not sliced: a slice of a frame built from one buffer allocates a shared
+    // header for it.
+    let mut payload = frame;
+    bytes::Buf::advance(&mut payload, 4);
+    Ok(payload)
 }
 
 struct MemInbound {

@@ -1094,10 +1094,10 @@ impl MemberState {
             "leadership changed"
         );
         if !sides.any() {
-            if let Some(l) = self.server_link.take() {
-                l.close();
-            }
             self.server_watch = None;
+            if let Some(link) = self.server_link.take() {
+                self.resign(link);
+            }
             return;
         }
         if self.registrations == 0 {
@@ -1105,6 +1105,32 @@ impl MemberState {
             return;
         }
         self.announce(myself, sides).await;
+    }
+
+    /// Tells the server, on the leader's link, that we lead nothing any more, then closes the
+    /// link. The server also drops a leader whose link closed, but only once no connection
+    /// to it is left, and it may hold others (a registration's, its own probe or question):
+    /// without this word a former leader stayed one in its eyes. In turn with the other
+    /// announcements; skipped if a newer one was made meanwhile.
+    fn resign(&self, link: PeerHandle) {
+        let t = self.cfg.server_timeout;
+        let seq = self.announce_seq.clone();
+        let mine = seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let lock = self.announce_lock.clone();
+        tokio::spawn(async move {
+            {
+                let _one_at_a_time = lock.lock().await;
+                if seq.load(std::sync::atomic::Ordering::SeqCst) == mine && link.is_connected() {
+                    let r: Result<(), CallError> = link
+                        .call(REGISTRY, &ServerRequest::Leader(LeaderSides::default()), t)
+                        .await;
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "could not tell the server we stopped leading");
+                    }
+                }
+            }
+            link.close();
+        });
     }
 
     async fn announce(&mut self, myself: &ActorRef<MemberMsg>, sides: LeaderSides) {

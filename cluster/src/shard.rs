@@ -698,7 +698,8 @@ impl RingServer {
     /// Asks one member (on the leader link if there is one, else on a short-lived
     /// connection): it must acknowledge the question within the hop timeout, and is probed
     /// every watch interval while it works. An error says whether the link closed under the
-    /// call (worth asking again at once) rather than the member failing to answer.
+    /// call, or turned out to be one the member had let go (worth asking again at once, on a
+    /// new connection), rather than the member failing to answer.
     async fn ask_member(
         &self,
         m: &crate::proto::MemberReport,
@@ -744,6 +745,9 @@ impl RingServer {
                         | CallError::Transport(
                             rollcall_runtime::TransportError::ClosedByPeer(_)
                                 | rollcall_runtime::TransportError::LocallyClosed
+                                // The member let that connection go (its close was lost):
+                                // a new one reaches it.
+                                | rollcall_runtime::TransportError::Reset
                         )
                 );
                 (e.to_string(), closed)

@@ -213,3 +213,65 @@ async fn a_returning_endpoint_is_spliced_back_and_handed_what_it_missed() {
         vec![(middle, true)]
     );
 }
+
+/// A leader that stops leading says so on its server link before closing it: the server
+/// would otherwise count it as a leader for as long as any other connection between them
+/// lives (here, one the server dialed itself, as its probes and questions do).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_leading_is_no_leader_to_the_server_while_another_connection_lives() {
+    let mut c = RingCluster::start(MembershipConfig::default()).await;
+    let x = c.add("127.0.8.10").await;
+    let x_id = c.endpoints[x].node.identity().id.clone();
+    let leads = |r: &rollcall_cluster::proto::RingsReport| -> Option<LeaderSides> {
+        r.rings
+            .iter()
+            .flat_map(|ring| ring.members.iter())
+            .find(|m| m.id == x_id)
+            .map(|m| m.leads)
+    };
+    eventually_or(
+        "the lone member leads both ends",
+        Duration::from_secs(20),
+        || async {
+            let r = c.report().await;
+            match leads(&r) {
+                Some(l) if l.forward && l.backward => Ok(()),
+                _ => Err(shape(&r)),
+            }
+        },
+    )
+    .await;
+    // Another connection between the two, the server's own.
+    let other = c
+        .server
+        .connect_once(c.endpoints[x].node.local_addr(), Duration::from_secs(10))
+        .await
+        .expect("the server dials the member");
+    // Members before and after it: it is in the middle and leads nothing.
+    c.add("127.0.8.5").await;
+    c.add("127.0.8.20").await;
+    eventually_or(
+        "the middle member leads nothing in the server's view, the others one end each",
+        Duration::from_secs(30),
+        || async {
+            let r = c.report().await;
+            let ends = r
+                .rings
+                .iter()
+                .flat_map(|ring| ring.members.iter())
+                .map(|m| usize::from(m.leads.forward) + usize::from(m.leads.backward))
+                .sum::<usize>();
+            if leads(&r) == Some(LeaderSides::default()) && ends == 2 {
+                Ok(())
+            } else {
+                Err(shape(&r))
+            }
+        },
+    )
+    .await;
+    assert!(
+        other.is_connected(),
+        "the server's own connection lived throughout"
+    );
+    other.close();
+}

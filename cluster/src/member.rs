@@ -1249,38 +1249,13 @@ impl Actor for RingMember {
         msg: MemberMsg,
         st: &mut MemberState,
     ) -> Result<(), ActorProcessingErr> {
-        // A question's messages at each hop need no waiting: taken here. The rest go to a
-        // boxed future: ractor keeps room for the handler's future in each actor's loop for
-        // the actor's whole life (~0.7 KB here, on every endpoint); a box lives for one
-        // message.
-        let msg = match msg {
-            MemberMsg::Evaluated { id, answer } => {
-                st.evaluated(id, answer);
-                return Ok(());
-            }
-            MemberMsg::Downstream {
-                id,
-                generation,
-                result: Ok(p),
-                ..
-            } => {
-                st.downstream(id, generation, p);
-                return Ok(());
-            }
-            MemberMsg::Remote(mut inc) => {
-                let Some(req) = admit(&mut inc) else {
-                    return Ok(());
-                };
-                return match req {
-                    req @ (MemberRequest::Ask(_) | MemberRequest::Late(_)) => {
-                        st.take_question(&myself, inc, req)
-                    }
-                    req => Box::pin(remote(myself, inc, req, st)).await,
-                };
-            }
-            other => other,
-        };
-        Box::pin(dispatch(myself, msg, st)).await
+        // A question's messages at each hop need no waiting: taken at once. The rest go to
+        // a boxed future: ractor keeps room for this future in each actor's loop for the
+        // actor's whole life (on every endpoint), so it holds nothing but that box.
+        match take_now(myself, msg, st)? {
+            Some(work) => work.await,
+            None => Ok(()),
+        }
     }
 
     async fn post_stop(
@@ -1297,6 +1272,40 @@ impl Actor for RingMember {
         }
         Ok(())
     }
+}
+
+/// Work that waits, boxed (see [`RingMember`]'s `handle`).
+type Waiting<'a> = futures::future::BoxFuture<'a, Result<(), ActorProcessingErr>>;
+
+/// Does the work of a message that needs no waiting (a hop of a question); hands back the
+/// rest's, boxed.
+fn take_now(
+    myself: ActorRef<MemberMsg>,
+    msg: MemberMsg,
+    st: &mut MemberState,
+) -> Result<Option<Waiting<'_>>, ActorProcessingErr> {
+    match msg {
+        MemberMsg::Evaluated { id, answer } => st.evaluated(id, answer),
+        MemberMsg::Downstream {
+            id,
+            generation,
+            result: Ok(p),
+            ..
+        } => st.downstream(id, generation, p),
+        MemberMsg::Remote(mut inc) => {
+            let Some(req) = admit(&mut inc) else {
+                return Ok(None);
+            };
+            match req {
+                req @ (MemberRequest::Ask(_) | MemberRequest::Late(_)) => {
+                    st.take_question(&myself, inc, req)?
+                }
+                req => return Ok(Some(Box::pin(remote(myself, inc, req, st)))),
+            }
+        }
+        other => return Ok(Some(Box::pin(dispatch(myself, other, st)))),
+    }
+    Ok(None)
 }
 
 /// One message's work.

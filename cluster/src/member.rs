@@ -861,14 +861,20 @@ impl MemberState {
     /// What the successor answered to round `generation` of question `id` came back (an
     /// answer to an earlier round, rerouted since, is dropped).
     fn downstream(&mut self, id: u64, generation: u64, answer: Partial) {
-        let Some(q) = self.questions.get_mut(&id) else {
-            return;
-        };
-        if q.generation != generation || q.down.is_some() {
+        if !self.awaits(id, generation) {
             return;
         }
-        q.down = Some(answer);
+        if let Some(q) = self.questions.get_mut(&id) {
+            q.down = Some(answer);
+        }
         self.complete(id);
+    }
+
+    /// Whether round `generation` of question `id` still waits on its successor.
+    fn awaits(&self, id: u64, generation: u64) -> bool {
+        self.questions
+            .get(&id)
+            .is_some_and(|q| q.generation == generation && q.down.is_none())
     }
 
     /// Our own answer to question `id` is in.
@@ -1446,11 +1452,7 @@ async fn dispatch(
         } => match result {
             Ok(p) => st.downstream(id, generation, p),
             Err(e) => {
-                let current = st
-                    .questions
-                    .get(&id)
-                    .is_some_and(|q| q.generation == generation && q.down.is_none());
-                if current {
+                if st.awaits(id, generation) {
                     // A failed hop: the successor is treated as unreachable, and the
                     // question goes to the next one.
                     tracing::info!(question = id, %to, error = %e, "forward failed; rerouting");

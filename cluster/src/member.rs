@@ -177,6 +177,81 @@ struct QState {
     late: bool,
 }
 
+/// A question's state, shared with the callback of the hop that carries it on: the
+/// successor's answer finishes the round where it arrives (see [`finish_where_answered`]),
+/// without a message to this member and a turn of it for each machine on the way back.
+type Shared = Arc<std::sync::Mutex<QState>>;
+
+fn lock(q: &Shared) -> std::sync::MutexGuard<'_, QState> {
+    // Nothing that holds the lock leaves the state half-changed on a panic.
+    q.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl QState {
+    /// Whether round `generation` still waits on the successor.
+    fn awaits(&self, generation: u64) -> bool {
+        self.generation == generation && self.down.is_none() && !self.done
+    }
+
+    /// When both our answer and the answers after us are in: merges them, answers every
+    /// waiter, and keeps only our own answer. Whether the round finished now.
+    fn finish(&mut self, me: &NodeId) -> bool {
+        if self.done {
+            return false;
+        }
+        let (Some(own), Some(merged)) = (self.own.as_ref(), self.down.as_mut()) else {
+            return false;
+        };
+        merged.add(me, own);
+        // Taken, not drained: a finished question keeps no room for waiters.
+        for mut w in std::mem::take(&mut self.waiters) {
+            let _ = w.answer(&*merged);
+        }
+        // The merged answer is not kept (see `QState::done`).
+        self.down = None;
+        self.done = true;
+        self.forwarded_to = None;
+        true
+    }
+}
+
+/// How many rounds one thread is finishing inside each other: on the in-memory transport an
+/// answer is handed to the predecessor's callback at once, so a chain's way back runs as
+/// nested calls. Past this depth the rest goes by message, which bounds the stack.
+const MAX_NESTED_FINISHES: u32 = 32;
+
+thread_local! {
+    static NESTED_FINISHES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Finishes round `generation` of `q` with the successor's answer `down`, right where the
+/// answer arrived, if nothing else needs this member: our own answer is in, the round still
+/// waits on that successor, the question is not one to answer to the server ourselves, the
+/// state is not in use (by this member or a round further up on this thread), and the
+/// thread's nesting allows. Hands `down` back otherwise, for the member to take as a message.
+fn finish_where_answered(
+    q: &Shared,
+    generation: u64,
+    me: &NodeId,
+    down: Partial,
+) -> Result<(), Partial> {
+    let depth = NESTED_FINISHES.with(|d| d.get());
+    if depth >= MAX_NESTED_FINISHES {
+        return Err(down);
+    }
+    let Ok(mut st) = q.try_lock() else {
+        return Err(down);
+    };
+    if !st.awaits(generation) || st.own.is_none() || st.late {
+        return Err(down);
+    }
+    st.down = Some(down);
+    NESTED_FINISHES.with(|d| d.set(depth + 1));
+    st.finish(me);
+    NESTED_FINISHES.with(|d| d.set(depth));
+    Ok(())
+}
+
 impl From<Incoming> for MemberMsg {
     fn from(i: Incoming) -> Self {
         MemberMsg::Remote(i)
@@ -217,9 +292,9 @@ pub struct MemberState {
     reports_held_until: Option<std::time::Instant>,
     rng: SmallRng,
     me: MemberInfo,
-    /// Boxed: a member keeps every question until a minute after it expires, and the map
-    /// grows by copying its entries.
-    questions: HashMap<u64, Box<QState>, QuestionIds>,
+    /// Each behind a pointer: a member keeps every question until a minute after it
+    /// expires, and the map grows by copying its entries.
+    questions: HashMap<u64, Shared, QuestionIds>,
     /// Each probe's hop-timeout look, cancelled when the probe is answered first (an
     /// answered probe needs no second look).
     probe_timers: HashMap<NodeId, AbortOnDrop>,
@@ -261,6 +336,10 @@ struct HopSend {
     to: NodeId,
     hop: Duration,
     me: ActorRef<MemberMsg>,
+    /// The question's state and this member's id, to finish the round where the answer
+    /// arrives.
+    state: Shared,
+    my_id: NodeId,
 }
 
 impl HopSend {
@@ -273,6 +352,7 @@ impl HopSend {
         let acked = Arc::new(AtomicBool::new(false));
         let (id, generation) = (self.id, self.generation);
         let (back, closing, answered_by) = (self.me.clone(), link.clone(), self.to.clone());
+        let (state, my_id) = (self.state.clone(), self.my_id.clone());
         let started = link.call_then(
             MEMBER,
             &MemberRequest::Ask(env),
@@ -281,6 +361,13 @@ impl HopSend {
                 if dialed {
                     closing.close();
                 }
+                let result = match result {
+                    Ok(down) => match finish_where_answered(&state, generation, &my_id, down) {
+                        Ok(()) => return,
+                        Err(down) => Ok(down),
+                    },
+                    Err(e) => Err(e),
+                };
                 let _ = back.send_message(MemberMsg::Downstream {
                     id,
                     generation,
@@ -630,7 +717,8 @@ impl MemberState {
         late: bool,
     ) {
         let id = env.id;
-        if let Some(q) = self.questions.get_mut(&id) {
+        if let Some(q) = self.questions.get(&id) {
+            let mut q = lock(q);
             let again = waiter.is_some() && q.done;
             if let Some(w) = waiter {
                 q.waiters.push(w);
@@ -643,6 +731,7 @@ impl MemberState {
                 q.done = false;
                 q.down = None;
             }
+            drop(q);
             if let Some(own) = late_own {
                 self.send_late(id, own);
             }
@@ -660,7 +749,7 @@ impl MemberState {
             .map(|ev| ev.0.evaluate(&env.body));
         self.questions.insert(
             id,
-            Box::new(QState {
+            Arc::new(std::sync::Mutex::new(QState {
                 env,
                 deadline,
                 own: None,
@@ -671,7 +760,7 @@ impl MemberState {
                 waiters: waiter.into_iter().collect(),
                 done: false,
                 late,
-            }),
+            })),
         );
         if !late {
             self.forward(myself, id);
@@ -707,13 +796,19 @@ impl MemberState {
     /// Sends question `id` to the current route target (or, with none, ends the chain here).
     fn forward(&mut self, myself: &ActorRef<MemberMsg>, id: u64) {
         let target = self.core.route_target().cloned();
-        let Some(q) = self.questions.get_mut(&id) else {
+        let Some(state) = self.questions.get(&id) else {
             return;
         };
+        let mut q = lock(state);
+        if q.done {
+            // Finished meanwhile (where its answer arrived).
+            return;
+        }
         q.generation += 1;
         let Some(target) = target else {
             q.forwarded_to = None;
             q.down = Some(Partial::default());
+            drop(q);
             self.complete(id);
             return;
         };
@@ -727,6 +822,8 @@ impl MemberState {
             ..q.env.clone()
         };
         let generation = q.generation;
+        drop(q);
+        let state = state.clone();
         let node = self.node.clone();
         let link = self
             .links
@@ -740,6 +837,8 @@ impl MemberState {
             to: target.id,
             hop: self.cfg.ring.hop_timeout,
             me: myself.clone(),
+            state,
+            my_id: self.me.id.clone(),
         };
         match link {
             Some(link) => send.over(link, false, env),
@@ -783,11 +882,12 @@ impl MemberState {
                 in_use = false;
             }
         }
-        keep.extend(
-            self.questions
-                .values()
-                .filter_map(|q| q.forwarded_to.as_ref()),
-        );
+        let waited_on: Vec<NodeId> = self
+            .questions
+            .values()
+            .filter_map(|q| lock(q).forwarded_to.clone())
+            .collect();
+        keep.extend(waited_on.iter());
         let stale: Vec<NodeId> = self
             .links
             .keys()
@@ -806,11 +906,12 @@ impl MemberState {
         let target = self.core.route_target().map(|m| m.id.clone());
         let now = tokio::time::Instant::now();
         self.questions
-            .retain(|_, q| q.deadline + Duration::from_secs(60) > now);
+            .retain(|_, q| lock(q).deadline + Duration::from_secs(60) > now);
         let stale: Vec<u64> = self
             .questions
             .iter()
             .filter(|(_, q)| {
+                let q = lock(q);
                 q.down.is_none()
                     && q.forwarded_to.is_some()
                     && q.forwarded_to != target
@@ -861,52 +962,40 @@ impl MemberState {
     /// What the successor answered to round `generation` of question `id` came back (an
     /// answer to an earlier round, rerouted since, is dropped).
     fn downstream(&mut self, id: u64, generation: u64, answer: Partial) {
-        if !self.awaits(id, generation) {
+        let Some(q) = self.questions.get(&id) else {
             return;
-        }
-        if let Some(q) = self.questions.get_mut(&id) {
+        };
+        {
+            let mut q = lock(q);
+            if !q.awaits(generation) {
+                return;
+            }
             q.down = Some(answer);
         }
         self.complete(id);
     }
 
-    /// Whether round `generation` of question `id` still waits on its successor.
-    fn awaits(&self, id: u64, generation: u64) -> bool {
-        self.questions
-            .get(&id)
-            .is_some_and(|q| q.generation == generation && q.down.is_none())
-    }
-
     /// Our own answer to question `id` is in.
     fn evaluated(&mut self, id: u64, answer: NodeAnswer) {
-        if let Some(q) = self.questions.get_mut(&id) {
-            q.own = Some(EncodedAnswer::new(&answer));
+        if let Some(q) = self.questions.get(&id) {
+            lock(q).own = Some(EncodedAnswer::new(&answer));
         }
         self.complete(id);
     }
 
     /// When both our answer and the answers after us are in: merge, cache, reply.
     fn complete(&mut self, id: u64) {
-        let Some(q) = self.questions.get_mut(&id) else {
+        let Some(q) = self.questions.get(&id) else {
             return;
         };
-        if q.done {
-            return;
-        }
-        let (Some(own), Some(merged)) = (q.own.as_ref(), q.down.as_mut()) else {
-            return;
+        let late_own = {
+            let mut q = lock(q);
+            if !q.finish(&self.me.id) || !q.late {
+                return;
+            }
+            q.own.clone()
         };
-        merged.add(&self.me.id, own);
-        // Taken, not drained: a finished question keeps no room for waiters.
-        for mut w in std::mem::take(&mut q.waiters) {
-            let _ = w.answer(&*merged);
-        }
-        // The merged answer is not kept (see `QState::done`).
-        q.down = None;
-        q.done = true;
-        q.forwarded_to = None;
-        if q.late {
-            let own = own.clone();
+        if let Some(own) = late_own {
             self.send_late(id, own);
         }
     }
@@ -1452,7 +1541,11 @@ async fn dispatch(
         } => match result {
             Ok(p) => st.downstream(id, generation, p),
             Err(e) => {
-                if st.awaits(id, generation) {
+                if st
+                    .questions
+                    .get(&id)
+                    .is_some_and(|q| lock(q).awaits(generation))
+                {
                     // A failed hop: the successor is treated as unreachable, and the
                     // question goes to the next one.
                     tracing::info!(question = id, %to, error = %e, "forward failed; rerouting");
@@ -1499,7 +1592,7 @@ async fn dispatch(
                     .into_iter()
                     .map(|m| (m.id.clone(), core.health(&m.id)))
                     .collect(),
-                questions_pending: st.questions.values().filter(|q| !q.done).count(),
+                questions_pending: st.questions.values().filter(|q| !lock(q).done).count(),
             });
         }
     }
@@ -1574,8 +1667,91 @@ pub async fn status(member: &ActorRef<MemberMsg>) -> Option<MemberStatus> {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff;
-    use std::time::Duration;
+    use super::*;
+
+    fn waiting(generation: u64, own: bool, late: bool) -> Shared {
+        Arc::new(std::sync::Mutex::new(QState {
+            env: QuestionEnvelope {
+                id: 1,
+                body: vec![],
+                ttl_ms: 60_000,
+            },
+            deadline: tokio::time::Instant::now() + Duration::from_secs(60),
+            own: own.then(|| {
+                EncodedAnswer::new(&NodeAnswer {
+                    row: Some(vec!["Debian".into()]),
+                    problems: vec![],
+                })
+            }),
+            down: None,
+            generation,
+            forwarded_to: Some(NodeId("next".into())),
+            waiters: vec![],
+            done: false,
+            late,
+        }))
+    }
+
+    fn from_below() -> Partial {
+        let mut p = Partial::default();
+        let a = EncodedAnswer::new(&NodeAnswer {
+            row: Some(vec!["Ubuntu".into()]),
+            problems: vec![],
+        });
+        p.add(&NodeId("below".into()), &a);
+        p
+    }
+
+    #[test]
+    fn a_round_is_finished_where_its_answer_arrives_only_when_nothing_else_needs_the_member() {
+        let me = NodeId("me".into());
+        // Our answer in, round 2 waiting: finished on the spot, only our own answer kept.
+        let q = waiting(2, true, false);
+        assert!(finish_where_answered(&q, 2, &me, from_below()).is_ok());
+        {
+            let st = lock(&q);
+            assert!(st.done && st.down.is_none() && st.forwarded_to.is_none());
+            assert!(st.own.is_some());
+        }
+        // Finished once: a second answer to the same round is the member's to drop.
+        assert_eq!(
+            finish_where_answered(&q, 2, &me, from_below()),
+            Err(from_below())
+        );
+        // Each case that needs the member hands the answer back untouched and the state
+        // as it was: an earlier round (rerouted since), our own answer not in yet, a
+        // question to answer to the server ourselves, the state in use.
+        for (q, generation) in [
+            (waiting(3, true, false), 2),
+            (waiting(2, false, false), 2),
+            (waiting(2, true, true), 2),
+        ] {
+            assert_eq!(
+                finish_where_answered(&q, generation, &me, from_below()),
+                Err(from_below())
+            );
+            let st = lock(&q);
+            assert!(!st.done && st.down.is_none() && st.forwarded_to.is_some());
+        }
+        let q = waiting(2, true, false);
+        let held = lock(&q);
+        assert_eq!(
+            finish_where_answered(&q, 2, &me, from_below()),
+            Err(from_below())
+        );
+        drop(held);
+        // Nested too deep on this thread: by message.
+        NESTED_FINISHES.with(|d| d.set(MAX_NESTED_FINISHES));
+        let deep = finish_where_answered(&q, 2, &me, from_below());
+        NESTED_FINISHES.with(|d| d.set(0));
+        assert_eq!(deep, Err(from_below()));
+        assert!(finish_where_answered(&q, 2, &me, from_below()).is_ok());
+        assert_eq!(
+            NESTED_FINISHES.with(|d| d.get()),
+            0,
+            "the depth is restored"
+        );
+    }
 
     #[test]
     fn retries_double_per_failure_up_to_the_cap_and_never_below_the_base() {

@@ -348,18 +348,27 @@ impl HopSend {
     /// answering side), with no task per hop: only the hop's deadline waits, to route past a
     /// successor that did not take the question in time (the question's expiry bounds the
     /// rest). The deadline starts once the link is there: dialing time never judges a hop.
-    fn over(self, link: PeerHandle, dialed: bool, env: QuestionEnvelope) {
+    fn over(self, link: &PeerHandle, dialed: bool, env: QuestionEnvelope) {
+        let HopSend {
+            id,
+            generation,
+            to,
+            hop,
+            me,
+            state,
+            my_id,
+        } = self;
         let acked = Arc::new(AtomicBool::new(false));
-        let (id, generation) = (self.id, self.generation);
-        let (back, closing, answered_by) = (self.me.clone(), link.clone(), self.to.clone());
-        let (state, my_id) = (self.state.clone(), self.my_id.clone());
+        let (back, answered_by) = (me.clone(), to.clone());
+        // Only a link dialed for this question is held by its callback, to be closed.
+        let closing = dialed.then(|| link.clone());
         let started = link.call_then(
             MEMBER,
             &MemberRequest::Ask(env),
             acked.clone(),
             move |result: Result<Partial, CallError>| {
-                if dialed {
-                    closing.close();
+                if let Some(l) = closing {
+                    l.close();
                 }
                 let result = match result {
                     Ok(down) => match finish_where_answered(&state, generation, &my_id, down) {
@@ -380,9 +389,14 @@ impl HopSend {
             if dialed {
                 link.close();
             }
-            return self.failed(e);
+            let _ = me.send_message(MemberMsg::Downstream {
+                id,
+                generation,
+                to,
+                result: Err(e),
+            });
+            return;
         }
-        let HopSend { to, hop, me, .. } = self;
         hop_deadlines::watch(hop_deadlines::Deadline {
             at: tokio::time::Instant::now() + hop,
             acked,
@@ -824,13 +838,6 @@ impl MemberState {
         let generation = q.generation;
         drop(q);
         let state = state.clone();
-        let node = self.node.clone();
-        let link = self
-            .links
-            .get(&target.id)
-            .filter(|l| l.is_connected())
-            .cloned();
-        let dial = self.cfg.ring.dial_timeout;
         let send = HopSend {
             id,
             generation,
@@ -840,13 +847,14 @@ impl MemberState {
             state,
             my_id: self.me.id.clone(),
         };
-        match link {
+        match self.links.get(&send.to).filter(|l| l.is_connected()) {
             Some(link) => send.over(link, false, env),
             // No link held: one dialed for this question alone, closed after it.
             None => {
+                let (node, dial) = (self.node.clone(), self.cfg.ring.dial_timeout);
                 tokio::spawn(async move {
                     match Box::pin(node.connect_once(target.addr, dial.min(left))).await {
-                        Ok(link) => send.over(link, true, env),
+                        Ok(link) => send.over(&link, true, env),
                         Err(e) => send.failed(e),
                     }
                 });

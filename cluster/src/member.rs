@@ -956,6 +956,10 @@ impl MemberState {
                 // Taken: the predecessor stops its hop clock (the answer follows once the
                 // rest of the chain has answered).
                 inc.ack();
+                // Read: the frame goes back to the allocator now, not once the whole chain
+                // after us has answered (the call waits here that long, on every member of
+                // every chain at once).
+                inc.body = Default::default();
                 self.ask(myself, env, Some(inc), false);
             }
             MemberRequest::Late(env) => {

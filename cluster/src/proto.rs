@@ -455,6 +455,26 @@ impl Partial {
         let found = Partial::walk(&self.raw)
             .map_while(Result::ok)
             .find(|g| self.raw[g.answer.clone()] == answer.0[..]);
+        if let Some(g) = &found {
+            // The id joins its answer's list in place when the list's header keeps its
+            // length (it does until the list passes 255 bytes, then 65,535): the header is
+            // rewritten and the rest moved up by the entry, within the room a decoded
+            // answer is given.
+            let mut header = [0u8; 5];
+            let mut w = &mut header[..];
+            let grown = g.who.len() + head.len() + id.len();
+            let _ = rmp::encode::write_bin_len(&mut w, grown as u32);
+            let header_len = 5 - w.len();
+            if header_len == g.who.start - g.who_header {
+                self.raw[g.who_header..g.who.start].copy_from_slice(&header[..header_len]);
+                let (at, n, end) = (g.who.end, head.len() + id.len(), self.raw.len());
+                self.raw.resize(end + n, 0);
+                self.raw.copy_within(at..end, at + n);
+                self.raw[at..at + head.len()].copy_from_slice(&head);
+                self.raw[at + head.len()..at + n].copy_from_slice(id.as_bytes());
+                return;
+            }
+        }
         let mut out = Vec::with_capacity(self.raw.len() + answer.0.len() + entry.len() + 16);
         match found {
             Some(g) => {
@@ -508,7 +528,24 @@ impl Serialize for Partial {
 
 impl<'de> Deserialize<'de> for Partial {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Partial, D::Error> {
-        let raw = serde_bytes::ByteBuf::deserialize(d)?.into_vec();
+        /// Copies the bytes with room for the receiving hop's own machine, which it adds
+        /// before passing the answer on (an id and, at most, a short group of its own).
+        struct Raw;
+        impl<'de> serde::de::Visitor<'de> for Raw {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a chain's answers as bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                let mut raw = Vec::with_capacity(v.len() + 64);
+                raw.extend_from_slice(v);
+                Ok(raw)
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        let raw = d.deserialize_bytes(Raw)?;
         Partial::check(&raw).map_err(serde::de::Error::custom)?;
         Ok(Partial { raw })
     }
@@ -634,6 +671,43 @@ mod tests {
                 ("d4".into(), "6.8".into()),
             ]
         );
+    }
+
+    #[test]
+    fn ids_added_at_every_hop_stay_whole_as_their_list_outgrows_each_header_size() {
+        // Two answers, ids joining them in turn, each hop's partial decoded from the wire
+        // first (as a member receives it): the first list passes 255 bytes (a one-byte
+        // length) and then 65,535 (a two-byte one).
+        let mut p = Partial::default();
+        let mut want: Vec<(String, String)> = Vec::new();
+        for i in 0..3_000u32 {
+            let (who, os) = (
+                format!("machine-{i:05}-{}", "x".repeat(10)),
+                ["6.1", "6.8"][(i % 7 == 0) as usize],
+            );
+            let bytes = rollcall_runtime::wire::encode_body(&p).expect("encodes");
+            p = rollcall_runtime::wire::decode_body(&bytes).expect("decodes");
+            p.add(&id(&who), &answer(os));
+            want.push((who, os.to_string()));
+        }
+        let bytes = rollcall_runtime::wire::encode_body(&p).expect("encodes");
+        let back: Partial = rollcall_runtime::wire::decode_body(&bytes).expect("decodes");
+        assert_eq!(back.groups().count(), 2);
+        let biggest = back.groups().map(|(_, who)| who.len()).max();
+        assert!(
+            biggest > Some(65_535),
+            "the big list took a four-byte length"
+        );
+        let mut got: Vec<(String, String)> = back
+            .entries()
+            .map(|(n, a)| {
+                let a: NodeAnswer = rmp_serde::from_slice(a).expect("an answer");
+                (n.to_string(), a.row.expect("row")[1].clone())
+            })
+            .collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -270,23 +270,39 @@ impl ReplyPort {
     /// Sends the answer.
     pub fn send<T: Serialize>(mut self, msg: &T) -> Result<(), WireError> {
         self.follow_faults();
-        let mut port = Some(std::mem::replace(&mut self.0, Port::Spent));
-        let sent = wire::with_body(msg, |body| {
-            match port.take() {
-                Some(Port::Task { tx, .. }) => {
-                    let _ = tx.send(Ok(body.to_vec()));
-                }
-                Some(Port::Now(n)) => n.answer(body),
-                Some(Port::Spent) | None => {}
-            }
-            Ok(())
-        });
         // An answer that would not encode: the port goes back, and is refused as unanswered
         // when dropped.
-        if let Some(p) = port {
-            self.0 = p;
+        match std::mem::replace(&mut self.0, Port::Spent) {
+            Port::Task { tx, ack } => match wire::with_body(msg, |body| Ok(body.to_vec())) {
+                Ok(body) => {
+                    let _ = tx.send(Ok(body));
+                    Ok(())
+                }
+                Err(e) => {
+                    self.0 = Port::Task { tx, ack };
+                    Err(e)
+                }
+            },
+            Port::Now(n) => {
+                // Framed first, written once the encoding buffer is free again: on the
+                // in-memory transport, writing an answer may run the caller's callback, and
+                // with it answer a chain of callers, each encoding its own answer.
+                let framed = wire::with_body(msg, |body| {
+                    Ok(reply_frame(&n.shared, n.to.as_str(), n.id, body))
+                });
+                match framed {
+                    Ok(frame) => {
+                        n.answer(frame);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.0 = Port::Now(n);
+                        Err(e)
+                    }
+                }
+            }
+            Port::Spent => Ok(()),
         }
-        sent
     }
 
     /// Refuses the call; the caller sees [`RefuseCode::Rejected`].
@@ -350,8 +366,8 @@ impl Drop for ReplyPort {
 }
 
 impl NowPort {
-    fn answer(self, body: &[u8]) {
-        match reply_frame(&self.shared, self.to.as_str(), self.id, body) {
+    fn answer(self, frame: Result<Bytes, WireError>) {
+        match frame {
             Ok(frame) => {
                 self.stream.reply(frame);
                 self.shared.stats.incr(|s| &s.envelopes_sent);

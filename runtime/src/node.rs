@@ -735,10 +735,14 @@ impl Node {
     pub fn peer(&self, id: &NodeId) -> Option<PeerHandle> {
         let links = self.shared.links.read().ok()?;
         let cells = links.get(id)?;
+        // The newest live connection: a peer that connected again may have lost its end of
+        // an older one without a word reaching us (a restart, a close lost in a burst), and
+        // this side learns of that only when the older one idles out.
         let cell = cells
             .iter()
+            .rev()
             .find(|c| c.conn.is_some())
-            .or_else(|| cells.first())?
+            .or_else(|| cells.last())?
             .clone();
         Some(PeerHandle {
             addr: cell.addr,

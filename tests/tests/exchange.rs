@@ -376,3 +376,50 @@ async fn the_node_supervisor_lives_only_while_it_has_links_to_keep() {
             .expect("stopped");
     }
 }
+
+/// A peer that connected again (a restarted machine, at its new address) is the one calls
+/// go to, while its silent old connection is still listed: the old one would hold every
+/// call until it idled out.
+#[tokio::test(start_paused = true)]
+async fn calls_to_a_peer_go_over_its_newest_connection_not_one_it_silently_lost() {
+    let net = MemNetwork::new(5, Duration::from_secs(30));
+    let b_id = endpoint("b");
+    let a = mem_node(&net, "127.0.0.1:1", endpoint("a")).await;
+    let old_b = mem_node(&net, "127.0.0.2:1", b_id.clone()).await;
+    let new_b = mem_node(&net, "127.0.0.3:1", b_id.clone()).await;
+    let _old_probe = start_probe(&old_b).await;
+    let _new_probe = start_probe(&new_b).await;
+
+    let old_link = old_b
+        .connect_once(a.local_addr(), DEADLINE)
+        .await
+        .expect("dial from the old address");
+    eventually("a lists the first connection", DEADLINE, || {
+        let n = a.connected_peers().len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    // The old machine goes away without a word: its connection stays listed at `a`.
+    net.crash("127.0.0.2".parse().expect("ip"));
+    let new_link = new_b
+        .connect_once(a.local_addr(), DEADLINE)
+        .await
+        .expect("dial from the new address");
+    eventually("a lists both connections", DEADLINE, || {
+        let n = a.connected_peers().len();
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+
+    let to_b = a.peer(&b_id.id).expect("a link to b");
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        to_b.call::<_, ProbeReply>(PROBE, &Probe::WhoAmI, Duration::from_secs(2)),
+    )
+    .await
+    .expect("answered within 2 s")
+    .expect("answered");
+    assert_eq!(r, ProbeReply::Caller(a.identity().clone()));
+    assert_eq!(to_b.addr(), new_b.local_addr(), "over the new connection");
+    drop((old_link, new_link));
+}

@@ -639,6 +639,19 @@ mod tests {
         NodeId(s.into())
     }
 
+    /// Every (machine, OS version) in `p`, sorted.
+    fn sorted_entries(p: &Partial) -> Vec<(String, String)> {
+        let mut entries: Vec<(String, String)> = p
+            .entries()
+            .map(|(n, a)| {
+                let a: NodeAnswer = rmp_serde::from_slice(a).expect("an answer");
+                (n.to_string(), a.row.expect("row")[1].clone())
+            })
+            .collect();
+        entries.sort();
+        entries
+    }
+
     #[test]
     fn a_partial_keeps_each_distinct_answer_once_and_survives_the_wire() {
         let mut p = Partial::default();
@@ -653,16 +666,8 @@ mod tests {
         let bytes = rollcall_runtime::wire::encode_body(&p).expect("encodes");
         let back: Partial = rollcall_runtime::wire::decode_body(&bytes).expect("decodes");
         assert_eq!(back, p);
-        let mut entries: Vec<(String, String)> = back
-            .entries()
-            .map(|(n, a)| {
-                let a: NodeAnswer = rmp_serde::from_slice(a).expect("an answer");
-                (n.to_string(), a.row.expect("row")[1].clone())
-            })
-            .collect();
-        entries.sort();
         assert_eq!(
-            entries,
+            sorted_entries(&back),
             [
                 ("a1".to_string(), "6.1".to_string()),
                 ("a1".into(), "6.1".into()),
@@ -698,16 +703,8 @@ mod tests {
             biggest > Some(65_535),
             "the big list took a four-byte length"
         );
-        let mut got: Vec<(String, String)> = back
-            .entries()
-            .map(|(n, a)| {
-                let a: NodeAnswer = rmp_serde::from_slice(a).expect("an answer");
-                (n.to_string(), a.row.expect("row")[1].clone())
-            })
-            .collect();
-        got.sort();
         want.sort();
-        assert_eq!(got, want);
+        assert_eq!(sorted_entries(&back), want);
     }
 
     #[test]

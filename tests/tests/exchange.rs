@@ -394,22 +394,14 @@ async fn calls_to_a_peer_go_over_its_newest_connection_not_one_it_silently_lost(
         .connect_once(a.local_addr(), DEADLINE)
         .await
         .expect("dial from the old address");
-    eventually("a lists the first connection", DEADLINE, || {
-        let n = a.connected_peers().len();
-        async move { (n == 1).then_some(()) }
-    })
-    .await;
+    lists_connections(&a, 1).await;
     // The old machine goes away without a word: its connection stays listed at `a`.
     net.crash("127.0.0.2".parse().expect("ip"));
     let new_link = new_b
         .connect_once(a.local_addr(), DEADLINE)
         .await
         .expect("dial from the new address");
-    eventually("a lists both connections", DEADLINE, || {
-        let n = a.connected_peers().len();
-        async move { (n == 2).then_some(()) }
-    })
-    .await;
+    lists_connections(&a, 2).await;
 
     let to_b = a.peer(&b_id.id).expect("a link to b");
     let r = tokio::time::timeout(
@@ -422,4 +414,13 @@ async fn calls_to_a_peer_go_over_its_newest_connection_not_one_it_silently_lost(
     assert_eq!(r, ProbeReply::Caller(a.identity().clone()));
     assert_eq!(to_b.addr(), new_b.local_addr(), "over the new connection");
     drop((old_link, new_link));
+}
+
+/// Waits until `node` lists `n` connections.
+async fn lists_connections(node: &Node, n: usize) {
+    eventually("the node lists the connections", DEADLINE, || {
+        let listed = node.connected_peers().len() == n;
+        async move { listed.then_some(()) }
+    })
+    .await;
 }

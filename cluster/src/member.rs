@@ -246,9 +246,16 @@ fn finish_where_answered(
         return Err(down);
     }
     st.down = Some(down);
+    /// Puts the depth back however the finish ends (a panic included).
+    struct Nested(u32);
+    impl Drop for Nested {
+        fn drop(&mut self) {
+            NESTED_FINISHES.with(|d| d.set(self.0));
+        }
+    }
     NESTED_FINISHES.with(|d| d.set(depth + 1));
+    let _restore = Nested(depth);
     st.finish(me);
-    NESTED_FINISHES.with(|d| d.set(depth));
     Ok(())
 }
 

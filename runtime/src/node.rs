@@ -416,7 +416,9 @@ where
 /// Named local destinations of remote messages.
 #[derive(Clone, Default)]
 pub struct Router {
-    routes: Arc<RwLock<HashMap<String, Arc<dyn Deliver>>>>,
+    /// A node has a handful of routes: a list searched in order beats hashing the name of
+    /// every envelope, and short names are kept inline (no pointer to follow per lookup).
+    routes: Arc<RwLock<Vec<(compact_str::CompactString, Arc<dyn Deliver>)>>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -424,7 +426,7 @@ impl std::fmt::Debug for Router {
         let names: Vec<String> = self
             .routes
             .read()
-            .map(|r| r.keys().cloned().collect())
+            .map(|r| r.iter().map(|(n, _)| n.to_string()).collect())
             .unwrap_or_default();
         write!(f, "Router({names:?})")
     }
@@ -433,8 +435,12 @@ impl std::fmt::Debug for Router {
 impl Router {
     /// Routes messages addressed to `name` to `target`, replacing any earlier route.
     pub fn register(&self, name: impl Into<String>, target: Arc<dyn Deliver>) {
+        let name: String = name.into();
         if let Ok(mut r) = self.routes.write() {
-            r.insert(name.into(), target);
+            match r.iter_mut().find(|(n, _)| *n == name) {
+                Some(route) => route.1 = target,
+                None => r.push((name.into(), target)),
+            }
         }
     }
 
@@ -449,7 +455,7 @@ impl Router {
     /// Removes a route.
     pub fn unregister(&self, name: &str) {
         if let Ok(mut r) = self.routes.write() {
-            r.remove(name);
+            r.retain(|(n, _)| n != name);
         }
     }
 
@@ -461,7 +467,11 @@ impl Router {
     }
 
     fn lookup(&self, name: &str) -> Option<Arc<dyn Deliver>> {
-        self.routes.read().ok()?.get(name).cloned()
+        let routes = self.routes.read().ok()?;
+        routes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, target)| target.clone())
     }
 }
 
@@ -1657,5 +1667,49 @@ impl Deliver for StatusService {
             tracing::warn!(error = %e, "status could not be encoded");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Gone;
+
+    impl Deliver for Gone {
+        fn deliver(&self, _msg: Incoming) -> Result<(), DestinationGone> {
+            Err(DestinationGone)
+        }
+    }
+
+    fn same(a: &Option<Arc<dyn Deliver>>, b: &Arc<dyn Deliver>) -> bool {
+        a.as_ref().is_some_and(|a| Arc::ptr_eq(a, b))
+    }
+
+    #[test]
+    fn a_route_registered_again_replaces_the_first_and_removing_one_leaves_the_others() {
+        let router = Router::default();
+        let (first, second, other): (Arc<dyn Deliver>, Arc<dyn Deliver>, Arc<dyn Deliver>) =
+            (Arc::new(Gone), Arc::new(Gone), Arc::new(Gone));
+        router.register("member", first.clone());
+        router.register("a-name-longer-than-twenty-four-bytes", other.clone());
+        assert!(same(&router.lookup("member"), &first));
+        router.register("member", second.clone());
+        assert!(same(&router.lookup("member"), &second));
+        assert_eq!(format!("{router:?}").matches("member").count(), 1);
+        assert!(router.lookup("membe").is_none());
+        assert!(router.lookup("members").is_none());
+        router.unregister("member");
+        assert!(router.lookup("member").is_none());
+        assert!(same(
+            &router.lookup("a-name-longer-than-twenty-four-bytes"),
+            &other
+        ));
+        router.clear();
+        assert!(
+            router
+                .lookup("a-name-longer-than-twenty-four-bytes")
+                .is_none()
+        );
     }
 }

@@ -418,8 +418,11 @@ where
 pub struct Router {
     /// A node has a handful of routes: a list searched in order beats hashing the name of
     /// every envelope, and short names are kept inline (no pointer to follow per lookup).
-    routes: Arc<RwLock<Vec<(compact_str::CompactString, Arc<dyn Deliver>)>>>,
+    routes: Arc<RwLock<Vec<Route>>>,
 }
+
+/// A destination's name and where its messages go.
+type Route = (compact_str::CompactString, Arc<dyn Deliver>);
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

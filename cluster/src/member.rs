@@ -157,9 +157,10 @@ pub enum MemberMsg {
     },
 }
 
-/// Question ids are the server's sequence numbers, given by authenticated peers: a fast
-/// hash will do.
-type QuestionIds = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
+/// The keys of a member's maps come from authenticated peers (question ids are the server's
+/// sequence numbers; neighbours' ids are their certificates' names), and the maps are looked
+/// up on every hop: a fast hash will do.
+type FastKeys = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
 
 /// One question in flight on this member.
 struct QState {
@@ -279,7 +280,8 @@ pub struct MemberState {
     cfg: MemberConfig,
     node: Node,
     core: RingCore,
-    links: HashMap<NodeId, PeerHandle>,
+    /// The links to ring neighbours (a few; looked up on every hop).
+    links: HashMap<NodeId, PeerHandle, FastKeys>,
     server_link: Option<PeerHandle>,
     /// Watches the server link for a comeback (aborted with the link or the member).
     server_watch: Option<AbortOnDrop>,
@@ -301,7 +303,7 @@ pub struct MemberState {
     me: MemberInfo,
     /// Each behind a pointer: a member keeps every question until a minute after it
     /// expires, and the map grows by copying its entries.
-    questions: HashMap<u64, Shared, QuestionIds>,
+    questions: HashMap<u64, Shared, FastKeys>,
     /// Each probe's hop-timeout look, cancelled when the probe is answered first (an
     /// answered probe needs no second look).
     probe_timers: HashMap<NodeId, AbortOnDrop>,
@@ -1341,7 +1343,7 @@ impl Actor for RingMember {
             rng: SmallRng::seed_from_u64(cfg.seed),
             cfg,
             node,
-            links: HashMap::new(),
+            links: HashMap::default(),
             server_link: None,
             server_watch: None,
             announce_seq: Arc::default(),

@@ -285,11 +285,18 @@ impl IdList {
         self.packed.is_empty()
     }
 
+    /// Checks that `packed` is whole ids, each UTF-8. Every hop checks the list it is given,
+    /// which grows along the chain: when the whole list is ASCII (ids are hex digests; their
+    /// lengths' two bytes are too, under 128), every id is, and is checked in one pass over
+    /// the bytes instead of one UTF-8 decoding per id.
     fn check(packed: &[u8]) -> Result<(), &'static str> {
+        let each = !packed.is_ascii();
         let mut rest = packed;
         while let Some(r) = IdList::split(rest) {
             let (id, tail) = r?;
-            std::str::from_utf8(id).map_err(|_| "an id in an id list is not UTF-8")?;
+            if each {
+                std::str::from_utf8(id).map_err(|_| "an id in an id list is not UTF-8")?;
+            }
             rest = tail;
         }
         Ok(())
@@ -808,5 +815,44 @@ mod tests {
                 .expect_err("a malformed list must not decode");
             assert!(err.to_string().contains(why), "{err} should say {why}");
         }
+    }
+
+    #[test]
+    fn ids_are_checked_one_by_one_whenever_the_list_is_not_all_ascii() {
+        #[derive(Serialize)]
+        struct Raw {
+            #[serde(with = "serde_bytes")]
+            packed: Vec<u8>,
+        }
+        let decode = |packed: Vec<u8>| {
+            let bytes = rollcall_runtime::wire::encode_body(&Raw { packed }).expect("encodes");
+            rollcall_runtime::wire::decode_body::<IdList>(&bytes)
+        };
+        let long = "f".repeat(200);
+        let mut good = IdList::default();
+        for i in ["e0001", "é-machine", long.as_str(), "e0002"] {
+            good.push(&id(i));
+        }
+        let listed = decode(good.packed.clone()).expect("whole UTF-8 ids decode");
+        assert_eq!(
+            listed.iter().collect::<Vec<_>>(),
+            ["e0001", "é-machine", long.as_str(), "e0002"]
+        );
+        // An ASCII list but for one id's broken byte, far down the list.
+        let mut bad = IdList::default();
+        for i in 0..40 {
+            bad.push(&id(&format!("e{i:04}")));
+        }
+        let mut packed = bad.packed;
+        packed.extend_from_slice(&[0, 3, b'x', 0xc3, b'y']);
+        let err = decode(packed).expect_err("a broken id must not decode");
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+        // A long id's length byte is over 127: the list is not ASCII, each id is checked.
+        let mut with_long = IdList::default();
+        with_long.push(&id(&long));
+        let mut packed = with_long.packed;
+        packed.extend_from_slice(&[0, 2, 0xff, 0xfe]);
+        let err = decode(packed).expect_err("a broken id must not decode");
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 }

@@ -124,7 +124,15 @@ impl NetState {
 /// The shared in-memory network.
 #[derive(Clone)]
 pub struct MemNetwork {
-    state: Arc<StdMutex<NetState>>,
+    inner: Arc<NetInner>,
+}
+
+struct NetInner {
+    state: StdMutex<NetState>,
+    /// No fault is set (no cut, crashed host, latency, loss or duplication): every frame is
+    /// delivered at once, and the frames of a fault-free fleet (both threads, every hop) do
+    /// not take the network's lock. Kept up to date under the lock by each change.
+    quiet: AtomicBool,
 }
 
 impl std::fmt::Debug for MemNetwork {
@@ -147,91 +155,112 @@ impl MemNetwork {
     /// partition time out after `idle_timeout`.
     pub fn new(seed: u64, idle_timeout: Duration) -> MemNetwork {
         MemNetwork {
-            state: Arc::new(StdMutex::new(NetState {
-                listeners: HashMap::new(),
-                latency_default: Duration::ZERO,
-                latency: HashMap::new(),
-                loss: 0.0,
-                host_loss: HashMap::new(),
-                dup: 0.0,
-                host_dup: HashMap::new(),
-                down: HashSet::new(),
-                cut: HashSet::new(),
-                rng: SmallRng::seed_from_u64(seed),
-                idle_timeout,
-                conns: HashMap::new(),
-            })),
+            inner: Arc::new(NetInner {
+                quiet: AtomicBool::new(true),
+                state: StdMutex::new(NetState {
+                    listeners: HashMap::new(),
+                    latency_default: Duration::ZERO,
+                    latency: HashMap::new(),
+                    loss: 0.0,
+                    host_loss: HashMap::new(),
+                    dup: 0.0,
+                    host_dup: HashMap::new(),
+                    down: HashSet::new(),
+                    cut: HashSet::new(),
+                    rng: SmallRng::seed_from_u64(seed),
+                    idle_timeout,
+                    conns: HashMap::new(),
+                }),
+            }),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the faults, keeping [`NetInner::quiet`] true to them.
+    fn change<R>(&self, f: impl FnOnce(&mut NetState) -> R) -> R {
+        let mut st = self.lock();
+        let r = f(&mut st);
+        self.inner.quiet.store(st.quiet(), Ordering::Release);
+        r
+    }
+
+    fn is_quiet(&self) -> bool {
+        self.inner.quiet.load(Ordering::Acquire)
     }
 
     /// One-way latency of every link without its own setting.
     pub fn set_default_latency(&self, d: Duration) {
-        self.lock().latency_default = d;
+        self.change(|st| st.latency_default = d);
     }
 
     /// One-way latency between two hosts.
     pub fn set_latency(&self, a: IpAddr, b: IpAddr, d: Duration) {
-        self.lock().latency.insert(pair(a, b), d);
+        self.change(|st| st.latency.insert(pair(a, b), d));
     }
 
     /// Probability that a frame is lost once (and retransmitted).
     pub fn set_loss(&self, p: f64) {
-        self.lock().loss = p.clamp(0.0, 0.99);
+        self.change(|st| st.loss = p.clamp(0.0, 0.99));
     }
 
     /// Probability that a frame to or from `host` is lost once (and retransmitted); 0 clears.
     pub fn set_host_loss(&self, host: IpAddr, p: f64) {
-        let mut st = self.lock();
-        if p <= 0.0 {
-            st.host_loss.remove(&host);
-        } else {
-            st.host_loss.insert(host, p.clamp(0.0, 0.99));
-        }
+        self.change(|st| {
+            if p <= 0.0 {
+                st.host_loss.remove(&host);
+            } else {
+                st.host_loss.insert(host, p.clamp(0.0, 0.99));
+            }
+        });
     }
 
     /// Probability that any frame is delivered twice (a request's second copy is handled
     /// but its reply goes nowhere).
     pub fn set_duplication(&self, p: f64) {
-        self.lock().dup = p.clamp(0.0, 1.0);
+        self.change(|st| st.dup = p.clamp(0.0, 1.0));
     }
 
     /// Probability that a frame to or from `host` is delivered twice; 0 clears.
     pub fn set_host_duplication(&self, host: IpAddr, p: f64) {
-        let mut st = self.lock();
-        if p <= 0.0 {
-            st.host_dup.remove(&host);
-        } else {
-            st.host_dup.insert(host, p.clamp(0.0, 1.0));
-        }
+        self.change(|st| {
+            if p <= 0.0 {
+                st.host_dup.remove(&host);
+            } else {
+                st.host_dup.insert(host, p.clamp(0.0, 1.0));
+            }
+        });
     }
 
     /// `host` crashes silently: from now on nothing reaches it or leaves it (not even a close
     /// when its node shuts down), so its peers notice only by timeouts.
     pub fn crash(&self, host: IpAddr) {
-        self.lock().down.insert(host);
+        self.change(|st| st.down.insert(host));
         self.time_out_cut();
     }
 
     /// `host` may be reached again ([`MemNetwork::bind`] does this for a restarted node).
     pub fn revive(&self, host: IpAddr) {
-        self.lock().down.remove(&host);
+        self.change(|st| st.down.remove(&host));
     }
 
     /// Removes every partition, loss and duplication setting (crashed hosts stay down).
     pub fn clear_faults(&self) {
-        let mut st = self.lock();
-        st.cut.clear();
-        st.loss = 0.0;
-        st.host_loss.clear();
-        st.dup = 0.0;
-        st.host_dup.clear();
+        self.change(|st| {
+            st.cut.clear();
+            st.loss = 0.0;
+            st.host_loss.clear();
+            st.dup = 0.0;
+            st.host_dup.clear();
+        });
     }
 
     fn duplicates(&self, from: IpAddr, to: IpAddr) -> bool {
+        if self.is_quiet() {
+            return false;
+        }
         let mut st = self.lock();
         let p = [
             st.dup,
@@ -245,13 +274,13 @@ impl MemNetwork {
 
     /// Cuts every host in `a` off from every host in `b`.
     pub fn partition(&self, a: &[IpAddr], b: &[IpAddr]) {
-        let mut st = self.lock();
-        for x in a {
-            for y in b {
-                st.cut.insert(pair(*x, *y));
+        self.change(|st| {
+            for x in a {
+                for y in b {
+                    st.cut.insert(pair(*x, *y));
+                }
             }
-        }
-        drop(st);
+        });
         self.time_out_cut();
     }
 
@@ -286,7 +315,7 @@ impl MemNetwork {
 
     /// Removes every partition.
     pub fn heal(&self) {
-        self.lock().cut.clear();
+        self.change(|st| st.cut.clear());
     }
 
     fn is_cut(&self, a: IpAddr, b: IpAddr) -> bool {
@@ -294,6 +323,9 @@ impl MemNetwork {
     }
 
     fn fate(&self, from: IpAddr, to: IpAddr) -> Fate {
+        if self.is_quiet() {
+            return Fate::Deliver(Duration::ZERO);
+        }
         let mut st = self.lock();
         if st.blocked(from, to) {
             return Fate::Cut;
@@ -326,6 +358,7 @@ impl MemNetwork {
         let accept = Arc::new(AcceptQueue::default());
         let mut st = self.lock();
         st.down.remove(&addr.ip());
+        self.inner.quiet.store(st.quiet(), Ordering::Release);
         if st.listeners.contains_key(&addr) {
             return Err(TransportError::Connect {
                 addr,
@@ -352,6 +385,18 @@ impl MemNetwork {
 impl NetState {
     fn blocked(&self, a: IpAddr, b: IpAddr) -> bool {
         self.down.contains(&a) || self.down.contains(&b) || self.cut.contains(&pair(a, b))
+    }
+
+    /// No fault of any kind is set.
+    fn quiet(&self) -> bool {
+        self.cut.is_empty()
+            && self.down.is_empty()
+            && self.latency.is_empty()
+            && self.latency_default.is_zero()
+            && self.loss == 0.0
+            && self.host_loss.is_empty()
+            && self.dup == 0.0
+            && self.host_dup.is_empty()
     }
 }
 
@@ -429,6 +474,7 @@ impl Transport for MemTransport {
             (l.identity.clone(), l.accept.clone())
         };
         let shared = Arc::new(ConnShared {
+            net: self.net.clone(),
             ends: (self.addr, addr),
             closed: StdMutex::new(None),
             closed_wake: tokio::sync::Notify::new(),
@@ -500,6 +546,8 @@ impl Transport for MemTransport {
 }
 
 struct ConnShared {
+    /// The network it crosses (what its streams' acknowledgements and replies go through).
+    net: MemNetwork,
     ends: (SocketAddr, SocketAddr),
     /// Why it closed, once it did. (A mutex and a `Notify`, not a watch channel: that costs
     /// ~350 bytes, on every connection of a simulated fleet.)
@@ -704,7 +752,9 @@ impl Drop for MemConnection {
 impl MemConnection {
     /// Sends after the link's delay; frames on a cut link vanish (the connection will time out).
     fn send_delayed(&self, s: MemStream) -> Result<(), TransportError> {
-        if let Some(e) = self.shared.error() {
+        if self.shared.is_closed.load(Ordering::Acquire)
+            && let Some(e) = self.shared.error()
+        {
             return Err(e);
         }
         if self.net.duplicates(self.local.ip(), self.remote.ip()) {
@@ -811,7 +861,9 @@ impl Connection for MemConnection {
             reply: s.reply,
             ack: s.ack,
             acked: None,
-            net: self.net.clone(),
+            // The connection's own counter, not the network's (which every stream of
+            // every simulated endpoint would share, on both threads).
+            conn: self.shared.clone(),
             ends: (self.local.ip(), self.remote.ip()),
         }))
     }
@@ -848,14 +900,14 @@ struct MemInbound {
     /// The caller's flag, once acknowledged: set again as the reply lands, so a reply that
     /// overtakes its acknowledgement on a link with latency never arrives unacknowledged.
     acked: Option<Arc<AtomicBool>>,
-    net: MemNetwork,
+    conn: Arc<ConnShared>,
     ends: (IpAddr, IpAddr),
 }
 
 impl MemInbound {
     /// Sends `msg` back to the caller as the link delivers (late, or never over a cut link).
     fn send_back(&self, deliver: impl FnOnce() + Send + 'static) {
-        match self.net.fate(self.ends.0, self.ends.1) {
+        match self.conn.net.fate(self.ends.0, self.ends.1) {
             // Lost: what would have carried it is dropped (a caller waiting on it sees the
             // stream gone).
             Fate::Cut => {}

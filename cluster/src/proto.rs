@@ -178,6 +178,9 @@ impl EncodedAnswer {
 
     /// Checks that `bytes` are one encoded [`NodeAnswer`], without building it.
     fn check(bytes: &[u8]) -> Result<(), rmp_serde::decode::Error> {
+        if EncodedAnswer::plain(bytes) {
+            return Ok(());
+        }
         /// A sequence of strings, read in place and dropped.
         struct Strs;
         impl<'de> Deserialize<'de> for Strs {
@@ -207,6 +210,39 @@ impl EncodedAnswer {
             _problems: Strs,
         }
         rmp_serde::from_slice::<Shape>(bytes).map(|_| ())
+    }
+
+    /// Whether `bytes` are an answer as [`EncodedAnswer::new`] writes it, read by hand: a
+    /// row (nil or strings) and problems (strings), each string UTF-8, nothing after. Every
+    /// hop checks each distinct answer it is given; what this does not recognise goes to
+    /// the full decoder, which has the last word (it accepts other encodings of the same
+    /// answer, and says what is wrong).
+    fn plain(bytes: &[u8]) -> bool {
+        fn strs(rd: &mut &[u8]) -> Option<()> {
+            let n = rmp::decode::read_array_len(rd).ok()?;
+            for _ in 0..n {
+                let len = rmp::decode::read_str_len(rd).ok()? as usize;
+                let s = rd.get(..len)?;
+                if !s.is_ascii() && std::str::from_utf8(s).is_err() {
+                    return None;
+                }
+                *rd = &rd[len..];
+            }
+            Some(())
+        }
+        let mut rd = bytes;
+        let mut read = || {
+            if rmp::decode::read_array_len(&mut rd).ok()? != 2 {
+                return None;
+            }
+            match rd.split_first() {
+                Some((&0xc0, rest)) => rd = rest,
+                _ => strs(&mut rd)?,
+            }
+            strs(&mut rd)?;
+            rd.is_empty().then_some(())
+        };
+        read().is_some()
     }
 }
 
@@ -291,13 +327,20 @@ impl IdList {
     /// the bytes instead of one UTF-8 decoding per id.
     fn check(packed: &[u8]) -> Result<(), &'static str> {
         let each = !packed.is_ascii();
-        let mut rest = packed;
-        while let Some(r) = IdList::split(rest) {
-            let (id, tail) = r?;
-            if each {
-                std::str::from_utf8(id).map_err(|_| "an id in an id list is not UTF-8")?;
+        let mut at = 0;
+        while at < packed.len() {
+            let Some(&[hi, lo]) = packed.get(at..at + 2) else {
+                return Err("an id list ends inside a length");
+            };
+            let start = at + 2;
+            let end = start + u16::from_be_bytes([hi, lo]) as usize;
+            let Some(id) = packed.get(start..end) else {
+                return Err("an id list ends inside an id");
+            };
+            if each && std::str::from_utf8(id).is_err() {
+                return Err("an id in an id list is not UTF-8");
             }
-            rest = tail;
+            at = end;
         }
         Ok(())
     }
@@ -815,6 +858,42 @@ mod tests {
                 .expect_err("a malformed list must not decode");
             assert!(err.to_string().contains(why), "{err} should say {why}");
         }
+    }
+
+    #[test]
+    fn answers_as_written_are_read_by_hand_and_other_encodings_by_the_decoder() {
+        let answers = [
+            NodeAnswer {
+                row: Some(vec!["Debian GNU/Linux".into(), "12".into()]),
+                problems: vec![],
+            },
+            NodeAnswer {
+                row: None,
+                problems: vec!["uptime: timed out (5000 ms)".into()],
+            },
+            NodeAnswer {
+                row: Some(vec!["Ubuntu – server".into(), String::new()]),
+                problems: vec!["ünïcode".into()],
+            },
+        ];
+        for a in &answers {
+            let written = EncodedAnswer::new(a);
+            assert!(EncodedAnswer::plain(&written.0), "{a:?} is read by hand");
+            assert!(EncodedAnswer::check(&written.0).is_ok());
+            // The same answer with named fields: not what a hop writes, still an answer.
+            let named = rmp_serde::to_vec_named(a).expect("encodes");
+            assert!(!EncodedAnswer::plain(&named));
+            assert!(EncodedAnswer::check(&named).is_ok(), "{a:?} with named fields");
+            // Cut short anywhere, or followed by a stray byte: not read by hand.
+            for end in 0..written.0.len() {
+                assert!(!EncodedAnswer::plain(&written.0[..end]), "{a:?} cut at {end}");
+            }
+            assert!(!EncodedAnswer::plain(&[&written.0[..], &[0xc0]].concat()));
+        }
+        // A cell that is not UTF-8 is refused by both.
+        let broken = [0x92, 0x91, 0xa2, 0xff, 0xfe, 0x90];
+        assert!(!EncodedAnswer::plain(&broken));
+        assert!(EncodedAnswer::check(&broken).is_err());
     }
 
     #[test]

@@ -425,20 +425,20 @@ impl HopSend {
     }
 }
 
-/// Hop deadlines, watched by one task per thread of a multi-thread runtime instead of a
-/// sleeping task per hop: a hop costs a channel send and a queue entry, not a task, a timer
-/// and a wake-up. A watcher ends once it has nothing left to watch, so a stopped fleet
-/// leaves no task. On a current-thread runtime a hop's deadline is a task of its own.
+/// Hop deadlines, kept per thread of a multi-thread runtime and fired by one watcher task
+/// per thread instead of a sleeping task per hop: a hop costs a queue entry under an
+/// uncontended lock, not a task, a timer and a wake-up. The queue keeps its room between
+/// questions (a new one per question grew by doubling, on fresh memory, on every thread);
+/// its watcher ends once nothing is left to watch, so a stopped fleet leaves no task. On a
+/// current-thread runtime a hop's deadline is a task of its own.
 mod hop_deadlines {
-    use std::cell::RefCell;
     use std::cmp::{Ordering as CmpOrdering, Reverse};
     use std::collections::{BinaryHeap, VecDeque};
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, MutexGuard};
 
     use ractor::ActorRef;
     use rollcall_runtime::NodeId;
-    use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, error::SendError};
     use tokio::time::Instant;
 
     use super::MemberMsg;
@@ -540,17 +540,68 @@ mod hop_deadlines {
             }
         }
 
+        #[cfg(test)]
         fn is_empty(&self) -> bool {
             self.fifo.is_empty() && self.heap.is_empty()
         }
     }
 
-    thread_local! {
-        static WATCHER: RefCell<Option<UnboundedSender<Deadline>>> = const { RefCell::new(None) };
+    /// One thread's pending deadlines, shared with the watcher that fires them (a task,
+    /// which may run on any thread of the runtime).
+    struct Watch<T> {
+        state: Mutex<WatchState<T>>,
+        wake: tokio::sync::Notify,
     }
 
-    /// Watches `d` (from a task on a Tokio runtime). This thread's watcher is started on
-    /// first use, and again if the runtime it ran on is gone (a thread can outlive one).
+    struct WatchState<T> {
+        due: Due<T>,
+        /// A watcher is running (or started) for these deadlines.
+        running: bool,
+    }
+
+    impl<T: Expire + Send + 'static> Watch<T> {
+        fn new() -> Arc<Self> {
+            Arc::new(Watch {
+                state: Mutex::new(WatchState {
+                    due: Due::new(),
+                    running: false,
+                }),
+                wake: tokio::sync::Notify::new(),
+            })
+        }
+
+        fn lock(&self) -> MutexGuard<'_, WatchState<T>> {
+            // Nothing that holds the lock leaves the queue half-changed on a panic.
+            self.state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+
+        /// Adds `d`: starts a watcher if none runs, wakes it if `d` comes due before what it
+        /// sleeps until (deadlines with one hop timeout come in order and need neither).
+        fn add(self: &Arc<Self>, d: T) {
+            let (start, wake) = {
+                let mut st = self.lock();
+                let before = st.due.next();
+                let at = d.at();
+                st.due.push(d);
+                let start = !st.running;
+                st.running = true;
+                (start, !start && before.is_none_or(|b| at < b))
+            };
+            if start {
+                tokio::spawn(run(self.clone()));
+            } else if wake {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    thread_local! {
+        static WATCH: Arc<Watch<Deadline>> = Watch::new();
+    }
+
+    /// Watches `d` (from a task on a Tokio runtime).
     pub(super) fn watch(d: Deadline) {
         // A thread runs one multi-thread runtime's tasks only; current-thread runtimes may
         // take turns on one thread (each host of a deterministic network test, each test),
@@ -564,72 +615,50 @@ mod hop_deadlines {
             });
             return;
         }
-        WATCHER.with(|w| {
-            let mut w = w.borrow_mut();
-            let d = match w.as_ref() {
-                Some(tx) => match tx.send(d) {
-                    Ok(()) => return,
-                    Err(SendError(d)) => d,
-                },
-                None => d,
-            };
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let _ = tx.send(d);
-            tokio::spawn(run(rx));
-            *w = Some(tx);
-        });
+        WATCH.with(|w| w.add(d));
     }
 
-    async fn run<T: Expire>(mut rx: UnboundedReceiver<T>) {
-        let mut due: Due<T> = Due::new();
-        let sleep = tokio::time::sleep_until(Instant::now());
-        tokio::pin!(sleep);
-        let mut open = true;
+    /// Fires `w`'s deadlines as they come due, until none is left.
+    async fn run<T: Expire + Send + 'static>(w: Arc<Watch<T>>) {
+        /// A watcher dropped before its end (its runtime shut down): the deadlines it held
+        /// are let go (their members went with the runtime), and the next one added starts
+        /// a watcher again.
+        struct Dropped<T: Expire + Send + 'static>(Option<Arc<Watch<T>>>);
+        impl<T: Expire + Send + 'static> Drop for Dropped<T> {
+            fn drop(&mut self) {
+                if let Some(w) = self.0.take() {
+                    let mut st = w.lock();
+                    st.running = false;
+                    st.due = Due::new();
+                }
+            }
+        }
+        let mut guard = Dropped(Some(w.clone()));
+        let mut fired = Vec::new();
         loop {
-            // What is due goes first, however busy the channel is.
-            let now = Instant::now();
-            while let Some(d) = due.pop_due(now) {
+            let next = {
+                let mut st = w.lock();
+                let now = Instant::now();
+                while let Some(d) = st.due.pop_due(now) {
+                    fired.push(d);
+                }
+                let next = st.due.next();
+                if next.is_none() {
+                    // Nothing left to watch: end, under the lock a new deadline is added
+                    // with (which then starts a watcher again).
+                    st.running = false;
+                    guard.0 = None;
+                }
+                next
+            };
+            // Fired outside the lock (a hop that is late tells its member).
+            for d in fired.drain(..) {
                 d.expire();
             }
-            if due.is_empty() && open {
-                if let Ok(d) = rx.try_recv() {
-                    due.push(d);
-                    continue;
-                }
-                // Nothing left to watch: end (the next hop on this thread starts a watcher
-                // again), taking what was sent before the channel closed.
-                rx.close();
-                // Not `try_recv`: a send counted but not yet pushed would read as empty, and
-                // its sender, told the send went through, would start no watcher for it.
-                // `recv` on a closed channel ends once no send is in flight.
-                while let Some(d) = rx.recv().await {
-                    due.push(d);
-                }
-                if due.is_empty() {
-                    return;
-                }
-                open = false;
-            }
-            let next = due.next();
-            if let Some(at) = next
-                && sleep.deadline() != at
-            {
-                sleep.as_mut().reset(at);
-            }
+            let Some(at) = next else { return };
             tokio::select! {
-                d = rx.recv(), if open => match d {
-                    Some(d) => {
-                        due.push(d);
-                        // A batch at a time: due deadlines are looked at between batches.
-                        for _ in 0..1024 {
-                            let Ok(d) = rx.try_recv() else { break };
-                            due.push(d);
-                        }
-                    }
-                    None => open = false,
-                },
-                () = &mut sleep, if next.is_some() => {}
-                else => return,
+                () = tokio::time::sleep_until(at) => {}
+                () = w.wake.notified() => {}
             }
         }
     }
@@ -659,39 +688,96 @@ mod hop_deadlines {
             }
         }
 
+        /// Waits (in paused time) until `w`'s watcher has ended.
+        async fn ended(w: &Watch<Probe>) {
+            for _ in 0..1000 {
+                if !w.lock().running {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("the watcher did not end");
+        }
+
         #[tokio::test(start_paused = true)]
-        async fn one_watcher_takes_every_deadline_sent_while_it_has_work_then_ends() {
+        async fn one_watcher_fires_every_deadline_at_its_time_then_ends_keeping_its_room() {
             let (fired_tx, fired) = std::sync::mpsc::channel();
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let w = Watch::new();
             let t0 = Instant::now();
             let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
-            // As `watch` starts one: the first deadline is sent before the task runs.
-            tx.send(Probe(ms(100), 0, fired_tx.clone())).expect("open");
-            let watcher = tokio::spawn(run(rx));
+            w.add(Probe(ms(100), 0, fired_tx.clone()));
             for i in 1..=5u32 {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                let sent = tx.send(Probe(ms(100 + 10 * u64::from(i)), i, fired_tx.clone()));
-                assert!(
-                    sent.is_ok(),
-                    "deadline {i} refused: the watcher closed early"
-                );
+                w.add(Probe(ms(100 + 10 * u64::from(i)), i, fired_tx.clone()));
             }
-            tokio::time::timeout(std::time::Duration::from_secs(5), watcher)
-                .await
-                .expect("the watcher ends once nothing is left")
-                .expect("no panic");
+            // Out of order (a shorter hop timeout): due before what the watcher sleeps until.
+            w.add(Probe(ms(80), 6, fired_tx.clone()));
+            ended(&w).await;
             let got: Vec<(u32, u64)> = fired
                 .try_iter()
                 .map(|(i, at)| (i, (at - t0).as_millis() as u64))
                 .collect();
             assert_eq!(
                 got,
-                [(0, 100), (1, 110), (2, 120), (3, 130), (4, 140), (5, 150)],
+                [
+                    (6, 80),
+                    (0, 100),
+                    (1, 110),
+                    (2, 120),
+                    (3, 130),
+                    (4, 140),
+                    (5, 150)
+                ],
                 "each deadline fires once, at its time"
             );
             assert!(
-                tx.send(Probe(ms(999), 9, fired_tx)).is_err(),
-                "an ended watcher takes no more"
+                w.lock().due.fifo.capacity() >= 6,
+                "the queue keeps its room for the next question"
+            );
+            // A deadline after the end starts a watcher again.
+            w.add(Probe(ms(400), 7, fired_tx));
+            ended(&w).await;
+            let again: Vec<(u32, u64)> = fired
+                .try_iter()
+                .map(|(i, at)| (i, (at - t0).as_millis() as u64))
+                .collect();
+            assert_eq!(again, [(7, 400)]);
+        }
+
+        #[test]
+        fn a_watcher_dropped_with_its_runtime_lets_its_deadlines_go_and_a_new_one_starts() {
+            let (fired_tx, fired) = std::sync::mpsc::channel();
+            let w = Watch::new();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let at = Instant::now() + std::time::Duration::from_secs(60);
+                w.add(Probe(at, 0, fired_tx.clone()));
+                tokio::task::yield_now().await;
+            });
+            assert!(w.lock().running, "a watcher sleeps on the deadline");
+            drop(rt);
+            {
+                let st = w.lock();
+                assert!(!st.running && st.due.next().is_none());
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let t0 = Instant::now();
+                w.add(Probe(t0 + std::time::Duration::from_millis(5), 1, fired_tx));
+                ended(&w).await;
+            });
+            let got: Vec<u32> = fired.try_iter().map(|(i, _)| i).collect();
+            assert_eq!(
+                got,
+                [1],
+                "the dropped deadline never fires; the new one does"
             );
         }
 

@@ -883,10 +883,16 @@ mod tests {
             // The same answer with named fields: not what a hop writes, still an answer.
             let named = rmp_serde::to_vec_named(a).expect("encodes");
             assert!(!EncodedAnswer::plain(&named));
-            assert!(EncodedAnswer::check(&named).is_ok(), "{a:?} with named fields");
+            assert!(
+                EncodedAnswer::check(&named).is_ok(),
+                "{a:?} with named fields"
+            );
             // Cut short anywhere, or followed by a stray byte: not read by hand.
             for end in 0..written.0.len() {
-                assert!(!EncodedAnswer::plain(&written.0[..end]), "{a:?} cut at {end}");
+                assert!(
+                    !EncodedAnswer::plain(&written.0[..end]),
+                    "{a:?} cut at {end}"
+                );
             }
             assert!(!EncodedAnswer::plain(&[&written.0[..], &[0xc0]].concat()));
         }

@@ -327,20 +327,13 @@ impl IdList {
     /// the bytes instead of one UTF-8 decoding per id.
     fn check(packed: &[u8]) -> Result<(), &'static str> {
         let each = !packed.is_ascii();
-        let mut at = 0;
-        while at < packed.len() {
-            let Some(&[hi, lo]) = packed.get(at..at + 2) else {
-                return Err("an id list ends inside a length");
-            };
-            let start = at + 2;
-            let end = start + u16::from_be_bytes([hi, lo]) as usize;
-            let Some(id) = packed.get(start..end) else {
-                return Err("an id list ends inside an id");
-            };
+        let mut rest = packed;
+        while let Some(r) = IdList::split(rest) {
+            let (id, tail) = r?;
             if each && std::str::from_utf8(id).is_err() {
                 return Err("an id in an id list is not UTF-8");
             }
-            at = end;
+            rest = tail;
         }
         Ok(())
     }

@@ -26,6 +26,10 @@ pub const DESK: &str = "question.desk";
 /// How long a question stays open unless the operator says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 
+/// The largest encoded question sent along the rings: well under the frame limit, with room
+/// for the envelope and the answers that travel back with it.
+pub const MAX_QUESTION_BODY_BYTES: usize = 512 * 1024;
+
 /// Name of the endpoint actor that takes the sensor configuration the server hands out at
 /// every registration.
 pub const SENSOR_CONFIG: &str = "sensors.config";
@@ -95,10 +99,17 @@ impl Evaluator for SensorEvaluator {
         let sensors = self.sensors.read().map(|s| Arc::clone(&s)).map_err(|_| ());
         Box::pin(async move {
             match (question, sensors) {
+                (Ok(q), _) if q.check().is_err() => NodeAnswer {
+                    rows: None,
+                    problems: vec![format!(
+                        "question refused: {}",
+                        q.check().err().map(|e| e.to_string()).unwrap_or_default()
+                    )],
+                },
                 (Ok(q), Ok(sensors)) => {
                     let a = sensors.answer(&q).await;
                     NodeAnswer {
-                        row: a.row,
+                        rows: a.rows,
                         problems: a
                             .problems
                             .iter()
@@ -114,11 +125,11 @@ impl Evaluator for SensorEvaluator {
                     }
                 }
                 (Err(e), _) => NodeAnswer {
-                    row: None,
+                    rows: None,
                     problems: vec![format!("cannot read the question: {e}")],
                 },
                 (_, Err(_)) => NodeAnswer {
-                    row: None,
+                    rows: None,
                     problems: vec!["sensors unavailable".into()],
                 },
             }
@@ -186,8 +197,8 @@ pub enum DeskReply {
     Progress(Progress),
     /// The list.
     List(Vec<QuestionSummary>),
-    /// Sensor names.
-    Sensors(Vec<String>),
+    /// The sensors questions may use, with what each reads.
+    Sensors(Vec<SensorSpec>),
     /// Saved questions.
     Saved(Vec<SavedQuestion>),
     /// Search results, best first.
@@ -281,6 +292,12 @@ impl QuestionDesk {
             Err(e) => return DeskReply::Error(e.to_string()),
         };
         let body = match wire::encode_body(&q) {
+            Ok(b) if b.len() > MAX_QUESTION_BODY_BYTES => {
+                return DeskReply::Error(format!(
+                    "the question encodes to {} bytes; at most {MAX_QUESTION_BODY_BYTES} travel a ring (use fewer or shorter conditions)",
+                    b.len()
+                ));
+            }
             Ok(b) => b,
             Err(e) => return DeskReply::Error(e.to_string()),
         };
@@ -333,7 +350,7 @@ impl QuestionDesk {
             }
             DeskRequest::AddSensor { name, script } => {
                 let name = name.trim().to_string();
-                let taken = BUILTIN.iter().any(|(b, _)| b.eq_ignore_ascii_case(&name));
+                let taken = BUILTIN.iter().any(|b| b.name.eq_ignore_ascii_case(&name));
                 let valid = !name.is_empty()
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ')
                     && !name.split(' ').any(|w| {
@@ -363,18 +380,7 @@ impl QuestionDesk {
                     "script sensor {name:?} registered; endpoints get it at their next registration"
                 ))
             }
-            DeskRequest::Sensors => DeskReply::Sensors(
-                self.catalog()
-                    .into_iter()
-                    .map(|s| {
-                        if s.params > 0 {
-                            format!("{}[…]", s.name)
-                        } else {
-                            s.name
-                        }
-                    })
-                    .collect(),
-            ),
+            DeskRequest::Sensors => DeskReply::Sensors(self.catalog()),
             DeskRequest::SetBaseline(levels) => {
                 let n = levels.len();
                 self.lock().config.baseline = levels.clone();

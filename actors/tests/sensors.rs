@@ -212,11 +212,15 @@ async fn a_hanging_or_flooding_sensor_is_cut_at_its_budget_and_the_question_comp
         "took {:?}",
         t0.elapsed()
     );
-    let row = a.row.expect("row");
-    assert_eq!(row[0], "sim-000007");
-    assert!(row[1].starts_with("[error: timed out after "), "{}", row[1]);
-    assert_eq!(row[2], "[error: output over 1024 bytes; cut]");
-    assert_eq!(row[3], "hello, world");
+    // The script's two lines are two values: one row each.
+    let rows = a.rows.expect("rows");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (row, greeting) in rows.iter().zip(["hello", "world"]) {
+        assert_eq!(row[0], "sim-000007");
+        assert!(row[1].starts_with("[error: timed out after "), "{}", row[1]);
+        assert_eq!(row[2], "[error: output over 1024 bytes; cut]");
+        assert_eq!(row[3], greeting);
+    }
     let problems: Vec<(&str, &SensorError)> = a
         .problems
         .iter()
@@ -237,6 +241,64 @@ async fn a_hanging_or_flooding_sensor_is_cut_at_its_budget_and_the_question_comp
         problems[1],
         ("Flood", &SensorError::OutputCapped { limit_bytes: 1024 })
     );
+}
+
+#[tokio::test]
+async fn a_multi_valued_sensor_answers_one_row_per_value_and_several_give_every_combination() {
+    let p = HostProfile::from_seed(11, None);
+    let s = Sensors::new(Arc::new(SimulatedHost(p.clone())));
+    let catalog = s.catalog();
+    let q = parse("Get Installed Applications from all machines", &catalog).expect("parse");
+    let mut names: Vec<String> = p.packages.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    let want: Vec<Vec<String>> = names.iter().map(|n| vec![n.clone()]).collect();
+    assert!(want.len() >= 3, "{want:?}");
+    assert_eq!(s.answer(&q).await.rows, Some(want));
+    // Two multi-valued sensors: every (application, process) pair, in order.
+    let q = parse(
+        "Get Installed Applications and Running Processes from all machines",
+        &catalog,
+    )
+    .expect("parse");
+    let rows = s.answer(&q).await.rows.expect("rows");
+    assert_eq!(rows.len(), names.len() * p.processes.len());
+    assert_eq!(rows[0], vec![names[0].clone(), p.processes[0].clone()]);
+    assert_eq!(
+        rows[rows.len() - 1],
+        vec![
+            names[names.len() - 1].clone(),
+            p.processes[p.processes.len() - 1].clone()
+        ]
+    );
+    // Past the per-machine cap the rows are cut, and the answer says so.
+    let (rows, total) = rollcall_actors::sensors::combinations(
+        &[
+            (0..100).map(|i| i.to_string()).collect(),
+            (0..100).map(|i| i.to_string()).collect(),
+        ],
+        rollcall_actors::sensors::MAX_ROWS_PER_MACHINE,
+    );
+    assert_eq!((rows.len(), total), (1024, 10_000));
+    assert_eq!(rows[1023], vec!["10".to_string(), "23".to_string()]);
+}
+
+#[tokio::test]
+async fn a_failed_sensor_makes_a_negative_filter_unknown_not_true() {
+    let mut s = Sensors::new(Arc::new(SimulatedHost(HostProfile::from_seed(5, None))));
+    s.set_scripts(vec![ScriptSensor::new("Broken", "exit 3")])
+        .expect("scripts");
+    let q = parse(
+        "Get Computer Name from all machines with Broken does not contain \"x\"",
+        &s.catalog(),
+    )
+    .expect("parse");
+    let a = s.answer(&q).await;
+    assert_eq!(
+        a.rows, None,
+        "a machine whose sensor failed is not counted as without x"
+    );
+    assert_eq!(a.problems.len(), 1, "{:?}", a.problems);
+    assert_eq!(a.problems[0].sensor, "Broken");
 }
 
 #[tokio::test]
@@ -279,8 +341,8 @@ async fn simulated_hosts_are_deterministic_and_varied() {
         let a = s.answer(&q).await;
         let has = p.packages.iter().any(|(n, _)| n.contains("openssl"));
         assert_eq!(
-            a.row,
-            has.then(|| vec![p.os.clone(), p.os_version.clone()]),
+            a.rows,
+            has.then(|| vec![vec![p.os.clone(), p.os_version.clone()]]),
             "seed {seed}"
         );
     }
@@ -305,8 +367,8 @@ async fn a_sensor_named_twice_is_read_once_and_fills_both_columns_and_a_filter_s
     .expect("parse");
     let a = s.answer(&q).await;
     assert_eq!(
-        a.row,
-        Some(vec!["1".to_string(), p.os.clone(), "1".to_string()])
+        a.rows,
+        Some(vec![vec!["1".to_string(), p.os.clone(), "1".to_string()]])
     );
     assert!(a.problems.is_empty(), "{:?}", a.problems);
     let _ = std::fs::remove_file(&runs);

@@ -894,7 +894,7 @@ impl MemberState {
                 let _ = me.send_message(MemberMsg::Evaluated {
                     id,
                     answer: NodeAnswer {
-                        row: None,
+                        rows: None,
                         problems: vec!["this endpoint has no sensors".into()],
                     },
                 });
@@ -1786,7 +1786,7 @@ mod tests {
             deadline: tokio::time::Instant::now() + Duration::from_secs(60),
             own: own.then(|| {
                 EncodedAnswer::new(&NodeAnswer {
-                    row: Some(vec!["Debian".into()]),
+                    rows: Some(vec![vec!["Debian".into()]]),
                     problems: vec![],
                 })
             }),
@@ -1802,7 +1802,7 @@ mod tests {
     fn from_below() -> Partial {
         let mut p = Partial::default();
         let a = EncodedAnswer::new(&NodeAnswer {
-            row: Some(vec!["Ubuntu".into()]),
+            rows: Some(vec![vec!["Ubuntu".into()]]),
             problems: vec![],
         });
         p.add(&NodeId("below".into()), &a);

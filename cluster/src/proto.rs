@@ -148,8 +148,10 @@ pub struct QuestionEnvelope {
 /// One machine's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeAnswer {
-    /// Its row, or `None` when it did not match the question's filter.
-    pub row: Option<Vec<String>>,
+    /// Its rows, or `None` when it did not match the question's filter. A machine gives one
+    /// row per value of a multi-valued sensor (per combination, when several are selected),
+    /// and is counted once for each distinct row it gives.
+    pub rows: Option<Vec<Vec<String>>>,
     /// Sensors that failed or blew their budget, as text.
     pub problems: Vec<String>,
 }
@@ -164,7 +166,13 @@ impl EncodedAnswer {
     /// Encodes `answer`.
     pub fn new(answer: &NodeAnswer) -> EncodedAnswer {
         // Room for a typical row at once, not grown as it is written.
-        let cells: usize = answer.row.iter().flatten().map(|c| c.len() + 2).sum();
+        let cells: usize = answer
+            .rows
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|c| c.len() + 2)
+            .sum();
         let mut out = Vec::with_capacity(16 + cells);
         // A struct of strings always encodes.
         let _ = rmp_serde::encode::write(&mut out, answer);
@@ -180,6 +188,27 @@ impl EncodedAnswer {
     fn check(bytes: &[u8]) -> Result<(), rmp_serde::decode::Error> {
         if EncodedAnswer::plain(bytes) {
             return Ok(());
+        }
+        /// A sequence of rows, each a sequence of strings, read in place and dropped.
+        struct Rows;
+        impl<'de> Deserialize<'de> for Rows {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Rows, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Rows;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a sequence of rows")
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        mut s: A,
+                    ) -> Result<Rows, A::Error> {
+                        while s.next_element::<Strs>()?.is_some() {}
+                        Ok(Rows)
+                    }
+                }
+                d.deserialize_seq(V)
+            }
         }
         /// A sequence of strings, read in place and dropped.
         struct Strs;
@@ -204,16 +233,16 @@ impl EncodedAnswer {
         }
         #[derive(Deserialize)]
         struct Shape {
-            #[serde(rename = "row")]
-            _row: Option<Strs>,
+            #[serde(rename = "rows")]
+            _rows: Option<Rows>,
             #[serde(rename = "problems")]
             _problems: Strs,
         }
         rmp_serde::from_slice::<Shape>(bytes).map(|_| ())
     }
 
-    /// Whether `bytes` are an answer as [`EncodedAnswer::new`] writes it, read by hand: a
-    /// row (nil or strings) and problems (strings), each string UTF-8, nothing after. Every
+    /// Whether `bytes` are an answer as [`EncodedAnswer::new`] writes it, read by hand: rows
+    /// (nil, or arrays of strings) and problems (strings), each string UTF-8, nothing after. Every
     /// hop checks each distinct answer it is given; what this does not recognise goes to
     /// the full decoder, which has the last word (it accepts other encodings of the same
     /// answer, and says what is wrong).
@@ -237,7 +266,12 @@ impl EncodedAnswer {
             }
             match rd.split_first() {
                 Some((&0xc0, rest)) => rd = rest,
-                _ => strs(&mut rd)?,
+                _ => {
+                    let rows = rmp::decode::read_array_len(&mut rd).ok()?;
+                    for _ in 0..rows {
+                        strs(&mut rd)?;
+                    }
+                }
             }
             strs(&mut rd)?;
             rd.is_empty().then_some(())
@@ -673,7 +707,7 @@ mod tests {
 
     fn answer(os: &str) -> EncodedAnswer {
         EncodedAnswer::new(&NodeAnswer {
-            row: Some(vec!["linux".into(), os.into()]),
+            rows: Some(vec![vec!["linux".into(), os.into()]]),
             problems: vec![],
         })
     }
@@ -688,7 +722,7 @@ mod tests {
             .entries()
             .map(|(n, a)| {
                 let a: NodeAnswer = rmp_serde::from_slice(a).expect("an answer");
-                (n.to_string(), a.row.expect("row")[1].clone())
+                (n.to_string(), a.rows.expect("rows")[0][1].clone())
             })
             .collect();
         entries.sort();
@@ -764,7 +798,7 @@ mod tests {
         who.push(&id("a1"));
         let who = who.packed;
         let good = rollcall_runtime::wire::encode_body(&NodeAnswer {
-            row: None,
+            rows: None,
             problems: vec!["uptime: timed out".into()],
         })
         .expect("encodes");
@@ -782,7 +816,7 @@ mod tests {
             // A row cell that is not UTF-8; an answer that ends inside.
             (
                 enc(&group(
-                    vec![0x92, 0xc0, 0x91, 0xa2, 0xff, 0xfe],
+                    vec![0x92, 0x91, 0x91, 0xa2, 0xff, 0xfe, 0x90],
                     who.clone(),
                 )),
                 Some("not an answer"),
@@ -857,16 +891,23 @@ mod tests {
     fn answers_as_written_are_read_by_hand_and_other_encodings_by_the_decoder() {
         let answers = [
             NodeAnswer {
-                row: Some(vec!["Debian GNU/Linux".into(), "12".into()]),
+                rows: Some(vec![vec!["Debian GNU/Linux".into(), "12".into()]]),
                 problems: vec![],
             },
             NodeAnswer {
-                row: None,
+                rows: None,
                 problems: vec!["uptime: timed out (5000 ms)".into()],
             },
             NodeAnswer {
-                row: Some(vec!["Ubuntu – server".into(), String::new()]),
+                rows: Some(vec![
+                    vec!["Ubuntu – server".into(), String::new()],
+                    vec!["Ubuntu – server".into(), "vim".into()],
+                ]),
                 problems: vec!["ünïcode".into()],
+            },
+            NodeAnswer {
+                rows: Some(vec![]),
+                problems: vec![],
             },
         ];
         for a in &answers {
@@ -890,7 +931,7 @@ mod tests {
             assert!(!EncodedAnswer::plain(&[&written.0[..], &[0xc0]].concat()));
         }
         // A cell that is not UTF-8 is refused by both.
-        let broken = [0x92, 0x91, 0xa2, 0xff, 0xfe, 0x90];
+        let broken = [0x92, 0x91, 0x91, 0xa2, 0xff, 0xfe, 0x90];
         assert!(!EncodedAnswer::plain(&broken));
         assert!(EncodedAnswer::check(&broken).is_err());
     }

@@ -107,7 +107,9 @@ pub struct Progress {
     pub expected: usize,
     /// Of those that answered, how many matched the filter.
     pub matched: u64,
-    /// Distinct rows, most common first.
+    /// Distinct rows, most common first (equal counts in natural order of their cells). A
+    /// machine is counted once in each distinct row it gave, so with a multi-valued sensor
+    /// the counts add up to more than `matched`.
     pub rows: Vec<RowCount>,
     /// Expected machines that have not answered: (id, host name).
     pub not_answered: Vec<(NodeId, String)>,
@@ -134,6 +136,24 @@ pub struct QuestionSummary {
     pub expected: usize,
     /// Still open.
     pub open: bool,
+}
+
+/// Orders rows cell by cell, numbers by value and other text as text (so `9` comes before
+/// `10`, and `2 GiB` is not compared with `10 GiB` letter by letter).
+pub fn natural_cells(a: &[String], b: &[String]) -> std::cmp::Ordering {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| natural(x, y))
+        .find(|o| o.is_ne())
+        .unwrap_or_else(|| a.len().cmp(&b.len()))
+}
+
+/// Compares two cells: numerically when both are numbers, else as text.
+fn natural(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.trim().parse::<f64>(), b.trim().parse::<f64>()) {
+        (Ok(x), Ok(y)) => x.total_cmp(&y).then_with(|| a.cmp(b)),
+        _ => a.cmp(b),
+    }
 }
 
 /// Every question the server keeps (the newest `max_kept`).
@@ -352,16 +372,24 @@ impl QuestionStore {
         for &i in &r.repeats {
             per_answer[i as usize] += 1;
         }
-        // Answers that differ only in their problems share a row.
+        // Each machine counts once for every distinct row it gave (a machine with vim and
+        // curl counts under both); answers that differ only in their problems share rows.
         let mut counts: BTreeMap<&Vec<String>, u64> = BTreeMap::new();
+        let mut matched = 0u64;
         for (a, n) in r.distinct.iter().zip(per_answer) {
-            if let Some(row) = &a.row
+            if let Some(rows) = &a.rows
                 && n > 0
             {
-                *counts.entry(row).or_default() += n;
+                matched += n;
+                let mut seen: Vec<&Vec<String>> = Vec::with_capacity(rows.len());
+                for row in rows {
+                    if !seen.contains(&row) {
+                        seen.push(row);
+                        *counts.entry(row).or_default() += n;
+                    }
+                }
             }
         }
-        let matched = counts.values().sum();
         let mut rows: Vec<RowCount> = counts
             .into_iter()
             .map(|(cells, count)| RowCount {
@@ -369,7 +397,11 @@ impl QuestionStore {
                 count,
             })
             .collect();
-        rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.cells.cmp(&b.cells)));
+        rows.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| natural_cells(&a.cells, &b.cells))
+        });
         // By machine; each machine's problems in sensor order.
         problems.sort_by(|a, b| a.0.cmp(&b.0));
         // Expected: the machines live at ask time, and any that answered since.
@@ -425,7 +457,7 @@ mod tests {
 
     fn answer(os: &str, problems: &[&str]) -> NodeAnswer {
         NodeAnswer {
-            row: Some(vec!["linux".into(), os.into()]),
+            rows: Some(vec![vec!["linux".into(), os.into()]]),
             problems: problems.iter().map(|p| p.to_string()).collect(),
         }
     }
@@ -478,6 +510,62 @@ mod tests {
         assert_eq!(
             pr.not_answered,
             [(NodeId("d".into()), "host-d".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_machine_counts_once_in_each_distinct_row_it_gives_and_equal_counts_sort_naturally() {
+        let store = QuestionStore::new(4);
+        let fleet: Live = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| (NodeId::new(*n), format!("host-{n}").into()))
+            .collect();
+        let id = store.create(
+            "Get Installed Applications".into(),
+            vec!["Installed Applications".into()],
+            vec![],
+            Duration::from_secs(60),
+            fleet.iter().map(|(id, host)| (id, host)),
+        );
+        let apps = |names: &[&str]| NodeAnswer {
+            rows: Some(names.iter().map(|n| vec![n.to_string()]).collect()),
+            problems: vec![],
+        };
+        let mut p = Partial::default();
+        // a repeats a row in its own answer: still one count.
+        p.add(
+            &NodeId::new("a"),
+            &EncodedAnswer::new(&apps(&["vim", "curl", "vim"])),
+        );
+        p.add(
+            &NodeId::new("b"),
+            &EncodedAnswer::new(&apps(&["curl", "10", "9"])),
+        );
+        p.add(
+            &NodeId::new("c"),
+            &EncodedAnswer::new(&NodeAnswer {
+                rows: None,
+                problems: vec![],
+            }),
+        );
+        p.add(&NodeId::new("d"), &EncodedAnswer::new(&apps(&["curl"])));
+        store.merge(id, p);
+        let pr = store.progress(id).expect("kept");
+        assert_eq!((pr.answered, pr.matched), (4, 3));
+        let rows: Vec<(String, u64)> = pr
+            .rows
+            .iter()
+            .map(|r| (r.cells[0].clone(), r.count))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("curl".to_string(), 3),
+                // Equal counts: numbers by value, before text.
+                ("9".into(), 1),
+                ("10".into(), 1),
+                ("vim".into(), 1),
+            ]
         );
     }
 

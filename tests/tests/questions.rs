@@ -213,7 +213,7 @@ impl rollcall_cluster::member::Evaluator for Counting {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(async {
             NodeAnswer {
-                row: Some(vec!["x".into()]),
+                rows: Some(vec![vec!["x".into()]]),
                 problems: Vec::new(),
             }
         })
@@ -238,7 +238,7 @@ async fn a_member_asked_again_after_answering_answers_from_its_kept_answer_witho
         .await
         .expect("a link to the member");
     let x = NodeAnswer {
-        row: Some(vec!["x".into()]),
+        rows: Some(vec![vec!["x".into()]]),
         problems: Vec::new(),
     };
     for id in [7, 8] {

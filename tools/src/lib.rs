@@ -3,4 +3,5 @@
 
 pub mod chaos;
 pub mod fleet;
+pub mod results;
 pub mod sim;

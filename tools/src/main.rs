@@ -21,8 +21,9 @@ mod bench;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Args, Parser, Subcommand};
-use rollcall::sim;
+use rollcall::{results, sim};
 use rollcall_actors::desk::{DESK, DeskReply, DeskRequest, QuestionDesk, SensorEvaluator};
+use rollcall_actors::question::SensorSpec;
 use rollcall_actors::search::SavedQuestion;
 use rollcall_actors::sensors::linux::LinuxHost;
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
@@ -1374,6 +1375,7 @@ async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let catalog = desk.catalog().await;
     desk.close().await;
     if a.json {
         println!(
@@ -1389,6 +1391,7 @@ async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
                 json: false,
                 csv: false,
             },
+            &catalog,
         )?;
     }
     // Endpoints first (their actors stop with them), then the server, so nothing is left
@@ -1438,6 +1441,15 @@ impl DeskClient {
             .context("asking the question desk")
     }
 
+    /// The sensor catalog (to show each column's values in its unit); empty if the server
+    /// would not say.
+    async fn catalog(&self) -> Vec<SensorSpec> {
+        match self.call(DeskRequest::Sensors).await {
+            Ok(DeskReply::Sensors(list)) => list,
+            _ => Vec::new(),
+        }
+    }
+
     async fn progress(&self, id: u64) -> Result<Progress> {
         match self.call(DeskRequest::Progress { id }).await? {
             DeskReply::Progress(p) => Ok(p),
@@ -1468,7 +1480,7 @@ async fn watch(
     wait_secs: u64,
     out: &OutputFlags,
 ) -> Result<std::process::ExitCode> {
-    let id = match desk.call(req).await? {
+    let id = match desk.call(req.clone()).await? {
         DeskReply::Asked {
             id,
             expected,
@@ -1480,6 +1492,11 @@ async fn watch(
         }
         DeskReply::Error(e) => {
             eprintln!("error: {e}");
+            if let Some(column) = error_column(&e)
+                && let DeskRequest::Ask { text, .. } = &req
+            {
+                eprintln!("{}", results::excerpt(text, column));
+            }
             desk.close().await;
             return Ok(std::process::ExitCode::from(2));
         }
@@ -1506,13 +1523,21 @@ async fn watch(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let catalog = desk.catalog().await;
     desk.close().await;
-    print_progress(&p, out)?;
+    print_progress(&p, out, &catalog)?;
     if !(p.fanned_out && p.answered >= p.expected) {
         eprintln!(
             "still open for {} s; `rollcall results {id}` shows answers that arrive later",
             p.expires_in_ms / 1000
         );
+    }
+    if results::failed_everywhere(&p) {
+        eprintln!(
+            "error: the question failed on every machine that answered ({}); see the problems above",
+            p.answered
+        );
+        return Ok(std::process::ExitCode::FAILURE);
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -1524,7 +1549,7 @@ async fn desk_command(op: &OperatorArgs, req: DeskRequest) -> Result<std::proces
     desk.close().await;
     match reply? {
         DeskReply::Done(what) => println!("{what}"),
-        DeskReply::Sensors(names) => names.iter().for_each(|n| println!("{n}")),
+        DeskReply::Sensors(list) => print!("{}", results::sensor_table(&list)),
         DeskReply::Saved(list) => {
             for s in list {
                 let every = s
@@ -1556,8 +1581,18 @@ async fn desk_command(op: &OperatorArgs, req: DeskRequest) -> Result<std::proces
 async fn results(a: ResultsArgs) -> Result<()> {
     let desk = DeskClient::connect(&a.op).await?;
     let p = desk.progress(a.id).await;
+    let catalog = desk.catalog().await;
     desk.close().await;
-    print_progress(&p?, &a.out)
+    print_progress(&p?, &a.out, &catalog)
+}
+
+/// The column a desk error names (`at column 42: …`).
+fn error_column(e: &str) -> Option<usize> {
+    e.strip_prefix("at column ")?
+        .split(':')
+        .next()?
+        .parse()
+        .ok()
 }
 
 async fn questions(op: OperatorArgs) -> Result<()> {
@@ -1584,74 +1619,16 @@ async fn questions(op: OperatorArgs) -> Result<()> {
     }
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-fn print_progress(p: &Progress, out: &OutputFlags) -> Result<()> {
+fn print_progress(p: &Progress, out: &OutputFlags, catalog: &[SensorSpec]) -> Result<()> {
     if out.json {
         println!("{}", serde_json::to_string_pretty(p)?);
-        return Ok(());
-    }
-    if out.csv {
-        let header: Vec<String> = p
-            .columns
-            .iter()
-            .map(|c| csv_field(c))
-            .chain(["Count".to_string()])
-            .collect();
-        println!("{}", header.join(","));
-        for r in &p.rows {
-            let cells: Vec<String> = r
-                .cells
-                .iter()
-                .map(|c| csv_field(c))
-                .chain([r.count.to_string()])
-                .collect();
-            println!("{}", cells.join(","));
-        }
-        return Ok(());
-    }
-    let mut widths: Vec<usize> = p.columns.iter().map(|c| c.chars().count()).collect();
-    for r in &p.rows {
-        for (w, c) in widths.iter_mut().zip(&r.cells) {
-            *w = (*w).max(c.chars().count()).min(60);
-        }
-    }
-    let line = |cells: &[String], count: &str| {
-        let mut s = String::new();
-        for (c, w) in cells.iter().zip(&widths) {
-            let c: String = c.chars().take(60).collect();
-            s += &format!("{c:<w$}  ");
-        }
-        s + count
-    };
-    println!("{}", line(&p.columns, "COUNT"));
-    for r in &p.rows {
-        println!("{}", line(&r.cells, &r.count.to_string()));
-    }
-    println!(
-        "\nanswered {} of {} in {:.1} s; {} matched",
-        p.answered,
-        p.expected,
-        p.elapsed_ms as f64 / 1000.0,
-        p.matched
-    );
-    if !p.not_answered.is_empty() {
-        println!("not answered ({}):", p.not_answered.len());
-        for (id, host) in &p.not_answered {
-            println!("  {id}  {host}");
-        }
-    }
-    if !p.problems.is_empty() {
-        println!("sensor problems ({}):", p.problems.len());
-        for (id, what) in &p.problems {
-            println!("  {id}  {what}");
-        }
+    } else if out.csv {
+        print!("{}", results::csv(p));
+    } else {
+        print!(
+            "{}",
+            results::table(p, &results::column_kinds(&p.columns, catalog))
+        );
     }
     Ok(())
 }

@@ -2,42 +2,170 @@
 //!
 //! ```text
 //! Get Computer Name and Operating System from all machines
-//!     with Installed Applications contains "openssl" and Uptime > 86400
+//!     with Installed Applications contains "openssl" and Uptime > 1 day
 //! ```
 //!
 //! Sensor names are matched against the catalog the parser is given (longest name first,
 //! case-insensitive), so `Installed Application Version[openssl]` and `Installed Applications`
 //! can coexist. Parse errors carry the column and, for an unknown sensor, the closest name.
+//!
+//! **Operators on several values.** Many sensors give several values on one machine
+//! (installed applications, processes, ports, users, addresses). A positive comparison
+//! (`contains`, `equals`/`is`/`=`, `starts with`, `ends with`, `matches`, `<`, `<=`, `>`,
+//! `>=`) holds when *any* value satisfies it; a negative one (`!=`/`is not`/`<>`,
+//! `does not contain`/`not contains`) holds when *no* value satisfies the positive form, so
+//! `Installed Applications != "vim"` and `not Installed Applications = "vim"` pick the same
+//! machines. Text comparisons ignore case, `matches` included (write `(?-i)` in the pattern for
+//! a case-sensitive match). `<`, `<=`, `>`, `>=` compare numbers (with units on sizes and
+//! durations: `Memory > 8 GB`, `Uptime > 2 days`) or, on version sensors, versions in the
+//! Debian manner (`Installed Application Version[openssl] < 3.0.13`); they are refused at ask
+//! time on text sensors. A value keeps its text: `Kernel Version starts with 6.10` compares
+//! the characters `6.10`.
+//!
+//! **Unknowns.** A sensor that failed on a machine makes its comparisons unknown there, and
+//! an unknown filter does not match (`not` of unknown is unknown): a machine whose package
+//! list could not be read is not counted as "without vim". The failure is listed with the
+//! answer's problems.
+//!
+//! **Limits.** Untrusted text never recurses without a bound: a question is at most
+//! [`MAX_QUESTION_BYTES`], nests parentheses and `not` at most [`MAX_DEPTH`] deep, and holds at
+//! most [`MAX_CONDITIONS`] comparisons. `a or b or c …` is one flat list however long, so a
+//! thousand host names are a list of a thousand, not a tree a thousand deep. Endpoints check
+//! the same limits on what they decode ([`Question::check`]).
 
+mod eval;
 mod parse;
+#[cfg(test)]
+mod tests;
+pub mod units;
 
+pub use eval::Truth;
 pub use parse::{ParseError, parse};
 
 use serde::{Deserialize, Serialize};
 
-/// What the parser needs to know of a sensor.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The longest question text accepted, in bytes.
+pub const MAX_QUESTION_BYTES: usize = 256 * 1024;
+/// How deep parentheses and `not` may nest.
+pub const MAX_DEPTH: usize = 32;
+/// How many comparisons one question may hold.
+pub const MAX_CONDITIONS: usize = 4096;
+/// How many sensors one question may select.
+pub const MAX_SELECTED: usize = 16;
+
+/// What a sensor's values are, which decides how they compare and print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ValueKind {
+    /// Text: compared as text, case-insensitively.
+    Text,
+    /// A plain number.
+    Number,
+    /// A size in bytes (units: `8 GB`, `10 GiB`).
+    Bytes,
+    /// A duration in seconds (units: `90 s`, `2 hours`, `1 day`).
+    Seconds,
+    /// A package version (`<` and `>` compare versions).
+    Version,
+    /// `true` or `false`.
+    Bool,
+    /// Whatever a script prints: numbers compare as numbers, anything else as text.
+    Any,
+}
+
+impl ValueKind {
+    /// Its name in `rollcall sensor list`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueKind::Text => "text",
+            ValueKind::Number => "number",
+            ValueKind::Bytes => "size",
+            ValueKind::Seconds => "duration",
+            ValueKind::Version => "version",
+            ValueKind::Bool => "true/false",
+            ValueKind::Any => "text or number",
+        }
+    }
+
+    /// The unit its raw values are in, if any.
+    pub fn unit(self) -> Option<&'static str> {
+        match self {
+            ValueKind::Bytes => Some("bytes"),
+            ValueKind::Seconds => Some("seconds"),
+            _ => None,
+        }
+    }
+
+    fn numeric(self) -> bool {
+        matches!(
+            self,
+            ValueKind::Number | ValueKind::Bytes | ValueKind::Seconds | ValueKind::Any
+        )
+    }
+}
+
+/// What the parser (and `rollcall sensor list`) knows of a sensor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SensorSpec {
     /// Its canonical name, e.g. `Installed Application Version`.
     pub name: String,
-    /// How many `[...]` arguments it takes (0 or 1).
+    /// How many `[...]` parameters it takes, exactly (0 or 1 for the built-ins).
     pub params: usize,
+    /// What the parameters are, e.g. `package name` (empty when it takes none).
+    pub param_help: String,
+    /// What its values are.
+    pub kind: ValueKind,
+    /// Whether a machine may give several values (each counted as its own row).
+    pub multi: bool,
+    /// One line on what it reads.
+    pub description: String,
 }
 
-/// A sensor and its arguments, e.g. `File Exists[/etc/passwd]`.
+/// A sensor and its parameters, e.g. `File Exists[/etc/passwd]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SensorRef {
     /// Canonical name.
     pub name: String,
-    /// Arguments (empty for plain sensors).
+    /// Parameters (empty for plain sensors), unquoted.
     pub args: Vec<String>,
+}
+
+/// `s` as a question writes it: bare when that reads back the same, else double-quoted.
+fn quote_if_needed(s: &str, bare_ok: impl Fn(char) -> bool) -> String {
+    if !s.is_empty() && s.chars().all(bare_ok) {
+        return s.to_string();
+    }
+    quoted(s)
+}
+
+/// `s` in double quotes, with `\` and `"` escaped.
+pub(crate) fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
 }
 
 impl std::fmt::Display for SensorRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.name)?;
         if !self.args.is_empty() {
-            write!(f, "[{}]", self.args.join(","))?;
+            let args: Vec<String> = self
+                .args
+                .iter()
+                .map(|a| {
+                    quote_if_needed(a, |c| {
+                        !c.is_whitespace()
+                            && !"\"'[],\\\u{201c}\u{201d}\u{2018}\u{2019}".contains(c)
+                    })
+                })
+                .collect();
+            write!(f, "[{}]", args.join(","))?;
         }
         Ok(())
     }
@@ -46,25 +174,27 @@ impl std::fmt::Display for SensorRef {
 /// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    /// Substring, case-insensitive.
+    /// Substring, case-insensitive: some value contains it.
     Contains,
-    /// Whole value, case-insensitive (also `=`, `is`).
+    /// No value contains it (`does not contain`, `not contains`).
+    NotContains,
+    /// Whole value, case-insensitive (also `=`, `is`): some value equals it.
     Equals,
-    /// Not equal (`!=`).
+    /// No value equals it (`!=`, `is not`, `<>`).
     NotEquals,
     /// Prefix, case-insensitive.
     StartsWith,
     /// Suffix, case-insensitive.
     EndsWith,
-    /// Regular expression.
+    /// Regular expression, case-insensitive unless the pattern says `(?-i)`.
     Matches,
-    /// Numeric `<`.
+    /// `<` (numbers, or versions on version sensors).
     Lt,
-    /// Numeric `<=`.
+    /// `<=`.
     Le,
-    /// Numeric `>`.
+    /// `>`.
     Gt,
-    /// Numeric `>=`.
+    /// `>=`.
     Ge,
 }
 
@@ -72,7 +202,8 @@ impl Op {
     fn text(self) -> &'static str {
         match self {
             Op::Contains => "contains",
-            Op::Equals => "equals",
+            Op::NotContains => "does not contain",
+            Op::Equals => "=",
             Op::NotEquals => "!=",
             Op::StartsWith => "starts with",
             Op::EndsWith => "ends with",
@@ -84,24 +215,37 @@ impl Op {
         }
     }
 
-    fn numeric(self) -> bool {
+    /// Whether it orders values (numbers or versions).
+    fn ordering(self) -> bool {
         matches!(self, Op::Lt | Op::Le | Op::Gt | Op::Ge)
+    }
+
+    /// The positive form of a negative operator.
+    fn positive(self) -> Option<Op> {
+        match self {
+            Op::NotContains => Some(Op::Contains),
+            Op::NotEquals => Some(Op::Equals),
+            _ => None,
+        }
     }
 }
 
-/// The right-hand side of a comparison.
+/// The right-hand side of a comparison, typed by the parser from the sensor and the operator,
+/// so that endpoints compare the same way whatever catalog they have.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {
-    /// Text (quoted or a bare word).
+    /// Text, compared as text.
     Text(String),
-    /// A number.
+    /// A number (units already applied), compared with the values that read as numbers.
     Number(f64),
+    /// A version, ordered in the Debian manner.
+    Version(String),
 }
 
 impl std::fmt::Display for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Value::Text(s) => write!(f, "{s:?}"),
+            Value::Text(s) | Value::Version(s) => f.write_str(&quoted(s)),
             Value::Number(n) => write!(f, "{n}"),
         }
     }
@@ -110,13 +254,13 @@ impl std::fmt::Display for Value {
 /// The `with` clause.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Filter {
-    /// Both.
-    And(Box<Filter>, Box<Filter>),
-    /// Either.
-    Or(Box<Filter>, Box<Filter>),
+    /// Every one holds.
+    And(Vec<Filter>),
+    /// At least one holds.
+    Or(Vec<Filter>),
     /// Negation.
     Not(Box<Filter>),
-    /// `sensor op value`: true if any of the sensor's values satisfies it.
+    /// `sensor op value` (see the module docs for several values).
     Cmp {
         /// The sensor.
         sensor: SensorRef,
@@ -129,9 +273,19 @@ pub enum Filter {
 
 impl std::fmt::Display for Filter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |f: &mut std::fmt::Formatter<'_>, items: &[Filter], sep: &str| {
+            f.write_str("(")?;
+            for (i, x) in items.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(sep)?;
+                }
+                write!(f, "{x}")?;
+            }
+            f.write_str(")")
+        };
         match self {
-            Filter::And(a, b) => write!(f, "({a} and {b})"),
-            Filter::Or(a, b) => write!(f, "({a} or {b})"),
+            Filter::And(items) => list(f, items, " and "),
+            Filter::Or(items) => list(f, items, " or "),
             Filter::Not(a) => write!(f, "not {a}"),
             Filter::Cmp { sensor, op, value } => write!(f, "{sensor} {} {value}", op.text()),
         }
@@ -141,7 +295,7 @@ impl std::fmt::Display for Filter {
 /// A parsed question.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Question {
-    /// The sensors whose values make a row.
+    /// The sensors whose values make the rows.
     pub select: Vec<SensorRef>,
     /// Which machines answer (all when absent).
     pub filter: Option<Filter>,
@@ -158,6 +312,24 @@ impl std::fmt::Display for Question {
     }
 }
 
+/// Why a decoded question is refused before it is evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// Nested deeper than [`MAX_DEPTH`].
+    #[error("nested more than {MAX_DEPTH} deep")]
+    TooDeep,
+    /// More than [`MAX_CONDITIONS`] comparisons.
+    #[error("more than {MAX_CONDITIONS} conditions")]
+    TooManyConditions,
+    /// No sensor selected, or more than [`MAX_SELECTED`].
+    #[error("selects {0} sensors (1 to {MAX_SELECTED} allowed)")]
+    Selection(usize),
+    /// An empty `and`/`or` list.
+    #[error("an empty list of conditions")]
+    EmptyList,
+}
+
 impl Question {
     /// Every sensor the question reads (selected or filtered on), once each.
     pub fn sensors(&self) -> Vec<&SensorRef> {
@@ -170,10 +342,7 @@ impl Question {
         }
         fn walk<'q>(f: &'q Filter, out: &mut Vec<&'q SensorRef>) {
             match f {
-                Filter::And(a, b) | Filter::Or(a, b) => {
-                    walk(a, out);
-                    walk(b, out);
-                }
+                Filter::And(items) | Filter::Or(items) => items.iter().for_each(|x| walk(x, out)),
                 Filter::Not(a) => walk(a, out),
                 Filter::Cmp { sensor, .. } => add(out, sensor),
             }
@@ -187,306 +356,41 @@ impl Question {
         }
         out
     }
-}
 
-impl Filter {
-    /// Evaluates the filter; `values` gives each sensor's values on this machine.
-    pub fn eval(&self, values: &dyn Fn(&SensorRef) -> Vec<String>) -> bool {
-        match self {
-            Filter::And(a, b) => a.eval(values) && b.eval(values),
-            Filter::Or(a, b) => a.eval(values) || b.eval(values),
-            Filter::Not(a) => !a.eval(values),
-            Filter::Cmp { sensor, op, value } => {
-                values(sensor).iter().any(|v| compare(v, *op, value))
+    /// Checks the limits the parser enforces, on a question that came from elsewhere (an
+    /// endpoint checks what it decoded before it walks it).
+    pub fn check(&self) -> Result<(), LimitError> {
+        fn walk(f: &Filter, depth: usize, conditions: &mut usize) -> Result<(), LimitError> {
+            // Each level of parentheses may hold an `or` list of `and` lists: two levels of
+            // the tree per level of nesting.
+            if depth > 2 * MAX_DEPTH + 4 {
+                return Err(LimitError::TooDeep);
+            }
+            match f {
+                Filter::And(items) | Filter::Or(items) => {
+                    if items.is_empty() {
+                        return Err(LimitError::EmptyList);
+                    }
+                    items
+                        .iter()
+                        .try_for_each(|x| walk(x, depth + 1, conditions))
+                }
+                Filter::Not(a) => walk(a, depth + 1, conditions),
+                Filter::Cmp { .. } => {
+                    *conditions += 1;
+                    if *conditions > MAX_CONDITIONS {
+                        return Err(LimitError::TooManyConditions);
+                    }
+                    Ok(())
+                }
             }
         }
-    }
-}
-
-fn compare(have: &str, op: Op, want: &Value) -> bool {
-    if op.numeric() {
-        let (Ok(h), Value::Number(w)) = (have.trim().parse::<f64>(), want) else {
-            return false;
-        };
-        return match op {
-            Op::Lt => h < *w,
-            Op::Le => h <= *w,
-            Op::Gt => h > *w,
-            _ => h >= *w,
-        };
-    }
-    let want_text = match want {
-        Value::Text(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-    };
-    let (h, w) = (have.to_lowercase(), want_text.to_lowercase());
-    match op {
-        Op::Contains => h.contains(&w),
-        Op::Equals => h == w || numeric_equal(have, want),
-        Op::NotEquals => !(h == w || numeric_equal(have, want)),
-        Op::StartsWith => h.starts_with(&w),
-        Op::EndsWith => h.ends_with(&w),
-        Op::Matches => regex::Regex::new(&want_text).is_ok_and(|re| re.is_match(have)),
-        _ => false,
-    }
-}
-
-fn numeric_equal(have: &str, want: &Value) -> bool {
-    matches!((have.trim().parse::<f64>(), want), (Ok(h), Value::Number(w)) if h == *w)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn catalog() -> Vec<SensorSpec> {
-        [
-            ("Computer Name", 0),
-            ("Operating System", 0),
-            ("OS Version", 0),
-            ("Uptime", 0),
-            ("Installed Applications", 0),
-            ("Installed Application Version", 1),
-            ("File Exists", 1),
-            ("IP Address", 0),
-        ]
-        .into_iter()
-        .map(|(n, p)| SensorSpec {
-            name: n.into(),
-            params: p,
-        })
-        .collect()
-    }
-
-    fn s(name: &str) -> SensorRef {
-        SensorRef {
-            name: name.into(),
-            args: vec![],
+        if self.select.is_empty() || self.select.len() > MAX_SELECTED {
+            return Err(LimitError::Selection(self.select.len()));
         }
-    }
-
-    fn cmp(sensor: SensorRef, op: Op, value: Value) -> Filter {
-        Filter::Cmp { sensor, op, value }
-    }
-
-    fn text(v: &str) -> Value {
-        Value::Text(v.into())
-    }
-
-    #[test]
-    fn questions_parse_to_the_expected_ast() {
-        let cases: Vec<(&str, Question)> = vec![
-            (
-                "Get Computer Name",
-                Question {
-                    select: vec![s("Computer Name")],
-                    filter: None,
-                },
-            ),
-            (
-                "get computer name and operating system from all machines",
-                Question {
-                    select: vec![s("Computer Name"), s("Operating System")],
-                    filter: None,
-                },
-            ),
-            (
-                r#"Get Computer Name and Operating System from all machines with Installed Applications contains "openssl" and Uptime > 86400"#,
-                Question {
-                    select: vec![s("Computer Name"), s("Operating System")],
-                    filter: Some(Filter::And(
-                        Box::new(cmp(
-                            s("Installed Applications"),
-                            Op::Contains,
-                            text("openssl"),
-                        )),
-                        Box::new(cmp(s("Uptime"), Op::Gt, Value::Number(86400.0))),
-                    )),
-                },
-            ),
-            (
-                "Get Installed Application Version[openssl], IP Address from all endpoints with (OS Version starts with 22 or OS Version ends with '.04') and not File Exists[/etc/nologin] equals true",
-                Question {
-                    select: vec![
-                        SensorRef {
-                            name: "Installed Application Version".into(),
-                            args: vec!["openssl".into()],
-                        },
-                        s("IP Address"),
-                    ],
-                    filter: Some(Filter::And(
-                        Box::new(Filter::Or(
-                            Box::new(cmp(s("OS Version"), Op::StartsWith, Value::Number(22.0))),
-                            Box::new(cmp(s("OS Version"), Op::EndsWith, text(".04"))),
-                        )),
-                        Box::new(Filter::Not(Box::new(cmp(
-                            SensorRef {
-                                name: "File Exists".into(),
-                                args: vec!["/etc/nologin".into()],
-                            },
-                            Op::Equals,
-                            text("true"),
-                        )))),
-                    )),
-                },
-            ),
-            (
-                r#"Get Computer Name from all machines with Computer Name matches "^web-[0-9]+$" or Uptime <= 60 and Uptime != 0"#,
-                Question {
-                    select: vec![s("Computer Name")],
-                    // "and" binds tighter than "or".
-                    filter: Some(Filter::Or(
-                        Box::new(cmp(s("Computer Name"), Op::Matches, text("^web-[0-9]+$"))),
-                        Box::new(Filter::And(
-                            Box::new(cmp(s("Uptime"), Op::Le, Value::Number(60.0))),
-                            Box::new(cmp(s("Uptime"), Op::NotEquals, Value::Number(0.0))),
-                        )),
-                    )),
-                },
-            ),
-        ];
-        for (text, want) in cases {
-            let got = parse(text, &catalog()).unwrap_or_else(|e| panic!("{text}: {e}"));
-            assert_eq!(got, want, "{text}");
-            // What it prints parses back to the same question.
-            assert_eq!(
-                parse(&got.to_string(), &catalog()).expect("reparse"),
-                got,
-                "{got}"
-            );
+        match &self.filter {
+            Some(f) => walk(f, 0, &mut 0),
+            None => Ok(()),
         }
-    }
-
-    #[test]
-    fn errors_say_where_and_suggest_the_closest_sensor() {
-        let cases: Vec<(&str, usize, &str, Option<&str>)> = vec![
-            (
-                "Get Computr Name",
-                5,
-                "unknown sensor \"Computr Name\"",
-                Some("Computer Name"),
-            ),
-            (
-                "Get Computer Name from all machines with Uptme > 5",
-                42,
-                "unknown sensor \"Uptme\"",
-                Some("Uptime"),
-            ),
-            ("Get Bananas", 5, "unknown sensor \"Bananas\"", None),
-            (
-                "Computer Name",
-                1,
-                "expected \"Get\" at the start of a question, found \"Computer\"",
-                None,
-            ),
-            (
-                "Get",
-                4,
-                "expected a sensor name, found the end of the question",
-                None,
-            ),
-            (
-                "Get Uptime from some machines",
-                17,
-                "expected \"all\" (as in \"from all machines\"), found \"some\"",
-                None,
-            ),
-            (
-                "Get Uptime from all machines with Uptime > lots",
-                44,
-                "\">\" needs a number",
-                None,
-            ),
-            (
-                "Get Uptime from all machines with Uptime",
-                41,
-                "expected an operator (contains, equals, starts with, ends with, matches, =, !=, <, <=, >, >=), found the end of the question",
-                None,
-            ),
-            (
-                "Get Uptime from all machines with (Uptime > 5",
-                35,
-                "unclosed parenthesis, found the end of the question",
-                None,
-            ),
-            (
-                "Get Uptime from all machines with Uptime contains \"x",
-                51,
-                "unterminated quoted value",
-                None,
-            ),
-            (
-                "Get Installed Application Version",
-                5,
-                "sensor \"Installed Application Version\" needs an argument, as in Installed Application Version[...]",
-                None,
-            ),
-            (
-                "Get Uptime[3]",
-                5,
-                "sensor \"Uptime\" takes no argument",
-                None,
-            ),
-            (
-                "Get Uptime from all machines with Computer Name matches \"(\"",
-                57,
-                "invalid regular expression",
-                None,
-            ),
-            (
-                "Get Uptime Uptime",
-                12,
-                "expected \"and\", \",\" or \"from all machines\", found \"Uptime\"",
-                None,
-            ),
-            (
-                "Get Uptime from all machines with Uptime starts 5",
-                42,
-                "expected \"starts with\"",
-                None,
-            ),
-        ];
-        for (text, column, message, suggestion) in cases {
-            let e = parse(text, &catalog()).expect_err(text);
-            assert_eq!(e.column, column, "{text}: {e}");
-            assert!(e.message.starts_with(message), "{text}: {e}");
-            assert_eq!(e.suggestion.as_deref(), suggestion, "{text}: {e}");
-        }
-        let shown = parse("Get Computr Name", &catalog())
-            .expect_err("typo")
-            .to_string();
-        assert_eq!(
-            shown,
-            "at column 5: unknown sensor \"Computr Name\" (did you mean \"Computer Name\"?)"
-        );
-    }
-
-    #[test]
-    fn filters_evaluate_over_every_value_of_a_sensor() {
-        let q = parse(
-            r#"Get Computer Name from all machines with Installed Applications contains "SSL" and Uptime > 100 and not Computer Name starts with "db""#,
-            &catalog(),
-        )
-        .expect("parse");
-        let f = q.filter.expect("filter");
-        let host = |apps: Vec<&str>, up: &str, name: &str| {
-            let (apps, up, name): (Vec<String>, String, String) = (
-                apps.into_iter().map(String::from).collect(),
-                up.into(),
-                name.into(),
-            );
-            move |s: &SensorRef| match s.name.as_str() {
-                "Installed Applications" => apps.clone(),
-                "Uptime" => vec![up.clone()],
-                "Computer Name" => vec![name.clone()],
-                _ => vec![],
-            }
-        };
-        assert!(f.eval(&host(vec!["bash", "openssl"], "101", "web-1")));
-        assert!(!f.eval(&host(vec!["bash"], "101", "web-1")));
-        assert!(!f.eval(&host(vec!["openssl"], "100", "web-1")));
-        assert!(!f.eval(&host(vec!["openssl"], "not a number", "web-1")));
-        assert!(!f.eval(&host(vec!["openssl"], "500", "DB-7")));
-        assert_eq!(q.select, vec![s("Computer Name")],);
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::question::{Question, SensorRef, SensorSpec};
+use crate::question::{Question, SensorRef, SensorSpec, Truth, ValueKind};
 
 /// Why a sensor gave no values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -96,27 +96,146 @@ pub struct PatchLevel {
     pub min_version: String,
 }
 
-/// The built-in sensors, by canonical name, with their parameter counts.
-pub const BUILTIN: &[(&str, usize)] = &[
-    ("Computer Name", 0),
-    ("Operating System", 0),
-    ("OS Version", 0),
-    ("Kernel Version", 0),
-    ("IP Address", 0),
-    ("MAC Address", 0),
-    ("Uptime", 0),
-    ("CPU", 0),
-    ("Memory", 0),
-    ("Disk Free", 0),
-    ("Logged In Users", 0),
-    ("Running Processes", 0),
-    ("Listening Ports", 0),
-    ("Installed Applications", 0),
-    ("Installed Application Version", 1),
-    ("File Exists", 1),
-    ("File Hash", 1),
-    ("Missing Patches", 0),
+/// A built-in sensor as the catalog lists it.
+#[derive(Debug, Clone, Copy)]
+pub struct Builtin {
+    /// Canonical name.
+    pub name: &'static str,
+    /// What its parameter is (empty: it takes none).
+    pub param: &'static str,
+    /// What its values are.
+    pub kind: ValueKind,
+    /// Whether a machine may give several values.
+    pub multi: bool,
+    /// One line on what it reads.
+    pub description: &'static str,
+}
+
+const fn b(
+    name: &'static str,
+    param: &'static str,
+    kind: ValueKind,
+    multi: bool,
+    description: &'static str,
+) -> Builtin {
+    Builtin {
+        name,
+        param,
+        kind,
+        multi,
+        description,
+    }
+}
+
+/// The built-in sensors.
+pub const BUILTIN: &[Builtin] = &[
+    b("Computer Name", "", ValueKind::Text, false, "the host name"),
+    b(
+        "Operating System",
+        "",
+        ValueKind::Text,
+        false,
+        "the distribution's name, e.g. Ubuntu (from /etc/os-release)",
+    ),
+    b(
+        "OS Version",
+        "",
+        ValueKind::Version,
+        false,
+        "the distribution's version, e.g. 24.04",
+    ),
+    b(
+        "Kernel Version",
+        "",
+        ValueKind::Version,
+        false,
+        "the kernel release, e.g. 6.8.0-45-generic",
+    ),
+    b(
+        "IP Address",
+        "",
+        ValueKind::Text,
+        true,
+        "each IP address, loopback excluded",
+    ),
+    b(
+        "MAC Address",
+        "",
+        ValueKind::Text,
+        true,
+        "each network interface's hardware address",
+    ),
+    b("Uptime", "", ValueKind::Seconds, false, "time since boot"),
+    b("CPU", "", ValueKind::Text, false, "the CPU model and count"),
+    b("Memory", "", ValueKind::Bytes, false, "total memory"),
+    b(
+        "Disk Free",
+        "",
+        ValueKind::Bytes,
+        false,
+        "free space on the root file system",
+    ),
+    b(
+        "Logged In Users",
+        "",
+        ValueKind::Text,
+        true,
+        "each user with a session",
+    ),
+    b(
+        "Running Processes",
+        "",
+        ValueKind::Text,
+        true,
+        "each running process's name",
+    ),
+    b(
+        "Listening Ports",
+        "",
+        ValueKind::Text,
+        true,
+        "each listening socket, as tcp/22 or udp/53",
+    ),
+    b(
+        "Installed Applications",
+        "",
+        ValueKind::Text,
+        true,
+        "each installed package's name (dpkg or rpm)",
+    ),
+    b(
+        "Installed Application Version",
+        "package name",
+        ValueKind::Version,
+        true,
+        "the installed versions of one package",
+    ),
+    b(
+        "File Exists",
+        "path",
+        ValueKind::Bool,
+        false,
+        "whether a file exists",
+    ),
+    b(
+        "File Hash",
+        "path",
+        ValueKind::Text,
+        false,
+        "a file's SHA-256, or \"file not found\"",
+    ),
+    b(
+        "Missing Patches",
+        "",
+        ValueKind::Text,
+        true,
+        "each package below the server's patch baseline, as \"name version < wanted\"",
+    ),
 ];
+
+/// Most rows one machine gives one question; past it the rows are cut (and that is said in
+/// the answer's problems).
+pub const MAX_ROWS_PER_MACHINE: usize = 1024;
 
 /// Time and output limits of one sensor read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,11 +311,13 @@ pub struct SensorOutcome {
     pub error: Option<SensorError>,
 }
 
-/// A machine's answer to a question: its row (if it matched) and any sensor trouble.
+/// A machine's answer to a question: its rows (if it matched) and any sensor trouble.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
-    /// One cell per selected sensor; `None` when the machine did not match the filter.
-    pub row: Option<Vec<String>>,
+    /// `None` when the machine did not match the filter; else one row per combination of the
+    /// selected sensors' values (a sensor with several values gives a row for each, so the
+    /// server counts machines per value), each row one cell per selected sensor.
+    pub rows: Option<Vec<Vec<String>>>,
     /// Sensors that failed or blew their budget.
     pub problems: Vec<SensorOutcome>,
 }
@@ -280,8 +401,10 @@ impl Sensors {
         (result, runtime_ms)
     }
 
-    /// Evaluates `q` on this machine: every sensor read once, the filter applied, the row
-    /// built. A failing sensor gives `[error: …]` in its cell and a problem entry.
+    /// Evaluates `q` on this machine: every sensor read once, the filter applied, the rows
+    /// built. A failing sensor gives `[error: …]` in its cell and a problem entry, and makes
+    /// the comparisons that need it unknown (so the machine matches only if the filter holds
+    /// without them).
     pub async fn answer(&self, q: &Question) -> Answer {
         // Each sensor read once, in the question's order (a handful: looked up linearly).
         let sensors = q.sensors();
@@ -300,45 +423,102 @@ impl Sensors {
         }
         let at = |s: &SensorRef| sensors.iter().position(|x| *x == s);
         let lookup = |s: &SensorRef| match at(s).map(|i| &values[i]) {
-            Some(Ok(v)) => v.clone(),
-            _ => Vec::new(),
+            Some(Ok(v)) => Some(v.clone()),
+            _ => None,
         };
-        let matched = q.filter.as_ref().is_none_or(|f| f.eval(&lookup));
-        let row = matched.then(|| {
-            let mut cells = Vec::with_capacity(q.select.len());
-            for s in &q.select {
-                let cell = match at(s).map(|i| &mut values[i]) {
-                    Some(Ok(v)) if v.is_empty() => "[no results]".to_string(),
-                    // One value (most sensors) is moved, not joined into a copy; a sensor
-                    // selected twice is read once, so the second column copies the first.
-                    Some(Ok(v))
-                        if v.len() == 1 && q.select.iter().filter(|x| *x == s).count() == 1 =>
-                    {
-                        std::mem::take(&mut v[0])
-                    }
-                    Some(Ok(v)) => v.join(", "),
-                    Some(Err(e)) => format!("[error: {e}]"),
-                    None => "[no results]".to_string(),
-                };
-                cells.push(cell);
-            }
-            cells
-        });
-        Answer { row, problems }
+        let matched = q
+            .filter
+            .as_ref()
+            .is_none_or(|f| f.eval(&lookup) == Truth::True);
+        if !matched {
+            return Answer {
+                rows: None,
+                problems,
+            };
+        }
+        // Each selected sensor's cells: its values, or one cell saying why there are none.
+        let columns: Vec<Vec<String>> = q
+            .select
+            .iter()
+            .map(|s| match at(s).map(|i| &values[i]) {
+                Some(Ok(v)) if v.is_empty() => vec!["[no results]".to_string()],
+                Some(Ok(v)) => v.clone(),
+                Some(Err(e)) => vec![format!("[error: {e}]")],
+                None => vec!["[no results]".to_string()],
+            })
+            .collect();
+        let (rows, total) = combinations(&columns, MAX_ROWS_PER_MACHINE);
+        if total > rows.len() {
+            problems.push(SensorOutcome {
+                sensor: q
+                    .select
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                runtime_ms: 0,
+                error: Some(SensorError::Failed(format!(
+                    "{total} rows (every combination of the selected sensors' values); the first {} are counted",
+                    rows.len()
+                ))),
+            });
+        }
+        Answer {
+            rows: Some(rows),
+            problems,
+        }
     }
+}
+
+/// Every combination of one cell from each column (in order, the last column varying
+/// fastest), at most `max` of them; with how many there are in all.
+pub fn combinations(columns: &[Vec<String>], max: usize) -> (Vec<Vec<String>>, usize) {
+    let total = columns
+        .iter()
+        .try_fold(1usize, |n, c| n.checked_mul(c.len()))
+        .unwrap_or(usize::MAX);
+    let n = total.min(max);
+    let mut rows = Vec::with_capacity(n);
+    let mut index = vec![0usize; columns.len()];
+    for _ in 0..n {
+        rows.push(
+            columns
+                .iter()
+                .zip(&index)
+                .map(|(c, &i)| c[i].clone())
+                .collect(),
+        );
+        // Odometer step.
+        for k in (0..columns.len()).rev() {
+            index[k] += 1;
+            if index[k] < columns[k].len() {
+                break;
+            }
+            index[k] = 0;
+        }
+    }
+    (rows, total)
 }
 
 /// The catalog of built-ins plus `scripts`.
 pub fn catalog_with(scripts: &[ScriptSensor]) -> Vec<SensorSpec> {
     BUILTIN
         .iter()
-        .map(|(n, p)| SensorSpec {
-            name: (*n).to_string(),
-            params: *p,
+        .map(|b| SensorSpec {
+            name: b.name.to_string(),
+            params: usize::from(!b.param.is_empty()),
+            param_help: b.param.to_string(),
+            kind: b.kind,
+            multi: b.multi,
+            description: b.description.to_string(),
         })
         .chain(scripts.iter().map(|s| SensorSpec {
             name: s.name.clone(),
             params: 0,
+            param_help: String::new(),
+            kind: ValueKind::Any,
+            multi: true,
+            description: "an admin's script sensor: each line it prints is a value".into(),
         }))
         .collect()
 }

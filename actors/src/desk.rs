@@ -16,7 +16,7 @@ use rollcall_runtime::wire;
 use serde::{Deserialize, Serialize};
 
 use crate::question::{Question, SensorSpec, parse};
-use crate::search::{SavedQuestion, Suggestion, search};
+use crate::search::{LEARNED_SENSORS, SavedQuestion, Suggestion, Vocabulary, search};
 use crate::sensors::{BUILTIN, PatchLevel, ScriptSensor, Sensors, catalog_with};
 use crate::store::ServerStore;
 
@@ -216,6 +216,10 @@ struct DeskState {
     config: SensorConfig,
     saved: Vec<SavedQuestion>,
     last_issued: std::collections::HashMap<String, tokio::time::Instant>,
+    /// Values the fleet reported, for the search box.
+    vocab: Vocabulary,
+    /// Questions whose values have been learned.
+    learned: HashSet<u64>,
 }
 
 /// The server's question desk.
@@ -420,7 +424,17 @@ impl QuestionDesk {
             }
             DeskRequest::Search { text } => {
                 let saved = self.lock().saved.clone();
-                DeskReply::Suggestions(search(&text, &self.catalog(), &saved, 10))
+                let vocab = self.lock().vocab.clone();
+                let catalog = self.catalog();
+                // Ranking is CPU work on text from the network: off the async runtime.
+                match tokio::task::spawn_blocking(move || {
+                    search(&text, &catalog, &saved, &vocab, 10)
+                })
+                .await
+                {
+                    Ok(list) => DeskReply::Suggestions(list),
+                    Err(e) => DeskReply::Error(format!("search failed: {e}")),
+                }
             }
         }
     }
@@ -439,10 +453,39 @@ impl QuestionDesk {
                 tick.tick().await;
                 let Some(desk) = weak.upgrade() else { return };
                 desk.save_results(&mut finished).await;
+                desk.learn();
                 desk.reissue().await;
             }
         });
         desk
+    }
+
+    /// Learns the values of finished questions that show a learned sensor, for the search
+    /// box (each question once).
+    fn learn(&self) {
+        for q in self.rings.questions() {
+            if q.answered < q.expected && q.open {
+                continue;
+            }
+            if self.lock().learned.contains(&q.id) {
+                continue;
+            }
+            let Some(p) = self.rings.progress(q.id) else {
+                continue;
+            };
+            let mut st = self.lock();
+            st.learned.insert(q.id);
+            for (i, column) in p.columns.iter().enumerate() {
+                if !LEARNED_SENSORS.contains(&column.as_str()) {
+                    continue;
+                }
+                for r in &p.rows {
+                    if let Some(v) = r.cells.get(i) {
+                        st.vocab.learn(column, v);
+                    }
+                }
+            }
+        }
     }
 
     async fn save_results(&self, finished: &mut HashSet<u64>) {

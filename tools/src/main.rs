@@ -413,6 +413,9 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         questions: usize,
     },
+    /// Rank the search box's test set of plain requests (no server needed) and print the
+    /// share whose expected question ranks first and within the first three.
+    Search,
 }
 
 #[derive(Debug, Args)]
@@ -717,6 +720,26 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             questions,
         }) => {
             bench::scale(&out, max_endpoints, questions)?;
+        }
+        Command::Bench(BenchCommand::Search) => {
+            use rollcall_actors::search::{HELD_OUT, REQUESTS, hit_rates};
+            let catalog = rollcall_actors::sensors::catalog_with(&[]);
+            println!("| set | requests | top-1 | top-3 |");
+            println!("|---|---:|---:|---:|");
+            let mut all_misses = Vec::new();
+            for (name, set) in [("test set", REQUESTS), ("held out", HELD_OUT)] {
+                let (top1, top3, misses) = hit_rates(set, &catalog);
+                println!(
+                    "| {name} | {} | {:.1}% | {:.1}% |",
+                    set.len(),
+                    top1 * 100.0,
+                    top3 * 100.0
+                );
+                all_misses.extend(misses);
+            }
+            for (request, got) in all_misses {
+                println!("missed in the top three: {request:?} -> {got:?}");
+            }
         }
         Command::Search(a) => {
             return desk_command(&a.op, DeskRequest::Search { text: a.words }).await;

@@ -48,45 +48,30 @@ pub fn table(p: &Progress, kinds: &[ValueKind]) -> String {
             })
             .collect()
     };
-    let rows: Vec<(Vec<String>, String, String)> = p
+    let rows: Vec<(Vec<String>, String)> = p
         .rows
         .iter()
-        .map(|r| {
-            let share = if p.matched > 0 {
-                format!("{:.0}%", r.count as f64 * 100.0 / p.matched as f64)
-            } else {
-                String::new()
-            };
-            (cells(&r.cells), r.count.to_string(), share)
-        })
+        .map(|r| (cells(&r.cells), r.count.to_string()))
         .collect();
     let heading: Vec<String> = p.columns.iter().map(|c| cut(c, CELL_CHARS_MAX)).collect();
     let mut widths: Vec<usize> = heading.iter().map(|c| c.chars().count()).collect();
-    for (r, _, _) in &rows {
+    for (r, _) in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let count_width = rows
-        .iter()
-        .map(|(_, c, _)| c.len())
-        .max()
-        .unwrap_or(0)
-        .max(5);
-    let line = |cells: &[String], count: &str, share: &str| {
+    let line = |cells: &[String], count: &str| {
         let mut s = String::new();
         for (c, w) in cells.iter().zip(&widths) {
             s += &format!("{c:<w$}  ");
         }
-        format!("{s}{count:>count_width$}  {share}")
-            .trim_end()
-            .to_string()
+        s + count
     };
     let mut out = String::new();
-    out += &line(&heading, "COUNT", "SHARE");
+    out += &line(&heading, "COUNT");
     out.push('\n');
-    for (r, count, share) in &rows {
-        out += &line(r, count, share);
+    for (r, count) in &rows {
+        out += &line(r, count);
         out.push('\n');
     }
     let several = p.rows.iter().map(|r| r.count).sum::<u64>() > p.matched;
@@ -267,11 +252,8 @@ mod tests {
         let t = table(&p, &kinds);
         let lines: Vec<&str> = t.lines().collect();
         let cut_cell = format!("{}…", "x".repeat(59));
-        assert_eq!(lines[1], format!("8.0 GiB  {cut_cell}      2  67%"));
-        assert_eq!(
-            lines[2],
-            format!("1.0 KiB  b{}      1  33%", " ".repeat(59))
-        );
+        assert_eq!(lines[1], format!("8.0 GiB  {cut_cell}  2"));
+        assert_eq!(lines[2], format!("1.0 KiB  b{}  1", " ".repeat(59)));
         assert_eq!(lines[4], "answered 3 of 3 in 1.5 s; 3 matched");
         // CSV keeps the raw values whole.
         assert_eq!(

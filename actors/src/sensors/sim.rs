@@ -44,118 +44,235 @@ pub struct HostProfile {
     pub files: Vec<(String, String)>,
 }
 
-const OSES: &[(&str, &str, &str)] = &[
-    ("Ubuntu", "22.04", "5.15.0-{}-generic"),
-    ("Ubuntu", "24.04", "6.8.0-{}-generic"),
-    ("Debian GNU/Linux", "12", "6.1.0-{}-amd64"),
-    ("Rocky Linux", "9.4", "5.14.0-{}.el9_4.x86_64"),
+/// (name, version, kernel pattern, family): the family picks package versions.
+const OSES: &[(&str, &str, &str, Family)] = &[
+    ("Ubuntu", "22.04", "5.15.0-{}-generic", Family::Jammy),
+    ("Ubuntu", "24.04", "6.8.0-{}-generic", Family::Noble),
+    ("Debian GNU/Linux", "12", "6.1.0-{}-amd64", Family::Bookworm),
+    ("Rocky Linux", "9.4", "5.14.0-{}.el9_4.x86_64", Family::El9),
 ];
 
-/// (package, chance in percent, versions to pick from, processes, ports)
-type PackageSpec = (
-    &'static str,
-    u32,
-    &'static [&'static str],
-    &'static [&'static str],
-    &'static [&'static str],
-);
+/// Which distribution's packages a machine has.
+#[derive(Debug, Clone, Copy)]
+enum Family {
+    Jammy,
+    Noble,
+    Bookworm,
+    El9,
+}
+
+/// One package of the simulated fleet: its versions per family (Ubuntu 22.04, Ubuntu
+/// 24.04, Debian 12, Rocky 9; each machine picks one of its family's), and what having it
+/// brings: processes, listening ports, files.
+struct PackageSpec {
+    name: &'static str,
+    chance_percent: u32,
+    versions: [&'static [&'static str]; 4],
+    processes: &'static [&'static str],
+    ports: &'static [&'static str],
+    files: &'static [&'static str],
+}
+
+const fn pkg(
+    name: &'static str,
+    chance_percent: u32,
+    versions: [&'static [&'static str]; 4],
+    processes: &'static [&'static str],
+    ports: &'static [&'static str],
+    files: &'static [&'static str],
+) -> PackageSpec {
+    PackageSpec {
+        name,
+        chance_percent,
+        versions,
+        processes,
+        ports,
+        files,
+    }
+}
 
 const PACKAGES: &[PackageSpec] = &[
-    (
+    pkg(
         "bash",
         100,
-        &["5.1-6ubuntu1", "5.2.21-2ubuntu4"],
+        [
+            &["5.1-6ubuntu1.1"],
+            &["5.2.21-2ubuntu4"],
+            &["5.2.15-2+b7"],
+            &["5.1.8-9.el9"],
+        ],
         &["bash"],
         &[],
+        &["/usr/bin/bash", "/etc/bash.bashrc"],
     ),
-    (
+    pkg(
         "coreutils",
         100,
-        &["8.32-4.1ubuntu1", "9.4-3ubuntu6"],
-        &[],
-        &[],
-    ),
-    (
-        "systemd",
-        100,
-        &["249.11-0ubuntu3.12", "255.4-1ubuntu8"],
-        &["systemd", "systemd-journal"],
-        &[],
-    ),
-    (
-        "openssh-server",
-        90,
-        &["1:8.9p1-3ubuntu0.10", "1:9.6p1-3ubuntu13.5"],
-        &["sshd"],
-        &["tcp/22"],
-    ),
-    (
-        "openssl",
-        80,
-        &[
-            "3.0.2-0ubuntu1.10",
-            "3.0.2-0ubuntu1.15",
-            "3.0.13-0ubuntu3.4",
+        [
+            &["8.32-4.1ubuntu1.2"],
+            &["9.4-3ubuntu6"],
+            &["9.1-1"],
+            &["8.32-35.el9"],
         ],
         &[],
         &[],
+        &["/usr/bin/ls"],
     ),
-    (
+    pkg(
+        "systemd",
+        100,
+        [
+            &["249.11-0ubuntu3.12"],
+            &["255.4-1ubuntu8.4"],
+            &["252.30-1~deb12u2"],
+            &["252-32.el9_4.7"],
+        ],
+        &["systemd", "systemd-journal"],
+        &[],
+        &["/etc/systemd/system.conf"],
+    ),
+    pkg(
+        "openssh-server",
+        90,
+        [
+            &["1:8.9p1-3ubuntu0.10"],
+            &["1:9.6p1-3ubuntu13.5"],
+            &["1:9.2p1-2+deb12u3"],
+            &["8.7p1-38.el9_4.4"],
+        ],
+        &["sshd"],
+        &["tcp/22"],
+        &["/etc/ssh/sshd_config"],
+    ),
+    pkg(
+        "openssl",
+        80,
+        [
+            &["3.0.2-0ubuntu1.10", "3.0.2-0ubuntu1.15"],
+            &["3.0.13-0ubuntu3.4"],
+            &["3.0.14-1~deb12u2", "3.0.11-1~deb12u2"],
+            &["3.0.7-27.el9", "3.0.7-28.el9_4"],
+        ],
+        &[],
+        &[],
+        &["/usr/bin/openssl"],
+    ),
+    pkg(
         "curl",
         75,
-        &["7.81.0-1ubuntu1.16", "8.5.0-2ubuntu10.4"],
+        [
+            &["7.81.0-1ubuntu1.16"],
+            &["8.5.0-2ubuntu10.4"],
+            &["7.88.1-10+deb12u7"],
+            &["7.76.1-29.el9_4.1"],
+        ],
         &[],
         &[],
+        &["/usr/bin/curl"],
     ),
-    (
+    pkg(
         "python3",
         70,
-        &["3.10.6-1~22.04", "3.12.3-0ubuntu2"],
+        [
+            &["3.10.6-1~22.04.1"],
+            &["3.12.3-0ubuntu2"],
+            &["3.11.2-1+b1"],
+            &["3.9.18-3.el9_4.5"],
+        ],
         &[],
         &[],
+        &["/usr/bin/python3"],
     ),
-    (
+    pkg(
         "vim",
         50,
-        &["2:8.2.3995-1ubuntu2.17", "2:9.1.0016-1ubuntu7.2"],
+        [
+            &["2:8.2.3995-1ubuntu2.17"],
+            &["2:9.1.0016-1ubuntu7.2"],
+            &["2:9.0.1378-2"],
+            &["2:8.2.2637-20.el9_1"],
+        ],
         &[],
         &[],
+        &["/usr/bin/vim"],
     ),
-    (
+    pkg(
         "docker-ce",
         25,
-        &["5:24.0.7-1", "5:26.1.3-1"],
+        [
+            &["5:24.0.7-1~ubuntu.22.04~jammy"],
+            &["5:26.1.3-1~ubuntu.24.04~noble"],
+            &["5:26.1.3-1~debian.12~bookworm"],
+            &["3:26.1.3-1.el9"],
+        ],
         &["dockerd", "containerd"],
         &[],
+        &["/etc/docker/daemon.json", "/usr/bin/dockerd"],
     ),
-    (
+    pkg(
         "nginx",
         20,
-        &["1.18.0-6ubuntu14.4", "1.24.0-2ubuntu7.1"],
+        [
+            &["1.18.0-6ubuntu14.4"],
+            &["1.24.0-2ubuntu7.1"],
+            &["1.22.1-9"],
+            &["1:1.20.1-14.el9_2.1"],
+        ],
         &["nginx"],
         &["tcp/80", "tcp/443"],
+        &["/etc/nginx/nginx.conf"],
     ),
-    (
+    pkg(
         "google-chrome-stable",
         15,
-        &["124.0.6367.91-1", "126.0.6478.126-1"],
+        [
+            &["124.0.6367.91-1", "126.0.6478.126-1"],
+            &["126.0.6478.126-1"],
+            &["124.0.6367.91-1", "126.0.6478.126-1"],
+            &["126.0.6478.126-1"],
+        ],
         &["chrome"],
         &[],
+        &["/opt/google/chrome/chrome"],
     ),
-    (
+    pkg(
         "postgresql",
         10,
-        &["14+238", "16+257build1"],
+        [
+            &["14+238"],
+            &["16+257build1"],
+            &["15+248"],
+            &["13.14-1.el9_3"],
+        ],
         &["postgres"],
         &["tcp/5432"],
+        &["/etc/postgresql"],
     ),
-    (
+    pkg(
         "redis-server",
         10,
-        &["5:6.0.16-1ubuntu1", "5:7.0.15-1build2"],
+        [
+            &["5:6.0.16-1ubuntu1"],
+            &["5:7.0.15-1build2"],
+            &["5:7.0.15-1~deb12u1"],
+            &["6.2.7-1.el9"],
+        ],
         &["redis-server"],
         &["tcp/6379"],
+        &["/etc/redis/redis.conf"],
     ),
+];
+
+/// Files every simulated machine has, whatever it runs.
+const COMMON_FILES: &[&str] = &[
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/os-release",
+    "/etc/resolv.conf",
+    "/etc/fstab",
+    "/etc/shadow",
+    "/etc/group",
+    "/bin/sh",
 ];
 
 const USERS: &[&str] = &["alice", "bob", "carol", "dave", "root"];
@@ -164,17 +281,20 @@ impl HostProfile {
     /// The profile of simulated machine `seed`, reachable at `ip`.
     pub fn from_seed(seed: u64, ip: Option<IpAddr>) -> HostProfile {
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x005e_ed0f_4057);
-        let (os, os_version, kernel) = OSES[rng.random_range(0..OSES.len())];
+        let (os, os_version, kernel, family) = OSES[rng.random_range(0..OSES.len())];
         let kernel = kernel.replace("{}", &rng.random_range(60..120u32).to_string());
         let mut packages = Vec::new();
         let mut processes = vec!["init".to_string()];
         let mut ports = Vec::new();
-        for (name, chance, versions, procs, pports) in PACKAGES {
-            if rng.random_range(0..100) < *chance {
+        let mut owned_files: Vec<&str> = COMMON_FILES.to_vec();
+        for p in PACKAGES {
+            if rng.random_range(0..100) < p.chance_percent {
+                let versions = p.versions[family as usize];
                 let v = versions[rng.random_range(0..versions.len())];
-                packages.push((name.to_string(), v.to_string()));
-                processes.extend(procs.iter().map(|p| p.to_string()));
-                ports.extend(pports.iter().map(|p| p.to_string()));
+                packages.push((p.name.to_string(), v.to_string()));
+                processes.extend(p.processes.iter().map(|p| p.to_string()));
+                ports.extend(p.ports.iter().map(|p| p.to_string()));
+                owned_files.extend(p.files);
             }
         }
         let users: Vec<String> = USERS
@@ -186,6 +306,12 @@ impl HostProfile {
             "/etc/passwd".to_string(),
             super::sha256_hex(format!("passwd-{seed}").as_bytes()),
         )];
+        // Files a package or the OS brings are the same bytes wherever the same version
+        // is installed: hashed from (path, OS, version), so fleets share a few hashes.
+        for path in owned_files {
+            let h = super::sha256_hex(format!("{path}|{os} {os_version}").as_bytes());
+            files.push((path.to_string(), h));
+        }
         if rng.random_range(0..100) < 5 {
             files.push(("/etc/nologin".to_string(), super::sha256_hex(b"")));
         }

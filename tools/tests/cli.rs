@@ -803,3 +803,140 @@ fn chaos_against_a_served_sim_runs_a_scenario_and_applies_faults() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no scenario \"no-such\""));
 }
+
+/// The question language against a served sim, as an operator meets it: inputs that used to
+/// crash the server or fail on every endpoint are refused at ask time with their column and
+/// the server keeps serving; a thousand host names in one `or` list are answered; a
+/// multi-valued sensor is counted per value (issue: questions that are never silently wrong).
+#[test]
+fn hostile_and_long_questions_are_refused_or_answered_and_values_are_counted_one_by_one() {
+    use rollcall_actors::sensors::sim::HostProfile;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ops = dir.path().join("ops");
+    let ops = ops.to_str().expect("path");
+    let (n, seed) = (40u64, 3u64);
+    let sim = Running::start(&[
+        "sim",
+        "--endpoints",
+        &n.to_string(),
+        "--ring-size",
+        "10",
+        "--seed",
+        &seed.to_string(),
+        "--questions",
+        "1",
+        "--serve",
+        "127.0.0.1:0",
+        "--cert-dir",
+        ops,
+    ]);
+    let line = sim.line_starting("serving operators at ");
+    let addr = line
+        .trim_start_matches("serving operators at ")
+        .trim()
+        .to_string();
+    let as_ops = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--server", addr.as_str(), "--cert-dir", ops]);
+        run(&all)
+    };
+    let profiles: Vec<HostProfile> = (0..n)
+        .map(|i| HostProfile::from_seed(seed.wrapping_mul(1_000_003).wrapping_add(i), None))
+        .collect();
+
+    // 1. Each of these took the server down; now each is refused before anything is sent.
+    let prefix = "Get Computer Name from all machines with ";
+    let hostile = [
+        format!("{prefix}{}", "(".repeat(2000)),
+        format!("{prefix}{}Uptime > 5{}", "(".repeat(1750), ")".repeat(1750)),
+        format!("{prefix}{}Uptime > 5", "not ".repeat(4000)),
+    ];
+    for text in &hostile {
+        let out = as_ops(&["ask", text]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("nest more than 32 deep"), "{err}");
+        assert!(err.contains("at column "), "{err}");
+        // The error shows where, not the whole input.
+        assert!(err.len() < 1_000, "{} bytes of error", err.len());
+        let saved = as_ops(&["saved", "add", "deep", text]);
+        assert_eq!(saved.status.code(), Some(2));
+    }
+
+    // 2. A thousand host names, ten of them real: answered by everyone, ten matched.
+    let mut names: Vec<String> = (0..1020).map(|i| format!("absent-{i:05}")).collect();
+    names.extend(profiles.iter().take(10).map(|p| p.hostname.clone()));
+    let condition = names
+        .iter()
+        .map(|h| format!("Computer Name = \"{h}\""))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let out = as_ops(&["ask", &format!("{prefix}{condition}"), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(p["answered"], n, "{p:#}");
+    assert_eq!(p["matched"], 10, "{p:#}");
+    assert_eq!(p["problems"], serde_json::json!([]), "{p:#}");
+
+    // 3. One row per application, each machine counted once per application it has.
+    let out = as_ops(&[
+        "ask",
+        "Get Installed Applications from all machines",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let got: std::collections::BTreeMap<String, u64> = p["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["cells"][0].as_str().expect("cell").to_string(),
+                r["count"].as_u64().expect("count"),
+            )
+        })
+        .collect();
+    let mut want: std::collections::BTreeMap<String, u64> = Default::default();
+    for prof in &profiles {
+        for (name, _) in &prof.packages {
+            *want.entry(name.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(got, want);
+    assert_eq!(p["matched"], n);
+    // A cell copied into a filter finds exactly the machines it counted.
+    let (app, count) = want
+        .iter()
+        .find(|(_, c)| **c < n)
+        .expect("an app some lack");
+    let out = as_ops(&[
+        "ask",
+        &format!("Get Computer Name from all machines with Installed Applications = \"{app}\""),
+        "--json",
+    ]);
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(p["matched"].as_u64(), Some(*count), "{app}");
+    // "!=" is the complement of "=".
+    let out = as_ops(&[
+        "ask",
+        &format!("Get Computer Name from all machines with Installed Applications != \"{app}\""),
+        "--json",
+    ]);
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(p["matched"].as_u64(), Some(n - count), "{app}");
+
+    // 4. Sizes in the table are readable; the server is still the same process.
+    let out = as_ops(&["ask", "Get Memory from all machines with Memory >= 4 GiB"]);
+    let table = stdout(&out);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.lines().nth(1).is_some_and(|l| l.contains(" GiB")),
+        "{table}"
+    );
+    assert!(table.contains(&format!("answered {n} of {n}")), "{table}");
+}

@@ -202,6 +202,11 @@ fn lex(text: &str) -> Result<Vec<Token>, ParseError> {
                 {
                     i += 1;
                 }
+                if i == start {
+                    // Only a closing typographic quote stops a word before its first
+                    // character: without this, the lexer would not move on.
+                    return Err(err(column, format!("'{c}' without an opening quote")));
+                }
                 Tok::Word(chars[start..i].iter().collect())
             }
         };

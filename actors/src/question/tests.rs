@@ -429,6 +429,13 @@ fn nonsense_that_used_to_be_taken_silently_is_refused_with_its_reason() {
             18,
             "expected \"does not contain\" or \"does not equal\"",
         ),
+        // Found by the parser's property test: a stray closing quote stalled the lexer,
+        // which grew its token list without end.
+        (
+            "Operating System = \u{201d}Ubuntu",
+            20,
+            "'\u{201d}' without an opening quote",
+        ),
     ];
     for (condition, column, message) in cases {
         let (c, e) = refused(condition);
@@ -623,5 +630,107 @@ fn filters_on_several_values_and_failed_sensors_pick_what_an_operator_reads() {
         let f = filter(condition);
         let got = [f.eval(&vim_and_curl), f.eval(&curl_only), f.eval(&failed)];
         assert_eq!(got, want, "{condition}");
+    }
+}
+
+/// Property targets for the parser, run briefly with the tests and longer by hand
+/// (`PROPTEST_CASES=200000 cargo test -p rollcall-actors question::tests::fuzz`): on any text
+/// and on random sequences of the language's own tokens, parsing never panics; what parses
+/// is within the limits, survives the wire, and prints back to itself; evaluation never
+/// panics.
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PIECES: &[&str] = &[
+        "Get",
+        "Computer Name",
+        "Installed Applications",
+        "Uptime",
+        "Memory",
+        "OS Version",
+        "Installed Application Version[openssl]",
+        "File Exists[\"/a b\"]",
+        "File Exists[/x,/y]",
+        "from all machines",
+        "with",
+        "and",
+        "or",
+        "not",
+        "(",
+        ")",
+        ",",
+        "=",
+        "!=",
+        "<>",
+        "<",
+        ">=",
+        "contains",
+        "does not contain",
+        "is",
+        "is not",
+        "starts with",
+        "ends with",
+        "matches",
+        "\"vim\"",
+        "'x'",
+        "\u{201c}Ubuntu\u{201d}",
+        "5",
+        "8 GB",
+        "1 day",
+        "6.10",
+        "\"(\"",
+        "\"a\\\"b\"",
+        "[",
+        "]",
+        "!",
+        "days",
+        "true",
+        "\"",
+        "",
+    ];
+
+    fn tokens() -> impl Strategy<Value = String> {
+        proptest::collection::vec(0..PIECES.len(), 0..40)
+            .prop_map(|ix| ix.iter().map(|&i| PIECES[i]).collect::<Vec<_>>().join(" "))
+    }
+
+    fn holds(text: &str) -> Result<(), TestCaseError> {
+        let Ok(q) = parse(text, &catalog()) else {
+            return Ok(());
+        };
+        prop_assert_eq!(q.check(), Ok(()));
+        let printed = q.to_string();
+        let again = parse(&printed, &catalog());
+        prop_assert_eq!(
+            again.as_ref().ok(),
+            Some(&q),
+            "{} printed as {}",
+            text,
+            printed
+        );
+        let body = rollcall_runtime::wire::encode_body(&q)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let back: Question = rollcall_runtime::wire::decode_body(&body)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&back, &q);
+        if let Some(f) = &q.filter {
+            let _ = f.eval(&|_: &SensorRef| Some(vec!["vim".into(), "42".into()]));
+            let _ = f.eval(&|_: &SensorRef| None);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_text(text in "\\PC{0,120}") {
+            holds(&text)?;
+        }
+
+        #[test]
+        fn token_soup(text in tokens()) {
+            holds(&format!("Get Computer Name from all machines with {text}"))?;
+            holds(&text)?;
+        }
     }
 }

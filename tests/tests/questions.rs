@@ -123,6 +123,27 @@ async fn questions_travel_the_rings_merge_once_per_machine_and_reach_returning_m
     );
     assert_eq!(p1.columns, ["Operating System", "OS Version"]);
 
+    // 1b. A multi-valued sensor: one row per application, each machine counted once in each
+    //     application's row, merged along the rings like any answer.
+    let qa = ask(&desk, "Get Installed Applications from all machines").await;
+    let pa = eventually_or("60 of 60 answers", Duration::from_secs(20), || async {
+        let p = progress(&desk, qa).await;
+        if p.answered == 60 && p.fanned_out {
+            Ok(p)
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .await;
+    let mut per_app: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+    for (_, p) in &profiles {
+        for (name, _) in &p.packages {
+            *per_app.entry(vec![name.clone()]).or_default() += 1;
+        }
+    }
+    assert_eq!(rows(&pa), per_app);
+    assert_eq!(pa.matched, 60);
+
     // 2. Kill three machines while a question is in flight: every live answer arrives, nobody
     //    is counted twice, the dead are listed as not answered.
     let victims: Vec<usize> = vec![4, 20 + 10, 40 + 15];

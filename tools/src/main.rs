@@ -74,6 +74,7 @@ enum Command {
     /// Ask every machine a question and watch the answers arrive (operator role), e.g.
     /// `rollcall ask 'Get Computer Name and Operating System from all machines with
     /// Installed Applications contains "openssl"'`.
+    #[command(after_long_help = ASK_HELP)]
     Ask(AskArgs),
     /// Show a question's results again, or export them (any operator role).
     Results(ResultsArgs),
@@ -360,6 +361,47 @@ async fn chaos_command(a: ChaosArgs) -> Result<std::process::ExitCode> {
         std::process::ExitCode::FAILURE
     })
 }
+
+/// The question language, for `rollcall ask --help`.
+const ASK_HELP: &str = "\
+QUESTIONS
+  Get SENSOR [and SENSOR ...] from all machines [with CONDITION]
+  A condition is SENSOR OPERATOR VALUE, combined with and, or, not and parentheses
+  (and binds tighter than or). `rollcall sensor list` shows every sensor with its type,
+  unit, parameter and whether it gives several values.
+
+ROWS
+  Each machine gives one row per value of a sensor with several values (Installed
+  Applications, Running Processes, Listening Ports, Logged In Users, IP Address, ...), so
+  `Get Installed Applications from all machines` counts machines per application. With
+  several sensors selected, a machine gives a row per combination of their values (at most
+  1024; past that the answer says it was cut). COUNT is the number of machines that gave
+  the row; a machine is counted once per distinct row.
+
+OPERATORS (text comparisons ignore case, `matches` included; use (?-i) in a pattern to
+respect case)
+  contains, starts with, ends with, matches (regular expression)
+  = (also equals, is, ==)
+  != (also is not, <>, does not equal): no value equals it
+  does not contain (also not contains, doesn't contain): no value contains it
+  <  <=  >  >=: numbers, sizes and durations with units, and versions on version sensors
+  A positive operator holds when any of a machine's values satisfies it; a negative one
+  when none does. A sensor that failed on a machine makes its conditions unknown there:
+  the machine does not match, and the failure is listed under problems.
+
+VALUES
+  Quote values with spaces: \"Rocky Linux\" or 'Rocky Linux'. A value keeps its text:
+  `Kernel Version starts with 6.10` does not match 6.1.0. Units: Memory > 8 GB,
+  Disk Free < 10 GiB, Uptime > 2 days (s, min, h, d, w). Parameters may be quoted and
+  then hold commas and spaces: File Exists[\"/opt/my app/run.sh\"].
+
+LIMITS
+  At most 256 KiB of text, 4096 conditions, 16 selected sensors, and parentheses and
+  `not` nested 32 deep; `a or b or c ...` is a flat list however long.
+
+EXIT CODE
+  0 when answers came back, 1 when the question failed on every machine that answered,
+  2 when the server refused it (a parse error says at which column).";
 
 /// How results are printed.
 #[derive(Debug, Args)]

@@ -16,5 +16,6 @@ pub mod member;
 pub mod membership;
 pub mod proto;
 pub mod questions;
+pub mod relay;
 pub mod ring;
 pub mod shard;

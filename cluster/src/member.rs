@@ -18,6 +18,7 @@ use crate::proto::{
     EncodedAnswer, LeaderSides, MEMBER, MemberInfo, MemberRequest, NodeAnswer, Partial,
     QuestionEnvelope, REGISTRY, Registration, RegistrationReply, RingId, ServerRequest,
 };
+use crate::relay::{Forward, Round};
 use crate::ring::{Input, Output, PeerHealth, RingConfig, RingCore};
 
 /// Answers questions on an endpoint: the bridge to its sensors (which live in
@@ -162,20 +163,12 @@ pub enum MemberMsg {
 /// up on every hop: a fast hash will do.
 type FastKeys = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
 
-/// One question in flight on this member.
+/// One question in flight on this member: its envelope and expiry, and the round of it
+/// (the relay core: forward first, merge on the way back).
 struct QState {
     env: QuestionEnvelope,
     deadline: tokio::time::Instant,
-    own: Option<EncodedAnswer>,
-    down: Option<Partial>,
-    generation: u64,
-    forwarded_to: Option<NodeId>,
-    waiters: Vec<Incoming>,
-    /// A round finished (its merged answer went to the waiters and was not kept: machines
-    /// down the chain keep their own answers, so asking again costs a round, not memory).
-    done: bool,
-    /// Answer to the server directly (a question handed over at registration).
-    late: bool,
+    round: Round<Incoming, Partial>,
 }
 
 /// A question's state, shared with the callback of the hop that carries it on: the
@@ -189,30 +182,15 @@ fn lock(q: &Shared) -> std::sync::MutexGuard<'_, QState> {
 }
 
 impl QState {
-    /// Whether round `generation` still waits on the successor.
-    fn awaits(&self, generation: u64) -> bool {
-        self.generation == generation && self.down.is_none() && !self.done
-    }
-
-    /// When both our answer and the answers after us are in: merges them, answers every
-    /// waiter, and keeps only our own answer. Whether the round finished now.
-    fn finish(&mut self, me: &NodeId) -> bool {
-        if self.done {
-            return false;
+    /// When both our answer and the answers after us are in: merges them and answers every
+    /// waiter. `Some` if the round finished now, holding our own answer if it is to go to
+    /// the server directly.
+    fn finish(&mut self, me: &NodeId) -> Option<Option<EncodedAnswer>> {
+        let f = self.round.finish(me)?;
+        for mut w in f.waiters {
+            let _ = w.answer(&f.merged);
         }
-        let (Some(own), Some(merged)) = (self.own.as_ref(), self.down.as_mut()) else {
-            return false;
-        };
-        merged.add(me, own);
-        // Taken, not drained: a finished question keeps no room for waiters.
-        for mut w in std::mem::take(&mut self.waiters) {
-            let _ = w.answer(&*merged);
-        }
-        // The merged answer is not kept (see `QState::done`).
-        self.down = None;
-        self.done = true;
-        self.forwarded_to = None;
-        true
+        Some(f.send_late)
     }
 }
 
@@ -243,10 +221,10 @@ fn finish_where_answered(
     let Ok(mut st) = q.try_lock() else {
         return Err(down);
     };
-    if !st.awaits(generation) || st.own.is_none() || st.late {
+    if !st.round.has_own() || st.round.is_late() {
         return Err(down);
     }
-    st.down = Some(down);
+    st.round.downstream(generation, down)?;
     /// Puts the depth back however the finish ends (a panic included).
     struct Nested(u32);
     impl Drop for Nested {
@@ -425,12 +403,13 @@ impl HopSend {
     }
 }
 
-/// Hop deadlines, kept per thread of a multi-thread runtime and fired by one watcher task
-/// per thread instead of a sleeping task per hop: a hop costs a queue entry under an
-/// uncontended lock, not a task, a timer and a wake-up. The queue keeps its room between
-/// questions (a new one per question grew by doubling, on fresh memory, on every thread);
-/// its watcher ends once nothing is left to watch, so a stopped fleet leaves no task. On a
-/// current-thread runtime a hop's deadline is a task of its own.
+/// Hop deadlines, kept per thread and runtime and fired by one watcher task per queue
+/// instead of a sleeping task per hop: a hop costs a queue entry under an uncontended lock,
+/// not a task, a timer and a wake-up. The queue keeps its room between questions (a new one
+/// per question grew by doubling, on fresh memory, on every thread); its watcher ends once
+/// nothing is left to watch, so a stopped fleet leaves no task. The same path runs on
+/// multi-thread runtimes (production, the simulator) and current-thread ones (the
+/// paused-time scenario suite, deterministic network tests).
 mod hop_deadlines {
     use std::cmp::{Ordering as CmpOrdering, Reverse};
     use std::collections::{BinaryHeap, VecDeque};
@@ -598,24 +577,34 @@ mod hop_deadlines {
     }
 
     thread_local! {
-        static WATCH: Arc<Watch<Deadline>> = Watch::new();
+        /// This thread's deadline queues, one per runtime whose tasks run here: a
+        /// multi-thread runtime's worker has one; current-thread runtimes that take turns
+        /// on a thread (each host of a deterministic network test, with its own clock)
+        /// each have their own, fired by a watcher on that runtime.
+        static WATCHES: std::cell::RefCell<Vec<(tokio::runtime::Id, Arc<Watch<Deadline>>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
     }
 
-    /// Watches `d` (from a task on a Tokio runtime).
+    /// Runtimes' queues kept per thread before idle ones are let go.
+    const WATCHES_KEPT: usize = 16;
+
+    /// Watches `d` (from a task on a Tokio runtime), on every runtime flavour alike.
     pub(super) fn watch(d: Deadline) {
-        // A thread runs one multi-thread runtime's tasks only; current-thread runtimes may
-        // take turns on one thread (each host of a deterministic network test, each test),
-        // each with its own clock: there a hop keeps a task of its own.
-        if tokio::runtime::Handle::current().runtime_flavor()
-            != tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            tokio::spawn(async move {
-                tokio::time::sleep_until(d.at).await;
-                d.expire();
-            });
-            return;
-        }
-        WATCH.with(|w| w.add(d));
+        let runtime = tokio::runtime::Handle::current().id();
+        let w = WATCHES.with(|ws| {
+            let mut ws = ws.borrow_mut();
+            if let Some((_, w)) = ws.iter().find(|(id, _)| *id == runtime) {
+                return w.clone();
+            }
+            if ws.len() >= WATCHES_KEPT {
+                // Queues of runtimes that ended (or sit idle) hold nothing to fire.
+                ws.retain(|(_, w)| w.lock().running);
+            }
+            let w = Watch::new();
+            ws.push((runtime, w.clone()));
+            w
+        });
+        w.add(d);
     }
 
     /// Fires `w`'s deadlines as they come due, until none is left.
@@ -827,24 +816,13 @@ impl MemberState {
     ) {
         let id = env.id;
         if let Some(q) = self.questions.get(&id) {
-            let mut q = lock(q);
-            let again = waiter.is_some() && q.done;
-            if let Some(w) = waiter {
-                q.waiters.push(w);
-            }
-            q.late |= late;
-            let late_own = if late { q.own.clone() } else { None };
-            if again {
-                // Asked again after a round finished (a predecessor rerouted): a new round
-                // down the chain, whose members answer from their own state.
-                q.done = false;
-                q.down = None;
-            }
-            drop(q);
-            if let Some(own) = late_own {
+            // Asked again after a round finished (a predecessor rerouted): a new round down
+            // the chain, whose members answer from their own state.
+            let joined = lock(q).round.join(waiter, late);
+            if let Some(own) = joined.send_late {
                 self.send_late(id, own);
             }
-            if again {
+            if joined.forward_again {
                 self.forward(myself, id);
             }
             return;
@@ -861,14 +839,8 @@ impl MemberState {
             Arc::new(std::sync::Mutex::new(QState {
                 env,
                 deadline,
-                own: None,
                 // A late question is answered alone, straight to the server.
-                down: late.then(Partial::default),
-                generation: 0,
-                forwarded_to: None,
-                waiters: waiter.into_iter().collect(),
-                done: false,
-                late,
+                round: Round::new(waiter, late),
             })),
         );
         if !late {
@@ -909,19 +881,19 @@ impl MemberState {
             return;
         };
         let mut q = lock(state);
-        if q.done {
+        let generation = match q.round.forward(target.as_ref().map(|t| &t.id)) {
             // Finished meanwhile (where its answer arrived).
-            return;
-        }
-        q.generation += 1;
+            Forward::Finished => return,
+            Forward::EndOfChain => {
+                drop(q);
+                self.complete(id);
+                return;
+            }
+            Forward::Hop { generation, .. } => generation,
+        };
         let Some(target) = target else {
-            q.forwarded_to = None;
-            q.down = Some(Partial::default());
-            drop(q);
-            self.complete(id);
             return;
         };
-        q.forwarded_to = Some(target.id.clone());
         tracing::debug!(question = id, to = %target.id, at = ?tokio::time::Instant::now(), "forwarding");
         let left = q
             .deadline
@@ -930,7 +902,6 @@ impl MemberState {
             ttl_ms: left.as_millis() as u64,
             ..q.env.clone()
         };
-        let generation = q.generation;
         drop(q);
         let state = state.clone();
         let send = HopSend {
@@ -988,7 +959,7 @@ impl MemberState {
         let waited_on: Vec<NodeId> = self
             .questions
             .values()
-            .filter_map(|q| lock(q).forwarded_to.clone())
+            .filter_map(|q| lock(q).round.waiting_on().cloned())
             .collect();
         keep.extend(waited_on.iter());
         let stale: Vec<NodeId> = self
@@ -1015,10 +986,7 @@ impl MemberState {
             .iter()
             .filter(|(_, q)| {
                 let q = lock(q);
-                q.down.is_none()
-                    && q.forwarded_to.is_some()
-                    && q.forwarded_to != target
-                    && q.deadline > now
+                q.round.waits_on_other_than(target.as_ref()) && q.deadline > now
             })
             .map(|(id, _)| *id)
             .collect();
@@ -1072,12 +1040,8 @@ impl MemberState {
         let Some(q) = self.questions.get(&id) else {
             return;
         };
-        {
-            let mut q = lock(q);
-            if !q.awaits(generation) {
-                return;
-            }
-            q.down = Some(answer);
+        if lock(q).round.downstream(generation, answer).is_err() {
+            return;
         }
         self.complete(id);
     }
@@ -1085,7 +1049,7 @@ impl MemberState {
     /// Our own answer to question `id` is in.
     fn evaluated(&mut self, id: u64, answer: NodeAnswer) {
         if let Some(q) = self.questions.get(&id) {
-            lock(q).own = Some(EncodedAnswer::new(&answer));
+            lock(q).round.own_result(EncodedAnswer::new(&answer));
         }
         self.complete(id);
     }
@@ -1095,13 +1059,7 @@ impl MemberState {
         let Some(q) = self.questions.get(&id) else {
             return;
         };
-        let late_own = {
-            let mut q = lock(q);
-            if !q.finish(&self.me.id) || !q.late {
-                return;
-            }
-            q.own.clone()
-        };
+        let late_own = lock(q).finish(&self.me.id).flatten();
         if let Some(own) = late_own {
             self.send_late(id, own);
         }
@@ -1651,7 +1609,7 @@ async fn dispatch(
                 if st
                     .questions
                     .get(&id)
-                    .is_some_and(|q| lock(q).awaits(generation))
+                    .is_some_and(|q| lock(q).round.awaits(generation))
                 {
                     // A failed hop: the successor is treated as unreachable, and the
                     // question goes to the next one.
@@ -1699,7 +1657,11 @@ async fn dispatch(
                     .into_iter()
                     .map(|m| (m.id.clone(), core.health(&m.id)))
                     .collect(),
-                questions_pending: st.questions.values().filter(|q| !lock(q).done).count(),
+                questions_pending: st
+                    .questions
+                    .values()
+                    .filter(|q| !lock(q).round.is_done())
+                    .count(),
             });
         }
     }
@@ -1777,6 +1739,16 @@ mod tests {
     use super::*;
 
     fn waiting(generation: u64, own: bool, late: bool) -> Shared {
+        let mut round = Round::new(None, late);
+        for _ in 0..generation {
+            round.forward(Some(&NodeId("next".into())));
+        }
+        if own {
+            round.own_result(EncodedAnswer::new(&NodeAnswer {
+                rows: Some(vec![vec!["Debian".into()]]),
+                problems: vec![],
+            }));
+        }
         Arc::new(std::sync::Mutex::new(QState {
             env: QuestionEnvelope {
                 id: 1,
@@ -1784,18 +1756,7 @@ mod tests {
                 ttl_ms: 60_000,
             },
             deadline: tokio::time::Instant::now() + Duration::from_secs(60),
-            own: own.then(|| {
-                EncodedAnswer::new(&NodeAnswer {
-                    rows: Some(vec![vec!["Debian".into()]]),
-                    problems: vec![],
-                })
-            }),
-            down: None,
-            generation,
-            forwarded_to: Some(NodeId("next".into())),
-            waiters: vec![],
-            done: false,
-            late,
+            round,
         }))
     }
 
@@ -1817,8 +1778,8 @@ mod tests {
         assert!(finish_where_answered(&q, 2, &me, from_below()).is_ok());
         {
             let st = lock(&q);
-            assert!(st.done && st.down.is_none() && st.forwarded_to.is_none());
-            assert!(st.own.is_some());
+            assert!(st.round.is_done() && st.round.waiting_on().is_none());
+            assert!(st.round.has_own());
         }
         // Finished once: a second answer to the same round is the member's to drop.
         assert_eq!(
@@ -1838,7 +1799,7 @@ mod tests {
                 Err(from_below())
             );
             let st = lock(&q);
-            assert!(!st.done && st.down.is_none() && st.forwarded_to.is_some());
+            assert!(!st.round.is_done() && st.round.waiting_on().is_some());
         }
         let q = waiting(2, true, false);
         let held = lock(&q);

@@ -23,6 +23,7 @@ use crate::proto::{
     RingId, RingReport, RingsReport, ServerRequest,
 };
 use crate::questions::{Progress, QuestionStore, QuestionSummary};
+use crate::relay::{ChainWalk, Outcome, Step};
 
 /// Settings of the server's ring service.
 #[derive(Debug, Clone)]
@@ -615,18 +616,14 @@ impl RingServer {
         self.questions.fanned_out(id);
     }
 
-    /// One chain of a question: ask its first member who has not answered (the forward
-    /// leader, at first); what comes back covers it and everyone after it the chain reached.
-    /// If that left a gap (a split ring, a member routed around), ask the first member of the
-    /// gap directly, and so on. A member that fails (its call errs, or it stops answering
-    /// the server's probes while it works) is skipped for the retry interval.
+    /// One chain of a question, walked by a [`ChainWalk`]: ask its first member who has not
+    /// answered (the forward leader, at first); what comes back covers it and everyone after
+    /// it the chain reached. A gap (a split ring, a member routed around) is walked by
+    /// asking its first member directly; a failed member is asked again only after the
+    /// others, and not within the retry interval of its failure.
     async fn walk(&self, id: u64, chain: Chain, first: Vec<crate::proto::MemberReport>) {
         let mut first = Some(first);
-        let mut failed: HashMap<NodeId, tokio::time::Instant> = HashMap::new();
-        // Members whose link closed under a call are asked again at once (a new leader's
-        // link replacing the old one), a few times at most.
-        let mut quick: HashMap<NodeId, u32> = HashMap::new();
-        let mut round = 0u32;
+        let mut walk = ChainWalk::new(self.fan.retry, 2);
         loop {
             let Some(env) = self.questions.envelope(id) else {
                 return;
@@ -652,46 +649,32 @@ impl RingServer {
                 .filter(|(_, a)| !a)
                 .map(|(m, _)| m)
                 .collect();
-            if missing.is_empty() {
-                return;
-            }
-            let now = tokio::time::Instant::now();
-            let retry = self.fan.retry;
-            let Some(target) = missing
-                .iter()
-                .find(|m| failed.get(&m.id).is_none_or(|t| now - *t >= retry))
-            else {
-                // Everyone still missing failed a moment ago: wait for the first retry.
-                let next = missing
-                    .iter()
-                    .filter_map(|m| failed.get(&m.id))
-                    .min()
-                    .map(|t| *t + retry)
-                    .unwrap_or(now + retry);
-                tokio::time::sleep_until(next).await;
-                continue;
+            let ids: Vec<&NodeId> = missing.iter().map(|m| &m.id).collect();
+            let target = match walk.next(&ids, now()) {
+                Step::Done => return,
+                Step::WaitUntil(t) => {
+                    tokio::time::sleep_until(t.into()).await;
+                    continue;
+                }
+                Step::Ask(i) => missing[i],
             };
-            round += 1;
             let ttl = Duration::from_millis(env.ttl_ms);
-            match self.ask_member(target, env, ttl).await {
+            let outcome = match self.ask_member(target, env, ttl).await {
                 Ok(p) => {
                     let covered = p.contains(&target.id);
                     self.questions.merge(id, p);
-                    if !covered {
-                        failed.insert(target.id.clone(), now);
-                    }
+                    Outcome::Answered { covered }
                 }
                 Err((e, closed)) => {
-                    let tries = quick.entry(target.id.clone()).or_default();
-                    if closed && *tries < 2 {
-                        *tries += 1;
-                        tracing::debug!(question = id, round, member = %target.id, error = %e, "link closed under the question; asking again");
-                    } else {
-                        tracing::info!(question = id, round, member = %target.id, error = %e, "chain failed at this member; asking the next");
-                        failed.insert(target.id.clone(), now);
+                    tracing::info!(question = id, round = walk.asked() + 1, member = %target.id, error = %e, link_closed = closed, "chain failed at this member; asking the next");
+                    Outcome::Failed {
+                        link_closed: closed,
                     }
                 }
-            }
+            };
+            // When the outcome is known, not when the attempt started: a dead member's
+            // dial takes longer than the retry interval.
+            walk.handle(&target.id, outcome, now());
         }
     }
 

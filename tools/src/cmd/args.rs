@@ -1,0 +1,527 @@
+//! The command line: every command, its flags and their help (clap derive).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use clap::{Args, Parser, Subcommand};
+use rollcall::sim;
+use rollcall_runtime::config::{Config, RawConfig};
+use rollcall_runtime::identity::OperatorRole;
+
+/// rollcall asks every machine in a fleet a question and has the answer in seconds.
+///
+/// Start here: `rollcall demo` runs a server and a few endpoints on loopback, enrols them
+/// and shows that each is connected. For a real cluster: `rollcall ca init`, then
+/// `rollcall server`, then `rollcall endpoint` on each machine with the join token.
+#[derive(Debug, Parser)]
+#[command(name = "rollcall", version, about, long_about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Manage the cluster certificate authority, join tokens and operator certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Run a server: it holds the CA, enrols endpoints and accepts their connections.
+    Server(ServerArgs),
+    /// Run an endpoint agent: enrol with a join token on first start, then stay connected.
+    Endpoint(EndpointArgs),
+    /// Ask a server for its status: its connected peers and link counters (any operator role).
+    Status(StatusArgs),
+    /// Look at the rings (any operator role).
+    #[command(subcommand)]
+    Ring(RingCommand),
+    /// Ask every machine a question and watch the answers arrive (operator role), e.g.
+    /// `rollcall ask 'Get Computer Name and Operating System from all machines with
+    /// Installed Applications contains "openssl"'`.
+    #[command(after_long_help = ASK_HELP)]
+    Ask(AskArgs),
+    /// Show a question's results again, or export them (any operator role).
+    Results(ResultsArgs),
+    /// List the questions the server keeps (any operator role).
+    Questions(OperatorArgs),
+    /// Turn plain words into ranked questions, e.g. `rollcall search "machines with chrome"`.
+    Search(SearchArgs),
+    /// Saved questions: save (optionally reissued on a schedule), list, run.
+    #[command(subcommand)]
+    Saved(SavedCommand),
+    /// Sensors: list them, or register a script sensor every endpoint receives (admin role).
+    #[command(subcommand)]
+    Sensor(SensorCommand),
+    /// Set the patch baseline that the `Missing Patches` sensor compares against (admin role).
+    Patches(PatchesArgs),
+    /// Run a server and N simulated endpoints in one process and measure questions:
+    /// registration time, time to 100% of answers, server messages and bytes, memory.
+    Sim(sim::SimArgs),
+    /// Inject faults into a fleet served by `rollcall sim --serve`, or run a fault scenario
+    /// and print its invariant table (admin role). The server flags come first, e.g.
+    /// `rollcall chaos --server 127.0.0.1:4800 --cert-dir ops kill --random 10%`, or
+    /// `... --scenario ring-split`, `... --scenario all`.
+    Chaos(ChaosArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run a server and N endpoints (simulated machines) on loopback in one process, enrol
+    /// them over QUIC, show the rings they form, ask them a question and show the answer.
+    Demo(DemoArgs),
+}
+
+/// Where the server is and who is asking.
+#[derive(Debug, Args)]
+pub(crate) struct OperatorArgs {
+    /// The server's address.
+    #[arg(long)]
+    pub(crate) server: SocketAddr,
+    /// Operator credentials written by `rollcall ca issue-operator --out`.
+    #[arg(long)]
+    pub(crate) cert_dir: PathBuf,
+}
+
+/// `rollcall chaos` arguments.
+#[derive(Debug, Args)]
+pub(crate) struct ChaosArgs {
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
+    /// Run a scenario (or `all` of them, one after another) from a healed fleet and print
+    /// the invariant table: neighbour-killed, grey-neighbour, slow-neighbour, leader-killed,
+    /// both-leaders-killed, ring-split, subnet-reboot, offline-and-back,
+    /// loss-and-duplication, server-restart. Exits non-zero if an invariant fails.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) scenario: Option<String>,
+    /// Seed of the scenario's choices (which ring, which machines, when).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// How long the scenario's fault lasts before healing, in seconds.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) fault_secs: u64,
+    /// The window in which subnet-reboot's machines reboot, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) reboot_window_secs: u64,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) action: Option<ChaosAction>,
+}
+
+/// A fault to apply now.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ChaosAction {
+    /// Kill silently (nothing leaves them, not even a close).
+    Kill(TargetArgs),
+    /// Start killed ones again, with their identity (running ones are killed first).
+    Restart(TargetArgs),
+    /// Pause: a grey machine that keeps its connections but answers nothing.
+    Pause(TargetArgs),
+    /// Resume paused ones.
+    Resume(TargetArgs),
+    /// Delay everything they send and receive.
+    Slow {
+        /// Milliseconds per message, each way.
+        #[arg(long)]
+        ms: u64,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Lose a share of what they send and receive.
+    Loss {
+        /// Percent, e.g. 10 or 10%.
+        #[arg(long, value_parser = parse_percent)]
+        percent: f64,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Duplicate a share of what they send and receive.
+    Duplicate {
+        /// Percent, e.g. 10 or 10%.
+        #[arg(long, value_parser = parse_percent)]
+        percent: f64,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Cut them off from every other endpoint.
+    Partition {
+        /// Cut them off from the server too.
+        #[arg(long)]
+        from_server: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Clear every fault (killed machines stay down until restarted).
+    Heal,
+}
+
+/// Which endpoints a fault hits (exactly one).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct TargetArgs {
+    /// One endpoint, by id or address.
+    #[arg(long)]
+    pub(crate) node: Option<String>,
+    /// A random share of the running endpoints, e.g. 10%.
+    #[arg(long, value_parser = parse_percent)]
+    pub(crate) random: Option<f64>,
+    /// Every current leader.
+    #[arg(long)]
+    pub(crate) leaders: bool,
+    /// Every endpoint of a subnet, e.g. 127.1.0.0/24.
+    #[arg(long)]
+    pub(crate) subnet: Option<String>,
+    /// Every endpoint.
+    #[arg(long)]
+    pub(crate) all: bool,
+}
+
+pub(crate) fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage like 10 or 10%"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{v}% is not between 0% and 100%"));
+    }
+    Ok(v)
+}
+
+/// The question language, for `rollcall ask --help`.
+pub(crate) const ASK_HELP: &str = "\
+QUESTIONS
+  Get SENSOR [and SENSOR ...] from all machines [with CONDITION]
+  A condition is SENSOR OPERATOR VALUE, combined with and, or, not and parentheses
+  (and binds tighter than or). `rollcall sensor list` shows every sensor with its type,
+  unit, parameter and whether it gives several values.
+
+ROWS
+  Each machine gives one row per value of a sensor with several values (Installed
+  Applications, Running Processes, Listening Ports, Logged In Users, IP Address, ...), so
+  `Get Installed Applications from all machines` counts machines per application. With
+  several sensors selected, a machine gives a row per combination of their values (at most
+  1024; past that the answer says it was cut). COUNT is the number of machines that gave
+  the row; a machine is counted once per distinct row.
+
+OPERATORS (text comparisons ignore case, `matches` included; use (?-i) in a pattern to
+respect case)
+  contains, starts with, ends with, matches (regular expression)
+  = (also equals, is, ==)
+  != (also is not, <>, does not equal): no value equals it
+  does not contain (also not contains, doesn't contain): no value contains it
+  <  <=  >  >=: numbers, sizes and durations with units, and versions on version sensors
+  A positive operator holds when any of a machine's values satisfies it; a negative one
+  when none does. A sensor that failed on a machine makes its conditions unknown there:
+  the machine does not match, and the failure is listed under problems.
+
+VALUES
+  Quote values with spaces: \"Rocky Linux\" or 'Rocky Linux'. A value keeps its text:
+  `Kernel Version starts with 6.10` does not match 6.1.0. Units: Memory > 8 GB,
+  Disk Free < 10 GiB, Uptime > 2 days (s, min, h, d, w). Parameters may be quoted and
+  then hold commas and spaces: File Exists[\"/opt/my app/run.sh\"].
+
+LIMITS
+  At most 256 KiB of text, 4096 conditions, 16 selected sensors, and parentheses and
+  `not` nested 32 deep; `a or b or c ...` is a flat list however long.
+
+EXIT CODE
+  0 when answers came back, 1 when the question failed on every machine that answered,
+  2 when the server refused it (a parse error says at which column).";
+
+/// How results are printed.
+#[derive(Debug, Args)]
+pub(crate) struct OutputFlags {
+    /// Print JSON (the whole progress record) instead of a table.
+    #[arg(long, conflicts_with = "csv")]
+    pub(crate) json: bool,
+    /// Print the rows as CSV (a header, then one line per distinct row with its count).
+    #[arg(long)]
+    pub(crate) csv: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AskArgs {
+    /// The question.
+    pub(crate) question: String,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
+    #[command(flatten)]
+    pub(crate) out: OutputFlags,
+    /// Stop watching after this many seconds (the question stays open; see `rollcall results`).
+    #[arg(long, default_value_t = 30)]
+    pub(crate) wait_secs: u64,
+    /// How long the question stays open for machines that answer late.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) ttl_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ResultsArgs {
+    /// The question's id (from `rollcall ask` or `rollcall questions`).
+    pub(crate) id: u64,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
+    #[command(flatten)]
+    pub(crate) out: OutputFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Run the scale matrix (rings and the hub-and-spoke baseline, in-memory and QUIC) as
+    /// separate `rollcall sim` processes and write the table to a Markdown file.
+    Scale {
+        /// Where to write the results.
+        #[arg(long, default_value = "bench/RESULTS.md")]
+        out: PathBuf,
+        /// The largest in-memory fleet (the matrix is 1k, 10k, then this).
+        #[arg(long, default_value_t = 100_000)]
+        max_endpoints: usize,
+        /// Questions per run.
+        #[arg(long, default_value_t = 5)]
+        questions: usize,
+    },
+    /// Rank the search box's test set of plain requests (no server needed) and print the
+    /// share whose expected question ranks first and within the first three.
+    Search,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SearchArgs {
+    /// Plain words: sensor names (typos forgiven) and values to look for.
+    pub(crate) words: String,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SavedCommand {
+    /// Save a question under a name.
+    Add {
+        /// Its name.
+        name: String,
+        /// The question.
+        question: String,
+        /// Reissue it every this many seconds.
+        #[arg(long)]
+        every_secs: Option<u64>,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
+    /// List saved questions.
+    List(OperatorArgs),
+    /// Ask a saved question now and watch its answers.
+    Run {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        op: OperatorArgs,
+        #[command(flatten)]
+        out: OutputFlags,
+        /// Stop watching after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SensorCommand {
+    /// The sensor names questions may use.
+    List(OperatorArgs),
+    /// Register a shell script as a sensor; its output lines are its values. Endpoints get it
+    /// (hash-checked) at their next registration and run it under the sensor budget.
+    Add {
+        /// The sensor's name in questions (plain words, not a built-in's).
+        name: String,
+        /// A file holding the script.
+        #[arg(long)]
+        script_file: PathBuf,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PatchesArgs {
+    /// A file with one `package minimum-version` per line (`#` starts a comment).
+    #[arg(long)]
+    pub(crate) file: PathBuf,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RingCommand {
+    /// Print each ring in order: its members, their health (ok, slow, suspect, offline),
+    /// which ends they lead, and the server's connection count.
+    Show(RingShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RingShowArgs {
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
+    /// Only this ring: its id (`127.0.1.0/24`) or any address inside it.
+    #[arg(long)]
+    pub(crate) subnet: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CaCommand {
+    /// Create a new cluster CA in DIR and print a first join token.
+    Init {
+        /// Where the CA's certificate, key and join tokens are kept.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The CA's name, shown in its certificate.
+        #[arg(long, default_value = "rollcall cluster CA")]
+        name: String,
+    },
+    /// Create another join token for the CA in DIR (a running server accepts it at once).
+    JoinToken {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue an operator certificate with a role, for use with `--cert-dir`.
+    IssueOperator {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The operator's name (shown in audit logs).
+        #[arg(long)]
+        name: String,
+        /// viewer (read results and status), operator (also ask and act), admin (also
+        /// manage the cluster and run chaos).
+        #[arg(long, value_parser = parse_role)]
+        role: OperatorRole,
+        /// Where to write node.pem, node.key and ca.pem.
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+}
+
+pub(crate) fn parse_role(s: &str) -> Result<OperatorRole, String> {
+    s.parse()
+}
+
+/// Link settings shared by every node command.
+#[derive(Debug, Args)]
+pub(crate) struct LinkFlags {
+    /// A TOML configuration file (section `[link]`); flags override it.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// Send a keep-alive after this many milliseconds without traffic.
+    #[arg(long)]
+    pub(crate) keep_alive_ms: Option<u64>,
+    /// Close a link after this many milliseconds without hearing from the peer.
+    #[arg(long)]
+    pub(crate) idle_timeout_ms: Option<u64>,
+}
+
+impl LinkFlags {
+    pub(crate) fn load(&self) -> Result<Config> {
+        let mut raw = match &self.config {
+            Some(p) => RawConfig::from_file(p)?,
+            None => RawConfig::default(),
+        };
+        if self.keep_alive_ms.is_some() {
+            raw.link.keep_alive_ms = self.keep_alive_ms;
+        }
+        if self.idle_timeout_ms.is_some() {
+            raw.link.idle_timeout_ms = self.idle_timeout_ms;
+        }
+        Ok(raw.validate()?)
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// The CA directory made by `rollcall ca init`.
+    #[arg(long)]
+    pub(crate) ca_dir: PathBuf,
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:4700")]
+    pub(crate) listen: SocketAddr,
+    /// Where the server keeps its certificate and node secret [default: CA_DIR/server].
+    #[arg(long)]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Prefix length of an IPv4 peering range: endpoints in the same range form a ring
+    /// [default: 24, or the config file's peering.mask_v4].
+    #[arg(long)]
+    pub(crate) mask_v4: Option<u8>,
+    /// A range whose machines never peer (VPN pools); repeat for more. Adds to the config
+    /// file's peering.isolated.
+    #[arg(long, value_name = "CIDR")]
+    pub(crate) isolated: Vec<String>,
+    /// How many questions' results to keep in the server's store (oldest dropped first)
+    /// [default: 1000, or server.results_kept].
+    #[arg(long)]
+    pub(crate) results_kept: Option<usize>,
+    #[command(flatten)]
+    pub(crate) link: LinkFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EndpointArgs {
+    /// The server's address.
+    #[arg(long)]
+    pub(crate) server: SocketAddr,
+    /// The join token printed by `rollcall ca init` or `rollcall ca join-token`; needed on
+    /// first start only.
+    #[arg(long, env = "ROLLCALL_JOIN_TOKEN")]
+    pub(crate) join_token: Option<String>,
+    /// Where the endpoint keeps its key, certificate and node secret.
+    #[arg(long)]
+    pub(crate) state_dir: PathBuf,
+    /// UDP address to listen on for peers.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub(crate) listen: SocketAddr,
+    /// Answer questions as a simulated machine (a deterministic profile from this seed)
+    /// instead of reading this one: for test fleets.
+    #[arg(long, value_name = "SEED")]
+    pub(crate) simulate_host: Option<u64>,
+    /// Shortest registration interval in milliseconds [default: 30000, or ring.register_min_ms].
+    #[arg(long)]
+    pub(crate) register_min_ms: Option<u64>,
+    /// Longest registration interval in milliseconds [default: 90000, or ring.register_max_ms].
+    #[arg(long)]
+    pub(crate) register_max_ms: Option<u64>,
+    #[command(flatten)]
+    pub(crate) link: LinkFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// How many endpoints to start, each on its own loopback address.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=500))]
+    pub(crate) endpoints: u16,
+    /// Spread them over this many subnets (127.0.1.x, 127.0.2.x, …): one ring each.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub(crate) subnets: u16,
+    /// The question to ask once the rings have formed.
+    #[arg(
+        long,
+        default_value = "Get Operating System and OS Version from all machines"
+    )]
+    pub(crate) question: String,
+    /// Print the rings and the answer as JSON instead of tables.
+    #[arg(long)]
+    pub(crate) json: bool,
+}

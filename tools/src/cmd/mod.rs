@@ -1,0 +1,9 @@
+//! One module per command group; `main` only dispatches.
+
+pub(crate) mod args;
+pub(crate) mod ca;
+pub(crate) mod chaos;
+pub(crate) mod demo;
+pub(crate) mod nodes;
+pub(crate) mod questions;
+pub(crate) mod rings;

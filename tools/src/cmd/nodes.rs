@@ -1,0 +1,282 @@
+//! `rollcall server` and `rollcall endpoint`: nodes from configuration, through the composition root.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use rollcall_actors::desk::{QuestionDesk, SensorEvaluator};
+use rollcall_actors::sensors::linux::LinuxHost;
+use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
+use rollcall_actors::sensors::{HostView, Sensors};
+use rollcall_actors::store::ServerStore;
+use rollcall_cluster::member::{EvaluatorHandle, MemberConfig, RingMember};
+use rollcall_cluster::membership::{MembershipConfig, parse_cidr};
+use rollcall_cluster::ring::RingConfig;
+use rollcall_cluster::shard::{RingServer, RingServerConfig};
+use rollcall_runtime::config::Config;
+use rollcall_runtime::enrol::{self, CaEnroller};
+use rollcall_runtime::identity::{self, Ca, Credentials, JoinToken, PeerRole, Validity};
+use rollcall_runtime::node::{Node, NodeOptions};
+use rollcall_runtime::supervisor::{ChildSpec, Restart};
+use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
+
+use super::args::*;
+
+pub(crate) fn node_options(cfg: &Config) -> NodeOptions {
+    NodeOptions {
+        max_frame_bytes: cfg.max_frame_bytes,
+        reconnect: cfg.reconnect,
+        seed: rand_seed(),
+        ..NodeOptions::default()
+    }
+}
+
+pub(crate) fn rand_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ u64::from(std::process::id())
+}
+
+/// Starts a server node on `listen` serving enrolment from `ca`, with its ring service.
+pub(crate) async fn start_server(
+    ca: Arc<Ca>,
+    state_dir: &Path,
+    listen: SocketAddr,
+    cfg: &Config,
+) -> Result<(Node, RingServer)> {
+    let creds = if Credentials::exist_in(state_dir) {
+        Credentials::load(state_dir)?
+    } else {
+        let c = ca.issue(PeerRole::Server, None, Validity::default())?;
+        c.save(state_dir)?;
+        c
+    };
+    let secret = identity::load_or_create_secret(state_dir)?;
+    let opts = QuicOptions {
+        timeouts: cfg.timeouts,
+        enrolment: Some(Arc::new(CaEnroller::from_ca_dir(ca))),
+        ..QuicOptions::default()
+    };
+    let t = QuicTransport::bind(listen, &creds, &secret, opts)
+        .with_context(|| format!("listening on {listen}"))?;
+    let node = Node::start(
+        t,
+        NodeOptions {
+            link_event_capacity: 16_384,
+            ..node_options(cfg)
+        },
+    )
+    .await?;
+    let isolated = cfg
+        .peering
+        .isolated
+        .iter()
+        .map(|s| parse_cidr(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)
+        .context("reading the isolated ranges")?;
+    let rcfg = RingServerConfig {
+        membership: MembershipConfig {
+            mask_v4: cfg.peering.mask_v4,
+            mask_v6: cfg.peering.mask_v6,
+            isolated,
+            offline_after: Duration::from_millis(cfg.ring.register_max_ms.saturating_mul(3)),
+            ..MembershipConfig::default()
+        },
+        ..RingServerConfig::default()
+    };
+    let rings = RingServer::start(&node, rcfg, None)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("starting the ring service")?;
+    let store = ServerStore::open(&state_dir.join("server.redb"), cfg.results_kept)
+        .context("opening the result store")?;
+    QuestionDesk::new(rings.clone(), Some(Arc::new(store))).install(&node);
+    Ok((node, rings))
+}
+
+/// The ring settings of an endpoint, from the validated config.
+pub(crate) fn ring_config(cfg: &Config) -> RingConfig {
+    let hop = Duration::from_millis(cfg.ring.hop_timeout_ms);
+    let probe = Duration::from_millis(cfg.ring.probe_interval_ms);
+    RingConfig {
+        successors: cfg.ring.successors,
+        probe_interval: probe,
+        hop_timeout: hop,
+        dead_timeout: hop * 4,
+        dial_timeout: (hop * 10).max(Duration::from_secs(3)),
+        pred_timeout: (probe + hop) * 4,
+        retry_interval: hop * 4,
+        report_interval: Duration::from_secs(2),
+        ..RingConfig::default()
+    }
+}
+
+/// Starts an endpoint's ring membership under its node's supervisor.
+pub(crate) async fn start_member(
+    node: &Node,
+    server: SocketAddr,
+    cfg: &Config,
+    hostname: String,
+    host: Arc<dyn HostView>,
+) -> Result<ractor::ActorRef<rollcall_cluster::member::MemberMsg>> {
+    let mut mc = MemberConfig::new(server, advertised(node.local_addr(), server), hostname);
+    let evaluator = SensorEvaluator::new(Sensors::new(host));
+    evaluator.accept_config_on(node);
+    mc.evaluator = Some(EvaluatorHandle(Arc::new(evaluator)));
+    mc.ring = ring_config(cfg);
+    mc.register_min = Duration::from_millis(cfg.ring.register_min_ms);
+    mc.register_max = Duration::from_millis(cfg.ring.register_max_ms);
+    mc.seed = rand_seed();
+    let n = node.clone();
+    let spec = ChildSpec::new("ring.member", Restart::Permanent, RingMember, move || {
+        (n.clone(), mc.clone())
+    });
+    let cell = node.start_child(spec).await?;
+    Ok(cell.into())
+}
+
+/// The address peers should dial: the listening address, or, when it is a wildcard, the local
+/// address the system would use to reach the server (no packet is sent to find it).
+pub(crate) fn advertised(listen: SocketAddr, server: SocketAddr) -> SocketAddr {
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let any: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .unwrap_or(listen);
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| {
+            s.connect(server)?;
+            s.local_addr()
+        })
+        .map(|a| SocketAddr::new(a.ip(), listen.port()))
+        .unwrap_or(listen)
+}
+
+pub(crate) async fn server(a: ServerArgs) -> Result<()> {
+    let mut cfg = a.link.load()?;
+    if let Some(m) = a.mask_v4 {
+        if m > 32 {
+            bail!("--mask-v4 must be at most 32");
+        }
+        cfg.peering.mask_v4 = m;
+    }
+    cfg.peering.isolated.extend(a.isolated);
+    if let Some(n) = a.results_kept {
+        if n == 0 {
+            bail!("--results-kept must be at least 1");
+        }
+        cfg.results_kept = n;
+    }
+    let ca = Arc::new(Ca::load(&a.ca_dir).context("loading the CA")?);
+    let state = a.state_dir.unwrap_or_else(|| a.ca_dir.join("server"));
+    let (node, _rings) = start_server(ca, &state, a.listen, &cfg).await?;
+    println!(
+        "server {} listening on {}",
+        node.identity().id,
+        node.local_addr()
+    );
+    wait_for_shutdown().await;
+    node.shutdown_and_wait(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
+    let mut cfg = a.link.load()?;
+    if let Some(v) = a.register_min_ms {
+        cfg.ring.register_min_ms = v;
+    }
+    if let Some(v) = a.register_max_ms {
+        cfg.ring.register_max_ms = v;
+    }
+    if cfg.ring.register_min_ms == 0 || cfg.ring.register_min_ms > cfg.ring.register_max_ms {
+        bail!("the registration interval must satisfy 0 < min <= max");
+    }
+    let token = a
+        .join_token
+        .as_deref()
+        .map(str::parse::<JoinToken>)
+        .transpose()
+        .context("reading the join token")?;
+    let hostname = hostname();
+    let enrol_bind = SocketAddr::new(a.listen.ip(), 0);
+    let creds = enrol::load_or_enrol(
+        &a.state_dir,
+        a.server,
+        token.as_ref(),
+        &hostname,
+        enrol_bind,
+    )
+    .await
+    .context("enrolling")?;
+    let secret = identity::load_or_create_secret(&a.state_dir)?;
+    let opts = QuicOptions {
+        timeouts: cfg.timeouts,
+        ..QuicOptions::default()
+    };
+    let t = QuicTransport::bind(a.listen, &creds, &secret, opts)
+        .with_context(|| format!("listening on {}", a.listen))?;
+    let node = Node::start(t, node_options(&cfg)).await?;
+    println!(
+        "endpoint {} listening on {}",
+        node.identity().id,
+        node.local_addr()
+    );
+    let host: Arc<dyn HostView> = match a.simulate_host {
+        Some(seed) => Arc::new(SimulatedHost(HostProfile::from_seed(
+            seed,
+            Some(node.local_addr().ip()),
+        ))),
+        None => Arc::new(LinuxHost::default()),
+    };
+    let member = start_member(&node, a.server, &cfg, hostname, host).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match rollcall_cluster::member::status(&member).await {
+            Some(s) if s.registrations > 0 => {
+                match &s.ring {
+                    Some(r) => println!("registered in ring {r} with {} members", s.ring_members),
+                    None => println!("registered in an isolated range (no peering)"),
+                }
+                break;
+            }
+            _ if Instant::now() >= deadline => {
+                tracing::warn!("not registered yet; will keep trying");
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    wait_for_shutdown().await;
+    node.shutdown_and_wait(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+pub(crate) async fn wait_for_shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,146 @@
+//! `rollcall status` and `rollcall ring show`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use rollcall_cluster::proto::{AdminRequest, RING_ADMIN, RingsReport};
+use rollcall_runtime::identity::Credentials;
+use rollcall_runtime::node::{NodeStatus, STATUS_ACTOR, StatusRequest};
+
+use super::args::*;
+use rollcall::desk_client::*;
+
+/// Connects as an operator and fetches the server's status.
+pub(crate) async fn fetch_status(creds: &Credentials, server: SocketAddr) -> Result<NodeStatus> {
+    let node = operator_node(creds, server).await?;
+    let link = node.connect(server).await?;
+    link.wait_connected(Duration::from_secs(10))
+        .await
+        .with_context(|| format!("connecting to {server}"))?;
+    let status = link
+        .call(STATUS_ACTOR, &StatusRequest, Duration::from_secs(10))
+        .await
+        .context("asking for status")?;
+    node.shutdown_and_wait(Duration::from_secs(1)).await;
+    Ok(status)
+}
+
+/// Connects as an operator and fetches the rings.
+pub(crate) async fn fetch_rings(
+    creds: &Credentials,
+    server: SocketAddr,
+    subnet: Option<String>,
+) -> Result<RingsReport> {
+    let node = operator_node(creds, server).await?;
+    let link = node.connect(server).await?;
+    link.wait_connected(Duration::from_secs(10))
+        .await
+        .with_context(|| format!("connecting to {server}"))?;
+    let report = link
+        .call(
+            RING_ADMIN,
+            &AdminRequest::Show { subnet },
+            Duration::from_secs(10),
+        )
+        .await
+        .context("asking for the rings")?;
+    node.shutdown_and_wait(Duration::from_secs(1)).await;
+    Ok(report)
+}
+
+pub(crate) async fn ring_show(a: RingShowArgs) -> Result<()> {
+    let creds = Credentials::load(&a.op.cert_dir).context("loading operator credentials")?;
+    let report = fetch_rings(&creds, a.op.server, a.subnet).await?;
+    print_rings(&report, a.json)
+}
+
+pub(crate) fn print_rings(report: &RingsReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    let leads = |l: rollcall_cluster::proto::LeaderSides| match (l.forward, l.backward) {
+        (true, true) => "forward+backward",
+        (true, false) => "forward",
+        (false, true) => "backward",
+        _ => "",
+    };
+    for ring in &report.rings {
+        println!(
+            "ring {}: {} members, {} leader links",
+            ring.ring,
+            ring.members.len(),
+            ring.leader_links
+        );
+        println!(
+            "  {:>3}  {:<18} {:<22} {:<8} {:<17} HOST",
+            "#", "NODE", "ADDRESS", "HEALTH", "LEADS"
+        );
+        for (i, m) in ring.members.iter().enumerate() {
+            println!(
+                "  {:>3}  {:<18} {:<22} {:<8} {:<17} {}",
+                i + 1,
+                m.id.0,
+                m.addr.to_string(),
+                m.health.to_string(),
+                leads(m.leads),
+                m.hostname
+            );
+        }
+    }
+    if !report.isolated.is_empty() {
+        println!("isolated (no peering): {} endpoints", report.isolated.len());
+        for m in &report.isolated {
+            println!(
+                "       {:<18} {:<22} {:<8} {}",
+                m.id.0,
+                m.addr.to_string(),
+                m.health.to_string(),
+                m.hostname
+            );
+        }
+    }
+    println!(
+        "server connections: {} ({} held by ring leaders)",
+        report.server_connections, report.ring_connections
+    );
+    Ok(())
+}
+
+pub(crate) async fn status(a: StatusArgs) -> Result<()> {
+    let creds = Credentials::load(&a.op.cert_dir).context("loading operator credentials")?;
+    let status = fetch_status(&creds, a.op.server).await?;
+    print_status(&status, a.json)
+}
+
+pub(crate) fn print_status(status: &NodeStatus, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(status)?);
+        return Ok(());
+    }
+    println!(
+        "{} {} at {} (asked by {})",
+        status.identity.role, status.identity.id, status.addr, status.asked_by
+    );
+    println!("{:<18} {:<18} ADDRESS", "PEER", "ROLE");
+    for p in &status.peers {
+        println!(
+            "{:<18} {:<18} {}",
+            p.peer.id.0,
+            p.peer.role.to_string(),
+            p.addr
+        );
+    }
+    let s = &status.stats;
+    println!(
+        "links: {} accepted, {} refused at handshake; envelopes: {} in, {} out, {} rejected",
+        s.connections_accepted,
+        s.handshakes_refused,
+        s.envelopes_received,
+        s.envelopes_sent,
+        s.rejected_total()
+    );
+    Ok(())
+}

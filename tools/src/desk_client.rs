@@ -1,0 +1,85 @@
+//! An operator's connection to the server's question desk, for the CLI and the console.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rollcall_actors::desk::{DESK, DeskReply, DeskRequest};
+use rollcall_actors::question::SensorSpec;
+use rollcall_cluster::questions::Progress;
+use rollcall_runtime::identity::{self, Credentials};
+use rollcall_runtime::node::{Node, NodeOptions};
+use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
+
+/// A client-only node for an operator's requests.
+pub async fn operator_node(creds: &Credentials, server: SocketAddr) -> Result<Node> {
+    let bind = match server.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        IpAddr::V4(_) => "0.0.0.0:0".parse()?,
+        IpAddr::V6(_) => "[::]:0".parse()?,
+    };
+    let t = QuicTransport::bind(
+        bind,
+        creds,
+        &identity::NodeSecret::generate(),
+        QuicOptions::default(),
+    )?;
+    Ok(Node::start(t, NodeOptions::default()).await?)
+}
+
+/// An operator's connection to the server's question desk.
+pub struct DeskClient {
+    node: Node,
+    link: rollcall_runtime::PeerHandle,
+}
+
+impl DeskClient {
+    /// Connects to the desk of the server at `server` with the operator credentials in
+    /// `cert_dir`.
+    pub async fn connect(server: SocketAddr, cert_dir: &Path) -> Result<DeskClient> {
+        let creds = Credentials::load(cert_dir).context("loading operator credentials")?;
+        DeskClient::with_creds(&creds, server).await
+    }
+
+    /// Connects with credentials already loaded.
+    pub async fn with_creds(creds: &Credentials, server: SocketAddr) -> Result<DeskClient> {
+        let node = operator_node(creds, server).await?;
+        let link = node.connect(server).await?;
+        link.wait_connected(Duration::from_secs(10))
+            .await
+            .with_context(|| format!("connecting to {server}"))?;
+        Ok(DeskClient { node, link })
+    }
+
+    /// One request to the desk.
+    pub async fn call(&self, req: DeskRequest) -> Result<DeskReply> {
+        self.link
+            .call(DESK, &req, Duration::from_secs(30))
+            .await
+            .context("asking the question desk")
+    }
+
+    /// The sensor catalog (to show each column's values in its unit); empty if the server
+    /// would not say.
+    pub async fn catalog(&self) -> Vec<SensorSpec> {
+        match self.call(DeskRequest::Sensors).await {
+            Ok(DeskReply::Sensors(list)) => list,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Where question `id` stands.
+    pub async fn progress(&self, id: u64) -> Result<Progress> {
+        match self.call(DeskRequest::Progress { id }).await? {
+            DeskReply::Progress(p) => Ok(p),
+            DeskReply::Error(e) => bail!("{e}"),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Closes the connection and its node.
+    pub async fn close(self) {
+        self.node.shutdown_and_wait(Duration::from_secs(1)).await;
+    }
+}

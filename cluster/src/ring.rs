@@ -70,6 +70,77 @@ impl Default for RingConfig {
     }
 }
 
+/// Every ring timing the product uses, made in one place.
+impl RingConfig {
+    /// Timing from the two intervals an operator sets (`[ring]`): how often the route
+    /// target is probed and how late a hop may be; the rest follows from them.
+    pub fn from_intervals(probe_interval: Duration, hop_timeout: Duration) -> RingConfig {
+        RingConfig {
+            probe_interval,
+            hop_timeout,
+            dead_timeout: hop_timeout * 4,
+            dial_timeout: (hop_timeout * 10).max(Duration::from_secs(3)),
+            pred_timeout: (probe_interval + hop_timeout) * 4,
+            retry_interval: hop_timeout * 4,
+            report_interval: Duration::from_secs(2),
+            ..RingConfig::default()
+        }
+    }
+
+    /// A fleet of `endpoints` simulated in one process: probing every 2 s up to 10,000
+    /// endpoints; beyond that the background intervals (probes, retries, repeated suspect
+    /// reports) stretch in proportion, because one process runs every endpoint's background
+    /// duties on the simulating machine's few cores, so the fleet's aggregate background
+    /// load stays that of 10,000 endpoints, as a real fleet's does per machine. Question
+    /// hops keep their timing.
+    pub fn simulated(endpoints: usize) -> RingConfig {
+        let k = (endpoints as f64 / 10_000.0).max(1.0);
+        RingConfig {
+            probe_interval: Duration::from_secs(2).mul_f64(k),
+            hop_timeout: Duration::from_secs(1),
+            dead_timeout: Duration::from_secs(4),
+            dial_timeout: Duration::from_secs(10),
+            pred_timeout: Duration::from_secs(10).mul_f64(k),
+            retry_interval: Duration::from_secs(5).mul_f64(k),
+            report_interval: Duration::from_secs(2).mul_f64(k),
+            ..RingConfig::default()
+        }
+    }
+
+    /// LAN timing of the fault scenarios: probe every 200 ms, hop timeout 200 ms, dead
+    /// after 1.5 s. (A successor that acked a hop and is then cut off is found only by the
+    /// next periodic probe: at 400 ms, that plus the hop timeout and the server's gap walk
+    /// came to about the promptness bound, and a split applied mid-question missed it now
+    /// and then.)
+    pub fn lan() -> RingConfig {
+        RingConfig {
+            probe_interval: Duration::from_millis(200),
+            hop_timeout: Duration::from_millis(200),
+            dead_timeout: Duration::from_millis(1500),
+            dial_timeout: Duration::from_secs(2),
+            pred_timeout: Duration::from_secs(2),
+            retry_interval: Duration::from_secs(1),
+            report_interval: Duration::from_secs(1),
+            ..RingConfig::default()
+        }
+    }
+
+    /// Loopback test suites, where tens of debug-built endpoints share two cores: probe
+    /// every 200 ms, hop timeout 400 ms, dead after 1 s, predecessor timeout 1 s.
+    pub fn loopback_tests() -> RingConfig {
+        RingConfig {
+            probe_interval: Duration::from_millis(200),
+            hop_timeout: Duration::from_millis(400),
+            dead_timeout: Duration::from_millis(1000),
+            dial_timeout: Duration::from_millis(3000),
+            pred_timeout: Duration::from_millis(1000),
+            retry_interval: Duration::from_millis(1000),
+            report_interval: Duration::from_millis(2000),
+            ..RingConfig::default()
+        }
+    }
+}
+
 /// How this member judges a successor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerHealth {

@@ -24,6 +24,7 @@ use crate::proto::{
 };
 use crate::questions::{Progress, QuestionStore, QuestionSummary};
 use crate::relay::{ChainWalk, Outcome, Step};
+use crate::ring::RingConfig;
 
 /// Settings of the server's ring service.
 #[derive(Debug, Clone)]
@@ -60,6 +61,28 @@ impl Default for RingServerConfig {
             watch_interval: Duration::from_secs(2),
             dial_timeout: Duration::from_secs(2),
             retry_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RingServerConfig {
+    /// The server's side of rings with `ring` timing: the fan-out expects a member to take
+    /// a question within the ring's hop timeout, checks a chain's first member as often as
+    /// members check their successors (but at least every two hop timeouts: a question's
+    /// timing is never stretched with a large fleet's probe interval), skips a member that
+    /// cannot be dialed within two hop timeouts (its neighbours route past it the same
+    /// way), asks a failed member again after the ring's retry interval (at most 5 s), and
+    /// gives a suspect the ring's dead timeout to answer the server's direct probe.
+    pub fn for_ring(ring: &RingConfig, membership: MembershipConfig, shards: usize) -> Self {
+        RingServerConfig {
+            membership,
+            shards,
+            probe_timeout: ring.dead_timeout,
+            hop_timeout: ring.hop_timeout,
+            watch_interval: ring.probe_interval.min(ring.hop_timeout * 2),
+            dial_timeout: ring.dial_timeout.min(ring.hop_timeout * 2),
+            retry_interval: ring.retry_interval.min(Duration::from_secs(5)),
+            ..RingServerConfig::default()
         }
     }
 }

@@ -5,10 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorRef};
-use rollcall_cluster::member::{
-    EvaluatorHandle, MemberConfig, MemberMsg, MemberStatus, RingMember, status,
-};
+use ractor::ActorRef;
+use rollcall_cluster::member::{EvaluatorHandle, MemberMsg, MemberStatus, status};
 use rollcall_cluster::membership::MembershipConfig;
 use rollcall_cluster::proto::RingsReport;
 use rollcall_cluster::ring::RingConfig;
@@ -20,21 +18,12 @@ use rollcall_runtime::transport::faults::SocketFaults;
 use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
 
 use crate::creds;
+use rollcall::compose::{self, Answering, EndpointPlan};
 
 /// Ring timing for the loopback tests, where 60 debug-built endpoints share two cores: probe
 /// every 200 ms, hop timeout 400 ms, dead after 1 s, predecessor timeout 1 s.
 pub fn test_ring_config() -> RingConfig {
-    RingConfig {
-        successors: 4,
-        skip_contacts: 2,
-        probe_interval: Duration::from_millis(200),
-        hop_timeout: Duration::from_millis(400),
-        dead_timeout: Duration::from_millis(1000),
-        dial_timeout: Duration::from_millis(3000),
-        pred_timeout: Duration::from_millis(1000),
-        retry_interval: Duration::from_millis(1000),
-        report_interval: Duration::from_millis(2000),
-    }
+    RingConfig::loopback_tests()
 }
 
 /// Registration every 1–2 s in tests.
@@ -107,15 +96,13 @@ impl RingCluster {
             .await
             .expect("server");
         let cfg = RingServerConfig {
-            membership,
-            shards: 4,
             tick: Duration::from_millis(100),
-            probe_timeout: Duration::from_secs(5),
-            ..RingServerConfig::default()
+            ..RingServerConfig::for_ring(&test_ring_config(), membership, 4)
         };
-        let rings = RingServer::start(&server, cfg, backlog)
+        let rings = compose::start_server_services(&server, cfg, None, backlog)
             .await
-            .expect("ring server");
+            .expect("ring server")
+            .rings;
         RingCluster {
             ca,
             server,
@@ -168,23 +155,28 @@ impl RingCluster {
             .await
             .expect("endpoint");
         let recorded = crate::start_probe(&node).await;
-        let mut cfg = MemberConfig::new(
-            self.server.local_addr(),
-            node.local_addr(),
-            format!("host-{ip}"),
-        );
-        cfg.ring = test_ring_config();
-        cfg.register_min = Duration::from_secs(1);
-        cfg.register_max = REGISTER_MAX;
-        cfg.server_timeout = Duration::from_secs(5);
-        cfg.evaluator = evaluator.clone();
-        cfg.seed = u64::from(match ip {
-            IpAddr::V4(v) => u32::from(v),
-            IpAddr::V6(_) => 0,
-        });
-        let (member, _) = Actor::spawn(None, RingMember, (node.clone(), cfg))
-            .await
-            .expect("member");
+        let member = compose::start_endpoint(
+            &node,
+            EndpointPlan {
+                server: self.server.local_addr(),
+                advertise: node.local_addr(),
+                hostname: format!("host-{ip}"),
+                ring: test_ring_config(),
+                register_min: Duration::from_secs(1),
+                register_max: REGISTER_MAX,
+                server_timeout: Duration::from_secs(5),
+                seed: u64::from(match ip {
+                    IpAddr::V4(v) => u32::from(v),
+                    IpAddr::V6(_) => 0,
+                }),
+                answering: match &evaluator {
+                    Some(e) => Answering::Evaluator(e.clone()),
+                    None => Answering::Nothing,
+                },
+            },
+        )
+        .await
+        .expect("member");
         Endpoint {
             node,
             member,
@@ -203,7 +195,7 @@ impl RingCluster {
     pub fn kill(&mut self, i: usize) {
         let ep = &mut self.endpoints[i];
         ep.faults.set_blackhole(true);
-        ep.member.stop(Some("killed".into()));
+        // The node's supervisor stops the member with everything else on it.
         ep.node.shutdown();
         ep.alive = false;
     }

@@ -8,11 +8,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use ractor::Actor;
-use rollcall_cluster::member::{MemberConfig, RingMember, status};
+use rollcall::compose::{self, Answering, EndpointPlan};
+use rollcall_cluster::member::status;
 use rollcall_cluster::proto::{Health, LeaderSides};
 use rollcall_cluster::ring::RingConfig;
-use rollcall_cluster::shard::{RingServer, RingServerConfig};
+use rollcall_cluster::shard::RingServerConfig;
 use rollcall_runtime::NodeId;
 use rollcall_runtime::identity::{Credentials, NodeSecret, PeerRole};
 use rollcall_tests::rings::RING_TIMEOUTS;
@@ -40,6 +40,21 @@ enum Fault {
 
 /// Runs the server (sampling its ring view every 200 ms) and eight endpoints until `end`.
 /// Returns the samples and each endpoint's last route target (by host name).
+/// Ring timing of this suite: probe every 100 ms, hop timeout 250 ms, dead after 750 ms.
+fn ring_timing() -> RingConfig {
+    RingConfig {
+        successors: 4,
+        skip_contacts: 2,
+        probe_interval: Duration::from_millis(100),
+        hop_timeout: Duration::from_millis(250),
+        dead_timeout: Duration::from_millis(750),
+        dial_timeout: Duration::from_millis(3000),
+        pred_timeout: Duration::from_millis(1000),
+        retry_interval: Duration::from_millis(1000),
+        report_interval: Duration::from_millis(2000),
+    }
+}
+
 fn scenario(
     seed: u64,
     fault: Fault,
@@ -77,9 +92,12 @@ fn scenario(
             .await?;
             let cfg = RingServerConfig {
                 tick: Duration::from_millis(100),
-                ..Default::default()
+                ..RingServerConfig::for_ring(&ring_timing(), Default::default(), 4)
             };
-            let rings = RingServer::start(&node, cfg, None).await?;
+            let rings = compose::start_server_services(&node, cfg, None, None)
+                .await
+                .map_err(|e| e.to_string())?
+                .rings;
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             while turmoil::sim_elapsed().unwrap_or_default() < end {
                 tick.tick().await;
@@ -125,23 +143,22 @@ fn scenario(
                 .await?;
                 let server: SocketAddr = (turmoil::lookup("server"), PORT).into();
                 let me: SocketAddr = (turmoil::lookup(name.as_str()), PORT).into();
-                let mut cfg = MemberConfig::new(server, me, name.clone());
-                cfg.ring = RingConfig {
-                    successors: 4,
-                    skip_contacts: 2,
-                    probe_interval: Duration::from_millis(100),
-                    hop_timeout: Duration::from_millis(250),
-                    dead_timeout: Duration::from_millis(750),
-                    dial_timeout: Duration::from_millis(3000),
-                    pred_timeout: Duration::from_millis(1000),
-                    retry_interval: Duration::from_millis(1000),
-                    report_interval: Duration::from_millis(2000),
-                };
-                cfg.register_min = Duration::from_secs(1);
-                cfg.register_max = Duration::from_secs(2);
-                cfg.server_timeout = Duration::from_secs(5);
-                cfg.seed = seed ^ (i as u64 + 1);
-                let (member, _) = Actor::spawn(None, RingMember, (node.clone(), cfg)).await?;
+                let member = compose::start_endpoint(
+                    &node,
+                    EndpointPlan {
+                        server,
+                        advertise: me,
+                        hostname: name.clone(),
+                        ring: ring_timing(),
+                        register_min: Duration::from_secs(1),
+                        register_max: Duration::from_secs(2),
+                        server_timeout: Duration::from_secs(5),
+                        seed: seed ^ (i as u64 + 1),
+                        answering: Answering::Nothing,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 let mut tick = tokio::time::interval(Duration::from_millis(500));
                 loop {
                     tick.tick().await;

@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ractor::ActorRef;
-use rollcall_actors::desk::{DeskReply, DeskRequest, QuestionDesk, SensorEvaluator};
-use rollcall_actors::sensors::Sensors;
+use rollcall_actors::desk::{DeskReply, DeskRequest, QuestionDesk};
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
-use rollcall_cluster::member::{EvaluatorHandle, MemberConfig, MemberMsg, RingMember};
+use rollcall_cluster::member::MemberMsg;
 use rollcall_cluster::membership::{MembershipConfig, parse_cidr};
 use rollcall_cluster::proto::{Health, MemberReport, RingsReport};
 use rollcall_cluster::questions::Progress;
@@ -30,6 +29,8 @@ use rollcall_runtime::transport::mem::MemNetwork;
 use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
 use rollcall_runtime::{NodeId, OperatorRole, PeerIdentity};
 use serde::{Deserialize, Serialize};
+
+use crate::compose::{self, Answering, EndpointPlan};
 
 /// Which transport the fleet uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -102,16 +103,7 @@ impl FleetConfig {
             topology: Topology::Ring,
             hop_latency: Duration::ZERO,
             seed,
-            ring: RingConfig {
-                probe_interval: Duration::from_secs(2).mul_f64(k),
-                hop_timeout: Duration::from_secs(1),
-                dead_timeout: Duration::from_secs(4),
-                dial_timeout: Duration::from_secs(10),
-                pred_timeout: Duration::from_secs(10).mul_f64(k),
-                retry_interval: Duration::from_secs(5).mul_f64(k),
-                report_interval: Duration::from_secs(2).mul_f64(k),
-                ..RingConfig::default()
-            },
+            ring: RingConfig::simulated(endpoints),
             register_min: Duration::from_secs(30).mul_f64(k),
             register_max,
             offline_after: Duration::from_secs(3600).max(register_max * 3),
@@ -125,20 +117,7 @@ impl FleetConfig {
     pub fn chaos(endpoints: usize, ring_size: u16, transport: SimTransport, seed: u64) -> Self {
         FleetConfig {
             hop_latency: Duration::from_millis(5),
-            ring: RingConfig {
-                // A successor that acked a hop and is then cut off is found only by the next
-                // periodic probe: at 400 ms, that plus the hop timeout and the server's gap
-                // walk came to about the promptness bound (fault-free time + 1 s), and a split
-                // applied mid-question missed it now and then.
-                probe_interval: Duration::from_millis(200),
-                hop_timeout: Duration::from_millis(200),
-                dead_timeout: Duration::from_millis(1500),
-                dial_timeout: Duration::from_secs(2),
-                pred_timeout: Duration::from_secs(2),
-                retry_interval: Duration::from_secs(1),
-                report_interval: Duration::from_secs(1),
-                ..RingConfig::default()
-            },
+            ring: RingConfig::lan(),
             register_min: Duration::from_secs(5),
             register_max: Duration::from_secs(10),
             offline_after: Duration::from_secs(30),
@@ -346,33 +325,14 @@ impl Fleet {
             Topology::Ring => Vec::new(),
             Topology::Star => vec![parse_cidr("0.0.0.0/0").map_err(anyhow::Error::msg)?],
         };
-        let rcfg = RingServerConfig {
-            membership: MembershipConfig {
-                isolated,
-                offline_after: cfg.offline_after,
-                ..MembershipConfig::default()
-            },
-            shards: cfg.shards,
-            probe_timeout: cfg.ring.dead_timeout,
-            hop_timeout: cfg.ring.hop_timeout,
-            // The server checks a chain's first member as often as members check their
-            // successors, but at least every two hop timeouts (a question's timing is never
-            // stretched with a large fleet's probe interval).
-            watch_interval: cfg.ring.probe_interval.min(cfg.ring.hop_timeout * 2),
-            // Asking a gap's first member directly: a member that cannot be dialed within a
-            // few hop timeouts is skipped (its neighbours route past it the same way).
-            dial_timeout: cfg.ring.dial_timeout.min(cfg.ring.hop_timeout * 2),
-            // A question's own timing is never stretched with the fleet's background
-            // intervals (see `FleetConfig::sim`): a chain member the fan-out gave up on is
-            // asked again within 5 s, not after a large fleet's stretched retry interval.
-            retry_interval: cfg.ring.retry_interval.min(Duration::from_secs(5)),
-            ..RingServerConfig::default()
+        let membership = MembershipConfig {
+            isolated,
+            offline_after: cfg.offline_after,
+            ..MembershipConfig::default()
         };
-        let rings = RingServer::start(&server, rcfg, None)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let desk = QuestionDesk::new(rings.clone(), None).install(&server);
-        Ok((server, rings, desk))
+        let rcfg = RingServerConfig::for_ring(&cfg.ring, membership, cfg.shards);
+        let services = compose::start_server_services(&server, rcfg, None, None).await?;
+        Ok((server, services.rings, services.desk))
     }
 
     /// Starts endpoint `i` (again), with its identity, at its address.
@@ -404,22 +364,22 @@ impl Fleet {
                 (Node::start(t, NodeOptions::default()).await?, Some(faults))
             }
         };
-        let evaluator = SensorEvaluator::new(Sensors::new(ep.host.clone()));
-        evaluator.accept_config_on(&node);
-        let mut mc = MemberConfig::new(
-            self.server_addr,
-            node.local_addr(),
-            ep.host.0.hostname.clone(),
-        );
-        mc.ring = cfg.ring;
-        mc.register_min = cfg.register_min;
-        mc.register_max = cfg.register_max;
-        mc.server_timeout = Duration::from_secs(5);
-        mc.seed = cfg.seed ^ i as u64;
-        mc.evaluator = Some(EvaluatorHandle(Arc::new(evaluator)));
-        let (member, _) = ractor::Actor::spawn(None, RingMember, (node.clone(), mc))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let host: Arc<dyn rollcall_actors::sensors::HostView> = ep.host.clone();
+        let member = compose::start_endpoint(
+            &node,
+            EndpointPlan {
+                server: self.server_addr,
+                advertise: node.local_addr(),
+                hostname: ep.host.0.hostname.clone(),
+                ring: cfg.ring,
+                register_min: cfg.register_min,
+                register_max: cfg.register_max,
+                server_timeout: Duration::from_secs(5),
+                seed: cfg.seed ^ i as u64,
+                answering: Answering::Sensors(host),
+            },
+        )
+        .await?;
         let ep = &mut self.endpoints[i];
         ep.node = Some(node);
         ep.member = Some(member);
@@ -493,9 +453,8 @@ impl Fleet {
             Some(s) => s.set_blackhole(true),
             None => self.net.crash(ep.ip),
         }
-        if let Some(m) = ep.member.take() {
-            m.stop(Some("killed".into()));
-        }
+        // The node's supervisor stops the member with everything else on it.
+        ep.member = None;
         node.shutdown();
         true
     }

@@ -2,6 +2,7 @@
 //! `rollcall bench`, shared with the fault-scenario suite.
 
 pub mod chaos;
+pub mod compose;
 pub mod desk_client;
 pub mod fleet;
 pub mod results;

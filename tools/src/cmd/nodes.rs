@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use rollcall::compose::{self, Answering, EndpointPlan};
 
-use rollcall_actors::desk::{QuestionDesk, SensorEvaluator};
+use rollcall_actors::sensors::HostView;
 use rollcall_actors::sensors::linux::LinuxHost;
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
-use rollcall_actors::sensors::{HostView, Sensors};
 use rollcall_actors::store::ServerStore;
-use rollcall_cluster::member::{EvaluatorHandle, MemberConfig, RingMember};
 use rollcall_cluster::membership::{MembershipConfig, parse_cidr};
 use rollcall_cluster::ring::RingConfig;
 use rollcall_cluster::shard::{RingServer, RingServerConfig};
@@ -20,7 +19,6 @@ use rollcall_runtime::config::Config;
 use rollcall_runtime::enrol::{self, CaEnroller};
 use rollcall_runtime::identity::{self, Ca, Credentials, JoinToken, PeerRole, Validity};
 use rollcall_runtime::node::{Node, NodeOptions};
-use rollcall_runtime::supervisor::{ChildSpec, Restart};
 use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
 
 use super::args::*;
@@ -79,40 +77,28 @@ pub(crate) async fn start_server(
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)
         .context("reading the isolated ranges")?;
-    let rcfg = RingServerConfig {
-        membership: MembershipConfig {
-            mask_v4: cfg.peering.mask_v4,
-            mask_v6: cfg.peering.mask_v6,
-            isolated,
-            offline_after: Duration::from_millis(cfg.ring.register_max_ms.saturating_mul(3)),
-            ..MembershipConfig::default()
-        },
-        ..RingServerConfig::default()
+    let membership = MembershipConfig {
+        mask_v4: cfg.peering.mask_v4,
+        mask_v6: cfg.peering.mask_v6,
+        isolated,
+        offline_after: Duration::from_millis(cfg.ring.register_max_ms.saturating_mul(3)),
+        ..MembershipConfig::default()
     };
-    let rings = RingServer::start(&node, rcfg, None)
-        .await
-        .map_err(anyhow::Error::msg)
-        .context("starting the ring service")?;
+    let rcfg = RingServerConfig::for_ring(&ring_config(cfg), membership, 4);
     let store = ServerStore::open(&state_dir.join("server.redb"), cfg.results_kept)
         .context("opening the result store")?;
-    QuestionDesk::new(rings.clone(), Some(Arc::new(store))).install(&node);
-    Ok((node, rings))
+    let services = compose::start_server_services(&node, rcfg, Some(Arc::new(store)), None).await?;
+    Ok((node, services.rings))
 }
 
 /// The ring settings of an endpoint, from the validated config.
 pub(crate) fn ring_config(cfg: &Config) -> RingConfig {
-    let hop = Duration::from_millis(cfg.ring.hop_timeout_ms);
-    let probe = Duration::from_millis(cfg.ring.probe_interval_ms);
     RingConfig {
         successors: cfg.ring.successors,
-        probe_interval: probe,
-        hop_timeout: hop,
-        dead_timeout: hop * 4,
-        dial_timeout: (hop * 10).max(Duration::from_secs(3)),
-        pred_timeout: (probe + hop) * 4,
-        retry_interval: hop * 4,
-        report_interval: Duration::from_secs(2),
-        ..RingConfig::default()
+        ..RingConfig::from_intervals(
+            Duration::from_millis(cfg.ring.probe_interval_ms),
+            Duration::from_millis(cfg.ring.hop_timeout_ms),
+        )
     }
 }
 
@@ -124,20 +110,21 @@ pub(crate) async fn start_member(
     hostname: String,
     host: Arc<dyn HostView>,
 ) -> Result<ractor::ActorRef<rollcall_cluster::member::MemberMsg>> {
-    let mut mc = MemberConfig::new(server, advertised(node.local_addr(), server), hostname);
-    let evaluator = SensorEvaluator::new(Sensors::new(host));
-    evaluator.accept_config_on(node);
-    mc.evaluator = Some(EvaluatorHandle(Arc::new(evaluator)));
-    mc.ring = ring_config(cfg);
-    mc.register_min = Duration::from_millis(cfg.ring.register_min_ms);
-    mc.register_max = Duration::from_millis(cfg.ring.register_max_ms);
-    mc.seed = rand_seed();
-    let n = node.clone();
-    let spec = ChildSpec::new("ring.member", Restart::Permanent, RingMember, move || {
-        (n.clone(), mc.clone())
-    });
-    let cell = node.start_child(spec).await?;
-    Ok(cell.into())
+    compose::start_endpoint(
+        node,
+        EndpointPlan {
+            server,
+            advertise: advertised(node.local_addr(), server),
+            hostname,
+            ring: ring_config(cfg),
+            register_min: Duration::from_millis(cfg.ring.register_min_ms),
+            register_max: Duration::from_millis(cfg.ring.register_max_ms),
+            server_timeout: Duration::from_secs(10),
+            seed: rand_seed(),
+            answering: Answering::Sensors(host),
+        },
+    )
+    .await
 }
 
 /// The address peers should dial: the listening address, or, when it is a wildcard, the local

@@ -1,0 +1,125 @@
+//! The composition root: the one place that puts a server's services and an endpoint's ring
+//! member on a node. `rollcall server` and `rollcall endpoint`, the simulated fleet behind
+//! `rollcall sim`, `rollcall chaos` and the scenario suite, the loopback test harness and the
+//! console all build nodes through it, so what is measured and fault-tested is the code
+//! operators run: the member under the node's supervisor, the server's fan-out timed from
+//! the ring timing ([`RingServerConfig::for_ring`]), the desk installed the same way.
+//!
+//! What differs between them is only what they hand in: a transport (QUIC or the in-memory
+//! network), a timing preset ([`RingConfig`]'s constructors), a store or none, and what
+//! answers questions (a real or simulated host's sensors, or a test's evaluator).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ractor::ActorRef;
+use rollcall_actors::desk::{QuestionDesk, SensorEvaluator};
+use rollcall_actors::sensors::{HostView, Sensors};
+use rollcall_actors::store::ServerStore;
+use rollcall_cluster::member::{EvaluatorHandle, MemberConfig, MemberMsg, RingMember};
+use rollcall_cluster::membership::Backlog;
+use rollcall_cluster::ring::RingConfig;
+use rollcall_cluster::shard::{RingServer, RingServerConfig};
+use rollcall_runtime::node::Node;
+use rollcall_runtime::supervisor::{ChildSpec, Restart};
+
+/// A server's services, running on its node.
+#[derive(Clone)]
+pub struct ServerServices {
+    /// The ring service (registrations, shards, the fan-out).
+    pub rings: RingServer,
+    /// The operators' question desk.
+    pub desk: Arc<QuestionDesk>,
+}
+
+/// Starts the ring service and the question desk on a server `node`, keeping results and
+/// settings in `store` if given, and handing returning machines what `backlog` says they
+/// missed.
+pub async fn start_server_services(
+    node: &Node,
+    cfg: RingServerConfig,
+    store: Option<Arc<ServerStore>>,
+    backlog: Option<Arc<dyn Backlog>>,
+) -> Result<ServerServices> {
+    let rings = RingServer::start(node, cfg, backlog)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("starting the ring service")?;
+    let desk = QuestionDesk::new(rings.clone(), store).install(node);
+    Ok(ServerServices { rings, desk })
+}
+
+/// What answers an endpoint's questions.
+#[derive(Clone)]
+pub enum Answering {
+    /// The built-in and script sensors over a host (the real machine or a simulated one);
+    /// the endpoint takes the server's sensor configuration.
+    Sensors(Arc<dyn HostView>),
+    /// A test's own evaluator.
+    Evaluator(EvaluatorHandle),
+    /// Nothing: the endpoint answers with no row.
+    Nothing,
+}
+
+impl std::fmt::Debug for Answering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Answering::Sensors(_) => "Sensors",
+            Answering::Evaluator(_) => "Evaluator",
+            Answering::Nothing => "Nothing",
+        })
+    }
+}
+
+/// Everything an endpoint's ring member needs.
+#[derive(Debug, Clone)]
+pub struct EndpointPlan {
+    /// The server.
+    pub server: SocketAddr,
+    /// The address peers dial.
+    pub advertise: SocketAddr,
+    /// The host name it reports.
+    pub hostname: String,
+    /// Ring timing.
+    pub ring: RingConfig,
+    /// Registration interval bounds.
+    pub register_min: Duration,
+    /// See `register_min`.
+    pub register_max: Duration,
+    /// How long a call to the server may take.
+    pub server_timeout: Duration,
+    /// Seed of its registration jitter.
+    pub seed: u64,
+    /// What answers its questions.
+    pub answering: Answering,
+}
+
+/// Starts an endpoint's ring member under its node's supervisor (restarted if it fails).
+pub async fn start_endpoint(node: &Node, plan: EndpointPlan) -> Result<ActorRef<MemberMsg>> {
+    let mut mc = MemberConfig::new(plan.server, plan.advertise, plan.hostname);
+    mc.evaluator = match plan.answering {
+        Answering::Sensors(host) => {
+            let evaluator = SensorEvaluator::new(Sensors::new(host));
+            evaluator.accept_config_on(node);
+            Some(EvaluatorHandle(Arc::new(evaluator)))
+        }
+        Answering::Evaluator(e) => Some(e),
+        Answering::Nothing => None,
+    };
+    mc.ring = plan.ring;
+    mc.register_min = plan.register_min;
+    mc.register_max = plan.register_max;
+    mc.server_timeout = plan.server_timeout;
+    mc.seed = plan.seed;
+    let n = node.clone();
+    let spec = ChildSpec::new("ring.member", Restart::Permanent, RingMember, move || {
+        (n.clone(), mc.clone())
+    });
+    let cell = node
+        .start_child(spec)
+        .await
+        .context("starting the ring member")?;
+    Ok(cell.into())
+}

@@ -54,13 +54,14 @@ impl Filter {
     /// Evaluates the filter; `values` gives each sensor's values on this machine, or `None`
     /// when the sensor failed there. Recursion is bounded by the question's depth limit
     /// (checked by the parser, and by [`super::Question::check`] on decoded questions).
-    pub fn eval(&self, values: &dyn Fn(&SensorRef) -> Option<Vec<String>>) -> Truth {
+    /// The values may be lent (`&[String]`) or handed over (`Vec<String>`).
+    pub fn eval<V: AsRef<[String]>>(&self, values: &dyn Fn(&SensorRef) -> Option<V>) -> Truth {
         self.eval_with(values, &mut Patterns(Vec::new()))
     }
 
-    fn eval_with<'f>(
+    fn eval_with<'f, V: AsRef<[String]>>(
         &'f self,
-        values: &dyn Fn(&SensorRef) -> Option<Vec<String>>,
+        values: &dyn Fn(&SensorRef) -> Option<V>,
         patterns: &mut Patterns<'f>,
     ) -> Truth {
         match self {
@@ -91,6 +92,7 @@ impl Filter {
                 let Some(have) = values(sensor) else {
                     return Truth::Unknown;
                 };
+                let have = have.as_ref();
                 match op.positive() {
                     // Negative operators: no value satisfies the positive form.
                     Some(pos) => {

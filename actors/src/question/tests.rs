@@ -716,7 +716,7 @@ mod fuzz {
         prop_assert_eq!(&back, &q);
         if let Some(f) = &q.filter {
             let _ = f.eval(&|_: &SensorRef| Some(vec!["vim".into(), "42".into()]));
-            let _ = f.eval(&|_: &SensorRef| None);
+            let _ = f.eval(&|_: &SensorRef| None::<Vec<String>>);
         }
         Ok(())
     }

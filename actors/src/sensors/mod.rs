@@ -423,7 +423,7 @@ impl Sensors {
         }
         let at = |s: &SensorRef| sensors.iter().position(|x| *x == s);
         let lookup = |s: &SensorRef| match at(s).map(|i| &values[i]) {
-            Some(Ok(v)) => Some(v.clone()),
+            Some(Ok(v)) => Some(v.as_slice()),
             _ => None,
         };
         let matched = q
@@ -437,16 +437,28 @@ impl Sensors {
             };
         }
         // Each selected sensor's cells: its values, or one cell saying why there are none.
-        let columns: Vec<Vec<String>> = q
-            .select
-            .iter()
-            .map(|s| match at(s).map(|i| &values[i]) {
+        // Values are moved out where a sensor is selected once (most questions), copied
+        // where it is selected again.
+        let mut columns: Vec<Vec<String>> = Vec::with_capacity(q.select.len());
+        for (k, s) in q.select.iter().enumerate() {
+            let again = q.select[k + 1..].contains(s);
+            let cells = match at(s).map(|i| &mut values[i]) {
                 Some(Ok(v)) if v.is_empty() => vec!["[no results]".to_string()],
-                Some(Ok(v)) => v.clone(),
+                Some(Ok(v)) if again => v.clone(),
+                Some(Ok(v)) => std::mem::take(v),
                 Some(Err(e)) => vec![format!("[error: {e}]")],
                 None => vec!["[no results]".to_string()],
-            })
-            .collect();
+            };
+            columns.push(cells);
+        }
+        if columns.iter().all(|c| c.len() == 1) {
+            // One value each: one row, the cells moved in.
+            let row = columns.into_iter().flatten().collect();
+            return Answer {
+                rows: Some(vec![row]),
+                problems,
+            };
+        }
         let (rows, total) = combinations(&columns, MAX_ROWS_PER_MACHINE);
         if total > rows.len() {
             problems.push(SensorOutcome {

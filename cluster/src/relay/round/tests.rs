@@ -68,7 +68,9 @@ struct Harness {
 
 fn answer_of(i: usize) -> EncodedAnswer {
     EncodedAnswer::new(&NodeAnswer {
-        rows: Some(vec![vec![if i.is_multiple_of(2) { "even" } else { "odd" }.into()]]),
+        rows: Some(vec![vec![
+            if i.is_multiple_of(2) { "even" } else { "odd" }.into(),
+        ]]),
         problems: vec![],
     })
 }
@@ -436,7 +438,11 @@ fn any_interleaving_of_deliveries_duplicates_and_deaths_counts_each_live_machine
         assert!(p.answered >= live.len() && p.answered <= n, "seed {seed}");
         let evens = responders
             .iter()
-            .filter(|id| id.0[1..].parse::<usize>().is_ok_and(|i| i.is_multiple_of(2)))
+            .filter(|id| {
+                id.0[1..]
+                    .parse::<usize>()
+                    .is_ok_and(|i| i.is_multiple_of(2))
+            })
             .count() as u64;
         let counted_evens = p
             .rows

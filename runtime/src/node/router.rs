@@ -1,0 +1,72 @@
+//! `Router`: a node's few named routes, searched in order.
+
+use ractor::ActorRef;
+use std::sync::{Arc, RwLock};
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Named local destinations of remote messages.
+#[derive(Clone, Default)]
+pub struct Router {
+    /// A node has a handful of routes: a list searched in order beats hashing the name of
+    /// every envelope, and short names are kept inline (no pointer to follow per lookup).
+    pub(super) routes: Arc<RwLock<Vec<Route>>>,
+}
+
+/// A destination's name and where its messages go.
+pub(super) type Route = (compact_str::CompactString, Arc<dyn Deliver>);
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self
+            .routes
+            .read()
+            .map(|r| r.iter().map(|(n, _)| n.to_string()).collect())
+            .unwrap_or_default();
+        write!(f, "Router({names:?})")
+    }
+}
+
+impl Router {
+    /// Routes messages addressed to `name` to `target`, replacing any earlier route.
+    pub fn register(&self, name: impl Into<String>, target: Arc<dyn Deliver>) {
+        let name: String = name.into();
+        if let Ok(mut r) = self.routes.write() {
+            match r.iter_mut().find(|(n, _)| *n == name) {
+                Some(route) => route.1 = target,
+                None => r.push((name.into(), target)),
+            }
+        }
+    }
+
+    /// Routes messages addressed to `name` to a ractor actor.
+    pub fn register_actor<M>(&self, name: impl Into<String>, actor: ActorRef<M>)
+    where
+        M: From<Incoming> + ractor::Message,
+    {
+        self.register(name, Arc::new(actor));
+    }
+
+    /// Removes a route.
+    pub fn unregister(&self, name: &str) {
+        if let Ok(mut r) = self.routes.write() {
+            r.retain(|(n, _)| n != name);
+        }
+    }
+
+    /// Removes every route (a stopping node: routes often hold what holds the node).
+    pub fn clear(&self) {
+        if let Ok(mut r) = self.routes.write() {
+            r.clear();
+        }
+    }
+
+    pub(super) fn lookup(&self, name: &str) -> Option<Arc<dyn Deliver>> {
+        let routes = self.routes.read().ok()?;
+        routes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, target)| target.clone())
+    }
+}

@@ -1,0 +1,300 @@
+//! Chaos against a fleet: the faults, who they hit, the fault scenarios, and the invariants
+//! every scenario checks.
+//!
+//! A scenario forms the fleet, measures one fault-free question (the baseline), applies its
+//! fault (for the "mid-question" ones, while a question is in flight), keeps asking questions
+//! through the fault, heals, and asks once more. Meanwhile it samples the server every
+//! `sample_every`: the rings it reports, the connections it holds, and who has answered each
+//! question. At the end it checks:
+//!
+//! 1. no live endpoint's answer is lost: every endpoint running at the end answered every
+//!    question asked by this server (before it expired);
+//! 2. no answer is counted twice: each question's row counts add up to the machines that
+//!    answered, and equal the host profiles' ground truth over exactly those machines;
+//! 3. every endpoint that was not itself faulted answered within the fault-free time + 1 s of
+//!    the fault (questions in flight when it struck or asked while it lasted);
+//! 4. no endpoint that kept answering was evicted;
+//! 5. the server holds connections only to leaders, plus registrations (a connection to a
+//!    non-leader that is not itself faulted lasts under 2 s);
+//! 6. after healing, every ring is one chain again.
+//!
+//! Adding a scenario is one arm in [`Scenario::strike`] (the fault) and, if it needs one, in
+//! [`Scenario::heal`].
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod observe;
+#[allow(unused_imports)]
+pub use observe::*;
+mod run;
+#[allow(unused_imports)]
+pub use run::*;
+mod control;
+#[allow(unused_imports)]
+pub use control::*;
+
+/// The fault scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
+pub enum Scenario {
+    /// A ring member (not a leader) is killed silently while a question is in flight.
+    NeighbourKilled,
+    /// A ring member is paused (grey: connections up, nothing answered) mid-question, then
+    /// resumes.
+    GreyNeighbour,
+    /// A ring member gets 10× the hop latency.
+    SlowNeighbour,
+    /// A ring's forward leader is killed mid-question.
+    LeaderKilled,
+    /// Both leaders of a ring are killed mid-question.
+    BothLeadersKilled,
+    /// A ring is split in two arcs mid-question (both still reach the server), then healed.
+    RingSplit,
+    /// 30% of a subnet reboots within the reboot window.
+    SubnetReboot,
+    /// A machine goes offline, questions are asked, and it comes back before they expire.
+    OfflineAndBack,
+    /// Every endpoint loses and duplicates 5–20% of what it sends and receives.
+    LossAndDuplication,
+    /// The server restarts between questions.
+    ServerRestart,
+}
+
+impl Scenario {
+    /// Every scenario, in the order the suite runs them.
+    pub const ALL: [Scenario; 10] = [
+        Scenario::NeighbourKilled,
+        Scenario::GreyNeighbour,
+        Scenario::SlowNeighbour,
+        Scenario::LeaderKilled,
+        Scenario::BothLeadersKilled,
+        Scenario::RingSplit,
+        Scenario::SubnetReboot,
+        Scenario::OfflineAndBack,
+        Scenario::LossAndDuplication,
+        Scenario::ServerRestart,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::NeighbourKilled => "neighbour-killed",
+            Scenario::GreyNeighbour => "grey-neighbour",
+            Scenario::SlowNeighbour => "slow-neighbour",
+            Scenario::LeaderKilled => "leader-killed",
+            Scenario::BothLeadersKilled => "both-leaders-killed",
+            Scenario::RingSplit => "ring-split",
+            Scenario::SubnetReboot => "subnet-reboot",
+            Scenario::OfflineAndBack => "offline-and-back",
+            Scenario::LossAndDuplication => "loss-and-duplication",
+            Scenario::ServerRestart => "server-restart",
+        }
+    }
+
+    fn mid_question(self) -> bool {
+        matches!(
+            self,
+            Scenario::NeighbourKilled
+                | Scenario::GreyNeighbour
+                | Scenario::LeaderKilled
+                | Scenario::BothLeadersKilled
+                | Scenario::RingSplit
+        )
+    }
+}
+
+/// How a scenario runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioOptions {
+    /// Picks the ring, the victims, the moment of the fault and the loss rates.
+    pub seed: u64,
+    /// How long a fault lasts before it is healed.
+    pub fault_for: Duration,
+    /// The window in which a subnet's machines reboot.
+    pub reboot_window: Duration,
+    /// How long rings may take to be one chain again after healing.
+    pub heal_timeout: Duration,
+    /// Questions' time to live.
+    pub ttl: Duration,
+    /// How often the server is sampled.
+    pub sample_every: Duration,
+}
+
+impl ScenarioOptions {
+    /// Defaults for the fleet's chaos timing: faults last 4 s, reboots within 60 s, healing
+    /// within 30 s, questions live 90 s, samples every 100 ms.
+    pub fn new(seed: u64) -> ScenarioOptions {
+        ScenarioOptions {
+            seed,
+            fault_for: Duration::from_secs(4),
+            reboot_window: Duration::from_secs(60),
+            heal_timeout: Duration::from_secs(30),
+            ttl: Duration::from_secs(90),
+            sample_every: Duration::from_millis(100),
+        }
+    }
+}
+
+/// One invariant's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Check {
+    /// What must hold.
+    pub invariant: String,
+    /// Whether it held.
+    pub pass: bool,
+    /// What was measured.
+    pub measured: String,
+}
+
+/// What a scenario did and found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    /// Which.
+    pub scenario: Scenario,
+    /// Its seed.
+    pub seed: u64,
+    /// Endpoints in the fleet.
+    pub endpoints: usize,
+    /// The fault as applied.
+    pub fault: String,
+    /// Fault-free time to every answer, in milliseconds.
+    pub baseline_ms: f64,
+    /// Questions asked after the baseline.
+    pub questions: usize,
+    /// The invariants.
+    pub checks: Vec<Check>,
+    /// The rings as the server saw them at the end, one line each (see [`shape`]).
+    pub rings: String,
+}
+
+impl ScenarioReport {
+    /// Whether every invariant held.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.pass)
+    }
+
+    /// The report as a table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "scenario {} (seed {}), {} endpoints",
+            self.scenario.name(),
+            self.seed,
+            self.endpoints
+        );
+        let _ = writeln!(out, "fault: {}", self.fault);
+        let _ = writeln!(
+            out,
+            "fault-free time to every answer: {:.0} ms; {} questions through the fault",
+            self.baseline_ms, self.questions
+        );
+        let w = self
+            .checks
+            .iter()
+            .map(|c| c.invariant.len())
+            .max()
+            .unwrap_or(0);
+        let _ = writeln!(out, "{:<w$}  result  measured", "invariant");
+        for c in &self.checks {
+            let _ = writeln!(
+                out,
+                "{:<w$}  {:<6}  {}",
+                c.invariant,
+                if c.pass { "pass" } else { "FAIL" },
+                c.measured
+            );
+        }
+        if !self.passed() {
+            let _ = write!(out, "rings at the end:\n{}", self.rings);
+        }
+        let _ = writeln!(
+            out,
+            "{}",
+            if self.passed() {
+                "all invariants held"
+            } else {
+                "INVARIANTS VIOLATED"
+            }
+        );
+        out
+    }
+}
+
+/// Name of the chaos actor on a simulation's operator-facing node.
+pub const CHAOS: &str = "chaos.control";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollcall_cluster::questions::{Progress, RowCount};
+    use std::collections::BTreeMap;
+
+    fn progress(rows: &[(&str, u64)], answered: usize) -> Progress {
+        Progress {
+            id: 1,
+            text: String::new(),
+            columns: vec!["Operating System".into()],
+            answered,
+            expected: answered,
+            matched: rows.iter().map(|r| r.1).sum(),
+            rows: rows
+                .iter()
+                .map(|(c, n)| RowCount {
+                    cells: vec![c.to_string()],
+                    count: *n,
+                })
+                .collect(),
+            not_answered: Vec::new(),
+            problems: Vec::new(),
+            elapsed_ms: 0,
+            expires_in_ms: 0,
+            fanned_out: true,
+        }
+    }
+
+    fn truth(rows: &[(&str, u64)]) -> BTreeMap<Vec<String>, u64> {
+        rows.iter()
+            .map(|(c, n)| (vec![c.to_string()], *n))
+            .collect()
+    }
+
+    #[test]
+    fn the_count_check_passes_exact_counts_and_catches_a_machine_counted_twice() {
+        let t = truth(&[("Linux", 2), ("Windows", 1)]);
+        assert_eq!(
+            counted_once(&progress(&[("Linux", 2), ("Windows", 1)], 3), 3, &t),
+            Ok(())
+        );
+        // One machine's answer merged twice: 4 counted for 3 machines.
+        let e = counted_once(&progress(&[("Linux", 3), ("Windows", 1)], 4), 3, &t)
+            .expect_err("counted twice");
+        assert!(e.contains("4 answers counted"), "{e}");
+        // The right total, the wrong rows.
+        let e = counted_once(&progress(&[("Linux", 1), ("Windows", 2)], 3), 3, &t)
+            .expect_err("wrong rows");
+        assert!(e.contains("ground truth"), "{e}");
+    }
+
+    #[test]
+    fn scenario_names_round_trip_and_targets_resolve_by_share() {
+        for s in Scenario::ALL {
+            assert_eq!(
+                <Scenario as clap::ValueEnum>::from_str(s.name(), true).ok(),
+                Some(s)
+            );
+        }
+        assert!(in_subnet(
+            "127.1.2.9".parse().expect("ip"),
+            "127.1.2.0".parse().expect("ip"),
+            24
+        ));
+        assert!(!in_subnet(
+            "127.1.3.9".parse().expect("ip"),
+            "127.1.2.0".parse().expect("ip"),
+            24
+        ));
+    }
+}

@@ -1,0 +1,493 @@
+//! Running a scenario: heal, measure a fault-free question, strike, keep asking through the fault, heal, and check the six invariants.
+
+use crate::fleet::{Fleet, SIM_QUESTION};
+use anyhow::Result;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use rollcall_cluster::proto::{Health, RingsReport};
+use rollcall_runtime::NodeId;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Scenario {
+    /// Applies the fault; returns what it did and whom it touched.
+    pub(super) async fn strike(
+        self,
+        fleet: &mut Fleet,
+        report: &RingsReport,
+        opts: &ScenarioOptions,
+        rng: &mut SmallRng,
+        v: &mut Victims,
+    ) -> Result<String> {
+        let ring = pick_ring(fleet, report, rng);
+        let id = |fleet: &Fleet, i: usize| fleet.endpoints[i].id.clone();
+        let desc = match self {
+            Scenario::NeighbourKilled => {
+                let Some(i) = pick_inner(&ring, rng) else {
+                    return Ok("no ring to fault".into());
+                };
+                fleet.kill(i);
+                v.excused.insert(id(fleet, i));
+                v.lost.insert(id(fleet, i));
+                format!(
+                    "killed {} ({}) silently",
+                    id(fleet, i),
+                    fleet.endpoints[i].ip
+                )
+            }
+            Scenario::GreyNeighbour => {
+                let Some(i) = pick_inner(&ring, rng) else {
+                    return Ok("no ring to fault".into());
+                };
+                fleet.pause(i, true);
+                v.excused.insert(id(fleet, i));
+                format!(
+                    "paused {} ({}) for {:?}",
+                    id(fleet, i),
+                    fleet.endpoints[i].ip,
+                    opts.fault_for
+                )
+            }
+            Scenario::SlowNeighbour => {
+                let Some(i) = pick_inner(&ring, rng) else {
+                    return Ok("no ring to fault".into());
+                };
+                // Every envelope in and out waits 9 hop latencies: 10× the latency.
+                let delay = (fleet.cfg.hop_latency * 9).max(Duration::from_millis(45));
+                fleet.slow(i, delay);
+                format!(
+                    "slowed {} ({}) by {:?} per envelope each way for {:?}",
+                    id(fleet, i),
+                    fleet.endpoints[i].ip,
+                    delay,
+                    opts.fault_for
+                )
+            }
+            Scenario::LeaderKilled | Scenario::BothLeadersKilled => {
+                let mut who = Vec::new();
+                if let Some(&first) = ring.first() {
+                    who.push(first);
+                }
+                if self == Scenario::BothLeadersKilled
+                    && let Some(&last) = ring.last()
+                    && ring.len() > 1
+                {
+                    who.push(last);
+                }
+                for &i in &who {
+                    fleet.kill(i);
+                    v.excused.insert(id(fleet, i));
+                    v.lost.insert(id(fleet, i));
+                }
+                let names: Vec<String> = who.iter().map(|&i| id(fleet, i).0.to_string()).collect();
+                format!("killed leader(s) {} silently", names.join(", "))
+            }
+            Scenario::RingSplit => {
+                if ring.len() < 4 {
+                    return Ok("ring too small to split".into());
+                }
+                let k = rng.random_range(2..=ring.len() - 2);
+                fleet.partition(&ring[..k], &ring[k..], false);
+                format!(
+                    "split a ring of {} into arcs of {} and {} for {:?}",
+                    ring.len(),
+                    k,
+                    ring.len() - k,
+                    opts.fault_for
+                )
+            }
+            Scenario::SubnetReboot => {
+                let mut chosen = ring.clone();
+                chosen.shuffle(rng);
+                chosen.truncate((ring.len() * 3).div_ceil(10));
+                let now = Instant::now();
+                let window = opts.reboot_window.as_millis().max(1) as u64;
+                for &i in &chosen {
+                    let down_at = now + Duration::from_millis(rng.random_range(0..window));
+                    let down_for = Duration::from_millis(rng.random_range(1000..5000));
+                    v.excused.insert(id(fleet, i));
+                    // Killed at `down_at`, back `down_for` later: two timed steps.
+                    v.restarts.push((i, down_at, false));
+                    v.restarts.push((i, down_at + down_for, true));
+                }
+                format!(
+                    "{} of {} machines of a subnet reboot within {:?}, each down 1–5 s",
+                    chosen.len(),
+                    ring.len(),
+                    opts.reboot_window
+                )
+            }
+            Scenario::OfflineAndBack => {
+                if ring.is_empty() {
+                    return Ok("no ring to fault".into());
+                }
+                let i = ring[rng.random_range(0..ring.len())];
+                fleet.kill(i);
+                v.excused.insert(id(fleet, i));
+                v.restarts.push((
+                    i,
+                    Instant::now() + opts.fault_for + Duration::from_secs(1),
+                    true,
+                ));
+                format!(
+                    "{} ({}) offline for {:?} while questions are asked",
+                    id(fleet, i),
+                    fleet.endpoints[i].ip,
+                    opts.fault_for + Duration::from_secs(1)
+                )
+            }
+            Scenario::LossAndDuplication => {
+                let loss = rng.random_range(0.05..=0.20);
+                let dup = rng.random_range(0.05..=0.20);
+                for i in 0..fleet.endpoints.len() {
+                    fleet.loss(i, loss);
+                    fleet.duplicate(i, dup);
+                }
+                format!(
+                    "every endpoint loses {:.0}% and duplicates {:.0}% of what it sends and receives for {:?}",
+                    loss * 100.0,
+                    dup * 100.0,
+                    opts.fault_for
+                )
+            }
+            Scenario::ServerRestart => {
+                fleet.restart_server().await?;
+                "restarted the server".into()
+            }
+        };
+        Ok(desc)
+    }
+}
+
+/// Runs `scenario` against `fleet` (which should be freshly started) and checks the
+/// invariants.
+pub async fn run_scenario(
+    fleet: &mut Fleet,
+    scenario: Scenario,
+    opts: &ScenarioOptions,
+) -> Result<ScenarioReport> {
+    let mut rng = SmallRng::seed_from_u64(opts.seed ^ 0x0063_6861_6f73);
+    let mut obs = Observer::new(opts.sample_every);
+    let mut checks = Vec::new();
+
+    // Formed, then one fault-free question.
+    let formed = obs.until_formed(fleet, Duration::from_secs(120)).await?;
+    if formed.is_none() {
+        checks.push(Check {
+            invariant: "rings formed before the fault".into(),
+            pass: false,
+            measured: "not one chain each after 120 s".into(),
+        });
+    }
+    // Settle: a few probe rounds, so successor lists have spread along each chain.
+    let settle = fleet.cfg.ring.probe_interval * 4;
+    obs.watch(fleet, settle).await?;
+    let t = Instant::now();
+    let baseline = fleet.ask(SIM_QUESTION, opts.ttl).await?;
+    let all = fleet.endpoints.len();
+    loop {
+        obs.sample(fleet).await?;
+        if fleet.rings().answered(baseline).unwrap_or(0) >= all || t.elapsed() > opts.ttl {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let baseline_time = t.elapsed();
+    let promptness = baseline_time + Duration::from_secs(1);
+
+    // The fault, mid-question for those that say so.
+    let report = fleet.report().await;
+    if scenario.mid_question() {
+        obs.ask(fleet, opts.ttl, None).await?;
+        let ms = (baseline_time.as_millis() as u64 / 2).max(1);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..ms))).await;
+    }
+    let t_fault = Instant::now();
+    let fault = scenario
+        .strike(fleet, &report, opts, &mut rng, &mut obs.victims)
+        .await?;
+    if scenario == Scenario::ServerRestart {
+        for q in &mut obs.questions {
+            q.lost_with_server = true;
+        }
+        obs.seen.clear();
+        obs.non_leader_since.clear();
+    }
+    if let Some(q) = obs.questions.last_mut() {
+        q.due_from = Some(t_fault);
+    }
+
+    // Questions through the fault.
+    let during = if scenario == Scenario::SubnetReboot {
+        opts.reboot_window
+    } else {
+        opts.fault_for
+    };
+    let step = during / 3;
+    // While the server restarts, endpoints must first register again: those questions reach
+    // them as hand-offs, not promptly.
+    let timed = (scenario != Scenario::ServerRestart).then_some(t_fault);
+    for _ in 0..3 {
+        obs.ask(fleet, opts.ttl, timed).await?;
+        obs.watch(fleet, step).await?;
+    }
+
+    // Heal: clear faults, and restart nobody who is lost for good.
+    fleet.heal();
+    let healed = obs.until_formed(fleet, opts.heal_timeout).await?;
+
+    // One more question on the healed fleet, then wait for answers (bounded by the ttl).
+    obs.ask(fleet, opts.ttl, Some(Instant::now())).await?;
+    let end = Instant::now() + opts.ttl;
+    loop {
+        // Looked at before the sample, which then sees at least these answers: answers land
+        // while we look, and one that came between a sample and this check would end the
+        // wait with its question never marked complete.
+        let done = obs
+            .questions
+            .iter()
+            .filter(|q| !q.lost_with_server)
+            .all(|q| unanswered(fleet, q.id).is_empty());
+        // A restart this sample carries out has not answered yet: look again after it.
+        let restarting = !obs.victims.restarts.is_empty();
+        obs.sample(fleet).await?;
+        let done = done && !restarting;
+        if done || Instant::now() >= end {
+            break;
+        }
+        tokio::time::sleep(opts.sample_every).await;
+    }
+
+    // 1. Nothing lost.
+    let live: Vec<&NodeId> = fleet
+        .endpoints
+        .iter()
+        .filter(|e| e.alive())
+        .map(|e| &e.id)
+        .collect();
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for q in obs.questions.iter().filter(|q| !q.lost_with_server) {
+        checked += 1;
+        for id in unanswered(fleet, q.id) {
+            missing.push(format!("{} missing from question {}", id, q.id));
+        }
+    }
+    let lost: Vec<String> = obs.victims.lost.iter().map(|i| i.0.to_string()).collect();
+    checks.push(Check {
+        invariant: "no live endpoint's answer lost".into(),
+        pass: missing.is_empty(),
+        measured: if missing.is_empty() {
+            format!(
+                "{} of {} live endpoints answered all {checked} questions{}",
+                live.len(),
+                live.len(),
+                if lost.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (killed for good: {})", lost.join(", "))
+                }
+            )
+        } else {
+            format!("{} missing: {}", missing.len(), first(&missing))
+        },
+    });
+
+    // 2. Nothing counted twice.
+    let mut twice = Vec::new();
+    for q in obs.questions.iter().filter(|q| !q.lost_with_server) {
+        let (Some(p), Some(who)) = (fleet.progress(q.id), fleet.rings().responders(q.id)) else {
+            continue;
+        };
+        if let Err(e) = counted_once(&p, who.len(), &fleet.ground_truth(&who)) {
+            twice.push(format!("question {}: {e}", q.id));
+        }
+    }
+    checks.push(Check {
+        invariant: "no answer counted twice".into(),
+        pass: twice.is_empty(),
+        measured: if twice.is_empty() {
+            format!("counts equal the ground truth in all {checked} questions")
+        } else {
+            first(&twice)
+        },
+    });
+
+    if std::env::var("ROLLCALL_CHAOS_DEBUG").is_ok() {
+        for q in &obs.questions {
+            eprintln!(
+                "question {}: due from {:?} after the fault, complete {:?} after the fault",
+                q.id,
+                q.due_from.map(|d| d.saturating_duration_since(t_fault)),
+                q.complete_at.map(|d| d.saturating_duration_since(t_fault)),
+            );
+        }
+    }
+
+    // 3. Prompt answers after the fault.
+    let mut worst = Duration::ZERO;
+    let mut late = Vec::new();
+    for q in obs.questions.iter().filter(|q| !q.lost_with_server) {
+        let Some(from) = q.due_from else { continue };
+        match q.complete_at {
+            Some(at) => {
+                let took = at.saturating_duration_since(from);
+                worst = worst.max(took);
+                if took > promptness {
+                    late.push(format!("question {} took {} ms", q.id, took.as_millis()));
+                }
+            }
+            None => late.push(format!("question {} never complete", q.id)),
+        }
+    }
+    checks.push(Check {
+        invariant: "live endpoints answered within fault-free time + 1 s".into(),
+        pass: late.is_empty(),
+        measured: if late.is_empty() {
+            format!(
+                "slowest {} ms (bound {} ms)",
+                worst.as_millis(),
+                promptness.as_millis()
+            )
+        } else {
+            format!("{} (bound {} ms)", first(&late), promptness.as_millis())
+        },
+    });
+
+    // 4. No wrongful eviction.
+    checks.push(Check {
+        invariant: "no answering endpoint evicted".into(),
+        pass: obs.evictions.is_empty(),
+        measured: match obs.evictions.iter().next() {
+            None => format!("{} samples, none", obs.samples),
+            Some((id, why)) => format!("{} evicted; first: {id} {why}", obs.evictions.len()),
+        },
+    });
+
+    // 5. Server connections at the leaders.
+    let (held, who) = &obs.longest_non_leader;
+    checks.push(Check {
+        invariant: "server connections only to leaders and registrations".into(),
+        pass: *held < Duration::from_secs(2),
+        measured: format!(
+            "at most {} endpoint connections ({} leader links); longest to a non-leader {} ms{}",
+            obs.max_endpoint_conns,
+            obs.max_leader_links,
+            held.as_millis(),
+            who.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+        ),
+    });
+
+    // 6. One chain again.
+    checks.push(Check {
+        invariant: "every ring one chain again after healing".into(),
+        pass: healed.is_some(),
+        measured: match healed {
+            Some(d) => format!("{} ms after the heal", d.as_millis()),
+            None => format!("not after {} s", opts.heal_timeout.as_secs()),
+        },
+    });
+
+    Ok(ScenarioReport {
+        scenario,
+        seed: opts.seed,
+        endpoints: fleet.endpoints.len(),
+        fault,
+        baseline_ms: baseline_time.as_secs_f64() * 1000.0,
+        questions: obs.questions.len(),
+        checks,
+        rings: shape(&fleet.report().await),
+    })
+}
+
+/// One line per ring: `ring [leader links] 1F 2 3s 4? 5X … 8B` (s slow, ? suspect, X offline,
+/// F/B the ends it leads), hosts by the last part of their address.
+pub fn shape(report: &RingsReport) -> String {
+    let mut out = String::new();
+    for ring in &report.rings {
+        let members: Vec<String> = ring
+            .members
+            .iter()
+            .map(|m| {
+                let host = match m.addr.ip() {
+                    std::net::IpAddr::V4(v) => v.octets()[3].to_string(),
+                    std::net::IpAddr::V6(v) => v.to_string(),
+                };
+                let health = match m.health {
+                    Health::Ok => "",
+                    Health::Slow => "s",
+                    Health::Suspect => "?",
+                    Health::Offline => "X",
+                };
+                let leads = match (m.leads.forward, m.leads.backward) {
+                    (true, true) => "FB",
+                    (true, false) => "F",
+                    (false, true) => "B",
+                    _ => "",
+                };
+                format!("{host}{health}{leads}")
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {} [{}] {}",
+            ring.ring,
+            ring.leader_links,
+            members.join(" ")
+        );
+    }
+    out
+}
+
+/// Whether a question's counts are right: every machine that answered counted once, and the
+/// rows equal the ground truth over exactly those machines.
+pub fn counted_once(
+    p: &rollcall_cluster::questions::Progress,
+    responders: usize,
+    truth: &BTreeMap<Vec<String>, u64>,
+) -> Result<(), String> {
+    let counted: u64 = p.rows.iter().map(|r| r.count).sum();
+    if counted != responders as u64 || p.answered != responders {
+        return Err(format!(
+            "{counted} answers counted ({} reported answered) for {responders} machines",
+            p.answered
+        ));
+    }
+    let rows: BTreeMap<Vec<String>, u64> =
+        p.rows.iter().map(|r| (r.cells.clone(), r.count)).collect();
+    if &rows != truth {
+        return Err(format!(
+            "rows {rows:?} differ from the ground truth {truth:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Running endpoints that have not answered question `id`.
+pub(super) fn unanswered(fleet: &Fleet, id: u64) -> Vec<NodeId> {
+    let answered: HashSet<NodeId> = fleet
+        .rings()
+        .responders(id)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    fleet
+        .endpoints
+        .iter()
+        .filter(|e| e.alive() && !answered.contains(&e.id))
+        .map(|e| e.id.clone())
+        .collect()
+}
+
+pub(super) fn first(v: &[String]) -> String {
+    match v.len() {
+        0 => String::new(),
+        1 => v[0].clone(),
+        n => format!("{} (and {} more)", v[0], n - 1),
+    }
+}

@@ -67,7 +67,9 @@ impl SensorEvaluator {
 
     /// The sensor names this endpoint knows now.
     pub fn catalog(&self) -> Vec<SensorSpec> {
-        self.sensors.read().map(|s| s.catalog()).unwrap_or_default()
+        Some(rollcall_runtime::sync::read(&self.sensors))
+            .map(|s| s.catalog())
+            .unwrap_or_default()
     }
 }
 
@@ -81,7 +83,8 @@ impl Deliver for ConfigRoute {
         let Ok(cfg) = incoming.decode::<SensorConfig>() else {
             return Ok(());
         };
-        if let Ok(mut s) = self.0.write() {
+        {
+            let mut s = rollcall_runtime::sync::write(&self.0);
             let mut next = Sensors::clone(&s);
             if let Err(e) = next.set_scripts(cfg.scripts) {
                 tracing::warn!(error = %e, "refused the server's script sensors");
@@ -96,17 +99,17 @@ impl Deliver for ConfigRoute {
 impl Evaluator for SensorEvaluator {
     fn evaluate(&self, body: &[u8]) -> BoxFuture<'static, NodeAnswer> {
         let question: Result<Question, _> = wire::decode_body(body);
-        let sensors = self.sensors.read().map(|s| Arc::clone(&s)).map_err(|_| ());
+        let sensors = Arc::clone(&rollcall_runtime::sync::read(&self.sensors));
         Box::pin(async move {
-            match (question, sensors) {
-                (Ok(q), _) if q.check().is_err() => NodeAnswer {
+            match question {
+                Ok(q) if q.check().is_err() => NodeAnswer {
                     rows: None,
                     problems: vec![format!(
                         "question refused: {}",
                         q.check().err().map(|e| e.to_string()).unwrap_or_default()
                     )],
                 },
-                (Ok(q), Ok(sensors)) => {
+                Ok(q) => {
                     let a = sensors.answer(&q).await;
                     NodeAnswer {
                         rows: a.rows,
@@ -124,13 +127,9 @@ impl Evaluator for SensorEvaluator {
                             .collect(),
                     }
                 }
-                (Err(e), _) => NodeAnswer {
+                Err(e) => NodeAnswer {
                     rows: None,
                     problems: vec![format!("cannot read the question: {e}")],
-                },
-                (_, Err(_)) => NodeAnswer {
-                    rows: None,
-                    problems: vec!["sensors unavailable".into()],
                 },
             }
         })
@@ -261,7 +260,7 @@ impl QuestionDesk {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, DeskState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        rollcall_runtime::sync::lock(&self.state)
     }
 
     fn catalog(&self) -> Vec<SensorSpec> {

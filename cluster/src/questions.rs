@@ -177,7 +177,7 @@ impl QuestionStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (u64, BTreeMap<u64, Record>)> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        rollcall_runtime::sync::lock(&self.state)
     }
 
     /// New ids start above `last`.
@@ -192,7 +192,7 @@ impl QuestionStore {
     where
         I: Iterator<Item = (&'a NodeId, &'a CompactString)> + Clone,
     {
-        let mut roster = self.roster.lock().unwrap_or_else(|p| p.into_inner());
+        let mut roster = rollcall_runtime::sync::lock(&self.roster);
         let same = |last: &Live| {
             let mut now = live.clone();
             last.iter()

@@ -17,6 +17,7 @@ use rollcall_runtime::supervisor::{
 use rollcall_runtime::{NodeId, OperatorRole};
 use sha2::{Digest, Sha256};
 
+use crate::error::{AskError, RingServiceError};
 use crate::membership::{Backlog, Membership, MembershipConfig};
 use crate::proto::{
     AdminRequest, MEMBER, MemberReport, MemberRequest, REGISTRY, RING_ADMIN, RegistrationReply,
@@ -160,7 +161,8 @@ impl Actor for ServerShard {
         myself: ActorRef<ShardMsg>,
         args: ShardArgs,
     ) -> Result<ShardState, ActorProcessingErr> {
-        if let Ok(mut t) = args.table.write() {
+        {
+            let mut t = rollcall_runtime::sync::write(&args.table);
             t[args.index] = Some(myself.clone());
         }
         myself.send_interval(args.cfg.tick, || ShardMsg::Tick);
@@ -191,7 +193,8 @@ impl Actor for ServerShard {
                         };
                         // Open questions whose fan-out went on without it.
                         handoffs.extend(st.args.questions.missed(&from));
-                        if let Ok(extras) = st.args.extras.read() {
+                        {
+                            let extras = rollcall_runtime::sync::read(&st.args.extras);
                             handoffs.extend(extras.iter().cloned());
                         }
                         if let Some(since) = r.returning {
@@ -314,17 +317,18 @@ impl Deliver for Registrar {
             ServerRequest::Register(reg) => {
                 let ring = self.cfg.membership.ring_of(reg.addr.ip());
                 let idx = shard_of(&ring, self.cfg.shards);
-                if let Ok(mut p) = self.placed.write() {
+                {
+                    let mut p = rollcall_runtime::sync::write(&self.placed);
                     p.insert(from, idx);
                 }
                 Some(idx)
             }
-            _ => self.placed.read().ok().and_then(|p| p.get(&from).copied()),
+            _ => {
+                Some(rollcall_runtime::sync::read(&self.placed)).and_then(|p| p.get(&from).copied())
+            }
         };
         let shard = idx.and_then(|i| {
-            self.table
-                .read()
-                .ok()
+            Some(rollcall_runtime::sync::read(&self.table))
                 .and_then(|t| t.get(i).cloned().flatten())
         });
         match shard {
@@ -356,9 +360,7 @@ impl Deliver for RingAdmin {
             incoming.refuse();
             return Ok(());
         }
-        let shards: Vec<ActorRef<ShardMsg>> = self
-            .table
-            .read()
+        let shards: Vec<ActorRef<ShardMsg>> = Some(rollcall_runtime::sync::read(&self.table))
             .map(|t| t.iter().flatten().cloned().collect())
             .unwrap_or_default();
         let node = self.node.clone();
@@ -441,7 +443,7 @@ impl RingServer {
         node: &Node,
         cfg: RingServerConfig,
         backlog: Option<Arc<dyn Backlog>>,
-    ) -> Result<RingServer, String> {
+    ) -> Result<RingServer, RingServiceError> {
         let shards = cfg.shards.max(1);
         let cfg = RingServerConfig { shards, ..cfg };
         let joined = Arc::new(AtomicUsize::new(0));
@@ -481,7 +483,7 @@ impl RingServer {
                 stop_when_idle: false,
             }
         });
-        node.start_child(sup).await.map_err(|e| e.to_string())?;
+        node.start_child(sup).await?;
         node.router().register(
             REGISTRY,
             Arc::new(Registrar {
@@ -505,8 +507,7 @@ impl RingServer {
             loop {
                 match events.recv().await {
                     Ok(LinkEvent::Down { peer: Some(p), .. }) => {
-                        let shards: Vec<_> = watch_table
-                            .read()
+                        let shards: Vec<_> = Some(rollcall_runtime::sync::read(&watch_table))
                             .map(|t| t.iter().flatten().cloned().collect())
                             .unwrap_or_default();
                         for s in shards {
@@ -519,8 +520,7 @@ impl RingServer {
                             missed = n,
                             "ring service missed link events; rechecking leaders"
                         );
-                        let shards: Vec<_> = watch_table
-                            .read()
+                        let shards: Vec<_> = Some(rollcall_runtime::sync::read(&watch_table))
                             .map(|t| t.iter().flatten().cloned().collect())
                             .unwrap_or_default();
                         for s in shards {
@@ -561,7 +561,7 @@ impl RingServer {
     /// One ring's members, from the shard that owns it alone (a fan-out asks this once per
     /// ring and round: it must not stop every shard).
     async fn ring_members(&self, ring: &RingId) -> Vec<crate::proto::MemberReport> {
-        let shard = self.table.read().ok().and_then(|t| {
+        let shard = Some(rollcall_runtime::sync::read(&self.table)).and_then(|t| {
             let i = shard_of(&Some(ring.clone()), t.len());
             t.get(i).cloned().flatten()
         });
@@ -587,9 +587,7 @@ impl RingServer {
 
     /// The rings as an operator sees them.
     pub async fn report(&self, filter: Option<String>) -> RingsReport {
-        let shards: Vec<_> = self
-            .table
-            .read()
+        let shards: Vec<_> = Some(rollcall_runtime::sync::read(&self.table))
             .map(|t| t.iter().flatten().cloned().collect())
             .unwrap_or_default();
         rings_report(&self.node, &shards, filter).await
@@ -688,7 +686,8 @@ impl RingServer {
                     self.questions.merge(id, p);
                     Outcome::Answered { covered }
                 }
-                Err((e, closed)) => {
+                Err(e) => {
+                    let closed = e.link_closed();
                     tracing::info!(question = id, round = walk.asked() + 1, member = %target.id, error = %e, link_closed = closed, "chain failed at this member; asking the next");
                     Outcome::Failed {
                         link_closed: closed,
@@ -711,7 +710,7 @@ impl RingServer {
         m: &crate::proto::MemberReport,
         env: crate::proto::QuestionEnvelope,
         ttl: Duration,
-    ) -> Result<crate::proto::Partial, (String, bool)> {
+    ) -> Result<crate::proto::Partial, AskError> {
         let fan = self.fan;
         let (link, owned) = match self.node.peer(&m.id).filter(|l| l.is_connected()) {
             Some(l) => (l, false),
@@ -719,8 +718,8 @@ impl RingServer {
                 let dial = tokio::time::timeout(fan.dial, self.node.connect_once(m.addr, fan.dial));
                 match dial.await {
                     Ok(Ok(l)) => (l, true),
-                    Ok(Err(e)) => return Err((e.to_string(), false)),
-                    Err(_) => return Err(("dial timed out".into(), false)),
+                    Ok(Err(e)) => return Err(AskError::Dial(e)),
+                    Err(_) => return Err(AskError::DialTimedOut),
                 }
             }
         };
@@ -732,33 +731,20 @@ impl RingServer {
                 Ok(Ok(())) => {}
                 // The call ended first: its outcome decides.
                 Ok(Err(_)) => std::future::pending().await,
-                Err(_) => return format!("did not take the question within {:?}", fan.hop),
+                Err(_) => return AskError::NotTaken(fan.hop),
             }
             loop {
                 tokio::time::sleep(fan.watch).await;
                 let r: Result<(), CallError> =
                     link.call(MEMBER, &MemberRequest::Probe, fan.hop).await;
                 if let Err(e) = r {
-                    return format!("stopped answering while it worked: {e}");
+                    return AskError::Stalled(e);
                 }
             }
         };
         let r = tokio::select! {
-            r = call => r.map_err(|e| {
-                let closed = matches!(
-                    e,
-                    CallError::NotConnected(_)
-                        | CallError::Transport(
-                            rollcall_runtime::TransportError::ClosedByPeer(_)
-                                | rollcall_runtime::TransportError::LocallyClosed
-                                // The member let that connection go (its close was lost):
-                                // a new one reaches it.
-                                | rollcall_runtime::TransportError::Reset
-                        )
-                );
-                (e.to_string(), closed)
-            }),
-            e = watchdog => Err((e, false)),
+            r = call => r.map_err(AskError::Call),
+            e = watchdog => Err(e),
         };
         if owned {
             link.close();
@@ -768,7 +754,8 @@ impl RingServer {
 
     /// Sets what every endpoint is handed at every registration.
     pub fn set_registration_extras(&self, items: Vec<crate::proto::Handoff>) {
-        if let Ok(mut e) = self.extras.write() {
+        {
+            let mut e = rollcall_runtime::sync::write(&self.extras);
             *e = items;
         }
     }

@@ -1,4 +1,6 @@
-//! Jittered exponential backoff for reconnects (seeded, no clock reads).
+//! Exponential backoff, the one implementation every retry uses: [`doubled`] (a delay that
+//! doubles per failure up to a cap: supervisor restarts, a member's registrations and
+//! reports) and [`Backoff`] (the same ceiling with seeded jitter: reconnects). No clock reads.
 
 use std::time::Duration;
 
@@ -23,6 +25,12 @@ impl Default for BackoffConfig {
     }
 }
 
+/// `base` doubled once per earlier failure, at most `cap` (never below `base`).
+pub fn doubled(base: Duration, failures: u32, cap: Duration) -> Duration {
+    base.saturating_mul(1u32 << failures.min(16))
+        .min(cap.max(base))
+}
+
 /// "Equal jitter" exponential backoff: attempt `n` waits between half and all of
 /// `min(max, base·2ⁿ)`, so a fleet that lost its server does not return in one wave.
 #[derive(Debug)]
@@ -44,12 +52,12 @@ impl Backoff {
 
     /// The delay before the next attempt.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .cfg
-            .base_ms
-            .saturating_mul(1u64 << self.attempt.min(32))
-            .min(self.cfg.max_ms)
-            .max(1);
+        let ceiling = doubled(
+            Duration::from_millis(self.cfg.base_ms.max(1)),
+            self.attempt,
+            Duration::from_millis(self.cfg.max_ms),
+        )
+        .as_millis() as u64;
         self.attempt = self.attempt.saturating_add(1);
         let ms = ceiling / 2 + self.rng.random_range(0..=ceiling - ceiling / 2);
         Duration::from_millis(ms)

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod node;
 pub mod stats;
 pub mod supervisor;
+pub mod sync;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;

@@ -96,13 +96,11 @@ impl RestartTracker {
         if n > self.intensity.max_restarts {
             return Verdict::Escalate { exits_in_window: n };
         }
-        let factor = 1u32 << (n - 1).min(16);
-        let delay = self
-            .intensity
-            .backoff_base
-            .saturating_mul(factor)
-            .min(self.intensity.backoff_max);
-        Verdict::RestartAfter(delay)
+        Verdict::RestartAfter(crate::backoff::doubled(
+            self.intensity.backoff_base,
+            n - 1,
+            self.intensity.backoff_max,
+        ))
     }
 }
 

@@ -45,7 +45,6 @@ pub async fn start_server_services(
 ) -> Result<ServerServices> {
     let rings = RingServer::start(node, cfg, backlog)
         .await
-        .map_err(anyhow::Error::msg)
         .context("starting the ring service")?;
     let desk = QuestionDesk::new(rings.clone(), store).install(node);
     Ok(ServerServices { rings, desk })

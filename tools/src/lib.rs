@@ -1,9 +1,12 @@
 //! The fleet simulator and the chaos tooling behind `rollcall sim`, `rollcall chaos` and
 //! `rollcall bench`, shared with the fault-scenario suite.
 
+#[cfg(feature = "simulation")]
 pub mod chaos;
 pub mod compose;
 pub mod desk_client;
+#[cfg(feature = "simulation")]
 pub mod fleet;
 pub mod results;
+#[cfg(feature = "simulation")]
 pub mod sim;

@@ -5,10 +5,13 @@
 
 use anyhow::{Context, Result, bail};
 
+#[cfg(feature = "simulation")]
 mod bench;
 mod cmd;
 
-use cmd::{args::*, ca::*, chaos::*, demo::*, nodes::*, questions::*, rings::*};
+#[cfg(feature = "simulation")]
+use cmd::chaos::*;
+use cmd::{args::*, ca::*, demo::*, nodes::*, questions::*, rings::*};
 use rollcall::desk_client::*;
 
 // One process may run a server and 100,000 simulated endpoints, each a handful of actors
@@ -20,6 +23,7 @@ use rollcall::desk_client::*;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
+#[cfg(feature = "simulation")]
 use rollcall::sim;
 use rollcall_actors::desk::DeskRequest;
 use rollcall_actors::search::SavedQuestion;
@@ -57,6 +61,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Ask(a) => return ask(a).await,
         Command::Results(a) => results(a).await?,
         Command::Questions(a) => questions(a).await?,
+        #[cfg(feature = "simulation")]
         Command::Sim(a) => {
             let (mut fleet, started) = sim::start(&a).await?;
             let r = sim::measure(&a, &fleet, started).await;
@@ -82,7 +87,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 bail!("not every endpoint answered every question");
             }
         }
+        #[cfg(feature = "simulation")]
         Command::Chaos(a) => return chaos_command(a).await,
+        #[cfg(feature = "simulation")]
         Command::Bench(BenchCommand::Scale {
             out,
             max_endpoints,

@@ -146,9 +146,7 @@ impl<T: Expire + Send + 'static> Watch<T> {
 
     fn lock(&self) -> MutexGuard<'_, WatchState<T>> {
         // Nothing that holds the lock leaves the queue half-changed on a panic.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        rollcall_runtime::sync::lock(&self.state)
     }
 
     /// Adds `d`: starts a watcher if none runs, wakes it if `d` comes due before what it

@@ -210,11 +210,7 @@ pub struct MemberState {
     probe_timers: HashMap<NodeId, AbortOnDrop>,
 }
 
-/// `base` doubled once per earlier failure, at most `cap` (never below `base`).
-fn backoff(base: Duration, failures: u32, cap: Duration) -> Duration {
-    base.saturating_mul(1 << failures.min(16))
-        .min(cap.max(base))
-}
+use rollcall_runtime::backoff::doubled as backoff;
 
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()

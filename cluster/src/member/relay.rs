@@ -32,7 +32,7 @@ pub(super) struct QState {
 pub(super) type Shared = Arc<std::sync::Mutex<QState>>;
 pub(super) fn lock(q: &Shared) -> std::sync::MutexGuard<'_, QState> {
     // Nothing that holds the lock leaves the state half-changed on a panic.
-    q.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    rollcall_runtime::sync::lock(q)
 }
 impl QState {
     /// When both our answer and the answers after us are in: merges them and answers every

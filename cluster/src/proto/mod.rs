@@ -180,8 +180,8 @@ impl EncodedAnswer {
     }
 
     /// The answer (checked when this was decoded or built).
-    pub fn decode(&self) -> Result<NodeAnswer, String> {
-        rmp_serde::from_slice(&self.0).map_err(|e| format!("undecodable answer: {e}"))
+    pub fn decode(&self) -> Result<NodeAnswer, crate::error::ProtoError> {
+        rmp_serde::from_slice(&self.0).map_err(|e| crate::error::ProtoError::Answer(e.to_string()))
     }
 
     /// Checks that `bytes` are one encoded [`NodeAnswer`], without building it.

@@ -307,7 +307,7 @@ impl Node {
         };
         let gone = || NodeError::Spawn("the node is shut down".into());
         {
-            let slot = self.supervisor.lock().map_err(|_| gone())?;
+            let slot = crate::sync::lock(&self.supervisor);
             if let Some(s) = slot.as_ref().filter(|s| live(s)) {
                 return Ok(s.clone());
             }
@@ -331,14 +331,14 @@ impl Node {
         let (slot, id) = (Arc::downgrade(&self.supervisor), supervisor.get_id());
         tokio::spawn(async move {
             let _ = ended.await;
-            if let Some(slot) = slot.upgrade()
-                && let Ok(mut s) = slot.lock()
-                && s.as_ref().is_some_and(|s| s.get_id() == id)
-            {
-                *s = None;
+            if let Some(slot) = slot.upgrade() {
+                let mut s = crate::sync::lock(&slot);
+                if s.as_ref().is_some_and(|s| s.get_id() == id) {
+                    *s = None;
+                }
             }
         });
-        let mut slot = self.supervisor.lock().map_err(|_| gone())?;
+        let mut slot = crate::sync::lock(&self.supervisor);
         // Another caller started one meanwhile: use that one.
         if let Some(s) = slot.as_ref().filter(|s| live(s)) {
             supervisor.stop(None);
@@ -413,7 +413,7 @@ impl Node {
 
     /// The link to a connected peer, whichever side dialed.
     pub fn peer(&self, id: &NodeId) -> Option<PeerHandle> {
-        let links = self.shared.links.read().ok()?;
+        let links = crate::sync::read(&self.shared.links);
         let cells = links.get(id)?;
         // The newest live connection: a peer that connected again may have lost its end of
         // an older one without a word reaching us (a restart, a close lost in a burst), and
@@ -451,10 +451,7 @@ impl Node {
 
     /// Whether some live connection to `id` exists.
     pub fn is_connected_to(&self, id: &NodeId) -> bool {
-        self.shared
-            .links
-            .read()
-            .ok()
+        Some(crate::sync::read(&self.shared.links))
             .and_then(|l| {
                 l.get(id)
                     .map(|cells| cells.iter().any(|c| c.conn.is_some()))
@@ -477,7 +474,7 @@ impl Node {
     pub fn shutdown(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.shared.transport.close();
-        if let Some(s) = self.supervisor.lock().ok().and_then(|mut s| s.take()) {
+        if let Some(s) = Some(crate::sync::lock(&self.supervisor)).and_then(|mut s| s.take()) {
             s.stop(Some("node shutting down".into()));
         }
         // Routes hold services that hold this node: drop them so nothing keeps it alive.
@@ -507,7 +504,8 @@ impl Node {
             },
         );
         let cell = self.start_child(spec).await?;
-        if let Ok(mut slot) = handle.actor.lock() {
+        {
+            let mut slot = crate::sync::lock(&handle.actor);
             *slot = Some(cell);
         }
         Ok(handle)
@@ -515,9 +513,7 @@ impl Node {
 }
 
 fn connected_peers(shared: &Shared) -> Vec<PeerInfo> {
-    let Ok(links) = shared.links.read() else {
-        return Vec::new();
-    };
+    let links = crate::sync::read(&shared.links);
     let mut out: Vec<PeerInfo> = links
         .values()
         .flatten()

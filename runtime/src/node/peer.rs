@@ -26,18 +26,15 @@ pub(super) struct ConnSlot {
 
 impl ConnSlot {
     pub(super) fn get(&self) -> Option<Arc<dyn Connection>> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::sync::lock(&self.conn).clone()
     }
 
     pub(super) fn is_some(&self) -> bool {
-        self.conn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        crate::sync::lock(&self.conn).is_some()
     }
 
     pub(super) fn set(&self, c: Option<Arc<dyn Connection>>) {
-        let old = std::mem::replace(&mut *self.conn.lock().unwrap_or_else(|p| p.into_inner()), c);
+        let old = std::mem::replace(&mut *crate::sync::lock(&self.conn), c);
         self.changed.notify_waiters();
         drop(old);
     }
@@ -48,7 +45,7 @@ impl ConnSlot {
         pred: impl Fn(&Option<Arc<dyn Connection>>) -> bool,
     ) -> Option<Arc<dyn Connection>> {
         crate::wake::wait_until(&self.changed, || {
-            let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            let c = crate::sync::lock(&self.conn);
             pred(&c).then(|| c.clone())
         })
         .await
@@ -86,7 +83,7 @@ impl PeerHandle {
 
     /// Closes the link for good (no redial).
     pub fn close(&self) {
-        let cell = self.actor.lock().ok().and_then(|mut a| a.take());
+        let cell = Some(crate::sync::lock(&self.actor)).and_then(|mut a| a.take());
         if let Some(cell) = cell {
             cell.stop(Some("closed by owner".into()));
         } else if let Some(conn) = self.conn.get() {
@@ -317,7 +314,8 @@ pub(super) fn single_link(handle: PeerHandle, conn: Arc<dyn Connection>) {
 
 /// Lists a link that just got its connection among the node's links, and announces it.
 pub(super) fn list_link(handle: &PeerHandle, peer: &PeerIdentity) {
-    if let Ok(mut links) = handle.shared.links.write() {
+    {
+        let mut links = crate::sync::write(&handle.shared.links);
         let cells = links.entry(peer.id.clone()).or_default();
         if !cells.iter().any(|c| Arc::ptr_eq(&c.conn, &handle.conn)) {
             cells.push(LinkCell {
@@ -335,9 +333,7 @@ pub(super) fn list_link(handle: &PeerHandle, peer: &PeerIdentity) {
 
 /// Takes a link whose connection is gone off the node's list.
 pub(super) fn unlist_link(handle: &PeerHandle, peer: &PeerIdentity) {
-    let Ok(mut links) = handle.shared.links.write() else {
-        return;
-    };
+    let mut links = crate::sync::write(&handle.shared.links);
     if let Some(cells) = links.get_mut(&peer.id) {
         cells.retain(|c| !Arc::ptr_eq(&c.conn, &handle.conn));
         if cells.is_empty() {

@@ -19,11 +19,10 @@ pub(super) type Route = (compact_str::CompactString, Arc<dyn Deliver>);
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = self
-            .routes
-            .read()
-            .map(|r| r.iter().map(|(n, _)| n.to_string()).collect())
-            .unwrap_or_default();
+        let names: Vec<String> = crate::sync::read(&self.routes)
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
         write!(f, "Router({names:?})")
     }
 }
@@ -32,7 +31,8 @@ impl Router {
     /// Routes messages addressed to `name` to `target`, replacing any earlier route.
     pub fn register(&self, name: impl Into<String>, target: Arc<dyn Deliver>) {
         let name: String = name.into();
-        if let Ok(mut r) = self.routes.write() {
+        {
+            let mut r = crate::sync::write(&self.routes);
             match r.iter_mut().find(|(n, _)| *n == name) {
                 Some(route) => route.1 = target,
                 None => r.push((name.into(), target)),
@@ -50,20 +50,22 @@ impl Router {
 
     /// Removes a route.
     pub fn unregister(&self, name: &str) {
-        if let Ok(mut r) = self.routes.write() {
+        {
+            let mut r = crate::sync::write(&self.routes);
             r.retain(|(n, _)| n != name);
         }
     }
 
     /// Removes every route (a stopping node: routes often hold what holds the node).
     pub fn clear(&self) {
-        if let Ok(mut r) = self.routes.write() {
+        {
+            let mut r = crate::sync::write(&self.routes);
             r.clear();
         }
     }
 
     pub(super) fn lookup(&self, name: &str) -> Option<Arc<dyn Deliver>> {
-        let routes = self.routes.read().ok()?;
+        let routes = crate::sync::read(&self.routes);
         routes
             .iter()
             .find(|(n, _)| n == name)

@@ -96,7 +96,7 @@ impl AsyncUdpSocket for TurmoilUdpSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let mut rx = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rx = crate::sync::lock(&self.incoming);
         match rx.poll_recv(cx) {
             Poll::Ready(Some((data, from))) => {
                 let n = data.len().min(bufs[0].len());

@@ -71,7 +71,8 @@ impl SocketFaults {
         self.set_blackhole(false);
         self.set_loss(0.0);
         self.set_duplication(0.0);
-        if let Ok(mut b) = self.blocked.write() {
+        {
+            let mut b = crate::sync::write(&self.blocked);
             b.clear();
         }
     }
@@ -81,7 +82,7 @@ impl SocketFaults {
         if p == 0 {
             return false;
         }
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = crate::sync::lock(&self.rng);
         rng.random_range(0..1_000_000) < p
     }
 
@@ -92,25 +93,23 @@ impl SocketFaults {
 
     /// Drop every datagram to and from `ip`.
     pub fn block(&self, ip: IpAddr) {
-        if let Ok(mut b) = self.blocked.write() {
+        {
+            let mut b = crate::sync::write(&self.blocked);
             b.insert(ip);
         }
     }
 
     /// Stop dropping traffic of `ip`.
     pub fn unblock(&self, ip: IpAddr) {
-        if let Ok(mut b) = self.blocked.write() {
+        {
+            let mut b = crate::sync::write(&self.blocked);
             b.remove(&ip);
         }
     }
 
     fn drops(&self, peer: SocketAddr) -> bool {
         let drop = self.blackhole.load(Ordering::SeqCst)
-            || self
-                .blocked
-                .read()
-                .map(|b| b.contains(&peer.ip()))
-                .unwrap_or(false);
+            || crate::sync::read(&self.blocked).contains(&peer.ip());
         let drop = drop || self.roll(&self.loss_ppm);
         if drop {
             self.dropped.fetch_add(1, Ordering::Relaxed);

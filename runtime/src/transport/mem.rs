@@ -47,7 +47,7 @@ impl AcceptQueue {
     /// Queues `c`; `false` once the node stopped listening.
     fn push(&self, c: Arc<dyn Connection>) -> bool {
         {
-            let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+            let mut items = crate::sync::lock(&self.items);
             if self.closed.load(Ordering::Acquire) {
                 return false;
             }
@@ -60,7 +60,7 @@ impl AcceptQueue {
     /// Stops listening: connections queued before are still taken, then `None`.
     fn close(&self) {
         {
-            let _items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+            let _items = crate::sync::lock(&self.items);
             self.closed.store(true, Ordering::Release);
         }
         self.ready.notify_waiters();
@@ -70,7 +70,7 @@ impl AcceptQueue {
     async fn pop(&self) -> Option<Arc<dyn Connection>> {
         loop {
             {
-                let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+                let mut items = crate::sync::lock(&self.items);
                 if let Some(c) = items.pop_front() {
                     if items.is_empty() && items.capacity() > 4 {
                         items.shrink_to_fit();
@@ -176,7 +176,7 @@ impl MemNetwork {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, NetState> {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.inner.state)
     }
 
     /// Changes the faults, keeping [`NetInner::quiet`] true to them.
@@ -417,13 +417,7 @@ impl Drop for MemTransport {
         // Nobody is left to take what was dialed: dropping those closes them for their
         // dialers too. (A transport that is closed but still held, as on a crash, keeps them
         // for its accept loop, as a closed channel kept what was sent before.)
-        let queued = std::mem::take(
-            &mut *self
-                .accepted
-                .items
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let queued = std::mem::take(&mut *crate::sync::lock(&self.accepted.items));
         drop(queued);
     }
 }
@@ -567,7 +561,7 @@ const TO_CLIENT: usize = 1;
 impl ConnShared {
     fn close(&self, why: TransportError) {
         let closed = {
-            let mut c = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+            let mut c = crate::sync::lock(&self.closed);
             c.is_none() && {
                 *c = Some(why);
                 true
@@ -578,8 +572,7 @@ impl ConnShared {
             for q in &self.queues {
                 // Streams never taken are dropped (their callers see the connection gone),
                 // and each end's reader wakes and finds it so.
-                let pending =
-                    std::mem::take(&mut *q.items.lock().unwrap_or_else(|p| p.into_inner()));
+                let pending = std::mem::take(&mut *crate::sync::lock(&q.items));
                 q.ready.notify_one();
                 drop(pending);
             }
@@ -588,10 +581,7 @@ impl ConnShared {
     }
 
     fn error(&self) -> Option<TransportError> {
-        self.closed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::sync::lock(&self.closed).clone()
     }
 
     async fn wait_closed(&self) -> TransportError {
@@ -700,7 +690,7 @@ impl Queue {
     /// so nothing is left behind: a stream's callback holds the connection.)
     fn push(&self, conn: &ConnShared, s: MemStream) {
         {
-            let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+            let mut items = crate::sync::lock(&self.items);
             if conn.is_closed.load(Ordering::Acquire) {
                 drop(items);
                 drop(s);
@@ -718,12 +708,7 @@ impl Queue {
             if conn.is_closed.load(Ordering::Acquire) {
                 return Err(conn.error().unwrap_or(TransportError::LocallyClosed));
             }
-            if let Some(s) = self
-                .items
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front()
-            {
+            if let Some(s) = crate::sync::lock(&self.items).pop_front() {
                 return Ok(s);
             }
             self.ready.notified().await;

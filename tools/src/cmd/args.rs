@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use clap::{Args, Parser, Subcommand};
+#[cfg(feature = "simulation")]
 use rollcall::sim;
 use rollcall_runtime::config::{Config, RawConfig};
 use rollcall_runtime::identity::OperatorRole;
@@ -57,11 +58,13 @@ pub(crate) enum Command {
     Patches(PatchesArgs),
     /// Run a server and N simulated endpoints in one process and measure questions:
     /// registration time, time to 100% of answers, server messages and bytes, memory.
+    #[cfg(feature = "simulation")]
     Sim(sim::SimArgs),
     /// Inject faults into a fleet served by `rollcall sim --serve`, or run a fault scenario
     /// and print its invariant table (admin role). The server flags come first, e.g.
     /// `rollcall chaos --server 127.0.0.1:4800 --cert-dir ops kill --random 10%`, or
     /// `... --scenario ring-split`, `... --scenario all`.
+    #[cfg(feature = "simulation")]
     Chaos(ChaosArgs),
     /// Benchmarks.
     #[command(subcommand)]
@@ -271,6 +274,7 @@ pub(crate) struct ResultsArgs {
 pub(crate) enum BenchCommand {
     /// Run the scale matrix (rings and the hub-and-spoke baseline, in-memory and QUIC) as
     /// separate `rollcall sim` processes and write the table to a Markdown file.
+    #[cfg(feature = "simulation")]
     Scale {
         /// Where to write the results.
         #[arg(long, default_value = "bench/RESULTS.md")]

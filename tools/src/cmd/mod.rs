@@ -2,6 +2,7 @@
 
 pub(crate) mod args;
 pub(crate) mod ca;
+#[cfg(feature = "simulation")]
 pub(crate) mod chaos;
 pub(crate) mod demo;
 pub(crate) mod nodes;

@@ -12,6 +12,7 @@
 //! It does **not** carry questions or actions yet: those issues will travel on these rings
 //! (the rejoin hand-off, [`membership::Backlog`], is their hook).
 
+pub mod config;
 pub mod error;
 pub mod member;
 pub mod membership;

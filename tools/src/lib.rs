@@ -4,6 +4,7 @@
 #[cfg(feature = "simulation")]
 pub mod chaos;
 pub mod compose;
+pub mod config;
 pub mod desk_client;
 #[cfg(feature = "simulation")]
 pub mod fleet;

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use clap::{Args, Parser, Subcommand};
+use rollcall::config::{Config, RawConfig};
 #[cfg(feature = "simulation")]
 use rollcall::sim;
-use rollcall_runtime::config::{Config, RawConfig};
 use rollcall_runtime::identity::OperatorRole;
 
 /// rollcall asks every machine in a fleet a question and has the answer in seconds.

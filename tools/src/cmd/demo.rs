@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use rollcall::config::Config;
 use rollcall_actors::desk::{DeskReply, DeskRequest};
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
-use rollcall_runtime::config::Config;
 use rollcall_runtime::enrol::{self};
 use rollcall_runtime::identity::{self, Ca, OperatorRole, PeerRole, Validity};
 use rollcall_runtime::node::{Node, NodeOptions};

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rollcall::compose::{self, Answering, EndpointPlan};
 
+use rollcall::config::Config;
 use rollcall_actors::sensors::HostView;
 use rollcall_actors::sensors::linux::LinuxHost;
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
@@ -15,7 +16,6 @@ use rollcall_actors::store::ServerStore;
 use rollcall_cluster::membership::{MembershipConfig, parse_cidr};
 use rollcall_cluster::ring::RingConfig;
 use rollcall_cluster::shard::{RingServer, RingServerConfig};
-use rollcall_runtime::config::Config;
 use rollcall_runtime::enrol::{self, CaEnroller};
 use rollcall_runtime::identity::{self, Ca, Credentials, JoinToken, PeerRole, Validity};
 use rollcall_runtime::node::{Node, NodeOptions};
@@ -25,8 +25,8 @@ use super::args::*;
 
 pub(crate) fn node_options(cfg: &Config) -> NodeOptions {
     NodeOptions {
-        max_frame_bytes: cfg.max_frame_bytes,
-        reconnect: cfg.reconnect,
+        max_frame_bytes: cfg.link.max_frame_bytes,
+        reconnect: cfg.link.reconnect,
         seed: rand_seed(),
         ..NodeOptions::default()
     }
@@ -55,7 +55,7 @@ pub(crate) async fn start_server(
     };
     let secret = identity::load_or_create_secret(state_dir)?;
     let opts = QuicOptions {
-        timeouts: cfg.timeouts,
+        timeouts: cfg.link.timeouts,
         enrolment: Some(Arc::new(CaEnroller::from_ca_dir(ca))),
         ..QuicOptions::default()
     };
@@ -85,7 +85,7 @@ pub(crate) async fn start_server(
         ..MembershipConfig::default()
     };
     let rcfg = RingServerConfig::for_ring(&ring_config(cfg), membership, 4);
-    let store = ServerStore::open(&state_dir.join("server.redb"), cfg.results_kept)
+    let store = ServerStore::open(&state_dir.join("server.redb"), cfg.server.results_kept)
         .context("opening the result store")?;
     let services = compose::start_server_services(&node, rcfg, Some(Arc::new(store)), None).await?;
     Ok((node, services.rings))
@@ -162,7 +162,7 @@ pub(crate) async fn server(a: ServerArgs) -> Result<()> {
         if n == 0 {
             bail!("--results-kept must be at least 1");
         }
-        cfg.results_kept = n;
+        cfg.server.results_kept = n;
     }
     let ca = Arc::new(Ca::load(&a.ca_dir).context("loading the CA")?);
     let state = a.state_dir.unwrap_or_else(|| a.ca_dir.join("server"));
@@ -207,7 +207,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
     .context("enrolling")?;
     let secret = identity::load_or_create_secret(&a.state_dir)?;
     let opts = QuicOptions {
-        timeouts: cfg.timeouts,
+        timeouts: cfg.link.timeouts,
         ..QuicOptions::default()
     };
     let t = QuicTransport::bind(a.listen, &creds, &secret, opts)

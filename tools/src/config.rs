@@ -1,0 +1,104 @@
+//! The node configuration file: each crate's section put together (`[link]` from the
+//! runtime, `[ring]` and `[peering]` from the cluster, `[server]` from the actors), read as
+//! written and then validated. Command-line flags override the file.
+
+use std::path::Path;
+
+use rollcall_actors::config::{RawServer, ServerSettings};
+use rollcall_cluster::config::{PeeringSettings, RawPeering, RawRing, RingSettings};
+use rollcall_runtime::config::{ConfigError, LinkConfig, RawLink, read_toml};
+use serde::Deserialize;
+
+/// The file as written (every field optional).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[link]` settings.
+    #[serde(default)]
+    pub link: RawLink,
+    /// `[ring]` settings (endpoints).
+    #[serde(default)]
+    pub ring: RawRing,
+    /// `[peering]` settings (server).
+    #[serde(default)]
+    pub peering: RawPeering,
+    /// `[server]` settings.
+    #[serde(default)]
+    pub server: RawServer,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Links.
+    pub link: LinkConfig,
+    /// Ring membership (endpoints).
+    pub ring: RingSettings,
+    /// Peering ranges (server).
+    pub peering: PeeringSettings,
+    /// What the server keeps.
+    pub server: ServerSettings,
+}
+
+impl RawConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        read_toml(path)
+    }
+
+    /// Applies defaults and checks ranges, section by section.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        Ok(Config {
+            link: self.link.validate()?,
+            ring: self.ring.validate()?,
+            peering: self.peering.validate()?,
+            server: self.server.validate()?,
+        })
+    }
+}
+
+impl Config {
+    /// Loads `path` if given (defaults otherwise) and validates it.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => RawConfig::from_file(p)?.validate(),
+            None => RawConfig::default().validate(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_file_values_override() {
+        assert_eq!(Config::load(None).expect("defaults"), Config::default());
+        let raw: RawConfig = toml::from_str("[link]\nidle_timeout_ms = 9000\n").expect("toml");
+        assert_eq!(
+            raw.validate().expect("valid").link.timeouts.idle_timeout_ms,
+            9000
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named_with_their_section() {
+        for (text, needle) in [
+            ("[link]\nkeep_alive_ms = 6000\n", "link.keep_alive_ms"),
+            ("[link]\nmax_frame_bytes = 10\n", "link.max_frame_bytes"),
+            ("[link]\nreconnect_base_ms = 0\n", "link.reconnect_base_ms"),
+            (
+                "[ring]\nregister_min_ms = 5000\nregister_max_ms = 10\n",
+                "ring.register_min_ms",
+            ),
+            ("[peering]\nmask_v4 = 40\n", "peering.mask_v4"),
+            ("[server]\nresults_kept = 0\n", "server.results_kept"),
+        ] {
+            let raw: RawConfig = toml::from_str(text).expect("toml");
+            let err = raw.validate().expect_err(text).to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        assert!(toml::from_str::<RawConfig>("[link]\nbogus = 1\n").is_err());
+        assert!(toml::from_str::<RawConfig>("[nonsense]\n").is_err());
+    }
+}

@@ -181,9 +181,28 @@ thread_local! {
 /// Runtimes' queues kept per thread before idle ones are let go.
 const WATCHES_KEPT: usize = 16;
 
+thread_local! {
+    /// The queue of a multi-thread runtime's worker thread: a worker runs that one
+    /// runtime's tasks for its whole life, so its queue is found without asking which
+    /// runtime is current (that clones the runtime's handle, an atomic on a line every
+    /// thread shares, on every hop).
+    static WORKER: std::cell::OnceCell<Arc<Watch<Deadline>>> = const { std::cell::OnceCell::new() };
+}
+
 /// Watches `d` (from a task on a Tokio runtime), on every runtime flavour alike.
 pub(super) fn watch(d: Deadline) {
-    let runtime = tokio::runtime::Handle::current().id();
+    let d = match WORKER.with(|w| match w.get() {
+        Some(w) => {
+            w.add(d);
+            None
+        }
+        None => Some(d),
+    }) {
+        None => return,
+        Some(d) => d,
+    };
+    let handle = tokio::runtime::Handle::current();
+    let runtime = handle.id();
     let w = WATCHES.with(|ws| {
         let mut ws = ws.borrow_mut();
         if let Some((_, w)) = ws.iter().find(|(id, _)| *id == runtime) {
@@ -197,6 +216,11 @@ pub(super) fn watch(d: Deadline) {
         ws.push((runtime, w.clone()));
         w
     });
+    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        WORKER.with(|slot| {
+            let _ = slot.set(w.clone());
+        });
+    }
     w.add(d);
 }
 

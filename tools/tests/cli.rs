@@ -63,6 +63,16 @@ impl Running {
     }
 }
 
+impl Running {
+    /// The operator address a `rollcall sim --serve` prints once its fleet is up.
+    fn serving_address(&self) -> String {
+        let line = self.line_starting("serving operators at ");
+        line.trim_start_matches("serving operators at ")
+            .trim()
+            .to_string()
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -750,11 +760,7 @@ fn chaos_against_a_served_sim_runs_a_scenario_and_applies_faults() {
         "--cert-dir",
         ops,
     ]);
-    let line = sim.line_starting("serving operators at ");
-    let addr = line
-        .trim_start_matches("serving operators at ")
-        .trim()
-        .to_string();
+    let addr = sim.serving_address();
 
     // `rollcall chaos` against this sim.
     let chaos = |args: &[&str]| {
@@ -830,11 +836,7 @@ fn hostile_and_long_questions_are_refused_or_answered_and_values_are_counted_one
         "--cert-dir",
         ops,
     ]);
-    let line = sim.line_starting("serving operators at ");
-    let addr = line
-        .trim_start_matches("serving operators at ")
-        .trim()
-        .to_string();
+    let addr = sim.serving_address();
     let as_ops = |args: &[&str]| {
         let mut all = args.to_vec();
         all.extend_from_slice(&["--server", addr.as_str(), "--cert-dir", ops]);

@@ -436,9 +436,31 @@ impl Sensors {
                 problems,
             };
         }
+        // Most questions select sensors with one value each: one row, each value moved into
+        // its cell (a sensor selected twice is read once, so a later column copies it).
+        let single = q.select.iter().all(|s| match at(s).map(|i| &values[i]) {
+            Some(Ok(v)) => v.len() <= 1,
+            _ => true,
+        });
+        if single {
+            let mut cells = Vec::with_capacity(q.select.len());
+            for (k, s) in q.select.iter().enumerate() {
+                let again = q.select[k + 1..].contains(s);
+                let cell = match at(s).map(|i| &mut values[i]) {
+                    Some(Ok(v)) if v.is_empty() => "[no results]".to_string(),
+                    Some(Ok(v)) if again => v[0].clone(),
+                    Some(Ok(v)) => std::mem::take(&mut v[0]),
+                    Some(Err(e)) => format!("[error: {e}]"),
+                    None => "[no results]".to_string(),
+                };
+                cells.push(cell);
+            }
+            return Answer {
+                rows: Some(vec![cells]),
+                problems,
+            };
+        }
         // Each selected sensor's cells: its values, or one cell saying why there are none.
-        // Values are moved out where a sensor is selected once (most questions), copied
-        // where it is selected again.
         let mut columns: Vec<Vec<String>> = Vec::with_capacity(q.select.len());
         for (k, s) in q.select.iter().enumerate() {
             let again = q.select[k + 1..].contains(s);
@@ -450,14 +472,6 @@ impl Sensors {
                 None => vec!["[no results]".to_string()],
             };
             columns.push(cells);
-        }
-        if columns.iter().all(|c| c.len() == 1) {
-            // One value each: one row, the cells moved in.
-            let row = columns.into_iter().flatten().collect();
-            return Answer {
-                rows: Some(vec![row]),
-                problems,
-            };
         }
         let (rows, total) = combinations(&columns, MAX_ROWS_PER_MACHINE);
         if total > rows.len() {

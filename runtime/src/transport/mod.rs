@@ -221,7 +221,9 @@ pub trait InboundStream: Send {
     /// The stream as an [`ImmediateStream`], if its frame is already here and its
     /// acknowledgement and reply need no waiting (an in-memory stream): the node then serves
     /// it inline, without a task of its own; a stream that must be waited on (QUIC) is given
-    /// back.
+    /// back. (This path stays out of the `simulation` feature on purpose: on QUIC it is one
+    /// `Err` per stream and never taken, while gating it would put feature switches into
+    /// every match of the node's serving and reply code, the hottest in the workspace.)
     fn into_immediate(self: Box<Self>) -> Result<Box<dyn ImmediateStream>, Box<dyn InboundStream>>;
 }
 

@@ -61,8 +61,11 @@ impl SensorEvaluator {
 
     /// Takes the server's [`SensorConfig`] on `node` as [`SENSOR_CONFIG`].
     pub fn accept_config_on(&self, node: &rollcall_runtime::Node) {
-        node.router()
-            .register(SENSOR_CONFIG, Arc::new(ConfigRoute(self.sensors.clone())));
+        node.router().register(
+            SENSOR_CONFIG,
+            rollcall_runtime::Roles::SERVER,
+            Arc::new(ConfigRoute(self.sensors.clone())),
+        );
     }
 
     /// The sensor names this endpoint knows now.
@@ -442,8 +445,11 @@ impl QuestionDesk {
     /// saving results to the store, and reissuing scheduled saved questions.
     pub fn install(self, node: &rollcall_runtime::Node) -> Arc<QuestionDesk> {
         let desk = Arc::new(self);
-        node.router()
-            .register(DESK, Arc::new(DeskRoute(desk.clone())));
+        node.router().register(
+            DESK,
+            rollcall_runtime::Roles::OPERATORS,
+            Arc::new(DeskRoute(desk.clone())),
+        );
         let weak = Arc::downgrade(&desk);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -484,8 +484,11 @@ impl RingServer {
             }
         });
         node.start_child(sup).await?;
+        // Registrations, suspicion reports, leadership and late answers come from
+        // endpoints only.
         node.router().register(
             REGISTRY,
+            rollcall_runtime::Roles::ENDPOINT,
             Arc::new(Registrar {
                 table: table.clone(),
                 questions: questions.clone(),
@@ -495,6 +498,7 @@ impl RingServer {
         );
         node.router().register(
             RING_ADMIN,
+            rollcall_runtime::Roles::OPERATORS,
             Arc::new(RingAdmin {
                 table: table.clone(),
                 node: node.clone(),
@@ -546,6 +550,7 @@ impl RingServer {
     pub fn serve_admin_on(&self, front: &Node) {
         front.router().register(
             RING_ADMIN,
+            rollcall_runtime::Roles::OPERATORS,
             Arc::new(RingAdmin {
                 table: self.table.clone(),
                 node: self.node.clone(),

@@ -154,6 +154,45 @@ pub enum PeerRole {
     Operator(OperatorRole),
 }
 
+/// The certificate roles a route accepts: the node refuses (and counts) an envelope from any
+/// other role before the route's actor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles(u8);
+
+impl Roles {
+    /// The server.
+    pub const SERVER: Roles = Roles(1);
+    /// Endpoint agents.
+    pub const ENDPOINT: Roles = Roles(2);
+    /// Operators with the viewer role.
+    pub const VIEWER: Roles = Roles(4);
+    /// Operators with the operator role.
+    pub const OPERATOR: Roles = Roles(8);
+    /// Operators with the admin role.
+    pub const ADMIN: Roles = Roles(16);
+    /// Every operator, whatever their role (the route checks what each request needs).
+    pub const OPERATORS: Roles = Roles(4 | 8 | 16);
+    /// Anyone holding a certificate of the cluster's CA.
+    pub const ANY: Roles = Roles(31);
+
+    /// These roles and `other`'s.
+    pub const fn or(self, other: Roles) -> Roles {
+        Roles(self.0 | other.0)
+    }
+
+    /// Whether `role` is among them.
+    pub fn allows(self, role: PeerRole) -> bool {
+        let bit = match role {
+            PeerRole::Server => Roles::SERVER,
+            PeerRole::Endpoint => Roles::ENDPOINT,
+            PeerRole::Operator(OperatorRole::Viewer) => Roles::VIEWER,
+            PeerRole::Operator(OperatorRole::Operator) => Roles::OPERATOR,
+            PeerRole::Operator(OperatorRole::Admin) => Roles::ADMIN,
+        };
+        self.0 & bit.0 != 0
+    }
+}
+
 impl PeerRole {
     fn tag(self) -> String {
         match self {

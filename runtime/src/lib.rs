@@ -24,7 +24,7 @@ pub mod transport;
 mod wake;
 pub mod wire;
 
-pub use identity::{NodeId, OperatorRole, PeerIdentity, PeerRole};
+pub use identity::{NodeId, OperatorRole, PeerIdentity, PeerRole, Roles};
 pub use node::{Incoming, Node, NodeOptions, PeerHandle, ReplyPort};
 pub use stats::{WireStats, WireStatsSnapshot};
 pub use transport::{Connection, Transport, TransportError};

@@ -48,6 +48,8 @@ counters! {
     rejected_spoofed,
     /// Envelopes addressed to no local actor.
     rejected_unknown_destination,
+    /// Envelopes from a role the destination does not accept.
+    rejected_forbidden,
     /// Streams that ended before a whole frame arrived.
     rejected_truncated,
     /// Envelopes of a kind that is not valid where they arrived.
@@ -74,6 +76,7 @@ impl WireStats {
             WireError::Truncated => &self.rejected_truncated,
             WireError::Spoofed { .. } => &self.rejected_spoofed,
             WireError::UnknownDestination(_) => &self.rejected_unknown_destination,
+            WireError::Forbidden { .. } => &self.rejected_forbidden,
             WireError::Protocol(_) => &self.rejected_protocol,
         };
         self.add(c);

@@ -124,6 +124,14 @@ pub enum WireError {
     /// No local actor has that name.
     #[error("no actor named {0:?} on this node")]
     UnknownDestination(String),
+    /// The sender's certificate role may not send to that destination.
+    #[error("a peer with the {role} role may not send to {to:?}")]
+    Forbidden {
+        /// The sender's role.
+        role: String,
+        /// The destination.
+        to: String,
+    },
     /// An envelope of the wrong kind for where it arrived.
     #[error("protocol violation: {0}")]
     Protocol(String),

@@ -145,7 +145,8 @@ pub async fn start_probe(node: &Node) -> mpsc::UnboundedReceiver<(PeerIdentity, 
     let (probe, _) = Actor::spawn(None, ProbeActor, tx)
         .await
         .expect("spawn probe");
-    node.router().register_actor(PROBE, probe);
+    node.router()
+        .register_actor(PROBE, rollcall_runtime::Roles::ANY, probe);
     rx
 }
 

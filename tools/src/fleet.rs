@@ -431,6 +431,7 @@ impl Fleet {
     pub fn add_front(&mut self, front: Node) {
         front.router().register(
             rollcall_actors::desk::DESK,
+            rollcall_runtime::Roles::OPERATORS,
             rollcall_actors::desk::route(self.desk.clone()),
         );
         self.rings.serve_admin_on(&front);

@@ -253,7 +253,12 @@ impl Actor for RingMember {
         myself: ActorRef<MemberMsg>,
         (node, cfg): Self::Arguments,
     ) -> Result<MemberState, ActorProcessingErr> {
-        node.router().register_actor(MEMBER, myself.clone());
+        // Ring messages come from neighbours and from the server (asks, probes, hand-offs).
+        node.router().register_actor(
+            MEMBER,
+            rollcall_runtime::Roles::ENDPOINT.or(rollcall_runtime::Roles::SERVER),
+            myself.clone(),
+        );
         let me = MemberInfo {
             id: node.identity().id.clone(),
             addr: cfg.advertise,

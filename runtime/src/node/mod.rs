@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::backoff::BackoffConfig;
-use crate::identity::{NodeId, PeerIdentity};
+use crate::identity::{NodeId, PeerIdentity, Roles};
 use crate::stats::{WireStats, WireStatsSnapshot};
 use crate::supervisor::{
     ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg,
@@ -221,6 +221,7 @@ impl Node {
         });
         shared.router.register(
             STATUS_ACTOR,
+            Roles::ANY,
             Arc::new(StatusService(Arc::downgrade(&shared))),
         );
         let node = Node {
@@ -275,11 +276,19 @@ impl Node {
         from: PeerIdentity,
         body: Vec<u8>,
     ) -> Result<(), WireError> {
-        let target = self
+        let (target, roles) = self
             .shared
             .router
             .lookup(to)
             .ok_or_else(|| WireError::UnknownDestination(to.to_string()))?;
+        if !roles.allows(from.role) {
+            let e = WireError::Forbidden {
+                role: from.role.to_string(),
+                to: to.to_string(),
+            };
+            self.shared.stats.count_rejection(&e);
+            return Err(e);
+        }
         target
             .deliver(Incoming {
                 from,
@@ -550,8 +559,8 @@ mod tests {
         }
     }
 
-    fn same(a: &Option<Arc<dyn Deliver>>, b: &Arc<dyn Deliver>) -> bool {
-        a.as_ref().is_some_and(|a| Arc::ptr_eq(a, b))
+    fn same(a: &Option<(Arc<dyn Deliver>, Roles)>, b: &Arc<dyn Deliver>) -> bool {
+        a.as_ref().is_some_and(|(a, _)| Arc::ptr_eq(a, b))
     }
 
     #[test]
@@ -559,10 +568,15 @@ mod tests {
         let router = Router::default();
         let (first, second, other): (Arc<dyn Deliver>, Arc<dyn Deliver>, Arc<dyn Deliver>) =
             (Arc::new(Gone), Arc::new(Gone), Arc::new(Gone));
-        router.register("member", first.clone());
-        router.register("a-name-longer-than-twenty-four-bytes", other.clone());
+        router.register("member", Roles::ANY, first.clone());
+        router.register(
+            "a-name-longer-than-twenty-four-bytes",
+            Roles::ENDPOINT,
+            other.clone(),
+        );
         assert!(same(&router.lookup("member"), &first));
-        router.register("member", second.clone());
+        router.register("member", Roles::SERVER, second.clone());
+        assert_eq!(router.lookup("member").map(|(_, r)| r), Some(Roles::SERVER));
         assert!(same(&router.lookup("member"), &second));
         assert_eq!(format!("{router:?}").matches("member").count(), 1);
         assert!(router.lookup("membe").is_none());

@@ -96,6 +96,7 @@ pub(super) fn reject(shared: &Shared, peer: &PeerIdentity, stream: AnyStream, e:
     tracing::warn!(%peer, error = %e, "rejected frame");
     let code = match e {
         WireError::UnknownDestination(_) => RefuseCode::UnknownDestination,
+        WireError::Forbidden { .. } => RefuseCode::Forbidden,
         _ => RefuseCode::Rejected,
     };
     stream.refuse(code);
@@ -133,9 +134,15 @@ pub(super) fn admit<'a>(
             )));
         }
     };
-    let Some(target) = shared.router.lookup(env.to) else {
+    let Some((target, roles)) = shared.router.lookup(env.to) else {
         return Err(WireError::UnknownDestination(env.to.to_string()));
     };
+    if !roles.allows(peer.role) {
+        return Err(WireError::Forbidden {
+            role: peer.role.to_string(),
+            to: env.to.to_string(),
+        });
+    }
     shared.stats.incr(|s| &s.envelopes_received);
     shared
         .stats

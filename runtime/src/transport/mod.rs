@@ -44,6 +44,8 @@ pub enum RefuseCode {
     Rejected,
     /// The local actor dropped the request without answering, or did not answer in time.
     NoAnswer,
+    /// The sender's role may not send to that destination.
+    Forbidden,
     /// A code this build does not know.
     Other(u64),
 }
@@ -55,6 +57,7 @@ impl RefuseCode {
             RefuseCode::UnknownDestination => 1,
             RefuseCode::Rejected => 2,
             RefuseCode::NoAnswer => 3,
+            RefuseCode::Forbidden => 4,
             RefuseCode::Other(c) => c,
         }
     }
@@ -65,6 +68,7 @@ impl RefuseCode {
             1 => RefuseCode::UnknownDestination,
             2 => RefuseCode::Rejected,
             3 => RefuseCode::NoAnswer,
+            4 => RefuseCode::Forbidden,
             c => RefuseCode::Other(c),
         }
     }
@@ -76,6 +80,7 @@ impl std::fmt::Display for RefuseCode {
             RefuseCode::UnknownDestination => f.write_str("no such actor"),
             RefuseCode::Rejected => f.write_str("frame rejected"),
             RefuseCode::NoAnswer => f.write_str("no answer"),
+            RefuseCode::Forbidden => f.write_str("not allowed for this role"),
             RefuseCode::Other(c) => write!(f, "code {c}"),
         }
     }

@@ -242,6 +242,7 @@ impl ChaosControl {
     pub fn install(self, node: &rollcall_runtime::Node) {
         node.router().register(
             CHAOS,
+            rollcall_runtime::Roles::ADMIN,
             std::sync::Arc::new(ChaosRoute(std::sync::Arc::new(self))),
         );
     }

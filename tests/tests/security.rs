@@ -1,0 +1,135 @@
+//! The trust model, attack by attack: every route accepts only the certificate roles that
+//! may send to it, and the node refuses (and counts) everything else before the route's
+//! actor sees it. (Started with the routes' roles; signatures, revocation and placement by
+//! observed address follow.)
+
+use std::time::Duration;
+
+use rollcall_cluster::membership::MembershipConfig;
+use rollcall_cluster::proto::{
+    MEMBER, MemberRequest, NodeAnswer, REGISTRY, RING_ADMIN, Registration, ServerRequest,
+};
+use rollcall_runtime::node::CallError;
+use rollcall_runtime::transport::RefuseCode;
+use rollcall_runtime::transport::quic::QuicOptions;
+use rollcall_runtime::{OperatorRole, PeerRole, TransportError};
+use rollcall_tests::rings::RingCluster;
+use rollcall_tests::{creds, quic_node};
+
+fn forbidden<T>(r: &Result<T, CallError>) -> bool {
+    matches!(
+        r,
+        Err(CallError::Transport(TransportError::Refused(
+            RefuseCode::Forbidden
+        )))
+    )
+}
+
+/// A viewer (or any operator) cannot register a forged machine or hand the server a late
+/// answer; an endpoint cannot use the operators' ring view; an operator cannot send ring
+/// messages to a member. Each attempt is refused with its own code and counted, and the
+/// ring it tried to join is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_the_roles_that_may_not_send_to_it_and_counts_them() {
+    let mut c = RingCluster::start(MembershipConfig::default()).await;
+    let real = c.add("127.0.3.1").await;
+    let server = c.server.local_addr();
+    let before = c.server.wire_stats().snapshot().rejected_forbidden;
+
+    for role in [
+        OperatorRole::Viewer,
+        OperatorRole::Operator,
+        OperatorRole::Admin,
+    ] {
+        let (op, _) = quic_node(
+            &creds(&c.ca, PeerRole::Operator(role)),
+            "127.0.3.200",
+            QuicOptions::default(),
+        )
+        .await;
+        let link = op
+            .connect_once(server, Duration::from_secs(10))
+            .await
+            .expect("operators reach the server");
+        let forged = ServerRequest::Register(Registration {
+            addr: "127.0.3.0:7000".parse().expect("addr"),
+            hostname: "FORGED".into(),
+            os: "linux".into(),
+            version: "0".into(),
+        });
+        let r: Result<rollcall_cluster::proto::RegistrationReply, CallError> =
+            link.call(REGISTRY, &forged, Duration::from_secs(5)).await;
+        assert!(forbidden(&r), "{role}: {:?}", r.err());
+        let answer = ServerRequest::Answer {
+            id: 1,
+            answer: NodeAnswer {
+                rows: Some(vec![vec!["FORGED".into()]]),
+                problems: vec![],
+            },
+        };
+        let r: Result<(), CallError> = link.call(REGISTRY, &answer, Duration::from_secs(5)).await;
+        assert!(forbidden(&r), "{role}: a late answer from an operator");
+        link.close();
+        op.shutdown();
+    }
+
+    // An endpoint may not look at the rings as operators do, nor call a member as a
+    // member would unless it is one (it is: endpoints and the server may).
+    let (ep, _) = quic_node(
+        &creds(&c.ca, PeerRole::Endpoint),
+        "127.0.3.201",
+        QuicOptions::default(),
+    )
+    .await;
+    let link = ep
+        .connect_once(server, Duration::from_secs(10))
+        .await
+        .expect("endpoints reach the server");
+    let r: Result<rollcall_cluster::proto::RingsReport, CallError> = link
+        .call(
+            RING_ADMIN,
+            &rollcall_cluster::proto::AdminRequest::Show { subnet: None },
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(forbidden(&r), "{:?}", r.err());
+    link.close();
+    ep.shutdown();
+
+    // An operator may not send ring messages to an endpoint.
+    let (op, _) = quic_node(
+        &creds(&c.ca, PeerRole::Operator(OperatorRole::Admin)),
+        "127.0.3.202",
+        QuicOptions::default(),
+    )
+    .await;
+    let member = c.endpoints[real].node.local_addr();
+    let link = op
+        .connect_once(member, Duration::from_secs(10))
+        .await
+        .expect("an operator reaches an endpoint");
+    let r: Result<(), CallError> = link
+        .call(MEMBER, &MemberRequest::Probe, Duration::from_secs(5))
+        .await;
+    assert!(forbidden(&r), "an operator probing a member");
+    link.close();
+    op.shutdown();
+    let member_refused = c.endpoints[real]
+        .node
+        .wire_stats()
+        .snapshot()
+        .rejected_forbidden;
+    assert_eq!(member_refused, 1);
+
+    // Seven refusals at the server (two per operator role, one ring view), each counted.
+    let after = c.server.wire_stats().snapshot().rejected_forbidden;
+    assert_eq!(after - before, 7);
+    // Nothing forged joined: the ring holds the real machine alone.
+    let report = c.report().await;
+    let hosts: Vec<String> = report
+        .rings
+        .iter()
+        .flat_map(|r| r.members.iter().map(|m| m.hostname.to_string()))
+        .collect();
+    assert!(!hosts.iter().any(|h| h == "FORGED"), "{hosts:?}");
+}

@@ -133,3 +133,92 @@ async fn every_route_refuses_the_roles_that_may_not_send_to_it_and_counts_them()
         .collect();
     assert!(!hosts.iter().any(|h| h == "FORGED"), "{hosts:?}");
 }
+
+/// Counts what reaches it and answers nothing.
+struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl rollcall_runtime::node::Deliver for Counting {
+    fn deliver(
+        &self,
+        incoming: rollcall_runtime::node::Incoming,
+    ) -> Result<(), rollcall_runtime::node::DestinationGone> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        drop(incoming);
+        Ok(())
+    }
+}
+
+/// An endpoint's certificate answering at the server's address gets nothing: a member dials
+/// it and refuses to register there (so it cannot hand the member script sensors or
+/// questions), and the operators' CLI refuses to talk to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_posing_as_the_server_is_refused_by_members_and_by_the_cli() {
+    use rollcall::compose::{self, Answering, EndpointPlan};
+    use rollcall_cluster::ring::RingConfig;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let ca = rollcall_tests::ca();
+    let (fake, _) = quic_node(
+        &creds(&ca, PeerRole::Endpoint),
+        "127.0.4.1",
+        QuicOptions::default(),
+    )
+    .await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    fake.router().register(
+        REGISTRY,
+        rollcall_runtime::Roles::ANY,
+        Arc::new(Counting(asked.clone())),
+    );
+    let (ep, _) = quic_node(
+        &creds(&ca, PeerRole::Endpoint),
+        "127.0.4.2",
+        QuicOptions::default(),
+    )
+    .await;
+    let member = compose::start_endpoint(
+        &ep,
+        EndpointPlan {
+            server: fake.local_addr(),
+            advertise: ep.local_addr(),
+            hostname: "victim".into(),
+            ring: RingConfig::loopback_tests(),
+            register_min: Duration::from_millis(200),
+            register_max: Duration::from_millis(400),
+            server_timeout: Duration::from_secs(2),
+            seed: 1,
+            answering: Answering::Nothing,
+        },
+    )
+    .await
+    .expect("member");
+    // Two registration attempts reached the impostor's address; neither sent it anything.
+    rollcall_tests::eventually_or("two dials of the impostor", Duration::from_secs(20), || {
+        let n = fake.wire_stats().snapshot().connections_accepted;
+        async move {
+            if n >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} connections"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(asked.load(Ordering::SeqCst), 0, "nothing was asked of it");
+    let status = rollcall_cluster::member::status(&member)
+        .await
+        .expect("status");
+    assert_eq!(status.registrations, 0);
+    assert_eq!(status.ring, None);
+
+    let operator = creds(&ca, PeerRole::Operator(OperatorRole::Admin));
+    let refused = rollcall::desk_client::DeskClient::with_creds(&operator, fake.local_addr()).await;
+    let e = refused.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(
+        e.contains("holds the endpoint role") && e.contains("not a rollcall server"),
+        "{e}"
+    );
+    ep.shutdown();
+    fake.shutdown();
+}

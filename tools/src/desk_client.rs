@@ -49,6 +49,10 @@ impl DeskClient {
         link.wait_connected(Duration::from_secs(10))
             .await
             .with_context(|| format!("connecting to {server}"))?;
+        if let Err(e) = link.require_role(rollcall_runtime::PeerRole::Server) {
+            node.shutdown();
+            bail!("{e}: not a rollcall server");
+        }
         Ok(DeskClient { node, link })
     }
 

@@ -225,10 +225,17 @@ async fn server_call<Q: Serialize, R: DeserializeOwned>(
     timeout: Duration,
     req: &Q,
 ) -> Result<R, CallError> {
+    // Whoever answers at the server's address must hold the server role: an endpoint's
+    // certificate there would otherwise hand this member work as if from the server.
     if let Some(l) = link.filter(PeerHandle::is_connected) {
+        l.require_role(PeerRole::Server)?;
         return l.call(REGISTRY, req, timeout).await;
     }
     let l = node.connect_once(server, timeout).await?;
+    if let Err(e) = l.require_role(PeerRole::Server) {
+        l.close();
+        return Err(e);
+    }
     let r = l.call(REGISTRY, req, timeout).await;
     l.close();
     r

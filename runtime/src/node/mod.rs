@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::backoff::BackoffConfig;
-use crate::identity::{NodeId, PeerIdentity, Roles};
+use crate::identity::{NodeId, PeerIdentity, PeerRole, Roles};
 use crate::stats::{WireStats, WireStatsSnapshot};
 use crate::supervisor::{
     ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg,
@@ -98,6 +98,17 @@ pub enum CallError {
     /// The message or reply could not be encoded or decoded.
     #[error(transparent)]
     Wire(#[from] WireError),
+    /// The peer's certificate holds another role than the one this call is for (an
+    /// endpoint answering at the server's address).
+    #[error("the peer at {addr} holds the {got} role, not {expected}")]
+    WrongRole {
+        /// Where it was dialed.
+        addr: SocketAddr,
+        /// The role the call needs.
+        expected: PeerRole,
+        /// The role its certificate holds.
+        got: PeerRole,
+    },
 }
 
 /// Something that happened to a link.

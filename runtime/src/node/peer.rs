@@ -1,7 +1,7 @@
 //! `PeerHandle`: casts and calls to a peer over its newest live connection; the links a node keeps up (`PeerLink` actors, redialed with backoff) and the ones that end with their connection.
 
 use crate::backoff::Backoff;
-use crate::identity::{NodeId, PeerIdentity};
+use crate::identity::{NodeId, PeerIdentity, PeerRole};
 use crate::transport::{Connection, TransportError};
 use crate::wire::{self, EnvelopeKind, EnvelopeOut, WIRE_VERSION, WireError};
 use bytes::Bytes;
@@ -99,6 +99,21 @@ impl PeerHandle {
     /// The peer's identity, while connected.
     pub fn peer(&self) -> Option<PeerIdentity> {
         self.conn.get().map(|c| c.peer().clone())
+    }
+
+    /// Checks that the connected peer's certificate holds `role` (clients check that the
+    /// peer they dialed as the server is one).
+    pub fn require_role(&self, role: PeerRole) -> Result<(), CallError> {
+        let got = self.current()?.peer().role;
+        if got == role {
+            Ok(())
+        } else {
+            Err(CallError::WrongRole {
+                addr: self.addr,
+                expected: role,
+                got,
+            })
+        }
     }
 
     pub(super) fn current(&self) -> Result<Arc<dyn Connection>, CallError> {

@@ -121,13 +121,13 @@ impl CaEnroller {
             .any(|s| constant_time_eq(s.as_bytes(), req.token_secret.as_bytes()));
         if !known {
             stats.incr(|s| &s.enrolments_refused);
-            tracing::warn!(hostname = %req.hostname, "enrolment refused: unknown join token");
+            tracing::warn!(hostname = ?req.hostname, "enrolment refused: unknown join token");
             return EnrolResponse::Refused("unknown join token".into());
         }
         match self.ca.sign_endpoint_request(&req.csr) {
             Ok((id, cert)) => {
                 stats.incr(|s| &s.enrolments);
-                tracing::info!(node = %id, hostname = %req.hostname, "endpoint enrolled");
+                tracing::info!(node = %id, hostname = ?req.hostname, "endpoint enrolled");
                 EnrolResponse::Accepted {
                     cert: cert.to_vec(),
                     ca: self.ca.cert().to_vec(),
@@ -135,7 +135,7 @@ impl CaEnroller {
             }
             Err(e) => {
                 stats.incr(|s| &s.enrolments_refused);
-                tracing::warn!(hostname = %req.hostname, error = %e, "enrolment refused: bad request");
+                tracing::warn!(hostname = ?req.hostname, error = %e, "enrolment refused: bad request");
                 EnrolResponse::Refused(format!("bad certificate request: {e}"))
             }
         }
@@ -274,4 +274,56 @@ pub async fn load_or_enrol(
     let creds = enrol(server, token, hostname, bind).await?;
     creds.save(state_dir)?;
     Ok(creds)
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A log sink the test reads back.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            crate::sync::lock(&self.0).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_host_name_sent_before_authentication_cannot_forge_a_log_line() {
+        // Attack 6 of the trust model: a newline and ANSI escapes in the host name wrote a
+        // forged "endpoint enrolled" line into the server's log.
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let ca = Arc::new(Ca::generate("test").expect("ca"));
+        let enroller = CaEnroller::new(ca, vec!["good".into()]);
+        let req = EnrolRequest {
+            token_secret: "bad".into(),
+            csr: Vec::new(),
+            hostname: "evil\n2026-12-06T00:00:00Z  INFO endpoint enrolled node=0\x1b[0m".into(),
+        };
+        let stats = WireStats::default();
+        tracing::subscriber::with_default(subscriber, || {
+            let _ = enroller.decide(&req, &stats);
+        });
+        let out = String::from_utf8(crate::sync::lock(&sink.0).clone()).expect("utf-8");
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(
+            out.contains("enrolment refused: unknown join token"),
+            "{out}"
+        );
+        assert!(!out.contains('\x1b'), "{out:?}");
+        assert!(out.contains("evil\\n2026"), "{out}");
+        assert_eq!(stats.snapshot().enrolments_refused, 1);
+    }
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::identity::{
     self, Ca, Credentials, IdentityError, JoinToken, NODE_SERVER_NAME, PeerRole,
 };
+use crate::identity::{TokenRefusal, constant_time_eq};
 use crate::stats::WireStats;
 use crate::tls::{self, LinkTimeouts};
 use crate::transport::quic::EnrolService;
@@ -108,21 +109,30 @@ impl CaEnroller {
 
     /// Decides one request, counting the outcome in `stats`.
     pub fn decide(&self, req: &EnrolRequest, stats: &WireStats) -> EnrolResponse {
-        let from_dir;
-        let secrets = match &self.secrets {
-            Some(s) => s,
+        let accepted = match &self.secrets {
+            Some(secrets) => {
+                let known = secrets
+                    .iter()
+                    .any(|s| constant_time_eq(s.as_bytes(), req.token_secret.as_bytes()));
+                if known {
+                    Ok(())
+                } else {
+                    Err(TokenRefusal::Unknown)
+                }
+            }
+            // Tokens on file carry an expiry and a use count: one use is spent here.
             None => {
-                from_dir = self.ca.join_secrets();
-                &from_dir
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                self.ca.spend_join_token(&req.token_secret, now)
             }
         };
-        let known = secrets
-            .iter()
-            .any(|s| constant_time_eq(s.as_bytes(), req.token_secret.as_bytes()));
-        if !known {
+        if let Err(why) = accepted {
             stats.incr(|s| &s.enrolments_refused);
-            tracing::warn!(hostname = ?req.hostname, "enrolment refused: unknown join token");
-            return EnrolResponse::Refused("unknown join token".into());
+            tracing::warn!(hostname = ?req.hostname, "enrolment refused: {why}");
+            return EnrolResponse::Refused(why.to_string());
         }
         match self.ca.sign_endpoint_request(&req.csr) {
             Ok((id, cert)) => {
@@ -140,10 +150,6 @@ impl CaEnroller {
             }
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[async_trait]

@@ -222,3 +222,52 @@ async fn an_endpoint_posing_as_the_server_is_refused_by_members_and_by_the_cli()
     ep.shutdown();
     fake.shutdown();
 }
+
+/// A join token made with a use limit and an expiry enrols that many endpoints and no more,
+/// and a revoked one none, on a running server that reads the CA directory (attack 5: one
+/// token gave any number of certificates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_enrols_as_many_endpoints_as_it_allows_and_none_once_revoked() {
+    use rollcall_runtime::enrol::{self, CaEnroller, EnrolError};
+    use rollcall_runtime::identity::{Ca, TokenPolicy};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = Arc::new(Ca::init(&dir.path().join("ca"), "test").expect("init"));
+    let once = ca
+        .new_join_token_with(TokenPolicy {
+            expires_unix_secs: None,
+            uses_left: Some(1),
+        })
+        .expect("token");
+    let open = ca.new_join_token().expect("token");
+    let (server, _) = quic_node(
+        &creds(&ca, PeerRole::Server),
+        "127.0.5.1",
+        QuicOptions {
+            enrolment: Some(Arc::new(CaEnroller::from_ca_dir(ca.clone()))),
+            ..Default::default()
+        },
+    )
+    .await;
+    let stats = server.wire_stats().clone();
+    let bind = "127.0.5.9:0".parse().expect("addr");
+    enrol::enrol(server.local_addr(), &once, "first", bind)
+        .await
+        .expect("the token's one use");
+    match enrol::enrol(server.local_addr(), &once, "second", bind).await {
+        Err(EnrolError::Refused(why)) => assert_eq!(why, "join token used up"),
+        other => panic!("expected refusal, got {other:?}"),
+    }
+    enrol::enrol(server.local_addr(), &open, "third", bind)
+        .await
+        .expect("an unlimited token");
+    assert!(ca.revoke_join_token(&open.secret[..8]).expect("revoke"));
+    match enrol::enrol(server.local_addr(), &open, "fourth", bind).await {
+        Err(EnrolError::Refused(why)) => assert_eq!(why, "unknown join token"),
+        other => panic!("expected refusal, got {other:?}"),
+    }
+    let s = stats.snapshot();
+    assert_eq!((s.enrolments, s.enrolments_refused), (2, 2));
+    server.shutdown();
+}

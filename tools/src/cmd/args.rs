@@ -390,6 +390,27 @@ pub(crate) enum CaCommand {
         /// The CA directory.
         #[arg(long)]
         dir: PathBuf,
+        /// How many endpoints may enrol with it (any number if not given).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// How long it is accepted, e.g. `30m`, `24h`, `7d` (for ever if not given).
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
+    /// List the join tokens (by the first 8 characters of their secret) with what is left
+    /// of them.
+    Tokens {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Revoke a join token (a running server refuses it at once).
+    RevokeToken {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The token's id from `rollcall ca tokens` (its secret's first 8 characters).
+        id: String,
     },
     /// Issue an operator certificate with a role, for use with `--cert-dir`.
     IssueOperator {
@@ -410,6 +431,24 @@ pub(crate) enum CaCommand {
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
+}
+
+/// Reads `30s`, `15m`, `24h`, `7d`.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
 }
 
 pub(crate) fn parse_role(s: &str) -> Result<OperatorRole, String> {
@@ -479,9 +518,13 @@ pub(crate) struct EndpointArgs {
     #[arg(long)]
     pub(crate) server: SocketAddr,
     /// The join token printed by `rollcall ca init` or `rollcall ca join-token`; needed on
-    /// first start only.
-    #[arg(long, env = "ROLLCALL_JOIN_TOKEN")]
+    /// first start only. Prefer `--join-token-file` or the environment: a command line is
+    /// readable by every local user.
+    #[arg(long, env = "ROLLCALL_JOIN_TOKEN", hide_env_values = true)]
     pub(crate) join_token: Option<String>,
+    /// A file holding the join token (first start only).
+    #[arg(long, conflicts_with = "join_token")]
+    pub(crate) join_token_file: Option<PathBuf>,
     /// Where the endpoint keeps its key, certificate and node secret.
     #[arg(long)]
     pub(crate) state_dir: PathBuf,

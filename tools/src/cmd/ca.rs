@@ -1,6 +1,6 @@
 //! `rollcall ca`: the cluster CA, join tokens and operator certificates.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use rollcall_runtime::identity::{Ca, PeerRole, Validity};
 
@@ -18,9 +18,45 @@ pub(crate) fn ca(cmd: CaCommand) -> Result<()> {
             );
             println!("join token: {token}");
         }
-        CaCommand::JoinToken { dir } => {
+        CaCommand::JoinToken { dir, uses, expires } => {
             let ca = Ca::load(&dir).context("loading the CA")?;
-            println!("{}", ca.new_join_token()?);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let policy = rollcall_runtime::identity::TokenPolicy {
+                expires_unix_secs: expires.map(|d| now.saturating_add(d.as_secs())),
+                uses_left: uses,
+            };
+            println!("{}", ca.new_join_token_with(policy)?);
+        }
+        CaCommand::Tokens { dir } => {
+            let ca = Ca::load(&dir).context("loading the CA")?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            println!("{:<10} {:<22} USES LEFT", "ID", "EXPIRES");
+            for t in ca.join_tokens() {
+                let expires = match t.policy.expires_unix_secs {
+                    None => "never".to_string(),
+                    Some(e) if e <= now => "expired".to_string(),
+                    Some(e) => format!("in {} min", (e - now).div_ceil(60)),
+                };
+                let uses = t
+                    .policy
+                    .uses_left
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "any".into());
+                println!("{:<10} {:<22} {uses}", t.id, expires);
+            }
+        }
+        CaCommand::RevokeToken { dir, id } => {
+            let ca = Ca::load(&dir).context("loading the CA")?;
+            if !ca.revoke_join_token(&id)? {
+                bail!("no join token {id:?} (give the 8-character id `rollcall ca tokens` shows)");
+            }
+            println!("revoked join token {id}");
         }
         CaCommand::IssueOperator {
             dir,

@@ -188,10 +188,18 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
     if cfg.ring.register_min_ms == 0 || cfg.ring.register_min_ms > cfg.ring.register_max_ms {
         bail!("the registration interval must satisfy 0 < min <= max");
     }
+    let from_file = match &a.join_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the join token from {}", p.display()))?,
+        ),
+        None => None,
+    };
     let token = a
         .join_token
         .as_deref()
-        .map(str::parse::<JoinToken>)
+        .or(from_file.as_deref())
+        .map(|t| t.trim().parse::<JoinToken>())
         .transpose()
         .context("reading the join token")?;
     let hostname = hostname();

@@ -302,6 +302,26 @@ async fn a_failed_sensor_makes_a_negative_filter_unknown_not_true() {
 }
 
 #[tokio::test]
+async fn a_script_sensor_runs_with_a_clean_environment() {
+    // The test process has cargo's variables (as the agent has its join token in
+    // ROLLCALL_JOIN_TOKEN): none reaches the script; the usual tools are still found.
+    assert!(std::env::var("CARGO_MANIFEST_DIR").is_ok());
+    let mut s = Sensors::new(Arc::new(SimulatedHost(HostProfile::from_seed(2, None))));
+    s.set_scripts(vec![ScriptSensor::new(
+        "Env",
+        "echo \"${CARGO_MANIFEST_DIR:-clean} ${ROLLCALL_JOIN_TOKEN:-none} $PATH\"; env | wc -l | tr -d ' '",
+    )])
+    .expect("scripts");
+    let q = parse("Get Env from all machines", &s.catalog()).expect("parse");
+    let rows = s.answer(&q).await.rows.expect("rows");
+    let values: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert!(
+        values.contains(&format!("clean none {}", rollcall_actors::sensors::SCRIPT_PATH).as_str()),
+        "{values:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_script_whose_hash_does_not_match_is_refused() {
     let mut s = Sensors::new(Arc::new(SimulatedHost(HostProfile::from_seed(1, None))));
     let mut tampered = ScriptSensor::new("Who", "id -un");

@@ -127,6 +127,9 @@ const fn b(
     }
 }
 
+/// The search path of script sensors, which run with a clean environment.
+pub const SCRIPT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The built-in sensors.
 pub const BUILTIN: &[Builtin] = &[
     b("Computer Name", "", ValueKind::Text, false, "the host name"),
@@ -628,9 +631,14 @@ async fn run_script(
         return Err(SensorError::Failed("script does not match its hash".into()));
     }
     let started = Instant::now();
+    // A clean environment: nothing of the agent's (its join token, its configuration)
+    // reaches an admin's script; a fixed search path finds the usual tools.
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(&script.script)
+        .env_clear()
+        .env("PATH", SCRIPT_PATH)
+        .env("LANG", "C.UTF-8")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .stdin(std::process::Stdio::null())

@@ -542,7 +542,7 @@ impl QuestionDesk {
         };
         for s in due {
             if let DeskReply::Error(e) = self.ask(s.text.clone(), DEFAULT_TTL).await {
-                tracing::warn!(saved = %s.name, error = %e, "scheduled question failed");
+                tracing::warn!(saved = ?s.name, error = %e, "scheduled question failed");
             }
         }
     }

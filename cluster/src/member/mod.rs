@@ -418,7 +418,7 @@ async fn dispatch(
                     role: PeerRole::Server,
                 };
                 if let Err(e) = st.node.deliver_local(&h.to, from, h.body) {
-                    tracing::warn!(to = %h.to, error = %e, "could not deliver missed work");
+                    tracing::warn!(to = ?h.to, error = %e, "could not deliver missed work");
                 }
             }
             st.feed(

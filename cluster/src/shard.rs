@@ -161,10 +161,7 @@ impl Actor for ServerShard {
         myself: ActorRef<ShardMsg>,
         args: ShardArgs,
     ) -> Result<ShardState, ActorProcessingErr> {
-        {
-            let mut t = rollcall_runtime::sync::write(&args.table);
-            t[args.index] = Some(myself.clone());
-        }
+        rollcall_runtime::sync::write(&args.table)[args.index] = Some(myself.clone());
         myself.send_interval(args.cfg.tick, || ShardMsg::Tick);
         Ok(ShardState {
             core: Membership::new(args.cfg.membership.clone()),
@@ -193,10 +190,11 @@ impl Actor for ServerShard {
                         };
                         // Open questions whose fan-out went on without it.
                         handoffs.extend(st.args.questions.missed(&from));
-                        {
-                            let extras = rollcall_runtime::sync::read(&st.args.extras);
-                            handoffs.extend(extras.iter().cloned());
-                        }
+                        handoffs.extend(
+                            rollcall_runtime::sync::read(&st.args.extras)
+                                .iter()
+                                .cloned(),
+                        );
                         if let Some(since) = r.returning {
                             tracing::info!(node = %from, ring = ?r.ring, returning = since.is_some(), "endpoint joined");
                         }
@@ -317,10 +315,7 @@ impl Deliver for Registrar {
             ServerRequest::Register(reg) => {
                 let ring = self.cfg.membership.ring_of(reg.addr.ip());
                 let idx = shard_of(&ring, self.cfg.shards);
-                {
-                    let mut p = rollcall_runtime::sync::write(&self.placed);
-                    p.insert(from, idx);
-                }
+                rollcall_runtime::sync::write(&self.placed).insert(from, idx);
                 Some(idx)
             }
             _ => {
@@ -759,10 +754,7 @@ impl RingServer {
 
     /// Sets what every endpoint is handed at every registration.
     pub fn set_registration_extras(&self, items: Vec<crate::proto::Handoff>) {
-        {
-            let mut e = rollcall_runtime::sync::write(&self.extras);
-            *e = items;
-        }
+        *rollcall_runtime::sync::write(&self.extras) = items;
     }
 
     /// New questions get ids above `last` (ids kept from before a restart stay unique).

@@ -524,10 +524,7 @@ impl Node {
             },
         );
         let cell = self.start_child(spec).await?;
-        {
-            let mut slot = crate::sync::lock(&handle.actor);
-            *slot = Some(cell);
-        }
+        *crate::sync::lock(&handle.actor) = Some(cell);
         Ok(handle)
     }
 }

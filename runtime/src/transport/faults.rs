@@ -71,10 +71,7 @@ impl SocketFaults {
         self.set_blackhole(false);
         self.set_loss(0.0);
         self.set_duplication(0.0);
-        {
-            let mut b = crate::sync::write(&self.blocked);
-            b.clear();
-        }
+        crate::sync::write(&self.blocked).clear();
     }
 
     fn roll(&self, ppm: &AtomicU32) -> bool {
@@ -93,18 +90,12 @@ impl SocketFaults {
 
     /// Drop every datagram to and from `ip`.
     pub fn block(&self, ip: IpAddr) {
-        {
-            let mut b = crate::sync::write(&self.blocked);
-            b.insert(ip);
-        }
+        crate::sync::write(&self.blocked).insert(ip);
     }
 
     /// Stop dropping traffic of `ip`.
     pub fn unblock(&self, ip: IpAddr) {
-        {
-            let mut b = crate::sync::write(&self.blocked);
-            b.remove(&ip);
-        }
+        crate::sync::write(&self.blocked).remove(&ip);
     }
 
     fn drops(&self, peer: SocketAddr) -> bool {

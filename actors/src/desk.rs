@@ -2,12 +2,9 @@
 //! sensors) and the server's [`QuestionDesk`] (operators ask, watch progress, list).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use rollcall_cluster::member::Evaluator;
-use rollcall_cluster::proto::NodeAnswer;
 use rollcall_cluster::questions::{Progress, QuestionSummary};
 use rollcall_cluster::shard::RingServer;
 use rollcall_runtime::OperatorRole;
@@ -15,10 +12,12 @@ use rollcall_runtime::node::{Deliver, DestinationGone, Incoming};
 use rollcall_runtime::wire;
 use serde::{Deserialize, Serialize};
 
-use crate::question::{Question, SensorSpec, parse};
+use crate::question::{SensorSpec, parse};
 use crate::search::{LEARNED_SENSORS, SavedQuestion, Suggestion, Vocabulary, search};
-use crate::sensors::{BUILTIN, PatchLevel, ScriptSensor, Sensors, catalog_with};
+use crate::sensors::{BUILTIN, PatchLevel, ScriptSensor, catalog_with};
 use crate::store::ServerStore;
+
+pub use crate::endpoint::{SENSOR_CONFIG, SensorConfig, SensorEvaluator, SignedConfig};
 
 /// Name of the server actor operators ask questions through.
 pub const DESK: &str = "question.desk";
@@ -29,115 +28,6 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 /// The largest encoded question sent along the rings: well under the frame limit, with room
 /// for the envelope and the answers that travel back with it.
 pub const MAX_QUESTION_BODY_BYTES: usize = 512 * 1024;
-
-/// Name of the endpoint actor that takes the sensor configuration the server hands out at
-/// every registration.
-pub const SENSOR_CONFIG: &str = "sensors.config";
-
-/// What the server distributes to every endpoint: script sensors and the patch baseline.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SensorConfig {
-    /// Admin-registered script sensors (each checked against its hash before use).
-    pub scripts: Vec<ScriptSensor>,
-    /// Versions `Missing Patches` compares against.
-    pub baseline: Vec<PatchLevel>,
-}
-
-/// Answers questions with this endpoint's sensors.
-#[derive(Debug, Clone)]
-pub struct SensorEvaluator {
-    /// Replaced whole when the server's configuration comes: a question takes a reference,
-    /// not a copy of every script.
-    sensors: Arc<RwLock<Arc<Sensors>>>,
-}
-
-impl SensorEvaluator {
-    /// An evaluator over `sensors`.
-    pub fn new(sensors: Sensors) -> SensorEvaluator {
-        SensorEvaluator {
-            sensors: Arc::new(RwLock::new(Arc::new(sensors))),
-        }
-    }
-
-    /// Takes the server's [`SensorConfig`] on `node` as [`SENSOR_CONFIG`].
-    pub fn accept_config_on(&self, node: &rollcall_runtime::Node) {
-        node.router().register(
-            SENSOR_CONFIG,
-            rollcall_runtime::Roles::SERVER,
-            Arc::new(ConfigRoute(self.sensors.clone())),
-        );
-    }
-
-    /// The sensor names this endpoint knows now.
-    pub fn catalog(&self) -> Vec<SensorSpec> {
-        Some(rollcall_runtime::sync::read(&self.sensors))
-            .map(|s| s.catalog())
-            .unwrap_or_default()
-    }
-}
-
-struct ConfigRoute(Arc<RwLock<Arc<Sensors>>>);
-
-impl Deliver for ConfigRoute {
-    fn deliver(&self, incoming: Incoming) -> Result<(), DestinationGone> {
-        if incoming.from.role != rollcall_runtime::PeerRole::Server {
-            return Ok(());
-        }
-        let Ok(cfg) = incoming.decode::<SensorConfig>() else {
-            return Ok(());
-        };
-        {
-            let mut s = rollcall_runtime::sync::write(&self.0);
-            let mut next = Sensors::clone(&s);
-            if let Err(e) = next.set_scripts(cfg.scripts) {
-                tracing::warn!(error = %e, "refused the server's script sensors");
-            }
-            next.set_baseline(cfg.baseline);
-            *s = Arc::new(next);
-        }
-        Ok(())
-    }
-}
-
-impl Evaluator for SensorEvaluator {
-    fn evaluate(&self, body: &[u8]) -> BoxFuture<'static, NodeAnswer> {
-        let question: Result<Question, _> = wire::decode_body(body);
-        let sensors = Arc::clone(&rollcall_runtime::sync::read(&self.sensors));
-        Box::pin(async move {
-            match question {
-                Ok(q) if q.check().is_err() => NodeAnswer {
-                    rows: None,
-                    problems: vec![format!(
-                        "question refused: {}",
-                        q.check().err().map(|e| e.to_string()).unwrap_or_default()
-                    )],
-                },
-                Ok(q) => {
-                    let a = sensors.answer(&q).await;
-                    NodeAnswer {
-                        rows: a.rows,
-                        problems: a
-                            .problems
-                            .iter()
-                            .map(|p| {
-                                let e = p
-                                    .error
-                                    .as_ref()
-                                    .map(ToString::to_string)
-                                    .unwrap_or_default();
-                                format!("{}: {e} ({} ms)", p.sensor, p.runtime_ms)
-                            })
-                            .collect(),
-                    }
-                }
-                Err(e) => NodeAnswer {
-                    rows: None,
-                    problems: vec![format!("cannot read the question: {e}")],
-                },
-            }
-        })
-    }
-}
 
 /// What operators ask the desk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,7 +163,7 @@ impl QuestionDesk {
     /// Hands the sensor configuration to every endpoint at its next registration.
     fn publish_config(&self) {
         let cfg = self.lock().config.clone();
-        match wire::encode_body(&cfg) {
+        match SignedConfig::sign(&cfg, self.rings.signer()).and_then(|s| wire::encode_body(&s)) {
             Ok(body) => {
                 self.rings
                     .set_registration_extras(vec![rollcall_cluster::proto::Handoff {

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod desk;
+pub mod endpoint;
 pub mod question;
 pub mod search;
 pub mod sensors;

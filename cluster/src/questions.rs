@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
 use rollcall_runtime::NodeId;
+use rollcall_runtime::signing::{Purpose, ServerSigner, Stamp};
 use serde::{Deserialize, Serialize};
 
 use crate::proto::{Handoff, IdList, MEMBER, MemberRequest, NodeAnswer, Partial, QuestionEnvelope};
@@ -27,6 +28,10 @@ struct Record {
     text: String,
     columns: Vec<String>,
     body: Vec<u8>,
+    /// Issue time and expiry, as signed.
+    stamp: Stamp,
+    /// The server's signature over the id, the stamp and the body.
+    signature: Vec<u8>,
     asked_at: Instant,
     expires_at: Instant,
     /// Live machines when it was asked, with their host names (shared with the questions
@@ -159,6 +164,7 @@ fn natural(a: &str, b: &str) -> std::cmp::Ordering {
 /// Every question the server keeps (the newest `max_kept`).
 #[derive(Debug)]
 pub struct QuestionStore {
+    signer: Arc<ServerSigner>,
     max_kept: usize,
     state: Mutex<(u64, BTreeMap<u64, Record>)>,
     /// The last question's live machines, as listed and as indexed: a question asked of the
@@ -167,9 +173,10 @@ pub struct QuestionStore {
 }
 
 impl QuestionStore {
-    /// A store that keeps the newest `max_kept` questions.
-    pub fn new(max_kept: usize) -> QuestionStore {
+    /// A store that keeps the newest `max_kept` questions, signing each with `signer`.
+    pub fn new(max_kept: usize, signer: Arc<ServerSigner>) -> QuestionStore {
         QuestionStore {
+            signer,
             max_kept: max_kept.max(1),
             state: Mutex::new((0, BTreeMap::new())),
             roster: Mutex::new(None),
@@ -230,12 +237,16 @@ impl QuestionStore {
         let mut st = self.lock();
         st.0 += 1;
         let id = st.0;
+        let stamp = Stamp::now_for(ttl);
+        let signature = self.signer.sign(Purpose::Question, id, stamp, &body);
         st.1.insert(
             id,
             Record {
                 text,
                 columns,
                 body,
+                stamp,
+                signature,
                 asked_at: now,
                 expires_at: now + ttl,
                 expected,
@@ -262,6 +273,8 @@ impl QuestionStore {
             id,
             body: r.body.clone(),
             ttl_ms: left.as_millis() as u64,
+            stamp: r.stamp,
+            signature: r.signature.clone(),
         })
     }
 
@@ -321,6 +334,8 @@ impl QuestionStore {
                     id: *id,
                     body: r.body.clone(),
                     ttl_ms: r.expires_at.duration_since(now).as_millis() as u64,
+                    stamp: r.stamp,
+                    signature: r.signature.clone(),
                 };
                 let body = rollcall_runtime::wire::encode_body(&MemberRequest::Late(env)).ok()?;
                 Some(Handoff {
@@ -464,7 +479,10 @@ mod tests {
 
     #[test]
     fn each_machine_counts_once_whatever_route_its_answers_took() {
-        let store = QuestionStore::new(4);
+        let store = QuestionStore::new(
+            4,
+            std::sync::Arc::new(rollcall_runtime::signing::ServerSigner::generate().expect("key")),
+        );
         let expected: Live = ["a", "b", "c", "d"]
             .iter()
             .map(|n| (NodeId::new(*n), format!("host-{n}").into()))
@@ -515,7 +533,10 @@ mod tests {
 
     #[test]
     fn a_machine_counts_once_in_each_distinct_row_it_gives_and_equal_counts_sort_naturally() {
-        let store = QuestionStore::new(4);
+        let store = QuestionStore::new(
+            4,
+            std::sync::Arc::new(rollcall_runtime::signing::ServerSigner::generate().expect("key")),
+        );
         let fleet: Live = ["a", "b", "c", "d"]
             .iter()
             .map(|n| (NodeId::new(*n), format!("host-{n}").into()))
@@ -571,7 +592,10 @@ mod tests {
 
     #[test]
     fn questions_asked_of_the_same_fleet_share_its_index_and_a_changed_fleet_gets_its_own() {
-        let store = QuestionStore::new(8);
+        let store = QuestionStore::new(
+            8,
+            std::sync::Arc::new(rollcall_runtime::signing::ServerSigner::generate().expect("key")),
+        );
         let fleet = |names: &[&str]| -> Live {
             names
                 .iter()

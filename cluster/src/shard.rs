@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rollcall_runtime::node::{CallError, Deliver, DestinationGone, Incoming, LinkEvent, Node};
+use rollcall_runtime::signing::ServerSigner;
 use rollcall_runtime::supervisor::{
     ChildSpec, Restart, RestartIntensity, Supervisor, SupervisorArgs,
 };
@@ -403,6 +404,7 @@ async fn rings_report(
 #[derive(Clone)]
 pub struct RingServer {
     table: ShardTable,
+    signer: Arc<ServerSigner>,
     node: Node,
     questions: Arc<QuestionStore>,
     extras: Extras,
@@ -433,11 +435,13 @@ impl std::fmt::Debug for RingServer {
 
 impl RingServer {
     /// Starts the shards under the node's supervisor and registers [`REGISTRY`] and
-    /// [`RING_ADMIN`] on the node.
+    /// [`RING_ADMIN`] on the node. Questions are signed with `signer`, the key endpoints
+    /// pinned at enrolment.
     pub async fn start(
         node: &Node,
         cfg: RingServerConfig,
         backlog: Option<Arc<dyn Backlog>>,
+        signer: Arc<ServerSigner>,
     ) -> Result<RingServer, RingServiceError> {
         let shards = cfg.shards.max(1);
         let cfg = RingServerConfig { shards, ..cfg };
@@ -449,7 +453,7 @@ impl RingServer {
             retry: cfg.retry_interval,
         };
         let table: ShardTable = Arc::new(RwLock::new(vec![None; shards]));
-        let questions = Arc::new(QuestionStore::new(1000));
+        let questions = Arc::new(QuestionStore::new(1000, signer.clone()));
         let extras: Extras = Arc::new(RwLock::new(Vec::new()));
         let specs: Vec<ChildSpec> = (0..shards)
             .map(|index| {
@@ -532,6 +536,7 @@ impl RingServer {
         });
         Ok(RingServer {
             table,
+            signer,
             node: node.clone(),
             questions,
             extras,
@@ -750,6 +755,11 @@ impl RingServer {
             link.close();
         }
         r
+    }
+
+    /// The key the server signs with (questions here; the desk's sensor configuration).
+    pub fn signer(&self) -> &Arc<ServerSigner> {
+        &self.signer
     }
 
     /// Sets what every endpoint is handed at every registration.

@@ -3,8 +3,10 @@
 //! The endpoint generates its key pair locally and sends only a certificate request and the
 //! token's secret, over QUIC on the enrolment ALPN, without a client certificate. It verifies
 //! the server against the CA fingerprint in the token. The server checks the secret, derives
-//! the node id from the requested key, and signs. Nothing else is served to a connection
-//! without a certificate.
+//! the node id from the requested key, and signs. Its answer carries the server's public
+//! signing key, and the endpoint pins it with the server's node id (from the server's
+//! certificate on that connection): from then on it acts only on what that key signed, and
+//! talks to no other server. Nothing else is served to a connection without a certificate.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,6 +20,7 @@ use crate::identity::{
     self, Ca, Credentials, IdentityError, JoinToken, NODE_SERVER_NAME, PeerRole,
 };
 use crate::identity::{TokenRefusal, constant_time_eq};
+use crate::signing::{ServerKey, ServerTrust};
 use crate::stats::WireStats;
 use crate::tls::{self, LinkTimeouts};
 use crate::transport::quic::EnrolService;
@@ -51,6 +54,8 @@ pub enum EnrolResponse {
         /// The CA certificate (DER).
         #[serde(with = "serde_bytes")]
         ca: Vec<u8>,
+        /// The server's public signing key.
+        signing_key: ServerKey,
     },
     /// Why not.
     Refused(String),
@@ -82,6 +87,7 @@ pub enum EnrolError {
 /// Serves enrolment from a CA and a set of accepted join-token secrets.
 pub struct CaEnroller {
     ca: Arc<Ca>,
+    signing_key: ServerKey,
     /// Fixed secrets, or `None` to read the CA directory's token list at each request (so
     /// tokens made while the server runs are accepted at once).
     secrets: Option<Vec<String>>,
@@ -94,17 +100,22 @@ impl std::fmt::Debug for CaEnroller {
 }
 
 impl CaEnroller {
-    /// An enroller that accepts `secrets`.
-    pub fn new(ca: Arc<Ca>, secrets: Vec<String>) -> CaEnroller {
+    /// An enroller that accepts `secrets`, for a server signing with `signing_key`.
+    pub fn new(ca: Arc<Ca>, secrets: Vec<String>, signing_key: ServerKey) -> CaEnroller {
         CaEnroller {
             ca,
+            signing_key,
             secrets: Some(secrets),
         }
     }
 
     /// An enroller that accepts the tokens listed in the CA's directory at request time.
-    pub fn from_ca_dir(ca: Arc<Ca>) -> CaEnroller {
-        CaEnroller { ca, secrets: None }
+    pub fn from_ca_dir(ca: Arc<Ca>, signing_key: ServerKey) -> CaEnroller {
+        CaEnroller {
+            ca,
+            signing_key,
+            secrets: None,
+        }
     }
 
     /// Decides one request, counting the outcome in `stats`.
@@ -141,6 +152,7 @@ impl CaEnroller {
                 EnrolResponse::Accepted {
                     cert: cert.to_vec(),
                     ca: self.ca.cert().to_vec(),
+                    signing_key: self.signing_key,
                 }
             }
             Err(e) => {
@@ -191,13 +203,22 @@ impl EnrolService for CaEnroller {
     }
 }
 
+/// An enrolled endpoint's credentials and the server it pinned.
+#[derive(Debug)]
+pub struct Enrolled {
+    /// Its certificate and key.
+    pub creds: Credentials,
+    /// The server's node id and signing key.
+    pub trust: ServerTrust,
+}
+
 /// Enrols with the server at `server` using `token`, from a client socket bound at `bind`.
 pub async fn enrol(
     server: SocketAddr,
     token: &JoinToken,
     hostname: &str,
     bind: SocketAddr,
-) -> Result<Credentials, EnrolError> {
+) -> Result<Enrolled, EnrolError> {
     let connect_err = |reason: String| EnrolError::Connect {
         addr: server,
         reason,
@@ -211,6 +232,21 @@ pub async fn enrol(
         .map_err(|e| connect_err(e.to_string()))?
         .await
         .map_err(|e| connect_err(e.to_string()))?;
+    // The CA fingerprint in the token verified the chain; the leaf must be the server's.
+    let server_id = conn
+        .peer_identity()
+        .and_then(|p| {
+            p.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| identity::PeerIdentity::from_cert_der(c).ok())
+        })
+        .filter(|p| p.role == PeerRole::Server)
+        .map(|p| p.id)
+        .ok_or_else(|| connect_err("the peer's certificate is not a server's".into()))?;
     let exchange = async {
         let x = |e: &dyn std::fmt::Display| EnrolError::Exchange(e.to_string());
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| x(&e))?;
@@ -242,7 +278,11 @@ pub async fn enrol(
     conn.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
     match answer? {
-        EnrolResponse::Accepted { cert, ca } => {
+        EnrolResponse::Accepted {
+            cert,
+            ca,
+            signing_key,
+        } => {
             if identity::fingerprint(&ca) != token.ca_fingerprint {
                 return Err(EnrolError::Exchange(
                     "the CA certificate returned does not match the join token".into(),
@@ -254,22 +294,36 @@ pub async fn enrol(
                     "issued certificate is not an endpoint's".into(),
                 ));
             }
-            Ok(creds)
+            Ok(Enrolled {
+                creds,
+                trust: ServerTrust::new(Some(server_id), signing_key),
+            })
         }
         EnrolResponse::Refused(why) => Err(EnrolError::Refused(why)),
     }
 }
 
-/// Loads the credentials in `state_dir`, or enrols and stores them there on first start.
+/// Loads the credentials and the server pin in `state_dir`, or enrols and stores them there
+/// on first start.
 pub async fn load_or_enrol(
     state_dir: &Path,
     server: SocketAddr,
     token: Option<&JoinToken>,
     hostname: &str,
     bind: SocketAddr,
-) -> Result<Credentials, EnrolError> {
+) -> Result<Enrolled, EnrolError> {
     if Credentials::exist_in(state_dir) {
-        return Ok(Credentials::load(state_dir)?);
+        if !ServerTrust::exists_in(state_dir) {
+            return Err(EnrolError::Refused(format!(
+                "{} holds credentials but no server pin ({}): enrol this endpoint again with a new state directory",
+                state_dir.display(),
+                crate::signing::TRUST_FILE
+            )));
+        }
+        return Ok(Enrolled {
+            creds: Credentials::load(state_dir)?,
+            trust: ServerTrust::load(state_dir)?,
+        });
     }
     let token = token.ok_or_else(|| {
         EnrolError::Refused(format!(
@@ -277,9 +331,10 @@ pub async fn load_or_enrol(
             state_dir.display()
         ))
     })?;
-    let creds = enrol(server, token, hostname, bind).await?;
-    creds.save(state_dir)?;
-    Ok(creds)
+    let enrolled = enrol(server, token, hostname, bind).await?;
+    enrolled.creds.save(state_dir)?;
+    enrolled.trust.save(state_dir)?;
+    Ok(enrolled)
 }
 
 #[cfg(test)]
@@ -312,7 +367,13 @@ mod log_tests {
             .with_ansi(false)
             .finish();
         let ca = Arc::new(Ca::generate("test").expect("ca"));
-        let enroller = CaEnroller::new(ca, vec!["good".into()]);
+        let enroller = CaEnroller::new(
+            ca,
+            vec!["good".into()],
+            crate::signing::ServerSigner::generate()
+                .expect("key")
+                .public_key(),
+        );
         let req = EnrolRequest {
             token_secret: "bad".into(),
             csr: Vec::new(),

@@ -839,7 +839,7 @@ fn set_validity(params: &mut CertificateParams, v: Validity) {
     params.not_after = now + time::Duration::seconds(v.not_after_secs);
 }
 
-fn pem(tag: &str, der: &[u8]) -> String {
+pub(crate) fn pem(tag: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(tag, der.to_vec()))
 }
 
@@ -856,26 +856,39 @@ fn read_cert(path: &Path) -> Result<CertificateDer<'static>, IdentityError> {
     })
 }
 
-fn create_dir(dir: &Path) -> Result<(), IdentityError> {
+pub(crate) fn create_dir(dir: &Path) -> Result<(), IdentityError> {
     std::fs::create_dir_all(dir).map_err(|source| IdentityError::Io {
         path: dir.to_path_buf(),
         source,
     })
 }
 
-fn write_file(path: &Path, text: &str, private: bool) -> Result<(), IdentityError> {
+pub(crate) fn write_file(path: &Path, text: &str, private: bool) -> Result<(), IdentityError> {
     let io = |source| IdentityError::Io {
         path: path.to_path_buf(),
         source,
     };
-    std::fs::write(path, text).map_err(io)?;
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    // A private file is made readable by its owner alone from the start, not after its
+    // secret is already written.
     #[cfg(unix)]
     if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
     }
     #[cfg(not(unix))]
     let _ = private;
+    let mut f = opts.open(path).map_err(io)?;
+    #[cfg(unix)]
+    if private {
+        // An existing file keeps its mode on open: narrow it too.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+    }
+    f.write_all(text.as_bytes()).map_err(io)?;
     Ok(())
 }
 

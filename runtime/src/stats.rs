@@ -64,6 +64,9 @@ counters! {
     enrolments_refused,
     /// Casts dropped because the link was down.
     casts_dropped_link_down,
+    /// Items that would make this node act (questions, sensor configuration) refused because
+    /// the server's signature did not verify or they had expired.
+    rejected_unsigned,
 }
 
 impl WireStats {

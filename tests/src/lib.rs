@@ -160,6 +160,24 @@ pub fn creds(ca: &Ca, role: PeerRole) -> Credentials {
     ca.issue(role, None, Validity::default()).expect("issue")
 }
 
+/// Question `id` with `body`, signed by `signer` and open for `ttl`, as the server sends it.
+pub fn signed_question(
+    signer: &rollcall_runtime::signing::ServerSigner,
+    id: u64,
+    body: Vec<u8>,
+    ttl: Duration,
+) -> rollcall_cluster::proto::QuestionEnvelope {
+    use rollcall_runtime::signing::{Purpose, Stamp};
+    let stamp = Stamp::now_for(ttl);
+    rollcall_cluster::proto::QuestionEnvelope {
+        id,
+        signature: signer.sign(Purpose::Question, id, stamp, &body),
+        body,
+        ttl_ms: ttl.as_millis() as u64,
+        stamp,
+    }
+}
+
 /// Timeouts short enough for tests: keep-alive 200 ms, idle 1 s.
 pub fn fast_timeouts() -> LinkTimeouts {
     LinkTimeouts {

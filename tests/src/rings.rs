@@ -13,6 +13,7 @@ use rollcall_cluster::ring::RingConfig;
 use rollcall_cluster::shard::{RingServer, RingServerConfig};
 use rollcall_runtime::identity::{Ca, Credentials, NodeSecret, PeerRole};
 use rollcall_runtime::node::{Node, NodeOptions};
+use rollcall_runtime::signing::{ServerSigner, ServerTrust};
 use rollcall_runtime::tls::LinkTimeouts;
 use rollcall_runtime::transport::faults::SocketFaults;
 use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
@@ -67,6 +68,10 @@ pub struct RingCluster {
     pub rings: RingServer,
     /// Endpoints in creation order.
     pub endpoints: Vec<Endpoint>,
+    /// The server's signing key.
+    pub signer: Arc<ServerSigner>,
+    /// The pin every endpoint holds (the server's id and public signing key).
+    pub trust: Arc<ServerTrust>,
 }
 
 impl RingCluster {
@@ -99,7 +104,12 @@ impl RingCluster {
             tick: Duration::from_millis(100),
             ..RingServerConfig::for_ring(&test_ring_config(), membership, 4)
         };
-        let rings = compose::start_server_services(&server, cfg, None, backlog)
+        let signer = Arc::new(ServerSigner::generate().expect("signing key"));
+        let trust = Arc::new(ServerTrust::new(
+            Some(server_creds.identity.id.clone()),
+            signer.public_key(),
+        ));
+        let rings = compose::start_server_services(&server, cfg, None, backlog, signer.clone())
             .await
             .expect("ring server")
             .rings;
@@ -108,6 +118,8 @@ impl RingCluster {
             server,
             rings,
             endpoints: Vec::new(),
+            signer,
+            trust,
         }
     }
 
@@ -173,6 +185,7 @@ impl RingCluster {
                     Some(e) => Answering::Evaluator(e.clone()),
                     None => Answering::Nothing,
                 },
+                trust: self.trust.clone(),
             },
         )
         .await

@@ -11,7 +11,7 @@ use rollcall_actors::sensors::Sensors;
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
 use rollcall_cluster::member::EvaluatorHandle;
 use rollcall_cluster::membership::MembershipConfig;
-use rollcall_cluster::proto::{MEMBER, MemberRequest, NodeAnswer, Partial, QuestionEnvelope};
+use rollcall_cluster::proto::{MEMBER, MemberRequest, NodeAnswer, Partial};
 use rollcall_cluster::questions::Progress;
 use rollcall_runtime::{NodeId, OperatorRole, PeerRole};
 use rollcall_tests::eventually_or;
@@ -263,11 +263,8 @@ async fn a_member_asked_again_after_answering_answers_from_its_kept_answer_witho
         problems: Vec::new(),
     };
     for id in [7, 8] {
-        let env = QuestionEnvelope {
-            id,
-            body: Vec::new(),
-            ttl_ms: 60_000,
-        };
+        let env =
+            rollcall_tests::signed_question(&c.signer, id, Vec::new(), Duration::from_secs(60));
         // The first round reads the sensors; later rounds (a predecessor that rerouted asks
         // again) answer from what the member kept.
         for round in 1..=3 {

@@ -8,6 +8,7 @@ use rollcall_runtime::identity::{
     JoinToken, NodeId, OperatorRole, PeerIdentity, PeerRole, Validity,
 };
 use rollcall_runtime::node::{CallError, NodeStatus, STATUS_ACTOR, StatusRequest};
+use rollcall_runtime::signing::ServerSigner;
 use rollcall_runtime::transport::quic::{CLOSE_REFUSED, QuicOptions};
 use rollcall_runtime::transport::{RefuseCode, TransportError};
 use rollcall_tests::*;
@@ -135,7 +136,8 @@ async fn a_client_without_certificate_gets_enrolment_only() {
     let ca = ca();
     let server_creds = creds(&ca, PeerRole::Server);
     // A server that takes enrolments lets certificate-less clients finish the handshake...
-    let enroller = Arc::new(CaEnroller::new(ca.clone(), vec![]));
+    let key = ServerSigner::generate().expect("key").public_key();
+    let enroller = Arc::new(CaEnroller::new(ca.clone(), vec![], key));
     let (enrolling, _) = quic_node(
         &server_creds,
         "127.0.0.5",
@@ -245,7 +247,12 @@ async fn enrolment_issues_a_working_certificate_and_refuses_bad_tokens() {
         secret: "a1".repeat(16),
         ca_fingerprint: ca.fingerprint(),
     };
-    let enroller = Arc::new(CaEnroller::new(ca.clone(), vec![good.secret.clone()]));
+    let signer = ServerSigner::generate().expect("key");
+    let enroller = Arc::new(CaEnroller::new(
+        ca.clone(),
+        vec![good.secret.clone()],
+        signer.public_key(),
+    ));
     let (server, _) = quic_node(
         &server_creds,
         "127.0.0.1",
@@ -258,10 +265,17 @@ async fn enrolment_issues_a_working_certificate_and_refuses_bad_tokens() {
     let bind = "127.0.0.9:0".parse().expect("addr");
 
     let stats = server.wire_stats().clone();
-    let creds = enrol::enrol(server.local_addr(), &good, "host-9", bind)
+    let enrolled = enrol::enrol(server.local_addr(), &good, "host-9", bind)
         .await
         .expect("enrol");
+    let creds = enrolled.creds;
     assert_eq!(creds.identity.role, PeerRole::Endpoint);
+    // The endpoint pinned this server and its signing key.
+    assert_eq!(
+        enrolled.trust.server_id.as_ref(),
+        Some(&server_creds.identity.id)
+    );
+    assert_eq!(enrolled.trust.key, signer.public_key());
     assert_eq!(stats.snapshot().enrolments, 1);
     // The new certificate works for the node protocol.
     let (ep, _) = quic_node(&creds, "127.0.0.9", QuicOptions::default()).await;

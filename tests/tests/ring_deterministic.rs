@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rollcall::compose::{self, Answering, EndpointPlan};
@@ -15,6 +16,7 @@ use rollcall_cluster::ring::RingConfig;
 use rollcall_cluster::shard::RingServerConfig;
 use rollcall_runtime::NodeId;
 use rollcall_runtime::identity::{Credentials, NodeSecret, PeerRole};
+use rollcall_runtime::signing::{ServerSigner, ServerTrust};
 use rollcall_tests::rings::RING_TIMEOUTS;
 use rollcall_tests::sim::{self, PORT};
 use rollcall_tests::{SeedGuard, ca, creds, seeds};
@@ -62,6 +64,11 @@ fn scenario(
 ) -> (Vec<Sample>, HashMap<String, Option<String>>) {
     let ca = ca();
     let server_creds = creds(&ca, PeerRole::Server);
+    let signer = Arc::new(ServerSigner::generate().expect("signing key"));
+    let trust = Arc::new(ServerTrust::new(
+        Some(server_creds.identity.id.clone()),
+        signer.public_key(),
+    ));
     let eps: Vec<(String, Credentials)> = (1..=N)
         .map(|i| (format!("ep{i}"), creds(&ca, PeerRole::Endpoint)))
         .collect();
@@ -82,6 +89,7 @@ fn scenario(
     {
         let samples = samples.clone();
         let names = names.clone();
+        let signer = signer.clone();
         sim.client("server", async move {
             let node = sim::node(
                 &server_creds,
@@ -94,7 +102,7 @@ fn scenario(
                 tick: Duration::from_millis(100),
                 ..RingServerConfig::for_ring(&ring_timing(), Default::default(), 4)
             };
-            let rings = compose::start_server_services(&node, cfg, None, None)
+            let rings = compose::start_server_services(&node, cfg, None, None, signer.clone())
                 .await
                 .map_err(|e| e.to_string())?
                 .rings;
@@ -130,9 +138,15 @@ fn scenario(
     for (i, (name, creds)) in eps.into_iter().enumerate() {
         let routes = routes.clone();
         let names = names.clone();
+        let trust = trust.clone();
         sim.host(name.clone(), move || {
-            let (creds, name, routes, names) =
-                (creds.clone(), name.clone(), routes.clone(), names.clone());
+            let (creds, name, routes, names, trust) = (
+                creds.clone(),
+                name.clone(),
+                routes.clone(),
+                names.clone(),
+                trust.clone(),
+            );
             async move {
                 let node = sim::node(
                     &creds,
@@ -155,6 +169,7 @@ fn scenario(
                         server_timeout: Duration::from_secs(5),
                         seed: seed ^ (i as u64 + 1),
                         answering: Answering::Nothing,
+                        trust: trust.clone(),
                     },
                 )
                 .await

@@ -10,6 +10,7 @@ use rollcall_cluster::proto::{
     MEMBER, MemberRequest, NodeAnswer, REGISTRY, RING_ADMIN, Registration, ServerRequest,
 };
 use rollcall_runtime::node::CallError;
+use rollcall_runtime::signing::{ServerSigner, ServerTrust};
 use rollcall_runtime::transport::RefuseCode;
 use rollcall_runtime::transport::quic::QuicOptions;
 use rollcall_runtime::{OperatorRole, PeerRole, TransportError};
@@ -189,6 +190,10 @@ async fn an_endpoint_posing_as_the_server_is_refused_by_members_and_by_the_cli()
             server_timeout: Duration::from_secs(2),
             seed: 1,
             answering: Answering::Nothing,
+            trust: Arc::new(ServerTrust::new(
+                None,
+                ServerSigner::generate().expect("key").public_key(),
+            )),
         },
     )
     .await
@@ -245,7 +250,10 @@ async fn a_join_token_enrols_as_many_endpoints_as_it_allows_and_none_once_revoke
         &creds(&ca, PeerRole::Server),
         "127.0.5.1",
         QuicOptions {
-            enrolment: Some(Arc::new(CaEnroller::from_ca_dir(ca.clone()))),
+            enrolment: Some(Arc::new(CaEnroller::from_ca_dir(
+                ca.clone(),
+                ServerSigner::generate().expect("key").public_key(),
+            ))),
             ..Default::default()
         },
     )

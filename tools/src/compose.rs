@@ -23,6 +23,7 @@ use rollcall_cluster::membership::Backlog;
 use rollcall_cluster::ring::RingConfig;
 use rollcall_cluster::shard::{RingServer, RingServerConfig};
 use rollcall_runtime::node::Node;
+use rollcall_runtime::signing::{ServerSigner, ServerTrust};
 use rollcall_runtime::supervisor::{ChildSpec, Restart};
 
 /// A server's services, running on its node.
@@ -35,15 +36,16 @@ pub struct ServerServices {
 }
 
 /// Starts the ring service and the question desk on a server `node`, keeping results and
-/// settings in `store` if given, and handing returning machines what `backlog` says they
-/// missed.
+/// settings in `store` if given, handing returning machines what `backlog` says they
+/// missed, and signing what endpoints act on with `signer` (the key they pinned).
 pub async fn start_server_services(
     node: &Node,
     cfg: RingServerConfig,
     store: Option<Arc<ServerStore>>,
     backlog: Option<Arc<dyn Backlog>>,
+    signer: Arc<ServerSigner>,
 ) -> Result<ServerServices> {
-    let rings = RingServer::start(node, cfg, backlog)
+    let rings = RingServer::start(node, cfg, backlog, signer)
         .await
         .context("starting the ring service")?;
     let desk = QuestionDesk::new(rings.clone(), store).install(node);
@@ -93,15 +95,23 @@ pub struct EndpointPlan {
     pub seed: u64,
     /// What answers its questions.
     pub answering: Answering,
+    /// The server it pinned at enrolment (shared by a simulated fleet's endpoints: see
+    /// [`ServerTrust`] on memoised verification).
+    pub trust: Arc<ServerTrust>,
 }
 
 /// Starts an endpoint's ring member under its node's supervisor (restarted if it fails).
 pub async fn start_endpoint(node: &Node, plan: EndpointPlan) -> Result<ActorRef<MemberMsg>> {
-    let mut mc = MemberConfig::new(plan.server, plan.advertise, plan.hostname);
+    let mut mc = MemberConfig::new(
+        plan.server,
+        plan.advertise,
+        plan.hostname,
+        plan.trust.clone(),
+    );
     mc.evaluator = match plan.answering {
         Answering::Sensors(host) => {
             let evaluator = SensorEvaluator::new(Sensors::new(host));
-            evaluator.accept_config_on(node);
+            evaluator.accept_config_on(node, plan.trust);
             Some(EvaluatorHandle(Arc::new(evaluator)))
         }
         Answering::Evaluator(e) => Some(e),

@@ -23,6 +23,7 @@ use rollcall_cluster::ring::RingConfig;
 use rollcall_cluster::shard::{RingServer, RingServerConfig};
 use rollcall_runtime::identity::{Ca, Credentials, NodeSecret, PeerRole, Validity};
 use rollcall_runtime::node::{Node, NodeOptions};
+use rollcall_runtime::signing::{ServerSigner, ServerTrust};
 use rollcall_runtime::tls::LinkTimeouts;
 use rollcall_runtime::transport::faults::SocketFaults;
 use rollcall_runtime::transport::mem::MemNetwork;
@@ -177,6 +178,8 @@ pub struct Fleet {
     net: MemNetwork,
     server_creds: Option<Credentials>,
     server_secret: NodeSecret,
+    signer: Arc<ServerSigner>,
+    trust: Arc<ServerTrust>,
     server_addr: SocketAddr,
     server: Node,
     rings: RingServer,
@@ -219,12 +222,28 @@ impl Fleet {
             }
         };
         let server_secret = NodeSecret::generate();
+        // One signing key for the fleet's life (the server keeps it across restarts, as a
+        // real server keeps it beside its CA), and one pin that every simulated endpoint
+        // shares: verification is memoised per process (see `ServerTrust`).
+        let signer = Arc::new(ServerSigner::generate()?);
+        let server_id = match &server_creds {
+            Some(c) => c.identity.id.clone(),
+            None => NodeId("server".into()),
+        };
+        let trust = Arc::new(ServerTrust::new(Some(server_id), signer.public_key()));
         let bind = match cfg.transport {
             SimTransport::Mem => "127.0.0.1:7000".parse()?,
             SimTransport::Quic => "127.0.0.1:0".parse()?,
         };
-        let (server, rings, desk) =
-            Fleet::start_server(&cfg, &net, server_creds.as_ref(), &server_secret, bind).await?;
+        let (server, rings, desk) = Fleet::start_server(
+            &cfg,
+            &net,
+            server_creds.as_ref(),
+            &server_secret,
+            bind,
+            signer.clone(),
+        )
+        .await?;
         let server_addr = server.local_addr();
         let mut fleet = Fleet {
             cfg,
@@ -232,6 +251,8 @@ impl Fleet {
             net,
             server_creds,
             server_secret,
+            signer,
+            trust,
             server_addr,
             server,
             rings,
@@ -295,6 +316,7 @@ impl Fleet {
         creds: Option<&Credentials>,
         secret: &NodeSecret,
         bind: SocketAddr,
+        signer: Arc<ServerSigner>,
     ) -> Result<(Node, RingServer, Arc<QuestionDesk>)> {
         let opts = NodeOptions {
             link_event_capacity: 65_536,
@@ -331,7 +353,7 @@ impl Fleet {
             ..MembershipConfig::default()
         };
         let rcfg = RingServerConfig::for_ring(&cfg.ring, membership, cfg.shards);
-        let services = compose::start_server_services(&server, rcfg, None, None).await?;
+        let services = compose::start_server_services(&server, rcfg, None, None, signer).await?;
         Ok((server, services.rings, services.desk))
     }
 
@@ -377,6 +399,7 @@ impl Fleet {
                 server_timeout: Duration::from_secs(5),
                 seed: cfg.seed ^ i as u64,
                 answering: Answering::Sensors(host),
+                trust: self.trust.clone(),
             },
         )
         .await?;
@@ -574,6 +597,7 @@ impl Fleet {
             self.server_creds.as_ref(),
             &self.server_secret,
             self.server_addr,
+            self.signer.clone(),
         )
         .await?;
         self.server = server;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use rollcall_runtime::node::{CallError, Incoming, Node, PeerHandle};
+use rollcall_runtime::signing::ServerTrust;
 use rollcall_runtime::{NodeId, PeerIdentity, PeerRole};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -59,11 +60,20 @@ pub struct MemberConfig {
     pub seed: u64,
     /// Answers questions (none: the endpoint answers with no row).
     pub evaluator: Option<EvaluatorHandle>,
+    /// The server this endpoint pinned at enrolment: only its signed questions are read
+    /// and passed on, and only it is registered with.
+    pub trust: Arc<ServerTrust>,
 }
 
 impl MemberConfig {
-    /// Defaults for a node at `advertise` registering with `server`: every 30–90 s.
-    pub fn new(server: SocketAddr, advertise: SocketAddr, hostname: String) -> MemberConfig {
+    /// Defaults for a node at `advertise` registering with `server`, which `trust` pins:
+    /// every 30–90 s.
+    pub fn new(
+        server: SocketAddr,
+        advertise: SocketAddr,
+        hostname: String,
+        trust: Arc<ServerTrust>,
+    ) -> MemberConfig {
         MemberConfig {
             ring: RingConfig::default(),
             server,
@@ -74,7 +84,15 @@ impl MemberConfig {
             hostname,
             seed: 0,
             evaluator: None,
+            trust,
         }
+    }
+}
+
+impl MemberConfig {
+    /// Where the server is and which node it must be.
+    fn server_ref(&self) -> (SocketAddr, Option<NodeId>) {
+        (self.server, self.trust.server_id.clone())
     }
 }
 
@@ -221,18 +239,19 @@ fn now() -> std::time::Instant {
 async fn server_call<Q: Serialize, R: DeserializeOwned>(
     node: &Node,
     link: Option<PeerHandle>,
-    server: SocketAddr,
+    (server, pinned): (SocketAddr, Option<NodeId>),
     timeout: Duration,
     req: &Q,
 ) -> Result<R, CallError> {
-    // Whoever answers at the server's address must hold the server role: an endpoint's
-    // certificate there would otherwise hand this member work as if from the server.
+    // Whoever answers at the server's address must hold the server role, and be the server
+    // pinned at enrolment: an endpoint's certificate there (or another server's) would
+    // otherwise hand this member work as if from its server.
     if let Some(l) = link.filter(PeerHandle::is_connected) {
-        l.require_role(PeerRole::Server)?;
+        l.require_peer(PeerRole::Server, pinned.as_ref())?;
         return l.call(REGISTRY, req, timeout).await;
     }
     let l = node.connect_once(server, timeout).await?;
-    if let Err(e) = l.require_role(PeerRole::Server) {
+    if let Err(e) = l.require_peer(PeerRole::Server, pinned.as_ref()) {
         l.close();
         return Err(e);
     }
@@ -376,7 +395,7 @@ async fn dispatch(
             st.feed(&myself, Input::RegistrationSent).await;
             let node = st.node.clone();
             let link = st.server_link.clone();
-            let (server, t) = (st.cfg.server, st.cfg.server_timeout);
+            let (server, t) = (st.cfg.server_ref(), st.cfg.server_timeout);
             let req = ServerRequest::Register(st.registration());
             let me = myself.clone();
             tokio::spawn(async move {

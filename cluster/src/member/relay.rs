@@ -337,6 +337,22 @@ impl MemberState {
         mut inc: Incoming,
         req: MemberRequest,
     ) -> Result<(), ActorProcessingErr> {
+        // Read and passed on only if the pinned server signed it, and it is current: an
+        // endpoint or anyone on the path cannot make up a question, change one, or replay
+        // one that expired.
+        if let MemberRequest::Ask(env) | MemberRequest::Late(env) = &req
+            && let Err(e) = env.verify(&self.cfg.trust)
+        {
+            self.node.wire_stats().incr(|s| &s.rejected_unsigned);
+            tracing::warn!(
+                question = env.id,
+                from = %inc.from.id,
+                error = %e,
+                "refused a question the server did not sign"
+            );
+            inc.refuse();
+            return Ok(());
+        }
         match req {
             MemberRequest::Ask(env) => {
                 // Taken: the predecessor stops its hop clock (the answer follows once the
@@ -391,7 +407,7 @@ impl MemberState {
     pub(super) fn send_late(&self, id: u64, answer: EncodedAnswer) {
         let node = self.node.clone();
         let link = self.server_link.clone();
-        let (server, t) = (self.cfg.server, self.cfg.server_timeout);
+        let (server, t) = (self.cfg.server_ref(), self.cfg.server_timeout);
         tokio::spawn(async move {
             let answer = match answer.decode() {
                 Ok(a) => a,
@@ -435,6 +451,8 @@ mod tests {
                 id: 1,
                 body: vec![],
                 ttl_ms: 60_000,
+                stamp: rollcall_runtime::signing::Stamp::now_for(Duration::from_secs(60)),
+                signature: vec![],
             },
             deadline: tokio::time::Instant::now() + Duration::from_secs(60),
             round,

@@ -190,7 +190,7 @@ impl MemberState {
                 tracing::info!(%suspect, ?reason, "reporting suspect neighbour");
                 let node = self.node.clone();
                 let link = self.server_link.clone();
-                let (server, t) = (self.cfg.server, self.cfg.server_timeout);
+                let (server, t) = (self.cfg.server_ref(), self.cfg.server_timeout);
                 let me = myself.clone();
                 // Warn once per streak of failures: an overloaded server would otherwise get
                 // one warning line per member per report interval in every member's log.
@@ -302,10 +302,17 @@ impl MemberState {
             .retry_interval
             .mul_f64(self.rng.random_range(0.5..=1.0));
         let seq = self.announce_seq.clone();
+        let pinned = self.cfg.trust.server_id.clone();
         let mine = seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         let lock = self.announce_lock.clone();
         tokio::spawn(async move {
             if link.wait_connected(t).await.is_ok() {
+                if let Err(e) = link.require_peer(PeerRole::Server, pinned.as_ref()) {
+                    tracing::warn!(error = %e, retry_in = ?retry, "not announcing leadership to a peer that is not the server");
+                    link.close();
+                    me.send_after(retry, || MemberMsg::RegisterNow);
+                    return;
+                }
                 let _one_at_a_time = lock.lock().await;
                 if seq.load(std::sync::atomic::Ordering::SeqCst) != mine {
                     // A newer announcement was made while this one waited: it alone goes.

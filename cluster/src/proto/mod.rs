@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use compact_str::CompactString;
 use rollcall_runtime::NodeId;
+use rollcall_runtime::signing::{Purpose, ServerTrust, SignatureError, Stamp, unix_ms};
 use serde::{Deserialize, Serialize};
 
 /// The server actor that takes registrations, suspicions and leader announcements.
@@ -133,7 +134,11 @@ pub enum MemberRequest {
 }
 
 /// A question as it travels along rings. Its body is opaque here (the question language lives
-/// in `rollcall-actors`); only its id and time to live matter to the flow.
+/// in `rollcall-actors`); only its id and time to live matter to the flow. The server signs the
+/// id, the stamp and the body ([`Purpose::Question`]); every hop checks the signature before it
+/// reads or forwards the question ([`QuestionEnvelope::verify`]).
+///
+/// [`Purpose::Question`]: rollcall_runtime::signing::Purpose::Question
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuestionEnvelope {
     /// The server's id for it.
@@ -141,8 +146,28 @@ pub struct QuestionEnvelope {
     /// The encoded question.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
-    /// How long it stays open from when this hop received it.
+    /// How long it stays open from when this hop received it (a hop's own clock; not signed,
+    /// and bounded by the signed expiry).
     pub ttl_ms: u64,
+    /// When the server issued it and until when it may be answered.
+    pub stamp: Stamp,
+    /// The server's signature over the id, the stamp and the body.
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl QuestionEnvelope {
+    /// Checks the server's signature and the stamp against this machine's clock.
+    pub fn verify(&self, trust: &ServerTrust) -> Result<(), SignatureError> {
+        trust.verify(
+            Purpose::Question,
+            self.id,
+            self.stamp,
+            &self.body,
+            &self.signature,
+            unix_ms(),
+        )
+    }
 }
 
 /// One machine's answer.

@@ -109,6 +109,17 @@ pub enum CallError {
         /// The role its certificate holds.
         got: PeerRole,
     },
+    /// The peer holds the right role but is not the node this one pinned (another server of
+    /// the same CA).
+    #[error("the peer at {addr} is {got}, not the pinned {expected}")]
+    NotPinned {
+        /// Where it was dialed.
+        addr: SocketAddr,
+        /// The pinned node.
+        expected: NodeId,
+        /// The node its certificate names.
+        got: NodeId,
+    },
 }
 
 /// Something that happened to a link.

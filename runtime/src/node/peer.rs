@@ -116,6 +116,25 @@ impl PeerHandle {
         }
     }
 
+    /// Like [`PeerHandle::require_role`], and, when `pinned` is given, the peer must be that
+    /// node.
+    pub fn require_peer(&self, role: PeerRole, pinned: Option<&NodeId>) -> Result<(), CallError> {
+        self.require_role(role)?;
+        let Some(expected) = pinned else {
+            return Ok(());
+        };
+        let got = self.current()?.peer().id.clone();
+        if &got == expected {
+            Ok(())
+        } else {
+            Err(CallError::NotPinned {
+                addr: self.addr,
+                expected: expected.clone(),
+                got,
+            })
+        }
+    }
+
     pub(super) fn current(&self) -> Result<Arc<dyn Connection>, CallError> {
         self.conn.get().ok_or(CallError::NotConnected(self.addr))
     }

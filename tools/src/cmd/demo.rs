@@ -12,6 +12,7 @@ use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
 use rollcall_runtime::enrol::{self};
 use rollcall_runtime::identity::{self, Ca, OperatorRole, PeerRole, Validity};
 use rollcall_runtime::node::{Node, NodeOptions};
+use rollcall_runtime::signing::ServerSigner;
 use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
 
 use super::args::*;
@@ -23,6 +24,7 @@ use rollcall::desk_client::*;
 pub(crate) async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
     let dir = tempfile::tempdir().context("making a scratch directory")?;
     let ca = Arc::new(Ca::init(&dir.path().join("ca"), "rollcall demo CA")?);
+    let signer = Arc::new(ServerSigner::load_or_create(&dir.path().join("ca"))?);
     let token = ca.new_join_token()?;
     // Fast timings so the demo settles in a second or two.
     let mut cfg = Config::default();
@@ -32,6 +34,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
     cfg.ring.hop_timeout_ms = 250;
     let (server, _rings) = start_server(
         ca.clone(),
+        signer,
         &dir.path().join("server"),
         "127.0.0.1:0".parse()?,
         &cfg,
@@ -55,7 +58,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
         let host = (i / subnets) as u8 + 1;
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, subnet, host));
         let state = dir.path().join(format!("endpoint-{i}"));
-        let creds = enrol::load_or_enrol(
+        let e = enrol::load_or_enrol(
             &state,
             server_addr,
             Some(&token),
@@ -64,18 +67,18 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
         )
         .await
         .with_context(|| format!("enrolling endpoint {i}"))?;
-        enrolled.push((ip, state, creds));
+        enrolled.push((ip, state, e));
     }
     let enrol_ms = t0.elapsed().as_millis();
 
     // Start them; they register, find their ring and link up.
     let t1 = Instant::now();
     let mut endpoints = Vec::new();
-    for (ip, state, creds) in &enrolled {
-        let secret = identity::load_or_create_secret(state)?;
+    for (ip, state, e) in enrolled {
+        let secret = identity::load_or_create_secret(&state)?;
         let t = QuicTransport::bind(
-            SocketAddr::new(*ip, 0),
-            creds,
+            SocketAddr::new(ip, 0),
+            &e.creds,
             &secret,
             QuicOptions::default(),
         )?;
@@ -84,10 +87,11 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
             IpAddr::V4(v) => u64::from(v.octets()[2]) * 1000 + u64::from(v.octets()[3]),
             IpAddr::V6(_) => 0,
         };
-        let profile = HostProfile::from_seed(seed, Some(*ip));
+        let profile = HostProfile::from_seed(seed, Some(ip));
         start_member(
             &node,
             server_addr,
+            Arc::new(e.trust),
             &cfg,
             profile.hostname.clone(),
             Arc::new(SimulatedHost(profile)),

@@ -19,6 +19,7 @@ use rollcall_cluster::shard::{RingServer, RingServerConfig};
 use rollcall_runtime::enrol::{self, CaEnroller};
 use rollcall_runtime::identity::{self, Ca, Credentials, JoinToken, PeerRole, Validity};
 use rollcall_runtime::node::{Node, NodeOptions};
+use rollcall_runtime::signing::{ServerSigner, ServerTrust};
 use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
 
 use super::args::*;
@@ -39,9 +40,11 @@ pub(crate) fn rand_seed() -> u64 {
     t.as_nanos() as u64 ^ u64::from(std::process::id())
 }
 
-/// Starts a server node on `listen` serving enrolment from `ca`, with its ring service.
+/// Starts a server node on `listen` serving enrolment from `ca`, with its ring service,
+/// signing what endpoints act on with `signer`.
 pub(crate) async fn start_server(
     ca: Arc<Ca>,
+    signer: Arc<ServerSigner>,
     state_dir: &Path,
     listen: SocketAddr,
     cfg: &Config,
@@ -56,7 +59,7 @@ pub(crate) async fn start_server(
     let secret = identity::load_or_create_secret(state_dir)?;
     let opts = QuicOptions {
         timeouts: cfg.link.timeouts,
-        enrolment: Some(Arc::new(CaEnroller::from_ca_dir(ca))),
+        enrolment: Some(Arc::new(CaEnroller::from_ca_dir(ca, signer.public_key()))),
         ..QuicOptions::default()
     };
     let t = QuicTransport::bind(listen, &creds, &secret, opts)
@@ -87,7 +90,8 @@ pub(crate) async fn start_server(
     let rcfg = RingServerConfig::for_ring(&ring_config(cfg), membership, 4);
     let store = ServerStore::open(&state_dir.join("server.redb"), cfg.server.results_kept)
         .context("opening the result store")?;
-    let services = compose::start_server_services(&node, rcfg, Some(Arc::new(store)), None).await?;
+    let services =
+        compose::start_server_services(&node, rcfg, Some(Arc::new(store)), None, signer).await?;
     Ok((node, services.rings))
 }
 
@@ -102,10 +106,12 @@ pub(crate) fn ring_config(cfg: &Config) -> RingConfig {
     }
 }
 
-/// Starts an endpoint's ring membership under its node's supervisor.
+/// Starts an endpoint's ring membership under its node's supervisor, acting only on what the
+/// server `trust` pins signed.
 pub(crate) async fn start_member(
     node: &Node,
     server: SocketAddr,
+    trust: Arc<ServerTrust>,
     cfg: &Config,
     hostname: String,
     host: Arc<dyn HostView>,
@@ -122,6 +128,7 @@ pub(crate) async fn start_member(
             server_timeout: Duration::from_secs(10),
             seed: rand_seed(),
             answering: Answering::Sensors(host),
+            trust,
         },
     )
     .await
@@ -165,8 +172,11 @@ pub(crate) async fn server(a: ServerArgs) -> Result<()> {
         cfg.server.results_kept = n;
     }
     let ca = Arc::new(Ca::load(&a.ca_dir).context("loading the CA")?);
+    let signer = Arc::new(
+        ServerSigner::load_or_create(&a.ca_dir).context("loading the server's signing key")?,
+    );
     let state = a.state_dir.unwrap_or_else(|| a.ca_dir.join("server"));
-    let (node, _rings) = start_server(ca, &state, a.listen, &cfg).await?;
+    let (node, _rings) = start_server(ca, signer, &state, a.listen, &cfg).await?;
     println!(
         "server {} listening on {}",
         node.identity().id,
@@ -204,7 +214,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         .context("reading the join token")?;
     let hostname = hostname();
     let enrol_bind = SocketAddr::new(a.listen.ip(), 0);
-    let creds = enrol::load_or_enrol(
+    let enrolled = enrol::load_or_enrol(
         &a.state_dir,
         a.server,
         token.as_ref(),
@@ -218,7 +228,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         timeouts: cfg.link.timeouts,
         ..QuicOptions::default()
     };
-    let t = QuicTransport::bind(a.listen, &creds, &secret, opts)
+    let t = QuicTransport::bind(a.listen, &enrolled.creds, &secret, opts)
         .with_context(|| format!("listening on {}", a.listen))?;
     let node = Node::start(t, node_options(&cfg)).await?;
     println!(
@@ -233,7 +243,8 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         ))),
         None => Arc::new(LinuxHost::default()),
     };
-    let member = start_member(&node, a.server, &cfg, hostname, host).await?;
+    let trust = Arc::new(enrolled.trust);
+    let member = start_member(&node, a.server, trust, &cfg, hostname, host).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match rollcall_cluster::member::status(&member).await {

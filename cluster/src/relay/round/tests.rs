@@ -78,7 +78,10 @@ fn answer_of(i: usize) -> EncodedAnswer {
 impl Harness {
     fn new(n: usize, seed: u64) -> Harness {
         let ids: Vec<NodeId> = (0..n).map(|i| NodeId::new(format!("m{i:03}"))).collect();
-        let store = QuestionStore::new(4);
+        let store = QuestionStore::new(
+            4,
+            std::sync::Arc::new(rollcall_runtime::signing::ServerSigner::generate().expect("key")),
+        );
         let hosts: Vec<(NodeId, CompactString)> = ids
             .iter()
             .map(|id| (id.clone(), CompactString::from(id.0.as_str())))

@@ -84,6 +84,9 @@ pub struct RawPeering {
     pub mask_v6: Option<u8>,
     /// Ranges that never peer, such as VPN pools (`10.8.0.0/16`).
     pub isolated: Option<Vec<String>>,
+    /// Ranges whose machines are placed by the address they declare rather than the one
+    /// the server observes (machines behind a NAT the server sees them through).
+    pub declared_address_ranges: Option<Vec<String>>,
 }
 
 /// Peering settings of a server (validated, ranges still text).
@@ -95,6 +98,8 @@ pub struct PeeringSettings {
     pub mask_v6: u8,
     /// Isolated ranges.
     pub isolated: Vec<String>,
+    /// Observed ranges whose machines are placed by their declared address.
+    pub declared_address_ranges: Vec<String>,
 }
 
 impl Default for PeeringSettings {
@@ -103,6 +108,7 @@ impl Default for PeeringSettings {
             mask_v4: 24,
             mask_v6: 64,
             isolated: Vec::new(),
+            declared_address_ranges: Vec::new(),
         }
     }
 }
@@ -115,7 +121,11 @@ impl RawPeering {
             mask_v4: self.mask_v4.unwrap_or(d.mask_v4),
             mask_v6: self.mask_v6.unwrap_or(d.mask_v6),
             isolated: self.isolated.unwrap_or_default(),
+            declared_address_ranges: self.declared_address_ranges.unwrap_or_default(),
         };
+        for r in p.isolated.iter().chain(&p.declared_address_ranges) {
+            crate::membership::parse_cidr(r).map_err(ConfigError::Invalid)?;
+        }
         if p.mask_v4 > 32 || p.mask_v6 > 128 {
             return Err(ConfigError::Invalid(
                 "peering.mask_v4 must be at most 32 and peering.mask_v6 at most 128".into(),

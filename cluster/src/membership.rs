@@ -8,7 +8,7 @@
 //! answers within that time is never evicted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use compact_str::CompactString;
@@ -28,6 +28,10 @@ pub struct MembershipConfig {
     pub mask_v6: u8,
     /// Ranges that never peer (VPN pools): `(network, prefix length)`.
     pub isolated: Vec<(IpAddr, u8)>,
+    /// Observed ranges whose machines are placed by the address they declare (a NAT the
+    /// server sees them through). Everywhere else a machine is placed by the address the
+    /// server observes for its registering connection: where it sits is not its own say.
+    pub declared_address_ranges: Vec<(IpAddr, u8)>,
     /// A suspect is never evicted sooner than this after the first report.
     pub suspicion_min: Duration,
     /// Independent reports that bring the timeout down to `suspicion_min`.
@@ -42,6 +46,7 @@ impl Default for MembershipConfig {
             mask_v4: 24,
             mask_v6: 64,
             isolated: Vec::new(),
+            declared_address_ranges: Vec::new(),
             suspicion_min: Duration::from_secs(5),
             confirmations: 3,
             offline_after: Duration::from_secs(270),
@@ -87,6 +92,25 @@ fn network(ip: IpAddr, len: u8) -> IpAddr {
 }
 
 impl MembershipConfig {
+    /// Where a registering machine is placed and dialed: the address it `declared` if the
+    /// server `observed` it (its connection's source, if any) in a declared-address range,
+    /// otherwise the observed address with the declared port.
+    pub fn placement(&self, declared: SocketAddr, observed: Option<SocketAddr>) -> SocketAddr {
+        let Some(observed) = observed else {
+            return declared;
+        };
+        let ip = observed.ip().to_canonical();
+        let declared_ok = self
+            .declared_address_ranges
+            .iter()
+            .any(|(net, len)| net.is_ipv4() == ip.is_ipv4() && network(ip, *len) == *net);
+        if declared_ok {
+            declared
+        } else {
+            SocketAddr::new(ip, declared.port())
+        }
+    }
+
     /// The ring an address peers in, or `None` in an isolated range.
     pub fn ring_of(&self, ip: IpAddr) -> Option<RingId> {
         if self

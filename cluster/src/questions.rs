@@ -278,8 +278,11 @@ impl QuestionStore {
         })
     }
 
-    /// Merges answers that came back along a ring.
-    pub fn merge(&self, id: u64, partial: Partial) {
+    /// Merges answers that came back along a ring, for the machines `in_chain` says the
+    /// chain that carried them holds; returns how many answers were for machines outside it
+    /// (made up by a member on the way, and not counted).
+    pub fn merge(&self, id: u64, partial: Partial, in_chain: impl Fn(&str) -> bool) -> usize {
+        let mut outside = 0;
         if let Some(r) = self.lock().1.get_mut(&id) {
             for (answer, who) in partial.groups() {
                 // Checked when the partial was decoded: this cannot fail.
@@ -288,10 +291,15 @@ impl QuestionStore {
                 };
                 let i = r.intern(&answer);
                 for node in IdList::ids(who) {
-                    r.add_indexed(node, i);
+                    if in_chain(node) {
+                        r.add_indexed(node, i);
+                    } else {
+                        outside += 1;
+                    }
                 }
             }
         }
+        outside
     }
 
     /// A late answer from `node`, accepted until the question expires.
@@ -507,8 +515,18 @@ mod tests {
             &NodeId("a".into()),
             &EncodedAnswer::new(&answer("6.1", &[])),
         );
-        store.merge(id, p.clone());
-        store.merge(id, p);
+        store.merge(id, p.clone(), |_| true);
+        store.merge(id, p, |_| true);
+        // A member that lists machines outside its chain (or that do not exist) gets none
+        // of them counted.
+        let mut forged = Partial::default();
+        for n in ["d", "ghost-1", "ghost-2"] {
+            forged.add(
+                &NodeId(n.into()),
+                &EncodedAnswer::new(&answer("FORGED", &[])),
+            );
+        }
+        assert_eq!(store.merge(id, forged, |n| n == "a" || n == "b"), 3);
         assert!(store.late_answer(id, NodeId("c".into()), answer("6.8", &[])));
         assert!(store.late_answer(id, NodeId("c".into()), answer("6.8", &[])));
         let pr = store.progress(id).expect("kept");
@@ -570,7 +588,7 @@ mod tests {
             }),
         );
         p.add(&NodeId::new("d"), &EncodedAnswer::new(&apps(&["curl"])));
-        store.merge(id, p);
+        store.merge(id, p, |_| true);
         let pr = store.progress(id).expect("kept");
         assert_eq!((pr.answered, pr.matched), (4, 3));
         let rows: Vec<(String, u64)> = pr

@@ -97,8 +97,8 @@ pub enum ShardMsg {
     Request {
         /// What it asks.
         req: ServerRequest,
-        /// The call, to answer.
-        incoming: Incoming,
+        /// The call, to answer (boxed: the other messages are a few words).
+        incoming: Box<Incoming>,
     },
     /// The server's direct probe of a suspect finished.
     ProbeResult {
@@ -308,9 +308,27 @@ impl Deliver for Registrar {
         };
         let from = incoming.from.id.clone();
         if let ServerRequest::Answer { id, answer } = req {
+            // A machine's own answer (its certificate's id), and only from one this server
+            // has placed in a ring.
+            let placed = rollcall_runtime::sync::read(&self.placed).contains_key(&from);
+            if !placed {
+                incoming.stats().incr(|s| &s.rejected_answers);
+                tracing::warn!(node = %from, question = id, "refused a late answer from a machine not registered here");
+                incoming.refuse();
+                return Ok(());
+            }
             self.questions.late_answer(id, from, answer);
             let _ = incoming.answer(&());
             return Ok(());
+        }
+        let mut req = req;
+        if let ServerRequest::Register(reg) = &mut req {
+            // Placed where the server sees it, not where it says it is.
+            let placed = self.cfg.membership.placement(reg.addr, incoming.from_addr);
+            if placed != reg.addr {
+                tracing::debug!(node = %from, declared = %reg.addr, observed = %placed, "placing by the observed address");
+                reg.addr = placed;
+            }
         }
         let idx = match &req {
             ServerRequest::Register(reg) => {
@@ -329,7 +347,10 @@ impl Deliver for Registrar {
         });
         match shard {
             Some(s) => s
-                .send_message(ShardMsg::Request { req, incoming })
+                .send_message(ShardMsg::Request {
+                    req,
+                    incoming: Box::new(incoming),
+                })
                 .map_err(|_| DestinationGone),
             None => {
                 // Not registered yet (or its shard is restarting): it will register again.
@@ -688,7 +709,17 @@ impl RingServer {
             let outcome = match self.ask_member(target, env, ttl).await {
                 Ok(p) => {
                     let covered = p.contains(&target.id);
-                    self.questions.merge(id, p);
+                    // Counted only for machines of this chain: a member cannot answer for
+                    // machines elsewhere, or for machines that do not exist.
+                    let chain: std::collections::HashSet<&str> =
+                        members.iter().map(|m| m.id.as_str()).collect();
+                    let outside = self.questions.merge(id, p, |n| chain.contains(n));
+                    if outside > 0 {
+                        self.node
+                            .wire_stats()
+                            .add_n(|s| &s.rejected_answers, outside as u64);
+                        tracing::warn!(question = id, member = %target.id, outside, "refused answers for machines outside the chain");
+                    }
                     Outcome::Answered { covered }
                 }
                 Err(e) => {

@@ -67,6 +67,9 @@ counters! {
     /// Items that would make this node act (questions, sensor configuration) refused because
     /// the server's signature did not verify or they had expired.
     rejected_unsigned,
+    /// Answers refused at the server: a late answer from a machine it has not placed, or
+    /// answers in a chain's reply for machines outside that chain.
+    rejected_answers,
 }
 
 impl WireStats {

@@ -279,3 +279,566 @@ async fn a_join_token_enrols_as_many_endpoints_as_it_allows_and_none_once_revoke
     assert_eq!((s.enrolments, s.enrolments_refused), (2, 2));
     server.shutdown();
 }
+
+fn rejected<T>(r: &Result<T, CallError>) -> bool {
+    matches!(
+        r,
+        Err(CallError::Transport(TransportError::Refused(
+            RefuseCode::Rejected
+        )))
+    )
+}
+
+/// Answers `x` and counts how often it was asked to read its sensors.
+struct Fixed(&'static str, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl rollcall_cluster::member::Evaluator for Fixed {
+    fn evaluate(&self, _body: &[u8]) -> futures::future::BoxFuture<'static, NodeAnswer> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let v = self.0;
+        Box::pin(async move {
+            NodeAnswer {
+                rows: Some(vec![vec![v.into()]]),
+                problems: Vec::new(),
+            }
+        })
+    }
+}
+
+fn fixed(
+    v: &'static str,
+    reads: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Option<rollcall_cluster::member::EvaluatorHandle> {
+    Some(rollcall_cluster::member::EvaluatorHandle(
+        std::sync::Arc::new(Fixed(v, reads.clone())),
+    ))
+}
+
+/// Attack 3: an endpoint asks a member a question of its own making (no signature, another
+/// key's signature, a real one with its body changed, or one long expired), or one under the
+/// next id to poison the operator's question: each is refused before the member reads its
+/// sensors or passes it on, and counted; the operator's real question under that id is then
+/// answered by every machine with its real answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_the_server_did_not_sign_is_refused_by_every_member_and_counted() {
+    use rollcall_runtime::signing::{Purpose, Stamp};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let mut c = RingCluster::start(MembershipConfig::default()).await;
+    let reads = Arc::new(AtomicUsize::new(0));
+    let a = c.add_with("127.0.8.1", fixed("real", &reads)).await;
+    let b = c.add_with("127.0.8.2", fixed("real", &reads)).await;
+    rollcall_tests::eventually("a ring of two", Duration::from_secs(20), || {
+        let r = c.rings.clone();
+        async move {
+            let rep = r.report(None).await;
+            (rep.rings.len() == 1 && rep.rings[0].members.len() == 2).then_some(())
+        }
+    })
+    .await;
+    let (attacker, _) = quic_node(
+        &creds(&c.ca, PeerRole::Endpoint),
+        "127.0.8.66",
+        QuicOptions::default(),
+    )
+    .await;
+    let link = attacker
+        .connect_once(c.endpoints[a].node.local_addr(), Duration::from_secs(10))
+        .await
+        .expect("an endpoint reaches its neighbour");
+    let other_key = ServerSigner::generate().expect("key");
+    let real =
+        rollcall_tests::signed_question(&c.signer, 99, b"real".to_vec(), Duration::from_secs(60));
+    let stale = {
+        let stamp = Stamp {
+            issued_unix_ms: 1_000_000,
+            expires_unix_ms: 1_060_000,
+        };
+        rollcall_cluster::proto::QuestionEnvelope {
+            id: 1,
+            body: b"old".to_vec(),
+            ttl_ms: 60_000,
+            stamp,
+            signature: c.signer.sign(Purpose::Question, 1, stamp, b"old"),
+        }
+    };
+    let attempts = [
+        // No signature, under the id the operator's next question will take.
+        rollcall_cluster::proto::QuestionEnvelope {
+            signature: Vec::new(),
+            ..rollcall_tests::signed_question(&c.signer, 1, b"x".to_vec(), Duration::from_secs(60))
+        },
+        // Signed by a key that is not the server's.
+        rollcall_tests::signed_question(&other_key, 1, b"x".to_vec(), Duration::from_secs(60)),
+        // A real question with its body changed.
+        rollcall_cluster::proto::QuestionEnvelope {
+            body: b"changed".to_vec(),
+            ..real.clone()
+        },
+        // A real question with a longer life than the server gave it.
+        rollcall_cluster::proto::QuestionEnvelope {
+            stamp: Stamp {
+                expires_unix_ms: real.stamp.expires_unix_ms + 3_600_000,
+                ..real.stamp
+            },
+            ..real.clone()
+        },
+        // A real question, long expired.
+        stale,
+    ];
+    for (i, env) in attempts.into_iter().enumerate() {
+        let late = MemberRequest::Late(env.clone());
+        let r: Result<rollcall_cluster::proto::Partial, CallError> = link
+            .call(MEMBER, &MemberRequest::Ask(env), Duration::from_secs(5))
+            .await;
+        assert!(rejected(&r), "attempt {i} as a question: {r:?}");
+        let r: Result<(), CallError> = link.call(MEMBER, &late, Duration::from_secs(5)).await;
+        assert!(rejected(&r), "attempt {i} as a hand-off: {r:?}");
+    }
+    link.close();
+    attacker.shutdown();
+    assert_eq!(reads.load(Ordering::SeqCst), 0, "no sensor was read");
+    let refused: u64 = c
+        .endpoints
+        .iter()
+        .map(|e| e.node.wire_stats().snapshot().rejected_unsigned)
+        .sum();
+    assert_eq!(refused, 10, "each attempt refused and counted once");
+
+    // The operator's question 1 comes back with the real answers of both machines.
+    let id = c
+        .rings
+        .ask(
+            "q".into(),
+            vec!["v".into()],
+            b"q".to_vec(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(id, 1);
+    let p = rollcall_tests::eventually_or("both answers", Duration::from_secs(20), || {
+        let r = c.rings.clone();
+        async move {
+            let p = r.progress(id).ok_or("no record")?;
+            if p.answered == 2 {
+                Ok(p)
+            } else {
+                Err(format!("{p:?}"))
+            }
+        }
+    })
+    .await;
+    let rows: Vec<(Vec<String>, u64)> = p.rows.iter().map(|r| (r.cells.clone(), r.count)).collect();
+    assert_eq!(rows, [(vec!["real".to_string()], 2)]);
+    assert_eq!(reads.load(Ordering::SeqCst), 2);
+    let _ = b;
+}
+
+/// A node with a fake ring member that lies in its answers and answers every ring message.
+struct Liar {
+    me: rollcall_runtime::NodeId,
+    forged: Vec<rollcall_runtime::NodeId>,
+}
+
+impl rollcall_runtime::node::Deliver for Liar {
+    fn deliver(
+        &self,
+        mut incoming: rollcall_runtime::node::Incoming,
+    ) -> Result<(), rollcall_runtime::node::DestinationGone> {
+        use rollcall_cluster::proto::{EncodedAnswer, MemberInfo, Partial};
+        let Ok(req) = incoming.decode::<MemberRequest>() else {
+            return Ok(());
+        };
+        let forged = EncodedAnswer::new(&NodeAnswer {
+            rows: Some(vec![vec!["FORGED".into()]]),
+            problems: vec![],
+        });
+        let _ = match req {
+            MemberRequest::Ask(_) => {
+                let mut p = Partial::default();
+                p.add(&self.me, &forged);
+                for id in &self.forged {
+                    p.add(id, &forged);
+                }
+                incoming.answer(&p)
+            }
+            MemberRequest::Probe => incoming.answer(&()),
+            MemberRequest::Ping | MemberRequest::Hello(_) => {
+                incoming.answer(&Vec::<MemberInfo>::new())
+            }
+            MemberRequest::Late(_) => incoming.answer(&()),
+        };
+        Ok(())
+    }
+}
+
+/// Attack 1, with an endpoint's key (a viewer's is refused at the door: see above): the
+/// attacker declares an address in another ring to lead it, and answers the server for
+/// machines that do not exist and for a machine of another ring. It is placed where the
+/// server sees it, and only its own answer counts; the real machines answer for themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_is_placed_where_the_server_sees_it_and_cannot_answer_for_machines_outside_its_chain()
+ {
+    use rollcall_cluster::proto::{Registration, RegistrationReply};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    let mut c = RingCluster::start(MembershipConfig::default()).await;
+    let reads = Arc::new(AtomicUsize::new(0));
+    c.add_with("127.0.9.2", fixed("real", &reads)).await;
+    c.add_with("127.0.9.3", fixed("real", &reads)).await;
+    let other = c.add_with("127.0.10.2", fixed("real", &reads)).await;
+    let other_id = c.endpoints[other].node.identity().id.clone();
+
+    let (liar, _) = quic_node(
+        &creds(&c.ca, PeerRole::Endpoint),
+        "127.0.9.1",
+        QuicOptions::default(),
+    )
+    .await;
+    let liar_id = liar.identity().id.clone();
+    let ghosts: Vec<rollcall_runtime::NodeId> = (0..3)
+        .map(|i| rollcall_runtime::NodeId::new(format!("ghost{i}")))
+        .collect();
+    liar.router().register(
+        MEMBER,
+        rollcall_runtime::Roles::ENDPOINT.or(rollcall_runtime::Roles::SERVER),
+        Arc::new(Liar {
+            me: liar_id.clone(),
+            forged: ghosts.iter().cloned().chain([other_id.clone()]).collect(),
+        }),
+    );
+    let link = liar
+        .connect_once(c.server.local_addr(), Duration::from_secs(10))
+        .await
+        .expect("the server");
+    // It says it sits at the bottom of the other ring.
+    let declared: std::net::SocketAddr = "127.0.10.1:7000".parse().expect("addr");
+    let reply: RegistrationReply = link
+        .call(
+            REGISTRY,
+            &ServerRequest::Register(Registration {
+                addr: declared,
+                hostname: "liar".into(),
+                os: "linux".into(),
+                version: "0".into(),
+            }),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("registered");
+    assert_eq!(
+        reply.ring.map(|r| r.0),
+        Some("127.0.9.0/24".to_string()),
+        "placed in the ring of the address the server observed"
+    );
+    let report = rollcall_tests::eventually_or(
+        "the liar first in its real ring",
+        Duration::from_secs(20),
+        || {
+            let r = c.rings.clone();
+            async move {
+                let rep = r.report(None).await;
+                let shape: Vec<(String, usize)> = rep
+                    .rings
+                    .iter()
+                    .map(|r| (r.ring.0.clone(), r.members.len()))
+                    .collect();
+                if shape
+                    == [
+                        ("127.0.10.0/24".to_string(), 1),
+                        ("127.0.9.0/24".to_string(), 3),
+                    ]
+                {
+                    Ok(rep)
+                } else {
+                    Err(format!("{shape:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let ring9 = report
+        .rings
+        .iter()
+        .find(|r| r.ring.0 == "127.0.9.0/24")
+        .expect("ring");
+    assert_eq!(ring9.members[0].id, liar_id);
+    // Its observed address, with the port it declared.
+    assert_eq!(
+        ring9.members[0].addr,
+        std::net::SocketAddr::new(liar.local_addr().ip(), 7000)
+    );
+
+    let before = c.server.wire_stats().snapshot().rejected_answers;
+    let id = c
+        .rings
+        .ask(
+            "q".into(),
+            vec!["v".into()],
+            b"q".to_vec(),
+            Duration::from_secs(60),
+        )
+        .await;
+    let p = rollcall_tests::eventually_or(
+        "every real machine's answer",
+        Duration::from_secs(20),
+        || {
+            let r = c.rings.clone();
+            async move {
+                let p = r.progress(id).ok_or("no record")?;
+                let rows: Vec<(String, u64)> = p
+                    .rows
+                    .iter()
+                    .map(|r| (r.cells[0].clone(), r.count))
+                    .collect();
+                if p.answered == 4 && rows.contains(&("real".to_string(), 3)) {
+                    Ok(p)
+                } else {
+                    Err(format!("{p:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let rows: Vec<(String, u64)> = p
+        .rows
+        .iter()
+        .map(|r| (r.cells[0].clone(), r.count))
+        .collect();
+    assert_eq!(
+        rows,
+        [("real".to_string(), 3), ("FORGED".to_string(), 1)],
+        "the liar's own answer is its own; none it made up for others counts"
+    );
+    assert_eq!(p.expected, 4);
+    let after = c.server.wire_stats().snapshot().rejected_answers;
+    assert_eq!(
+        after - before,
+        4,
+        "three ghosts and a machine of another ring"
+    );
+    link.close();
+    liar.shutdown();
+}
+
+/// A late answer comes only from a machine the server placed, for itself: a stranger's
+/// endpoint certificate gets it refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_from_a_machine_that_never_registered_is_refused_and_counted() {
+    let mut c = RingCluster::start(MembershipConfig::default()).await;
+    let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    c.add_with("127.0.11.1", fixed("real", &reads)).await;
+    let id = c
+        .rings
+        .ask(
+            "q".into(),
+            vec!["v".into()],
+            b"q".to_vec(),
+            Duration::from_secs(60),
+        )
+        .await;
+    rollcall_tests::eventually("the one answer", Duration::from_secs(20), || {
+        let r = c.rings.clone();
+        async move { (r.answered(id) == Some(1)).then_some(()) }
+    })
+    .await;
+    let (stranger, _) = quic_node(
+        &creds(&c.ca, PeerRole::Endpoint),
+        "127.0.11.66",
+        QuicOptions::default(),
+    )
+    .await;
+    let link = stranger
+        .connect_once(c.server.local_addr(), Duration::from_secs(10))
+        .await
+        .expect("the server");
+    let r: Result<(), CallError> = link
+        .call(
+            REGISTRY,
+            &ServerRequest::Answer {
+                id,
+                answer: NodeAnswer {
+                    rows: Some(vec![vec!["FORGED".into()]]),
+                    problems: vec![],
+                },
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(rejected(&r), "{r:?}");
+    assert_eq!(c.server.wire_stats().snapshot().rejected_answers, 1);
+    let p = c.rings.progress(id).expect("kept");
+    assert_eq!((p.answered, p.expected), (1, 1));
+    link.close();
+    stranger.shutdown();
+}
+
+/// Attack 2, with a server's certificate of the same CA that is not the pinned server: a
+/// member will not register there; and a sensor configuration (a "Pwn" script sensor)
+/// signed by any key but the pinned one, or older than the one in use, is refused and
+/// counted, while the server's own is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_pinned_server_is_registered_with_and_only_its_signed_configuration_is_taken() {
+    use rollcall::compose::{self, Answering, EndpointPlan};
+    use rollcall_actors::desk::{SENSOR_CONFIG, SensorConfig, SensorEvaluator, SignedConfig};
+    use rollcall_actors::sensors::ScriptSensor;
+    use rollcall_actors::sensors::Sensors;
+    use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
+    use rollcall_cluster::ring::RingConfig;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let ca = rollcall_tests::ca();
+    let (fake, _) = quic_node(
+        &creds(&ca, PeerRole::Server),
+        "127.0.12.1",
+        QuicOptions::default(),
+    )
+    .await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    fake.router().register(
+        REGISTRY,
+        rollcall_runtime::Roles::ANY,
+        Arc::new(Counting(asked.clone())),
+    );
+    let real_server = creds(&ca, PeerRole::Server);
+    let signer = ServerSigner::generate().expect("key");
+    let trust = Arc::new(ServerTrust::new(
+        Some(real_server.identity.id.clone()),
+        signer.public_key(),
+    ));
+    let (ep, _) = quic_node(
+        &creds(&ca, PeerRole::Endpoint),
+        "127.0.12.2",
+        QuicOptions::default(),
+    )
+    .await;
+    let member = compose::start_endpoint(
+        &ep,
+        EndpointPlan {
+            server: fake.local_addr(),
+            advertise: ep.local_addr(),
+            hostname: "victim".into(),
+            ring: RingConfig::loopback_tests(),
+            register_min: Duration::from_millis(200),
+            register_max: Duration::from_millis(400),
+            server_timeout: Duration::from_secs(2),
+            seed: 1,
+            answering: Answering::Nothing,
+            trust: trust.clone(),
+        },
+    )
+    .await
+    .expect("member");
+    rollcall_tests::eventually_or(
+        "two dials of the other server",
+        Duration::from_secs(20),
+        || {
+            let n = fake.wire_stats().snapshot().connections_accepted;
+            async move {
+                if n >= 2 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} connections"))
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(asked.load(Ordering::SeqCst), 0, "nothing was sent to it");
+    let status = rollcall_cluster::member::status(&member)
+        .await
+        .expect("status");
+    assert_eq!(status.registrations, 0);
+    ep.shutdown();
+
+    // The configuration route, on an endpoint with sensors.
+    let (ep, _) = quic_node(
+        &creds(&ca, PeerRole::Endpoint),
+        "127.0.12.3",
+        QuicOptions::default(),
+    )
+    .await;
+    let evaluator = SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost(
+        HostProfile::from_seed(1, None),
+    ))));
+    evaluator.accept_config_on(&ep, trust.clone());
+    let pwn = |name: &str| SensorConfig {
+        scripts: vec![ScriptSensor::new(name, "id -u")],
+        baseline: vec![],
+    };
+    let link = fake
+        .connect_once(ep.local_addr(), Duration::from_secs(10))
+        .await
+        .expect("the endpoint");
+    let stats = ep.wire_stats().clone();
+    let send = |cfg: SignedConfig| {
+        let link = link.clone();
+        async move { link.cast(SENSOR_CONFIG, &cfg).await.expect("sent") }
+    };
+    let names = || -> Vec<String> {
+        evaluator
+            .catalog()
+            .into_iter()
+            .map(|s| s.name.to_string())
+            .filter(|n| n.starts_with("Pwn") || n.starts_with("Ok"))
+            .collect()
+    };
+    // Signed by another key.
+    send(SignedConfig::sign(&pwn("Pwn"), &ServerSigner::generate().expect("key")).expect("signed"))
+        .await;
+    stats
+        .wait_for(Duration::from_secs(10), |s| s.rejected_unsigned == 1)
+        .await;
+    // Signed by the server, with the body swapped.
+    let good = SignedConfig::sign(&pwn("Ok"), &signer).expect("signed");
+    let swapped = SignedConfig {
+        body: rollcall_runtime::wire::encode_body(&pwn("Pwn")).expect("encoded"),
+        ..good.clone()
+    };
+    send(swapped).await;
+    let s = stats
+        .wait_for(Duration::from_secs(10), |s| s.rejected_unsigned == 2)
+        .await;
+    assert_eq!(s.rejected_unsigned, 2);
+    assert!(names().is_empty(), "{:?}", names());
+    // The server's own is taken; one older than it is not.
+    let older = SignedConfig {
+        stamp: rollcall_runtime::signing::Stamp {
+            issued_unix_ms: good.stamp.issued_unix_ms - 1000,
+            ..good.stamp
+        },
+        ..good.clone()
+    };
+    let older = SignedConfig {
+        signature: signer.sign(
+            rollcall_runtime::signing::Purpose::SensorConfig,
+            0,
+            older.stamp,
+            &rollcall_runtime::wire::encode_body(&pwn("Pwn")).expect("encoded"),
+        ),
+        body: rollcall_runtime::wire::encode_body(&pwn("Pwn")).expect("encoded"),
+        ..older
+    };
+    send(good).await;
+    rollcall_tests::eventually(
+        "the server's configuration taken",
+        Duration::from_secs(10),
+        || {
+            let n = names();
+            async move { (n == ["Ok"]).then_some(()) }
+        },
+    )
+    .await;
+    send(older).await;
+    let s = stats
+        .wait_for(Duration::from_secs(10), |s| s.rejected_unsigned == 3)
+        .await;
+    assert_eq!(s.rejected_unsigned, 3);
+    assert_eq!(names(), ["Ok"]);
+    link.close();
+    ep.shutdown();
+    fake.shutdown();
+}

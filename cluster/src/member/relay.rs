@@ -185,6 +185,15 @@ impl MemberState {
         late: bool,
     ) {
         let id = env.id;
+        // The same id with another signature is another question: a server that restarted
+        // without its store numbers its questions from 1 again. The one held is let go.
+        if self
+            .questions
+            .get(&id)
+            .is_some_and(|q| lock(q).env.signature != env.signature)
+        {
+            self.questions.remove(&id);
+        }
         if let Some(q) = self.questions.get(&id) {
             // Asked again after a round finished (a predecessor rerouted): a new round down
             // the chain, whose members answer from their own state.

@@ -17,6 +17,9 @@ use super::*;
 pub struct Incoming {
     /// The authenticated sender.
     pub from: PeerIdentity,
+    /// The address its connection comes from, as this node observes it (`None` for a
+    /// hand-off delivered locally).
+    pub from_addr: Option<std::net::SocketAddr>,
     /// The sender's message, still encoded; see [`Incoming::decode`].
     pub body: Bytes,
     /// Where to answer, for calls.
@@ -31,6 +34,12 @@ impl Incoming {
             self.stats.count_rejection(e);
             tracing::warn!(from = %self.from, error = %e, "rejected message body");
         })
+    }
+
+    /// The receiving node's counters (for a route that refuses what passed the node's
+    /// checks but not its own).
+    pub fn stats(&self) -> &Arc<WireStats> {
+        &self.stats
     }
 
     /// Answers a call (no-op for a cast).

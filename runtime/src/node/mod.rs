@@ -314,6 +314,7 @@ impl Node {
         target
             .deliver(Incoming {
                 from,
+                from_addr: None,
                 body: Bytes::from(body),
                 reply: None,
                 stats: self.shared.stats.clone(),

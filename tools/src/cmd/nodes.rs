@@ -80,10 +80,19 @@ pub(crate) async fn start_server(
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)
         .context("reading the isolated ranges")?;
+    let declared_address_ranges = cfg
+        .peering
+        .declared_address_ranges
+        .iter()
+        .map(|s| parse_cidr(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)
+        .context("reading the declared-address ranges")?;
     let membership = MembershipConfig {
         mask_v4: cfg.peering.mask_v4,
         mask_v6: cfg.peering.mask_v6,
         isolated,
+        declared_address_ranges,
         offline_after: Duration::from_millis(cfg.ring.register_max_ms.saturating_mul(3)),
         ..MembershipConfig::default()
     };

@@ -190,7 +190,9 @@ impl Harness {
             Msg::Answer {
                 to: Waiter::Server,
                 merged,
-            } => self.store.merge(self.question, merged),
+            } => {
+                self.store.merge(self.question, merged, |_| true);
+            }
             Msg::Answer {
                 to: Waiter::Member { at, generation },
                 merged,

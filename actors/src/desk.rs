@@ -160,6 +160,20 @@ impl QuestionDesk {
         catalog_with(&self.lock().config.scripts)
     }
 
+    /// Sets the revoked endpoints and operators the configuration hands every endpoint (from
+    /// the CA directory's list); re-signed and handed out only if it changed.
+    pub fn set_revoked(&self, ids: &[rollcall_runtime::NodeId]) {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        {
+            let mut st = self.lock();
+            if st.config.revoked == ids {
+                return;
+            }
+            st.config.revoked = ids;
+        }
+        self.publish_config();
+    }
+
     /// Hands the sensor configuration to every endpoint at its next registration.
     fn publish_config(&self) {
         let cfg = self.lock().config.clone();

@@ -10,6 +10,7 @@ use rollcall_cluster::member::Evaluator;
 use rollcall_cluster::proto::NodeAnswer;
 use rollcall_runtime::WireStats;
 use rollcall_runtime::node::{Deliver, DestinationGone, Incoming};
+use rollcall_runtime::revocation::Revocations;
 use rollcall_runtime::signing::{Purpose, ServerSigner, ServerTrust, Stamp, unix_ms};
 use rollcall_runtime::wire::{self, WireError};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,9 @@ pub struct SensorConfig {
     pub scripts: Vec<ScriptSensor>,
     /// Versions `Missing Patches` compares against.
     pub baseline: Vec<PatchLevel>,
+    /// Revoked endpoints and operators (node ids and names): refused by every endpoint.
+    #[serde(default)]
+    pub revoked: Vec<String>,
 }
 
 /// The [`SensorConfig`] as the server hands it out: its encoding, signed by the server
@@ -102,6 +106,7 @@ impl SensorEvaluator {
             rollcall_runtime::Roles::SERVER,
             Arc::new(ConfigRoute {
                 sensors: self.sensors.clone(),
+                revocations: node.revocations().clone(),
                 trust,
                 stats: node.wire_stats().clone(),
                 issued: AtomicU64::new(0),
@@ -119,6 +124,7 @@ impl SensorEvaluator {
 
 struct ConfigRoute {
     sensors: Arc<RwLock<Arc<Sensors>>>,
+    revocations: Arc<Revocations>,
     trust: Arc<ServerTrust>,
     stats: Arc<WireStats>,
     /// Issue time of the configuration in use (0: none yet).
@@ -169,6 +175,8 @@ impl Deliver for ConfigRoute {
             }
             next.set_baseline(cfg.baseline);
             *s = Arc::new(next);
+            self.revocations
+                .set(cfg.revoked.into_iter().map(rollcall_runtime::NodeId::new));
             self.issued.store(issued, Ordering::Release);
         }
         Ok(())

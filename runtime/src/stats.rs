@@ -70,6 +70,8 @@ counters! {
     /// Answers refused at the server: a late answer from a machine it has not placed, or
     /// answers in a chain's reply for machines outside that chain.
     rejected_answers,
+    /// Envelopes from a peer whose certificate is revoked.
+    rejected_revoked,
 }
 
 impl WireStats {
@@ -84,6 +86,7 @@ impl WireStats {
             WireError::UnknownDestination(_) => &self.rejected_unknown_destination,
             WireError::Forbidden { .. } => &self.rejected_forbidden,
             WireError::Protocol(_) => &self.rejected_protocol,
+            WireError::Revoked(_) => &self.rejected_revoked,
         };
         self.add(c);
     }

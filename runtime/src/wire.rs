@@ -135,6 +135,9 @@ pub enum WireError {
     /// An envelope of the wrong kind for where it arrived.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The sender's certificate has been revoked.
+    #[error("the certificate of {0:?} is revoked")]
+    Revoked(String),
 }
 
 /// Encodes an envelope as one frame (length prefix included).

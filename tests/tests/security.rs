@@ -768,6 +768,7 @@ async fn only_the_pinned_server_is_registered_with_and_only_its_signed_configura
     let pwn = |name: &str| SensorConfig {
         scripts: vec![ScriptSensor::new(name, "id -u")],
         baseline: vec![],
+        revoked: vec![],
     };
     let link = fake
         .connect_once(ep.local_addr(), Duration::from_secs(10))
@@ -841,4 +842,128 @@ async fn only_the_pinned_server_is_registered_with_and_only_its_signed_configura
     link.close();
     ep.shutdown();
     fake.shutdown();
+}
+
+/// Revocation: the server refuses a revoked endpoint from its next message on, on a
+/// connection already open too (counted, with its own refusal code); an endpoint refuses it
+/// once the server's signed configuration lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_endpoint_is_refused_by_the_server_at_once_and_by_endpoints_through_the_signed_configuration()
+ {
+    use rollcall_actors::desk::{SENSOR_CONFIG, SensorConfig, SensorEvaluator, SignedConfig};
+    use rollcall_actors::sensors::Sensors;
+    use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
+    use rollcall_cluster::proto::{Registration, RegistrationReply};
+    use std::sync::Arc;
+
+    let c = RingCluster::start(MembershipConfig::default()).await;
+    let (bad, _) = quic_node(
+        &creds(&c.ca, PeerRole::Endpoint),
+        "127.0.13.1",
+        QuicOptions::default(),
+    )
+    .await;
+    let bad_id = bad.identity().id.clone();
+    let link = bad
+        .connect_once(c.server.local_addr(), Duration::from_secs(10))
+        .await
+        .expect("the server");
+    let register = ServerRequest::Register(Registration {
+        addr: bad.local_addr(),
+        hostname: "bad".into(),
+        os: "linux".into(),
+        version: "0".into(),
+    });
+    let r: Result<RegistrationReply, CallError> =
+        link.call(REGISTRY, &register, Duration::from_secs(5)).await;
+    assert!(r.is_ok(), "registered before revocation: {:?}", r.err());
+    c.server.revocations().set([bad_id.clone()]);
+    let r: Result<RegistrationReply, CallError> =
+        link.call(REGISTRY, &register, Duration::from_secs(5)).await;
+    assert!(
+        matches!(
+            r,
+            Err(CallError::Transport(TransportError::Refused(
+                RefuseCode::Revoked
+            )))
+        ),
+        "{:?}",
+        r.err()
+    );
+    assert_eq!(c.server.wire_stats().snapshot().rejected_revoked, 1);
+
+    // An endpoint learns the list from the signed configuration.
+    let (ep, _) = quic_node(
+        &creds(&c.ca, PeerRole::Endpoint),
+        "127.0.13.2",
+        QuicOptions::default(),
+    )
+    .await;
+    let evaluator = SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost(
+        HostProfile::from_seed(1, None),
+    ))));
+    evaluator.accept_config_on(&ep, c.trust.clone());
+    let to_ep = bad
+        .connect_once(ep.local_addr(), Duration::from_secs(10))
+        .await
+        .expect("the endpoint");
+    ep.router()
+        .register("echo", rollcall_runtime::Roles::ANY, Arc::new(Echo));
+    let status = |l: rollcall_runtime::node::PeerHandle| async move {
+        let r: Result<(), CallError> = l.call("echo", &(), Duration::from_secs(5)).await;
+        r
+    };
+    let before = status(to_ep.clone()).await;
+    assert!(before.is_ok(), "not revoked yet: {before:?}");
+    let cfg = SensorConfig {
+        scripts: vec![],
+        baseline: vec![],
+        revoked: vec![bad_id.to_string()],
+    };
+    let server_link = c
+        .server
+        .connect_once(ep.local_addr(), Duration::from_secs(10))
+        .await
+        .expect("the endpoint");
+    server_link
+        .cast(
+            SENSOR_CONFIG,
+            &SignedConfig::sign(&cfg, &c.signer).expect("signed"),
+        )
+        .await
+        .expect("sent");
+    rollcall_tests::eventually(
+        "the endpoint refuses the revoked one",
+        Duration::from_secs(10),
+        || {
+            let l = to_ep.clone();
+            async move {
+                matches!(
+                    status(l).await,
+                    Err(CallError::Transport(TransportError::Refused(
+                        RefuseCode::Revoked
+                    )))
+                )
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(ep.wire_stats().snapshot().rejected_revoked, 1);
+    link.close();
+    bad.shutdown();
+    ep.shutdown();
+}
+
+/// Answers every call with `()`.
+struct Echo;
+
+impl rollcall_runtime::node::Deliver for Echo {
+    fn deliver(
+        &self,
+        mut incoming: rollcall_runtime::node::Incoming,
+    ) -> Result<(), rollcall_runtime::node::DestinationGone> {
+        let _ = incoming.answer(&());
+        Ok(())
+    }
 }

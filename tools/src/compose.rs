@@ -23,6 +23,7 @@ use rollcall_cluster::membership::Backlog;
 use rollcall_cluster::ring::RingConfig;
 use rollcall_cluster::shard::{RingServer, RingServerConfig};
 use rollcall_runtime::node::Node;
+use rollcall_runtime::revocation;
 use rollcall_runtime::signing::{ServerSigner, ServerTrust};
 use rollcall_runtime::supervisor::{ChildSpec, Restart};
 
@@ -50,6 +51,56 @@ pub async fn start_server_services(
         .context("starting the ring service")?;
     let desk = QuestionDesk::new(rings.clone(), store).install(node);
     Ok(ServerServices { rings, desk })
+}
+
+/// How often a server looks at its CA directory's revocation list.
+pub const REVOCATION_CHECK: Duration = Duration::from_secs(1);
+
+/// Keeps `services` refusing the identities revoked in the CA directory `ca_dir`: read now,
+/// and again whenever the list changes (looked at every [`REVOCATION_CHECK`]). The server
+/// node refuses them at once; endpoints learn the list from the signed configuration at
+/// their next registration. Stops with the node.
+pub fn watch_revocations(
+    node: &Node,
+    services: &ServerServices,
+    ca_dir: std::path::PathBuf,
+) -> Result<()> {
+    let apply = {
+        let (revocations, desk) = (node.revocations().clone(), services.desk.clone());
+        move |ids: Vec<rollcall_runtime::NodeId>| {
+            if !ids.is_empty() {
+                tracing::info!(revoked = ids.len(), "revocation list in force");
+            }
+            desk.set_revoked(&ids);
+            revocations.set(ids);
+        }
+    };
+    apply(revocation::load(&ca_dir).context("reading the revocation list")?);
+    let stamp = |dir: &std::path::Path| {
+        std::fs::metadata(dir.join(revocation::REVOKED_FILE))
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&ca_dir);
+    let stopped = node.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REVOCATION_CHECK);
+        while !stopped.is_shut_down() {
+            tick.tick().await;
+            let now = stamp(&ca_dir);
+            if now == last {
+                continue;
+            }
+            match revocation::load(&ca_dir) {
+                Ok(ids) => {
+                    last = now;
+                    apply(ids);
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read the revocation list"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// What answers an endpoint's questions.

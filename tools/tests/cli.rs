@@ -419,6 +419,34 @@ fn server_endpoint_and_operator_as_separate_processes() {
     let line = again.line_starting("endpoint ");
     assert_eq!(line.split(' ').nth(1), Some(id.as_str()));
     again.line_starting("registered in ring 127.0.2.0/24");
+
+    // Revoking an operator: the running server refuses them from the next request on.
+    let revoked = run(&["ca", "revoke", "--dir", &p("ca"), "olga"]);
+    assert!(revoked.status.success());
+    assert_eq!(stdout(&revoked), "revoked olga\n");
+    assert_eq!(
+        stdout(&run(&["ca", "revoked", "--dir", &p("ca")])),
+        "olga\n"
+    );
+    let mut refused = String::new();
+    for _ in 0..100 {
+        let out = run(&["questions", "--server", &addr, "--cert-dir", &p("olga")]);
+        if !out.status.success() {
+            refused = String::from_utf8_lossy(&out.stderr).into_owned();
+            break;
+        }
+    }
+    assert!(refused.contains("this certificate is revoked"), "{refused}");
+    let status = run(&[
+        "status",
+        "--server",
+        &addr,
+        "--cert-dir",
+        &p("vera"),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(v["stats"]["rejected_revoked"], 1, "{v:#}");
     drop(server);
 }
 

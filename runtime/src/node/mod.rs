@@ -184,6 +184,8 @@ struct Shared {
     next_call: AtomicU64,
     next_seed: AtomicU64,
     faults: Arc<NodeFaults>,
+    /// Peers whose certificates are revoked: everything they send is refused.
+    revoked: Arc<crate::revocation::Revocations>,
 }
 
 impl Shared {
@@ -240,6 +242,7 @@ impl Node {
             links: RwLock::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             faults: Arc::new(NodeFaults::default()),
+            revoked: Arc::default(),
         });
         shared.router.register(
             STATUS_ACTOR,
@@ -303,6 +306,11 @@ impl Node {
             .router
             .lookup(to)
             .ok_or_else(|| WireError::UnknownDestination(to.to_string()))?;
+        if self.shared.revoked.contains(&from.id) {
+            let e = WireError::Revoked(from.id.to_string());
+            self.shared.stats.count_rejection(&e);
+            return Err(e);
+        }
         if !roles.allows(from.role) {
             let e = WireError::Forbidden {
                 role: from.role.to_string(),
@@ -320,6 +328,13 @@ impl Node {
                 stats: self.shared.stats.clone(),
             })
             .map_err(|_| WireError::UnknownDestination(to.to_string()))
+    }
+
+    /// The identities this node refuses (replace them with
+    /// [`Revocations::set`](crate::revocation::Revocations::set)); in force from the next
+    /// message, on open connections too.
+    pub fn revocations(&self) -> &Arc<crate::revocation::Revocations> {
+        &self.shared.revoked
     }
 
     /// The live counters (for [`WireStats::wait_for`]).
@@ -494,6 +509,11 @@ impl Node {
     /// Every live connection, by peer id (a peer may appear more than once).
     pub fn connected_peers(&self) -> Vec<PeerInfo> {
         connected_peers(&self.shared)
+    }
+
+    /// Whether [`Node::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 
     /// [`Node::shutdown`], then waits up to `timeout` for the close to reach the peers.

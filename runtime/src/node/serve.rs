@@ -100,6 +100,7 @@ pub(super) fn reject(shared: &Shared, peer: &PeerIdentity, stream: AnyStream, e:
     let code = match e {
         WireError::UnknownDestination(_) => RefuseCode::UnknownDestination,
         WireError::Forbidden { .. } => RefuseCode::Forbidden,
+        WireError::Revoked(_) => RefuseCode::Revoked,
         _ => RefuseCode::Rejected,
     };
     stream.refuse(code);
@@ -122,6 +123,9 @@ pub(super) fn admit<'a>(
             claimed: env.from.to_string(),
             actual: peer.id.0.to_string(),
         });
+    }
+    if shared.revoked.contains(&peer.id) {
+        return Err(WireError::Revoked(peer.id.to_string()));
     }
     let call_id = match (env.kind, expects_reply) {
         (EnvelopeKind::Cast, false) => None,

@@ -46,6 +46,8 @@ pub enum RefuseCode {
     NoAnswer,
     /// The sender's role may not send to that destination.
     Forbidden,
+    /// The sender's certificate is revoked.
+    Revoked,
     /// A code this build does not know.
     Other(u64),
 }
@@ -58,6 +60,7 @@ impl RefuseCode {
             RefuseCode::Rejected => 2,
             RefuseCode::NoAnswer => 3,
             RefuseCode::Forbidden => 4,
+            RefuseCode::Revoked => 5,
             RefuseCode::Other(c) => c,
         }
     }
@@ -69,6 +72,7 @@ impl RefuseCode {
             2 => RefuseCode::Rejected,
             3 => RefuseCode::NoAnswer,
             4 => RefuseCode::Forbidden,
+            5 => RefuseCode::Revoked,
             c => RefuseCode::Other(c),
         }
     }
@@ -81,6 +85,7 @@ impl std::fmt::Display for RefuseCode {
             RefuseCode::Rejected => f.write_str("frame rejected"),
             RefuseCode::NoAnswer => f.write_str("no answer"),
             RefuseCode::Forbidden => f.write_str("not allowed for this role"),
+            RefuseCode::Revoked => f.write_str("this certificate is revoked"),
             RefuseCode::Other(c) => write!(f, "code {c}"),
         }
     }

@@ -412,6 +412,22 @@ pub(crate) enum CaCommand {
         /// The token's id from `rollcall ca tokens` (its secret's first 8 characters).
         id: String,
     },
+    /// Revoke the certificates of an endpoint (its node id) or an operator (their name): a
+    /// running server refuses everything they send within a second, and hands the list to
+    /// endpoints in its signed configuration so they refuse them too.
+    Revoke {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The endpoint's node id (as `rollcall ring show` lists it) or the operator's name.
+        id: String,
+    },
+    /// List the revoked endpoints and operators.
+    Revoked {
+        /// The CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Issue an operator certificate with a role, for use with `--cert-dir`.
     IssueOperator {
         /// The CA directory.

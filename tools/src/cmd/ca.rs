@@ -58,6 +58,20 @@ pub(crate) fn ca(cmd: CaCommand) -> Result<()> {
             }
             println!("revoked join token {id}");
         }
+        CaCommand::Revoke { dir, id } => {
+            Ca::load(&dir).context("loading the CA")?;
+            if rollcall_runtime::revocation::revoke(&dir, &id)? {
+                println!("revoked {id}");
+            } else {
+                println!("{id} was revoked already");
+            }
+        }
+        CaCommand::Revoked { dir } => {
+            Ca::load(&dir).context("loading the CA")?;
+            for id in rollcall_runtime::revocation::load(&dir)? {
+                println!("{id}");
+            }
+        }
         CaCommand::IssueOperator {
             dir,
             name,

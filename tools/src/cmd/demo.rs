@@ -34,6 +34,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
     cfg.ring.hop_timeout_ms = 250;
     let (server, _rings) = start_server(
         ca.clone(),
+        Some(&dir.path().join("ca")),
         signer,
         &dir.path().join("server"),
         "127.0.0.1:0".parse()?,

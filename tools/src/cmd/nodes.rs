@@ -41,9 +41,11 @@ pub(crate) fn rand_seed() -> u64 {
 }
 
 /// Starts a server node on `listen` serving enrolment from `ca`, with its ring service,
-/// signing what endpoints act on with `signer`.
+/// signing what endpoints act on with `signer`, and refusing the identities revoked in
+/// `ca_dir`.
 pub(crate) async fn start_server(
     ca: Arc<Ca>,
+    ca_dir: Option<&Path>,
     signer: Arc<ServerSigner>,
     state_dir: &Path,
     listen: SocketAddr,
@@ -101,6 +103,9 @@ pub(crate) async fn start_server(
         .context("opening the result store")?;
     let services =
         compose::start_server_services(&node, rcfg, Some(Arc::new(store)), None, signer).await?;
+    if let Some(dir) = ca_dir {
+        compose::watch_revocations(&node, &services, dir.to_path_buf())?;
+    }
     Ok((node, services.rings))
 }
 
@@ -185,7 +190,7 @@ pub(crate) async fn server(a: ServerArgs) -> Result<()> {
         ServerSigner::load_or_create(&a.ca_dir).context("loading the server's signing key")?,
     );
     let state = a.state_dir.unwrap_or_else(|| a.ca_dir.join("server"));
-    let (node, _rings) = start_server(ca, signer, &state, a.listen, &cfg).await?;
+    let (node, _rings) = start_server(ca, Some(&a.ca_dir), signer, &state, a.listen, &cfg).await?;
     println!(
         "server {} listening on {}",
         node.identity().id,

@@ -586,7 +586,14 @@ impl Ca {
         let id = NodeId::from_public_key(&rcgen::PublicKeyData::subject_public_key_info(
             &req.public_key,
         ));
-        req.params = leaf_params(&id, PeerRole::Endpoint, Validity::default())?;
+        req.params = leaf_params(
+            &id,
+            PeerRole::Endpoint,
+            Validity {
+                not_after_secs: crate::renewal::ENDPOINT_VALIDITY.as_secs() as i64,
+                ..Validity::default()
+            },
+        )?;
         let cert = req.signed_by(&self.issuer)?.der().clone();
         Ok((id, cert))
     }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod enrol;
 pub mod identity;
 pub mod node;
+pub mod renewal;
 pub mod revocation;
 pub mod signing;
 pub mod stats;

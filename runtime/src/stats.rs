@@ -62,6 +62,10 @@ counters! {
     enrolments,
     /// Enrolment requests refused (bad token, malformed request).
     enrolments_refused,
+    /// Endpoint certificates renewed.
+    renewals,
+    /// Renewal requests refused (malformed, or for another key).
+    renewals_refused,
     /// Casts dropped because the link was down.
     casts_dropped_link_down,
     /// Items that would make this node act (questions, sensor configuration) refused because

@@ -102,7 +102,7 @@ pub enum WireError {
         max: usize,
     },
     /// The bytes are not an envelope (or not the message the actor expects).
-    #[error("undecodable frame: {0}")]
+    #[error("undecodable frame: {0:?}")]
     Garbage(String),
     /// An envelope of a wire version we do not speak.
     #[error("wire version {got} not supported (this node speaks {WIRE_VERSION})")]
@@ -114,7 +114,7 @@ pub enum WireError {
     #[error("stream ended inside a frame")]
     Truncated,
     /// The envelope claims a sender other than the authenticated peer.
-    #[error("envelope claims to be from {claimed} but the connection is from {actual}")]
+    #[error("envelope claims to be from {claimed:?} but the connection is from {actual}")]
     Spoofed {
         /// What the envelope said.
         claimed: String,
@@ -133,7 +133,7 @@ pub enum WireError {
         to: String,
     },
     /// An envelope of the wrong kind for where it arrived.
-    #[error("protocol violation: {0}")]
+    #[error("protocol violation: {0:?}")]
     Protocol(String),
     /// The sender's certificate has been revoked.
     #[error("the certificate of {0:?} is revoked")]

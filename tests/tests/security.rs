@@ -967,3 +967,78 @@ impl rollcall_runtime::node::Deliver for Echo {
         Ok(())
     }
 }
+
+/// Endpoint certificates are short-lived and renewed over the link: a certificate with a
+/// third of its life left is renewed by the pinned server for the same key (same id, a new
+/// 30-day certificate, stored and presented from the next connection on); a fresh one is
+/// left alone; a request for another key is refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_certificate_is_renewed_over_its_link_for_its_own_key_only() {
+    use rollcall_runtime::identity::{Credentials, Validity};
+    use rollcall_runtime::renewal::{self, CaRenewal, RENEW, RenewReply, RenewRequest};
+
+    let ca = rollcall_tests::ca();
+    let server_creds = creds(&ca, PeerRole::Server);
+    let (server, _) = quic_node(&server_creds, "127.0.14.1", QuicOptions::default()).await;
+    CaRenewal::install(&server, ca.clone());
+    let short = ca
+        .issue(
+            PeerRole::Endpoint,
+            None,
+            Validity {
+                not_before_secs: -3600,
+                not_after_secs: 600,
+            },
+        )
+        .expect("creds");
+    let (ep, transport) = quic_node(&short, "127.0.14.2", QuicOptions::default()).await;
+    let state = tempfile::tempdir().expect("tmp");
+    let now = (rollcall_runtime::signing::unix_ms() / 1000) as i64;
+    assert!(renewal::due(&short.cert, now).expect("parse"));
+    let target = (server.local_addr(), Some(&server_creds.identity.id));
+    let renewed = renewal::renew_if_due(&ep, &transport, state.path(), target, short.clone(), now)
+        .await
+        .expect("renewed");
+    assert_eq!(renewed.identity, short.identity);
+    assert_ne!(renewed.cert, short.cert);
+    let (_, until) = renewal::validity(&renewed.cert).expect("parse");
+    let days = (until - now) as f64 / 86_400.0;
+    assert!((29.9..=30.1).contains(&days), "{days} days");
+    assert_eq!(
+        Credentials::load(state.path()).expect("stored").cert,
+        renewed.cert
+    );
+    assert_eq!(server.wire_stats().snapshot().renewals, 1);
+    // A fresh certificate is not renewed again.
+    let again = renewal::renew_if_due(&ep, &transport, state.path(), target, renewed.clone(), now)
+        .await
+        .expect("nothing to do");
+    assert_eq!(again.cert, renewed.cert);
+    assert_eq!(server.wire_stats().snapshot().renewals, 1);
+    // New connections carry the renewed certificate: the server still sees the same node.
+    let link = ep
+        .connect_once(server.local_addr(), Duration::from_secs(10))
+        .await
+        .expect("a new connection");
+    assert_eq!(
+        link.peer().map(|p| p.id),
+        Some(server_creds.identity.id.clone())
+    );
+    // A request for another key (to take over another identity) is refused and counted.
+    let other = rollcall_runtime::identity::new_certificate_request("other")
+        .expect("csr")
+        .1;
+    let r: Result<RenewReply, CallError> = link
+        .call(RENEW, &RenewRequest { csr: other }, Duration::from_secs(5))
+        .await;
+    match r {
+        Ok(RenewReply::Refused(why)) => {
+            assert_eq!(why, "the request is not for this endpoint's key")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(server.wire_stats().snapshot().renewals_refused, 1);
+    link.close();
+    ep.shutdown();
+    server.shutdown();
+}

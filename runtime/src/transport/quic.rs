@@ -54,7 +54,10 @@ impl std::fmt::Debug for QuicOptions {
 /// A node's QUIC endpoint: one UDP socket, both client and server.
 pub struct QuicTransport {
     endpoint: quinn::Endpoint,
-    client: quinn::ClientConfig,
+    /// Replaced when the node's certificate is renewed ([`QuicTransport::renew`]).
+    client: std::sync::RwLock<quinn::ClientConfig>,
+    timeouts: crate::tls::LinkTimeouts,
+    accepts_enrolment: bool,
     identity: PeerIdentity,
     stats: Arc<WireStats>,
     local_addr: SocketAddr,
@@ -139,12 +142,35 @@ impl QuicTransport {
         ));
         Ok(Arc::new(QuicTransport {
             endpoint,
-            client,
+            client: std::sync::RwLock::new(client),
+            timeouts: opts.timeouts,
+            accepts_enrolment: opts.enrolment.is_some(),
             identity: creds.identity.clone(),
             stats,
             local_addr,
             accepted: Mutex::new(rx),
         }))
+    }
+
+    /// Presents `creds` (a renewed certificate for the same identity) on every connection
+    /// from now on, accepted and dialed; connections already open keep theirs.
+    pub fn renew(&self, creds: &Credentials) -> Result<(), TransportError> {
+        let fail = |reason: String| TransportError::Connect {
+            addr: self.local_addr,
+            reason,
+        };
+        if creds.identity != self.identity {
+            return Err(fail(format!(
+                "a renewed certificate must name {}, not {}",
+                self.identity, creds.identity
+            )));
+        }
+        let server = tls::server_config(creds, self.timeouts, self.accepts_enrolment)
+            .map_err(|e| fail(e.to_string()))?;
+        let client = tls::client_config(creds, self.timeouts).map_err(|e| fail(e.to_string()))?;
+        self.endpoint.set_server_config(Some(server));
+        *crate::sync::write(&self.client) = client;
+        Ok(())
     }
 
     /// The underlying quinn endpoint (tests use it to speak raw QUIC to a node).
@@ -231,7 +257,11 @@ impl Transport for QuicTransport {
         let fail = |reason: String| TransportError::Connect { addr, reason };
         let connecting = self
             .endpoint
-            .connect_with(self.client.clone(), addr, NODE_SERVER_NAME)
+            .connect_with(
+                crate::sync::read(&self.client).clone(),
+                addr,
+                NODE_SERVER_NAME,
+            )
             .map_err(|e| fail(e.to_string()))?;
         let conn = connecting.await.map_err(|e| fail(e.to_string()))?;
         let peer = peer_identity(&conn).map_err(fail)?;

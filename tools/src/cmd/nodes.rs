@@ -61,7 +61,10 @@ pub(crate) async fn start_server(
     let secret = identity::load_or_create_secret(state_dir)?;
     let opts = QuicOptions {
         timeouts: cfg.link.timeouts,
-        enrolment: Some(Arc::new(CaEnroller::from_ca_dir(ca, signer.public_key()))),
+        enrolment: Some(Arc::new(CaEnroller::from_ca_dir(
+            ca.clone(),
+            signer.public_key(),
+        ))),
         ..QuicOptions::default()
     };
     let t = QuicTransport::bind(listen, &creds, &secret, opts)
@@ -103,6 +106,7 @@ pub(crate) async fn start_server(
         .context("opening the result store")?;
     let services =
         compose::start_server_services(&node, rcfg, Some(Arc::new(store)), None, signer).await?;
+    rollcall_runtime::renewal::CaRenewal::install(&node, ca);
     if let Some(dir) = ca_dir {
         compose::watch_revocations(&node, &services, dir.to_path_buf())?;
     }
@@ -244,7 +248,16 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
     };
     let t = QuicTransport::bind(a.listen, &enrolled.creds, &secret, opts)
         .with_context(|| format!("listening on {}", a.listen))?;
-    let node = Node::start(t, node_options(&cfg)).await?;
+    let node = Node::start(t.clone(), node_options(&cfg)).await?;
+    // Its certificate is short-lived: renewed over its link before a third of its life is left.
+    rollcall_runtime::renewal::keep_renewed(
+        node.clone(),
+        t,
+        a.state_dir.clone(),
+        a.server,
+        enrolled.trust.server_id.clone(),
+        enrolled.creds.clone(),
+    );
     println!(
         "endpoint {} listening on {}",
         node.identity().id,

@@ -212,8 +212,8 @@ pub enum SignatureError {
 /// What an endpoint trusts: the server's node id and public signing key, pinned at enrolment.
 ///
 /// Verification is memoised: the last [`MEMO_ENTRIES`] signatures that verified are kept with
-/// the SHA-256 of the bytes they covered, and the same signature over the same bytes is not
-/// verified again. A real endpoint verifies each question once either way (the memo only
+/// what they covered (the body itself, or its SHA-256 when large), and the same signature over
+/// the same bytes is not verified again. A real endpoint verifies each question once either way (the memo only
 /// spares it re-asks); a simulated fleet shares one `ServerTrust` among all its endpoints in
 /// one process, so a question is verified once per process there, not once per simulated
 /// machine. Expiry is checked on every call.
@@ -226,10 +226,61 @@ pub struct ServerTrust {
     memo: RwLock<Memo>,
 }
 
+/// Signatures that verified, with exactly what they covered.
 #[derive(Default)]
 struct Memo {
-    entries: Vec<(Vec<u8>, [u8; 32])>,
+    entries: Vec<Verified>,
+    /// The slot the next entry takes once full (the oldest).
     next: usize,
+    /// The slot of the newest entry (looked at first: the question of the moment).
+    newest: usize,
+}
+
+struct Verified {
+    signature: Vec<u8>,
+    purpose: Purpose,
+    id: u64,
+    stamp: Stamp,
+    body: MemoBody,
+}
+
+/// A body kept whole when small (compared byte for byte, no hashing on a hit), else its
+/// SHA-256.
+enum MemoBody {
+    Bytes(Vec<u8>),
+    Digest([u8; 32]),
+}
+
+/// Largest body the memo keeps whole.
+const MEMO_BODY_BYTES: usize = 16 * 1024;
+
+impl MemoBody {
+    fn of(body: &[u8]) -> MemoBody {
+        if body.len() <= MEMO_BODY_BYTES {
+            MemoBody::Bytes(body.to_vec())
+        } else {
+            MemoBody::Digest(Sha256::digest(body).into())
+        }
+    }
+
+    fn is(&self, body: &[u8]) -> bool {
+        match self {
+            MemoBody::Bytes(b) => b.as_slice() == body,
+            MemoBody::Digest(d) => {
+                body.len() > MEMO_BODY_BYTES && *d == <[u8; 32]>::from(Sha256::digest(body))
+            }
+        }
+    }
+}
+
+impl Verified {
+    fn covers(&self, purpose: Purpose, id: u64, stamp: Stamp, body: &[u8], sig: &[u8]) -> bool {
+        self.signature == sig
+            && self.purpose == purpose
+            && self.id == id
+            && self.stamp == stamp
+            && self.body.is(body)
+    }
 }
 
 impl fmt::Debug for ServerTrust {
@@ -314,30 +365,39 @@ impl ServerTrust {
         if signature.len() != SIGNATURE_LEN {
             return Err(SignatureError::Invalid);
         }
-        let msg = message(purpose, id, stamp, body);
-        let digest: [u8; 32] = Sha256::digest(&msg).into();
         {
             let memo = crate::sync::read(&self.memo);
-            if memo
-                .entries
-                .iter()
-                .any(|(s, d)| s.as_slice() == signature && *d == digest)
+            let n = memo.entries.len();
+            // Newest first: a fleet's members all check the question of the moment.
+            if (0..n)
+                .map(|k| &memo.entries[(memo.newest + n - k) % n])
+                .any(|v| v.covers(purpose, id, stamp, body, signature))
             {
                 return Ok(());
             }
         }
+        let msg = message(purpose, id, stamp, body);
         UnparsedPublicKey::new(&ED25519, &self.key.0)
             .verify(&msg, signature)
             .map_err(|_| SignatureError::Invalid)?;
+        let entry = Verified {
+            signature: signature.to_vec(),
+            purpose,
+            id,
+            stamp,
+            body: MemoBody::of(body),
+        };
         let mut memo = crate::sync::write(&self.memo);
-        let entry = (signature.to_vec(), digest);
-        if memo.entries.len() < MEMO_ENTRIES {
+        let slot = if memo.entries.len() < MEMO_ENTRIES {
             memo.entries.push(entry);
+            memo.entries.len() - 1
         } else {
             let i = memo.next;
             memo.entries[i] = entry;
             memo.next = (i + 1) % MEMO_ENTRIES;
-        }
+            i
+        };
+        memo.newest = slot;
         Ok(())
     }
 }
@@ -399,6 +459,57 @@ mod tests {
         assert_eq!(
             trust.verify(Purpose::Question, 7, s, b"body", &forged, now),
             Err(bad)
+        );
+    }
+
+    #[test]
+    fn the_memo_never_lets_through_what_was_not_signed() {
+        let signer = ServerSigner::generate().expect("key");
+        let trust = ServerTrust::new(None, signer.public_key());
+        let now = 1_800_000_000_000;
+        let s = stamp(now);
+        // Many items, more than the memo holds, each checked twice.
+        for id in 0..(MEMO_ENTRIES as u64 + 10) {
+            let body = id.to_be_bytes();
+            let sig = signer.sign(Purpose::Question, id, s, &body);
+            for _ in 0..2 {
+                assert_eq!(
+                    trust.verify(Purpose::Question, id, s, &body, &sig, now),
+                    Ok(())
+                );
+            }
+            let mut other = body;
+            other[0] ^= 1;
+            assert_eq!(
+                trust.verify(Purpose::Question, id, s, &other, &sig, now),
+                Err(SignatureError::Invalid)
+            );
+        }
+        // A large body is remembered by its digest.
+        let big = vec![7u8; MEMO_BODY_BYTES + 1];
+        let sig = signer.sign(Purpose::SensorConfig, 0, s, &big);
+        for _ in 0..2 {
+            assert_eq!(
+                trust.verify(Purpose::SensorConfig, 0, s, &big, &sig, now),
+                Ok(())
+            );
+        }
+        let mut changed = big.clone();
+        changed[MEMO_BODY_BYTES] = 8;
+        assert_eq!(
+            trust.verify(Purpose::SensorConfig, 0, s, &changed, &sig, now),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            trust.verify(
+                Purpose::SensorConfig,
+                0,
+                s,
+                &big[..MEMO_BODY_BYTES],
+                &sig,
+                now
+            ),
+            Err(SignatureError::Invalid)
         );
     }
 

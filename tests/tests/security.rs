@@ -1,7 +1,8 @@
-//! The trust model, attack by attack: every route accepts only the certificate roles that
-//! may send to it, and the node refuses (and counts) everything else before the route's
-//! actor sees it. (Started with the routes' roles; signatures, revocation and placement by
-//! observed address follow.)
+//! The trust model, attack by attack (`SECURITY.md` points at each test): every route
+//! accepts only the certificate roles that may send to it; endpoints act only on what the
+//! pinned server signed; the server places machines where it sees them and counts answers
+//! only from where they could come; revoked identities are refused; endpoint certificates
+//! are renewed for their own key only. Each refusal is counted.
 
 use std::time::Duration;
 

@@ -206,7 +206,15 @@ impl MemberState {
             }
             return;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(env.ttl_ms);
+        // The hop's time to live is not signed: never past the signed expiry (with the clock
+        // skew allowed), so a sender cannot make members hold a question for longer.
+        let signed_left = env
+            .stamp
+            .expires_unix_ms
+            .saturating_add(rollcall_runtime::signing::CLOCK_SKEW.as_millis() as u64)
+            .saturating_sub(rollcall_runtime::signing::unix_ms());
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(env.ttl_ms.min(signed_left));
         // The question is read now; the sensors run once it went on.
         let work = self
             .cfg

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::proto::{Handoff, IdList, MEMBER, MemberRequest, NodeAnswer, Partial, QuestionEnvelope};
 
 /// The expected machines come from the server's own records: a fast hash will do.
-type FastIds = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
+pub(crate) type FastIds = std::hash::BuildHasherDefault<rustc_hash::FxHasher>;
 
 /// The machines a question expects answers from, with their host names.
 pub type Expected = HashMap<NodeId, CompactString, FastIds>;

@@ -294,6 +294,8 @@ fn shard_of(ring: &Option<RingId>, shards: usize) -> usize {
 /// Routes [`REGISTRY`] requests to the shard that owns the sender's ring.
 struct Registrar {
     table: ShardTable,
+    /// For the address a registering machine's connection comes from.
+    node: Node,
     questions: Arc<QuestionStore>,
     cfg: RingServerConfig,
     /// Which shard each registered endpoint's ring lives in.
@@ -324,7 +326,8 @@ impl Deliver for Registrar {
         let mut req = req;
         if let ServerRequest::Register(reg) = &mut req {
             // Placed where the server sees it, not where it says it is.
-            let placed = self.cfg.membership.placement(reg.addr, incoming.from_addr);
+            let observed = self.node.observed_addr(&from);
+            let placed = self.cfg.membership.placement(reg.addr, observed);
             if placed != reg.addr {
                 tracing::debug!(node = %from, declared = %reg.addr, observed = %placed, "placing by the observed address");
                 reg.addr = placed;
@@ -511,6 +514,7 @@ impl RingServer {
             rollcall_runtime::Roles::ENDPOINT,
             Arc::new(Registrar {
                 table: table.clone(),
+                node: node.clone(),
                 questions: questions.clone(),
                 cfg,
                 placed: Arc::new(RwLock::new(HashMap::new())),
@@ -711,8 +715,12 @@ impl RingServer {
                     let covered = p.contains(&target.id);
                     // Counted only for machines of this chain: a member cannot answer for
                     // machines elsewhere, or for machines that do not exist.
-                    let chain: std::collections::HashSet<&str> =
-                        members.iter().map(|m| m.id.as_str()).collect();
+                    let mut chain: std::collections::HashSet<&str, crate::questions::FastIds> =
+                        std::collections::HashSet::with_capacity_and_hasher(
+                            members.len(),
+                            crate::questions::FastIds::default(),
+                        );
+                    chain.extend(members.iter().map(|m| m.id.as_str()));
                     let outside = self.questions.merge(id, p, |n| chain.contains(n));
                     if outside > 0 {
                         self.node

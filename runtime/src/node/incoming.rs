@@ -17,9 +17,6 @@ use super::*;
 pub struct Incoming {
     /// The authenticated sender.
     pub from: PeerIdentity,
-    /// The address its connection comes from, as this node observes it (`None` for a
-    /// hand-off delivered locally).
-    pub from_addr: Option<std::net::SocketAddr>,
     /// The sender's message, still encoded; see [`Incoming::decode`].
     pub body: Bytes,
     /// Where to answer, for calls.

@@ -322,7 +322,6 @@ impl Node {
         target
             .deliver(Incoming {
                 from,
-                from_addr: None,
                 body: Bytes::from(body),
                 reply: None,
                 stats: self.shared.stats.clone(),
@@ -509,6 +508,15 @@ impl Node {
     /// Every live connection, by peer id (a peer may appear more than once).
     pub fn connected_peers(&self) -> Vec<PeerInfo> {
         connected_peers(&self.shared)
+    }
+
+    /// The address this node sees peer `id`'s connection come from, while it has one.
+    pub fn observed_addr(&self, id: &NodeId) -> Option<SocketAddr> {
+        let links = crate::sync::read(&self.shared.links);
+        links
+            .get(id)?
+            .iter()
+            .find_map(|cell| cell.conn.get().map(|c| c.remote_addr()))
     }
 
     /// Whether [`Node::shutdown`] was called.

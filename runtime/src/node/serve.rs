@@ -18,16 +18,14 @@ pub(super) async fn serve_connection(
     conn: Arc<dyn Connection>,
 ) -> TransportError {
     let peer = conn.peer().clone();
-    let addr = conn.remote_addr();
     loop {
         match conn.accept_stream().await {
             Ok(stream) => match stream.into_immediate() {
-                Ok(now) if shared.faults.quiet() => serve_now(&shared, &peer, addr, now),
+                Ok(now) if shared.faults.quiet() => serve_now(&shared, &peer, now),
                 Ok(now) => {
                     tokio::spawn(serve_stream(
                         shared.clone(),
                         peer.clone(),
-                        addr,
                         AnyStream::Now(now),
                     ));
                 }
@@ -35,7 +33,6 @@ pub(super) async fn serve_connection(
                     tokio::spawn(serve_stream(
                         shared.clone(),
                         peer.clone(),
-                        addr,
                         AnyStream::Task(stream),
                     ));
                 }
@@ -162,7 +159,6 @@ pub(super) fn admit<'a>(
 pub(super) fn serve_now(
     shared: &Arc<Shared>,
     peer: &PeerIdentity,
-    addr: std::net::SocketAddr,
     mut stream: Box<dyn ImmediateStream>,
 ) {
     let payload = match stream.take_frame(shared.opts.max_frame_bytes) {
@@ -182,7 +178,6 @@ pub(super) fn serve_now(
     let body = body_of(payload, at);
     let incoming = Incoming {
         from: peer.clone(),
-        from_addr: Some(addr),
         body,
         reply: call_id.map(|id| {
             ReplyPort(Port::Now(NowPort {
@@ -222,12 +217,7 @@ pub(super) fn body_at(payload: &[u8], body: &[u8]) -> std::ops::Range<usize> {
 }
 
 /// Reads, checks and delivers one stream's envelope; answers it if it is a call.
-pub(super) async fn serve_stream(
-    shared: Arc<Shared>,
-    peer: PeerIdentity,
-    addr: std::net::SocketAddr,
-    mut stream: AnyStream,
-) {
+pub(super) async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut stream: AnyStream) {
     let payload = match stream.read_frame(shared.opts.max_frame_bytes).await {
         Ok(p) => p,
         Err(TransportError::Wire(e)) => return reject(&shared, &peer, stream, e),
@@ -246,7 +236,6 @@ pub(super) async fn serve_stream(
     let (ack_tx, ack_rx) = oneshot::channel();
     let incoming = Incoming {
         from: peer.clone(),
-        from_addr: Some(addr),
         body: payload.slice_ref(env.body),
         reply: call_id.map(|_| {
             ReplyPort(Port::Task {

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::backoff::BackoffConfig;
 use crate::tls::LinkTimeouts;
+use crate::transport::limits::InboundLimits;
 use crate::wire::DEFAULT_MAX_FRAME_BYTES;
 
 /// Errors loading configuration.
@@ -53,6 +54,14 @@ pub struct RawLink {
     pub reconnect_max_ms: Option<u64>,
     /// How long a call may take.
     pub call_timeout_ms: Option<u64>,
+    /// How long a frame may take to arrive whole.
+    pub frame_read_timeout_ms: Option<u64>,
+    /// Bytes of partial frames one connection may hold.
+    pub connection_read_budget_bytes: Option<usize>,
+    /// Streams a peer may have open at once on one connection (each direction).
+    pub streams_per_connection: Option<u32>,
+    /// Connections one peer may hold to a node.
+    pub connections_per_peer: Option<usize>,
 }
 
 /// `[link]` validated.
@@ -66,6 +75,8 @@ pub struct LinkConfig {
     pub reconnect: BackoffConfig,
     /// Default timeout of remote calls.
     pub call_timeout_ms: u64,
+    /// What one peer can make a node hold.
+    pub limits: InboundLimits,
 }
 
 impl Default for LinkConfig {
@@ -75,6 +86,7 @@ impl Default for LinkConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             reconnect: BackoffConfig::default(),
             call_timeout_ms: 5_000,
+            limits: InboundLimits::default(),
         }
     }
 }
@@ -106,6 +118,21 @@ impl RawLink {
                 max_ms: self.reconnect_max_ms.unwrap_or(d.reconnect.max_ms),
             },
             call_timeout_ms: self.call_timeout_ms.unwrap_or(d.call_timeout_ms),
+            limits: InboundLimits {
+                frame_read_timeout: self
+                    .frame_read_timeout_ms
+                    .map(std::time::Duration::from_millis)
+                    .unwrap_or(d.limits.frame_read_timeout),
+                connection_read_budget: self
+                    .connection_read_budget_bytes
+                    .unwrap_or(d.limits.connection_read_budget),
+                streams_per_connection: self
+                    .streams_per_connection
+                    .unwrap_or(d.limits.streams_per_connection),
+                connections_per_peer: self
+                    .connections_per_peer
+                    .unwrap_or(d.limits.connections_per_peer),
+            },
         };
         if cfg.timeouts.keep_alive_ms == 0
             || cfg.timeouts.keep_alive_ms >= cfg.timeouts.idle_timeout_ms
@@ -119,6 +146,17 @@ impl RawLink {
             return Err(ConfigError::Invalid(format!(
                 "link.max_frame_bytes ({}) must be between 1 KiB and 64 MiB",
                 cfg.max_frame_bytes
+            )));
+        }
+        let l = cfg.limits;
+        if l.frame_read_timeout.is_zero()
+            || l.connection_read_budget < cfg.max_frame_bytes
+            || l.streams_per_connection == 0
+            || l.connections_per_peer == 0
+        {
+            return Err(ConfigError::Invalid(format!(
+                "link.frame_read_timeout_ms, link.streams_per_connection and link.connections_per_peer must be above 0, and link.connection_read_budget_bytes ({}) at least link.max_frame_bytes ({})",
+                l.connection_read_budget, cfg.max_frame_bytes
             )));
         }
         if cfg.reconnect.base_ms == 0 || cfg.reconnect.base_ms > cfg.reconnect.max_ms {
@@ -144,6 +182,8 @@ mod tests {
             ("keep_alive_ms = 6000\n", "keep_alive_ms"),
             ("max_frame_bytes = 10\n", "max_frame_bytes"),
             ("reconnect_base_ms = 0\n", "reconnect_base_ms"),
+            ("connection_read_budget_bytes = 1000\n", "connection_read_budget_bytes"),
+            ("connections_per_peer = 0\n", "connections_per_peer"),
         ] {
             let raw: RawLink = toml::from_str(text).expect("toml");
             let err = raw.validate().expect_err(text).to_string();

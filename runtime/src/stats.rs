@@ -76,6 +76,14 @@ counters! {
     rejected_answers,
     /// Envelopes from a peer whose certificate is revoked.
     rejected_revoked,
+    /// Frames that did not arrive whole within the frame read timeout.
+    rejected_slow,
+    /// Frames refused because their connection already held its budget of partial frames.
+    rejected_over_budget,
+    /// Connections refused because their peer already held the most it may.
+    rejected_connections,
+    /// Bytes of partial frames being read right now (a level, not a count).
+    frame_bytes_reading,
 }
 
 impl WireStats {
@@ -91,6 +99,8 @@ impl WireStats {
             WireError::Forbidden { .. } => &self.rejected_forbidden,
             WireError::Protocol(_) => &self.rejected_protocol,
             WireError::Revoked(_) => &self.rejected_revoked,
+            WireError::TooSlow { .. } => &self.rejected_slow,
+            WireError::OverBudget { .. } => &self.rejected_over_budget,
         };
         self.add(c);
     }
@@ -143,5 +153,7 @@ impl WireStatsSnapshot {
             + self.rejected_unknown_destination
             + self.rejected_truncated
             + self.rejected_protocol
+            + self.rejected_slow
+            + self.rejected_over_budget
     }
 }

@@ -59,7 +59,7 @@ impl Default for LinkTimeouts {
 }
 
 impl LinkTimeouts {
-    fn transport_config(&self) -> Result<quinn::TransportConfig, TlsError> {
+    pub(crate) fn transport_config(&self) -> Result<quinn::TransportConfig, TlsError> {
         let mut tc = quinn::TransportConfig::default();
         tc.keep_alive_interval(Some(Duration::from_millis(self.keep_alive_ms)));
         tc.max_idle_timeout(Some(

@@ -138,6 +138,18 @@ pub enum WireError {
     /// The sender's certificate has been revoked.
     #[error("the certificate of {0:?} is revoked")]
     Revoked(String),
+    /// The frame did not arrive whole in time.
+    #[error("frame not received whole within {ms} ms")]
+    TooSlow {
+        /// The limit.
+        ms: u64,
+    },
+    /// The connection already holds its budget of partial frames.
+    #[error("the connection already holds {budget} bytes of partial frames")]
+    OverBudget {
+        /// The budget.
+        budget: usize,
+    },
 }
 
 /// Encodes an envelope as one frame (length prefix included).

@@ -31,6 +31,7 @@ use crate::wire::WireError;
 #[cfg(feature = "deterministic")]
 pub mod deterministic;
 pub mod faults;
+pub mod limits;
 #[cfg(feature = "simulation")]
 pub mod mem;
 pub mod quic;

@@ -16,6 +16,7 @@ use crate::tls::{self, ALPN_ENROL, LinkTimeouts};
 use crate::wire::WireError;
 
 use super::faults::{FaultyUdpSocket, SocketFaults};
+use super::limits::{ByteBudget, InboundLimits};
 
 /// Application close code: the peer's certificate was missing or named no rollcall identity.
 pub const CLOSE_REFUSED: u32 = 0x10;
@@ -40,6 +41,8 @@ pub struct QuicOptions {
     pub rng_seed: Option<[u8; 32]>,
     /// Faults to inject on this node's socket (tests and chaos).
     pub faults: Option<Arc<SocketFaults>>,
+    /// What one peer can make this node hold.
+    pub limits: InboundLimits,
 }
 
 impl std::fmt::Debug for QuicOptions {
@@ -57,6 +60,7 @@ pub struct QuicTransport {
     /// Replaced when the node's certificate is renewed ([`QuicTransport::renew`]).
     client: std::sync::RwLock<quinn::ClientConfig>,
     timeouts: crate::tls::LinkTimeouts,
+    limits: InboundLimits,
     accepts_enrolment: bool,
     identity: PeerIdentity,
     stats: Arc<WireStats>,
@@ -122,9 +126,8 @@ impl QuicTransport {
             addr: local_addr,
             reason,
         };
-        let server = tls::server_config(creds, opts.timeouts, opts.enrolment.is_some())
-            .map_err(|e| fail(e.to_string()))?;
-        let client = tls::client_config(creds, opts.timeouts).map_err(|e| fail(e.to_string()))?;
+        let (server, client) =
+            configs(creds, opts.timeouts, opts.enrolment.is_some(), opts.limits).map_err(fail)?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(secret, opts.rng_seed),
             Some(server),
@@ -134,16 +137,19 @@ impl QuicTransport {
         .map_err(|e| fail(e.to_string()))?;
         let stats = Arc::new(WireStats::default());
         let (tx, rx) = mpsc::channel(1024);
+        let peers = Arc::new(PeerCounts::default());
         tokio::spawn(accept_loop(
             endpoint.clone(),
             tx,
             stats.clone(),
             opts.enrolment.clone(),
+            (opts.limits, peers.clone()),
         ));
         Ok(Arc::new(QuicTransport {
             endpoint,
             client: std::sync::RwLock::new(client),
             timeouts: opts.timeouts,
+            limits: opts.limits,
             accepts_enrolment: opts.enrolment.is_some(),
             identity: creds.identity.clone(),
             stats,
@@ -165,9 +171,8 @@ impl QuicTransport {
                 self.identity, creds.identity
             )));
         }
-        let server = tls::server_config(creds, self.timeouts, self.accepts_enrolment)
-            .map_err(|e| fail(e.to_string()))?;
-        let client = tls::client_config(creds, self.timeouts).map_err(|e| fail(e.to_string()))?;
+        let (server, client) =
+            configs(creds, self.timeouts, self.accepts_enrolment, self.limits).map_err(fail)?;
         self.endpoint.set_server_config(Some(server));
         *crate::sync::write(&self.client) = client;
         Ok(())
@@ -179,16 +184,70 @@ impl QuicTransport {
     }
 }
 
+/// The server and client configurations for `creds`, with `limits` in QUIC's flow control.
+fn configs(
+    creds: &Credentials,
+    timeouts: LinkTimeouts,
+    accept_enrolment: bool,
+    limits: InboundLimits,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), String> {
+    let mut server =
+        tls::server_config(creds, timeouts, accept_enrolment).map_err(|e| e.to_string())?;
+    let mut client = tls::client_config(creds, timeouts).map_err(|e| e.to_string())?;
+    let mut tc = timeouts.transport_config().map_err(|e| e.to_string())?;
+    let streams = VarInt::from_u32(limits.streams_per_connection);
+    tc.max_concurrent_bidi_streams(streams)
+        .max_concurrent_uni_streams(streams);
+    // What a peer may have in flight on a connection, unread, before it must wait: the
+    // budget of partial frames, not quinn's unbounded default.
+    let window = u32::try_from(limits.connection_read_budget).unwrap_or(u32::MAX);
+    tc.receive_window(VarInt::from_u32(window));
+    let tc = Arc::new(tc);
+    server.transport_config(tc.clone());
+    client.transport_config(tc);
+    Ok((server, client))
+}
+
+/// Live connections each peer opened to this node, for
+/// [`InboundLimits::connections_per_peer`].
+#[derive(Debug, Default)]
+struct PeerCounts(std::sync::Mutex<std::collections::HashMap<crate::identity::NodeId, usize>>);
+
+impl PeerCounts {
+    /// Counts one more connection of `peer`, unless it holds `max` already.
+    fn admit(&self, peer: &crate::identity::NodeId, max: usize) -> bool {
+        let mut m = crate::sync::lock(&self.0);
+        let n = m.entry(peer.clone()).or_default();
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release(&self, peer: &crate::identity::NodeId) {
+        let mut m = crate::sync::lock(&self.0);
+        if let Some(n) = m.get_mut(peer) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(peer);
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     tx: mpsc::Sender<Arc<dyn Connection>>,
     stats: Arc<WireStats>,
     enrolment: Option<Arc<dyn EnrolService>>,
+    (limits, peers): (InboundLimits, Arc<PeerCounts>),
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let tx = tx.clone();
         let stats = stats.clone();
         let enrolment = enrolment.clone();
+        let peers = peers.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -214,10 +273,25 @@ async fn accept_loop(
                 return;
             }
             match peer_identity(&conn) {
+                Ok(peer) if !peers.admit(&peer.id, limits.connections_per_peer) => {
+                    stats.incr(|s| &s.rejected_connections);
+                    tracing::warn!(%remote, %peer, limit = limits.connections_per_peer, "refused connection: the peer holds the most connections it may");
+                    conn.close(VarInt::from_u32(CLOSE_REFUSED), b"too many connections");
+                }
                 Ok(peer) => {
                     stats.incr(|s| &s.connections_accepted);
                     tracing::debug!(%remote, %peer, "accepted connection");
-                    let c: Arc<dyn Connection> = Arc::new(QuicConnection { conn, peer });
+                    let (watch, id) = (conn.clone(), peer.id.clone());
+                    tokio::spawn(async move {
+                        watch.closed().await;
+                        peers.release(&id);
+                    });
+                    let c: Arc<dyn Connection> = Arc::new(QuicConnection {
+                        conn,
+                        peer,
+                        budget: ByteBudget::new(limits.connection_read_budget, stats.clone()),
+                        limits,
+                    });
                     let _ = tx.send(c).await;
                 }
                 Err(reason) => {
@@ -265,7 +339,12 @@ impl Transport for QuicTransport {
             .map_err(|e| fail(e.to_string()))?;
         let conn = connecting.await.map_err(|e| fail(e.to_string()))?;
         let peer = peer_identity(&conn).map_err(fail)?;
-        Ok(Arc::new(QuicConnection { conn, peer }))
+        Ok(Arc::new(QuicConnection {
+            conn,
+            peer,
+            budget: ByteBudget::new(self.limits.connection_read_budget, self.stats.clone()),
+            limits: self.limits,
+        }))
     }
 
     async fn accept(&self) -> Option<Arc<dyn Connection>> {
@@ -286,6 +365,9 @@ impl Transport for QuicTransport {
 pub struct QuicConnection {
     conn: quinn::Connection,
     peer: PeerIdentity,
+    /// Bytes of partial frames the peer's streams may hold at once.
+    budget: Arc<ByteBudget>,
+    limits: InboundLimits,
 }
 
 /// Maps quinn's connection errors onto ours.
@@ -327,22 +409,58 @@ fn map_write(e: quinn::WriteError) -> TransportError {
 
 /// Reads one length-prefixed frame from a QUIC stream, refusing (and stopping the stream)
 /// before reading the body if it is longer than `max`.
+/// Reads one frame. Its buffer grows as its bytes arrive (an announced length is a claim,
+/// not an allocation), and with `budget` the bytes count against the connection's budget
+/// until the read ends, and the whole frame must arrive within the limits' timeout.
 async fn read_quic_frame(
     recv: &mut quinn::RecvStream,
     max: usize,
+    budget: Option<(&Arc<ByteBudget>, &InboundLimits)>,
 ) -> Result<Bytes, TransportError> {
-    let mut len = [0u8; 4];
-    read_exact(recv, &mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        let _ = recv
-            .stop(VarInt::from_u64(RefuseCode::Rejected.to_u64()).unwrap_or(VarInt::from_u32(2)));
-        return Err(WireError::Oversized { len, max }.into());
+    let read = async {
+        let mut len = [0u8; 4];
+        read_exact(recv, &mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > max {
+            let _ = recv.stop(
+                VarInt::from_u64(RefuseCode::Rejected.to_u64()).unwrap_or(VarInt::from_u32(2)),
+            );
+            return Err(WireError::Oversized { len, max }.into());
+        }
+        let mut held = budget.map(|(b, _)| b.hold());
+        let mut buf = Vec::with_capacity(len.min(FIRST_READ));
+        while buf.len() < len {
+            let chunk = match recv.read_chunk(len - buf.len(), true).await {
+                Ok(Some(c)) => c.bytes,
+                Ok(None) => return Err(WireError::Truncated.into()),
+                Err(e) => return Err(map_read(e)),
+            };
+            if let (Some((b, limits)), Some(h)) = (budget, held.as_mut())
+                && !b.take(h, chunk.len())
+            {
+                return Err(WireError::OverBudget {
+                    budget: limits.connection_read_budget,
+                }
+                .into());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(buf))
+    };
+    match budget {
+        None => read.await,
+        Some((_, limits)) => match tokio::time::timeout(limits.frame_read_timeout, read).await {
+            Ok(r) => r,
+            Err(_) => Err(WireError::TooSlow {
+                ms: limits.frame_read_timeout.as_millis() as u64,
+            }
+            .into()),
+        },
     }
-    let mut buf = vec![0u8; len];
-    read_exact(recv, &mut buf).await?;
-    Ok(Bytes::from(buf))
 }
+
+/// What a frame's buffer starts with; it grows with the bytes that arrive.
+const FIRST_READ: usize = 64 * 1024;
 
 async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), TransportError> {
     match recv.read_exact(buf).await {
@@ -392,7 +510,7 @@ impl Connection for QuicConnection {
             .map_err(|e| TransportError::Lost(e.to_string()))?;
         let mut acks = 0;
         loop {
-            let reply = read_quic_frame(&mut recv, max_reply).await?;
+            let reply = read_quic_frame(&mut recv, max_reply, None).await?;
             if !reply.is_empty() {
                 return Ok(reply);
             }
@@ -410,11 +528,11 @@ impl Connection for QuicConnection {
         tokio::select! {
             uni = self.conn.accept_uni() => {
                 let recv = uni.map_err(|e| map_connection_error(&e))?;
-                Ok(Box::new(QuicInbound { recv, send: None, acked: false }))
+                Ok(Box::new(QuicInbound { recv, send: None, acked: false, budget: self.budget.clone(), limits: self.limits }))
             }
             bi = self.conn.accept_bi() => {
                 let (send, recv) = bi.map_err(|e| map_connection_error(&e))?;
-                Ok(Box::new(QuicInbound { recv, send: Some(send), acked: false }))
+                Ok(Box::new(QuicInbound { recv, send: Some(send), acked: false, budget: self.budget.clone(), limits: self.limits }))
             }
         }
     }
@@ -433,6 +551,8 @@ struct QuicInbound {
     recv: quinn::RecvStream,
     send: Option<quinn::SendStream>,
     acked: bool,
+    budget: Arc<ByteBudget>,
+    limits: InboundLimits,
 }
 
 #[async_trait]
@@ -442,7 +562,7 @@ impl InboundStream for QuicInbound {
     }
 
     async fn read_frame(&mut self, max: usize) -> Result<Bytes, TransportError> {
-        read_quic_frame(&mut self.recv, max).await
+        read_quic_frame(&mut self.recv, max, Some((&self.budget, &self.limits))).await
     }
 
     async fn ack(&mut self) -> Result<(), TransportError> {

@@ -61,6 +61,7 @@ pub(crate) async fn start_server(
     let secret = identity::load_or_create_secret(state_dir)?;
     let opts = QuicOptions {
         timeouts: cfg.link.timeouts,
+        limits: cfg.link.limits,
         enrolment: Some(Arc::new(CaEnroller::from_ca_dir(
             ca.clone(),
             signer.public_key(),
@@ -244,6 +245,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
     let secret = identity::load_or_create_secret(&a.state_dir)?;
     let opts = QuicOptions {
         timeouts: cfg.link.timeouts,
+        limits: cfg.link.limits,
         ..QuicOptions::default()
     };
     let t = QuicTransport::bind(a.listen, &enrolled.creds, &secret, opts)

@@ -182,7 +182,10 @@ mod tests {
             ("keep_alive_ms = 6000\n", "keep_alive_ms"),
             ("max_frame_bytes = 10\n", "max_frame_bytes"),
             ("reconnect_base_ms = 0\n", "reconnect_base_ms"),
-            ("connection_read_budget_bytes = 1000\n", "connection_read_budget_bytes"),
+            (
+                "connection_read_budget_bytes = 1000\n",
+                "connection_read_budget_bytes",
+            ),
             ("connections_per_peer = 0\n", "connections_per_peer"),
         ] {
             let raw: RawLink = toml::from_str(text).expect("toml");

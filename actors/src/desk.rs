@@ -22,6 +22,12 @@ pub use crate::endpoint::{SENSOR_CONFIG, SensorConfig, SensorEvaluator, SignedCo
 /// Name of the server actor operators ask questions through.
 pub const DESK: &str = "question.desk";
 
+/// Longest search text (a search box's words, not a document).
+pub const MAX_SEARCH_BYTES: usize = 4096;
+
+/// Searches ranked at once.
+const SEARCHES_AT_ONCE: usize = 2;
+
 /// How long a question stays open unless the operator says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 
@@ -117,6 +123,8 @@ struct DeskState {
 /// The server's question desk.
 pub struct QuestionDesk {
     rings: RingServer,
+    /// Searches ranked at once (the rest wait their turn).
+    searches: Arc<tokio::sync::Semaphore>,
     store: Option<Arc<ServerStore>>,
     state: Mutex<DeskState>,
 }
@@ -145,6 +153,7 @@ impl QuestionDesk {
         }
         let desk = QuestionDesk {
             rings,
+            searches: Arc::new(tokio::sync::Semaphore::new(SEARCHES_AT_ONCE)),
             store,
             state: Mutex::new(state),
         };
@@ -329,6 +338,16 @@ impl QuestionDesk {
                 }
             }
             DeskRequest::Search { text } => {
+                if text.len() > MAX_SEARCH_BYTES {
+                    return DeskReply::Error(format!(
+                        "search text of {} bytes; at most {MAX_SEARCH_BYTES}",
+                        text.len()
+                    ));
+                }
+                // A few at a time: ranking is CPU work, and the desk has other callers.
+                let Ok(_turn) = self.searches.clone().acquire_owned().await else {
+                    return DeskReply::Error("the server is shutting down".into());
+                };
                 let saved = self.lock().saved.clone();
                 let vocab = self.lock().vocab.clone();
                 let catalog = self.catalog();

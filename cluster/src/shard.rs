@@ -324,6 +324,14 @@ impl Deliver for Registrar {
             return Ok(());
         }
         let mut req = req;
+        if let ServerRequest::Register(reg) = &req
+            && let Err(why) = reg.check()
+        {
+            incoming.stats().incr(|s| &s.rejected_protocol);
+            tracing::warn!(node = %from, "refused a registration: {why}");
+            incoming.refuse();
+            return Ok(());
+        }
         if let ServerRequest::Register(reg) = &mut req {
             // Placed where the server sees it, not where it says it is.
             let observed = self.node.observed_addr(&from);

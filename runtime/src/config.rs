@@ -132,6 +132,7 @@ impl RawLink {
                 connections_per_peer: self
                     .connections_per_peer
                     .unwrap_or(d.limits.connections_per_peer),
+                ..d.limits
             },
         };
         if cfg.timeouts.keep_alive_ms == 0

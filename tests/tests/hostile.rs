@@ -23,6 +23,7 @@ async fn slow_senders_hold_no_more_than_the_budget_and_are_dropped_in_time() {
         connection_read_budget: 256 * 1024,
         streams_per_connection: 16,
         connections_per_peer: 2,
+        ..InboundLimits::default()
     };
     let (server, _) = quic_node(
         &creds(&ca, PeerRole::Server),
@@ -125,4 +126,162 @@ impl rollcall_runtime::node::Deliver for Echo {
         let _ = incoming.answer(&());
         Ok(())
     }
+}
+
+/// Attack 3: huge host names. A registration whose texts pass the limits' bounds is refused
+/// and counted; the ring view and every question's progress stay within their frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_with_a_huge_host_name_is_refused_and_counted() {
+    use rollcall_cluster::membership::MembershipConfig;
+    use rollcall_cluster::proto::{REGISTRY, Registration, RegistrationReply, ServerRequest};
+    use rollcall_runtime::node::CallError;
+    use rollcall_tests::rings::RingCluster;
+
+    let mut c = RingCluster::start(MembershipConfig::default()).await;
+    c.add("127.0.21.1").await;
+    let (attacker, _) = quic_node(
+        &creds(&c.ca, PeerRole::Endpoint),
+        "127.0.21.2",
+        QuicOptions::default(),
+    )
+    .await;
+    let link = attacker
+        .connect_once(c.server.local_addr(), DEADLINE)
+        .await
+        .expect("the server");
+    let reg = |hostname: String, os: String| {
+        ServerRequest::Register(Registration {
+            addr: attacker.local_addr(),
+            hostname,
+            os,
+            version: "1".into(),
+        })
+    };
+    for (hostname, os) in [
+        ("h".repeat(600 * 1024), "linux".to_string()),
+        ("h".repeat(254), "linux".to_string()),
+        ("ok".to_string(), "o".repeat(65)),
+    ] {
+        let r: Result<RegistrationReply, CallError> =
+            link.call(REGISTRY, &reg(hostname, os), DEADLINE).await;
+        assert!(r.is_err(), "refused");
+    }
+    assert_eq!(c.server.wire_stats().snapshot().rejected_protocol, 3);
+    // At the limits, it is taken.
+    let r: Result<RegistrationReply, CallError> = link
+        .call(REGISTRY, &reg("h".repeat(253), "o".repeat(64)), DEADLINE)
+        .await;
+    assert!(r.is_ok(), "{r:?}");
+    let report = c.report().await;
+    let longest = report
+        .rings
+        .iter()
+        .flat_map(|r| r.members.iter().map(|m| m.hostname.len()))
+        .max();
+    assert_eq!(longest, Some(253));
+    link.close();
+    attacker.shutdown();
+}
+
+/// Attack 5: long searches. A search text over the bound is refused with a clear error; a
+/// burst of searches is ranked a few at a time, off the async runtime, and every one is
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_searches_are_refused_and_a_burst_is_answered_in_turn() {
+    use rollcall_actors::desk::{DeskReply, DeskRequest, MAX_SEARCH_BYTES, QuestionDesk};
+    use rollcall_cluster::membership::MembershipConfig;
+    use rollcall_runtime::OperatorRole;
+    use rollcall_tests::rings::RingCluster;
+    use std::sync::Arc;
+
+    let c = RingCluster::start(MembershipConfig::default()).await;
+    let desk = Arc::new(QuestionDesk::new(c.rings.clone(), None));
+    let viewer = PeerRole::Operator(OperatorRole::Viewer);
+    let long = DeskRequest::Search {
+        text: "chrome ".repeat(MAX_SEARCH_BYTES / 7 + 1),
+    };
+    match desk.serve(long, viewer).await {
+        DeskReply::Error(e) => assert!(e.contains("at most 4096"), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let burst: Vec<_> = (0..24)
+        .map(|_| {
+            let desk = desk.clone();
+            tokio::spawn(async move {
+                desk.serve(
+                    DeskRequest::Search {
+                        text: "machines running chrome older than 120".into(),
+                    },
+                    viewer,
+                )
+                .await
+            })
+        })
+        .collect();
+    for b in burst {
+        match b.await.expect("joined") {
+            DeskReply::Suggestions(s) => assert!(!s.is_empty()),
+            other => panic!("expected suggestions, got {other:?}"),
+        }
+    }
+}
+
+/// Attack 6: enrolment floods. Connections that open an enrolment and say nothing are held
+/// a few at a time from one address (the rest refused and counted); an enrolment from
+/// elsewhere goes through meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_flood_from_one_address_is_bounded_and_others_still_enrol() {
+    use rollcall_runtime::enrol::{self, CaEnroller};
+    use rollcall_runtime::identity::JoinToken;
+    use rollcall_runtime::signing::ServerSigner;
+    use std::sync::Arc;
+
+    let ca = ca();
+    let token = JoinToken {
+        secret: "ab".repeat(16),
+        ca_fingerprint: ca.fingerprint(),
+    };
+    let (server, _) = quic_node(
+        &creds(&ca, PeerRole::Server),
+        "127.0.22.1",
+        QuicOptions {
+            enrolment: Some(Arc::new(CaEnroller::new(
+                ca.clone(),
+                vec![token.secret.clone()],
+                ServerSigner::generate().expect("key").public_key(),
+            ))),
+            ..QuicOptions::default()
+        },
+    )
+    .await;
+    let stats = server.wire_stats().clone();
+    let ep = quinn::Endpoint::client("127.0.22.66:0".parse().expect("addr")).expect("client");
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let cfg = tls::enrol_client_config(&ca.fingerprint(), fast_timeouts()).expect("cfg");
+        if let Ok(c) = ep
+            .connect_with(cfg, server.local_addr(), NODE_SERVER_NAME)
+            .expect("connect")
+            .await
+        {
+            held.push(c);
+        }
+    }
+    let s = stats
+        .wait_for(DEADLINE, |s| s.enrolments_refused == 6)
+        .await;
+    assert_eq!(s.enrolments_refused, 6, "{s:?}");
+    let enrolled = enrol::enrol(
+        server.local_addr(),
+        &token,
+        "elsewhere",
+        "127.0.22.9:0".parse().expect("addr"),
+    )
+    .await
+    .expect("an enrolment from another address");
+    assert_eq!(enrolled.creds.identity.role, PeerRole::Endpoint);
+    for c in held {
+        c.close(0u32.into(), b"done");
+    }
+    server.shutdown();
 }

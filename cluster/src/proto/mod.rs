@@ -46,6 +46,33 @@ pub struct Registration {
     pub version: String,
 }
 
+/// Longest host name a registration may carry (a DNS name's limit).
+pub const MAX_HOSTNAME_BYTES: usize = 253;
+/// Longest operating-system or version text a registration may carry.
+pub const MAX_REGISTRATION_FIELD_BYTES: usize = 64;
+
+impl Registration {
+    /// Whether its texts are within the limits (what the server keeps for every machine, and
+    /// sends in every ring view, is bounded).
+    pub fn check(&self) -> Result<(), String> {
+        if self.hostname.len() > MAX_HOSTNAME_BYTES {
+            return Err(format!(
+                "a host name of {} bytes (at most {MAX_HOSTNAME_BYTES})",
+                self.hostname.len()
+            ));
+        }
+        for (what, v) in [("os", &self.os), ("version", &self.version)] {
+            if v.len() > MAX_REGISTRATION_FIELD_BYTES {
+                return Err(format!(
+                    "{what} of {} bytes (at most {MAX_REGISTRATION_FIELD_BYTES})",
+                    v.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Which ends of its chain an endpoint leads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LeaderSides {

@@ -21,6 +21,10 @@ pub struct InboundLimits {
     pub streams_per_connection: u32,
     /// Connections one peer (one certificate) may hold to a node at once.
     pub connections_per_peer: usize,
+    /// Handshakes a node carries out at once (before anyone is authenticated).
+    pub handshakes_at_once: usize,
+    /// Enrolments (no certificate yet) a node serves at once from one address.
+    pub enrolments_per_source: usize,
 }
 
 impl Default for InboundLimits {
@@ -30,6 +34,8 @@ impl Default for InboundLimits {
             connection_read_budget: 4 * 1024 * 1024,
             streams_per_connection: 128,
             connections_per_peer: 8,
+            handshakes_at_once: 256,
+            enrolments_per_source: 4,
         }
     }
 }

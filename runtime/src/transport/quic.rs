@@ -208,8 +208,8 @@ fn configs(
     Ok((server, client))
 }
 
-/// Live connections each peer opened to this node, for
-/// [`InboundLimits::connections_per_peer`].
+/// Live connections each peer (or, for enrolments, each address) opened to this node, for
+/// [`InboundLimits::connections_per_peer`] and [`InboundLimits::enrolments_per_source`].
 #[derive(Debug, Default)]
 struct PeerCounts(std::sync::Mutex<std::collections::HashMap<crate::identity::NodeId, usize>>);
 
@@ -243,14 +243,27 @@ async fn accept_loop(
     enrolment: Option<Arc<dyn EnrolService>>,
     (limits, peers): (InboundLimits, Arc<PeerCounts>),
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.handshakes_at_once));
+    let enrolling = Arc::new(PeerCounts::default());
     while let Some(incoming) = endpoint.accept().await {
+        // Handshakes cost memory and CPU before anyone is authenticated: a bounded number at
+        // once, the rest refused at the first packet.
+        let Ok(turn) = handshakes.clone().try_acquire_owned() else {
+            stats.incr(|s| &s.rejected_connections);
+            tracing::warn!(remote = %incoming.remote_address(), limit = limits.handshakes_at_once, "refused connection: too many handshakes under way");
+            incoming.refuse();
+            continue;
+        };
         let tx = tx.clone();
         let stats = stats.clone();
         let enrolment = enrolment.clone();
         let peers = peers.clone();
+        let enrolling = enrolling.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            let conn = match incoming.await {
+            let conn = incoming.await;
+            drop(turn);
+            let conn = match conn {
                 Ok(c) => c,
                 Err(e) => {
                     stats.incr(|s| &s.handshakes_refused);
@@ -263,6 +276,14 @@ async fn accept_loop(
                 .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                 .and_then(|d| d.protocol);
             if alpn.as_deref() == Some(ALPN_ENROL) {
+                // Unauthenticated: a few at once from one address.
+                let source = crate::identity::NodeId::new(remote.ip().to_canonical().to_string());
+                if !enrolling.admit(&source, limits.enrolments_per_source) {
+                    stats.incr(|s| &s.enrolments_refused);
+                    tracing::warn!(%remote, limit = limits.enrolments_per_source, "refused an enrolment: too many under way from this address");
+                    conn.close(VarInt::from_u32(CLOSE_REFUSED), b"too many enrolments");
+                    return;
+                }
                 match enrolment {
                     Some(svc) => svc.serve(conn, &stats).await,
                     None => conn.close(
@@ -270,6 +291,7 @@ async fn accept_loop(
                         b"enrolment not served here",
                     ),
                 }
+                enrolling.release(&source);
                 return;
             }
             match peer_identity(&conn) {

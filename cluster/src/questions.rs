@@ -43,6 +43,8 @@ struct Record {
     /// Distinct answers (most machines share a few).
     distinct: Vec<NodeAnswer>,
     index: HashMap<NodeAnswer, u32>,
+    /// Chains whose answers did not verify: (the member asked, what was found).
+    flagged: Vec<(NodeId, String)>,
     /// Answers from machines that had already answered. Always empty: only the deliberately
     /// broken `broken-dedup` build keeps (and counts) them.
     repeats: Vec<u32>,
@@ -86,6 +88,15 @@ impl Record {
     fn answered(&self) -> usize {
         self.answers.len() + self.repeats.len()
     }
+}
+
+/// What merging a chain's answers found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MergeOutcome {
+    /// Answers for machines outside the chain (not counted).
+    pub outside: usize,
+    /// Answers in groups whose tags did not verify (not counted).
+    pub tampered: usize,
 }
 
 /// Distinct rows and how many machines gave each.
@@ -187,6 +198,36 @@ impl QuestionStore {
         rollcall_runtime::sync::lock(&self.state)
     }
 
+    /// Machine `node`'s answer to question `question`, tagged as that machine would.
+    #[cfg(test)]
+    pub(crate) fn tagged(
+        &self,
+        node: &NodeId,
+        question: u64,
+        answer: &NodeAnswer,
+    ) -> crate::proto::TaggedAnswer {
+        let answer = crate::proto::EncodedAnswer::new(answer);
+        crate::proto::TaggedAnswer {
+            tag: self
+                .signer
+                .answers()
+                .tag(node.as_str(), question, answer.as_bytes()),
+            answer,
+        }
+    }
+
+    /// Adds a problem about the chain of member `who` to question `id`.
+    pub fn flag(&self, id: u64, who: &NodeId, what: String) {
+        if let Some(r) = self.lock().1.get_mut(&id) {
+            r.flagged.push((who.clone(), what));
+        }
+    }
+
+    /// Machine `id`'s answer key, handed to it at registration.
+    pub fn answer_key_for(&self, id: &NodeId) -> [u8; 32] {
+        self.signer.answers().key_for(id.as_str())
+    }
+
     /// New ids start above `last`.
     pub fn resume_ids(&self, last: u64) {
         let mut st = self.lock();
@@ -254,6 +295,7 @@ impl QuestionStore {
                 distinct: Vec::new(),
                 index: HashMap::new(),
                 repeats: Vec::new(),
+                flagged: Vec::new(),
                 fanned_out: false,
             },
         );
@@ -278,13 +320,36 @@ impl QuestionStore {
         })
     }
 
-    /// Merges answers that came back along a ring, for the machines `in_chain` says the
-    /// chain that carried them holds; returns how many answers were for machines outside it
-    /// (made up by a member on the way, and not counted).
-    pub fn merge(&self, id: u64, partial: Partial, in_chain: impl Fn(&str) -> bool) -> usize {
-        let mut outside = 0;
+    /// Merges answers that came back along a ring from `through` (the member the server
+    /// asked), for the machines `in_chain` says the chain that carried them holds. A group
+    /// counts only if its tag is the XOR of the tags its machines give its answer with their
+    /// own keys: a group a hop changed, made up or moved machines into counts for none of
+    /// them (they stay unanswered and are asked again), and the question's problems name the
+    /// member whose chain brought it.
+    pub fn merge(
+        &self,
+        id: u64,
+        partial: Partial,
+        through: &NodeId,
+        in_chain: impl Fn(&str) -> bool,
+    ) -> MergeOutcome {
+        let mut out = MergeOutcome::default();
+        let secret = self.signer.answers();
+        // Checked before the store is locked: a tag is two hashes per machine.
+        let mut verified = Vec::new();
+        for (answer, who, tag) in partial.tagged_groups() {
+            let mut expected = [0u8; rollcall_runtime::answer_tags::TAG_LEN];
+            for node in IdList::ids(who) {
+                rollcall_runtime::answer_tags::xor(&mut expected, &secret.tag(node, id, answer));
+            }
+            if expected == tag {
+                verified.push((answer, who));
+            } else {
+                out.tampered += IdList::ids(who).count();
+            }
+        }
         if let Some(r) = self.lock().1.get_mut(&id) {
-            for (answer, who) in partial.groups() {
+            for (answer, who) in verified {
                 // Checked when the partial was decoded: this cannot fail.
                 let Ok(answer) = rmp_serde::from_slice::<NodeAnswer>(answer) else {
                     continue;
@@ -294,12 +359,21 @@ impl QuestionStore {
                     if in_chain(node) {
                         r.add_indexed(node, i);
                     } else {
-                        outside += 1;
+                        out.outside += 1;
                     }
                 }
             }
+            if out.tampered > 0 {
+                r.flagged.push((
+                    through.clone(),
+                    format!(
+                        "the answers of {} machines through the chain from this member did not verify (changed on the way); not counted, those machines are asked again",
+                        out.tampered
+                    ),
+                ));
+            }
         }
-        outside
+        out
     }
 
     /// A late answer from `node`, accepted until the question expires.
@@ -427,6 +501,7 @@ impl QuestionStore {
         });
         // By machine; each machine's problems in sensor order.
         problems.sort_by(|a, b| a.0.cmp(&b.0));
+        problems.extend(r.flagged.iter().cloned());
         // Expected: the machines live at ask time, and any that answered since.
         let expected = r.expected.len()
             + r.answers
@@ -504,29 +579,50 @@ mod tests {
         );
         let mut p = Partial::default();
         p.add(
-            &NodeId("a".into()),
-            &EncodedAnswer::new(&answer("6.1", &[])),
+            &NodeId::new("a"),
+            &store.tagged(&NodeId::new("a"), id, &answer("6.1", &[])),
         );
         p.add(
-            &NodeId("b".into()),
-            &EncodedAnswer::new(&answer("6.1", &["uptime: timed out"])),
+            &NodeId::new("b"),
+            &store.tagged(
+                &NodeId::new("b"),
+                id,
+                &answer("6.1", &["uptime: timed out"]),
+            ),
         );
         p.add(
-            &NodeId("a".into()),
-            &EncodedAnswer::new(&answer("6.1", &[])),
+            &NodeId::new("a"),
+            &store.tagged(&NodeId::new("a"), id, &answer("6.1", &[])),
         );
-        store.merge(id, p.clone(), |_| true);
-        store.merge(id, p, |_| true);
+        store.merge(id, p.clone(), &NodeId::new("a"), |_| true);
+        store.merge(id, p, &NodeId::new("a"), |_| true);
         // A member that lists machines outside its chain (or that do not exist) gets none
         // of them counted.
         let mut forged = Partial::default();
         for n in ["d", "ghost-1", "ghost-2"] {
             forged.add(
-                &NodeId(n.into()),
-                &EncodedAnswer::new(&answer("FORGED", &[])),
+                &NodeId::new(n),
+                &store.tagged(&NodeId::new(n), id, &answer("FORGED", &[])),
             );
         }
-        assert_eq!(store.merge(id, forged, |n| n == "a" || n == "b"), 3);
+        let m = store.merge(id, forged, &NodeId::new("a"), |n| n == "a" || n == "b");
+        assert_eq!((m.outside, m.tampered), (3, 0));
+        // A hop that changes an answer, or puts a machine into another's group, breaks the
+        // group's tag: none of it counts, and the chain is named.
+        let mut changed = Partial::default();
+        changed.add(
+            &NodeId::new("d"),
+            &crate::proto::TaggedAnswer {
+                answer: EncodedAnswer::new(&answer("FORGED", &[])),
+                tag: store.tagged(&NodeId::new("d"), id, &answer("6.8", &[])).tag,
+            },
+        );
+        changed.add(
+            &NodeId::new("c"),
+            &EncodedAnswer::new(&answer("FORGED", &[])).into(),
+        );
+        let m = store.merge(id, changed, &NodeId::new("b"), |_| true);
+        assert_eq!((m.outside, m.tampered), (0, 2));
         assert!(store.late_answer(id, NodeId("c".into()), answer("6.8", &[])));
         assert!(store.late_answer(id, NodeId("c".into()), answer("6.8", &[])));
         let pr = store.progress(id).expect("kept");
@@ -541,7 +637,13 @@ mod tests {
         assert_eq!(rows, [("6.1".to_string(), 2), ("6.8".to_string(), 1)]);
         assert_eq!(
             pr.problems,
-            [(NodeId("b".into()), "uptime: timed out".to_string())]
+            [
+                (NodeId("b".into()), "uptime: timed out".to_string()),
+                (
+                    NodeId("b".into()),
+                    "the answers of 2 machines through the chain from this member did not verify (changed on the way); not counted, those machines are asked again".to_string()
+                )
+            ]
         );
         assert_eq!(
             pr.not_answered,
@@ -574,21 +676,28 @@ mod tests {
         // a repeats a row in its own answer: still one count.
         p.add(
             &NodeId::new("a"),
-            &EncodedAnswer::new(&apps(&["vim", "curl", "vim"])),
+            &store.tagged(&NodeId::new("a"), id, &apps(&["vim", "curl", "vim"])),
         );
         p.add(
             &NodeId::new("b"),
-            &EncodedAnswer::new(&apps(&["curl", "10", "9"])),
+            &store.tagged(&NodeId::new("b"), id, &apps(&["curl", "10", "9"])),
         );
         p.add(
             &NodeId::new("c"),
-            &EncodedAnswer::new(&NodeAnswer {
-                rows: None,
-                problems: vec![],
-            }),
+            &store.tagged(
+                &NodeId::new("c"),
+                id,
+                &NodeAnswer {
+                    rows: None,
+                    problems: vec![],
+                },
+            ),
         );
-        p.add(&NodeId::new("d"), &EncodedAnswer::new(&apps(&["curl"])));
-        store.merge(id, p, |_| true);
+        p.add(
+            &NodeId::new("d"),
+            &store.tagged(&NodeId::new("d"), id, &apps(&["curl"])),
+        );
+        store.merge(id, p, &NodeId::new("a"), |_| true);
         let pr = store.progress(id).expect("kept");
         assert_eq!((pr.answered, pr.matched), (4, 3));
         let rows: Vec<(String, u64)> = pr

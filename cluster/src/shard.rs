@@ -203,6 +203,7 @@ impl Actor for ServerShard {
                             ring: r.ring,
                             members: r.members,
                             handoffs,
+                            answer_key: st.args.questions.answer_key_for(&from).to_vec(),
                         })?;
                     }
                     ServerRequest::Suspect { suspect, reason } => {
@@ -683,6 +684,8 @@ impl RingServer {
     async fn walk(&self, id: u64, chain: Chain, first: Vec<crate::proto::MemberReport>) {
         let mut first = Some(first);
         let mut walk = ChainWalk::new(self.fan.retry, 2);
+        // The last member whose chain brought answers that did not verify.
+        let mut tampered_from: Option<NodeId> = None;
         loop {
             let Some(env) = self.questions.envelope(id) else {
                 return;
@@ -718,6 +721,7 @@ impl RingServer {
                 Step::Ask(i) => missing[i],
             };
             let ttl = Duration::from_millis(env.ttl_ms);
+            let alone = env.clone();
             let outcome = match self.ask_member(target, env, ttl).await {
                 Ok(p) => {
                     let covered = p.contains(&target.id);
@@ -729,14 +733,46 @@ impl RingServer {
                             crate::questions::FastIds::default(),
                         );
                     chain.extend(members.iter().map(|m| m.id.as_str()));
-                    let outside = self.questions.merge(id, p, |n| chain.contains(n));
-                    if outside > 0 {
+                    let m = self
+                        .questions
+                        .merge(id, p, &target.id, |n| chain.contains(n));
+                    let refused = m.outside + m.tampered;
+                    if refused > 0 {
                         self.node
                             .wire_stats()
-                            .add_n(|s| &s.rejected_answers, outside as u64);
-                        tracing::warn!(question = id, member = %target.id, outside, "refused answers for machines outside the chain");
+                            .add_n(|s| &s.rejected_answers, refused as u64);
+                        tracing::warn!(question = id, member = %target.id, outside = m.outside, tampered = m.tampered, "refused answers a chain brought: outside it, or changed on the way");
                     }
-                    Outcome::Answered { covered }
+                    if m.tampered > 0 {
+                        // Its own answer straight from it, with no hop between; the walk
+                        // goes on with the members after it, each as a chain of its own.
+                        self.ask_alone(target, alone);
+                        tampered_from = Some(target.id.clone());
+                    } else if let Some(last) = tampered_from.take() {
+                        // The first clean chain after tampered ones starts right after the
+                        // member that changed them: it is named.
+                        let after = members
+                            .iter()
+                            .position(|m| m.id == last)
+                            .and_then(|i| members.get(i + 1));
+                        if after.is_some_and(|a| a.id == target.id) {
+                            tracing::warn!(question = id, member = %last, "this member changed the answers of machines after it in its chain");
+                            self.questions.flag(
+                                id,
+                                &last,
+                                "changed the answers of machines after it in its chain".into(),
+                            );
+                        }
+                    }
+                    let counted = self
+                        .questions
+                        .have_answered(id, std::iter::once(&target.id))
+                        .first()
+                        .copied()
+                        .unwrap_or(false);
+                    Outcome::Answered {
+                        covered: covered && counted,
+                    }
                 }
                 Err(e) => {
                     let closed = e.link_closed();
@@ -750,6 +786,30 @@ impl RingServer {
             // dial takes longer than the retry interval.
             walk.handle(&target.id, outcome, now());
         }
+    }
+
+    /// Asks `m` alone for its own answer, sent to the server directly (a late question).
+    fn ask_alone(&self, m: &crate::proto::MemberReport, env: crate::proto::QuestionEnvelope) {
+        let (node, dial, id, addr) = (self.node.clone(), self.fan.dial, m.id.clone(), m.addr);
+        tokio::spawn(async move {
+            let (link, owned) = match node.peer(&id).filter(|l| l.is_connected()) {
+                Some(l) => (l, false),
+                None => match node.connect_once(addr, dial).await {
+                    Ok(l) => (l, true),
+                    Err(e) => {
+                        tracing::info!(member = %id, error = %e, "could not ask a member alone");
+                        return;
+                    }
+                },
+            };
+            let r: Result<(), CallError> = link.call(MEMBER, &MemberRequest::Late(env), dial).await;
+            if let Err(e) = r {
+                tracing::info!(member = %id, error = %e, "a member asked alone did not take it");
+            }
+            if owned {
+                link.close();
+            }
+        });
     }
 
     /// Asks one member (on the leader link if there is one, else on a short-lived

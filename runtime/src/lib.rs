@@ -10,6 +10,7 @@
 //! It does **not** know about rings, questions, sensors or packages: those live in
 //! `rollcall-cluster`, `rollcall-actors` and `rollcall-patchdist`, which use this crate.
 
+pub mod answer_tags;
 pub mod backoff;
 pub mod config;
 pub mod enrol;

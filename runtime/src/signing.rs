@@ -127,6 +127,8 @@ impl FromStr for ServerKey {
 /// The server's private signing key.
 pub struct ServerSigner {
     pair: Ed25519KeyPair,
+    /// The secret machines' answer keys derive from (kept beside the signing key).
+    answers: crate::answer_tags::AnswerSecret,
 }
 
 impl fmt::Debug for ServerSigner {
@@ -140,17 +142,28 @@ impl ServerSigner {
     pub fn generate() -> Result<ServerSigner, IdentityError> {
         let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
             .map_err(|_| IdentityError::NotRollcall("could not generate a signing key".into()))?;
-        ServerSigner::from_pkcs8(doc.as_ref())
+        ServerSigner::from_pkcs8(doc.as_ref(), crate::answer_tags::AnswerSecret::generate()?)
     }
 
-    fn from_pkcs8(der: &[u8]) -> Result<ServerSigner, IdentityError> {
+    fn from_pkcs8(
+        der: &[u8],
+        answers: crate::answer_tags::AnswerSecret,
+    ) -> Result<ServerSigner, IdentityError> {
         let pair = Ed25519KeyPair::from_pkcs8(der)
             .map_err(|e| IdentityError::NotRollcall(format!("signing key: {e}")))?;
-        Ok(ServerSigner { pair })
+        Ok(ServerSigner { pair, answers })
     }
 
-    /// The key in `dir` ([`SIGNING_KEY_FILE`], PEM), made there on first use.
+    /// The secret machines' answer keys derive from.
+    pub fn answers(&self) -> &crate::answer_tags::AnswerSecret {
+        &self.answers
+    }
+
+    /// The key in `dir` ([`SIGNING_KEY_FILE`], PEM) and the answer secret beside it
+    /// ([`ANSWER_SECRET_FILE`](crate::answer_tags::ANSWER_SECRET_FILE)), made there on
+    /// first use.
     pub fn load_or_create(dir: &Path) -> Result<ServerSigner, IdentityError> {
+        let answers = crate::answer_tags::AnswerSecret::load_or_create(dir)?;
         let path = dir.join(SIGNING_KEY_FILE);
         match std::fs::read_to_string(&path) {
             Ok(text) => {
@@ -158,7 +171,7 @@ impl ServerSigner {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
-                ServerSigner::from_pkcs8(p.contents())
+                ServerSigner::from_pkcs8(p.contents(), answers)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 create_dir(dir)?;
@@ -166,7 +179,7 @@ impl ServerSigner {
                     IdentityError::NotRollcall("could not generate a signing key".into())
                 })?;
                 write_file(&path, &to_pem("PRIVATE KEY", doc.as_ref()), true)?;
-                ServerSigner::from_pkcs8(doc.as_ref())
+                ServerSigner::from_pkcs8(doc.as_ref(), answers)
             }
             Err(source) => Err(IdentityError::Io { path, source }),
         }

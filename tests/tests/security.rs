@@ -440,6 +440,8 @@ async fn a_question_the_server_did_not_sign_is_refused_by_every_member_and_count
 struct Liar {
     me: rollcall_runtime::NodeId,
     forged: Vec<rollcall_runtime::NodeId>,
+    /// Its own answer key, from its registration: it tags its own answer truly.
+    key: std::sync::Mutex<Option<rollcall_runtime::answer_tags::AnswerKey>>,
 }
 
 impl rollcall_runtime::node::Deliver for Liar {
@@ -447,20 +449,28 @@ impl rollcall_runtime::node::Deliver for Liar {
         &self,
         mut incoming: rollcall_runtime::node::Incoming,
     ) -> Result<(), rollcall_runtime::node::DestinationGone> {
-        use rollcall_cluster::proto::{EncodedAnswer, MemberInfo, Partial};
+        use rollcall_cluster::proto::{EncodedAnswer, MemberInfo, Partial, TaggedAnswer};
         let Ok(req) = incoming.decode::<MemberRequest>() else {
             return Ok(());
         };
-        let forged = EncodedAnswer::new(&NodeAnswer {
-            rows: Some(vec![vec!["FORGED".into()]]),
-            problems: vec![],
-        });
+        let answer = |v: &str| {
+            EncodedAnswer::new(&NodeAnswer {
+                rows: Some(vec![vec![v.into()]]),
+                problems: vec![],
+            })
+        };
         let _ = match req {
-            MemberRequest::Ask(_) => {
+            MemberRequest::Ask(env) => {
+                let own = answer("SELF");
+                let tag = rollcall_runtime::sync::lock(&self.key)
+                    .as_ref()
+                    .map(|k| k.tag(env.id, own.as_bytes()))
+                    .unwrap_or_default();
                 let mut p = Partial::default();
-                p.add(&self.me, &forged);
+                p.add(&self.me, &TaggedAnswer { answer: own, tag });
+                // Answers for others it has no keys for: an empty tag.
                 for id in &self.forged {
-                    p.add(id, &forged);
+                    p.add(id, &answer("FORGED").into());
                 }
                 incoming.answer(&p)
             }
@@ -502,13 +512,15 @@ async fn a_member_is_placed_where_the_server_sees_it_and_cannot_answer_for_machi
     let ghosts: Vec<rollcall_runtime::NodeId> = (0..3)
         .map(|i| rollcall_runtime::NodeId::new(format!("ghost{i}")))
         .collect();
+    let liar_route = Arc::new(Liar {
+        me: liar_id.clone(),
+        forged: ghosts.iter().cloned().chain([other_id.clone()]).collect(),
+        key: std::sync::Mutex::new(None),
+    });
     liar.router().register(
         MEMBER,
         rollcall_runtime::Roles::ENDPOINT.or(rollcall_runtime::Roles::SERVER),
-        Arc::new(Liar {
-            me: liar_id.clone(),
-            forged: ghosts.iter().cloned().chain([other_id.clone()]).collect(),
-        }),
+        liar_route.clone(),
     );
     let link = liar
         .connect_once(c.server.local_addr(), Duration::from_secs(10))
@@ -533,6 +545,9 @@ async fn a_member_is_placed_where_the_server_sees_it_and_cannot_answer_for_machi
         reply.ring.map(|r| r.0),
         Some("127.0.9.0/24".to_string()),
         "placed in the ring of the address the server observed"
+    );
+    *rollcall_runtime::sync::lock(&liar_route.key) = Some(
+        rollcall_runtime::answer_tags::AnswerKey::new(&reply.answer_key),
     );
     let report = rollcall_tests::eventually_or(
         "the liar first in its real ring",
@@ -594,7 +609,10 @@ async fn a_member_is_placed_where_the_server_sees_it_and_cannot_answer_for_machi
                     .iter()
                     .map(|r| (r.cells[0].clone(), r.count))
                     .collect();
-                if p.answered == 4 && rows.contains(&("real".to_string(), 3)) {
+                if p.answered == 4
+                    && rows.contains(&("real".to_string(), 3))
+                    && p.problems.iter().any(|(_, w)| w.starts_with("changed"))
+                {
                     Ok(p)
                 } else {
                     Err(format!("{p:?}"))
@@ -610,7 +628,7 @@ async fn a_member_is_placed_where_the_server_sees_it_and_cannot_answer_for_machi
         .collect();
     assert_eq!(
         rows,
-        [("real".to_string(), 3), ("FORGED".to_string(), 1)],
+        [("real".to_string(), 3), ("SELF".to_string(), 1)],
         "the liar's own answer is its own; none it made up for others counts"
     );
     assert_eq!(p.expected, 4);
@@ -619,6 +637,15 @@ async fn a_member_is_placed_where_the_server_sees_it_and_cannot_answer_for_machi
         after - before,
         4,
         "three ghosts and a machine of another ring"
+    );
+    // The member that brought them is named.
+    assert!(
+        p.problems.contains(&(
+            liar_id.clone(),
+            "changed the answers of machines after it in its chain".to_string()
+        )),
+        "{:?}",
+        p.problems
     );
     link.close();
     liar.shutdown();

@@ -197,6 +197,8 @@ pub struct RingMember;
 /// Its state.
 pub struct MemberState {
     cfg: MemberConfig,
+    /// Tags this machine's answers (from the server, at registration).
+    answer_key: Option<rollcall_runtime::answer_tags::AnswerKey>,
     node: Node,
     core: RingCore,
     /// The links to ring neighbours (a few; looked up on every hop).
@@ -298,6 +300,7 @@ impl Actor for RingMember {
             node,
             links: HashMap::default(),
             server_link: None,
+            answer_key: None,
             server_watch: None,
             announce_seq: Arc::default(),
             announce_lock: Arc::default(),
@@ -430,6 +433,11 @@ async fn dispatch(
             st.registrations += 1;
             st.reg_failures = 0;
             st.ring = reply.ring.clone();
+            if reply.answer_key.len() == 32 {
+                st.answer_key = Some(rollcall_runtime::answer_tags::AnswerKey::new(
+                    &reply.answer_key,
+                ));
+            }
             let isolated = reply.ring.is_none();
             for h in reply.handoffs {
                 let from = PeerIdentity {

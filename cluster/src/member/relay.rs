@@ -38,7 +38,7 @@ impl QState {
     /// When both our answer and the answers after us are in: merges them and answers every
     /// waiter. `Some` if the round finished now, holding our own answer if it is to go to
     /// the server directly.
-    fn finish(&mut self, me: &NodeId) -> Option<Option<EncodedAnswer>> {
+    fn finish(&mut self, me: &NodeId) -> Option<Option<crate::proto::TaggedAnswer>> {
         let f = self.round.finish(me)?;
         for mut w in f.waiters {
             let _ = w.answer(&f.merged);
@@ -405,7 +405,17 @@ impl MemberState {
     /// Our own answer to question `id` is in.
     pub(super) fn evaluated(&mut self, id: u64, answer: NodeAnswer) {
         if let Some(q) = self.questions.get(&id) {
-            lock(q).round.own_result(EncodedAnswer::new(&answer));
+            let answer = EncodedAnswer::new(&answer);
+            // Tagged with this machine's key, so no hop can change it unnoticed (a machine
+            // with no key yet gives an empty tag: the server asks it again).
+            let tag = self
+                .answer_key
+                .as_ref()
+                .map(|k| k.tag(id, answer.as_bytes()))
+                .unwrap_or_default();
+            lock(q)
+                .round
+                .own_result(crate::proto::TaggedAnswer { answer, tag });
         }
         self.complete(id);
     }
@@ -421,7 +431,8 @@ impl MemberState {
         }
     }
 
-    pub(super) fn send_late(&self, id: u64, answer: EncodedAnswer) {
+    pub(super) fn send_late(&self, id: u64, answer: crate::proto::TaggedAnswer) {
+        let answer = answer.answer;
         let node = self.node.clone();
         let link = self.server_link.clone();
         let (server, t) = (self.cfg.server_ref(), self.cfg.server_timeout);
@@ -458,10 +469,13 @@ mod tests {
             round.forward(Some(&NodeId("next".into())));
         }
         if own {
-            round.own_result(EncodedAnswer::new(&NodeAnswer {
-                rows: Some(vec![vec!["Debian".into()]]),
-                problems: vec![],
-            }));
+            round.own_result(
+                EncodedAnswer::new(&NodeAnswer {
+                    rows: Some(vec![vec!["Debian".into()]]),
+                    problems: vec![],
+                })
+                .into(),
+            );
         }
         Arc::new(std::sync::Mutex::new(QState {
             env: QuestionEnvelope {
@@ -482,7 +496,7 @@ mod tests {
             rows: Some(vec![vec!["Ubuntu".into()]]),
             problems: vec![],
         });
-        p.add(&NodeId("below".into()), &a);
+        p.add(&NodeId("below".into()), &a.into());
         p
     }
 

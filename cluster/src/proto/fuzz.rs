@@ -77,7 +77,7 @@ proptest! {
     ) {
         let mut p = Partial::default();
         for (a, id) in &answers {
-            p.add(&NodeId(id.as_str().into()), &EncodedAnswer::new(a));
+            p.add(&NodeId(id.as_str().into()), &EncodedAnswer::new(a).into());
         }
         let bytes = rollcall_runtime::wire::encode_body(&p).unwrap_or_default();
         let back: Partial = rollcall_runtime::wire::decode_body(&bytes)

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use compact_str::CompactString;
 use rollcall_runtime::NodeId;
+use rollcall_runtime::answer_tags::{TAG_LEN, Tag};
 use rollcall_runtime::signing::{Purpose, ServerTrust, SignatureError, Stamp, unix_ms};
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +141,10 @@ pub struct RegistrationReply {
     pub members: Vec<MemberInfo>,
     /// What the endpoint missed while away.
     pub handoffs: Vec<Handoff>,
+    /// The endpoint's answer key (see `rollcall_runtime::answer_tags`): it tags its answers
+    /// with it so that no hop can change them unnoticed.
+    #[serde(default, with = "serde_bytes")]
+    pub answer_key: Vec<u8>,
 }
 
 /// Requests to [`MEMBER`].
@@ -232,6 +237,11 @@ impl EncodedAnswer {
         // A struct of strings always encodes.
         let _ = rmp_serde::encode::write(&mut out, answer);
         EncodedAnswer(out)
+    }
+
+    /// The encoding.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 
     /// The answer (checked when this was decoded or built).
@@ -445,10 +455,12 @@ impl<'de> Deserialize<'de> for IdList {
 /// machines that gave it. A machine may appear more than once (rerouted rounds); the server
 /// counts each machine once.
 ///
-/// Held as its encoding, checked when decoded: a list of groups, each a two-element array of
-/// an encoded [`NodeAnswer`] (bytes) and an [`IdList`] (bytes). A hop adds its machine by
-/// copying the bytes once, where decoding every group and encoding it again cost an
-/// allocation per group at every hop, on answers that grow along the chain.
+/// Held as its encoding, checked when decoded: a list of groups, each a three-element array
+/// of an encoded [`NodeAnswer`] (bytes), an [`IdList`] (bytes) and the XOR of the machines'
+/// answer tags (16 bytes; see `rollcall_runtime::answer_tags`). A hop adds its machine by
+/// copying the bytes once and folding its tag into its group's, where decoding every group
+/// and encoding it again cost an allocation per group at every hop, on answers that grow
+/// along the chain.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Partial {
     raw: Vec<u8>,
@@ -460,6 +472,27 @@ struct GroupAt {
     /// Where the group's id list's length header starts.
     who_header: usize,
     who: std::ops::Range<usize>,
+    tag: std::ops::Range<usize>,
+}
+
+/// One machine's answer with its tag: what it adds to a [`Partial`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaggedAnswer {
+    /// The answer.
+    pub answer: EncodedAnswer,
+    /// The machine's tag over it (see `rollcall_runtime::answer_tags`).
+    pub tag: Tag,
+}
+
+impl From<EncodedAnswer> for TaggedAnswer {
+    /// With an empty tag: a machine that has no key yet (its answer will not be counted
+    /// from a chain, and it is asked again).
+    fn from(answer: EncodedAnswer) -> TaggedAnswer {
+        TaggedAnswer {
+            answer,
+            tag: [0; TAG_LEN],
+        }
+    }
 }
 
 impl Default for Partial {
@@ -516,8 +549,8 @@ impl Partial {
             *n -= 1;
             let mut group = || -> Result<GroupAt, String> {
                 let fields = rmp::decode::read_array_len(&mut rd).map_err(|e| e.to_string())?;
-                if fields != 2 {
-                    return Err(format!("a group has {fields} fields, not 2"));
+                if fields != 3 {
+                    return Err(format!("a group has {fields} fields, not 3"));
                 }
                 let bin = |rd: &mut &[u8]| -> Result<(usize, std::ops::Range<usize>), String> {
                     let header = at(rd);
@@ -531,10 +564,15 @@ impl Partial {
                 };
                 let (_, answer) = bin(&mut rd)?;
                 let (who_header, who) = bin(&mut rd)?;
+                let (_, tag) = bin(&mut rd)?;
+                if tag.len() != TAG_LEN {
+                    return Err(format!("a tag of {} bytes, not {TAG_LEN}", tag.len()));
+                }
                 Ok(GroupAt {
                     answer,
                     who_header,
                     who,
+                    tag,
                 })
             };
             match group() {
@@ -555,7 +593,7 @@ impl Partial {
             EncodedAnswer::check(&raw[g.answer.clone()])
                 .map_err(|e| format!("not an answer: {e}"))?;
             IdList::check(&raw[g.who.clone()]).map_err(str::to_string)?;
-            end = Some(g.who.end);
+            end = Some(g.tag.end);
         }
         let end = match end {
             Some(e) => e,
@@ -573,14 +611,22 @@ impl Partial {
 
     /// Each distinct answer's encoding, with the packed ids of the machines that gave it.
     pub fn groups(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        // Checked when built or decoded: every group is whole.
-        Partial::walk(&self.raw)
-            .map_while(Result::ok)
-            .map(|g| (&self.raw[g.answer], &self.raw[g.who]))
+        self.tagged_groups().map(|(a, who, _)| (a, who))
     }
 
-    /// Adds one machine's answer.
-    pub fn add(&mut self, id: &NodeId, answer: &EncodedAnswer) {
+    /// Like [`Partial::groups`], with each group's tag (the XOR of its machines' tags).
+    pub fn tagged_groups(&self) -> impl Iterator<Item = (&[u8], &[u8], Tag)> + '_ {
+        // Checked when built or decoded: every group is whole, every tag 16 bytes.
+        Partial::walk(&self.raw).map_while(Result::ok).map(|g| {
+            let mut tag = [0u8; TAG_LEN];
+            tag.copy_from_slice(&self.raw[g.tag]);
+            (&self.raw[g.answer], &self.raw[g.who], tag)
+        })
+    }
+
+    /// Adds one machine's answer and folds its tag into its group's.
+    pub fn add(&mut self, id: &NodeId, tagged: &TaggedAnswer) {
+        let answer = &tagged.answer;
         let id = IdList::cut(id);
         let head = (id.len() as u16).to_be_bytes();
         let entry: &[&[u8]] = &[&head, id.as_bytes()];
@@ -588,6 +634,10 @@ impl Partial {
             .map_while(Result::ok)
             .find(|g| self.raw[g.answer.clone()] == answer.0[..]);
         if let Some(g) = &found {
+            // The group's tag takes this machine's in.
+            for (x, y) in self.raw[g.tag.clone()].iter_mut().zip(&tagged.tag) {
+                *x ^= y;
+            }
             // The id joins its answer's list in place when the list's header keeps its
             // length (it does until the list passes 255 bytes, then 65,535): the header is
             // rewritten and the rest moved up by the entry, within the room a decoded
@@ -621,9 +671,10 @@ impl Partial {
                 let n = rmp::decode::read_array_len(&mut rd).unwrap_or(0);
                 write_array_len(&mut out, n + 1);
                 out.extend_from_slice(rd);
-                write_array_len(&mut out, 2);
+                write_array_len(&mut out, 3);
                 write_bin(&mut out, &[&answer.0]);
                 write_bin(&mut out, entry);
+                write_bin(&mut out, &[&tagged.tag]);
             }
         }
         self.raw = out;

@@ -29,11 +29,11 @@ fn sorted_entries(p: &Partial) -> Vec<(String, String)> {
 #[test]
 fn a_partial_keeps_each_distinct_answer_once_and_survives_the_wire() {
     let mut p = Partial::default();
-    p.add(&id("a1"), &answer("6.1"));
-    p.add(&id("b22"), &answer("6.8"));
-    p.add(&id("c333"), &answer("6.1"));
-    p.add(&id("d4"), &answer("6.8"));
-    p.add(&id("a1"), &answer("6.1")); // a repeat from a rerouted round
+    p.add(&id("a1"), &answer("6.1").into());
+    p.add(&id("b22"), &answer("6.8").into());
+    p.add(&id("c333"), &answer("6.1").into());
+    p.add(&id("d4"), &answer("6.8").into());
+    p.add(&id("a1"), &answer("6.1").into()); // a repeat from a rerouted round
     assert_eq!(p.groups().count(), 2);
     assert_eq!(p.len(), 5);
     assert!(p.contains(&id("d4")) && !p.contains(&id("e5")));
@@ -66,7 +66,7 @@ fn ids_added_at_every_hop_stay_whole_as_their_list_outgrows_each_header_size() {
         );
         let bytes = rollcall_runtime::wire::encode_body(&p).expect("encodes");
         p = rollcall_runtime::wire::decode_body(&bytes).expect("decodes");
-        p.add(&id(&who), &answer(os));
+        p.add(&id(&who), &answer(os).into());
         want.push((who, os.to_string()));
     }
     let bytes = rollcall_runtime::wire::encode_body(&p).expect("encodes");
@@ -89,6 +89,8 @@ fn a_malformed_partial_is_refused_when_decoded_with_its_reason() {
         answer: Vec<u8>,
         #[serde(with = "serde_bytes")]
         who: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        tag: Vec<u8>,
     }
     let enc = |v: &dyn erased::Enc| v.enc();
     let mut who = IdList::default();
@@ -99,7 +101,13 @@ fn a_malformed_partial_is_refused_when_decoded_with_its_reason() {
         problems: vec!["uptime: timed out".into()],
     })
     .expect("encodes");
-    let group = |answer: Vec<u8>, who: Vec<u8>| vec![Group { answer, who }];
+    let group = |answer: Vec<u8>, who: Vec<u8>| {
+        vec![Group {
+            answer,
+            who,
+            tag: vec![0; 16],
+        }]
+    };
     let cases: Vec<(Vec<u8>, Option<&str>)> = vec![
         (enc(&group(good.clone(), who.clone())), None),
         (
@@ -126,16 +134,21 @@ fn a_malformed_partial_is_refused_when_decoded_with_its_reason() {
             enc(&group(good.clone(), vec![0, 5, b'a', b'b'])),
             Some("ends inside an id"),
         ),
+        (enc(&vec![(good.clone(), who.clone())]), Some("2 fields")),
         (
-            enc(&vec![(good.clone(), who.clone(), 3u8)]),
-            Some("3 fields"),
+            enc(&vec![Group {
+                answer: good.clone(),
+                who: who.clone(),
+                tag: vec![0; 15],
+            }]),
+            Some("a tag of 15 bytes"),
         ),
         (
             [enc(&group(good.clone(), who.clone())), vec![0xc0]].concat(),
             Some("bytes after"),
         ),
         (enc(&"groups"), Some("not a list of answers")),
-        (vec![0x91, 0x92, 0xc4, 0x09, 1], Some("ends early")),
+        (vec![0x91, 0x93, 0xc4, 0x09, 1], Some("ends early")),
     ];
     for (raw, why) in cases {
         let bytes = enc(&serde_bytes::ByteBuf::from(raw.clone()));

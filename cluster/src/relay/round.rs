@@ -19,7 +19,7 @@ pub trait Merged: Default {
 }
 
 impl Merged for crate::proto::Partial {
-    type Own = crate::proto::EncodedAnswer;
+    type Own = crate::proto::TaggedAnswer;
     fn add(&mut self, me: &NodeId, own: &Self::Own) {
         crate::proto::Partial::add(self, me, own);
     }

@@ -66,13 +66,17 @@ struct Harness {
     steps: usize,
 }
 
-fn answer_of(i: usize) -> EncodedAnswer {
-    EncodedAnswer::new(&NodeAnswer {
+fn parity(i: usize) -> NodeAnswer {
+    NodeAnswer {
         rows: Some(vec![vec![
             if i.is_multiple_of(2) { "even" } else { "odd" }.into(),
         ]]),
         problems: vec![],
-    })
+    }
+}
+
+fn answer_of(i: usize) -> crate::proto::TaggedAnswer {
+    EncodedAnswer::new(&parity(i)).into()
 }
 
 impl Harness {
@@ -150,7 +154,7 @@ impl Harness {
             });
         }
         if let Some(own) = f.send_late {
-            let a = own.decode().expect("own answer");
+            let a = own.answer.decode().expect("own answer");
             self.store.late_answer(self.question, me, a);
         }
     }
@@ -182,8 +186,9 @@ impl Harness {
                 if !self.alive[at] {
                     return;
                 }
+                let own = self.store.tagged(&self.ids[at], self.question, &parity(at));
                 if let Some(r) = self.rounds[at].as_mut() {
-                    r.own_result(answer_of(at));
+                    r.own_result(own);
                 }
                 self.try_finish(at);
             }
@@ -191,7 +196,10 @@ impl Harness {
                 to: Waiter::Server,
                 merged,
             } => {
-                self.store.merge(self.question, merged, |_| true);
+                let m = self
+                    .store
+                    .merge(self.question, merged, &NodeId::new("m000"), |_| true);
+                assert_eq!(m.tampered, 0, "honest members' answers always verify");
             }
             Msg::Answer {
                 to: Waiter::Member { at, generation },
@@ -390,8 +398,8 @@ fn a_late_round_answers_the_server_alone() {
     let f = r.finish(&NodeId::new("m")).expect("finished");
     assert!(f.waiters.is_empty());
     assert_eq!(
-        f.send_late.map(|o| o.decode().ok()),
-        Some(answer_of(0).decode().ok())
+        f.send_late.map(|o| o.answer.decode().ok()),
+        Some(answer_of(0).answer.decode().ok())
     );
     assert_eq!(f.merged.len(), 1);
     // Asked again by a predecessor after it finished: a new generation down the chain.

@@ -749,19 +749,13 @@ impl RingServer {
                         self.ask_alone(target, alone);
                         tampered_from = Some(target.id.clone());
                     } else if let Some(last) = tampered_from.take() {
-                        // The first clean chain after tampered ones starts right after the
-                        // member that changed them: it is named.
-                        let after = members
-                            .iter()
-                            .position(|m| m.id == last)
-                            .and_then(|i| members.get(i + 1));
-                        if after.is_some_and(|a| a.id == target.id) {
-                            tracing::warn!(question = id, member = %last, "this member changed the answers of machines after it in its chain");
-                            self.questions.flag(
-                                id,
-                                &last,
-                                "changed the answers of machines after it in its chain".into(),
-                            );
+                        // A clean chain after a tampered one: the member that changed the
+                        // answers sits between the two starts. Chains are asked from the
+                        // members before this one, nearest first, until one comes back
+                        // changed: its first member is the culprit.
+                        let pos = |id: &NodeId| members.iter().position(|m| &m.id == id);
+                        if let (Some(from), Some(to)) = (pos(&last), pos(&target.id)) {
+                            self.name_culprit(id, &members, from, to, &chain).await;
                         }
                     }
                     let counted = self
@@ -785,6 +779,41 @@ impl RingServer {
             // When the outcome is known, not when the attempt started: a dead member's
             // dial takes longer than the retry interval.
             walk.handle(&target.id, outcome, now());
+        }
+    }
+
+    /// Asks chains from `members[to - 1]` back to `members[from]` until one brings answers
+    /// that do not verify, and names its first member in question `id`'s problems.
+    async fn name_culprit(
+        &self,
+        id: u64,
+        members: &[crate::proto::MemberReport],
+        from: usize,
+        to: usize,
+        chain: &std::collections::HashSet<&str, crate::questions::FastIds>,
+    ) {
+        for at in (from..to).rev() {
+            let Some(env) = self.questions.envelope(id) else {
+                return;
+            };
+            let ttl = Duration::from_millis(env.ttl_ms);
+            let m = &members[at];
+            let Ok(p) = self.ask_member(m, env, ttl).await else {
+                continue;
+            };
+            let merged = self.questions.merge(id, p, &m.id, |n| chain.contains(n));
+            if merged.tampered > 0 {
+                self.node
+                    .wire_stats()
+                    .add_n(|s| &s.rejected_answers, merged.tampered as u64);
+                tracing::warn!(question = id, member = %m.id, "this member changed the answers of machines after it in its chain");
+                self.questions.flag(
+                    id,
+                    &m.id,
+                    "changed the answers of machines after it in its chain".into(),
+                );
+                return;
+            }
         }
     }
 

@@ -128,6 +128,29 @@ impl RingCluster {
         self.add_with(ip, None).await
     }
 
+    /// Adds a compromised endpoint at `ip` that answers with `evaluator` and changes the
+    /// answers it passes on as `tamper` says.
+    pub async fn add_compromised(
+        &mut self,
+        ip: &str,
+        evaluator: Option<EvaluatorHandle>,
+        tamper: rollcall_cluster::relay::tamper::Tamper,
+    ) -> usize {
+        let creds = creds(&self.ca, PeerRole::Endpoint);
+        let ep = self
+            .launch_with(
+                creds,
+                NodeSecret::generate(),
+                ip.parse().expect("ip"),
+                Arc::new(SocketFaults::default()),
+                evaluator,
+                Some(tamper),
+            )
+            .await;
+        self.endpoints.push(ep);
+        self.endpoints.len() - 1
+    }
+
     /// Adds an endpoint at `ip` that answers questions with `evaluator`.
     pub async fn add_with(&mut self, ip: &str, evaluator: Option<EvaluatorHandle>) -> usize {
         let creds = creds(&self.ca, PeerRole::Endpoint);
@@ -152,6 +175,19 @@ impl RingCluster {
         faults: Arc<SocketFaults>,
         evaluator: Option<EvaluatorHandle>,
     ) -> Endpoint {
+        self.launch_with(creds, secret, ip, faults, evaluator, None)
+            .await
+    }
+
+    async fn launch_with(
+        &self,
+        creds: Credentials,
+        secret: NodeSecret,
+        ip: IpAddr,
+        faults: Arc<SocketFaults>,
+        evaluator: Option<EvaluatorHandle>,
+        tamper: Option<rollcall_cluster::relay::tamper::Tamper>,
+    ) -> Endpoint {
         let t = QuicTransport::bind(
             SocketAddr::new(ip, 0),
             &creds,
@@ -167,7 +203,7 @@ impl RingCluster {
             .await
             .expect("endpoint");
         let recorded = crate::start_probe(&node).await;
-        let member = compose::start_endpoint(
+        let member = compose::start_endpoint_with(
             &node,
             EndpointPlan {
                 server: self.server.local_addr(),
@@ -187,6 +223,7 @@ impl RingCluster {
                 },
                 trust: self.trust.clone(),
             },
+            |mc| mc.tamper = tamper,
         )
         .await
         .expect("member");

@@ -285,3 +285,126 @@ async fn an_enrolment_flood_from_one_address_is_bounded_and_others_still_enrol()
     }
     server.shutdown();
 }
+
+/// Answers with its address's parity.
+struct Parity(&'static str);
+
+impl rollcall_cluster::member::Evaluator for Parity {
+    fn evaluate(
+        &self,
+        _body: &[u8],
+    ) -> futures::future::BoxFuture<'static, rollcall_cluster::proto::NodeAnswer> {
+        let v = self.0;
+        Box::pin(async move {
+            rollcall_cluster::proto::NodeAnswer {
+                rows: Some(vec![vec![v.into()]]),
+                problems: Vec::new(),
+            }
+        })
+    }
+}
+
+/// A compromised member in the middle of a chain of 20 that changes its successors' answers
+/// (to "answered, no match", to a row of its own, or with made-up machines added): none of
+/// the changed answers is counted, every machine's true answer is, and the member is named
+/// in the question's problems; on real QUIC, three rings of 20, one compromised member each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compromised_member_in_a_chain_of_twenty_is_caught_and_named_and_the_true_answers_counted()
+ {
+    use rollcall_cluster::member::EvaluatorHandle;
+    use rollcall_cluster::membership::MembershipConfig;
+    use rollcall_cluster::relay::tamper::Tamper;
+    use rollcall_tests::rings::{RingCluster, formed, shape};
+    use std::sync::Arc;
+
+    let mut c = RingCluster::start(MembershipConfig::default()).await;
+    let mut culprits = Vec::new();
+    for (ring, tamper) in [
+        (31, Tamper::NoMatch),
+        (32, Tamper::Alter),
+        (33, Tamper::Invent),
+    ] {
+        for host in 1..=20u8 {
+            let ip = format!("127.0.{ring}.{host}");
+            let v = if host % 2 == 0 { "even" } else { "odd" };
+            let ev = Some(EvaluatorHandle(Arc::new(Parity(v))));
+            if host == 8 {
+                let i = c.add_compromised(&ip, ev, tamper).await;
+                culprits.push(c.endpoints[i].node.identity().id.clone());
+            } else {
+                c.add_with(&ip, ev).await;
+            }
+        }
+    }
+    eventually_or("three rings of 20", Duration::from_secs(60), || async {
+        let r = c.report().await;
+        if formed(&r, 3, 20) {
+            Ok(())
+        } else {
+            Err(shape(&r))
+        }
+    })
+    .await;
+    let before = c.server.wire_stats().snapshot().rejected_answers;
+    let id = c
+        .rings
+        .ask(
+            "q".into(),
+            vec!["parity".into()],
+            b"q".to_vec(),
+            Duration::from_secs(120),
+        )
+        .await;
+    let p = eventually_or(
+        "every machine's true answer",
+        Duration::from_secs(60),
+        || {
+            let r = c.rings.clone();
+            async move {
+                let p = r.progress(id).ok_or("no record")?;
+                let named = p
+                    .problems
+                    .iter()
+                    .filter(|(_, w)| w.starts_with("changed the answers"))
+                    .count();
+                if p.answered == 60 && named == 3 {
+                    Ok(p)
+                } else {
+                    Err(format!(
+                        "{} answered, {named} named: {:?}",
+                        p.answered, p.problems
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+    let rows: Vec<(String, u64)> = p
+        .rows
+        .iter()
+        .map(|r| (r.cells[0].clone(), r.count))
+        .collect();
+    assert_eq!(
+        rows,
+        [("even".to_string(), 30), ("odd".to_string(), 30)],
+        "the true answers, and nothing a compromised member made up"
+    );
+    assert_eq!(p.matched, 60);
+    let mut named: Vec<_> = p
+        .problems
+        .iter()
+        .filter(|(_, w)| w.starts_with("changed the answers"))
+        .map(|(n, _)| n.clone())
+        .collect();
+    named.sort();
+    culprits.sort();
+    assert_eq!(
+        named, culprits,
+        "each compromised member named, no one else"
+    );
+    let after = c.server.wire_stats().snapshot().rejected_answers;
+    assert!(
+        after > before,
+        "the changed answers were refused and counted"
+    );
+}

@@ -153,6 +153,16 @@ pub struct EndpointPlan {
 
 /// Starts an endpoint's ring member under its node's supervisor (restarted if it fails).
 pub async fn start_endpoint(node: &Node, plan: EndpointPlan) -> Result<ActorRef<MemberMsg>> {
+    start_endpoint_with(node, plan, |_| {}).await
+}
+
+/// Like [`start_endpoint`], with `adjust` applied to the member's settings last (tests that
+/// need a member set apart, such as a compromised one).
+pub async fn start_endpoint_with(
+    node: &Node,
+    plan: EndpointPlan,
+    adjust: impl FnOnce(&mut MemberConfig),
+) -> Result<ActorRef<MemberMsg>> {
     let mut mc = MemberConfig::new(
         plan.server,
         plan.advertise,
@@ -173,6 +183,7 @@ pub async fn start_endpoint(node: &Node, plan: EndpointPlan) -> Result<ActorRef<
     mc.register_max = plan.register_max;
     mc.server_timeout = plan.server_timeout;
     mc.seed = plan.seed;
+    adjust(&mut mc);
     let n = node.clone();
     let spec = ChildSpec::new("ring.member", Restart::Permanent, RingMember, move || {
         (n.clone(), mc.clone())

@@ -63,6 +63,9 @@ pub struct MemberConfig {
     /// The server this endpoint pinned at enrolment: only its signed questions are read
     /// and passed on, and only it is registered with.
     pub trust: Arc<ServerTrust>,
+    /// A compromised member: how it changes the answers it passes on (tests only).
+    #[cfg(feature = "hostile")]
+    pub tamper: Option<crate::relay::tamper::Tamper>,
 }
 
 impl MemberConfig {
@@ -85,6 +88,8 @@ impl MemberConfig {
             seed: 0,
             evaluator: None,
             trust,
+            #[cfg(feature = "hostile")]
+            tamper: None,
         }
     }
 }

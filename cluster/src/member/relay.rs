@@ -25,6 +25,9 @@ pub(super) struct QState {
     pub(super) env: QuestionEnvelope,
     pub(super) deadline: tokio::time::Instant,
     pub(super) round: Round<Incoming, Partial>,
+    /// How this member, compromised, changes what it passes on (tests only).
+    #[cfg(feature = "hostile")]
+    pub(super) tamper: Option<crate::relay::tamper::Tamper>,
 }
 /// A question's state, shared with the callback of the hop that carries it on: the
 /// successor's answer finishes the round where it arrives (see [`finish_where_answered`]),
@@ -39,7 +42,12 @@ impl QState {
     /// waiter. `Some` if the round finished now, holding our own answer if it is to go to
     /// the server directly.
     fn finish(&mut self, me: &NodeId) -> Option<Option<crate::proto::TaggedAnswer>> {
-        let f = self.round.finish(me)?;
+        #[allow(unused_mut)]
+        let mut f = self.round.finish(me)?;
+        #[cfg(feature = "hostile")]
+        if let Some(t) = self.tamper {
+            f.merged = crate::relay::tamper::apply(t, &f.merged, me);
+        }
         for mut w in f.waiters {
             let _ = w.answer(&f.merged);
         }
@@ -228,6 +236,8 @@ impl MemberState {
                 deadline,
                 // A late question is answered alone, straight to the server.
                 round: Round::new(waiter, late),
+                #[cfg(feature = "hostile")]
+                tamper: self.cfg.tamper,
             })),
         );
         if !late {
@@ -487,6 +497,8 @@ mod tests {
             },
             deadline: tokio::time::Instant::now() + Duration::from_secs(60),
             round,
+            #[cfg(feature = "hostile")]
+            tamper: None,
         }))
     }
 

@@ -239,6 +239,12 @@ impl EncodedAnswer {
         EncodedAnswer(out)
     }
 
+    /// From bytes already checked to be one encoded answer (a decoded partial's group).
+    #[cfg(feature = "hostile")]
+    pub(crate) fn from_bytes(b: &[u8]) -> EncodedAnswer {
+        EncodedAnswer(b.to_vec())
+    }
+
     /// The encoding.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

@@ -9,3 +9,6 @@ pub mod walk;
 
 pub use round::{Finished, Forward, Joined, Merged, Round};
 pub use walk::{ChainWalk, Outcome, Step};
+
+#[cfg(feature = "hostile")]
+pub mod tamper;

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// The wire version this build speaks.
 /// 2: a chain's partial answer travels as its checked encoding (bytes), not as a struct.
-pub const WIRE_VERSION: u16 = 2;
+/// 3: questions carry the server's signature and stamp; answer groups carry their tags.
+pub const WIRE_VERSION: u16 = 3;
 
 /// Default hard limit on one frame.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;

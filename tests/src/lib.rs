@@ -178,6 +178,19 @@ pub fn signed_question(
     }
 }
 
+/// A route that answers every call with `()` (a peer's proof that it is served).
+pub struct Echo;
+
+impl rollcall_runtime::node::Deliver for Echo {
+    fn deliver(
+        &self,
+        mut incoming: Incoming,
+    ) -> Result<(), rollcall_runtime::node::DestinationGone> {
+        let _ = incoming.answer(&());
+        Ok(())
+    }
+}
+
 /// Timeouts short enough for tests: keep-alive 200 ms, idle 1 s.
 pub fn fast_timeouts() -> LinkTimeouts {
     LinkTimeouts {

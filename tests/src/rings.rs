@@ -136,6 +136,20 @@ impl RingCluster {
         evaluator: Option<EvaluatorHandle>,
         tamper: rollcall_cluster::relay::tamper::Tamper,
     ) -> usize {
+        self.add_member(ip, evaluator, Some(tamper)).await
+    }
+
+    /// Adds an endpoint at `ip` that answers questions with `evaluator`.
+    pub async fn add_with(&mut self, ip: &str, evaluator: Option<EvaluatorHandle>) -> usize {
+        self.add_member(ip, evaluator, None).await
+    }
+
+    async fn add_member(
+        &mut self,
+        ip: &str,
+        evaluator: Option<EvaluatorHandle>,
+        tamper: Option<rollcall_cluster::relay::tamper::Tamper>,
+    ) -> usize {
         let creds = creds(&self.ca, PeerRole::Endpoint);
         let ep = self
             .launch_with(
@@ -144,23 +158,7 @@ impl RingCluster {
                 ip.parse().expect("ip"),
                 Arc::new(SocketFaults::default()),
                 evaluator,
-                Some(tamper),
-            )
-            .await;
-        self.endpoints.push(ep);
-        self.endpoints.len() - 1
-    }
-
-    /// Adds an endpoint at `ip` that answers questions with `evaluator`.
-    pub async fn add_with(&mut self, ip: &str, evaluator: Option<EvaluatorHandle>) -> usize {
-        let creds = creds(&self.ca, PeerRole::Endpoint);
-        let ep = self
-            .launch(
-                creds,
-                NodeSecret::generate(),
-                ip.parse().expect("ip"),
-                Arc::new(SocketFaults::default()),
-                evaluator,
+                tamper,
             )
             .await;
         self.endpoints.push(ep);

@@ -38,7 +38,7 @@ async fn slow_senders_hold_no_more_than_the_budget_and_are_dropped_in_time() {
     server.router().register(
         "echo",
         rollcall_runtime::Roles::ANY,
-        std::sync::Arc::new(Echo),
+        std::sync::Arc::new(rollcall_tests::Echo),
     );
     let (honest, _) = quic_node(
         &creds(&ca, PeerRole::Endpoint),
@@ -113,19 +113,6 @@ async fn slow_senders_hold_no_more_than_the_budget_and_are_dropped_in_time() {
     }
     server.shutdown();
     honest.shutdown();
-}
-
-/// Answers every call with `()`.
-struct Echo;
-
-impl rollcall_runtime::node::Deliver for Echo {
-    fn deliver(
-        &self,
-        mut incoming: rollcall_runtime::node::Incoming,
-    ) -> Result<(), rollcall_runtime::node::DestinationGone> {
-        let _ = incoming.answer(&());
-        Ok(())
-    }
 }
 
 /// Attack 3: huge host names. A registration whose texts pass the limits' bounds is refused

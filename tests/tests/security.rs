@@ -155,68 +155,14 @@ impl rollcall_runtime::node::Deliver for Counting {
 /// questions), and the operators' CLI refuses to talk to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_posing_as_the_server_is_refused_by_members_and_by_the_cli() {
-    use rollcall::compose::{self, Answering, EndpointPlan};
-    use rollcall_cluster::ring::RingConfig;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     let ca = rollcall_tests::ca();
-    let (fake, _) = quic_node(
-        &creds(&ca, PeerRole::Endpoint),
-        "127.0.4.1",
-        QuicOptions::default(),
-    )
-    .await;
-    let asked = Arc::new(AtomicUsize::new(0));
-    fake.router().register(
-        REGISTRY,
-        rollcall_runtime::Roles::ANY,
-        Arc::new(Counting(asked.clone())),
-    );
-    let (ep, _) = quic_node(
-        &creds(&ca, PeerRole::Endpoint),
-        "127.0.4.2",
-        QuicOptions::default(),
-    )
-    .await;
-    let member = compose::start_endpoint(
-        &ep,
-        EndpointPlan {
-            server: fake.local_addr(),
-            advertise: ep.local_addr(),
-            hostname: "victim".into(),
-            ring: RingConfig::loopback_tests(),
-            register_min: Duration::from_millis(200),
-            register_max: Duration::from_millis(400),
-            server_timeout: Duration::from_secs(2),
-            seed: 1,
-            answering: Answering::Nothing,
-            trust: Arc::new(ServerTrust::new(
-                None,
-                ServerSigner::generate().expect("key").public_key(),
-            )),
-        },
-    )
-    .await
-    .expect("member");
-    // Two registration attempts reached the impostor's address; neither sent it anything.
-    rollcall_tests::eventually_or("two dials of the impostor", Duration::from_secs(20), || {
-        let n = fake.wire_stats().snapshot().connections_accepted;
-        async move {
-            if n >= 2 {
-                Ok(())
-            } else {
-                Err(format!("{n} connections"))
-            }
-        }
-    })
-    .await;
-    assert_eq!(asked.load(Ordering::SeqCst), 0, "nothing was asked of it");
-    let status = rollcall_cluster::member::status(&member)
-        .await
-        .expect("status");
-    assert_eq!(status.registrations, 0);
-    assert_eq!(status.ring, None);
+    let trust = Arc::new(ServerTrust::new(
+        None,
+        ServerSigner::generate().expect("key").public_key(),
+    ));
+    let (fake, ep) = an_impostor_gets_nothing(&ca, PeerRole::Endpoint, "127.0.4", trust).await;
 
     let operator = creds(&ca, PeerRole::Operator(OperatorRole::Admin));
     let refused = rollcall::desk_client::DeskClient::with_creds(&operator, fake.local_addr()).await;
@@ -710,77 +656,21 @@ async fn a_late_answer_from_a_machine_that_never_registered_is_refused_and_count
 /// counted, while the server's own is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_pinned_server_is_registered_with_and_only_its_signed_configuration_is_taken() {
-    use rollcall::compose::{self, Answering, EndpointPlan};
     use rollcall_actors::desk::{SENSOR_CONFIG, SensorConfig, SensorEvaluator, SignedConfig};
     use rollcall_actors::sensors::ScriptSensor;
     use rollcall_actors::sensors::Sensors;
     use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
-    use rollcall_cluster::ring::RingConfig;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     let ca = rollcall_tests::ca();
-    let (fake, _) = quic_node(
-        &creds(&ca, PeerRole::Server),
-        "127.0.12.1",
-        QuicOptions::default(),
-    )
-    .await;
-    let asked = Arc::new(AtomicUsize::new(0));
-    fake.router().register(
-        REGISTRY,
-        rollcall_runtime::Roles::ANY,
-        Arc::new(Counting(asked.clone())),
-    );
     let real_server = creds(&ca, PeerRole::Server);
     let signer = ServerSigner::generate().expect("key");
     let trust = Arc::new(ServerTrust::new(
         Some(real_server.identity.id.clone()),
         signer.public_key(),
     ));
-    let (ep, _) = quic_node(
-        &creds(&ca, PeerRole::Endpoint),
-        "127.0.12.2",
-        QuicOptions::default(),
-    )
-    .await;
-    let member = compose::start_endpoint(
-        &ep,
-        EndpointPlan {
-            server: fake.local_addr(),
-            advertise: ep.local_addr(),
-            hostname: "victim".into(),
-            ring: RingConfig::loopback_tests(),
-            register_min: Duration::from_millis(200),
-            register_max: Duration::from_millis(400),
-            server_timeout: Duration::from_secs(2),
-            seed: 1,
-            answering: Answering::Nothing,
-            trust: trust.clone(),
-        },
-    )
-    .await
-    .expect("member");
-    rollcall_tests::eventually_or(
-        "two dials of the other server",
-        Duration::from_secs(20),
-        || {
-            let n = fake.wire_stats().snapshot().connections_accepted;
-            async move {
-                if n >= 2 {
-                    Ok(())
-                } else {
-                    Err(format!("{n} connections"))
-                }
-            }
-        },
-    )
-    .await;
-    assert_eq!(asked.load(Ordering::SeqCst), 0, "nothing was sent to it");
-    let status = rollcall_cluster::member::status(&member)
-        .await
-        .expect("status");
-    assert_eq!(status.registrations, 0);
+    let (fake, ep) =
+        an_impostor_gets_nothing(&ca, PeerRole::Server, "127.0.12", trust.clone()).await;
     ep.shutdown();
 
     // The configuration route, on an endpoint with sensors.
@@ -936,8 +826,11 @@ async fn a_revoked_endpoint_is_refused_by_the_server_at_once_and_by_endpoints_th
         .connect_once(ep.local_addr(), Duration::from_secs(10))
         .await
         .expect("the endpoint");
-    ep.router()
-        .register("echo", rollcall_runtime::Roles::ANY, Arc::new(Echo));
+    ep.router().register(
+        "echo",
+        rollcall_runtime::Roles::ANY,
+        Arc::new(rollcall_tests::Echo),
+    );
     let status = |l: rollcall_runtime::node::PeerHandle| async move {
         let r: Result<(), CallError> = l.call("echo", &(), Duration::from_secs(5)).await;
         r
@@ -982,19 +875,6 @@ async fn a_revoked_endpoint_is_refused_by_the_server_at_once_and_by_endpoints_th
     link.close();
     bad.shutdown();
     ep.shutdown();
-}
-
-/// Answers every call with `()`.
-struct Echo;
-
-impl rollcall_runtime::node::Deliver for Echo {
-    fn deliver(
-        &self,
-        mut incoming: rollcall_runtime::node::Incoming,
-    ) -> Result<(), rollcall_runtime::node::DestinationGone> {
-        let _ = incoming.answer(&());
-        Ok(())
-    }
 }
 
 /// Endpoint certificates are short-lived and renewed over the link: a certificate with a
@@ -1070,4 +950,73 @@ async fn an_endpoint_certificate_is_renewed_over_its_link_for_its_own_key_only()
     link.close();
     ep.shutdown();
     server.shutdown();
+}
+
+/// A node at `{net}.1` holding a `role` certificate of `ca` and answering at the registry,
+/// and an endpoint at `{net}.2` that takes it for its server while pinning `trust`: the
+/// member dials it twice and sends it nothing. Returns both nodes.
+async fn an_impostor_gets_nothing(
+    ca: &rollcall_runtime::identity::Ca,
+    role: PeerRole,
+    net: &str,
+    trust: std::sync::Arc<ServerTrust>,
+) -> (rollcall_runtime::Node, rollcall_runtime::Node) {
+    use rollcall::compose::{self, Answering, EndpointPlan};
+    use rollcall_cluster::ring::RingConfig;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let (fake, _) = quic_node(
+        &creds(ca, role),
+        &format!("{net}.1"),
+        QuicOptions::default(),
+    )
+    .await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    fake.router().register(
+        REGISTRY,
+        rollcall_runtime::Roles::ANY,
+        Arc::new(Counting(asked.clone())),
+    );
+    let (ep, _) = quic_node(
+        &creds(ca, PeerRole::Endpoint),
+        &format!("{net}.2"),
+        QuicOptions::default(),
+    )
+    .await;
+    let member = compose::start_endpoint(
+        &ep,
+        EndpointPlan {
+            server: fake.local_addr(),
+            advertise: ep.local_addr(),
+            hostname: "victim".into(),
+            ring: RingConfig::loopback_tests(),
+            register_min: Duration::from_millis(200),
+            register_max: Duration::from_millis(400),
+            server_timeout: Duration::from_secs(2),
+            seed: 1,
+            answering: Answering::Nothing,
+            trust,
+        },
+    )
+    .await
+    .expect("member");
+    rollcall_tests::eventually_or("two dials of the impostor", Duration::from_secs(20), || {
+        let n = fake.wire_stats().snapshot().connections_accepted;
+        async move {
+            if n >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} connections"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(asked.load(Ordering::SeqCst), 0, "nothing was sent to it");
+    let status = rollcall_cluster::member::status(&member)
+        .await
+        .expect("status");
+    assert_eq!(status.registrations, 0);
+    assert_eq!(status.ring, None);
+    (fake, ep)
 }

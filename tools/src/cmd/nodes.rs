@@ -78,22 +78,15 @@ pub(crate) async fn start_server(
         },
     )
     .await?;
-    let isolated = cfg
-        .peering
-        .isolated
-        .iter()
-        .map(|s| parse_cidr(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)
-        .context("reading the isolated ranges")?;
-    let declared_address_ranges = cfg
-        .peering
-        .declared_address_ranges
-        .iter()
-        .map(|s| parse_cidr(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)
-        .context("reading the declared-address ranges")?;
+    let ranges = |list: &[String], what: &str| {
+        list.iter()
+            .map(|s| parse_cidr(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("reading the {what} ranges"))
+    };
+    let isolated = ranges(&cfg.peering.isolated, "isolated")?;
+    let declared_address_ranges = ranges(&cfg.peering.declared_address_ranges, "declared-address")?;
     let membership = MembershipConfig {
         mask_v4: cfg.peering.mask_v4,
         mask_v6: cfg.peering.mask_v6,

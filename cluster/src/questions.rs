@@ -224,7 +224,7 @@ impl QuestionStore {
     }
 
     /// Machine `id`'s answer key, handed to it at registration.
-    pub fn answer_key_for(&self, id: &NodeId) -> [u8; 32] {
+    pub fn answer_key_for(&self, id: &NodeId) -> [u8; 16] {
         self.signer.answers().key_for(id.as_str())
     }
 

@@ -178,6 +178,14 @@ pub fn signed_question(
     }
 }
 
+/// A question's rows as (first cell, machines), most common first.
+pub fn first_cells(p: &rollcall_cluster::questions::Progress) -> Vec<(String, u64)> {
+    p.rows
+        .iter()
+        .map(|r| (r.cells.first().cloned().unwrap_or_default(), r.count))
+        .collect()
+}
+
 /// A route that answers every call with `()` (a peer's proof that it is served).
 pub struct Echo;
 

@@ -366,11 +366,7 @@ async fn a_compromised_member_in_a_chain_of_twenty_is_caught_and_named_and_the_t
         },
     )
     .await;
-    let rows: Vec<(String, u64)> = p
-        .rows
-        .iter()
-        .map(|r| (r.cells[0].clone(), r.count))
-        .collect();
+    let rows = rollcall_tests::first_cells(&p);
     assert_eq!(
         rows,
         [("even".to_string(), 30), ("odd".to_string(), 30)],

@@ -492,9 +492,8 @@ async fn a_member_is_placed_where_the_server_sees_it_and_cannot_answer_for_machi
         Some("127.0.9.0/24".to_string()),
         "placed in the ring of the address the server observed"
     );
-    *rollcall_runtime::sync::lock(&liar_route.key) = Some(
-        rollcall_runtime::answer_tags::AnswerKey::new(&reply.answer_key),
-    );
+    *rollcall_runtime::sync::lock(&liar_route.key) =
+        rollcall_runtime::answer_tags::AnswerKey::new(&reply.answer_key);
     let report = rollcall_tests::eventually_or(
         "the liar first in its real ring",
         Duration::from_secs(20),
@@ -550,11 +549,7 @@ async fn a_member_is_placed_where_the_server_sees_it_and_cannot_answer_for_machi
             let r = c.rings.clone();
             async move {
                 let p = r.progress(id).ok_or("no record")?;
-                let rows: Vec<(String, u64)> = p
-                    .rows
-                    .iter()
-                    .map(|r| (r.cells[0].clone(), r.count))
-                    .collect();
+                let rows = rollcall_tests::first_cells(&p);
                 if p.answered == 4
                     && rows.contains(&("real".to_string(), 3))
                     && p.problems.iter().any(|(_, w)| w.starts_with("changed"))
@@ -567,11 +562,7 @@ async fn a_member_is_placed_where_the_server_sees_it_and_cannot_answer_for_machi
         },
     )
     .await;
-    let rows: Vec<(String, u64)> = p
-        .rows
-        .iter()
-        .map(|r| (r.cells[0].clone(), r.count))
-        .collect();
+    let rows = rollcall_tests::first_cells(&p);
     assert_eq!(
         rows,
         [("real".to_string(), 3), ("SELF".to_string(), 1)],

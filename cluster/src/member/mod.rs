@@ -438,10 +438,8 @@ async fn dispatch(
             st.registrations += 1;
             st.reg_failures = 0;
             st.ring = reply.ring.clone();
-            if reply.answer_key.len() == 32 {
-                st.answer_key = Some(rollcall_runtime::answer_tags::AnswerKey::new(
-                    &reply.answer_key,
-                ));
+            if let Some(k) = rollcall_runtime::answer_tags::AnswerKey::new(&reply.answer_key) {
+                st.answer_key = Some(k);
             }
             let isolated = reply.ring.is_none();
             for h in reply.handoffs {

@@ -141,8 +141,8 @@ pub struct RegistrationReply {
     pub members: Vec<MemberInfo>,
     /// What the endpoint missed while away.
     pub handoffs: Vec<Handoff>,
-    /// The endpoint's answer key (see `rollcall_runtime::answer_tags`): it tags its answers
-    /// with it so that no hop can change them unnoticed.
+    /// The endpoint's answer key (16 bytes; see `rollcall_runtime::answer_tags`): it tags
+    /// its answers with it so that no hop can change them unnoticed.
     #[serde(default, with = "serde_bytes")]
     pub answer_key: Vec<u8>,
 }

@@ -28,6 +28,9 @@ pub const MAX_SEARCH_BYTES: usize = 4096;
 /// Searches ranked at once.
 const SEARCHES_AT_ONCE: usize = 2;
 
+/// The longest a question may stay open (members hold it that long).
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// How long a question stays open unless the operator says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 
@@ -246,6 +249,15 @@ impl QuestionDesk {
         match req {
             DeskRequest::Ask { text, ttl_ms } => {
                 let ttl = ttl_ms.map(Duration::from_millis).unwrap_or(DEFAULT_TTL);
+                // Every member holds an open question until it expires: the server's policy
+                // bounds how long, whatever an operator asks for.
+                if ttl.is_zero() || ttl > MAX_TTL {
+                    return DeskReply::Error(format!(
+                        "a question stays open between 1 ms and {} h, not {} ms",
+                        MAX_TTL.as_secs() / 3600,
+                        ttl.as_millis()
+                    ));
+                }
                 self.ask(text, ttl).await
             }
             DeskRequest::Progress { id } => match self.rings.progress(id) {

@@ -391,3 +391,33 @@ async fn a_compromised_member_in_a_chain_of_twenty_is_caught_and_named_and_the_t
         "the changed answers were refused and counted"
     );
 }
+
+/// Attack 2's other half: a question asked to stay open (and so be held by every member)
+/// longer than the server's policy allows is refused, with the bound in the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_asked_to_stay_open_beyond_the_policy_is_refused() {
+    use rollcall_actors::desk::{DeskReply, DeskRequest, QuestionDesk};
+    use rollcall_cluster::membership::MembershipConfig;
+    use rollcall_runtime::OperatorRole;
+    use rollcall_tests::rings::RingCluster;
+
+    let c = RingCluster::start(MembershipConfig::default()).await;
+    let desk = QuestionDesk::new(c.rings.clone(), None);
+    let operator = PeerRole::Operator(OperatorRole::Operator);
+    for ttl_ms in [0, 24 * 3600 * 1000 + 1, 1_000_000_000_000] {
+        let r = desk
+            .serve(
+                DeskRequest::Ask {
+                    text: "Get Computer Name from all machines".into(),
+                    ttl_ms: Some(ttl_ms),
+                },
+                operator,
+            )
+            .await;
+        match r {
+            DeskReply::Error(e) => assert!(e.contains("between 1 ms and 24 h"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    assert!(c.rings.questions().is_empty(), "nothing was asked");
+}

@@ -87,6 +87,8 @@ pub struct RawPeering {
     /// Ranges whose machines are placed by the address they declare rather than the one
     /// the server observes (machines behind a NAT the server sees them through).
     pub declared_address_ranges: Option<Vec<String>>,
+    /// How long an offline machine is remembered (listed as offline) before it is forgotten.
+    pub offline_retention_hours: Option<u64>,
 }
 
 /// Peering settings of a server (validated, ranges still text).
@@ -100,6 +102,8 @@ pub struct PeeringSettings {
     pub isolated: Vec<String>,
     /// Observed ranges whose machines are placed by their declared address.
     pub declared_address_ranges: Vec<String>,
+    /// How long an offline machine is remembered.
+    pub offline_retention_hours: u64,
 }
 
 impl Default for PeeringSettings {
@@ -109,6 +113,7 @@ impl Default for PeeringSettings {
             mask_v6: 64,
             isolated: Vec::new(),
             declared_address_ranges: Vec::new(),
+            offline_retention_hours: 7 * 24,
         }
     }
 }
@@ -122,7 +127,15 @@ impl RawPeering {
             mask_v6: self.mask_v6.unwrap_or(d.mask_v6),
             isolated: self.isolated.unwrap_or_default(),
             declared_address_ranges: self.declared_address_ranges.unwrap_or_default(),
+            offline_retention_hours: self
+                .offline_retention_hours
+                .unwrap_or(d.offline_retention_hours),
         };
+        if p.offline_retention_hours == 0 {
+            return Err(ConfigError::Invalid(
+                "peering.offline_retention_hours must be at least 1".into(),
+            ));
+        }
         for r in p.isolated.iter().chain(&p.declared_address_ranges) {
             crate::membership::parse_cidr(r).map_err(ConfigError::Invalid)?;
         }

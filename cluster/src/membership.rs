@@ -38,6 +38,9 @@ pub struct MembershipConfig {
     pub confirmations: u32,
     /// A member that has not registered for this long is offline.
     pub offline_after: Duration,
+    /// An offline member is forgotten after this long (what the server keeps, and lists in
+    /// every ring view, does not grow with machines long gone).
+    pub offline_retention: Duration,
 }
 
 impl Default for MembershipConfig {
@@ -50,6 +53,7 @@ impl Default for MembershipConfig {
             suspicion_min: Duration::from_secs(5),
             confirmations: 3,
             offline_after: Duration::from_secs(270),
+            offline_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -435,6 +439,9 @@ impl Membership {
         // Suspects and slow members are looked at on every tick; everyone, for silence, at
         // most once per FULL_WALK_EVERY. No allocation unless one is evicted.
         let mut evicted = Vec::new();
+        if self.next_full_walk.is_none_or(|t| now >= t) {
+            self.forget_long_offline(now);
+        }
         let cfg = &self.cfg;
         if self.next_full_walk.is_none_or(|t| now >= t) {
             self.next_full_walk = Some(now + FULL_WALK_EVERY);
@@ -470,6 +477,31 @@ impl Membership {
             }
         }
         evicted
+    }
+
+    /// Forgets members offline for longer than the retention.
+    fn forget_long_offline(&mut self, now: Instant) {
+        let keep = self.cfg.offline_retention;
+        let gone = |m: &Member| matches!(m.state, State::Offline { since } if now.saturating_duration_since(since) >= keep);
+        let mut forgotten = Vec::new();
+        for ms in self
+            .rings
+            .values_mut()
+            .chain(std::iter::once(&mut self.isolated))
+        {
+            ms.retain(|id, m| {
+                let g = gone(m);
+                if g {
+                    forgotten.push(id.clone());
+                }
+                !g
+            });
+        }
+        self.rings.retain(|_, ms| !ms.is_empty());
+        for id in forgotten {
+            self.ring_of_node.remove(&id);
+            self.leading.remove(&id);
+        }
     }
 
     /// `id` announced the ends it leads on its server link.
@@ -685,6 +717,53 @@ mod tests {
         m.register(&id("b"), &reg("127.0.1.2"), t0 + Duration::from_secs(10));
         assert!(m.tick(t0 + Duration::from_secs(10)).is_empty());
         assert_eq!(m.report(None).0[0].members[1].health, Health::Ok);
+    }
+
+    #[test]
+    fn a_member_offline_past_the_retention_is_forgotten_and_one_that_returns_is_not() {
+        let t0 = Instant::now();
+        let cfg = MembershipConfig {
+            offline_after: Duration::from_secs(30),
+            offline_retention: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let health = |m: &Membership, who: &str| {
+            m.report(None)
+                .0
+                .iter()
+                .flat_map(|r| r.members.iter())
+                .find(|r| r.id.0 == who)
+                .map(|r| r.health)
+        };
+        let mut m = Membership::new(cfg);
+        for (n, ip) in [("a", "127.0.1.1"), ("b", "127.0.1.2"), ("c", "127.0.2.1")] {
+            m.register(&id(n), &reg(ip), t0);
+        }
+        // b and c fall silent; a keeps registering.
+        let t1 = t0 + Duration::from_secs(31);
+        m.register(&id("a"), &reg("127.0.1.1"), t1);
+        m.tick(t1);
+        assert_eq!(health(&m, "b"), Some(Health::Offline));
+        // c comes back within the retention, b does not.
+        let t2 = t1 + Duration::from_secs(1800);
+        m.register(&id("a"), &reg("127.0.1.1"), t2);
+        m.register(&id("c"), &reg("127.0.2.1"), t2);
+        m.tick(t2);
+        let t3 = t1 + Duration::from_secs(3600);
+        m.register(&id("a"), &reg("127.0.1.1"), t3);
+        m.register(&id("c"), &reg("127.0.2.1"), t3);
+        m.tick(t3);
+        assert_eq!(health(&m, "b"), None, "forgotten");
+        assert!(!m.knows(&id("b")));
+        assert_eq!(health(&m, "a"), Some(Health::Ok));
+        assert_eq!(health(&m, "c"), Some(Health::Ok));
+        let (rings, _) = m.report(None);
+        let listed: usize = rings.iter().map(|r| r.members.len()).sum();
+        assert_eq!(listed, 2);
+        // Forgotten, it may still register again, as a new machine.
+        let r = m.register(&id("b"), &reg("127.0.1.2"), t3);
+        assert_eq!(r.returning, Some(None), "a first registration");
+        assert_eq!(health(&m, "b"), Some(Health::Ok));
     }
 
     #[test]

@@ -92,6 +92,7 @@ pub(crate) async fn start_server(
         mask_v6: cfg.peering.mask_v6,
         isolated,
         declared_address_ranges,
+        offline_retention: Duration::from_secs(cfg.peering.offline_retention_hours * 3600),
         offline_after: Duration::from_millis(cfg.ring.register_max_ms.saturating_mul(3)),
         ..MembershipConfig::default()
     };

@@ -52,6 +52,9 @@ pub enum DeskRequest {
     Progress {
         /// Its id.
         id: u64,
+        /// The first row wanted (rows come in pages that fit one reply; see `Progress::cut`).
+        #[serde(default)]
+        rows_from: usize,
     },
     /// The kept questions (viewer role).
     List,
@@ -260,10 +263,10 @@ impl QuestionDesk {
                 }
                 self.ask(text, ttl).await
             }
-            DeskRequest::Progress { id } => match self.rings.progress(id) {
-                Some(p) => DeskReply::Progress(p),
+            DeskRequest::Progress { id, rows_from } => match self.rings.progress(id) {
+                Some(p) => DeskReply::Progress(p.page(rows_from)),
                 None => match self.store.as_ref().map(|s| s.progress(id)) {
-                    Some(Ok(Some(p))) => DeskReply::Progress(p),
+                    Some(Ok(Some(p))) => DeskReply::Progress(p.page(rows_from)),
                     Some(Err(e)) => DeskReply::Error(e.to_string()),
                     _ => DeskReply::Error(format!(
                         "no question {id} (it may have been dropped from the store)"

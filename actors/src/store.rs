@@ -147,6 +147,7 @@ mod tests {
 
     fn progress(id: u64) -> Progress {
         Progress {
+            cut: Default::default(),
             id,
             text: format!("Get Uptime #{id}"),
             columns: vec!["Uptime".into()],

@@ -559,6 +559,7 @@ impl Membership {
                     ring: r.clone(),
                     members,
                     leader_links,
+                    members_total: 0,
                 }
             })
             .collect();

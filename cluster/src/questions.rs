@@ -137,6 +137,77 @@ pub struct Progress {
     pub expires_in_ms: u64,
     /// The fan-out has finished (late answers may still come until expiry).
     pub fanned_out: bool,
+    /// Where the lists were cut to fit one reply (all zero: nothing was cut).
+    #[serde(default)]
+    pub cut: Cut,
+}
+
+/// How long each of a [`Progress`]'s lists was before it was cut to fit one reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cut {
+    /// The first row in this reply (rows come in pages).
+    pub rows_from: usize,
+    /// Distinct rows in all (0: not cut).
+    pub rows_total: usize,
+    /// Machines not answered in all (0: not cut).
+    pub not_answered_total: usize,
+    /// Problems in all (0: not cut).
+    pub problems_total: usize,
+}
+
+/// Bytes of rows one progress reply carries at most (the frame limit is 1 MiB).
+const ROW_BYTES_PER_REPLY: usize = 384 * 1024;
+/// Bytes of the not-answered list, and of the problems, one reply carries at most.
+const LIST_BYTES_PER_REPLY: usize = 64 * 1024;
+
+impl Progress {
+    /// This progress as one reply can carry it, whatever the fleet's size: the rows from
+    /// `rows_from` on within a budget, and the first machines not answered and problems
+    /// within theirs; `cut` says what the whole lists hold.
+    pub fn page(mut self, rows_from: usize) -> Progress {
+        fn keep<T>(
+            list: &mut Vec<T>,
+            from: usize,
+            budget: usize,
+            size: impl Fn(&T) -> usize,
+        ) -> usize {
+            let total = list.len();
+            let from = from.min(total);
+            let mut used = 0;
+            let n = list[from..]
+                .iter()
+                .take_while(|x| {
+                    used += size(x) + 8;
+                    used <= budget
+                })
+                .count()
+                .max(usize::from(from < total));
+            list.drain(from + n..);
+            list.drain(..from);
+            total
+        }
+        let rows_total = keep(&mut self.rows, rows_from, ROW_BYTES_PER_REPLY, |r| {
+            r.cells.iter().map(|c| c.len() + 4).sum::<usize>()
+        });
+        let not_answered_total = keep(&mut self.not_answered, 0, LIST_BYTES_PER_REPLY, |(n, h)| {
+            n.as_str().len() + h.len()
+        });
+        let problems_total = keep(&mut self.problems, 0, LIST_BYTES_PER_REPLY, |(n, w)| {
+            n.as_str().len() + w.len()
+        });
+        let cut_if = |total: usize, kept: usize| if kept < total { total } else { 0 };
+        self.cut = Cut {
+            rows_from,
+            rows_total: if rows_from > 0 {
+                rows_total
+            } else {
+                cut_if(rows_total, self.rows.len())
+            },
+            not_answered_total: cut_if(not_answered_total, self.not_answered.len()),
+            problems_total: cut_if(problems_total, self.problems.len()),
+        };
+        self
+    }
 }
 
 /// A question in the list.
@@ -516,6 +587,7 @@ impl QuestionStore {
             .collect();
         not_answered.sort();
         Some(Progress {
+            cut: Cut::default(),
             id,
             text: r.text.clone(),
             columns: r.columns.clone(),
@@ -780,5 +852,65 @@ mod tests {
                 (NodeId("c".into()), "host-c".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn a_progress_of_any_size_comes_in_pages_that_fit_a_reply_and_add_up_to_the_whole() {
+        let n = 100_000;
+        let whole = Progress {
+            cut: Cut::default(),
+            id: 1,
+            text: "q".into(),
+            columns: vec!["Computer Name".into()],
+            answered: n,
+            expected: 2 * n,
+            matched: n as u64,
+            rows: (0..n)
+                .map(|i| RowCount {
+                    cells: vec![format!("host-{i:06}.example.com")],
+                    count: 1,
+                })
+                .collect(),
+            not_answered: (0..n)
+                .map(|i| (NodeId::new(format!("{i:016x}")), format!("absent-{i}")))
+                .collect(),
+            problems: (0..n)
+                .map(|i| (NodeId::new(format!("{i:016x}")), "uptime: timed out".into()))
+                .collect(),
+            elapsed_ms: 1,
+            expires_in_ms: 1,
+            fanned_out: true,
+        };
+        let mut rows = Vec::new();
+        let mut pages = 0;
+        loop {
+            let page = whole.clone().page(rows.len());
+            let bytes = rollcall_runtime::wire::encode_body(&page).expect("encodes");
+            assert!(bytes.len() < 900 * 1024, "a page of {} bytes", bytes.len());
+            assert_eq!(page.cut.rows_from, rows.len());
+            assert_eq!(page.cut.not_answered_total, n);
+            assert_eq!(page.cut.problems_total, n);
+            assert!(!page.not_answered.is_empty() && page.not_answered.len() < n);
+            pages += 1;
+            if page.rows.is_empty() {
+                break;
+            }
+            rows.extend(page.rows);
+            if rows.len() == n {
+                break;
+            }
+        }
+        assert!(pages > 1);
+        assert_eq!(rows, whole.rows, "every row once, in order");
+        // A small one is not cut.
+        let small = Progress {
+            rows: whole.rows[..3].to_vec(),
+            not_answered: vec![],
+            problems: vec![],
+            ..whole.clone()
+        }
+        .page(0);
+        assert_eq!(small.cut, Cut::default());
+        assert_eq!(small.rows.len(), 3);
     }
 }

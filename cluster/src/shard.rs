@@ -394,7 +394,11 @@ impl Deliver for RingAdmin {
             .unwrap_or_default();
         let node = self.node.clone();
         tokio::spawn(async move {
-            let report = rings_report(&node, &shards, subnet).await;
+            // An operator's view of any fleet fits one reply (the server's own callers,
+            // such as the fan-out, take the whole report).
+            let report = rings_report(&node, &shards, subnet)
+                .await
+                .within_one_reply();
             let _ = incoming.answer(&report);
         });
         Ok(())
@@ -428,6 +432,7 @@ async fn rings_report(
     RingsReport {
         rings,
         isolated,
+        isolated_total: 0,
         server_connections: node.connected_peers().len(),
         ring_connections,
     }

@@ -57,7 +57,7 @@ async fn ask(desk: &QuestionDesk, text: &str) -> u64 {
 async fn progress(desk: &QuestionDesk, id: u64) -> Progress {
     match desk
         .serve(
-            DeskRequest::Progress { id },
+            DeskRequest::Progress { id, rows_from: 0 },
             PeerRole::Operator(OperatorRole::Viewer),
         )
         .await

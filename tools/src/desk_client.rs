@@ -73,13 +73,32 @@ impl DeskClient {
         }
     }
 
-    /// Where question `id` stands.
+    /// Where question `id` stands: its first page of rows (and the first machines not
+    /// answered and problems; `Progress::cut` says how many there are in all).
     pub async fn progress(&self, id: u64) -> Result<Progress> {
-        match self.call(DeskRequest::Progress { id }).await? {
+        self.progress_from(id, 0).await
+    }
+
+    async fn progress_from(&self, id: u64, rows_from: usize) -> Result<Progress> {
+        match self.call(DeskRequest::Progress { id, rows_from }).await? {
             DeskReply::Progress(p) => Ok(p),
             DeskReply::Error(e) => bail!("{e}"),
             other => bail!("unexpected answer {other:?}"),
         }
+    }
+
+    /// Where question `id` stands, with every row (fetched page by page).
+    pub async fn progress_all_rows(&self, id: u64) -> Result<Progress> {
+        let mut p = self.progress_from(id, 0).await?;
+        while p.cut.rows_total > p.rows.len() {
+            let next = self.progress_from(id, p.rows.len()).await?;
+            if next.rows.is_empty() {
+                break;
+            }
+            p.rows.extend(next.rows);
+        }
+        p.cut.rows_total = 0;
+        Ok(p)
     }
 
     /// Closes the connection and its node.

@@ -86,14 +86,27 @@ pub fn table(p: &Progress, kinds: &[ValueKind]) -> String {
         out += " (a machine with several values is counted in each of their rows)";
     }
     out.push('\n');
+    let shown = |total: usize, n: usize| {
+        if total > n {
+            format!("{total}, the first {n} shown")
+        } else {
+            n.to_string()
+        }
+    };
     if !p.not_answered.is_empty() {
-        out += &format!("not answered ({}):\n", p.not_answered.len());
+        out += &format!(
+            "not answered ({}):\n",
+            shown(p.cut.not_answered_total, p.not_answered.len())
+        );
         for (id, host) in &p.not_answered {
             out += &format!("  {id}  {}\n", cut(host, CELL_CHARS_MAX));
         }
     }
     if !p.problems.is_empty() {
-        out += &format!("problems ({}):\n", p.problems.len());
+        out += &format!(
+            "problems ({}):\n",
+            shown(p.cut.problems_total, p.problems.len())
+        );
         for (id, what) in &p.problems {
             out += &format!("  {id}  {}\n", cut(what, 200));
         }
@@ -218,6 +231,7 @@ mod tests {
 
     fn progress(columns: &[&str], rows: &[(&[&str], u64)], matched: u64) -> Progress {
         Progress {
+            cut: Default::default(),
             id: 1,
             text: "q".into(),
             columns: columns.iter().map(|c| c.to_string()).collect(),

@@ -798,6 +798,39 @@ pub struct RingReport {
     pub members: Vec<MemberReport>,
     /// Live server links held by this ring's leaders.
     pub leader_links: usize,
+    /// Members in all when `members` was left empty to keep a whole-fleet view within one
+    /// reply (0: every member is listed). Ask for the ring alone to list them.
+    #[serde(default)]
+    pub members_total: usize,
+}
+
+/// Members a whole-fleet ring view lists at most; past that, rings are summarised (each ring
+/// alone is at most a few hundred members, listed in full when asked for).
+pub const MEMBERS_LISTED_MAX: usize = 2_000;
+
+impl RingsReport {
+    /// Keeps the report within one reply: past [`MEMBERS_LISTED_MAX`] members in all, each
+    /// ring keeps its count, leaders' links and first and last member, not every member;
+    /// isolated machines are cut the same way.
+    pub fn within_one_reply(mut self) -> RingsReport {
+        let listed: usize =
+            self.rings.iter().map(|r| r.members.len()).sum::<usize>() + self.isolated.len();
+        if listed <= MEMBERS_LISTED_MAX {
+            return self;
+        }
+        for r in &mut self.rings {
+            let n = r.members.len();
+            if n > 2 {
+                r.members_total = n;
+                let last = r.members.pop();
+                r.members.truncate(1);
+                r.members.extend(last);
+            }
+        }
+        self.isolated_total = self.isolated.len();
+        self.isolated.truncate(MEMBERS_LISTED_MAX / 2);
+        self
+    }
 }
 
 /// The answer to [`AdminRequest::Show`].
@@ -807,6 +840,9 @@ pub struct RingsReport {
     pub rings: Vec<RingReport>,
     /// Endpoints registered from isolated ranges (no ring).
     pub isolated: Vec<MemberReport>,
+    /// Isolated endpoints in all when `isolated` was cut (0: all listed).
+    #[serde(default)]
+    pub isolated_total: usize,
     /// Connections the server holds now, of every kind.
     pub server_connections: usize,
     /// Of those, leaders' ring links.

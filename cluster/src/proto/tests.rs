@@ -284,3 +284,53 @@ fn ids_are_checked_one_by_one_whenever_the_list_is_not_all_ascii() {
     let err = decode(packed).expect_err("a broken id must not decode");
     assert!(err.to_string().contains("not UTF-8"), "{err}");
 }
+
+#[test]
+fn a_whole_fleet_ring_view_fits_one_reply_and_keeps_every_count() {
+    let member = |r: usize, i: usize| MemberReport {
+        id: NodeId::new(format!("{r:08x}{i:08x}")),
+        addr: format!("10.{}.{}.{}:7000", r / 256, r % 256, i % 250 + 1)
+            .parse()
+            .expect("addr"),
+        hostname: format!("host-{r}-{i}.example.com").into(),
+        health: Health::Ok,
+        leads: LeaderSides::default(),
+    };
+    let report = RingsReport {
+        rings: (0..1000)
+            .map(|r| RingReport {
+                ring: RingId(format!("10.{}.{}.0/24", r / 256, r % 256)),
+                members: (0..100).map(|i| member(r, i)).collect(),
+                leader_links: 2,
+                members_total: 0,
+            })
+            .collect(),
+        isolated: (0..5000).map(|i| member(9999, i)).collect(),
+        isolated_total: 0,
+        server_connections: 2000,
+        ring_connections: 2000,
+    };
+    let whole = rollcall_runtime::wire::encode_body(&report).expect("encodes");
+    assert!(whole.len() > 1024 * 1024, "{} bytes", whole.len());
+    let cut = report.clone().within_one_reply();
+    let bytes = rollcall_runtime::wire::encode_body(&cut).expect("encodes");
+    assert!(bytes.len() < 512 * 1024, "{} bytes", bytes.len());
+    assert!(
+        cut.rings
+            .iter()
+            .all(|r| r.members_total == 100 && r.members.len() == 2)
+    );
+    assert_eq!(cut.rings[7].members[1], report.rings[7].members[99]);
+    assert_eq!(cut.isolated_total, 5000);
+    // One ring alone is listed whole.
+    let one = RingsReport {
+        rings: report.rings[..1].to_vec(),
+        isolated: vec![],
+        ..report.clone()
+    }
+    .within_one_reply();
+    assert_eq!(
+        (one.rings[0].members.len(), one.rings[0].members_total),
+        (100, 0)
+    );
+}

@@ -234,6 +234,7 @@ mod tests {
 
     fn progress(rows: &[(&str, u64)], answered: usize) -> Progress {
         Progress {
+            cut: Default::default(),
             id: 1,
             text: String::new(),
             columns: vec!["Operating System".into()],

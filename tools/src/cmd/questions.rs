@@ -60,7 +60,7 @@ pub(crate) async fn watch(
             p.answered,
             p.expected,
             p.elapsed_ms as f64 / 1000.0,
-            p.rows.len()
+            p.cut.rows_total.max(p.rows.len())
         );
         if last.as_ref() != Some(&line) {
             eprintln!("{line}");
@@ -71,6 +71,12 @@ pub(crate) async fn watch(
             break p;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Every row for the answer printed (a large fleet's rows come in several pages).
+    let p = if p.cut.rows_total > p.rows.len() {
+        desk.progress_all_rows(id).await?
+    } else {
+        p
     };
     let catalog = desk.catalog().await;
     desk.close().await;
@@ -132,7 +138,7 @@ pub(crate) async fn desk_command(
 
 pub(crate) async fn results(a: ResultsArgs) -> Result<()> {
     let desk = DeskClient::connect(a.op.server, &a.op.cert_dir).await?;
-    let p = desk.progress(a.id).await;
+    let p = desk.progress_all_rows(a.id).await;
     let catalog = desk.catalog().await;
     desk.close().await;
     print_progress(&p?, &a.out, &catalog)

@@ -67,11 +67,17 @@ pub(crate) fn print_rings(report: &RingsReport, json: bool) -> Result<()> {
         (false, true) => "backward",
         _ => "",
     };
+    let summarised = report.rings.iter().any(|r| r.members_total > 0);
+    if summarised {
+        println!(
+            "(a large fleet: each ring shows its first and last member; `--subnet` lists one ring in full)"
+        );
+    }
     for ring in &report.rings {
         println!(
             "ring {}: {} members, {} leader links",
             ring.ring,
-            ring.members.len(),
+            ring.members_total.max(ring.members.len()),
             ring.leader_links
         );
         println!(
@@ -91,7 +97,10 @@ pub(crate) fn print_rings(report: &RingsReport, json: bool) -> Result<()> {
         }
     }
     if !report.isolated.is_empty() {
-        println!("isolated (no peering): {} endpoints", report.isolated.len());
+        println!(
+            "isolated (no peering): {} endpoints",
+            report.isolated_total.max(report.isolated.len())
+        );
         for m in &report.isolated {
             println!(
                 "       {:<18} {:<22} {:<8} {}",

@@ -289,7 +289,9 @@ impl QuestionStore {
 
     /// Adds a problem about the chain of member `who` to question `id`.
     pub fn flag(&self, id: u64, who: &NodeId, what: String) {
-        if let Some(r) = self.lock().1.get_mut(&id) {
+        if let Some(r) = self.lock().1.get_mut(&id)
+            && !r.flagged.iter().any(|(w, x)| w == who && *x == what)
+        {
             r.flagged.push((who.clone(), what));
         }
     }

@@ -689,8 +689,6 @@ impl RingServer {
     async fn walk(&self, id: u64, chain: Chain, first: Vec<crate::proto::MemberReport>) {
         let mut first = Some(first);
         let mut walk = ChainWalk::new(self.fan.retry, 2);
-        // The last member whose chain brought answers that did not verify.
-        let mut tampered_from: Option<NodeId> = None;
         loop {
             let Some(env) = self.questions.envelope(id) else {
                 return;
@@ -749,18 +747,12 @@ impl RingServer {
                         tracing::warn!(question = id, member = %target.id, outside = m.outside, tampered = m.tampered, "refused answers a chain brought: outside it, or changed on the way");
                     }
                     if m.tampered > 0 {
-                        // Its own answer straight from it, with no hop between; the walk
-                        // goes on with the members after it, each as a chain of its own.
+                        // Its own answer straight from it, with no hop between; then the
+                        // member that changed the answers is looked for (and the machines
+                        // after it answer in chains of their own).
                         self.ask_alone(target, alone);
-                        tampered_from = Some(target.id.clone());
-                    } else if let Some(last) = tampered_from.take() {
-                        // A clean chain after a tampered one: the member that changed the
-                        // answers sits between the two starts. Chains are asked from the
-                        // members before this one, nearest first, until one comes back
-                        // changed: its first member is the culprit.
-                        let pos = |id: &NodeId| members.iter().position(|m| &m.id == id);
-                        if let (Some(from), Some(to)) = (pos(&last), pos(&target.id)) {
-                            self.name_culprit(id, &members, from, to, &chain).await;
+                        if let Some(from) = members.iter().position(|m| m.id == target.id) {
+                            self.name_culprit(id, &members, from, &chain).await;
                         }
                     }
                     let counted = self
@@ -787,39 +779,48 @@ impl RingServer {
         }
     }
 
-    /// Asks chains from `members[to - 1]` back to `members[from]` until one brings answers
-    /// that do not verify, and names its first member in question `id`'s problems.
+    /// The chain from `members[from]` brought answers that did not verify: asks chains from
+    /// the members after it until one comes back clean; the first member of the last chain
+    /// that came back changed is the one that changed them, and is named in question `id`'s
+    /// problems. Every chain asked is counted as usual (its verified answers).
     async fn name_culprit(
         &self,
         id: u64,
         members: &[crate::proto::MemberReport],
         from: usize,
-        to: usize,
         chain: &std::collections::HashSet<&str, crate::questions::FastIds>,
     ) {
-        for at in (from..to).rev() {
-            let Some(env) = self.questions.envelope(id) else {
-                return;
-            };
+        // Some(true): changed; Some(false): clean; None: not answered.
+        let ask = |at: usize| async move {
+            let env = self.questions.envelope(id)?;
             let ttl = Duration::from_millis(env.ttl_ms);
             let m = &members[at];
-            let Ok(p) = self.ask_member(m, env, ttl).await else {
-                continue;
-            };
+            let p = self.ask_member(m, env, ttl).await.ok()?;
             let merged = self.questions.merge(id, p, &m.id, |n| chain.contains(n));
             if merged.tampered > 0 {
                 self.node
                     .wire_stats()
                     .add_n(|s| &s.rejected_answers, merged.tampered as u64);
-                tracing::warn!(question = id, member = %m.id, "this member changed the answers of machines after it in its chain");
-                self.questions.flag(
-                    id,
-                    &m.id,
-                    "changed the answers of machines after it in its chain".into(),
-                );
-                return;
+            }
+            Some(merged.tampered > 0)
+        };
+        // Chains from the members after it, until one comes back clean: the last one that
+        // came back changed starts with the member that changed them.
+        let mut culprit = from;
+        for at in from + 1..members.len() {
+            match ask(at).await {
+                Some(false) => break,
+                Some(true) => culprit = at,
+                None => {}
             }
         }
+        let who = &members[culprit].id;
+        tracing::warn!(question = id, member = %who, "this member changed the answers of machines after it in its chain");
+        self.questions.flag(
+            id,
+            who,
+            "changed the answers of machines after it in its chain".into(),
+        );
     }
 
     /// Asks `m` alone for its own answer, sent to the server directly (a late question).

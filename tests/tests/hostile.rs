@@ -421,3 +421,80 @@ async fn a_question_asked_to_stay_open_beyond_the_policy_is_refused() {
     }
     assert!(c.rings.questions().is_empty(), "nothing was asked");
 }
+
+/// The same on the in-memory fleet in paused time: two rings of 20; one member of the first
+/// ring, compromised, rewrites the answers of the machines after it. The rows counted are
+/// the profiles' own, every machine answers once, and that member alone is named.
+#[tokio::test(start_paused = true)]
+async fn a_compromised_member_is_caught_on_the_in_memory_fleet_in_paused_time() {
+    use rollcall::fleet::{Fleet, FleetConfig, SIM_QUESTION, SimTransport};
+    use rollcall_cluster::relay::tamper::Tamper;
+    use std::sync::Arc;
+
+    rollcall_runtime::telemetry::init("off");
+    let mut fleet = Fleet::start(FleetConfig::chaos(40, 20, SimTransport::Mem, 11), |_| {})
+        .await
+        .expect("fleet");
+    assert!(
+        fleet
+            .wait_formed(Duration::from_secs(120), Duration::from_millis(200))
+            .await
+            .is_some(),
+        "two rings of 20"
+    );
+    // The eighth member in ring order of the first ring.
+    let report = fleet.report().await;
+    let bad = fleet
+        .index_of(&report.rings[0].members[7].id)
+        .expect("a fleet endpoint");
+    fleet.adjust_members(Arc::new(move |i, mc| {
+        if i == bad {
+            mc.tamper = Some(Tamper::Alter);
+        }
+    }));
+    fleet.restart(bad).await.expect("restarted compromised");
+    assert!(
+        fleet
+            .wait_formed(Duration::from_secs(120), Duration::from_millis(200))
+            .await
+            .is_some(),
+        "formed again"
+    );
+    let bad_id = fleet.endpoints[bad].id.clone();
+    let id = fleet
+        .ask(SIM_QUESTION, Duration::from_secs(600))
+        .await
+        .expect("asked");
+    let p = eventually_or(
+        "every true answer and the member named",
+        Duration::from_secs(300),
+        || {
+            let p = fleet.progress(id);
+            async move {
+                let p = p.ok_or("no record")?;
+                let named: Vec<_> = p
+                    .problems
+                    .iter()
+                    .filter(|(_, w)| w.starts_with("changed the answers"))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                if p.answered == 40 && !named.is_empty() {
+                    Ok((p, named))
+                } else {
+                    Err(format!(
+                        "{} answered, named {named:?}: {:?}",
+                        p.answered, p.problems
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+    let (p, named) = p;
+    assert_eq!(named, [bad_id], "the compromised member, no one else");
+    let truth = fleet.ground_truth(fleet.endpoints.iter().map(|e| &e.id));
+    let counted: std::collections::BTreeMap<Vec<String>, u64> =
+        p.rows.iter().map(|r| (r.cells.clone(), r.count)).collect();
+    assert_eq!(counted, truth, "the profiles' own rows");
+    fleet.shutdown().await;
+}

@@ -189,7 +189,14 @@ pub struct Fleet {
     /// The endpoints, in creation order.
     pub endpoints: Vec<FleetEndpoint>,
     by_id: HashMap<NodeId, usize>,
+    /// Applied to endpoint `i`'s member settings as it starts (tests that set a member
+    /// apart, such as a compromised one).
+    adjust: Option<MemberAdjust>,
 }
+
+/// See [`Fleet::adjust_members`].
+pub type MemberAdjust =
+    Arc<dyn Fn(usize, &mut rollcall_cluster::member::MemberConfig) + Send + Sync>;
 
 fn link_timeouts(cfg: &FleetConfig) -> LinkTimeouts {
     let idle = cfg.idle_timeout.as_millis() as u64;
@@ -260,6 +267,7 @@ impl Fleet {
             fronts: Vec::new(),
             endpoints: Vec::new(),
             by_id: HashMap::new(),
+            adjust: None,
         };
         let n = fleet.cfg.endpoints;
         fleet.endpoints.reserve(n);
@@ -387,7 +395,8 @@ impl Fleet {
             }
         };
         let host: Arc<dyn rollcall_actors::sensors::HostView> = ep.host.clone();
-        let member = compose::start_endpoint(
+        let adjust = self.adjust.clone();
+        let member = compose::start_endpoint_with(
             &node,
             EndpointPlan {
                 server: self.server_addr,
@@ -400,6 +409,11 @@ impl Fleet {
                 seed: cfg.seed ^ i as u64,
                 answering: Answering::Sensors(host),
                 trust: self.trust.clone(),
+            },
+            |mc| {
+                if let Some(f) = adjust {
+                    f(i, mc);
+                }
             },
         )
         .await?;
@@ -481,6 +495,12 @@ impl Fleet {
         ep.member = None;
         node.shutdown();
         true
+    }
+
+    /// Sets what each endpoint's member settings get as it (re)starts; restart an endpoint
+    /// for it to take effect.
+    pub fn adjust_members(&mut self, adjust: MemberAdjust) {
+        self.adjust = Some(adjust);
     }
 
     /// Restarts endpoint `i` with its identity (killing it first if it runs).

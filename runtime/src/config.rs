@@ -62,6 +62,10 @@ pub struct RawLink {
     pub streams_per_connection: Option<u32>,
     /// Connections one peer may hold to a node.
     pub connections_per_peer: Option<usize>,
+    /// Handshakes a node carries out at once.
+    pub handshakes_at_once: Option<usize>,
+    /// Enrolments a server serves at once from one address.
+    pub enrolments_per_source: Option<usize>,
 }
 
 /// `[link]` validated.
@@ -132,7 +136,12 @@ impl RawLink {
                 connections_per_peer: self
                     .connections_per_peer
                     .unwrap_or(d.limits.connections_per_peer),
-                ..d.limits
+                handshakes_at_once: self
+                    .handshakes_at_once
+                    .unwrap_or(d.limits.handshakes_at_once),
+                enrolments_per_source: self
+                    .enrolments_per_source
+                    .unwrap_or(d.limits.enrolments_per_source),
             },
         };
         if cfg.timeouts.keep_alive_ms == 0
@@ -154,9 +163,11 @@ impl RawLink {
             || l.connection_read_budget < cfg.max_frame_bytes
             || l.streams_per_connection == 0
             || l.connections_per_peer == 0
+            || l.handshakes_at_once == 0
+            || l.enrolments_per_source == 0
         {
             return Err(ConfigError::Invalid(format!(
-                "link.frame_read_timeout_ms, link.streams_per_connection and link.connections_per_peer must be above 0, and link.connection_read_budget_bytes ({}) at least link.max_frame_bytes ({})",
+                "link.frame_read_timeout_ms, link.streams_per_connection, link.connections_per_peer, link.handshakes_at_once and link.enrolments_per_source must be above 0, and link.connection_read_budget_bytes ({}) at least link.max_frame_bytes ({})",
                 l.connection_read_budget, cfg.max_frame_bytes
             )));
         }

@@ -9,6 +9,10 @@ use serde::Deserialize;
 pub struct RawServer {
     /// How many questions' results the server keeps (oldest dropped first).
     pub results_kept: Option<usize>,
+    /// The longest a question may stay open, in hours (every member holds it that long).
+    pub max_question_ttl_hours: Option<u64>,
+    /// The longest search text, in bytes.
+    pub max_search_bytes: Option<usize>,
 }
 
 /// `[server]` validated.
@@ -16,22 +20,39 @@ pub struct RawServer {
 pub struct ServerSettings {
     /// How many questions' results the server keeps.
     pub results_kept: usize,
+    /// What the desk takes.
+    pub limits: crate::desk::DeskLimits,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        ServerSettings { results_kept: 1000 }
+        ServerSettings {
+            results_kept: 1000,
+            limits: crate::desk::DeskLimits::default(),
+        }
     }
 }
 
 impl RawServer {
     /// Applies defaults and checks ranges.
     pub fn validate(self) -> Result<ServerSettings, ConfigError> {
+        let d = ServerSettings::default();
         let s = ServerSettings {
-            results_kept: self
-                .results_kept
-                .unwrap_or(ServerSettings::default().results_kept),
+            results_kept: self.results_kept.unwrap_or(d.results_kept),
+            limits: crate::desk::DeskLimits {
+                max_ttl: self
+                    .max_question_ttl_hours
+                    .map(|h| std::time::Duration::from_secs(h.saturating_mul(3600)))
+                    .unwrap_or(d.limits.max_ttl),
+                max_search_bytes: self.max_search_bytes.unwrap_or(d.limits.max_search_bytes),
+            },
         };
+        if s.limits.max_ttl.is_zero() || s.limits.max_search_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_question_ttl_hours and server.max_search_bytes must be at least 1"
+                    .into(),
+            ));
+        }
         if s.results_kept == 0 {
             return Err(ConfigError::Invalid(
                 "server.results_kept must be at least 1".into(),

@@ -22,13 +22,31 @@ pub use crate::endpoint::{SENSOR_CONFIG, SensorConfig, SensorEvaluator, SignedCo
 /// Name of the server actor operators ask questions through.
 pub const DESK: &str = "question.desk";
 
-/// Longest search text (a search box's words, not a document).
+/// Longest search text by default (a search box's words, not a document).
 pub const MAX_SEARCH_BYTES: usize = 4096;
+
+/// What the desk takes from operators (`[server]` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeskLimits {
+    /// The longest a question may stay open.
+    pub max_ttl: Duration,
+    /// The longest search text.
+    pub max_search_bytes: usize,
+}
+
+impl Default for DeskLimits {
+    fn default() -> Self {
+        DeskLimits {
+            max_ttl: MAX_TTL,
+            max_search_bytes: MAX_SEARCH_BYTES,
+        }
+    }
+}
 
 /// Searches ranked at once.
 const SEARCHES_AT_ONCE: usize = 2;
 
-/// The longest a question may stay open (members hold it that long).
+/// The longest a question may stay open by default (members hold it that long).
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// How long a question stays open unless the operator says otherwise.
@@ -122,6 +140,8 @@ struct DeskState {
     last_issued: std::collections::HashMap<String, tokio::time::Instant>,
     /// Values the fleet reported, for the search box.
     vocab: Vocabulary,
+    /// What it takes from operators.
+    limits: DeskLimits,
     /// Questions whose values have been learned.
     learned: HashSet<u64>,
 }
@@ -173,6 +193,11 @@ impl QuestionDesk {
 
     fn catalog(&self) -> Vec<SensorSpec> {
         catalog_with(&self.lock().config.scripts)
+    }
+
+    /// Sets what the desk takes from operators.
+    pub fn set_limits(&self, limits: DeskLimits) {
+        self.lock().limits = limits;
     }
 
     /// Sets the revoked endpoints and operators the configuration hands every endpoint (from
@@ -254,10 +279,11 @@ impl QuestionDesk {
                 let ttl = ttl_ms.map(Duration::from_millis).unwrap_or(DEFAULT_TTL);
                 // Every member holds an open question until it expires: the server's policy
                 // bounds how long, whatever an operator asks for.
-                if ttl.is_zero() || ttl > MAX_TTL {
+                let max = self.lock().limits.max_ttl;
+                if ttl.is_zero() || ttl > max {
                     return DeskReply::Error(format!(
                         "a question stays open between 1 ms and {} h, not {} ms",
-                        MAX_TTL.as_secs() / 3600,
+                        max.as_secs() / 3600,
                         ttl.as_millis()
                     ));
                 }
@@ -353,9 +379,10 @@ impl QuestionDesk {
                 }
             }
             DeskRequest::Search { text } => {
-                if text.len() > MAX_SEARCH_BYTES {
+                let max = self.lock().limits.max_search_bytes;
+                if text.len() > max {
                     return DeskReply::Error(format!(
-                        "search text of {} bytes; at most {MAX_SEARCH_BYTES}",
+                        "search text of {} bytes; at most {max}",
                         text.len()
                     ));
                 }

@@ -89,6 +89,8 @@ pub struct RawPeering {
     pub declared_address_ranges: Option<Vec<String>>,
     /// How long an offline machine is remembered (listed as offline) before it is forgotten.
     pub offline_retention_hours: Option<u64>,
+    /// The longest host name a registration may carry.
+    pub max_hostname_bytes: Option<usize>,
 }
 
 /// Peering settings of a server (validated, ranges still text).
@@ -104,6 +106,8 @@ pub struct PeeringSettings {
     pub declared_address_ranges: Vec<String>,
     /// How long an offline machine is remembered.
     pub offline_retention_hours: u64,
+    /// The longest host name a registration may carry.
+    pub max_hostname_bytes: usize,
 }
 
 impl Default for PeeringSettings {
@@ -114,6 +118,7 @@ impl Default for PeeringSettings {
             isolated: Vec::new(),
             declared_address_ranges: Vec::new(),
             offline_retention_hours: 7 * 24,
+            max_hostname_bytes: crate::proto::MAX_HOSTNAME_BYTES,
         }
     }
 }
@@ -130,7 +135,13 @@ impl RawPeering {
             offline_retention_hours: self
                 .offline_retention_hours
                 .unwrap_or(d.offline_retention_hours),
+            max_hostname_bytes: self.max_hostname_bytes.unwrap_or(d.max_hostname_bytes),
         };
+        if p.max_hostname_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "peering.max_hostname_bytes must be at least 1".into(),
+            ));
+        }
         if p.offline_retention_hours == 0 {
             return Err(ConfigError::Invalid(
                 "peering.offline_retention_hours must be at least 1".into(),

@@ -41,6 +41,8 @@ pub struct MembershipConfig {
     /// An offline member is forgotten after this long (what the server keeps, and lists in
     /// every ring view, does not grow with machines long gone).
     pub offline_retention: Duration,
+    /// The longest host name a registration may carry (what every ring view lists).
+    pub max_hostname_bytes: usize,
 }
 
 impl Default for MembershipConfig {
@@ -54,6 +56,7 @@ impl Default for MembershipConfig {
             confirmations: 3,
             offline_after: Duration::from_secs(270),
             offline_retention: Duration::from_secs(7 * 24 * 3600),
+            max_hostname_bytes: crate::proto::MAX_HOSTNAME_BYTES,
         }
     }
 }

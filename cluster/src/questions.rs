@@ -915,4 +915,40 @@ mod tests {
         assert_eq!(small.cut, Cut::default());
         assert_eq!(small.rows.len(), 3);
     }
+
+    #[test]
+    fn a_reply_listing_fifty_thousand_made_up_machines_counts_none_and_keeps_nothing_of_them() {
+        let store = QuestionStore::new(
+            4,
+            std::sync::Arc::new(rollcall_runtime::signing::ServerSigner::generate().expect("key")),
+        );
+        let real: Live = vec![(NodeId::new("a"), "host-a".into())];
+        let id = store.create(
+            "q".into(),
+            vec!["os".into()],
+            vec![],
+            Duration::from_secs(60),
+            real.iter().map(|(id, host)| (id, host)),
+        );
+        let mut p = Partial::default();
+        p.add(
+            &NodeId::new("a"),
+            &store.tagged(&NodeId::new("a"), id, &answer("6.1", &[])),
+        );
+        // Ghosts with tags the server would accept for them, and ghosts with none.
+        for i in 0..25_000 {
+            let ghost = NodeId::new(format!("g{i:07}"));
+            p.add(&ghost, &store.tagged(&ghost, id, &answer("6.1", &[])));
+            p.add(
+                &NodeId::new(format!("h{i:07}")),
+                &EncodedAnswer::new(&answer("FORGED", &[])).into(),
+            );
+        }
+        let m = store.merge(id, p, &NodeId::new("a"), |n| n == "a");
+        assert_eq!((m.outside, m.tampered), (25_000, 25_000));
+        let pr = store.progress(id).expect("kept");
+        assert_eq!((pr.answered, pr.expected), (1, 1));
+        assert_eq!(pr.rows.len(), 1);
+        assert_eq!(pr.rows[0].count, 1);
+    }
 }

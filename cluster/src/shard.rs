@@ -326,7 +326,7 @@ impl Deliver for Registrar {
         }
         let mut req = req;
         if let ServerRequest::Register(reg) = &req
-            && let Err(why) = reg.check()
+            && let Err(why) = reg.check(self.cfg.membership.max_hostname_bytes)
         {
             incoming.stats().incr(|s| &s.rejected_protocol);
             tracing::warn!(node = %from, "refused a registration: {why}");

@@ -498,3 +498,54 @@ async fn a_compromised_member_is_caught_on_the_in_memory_fleet_in_paused_time() 
     assert_eq!(counted, truth, "the profiles' own rows");
     fleet.shutdown().await;
 }
+
+/// Attack 2: a flood of asks from one endpoint. It cannot make up questions (they must be
+/// signed), and replaying one the server signed, however often and with whatever time to
+/// live it writes, leaves a member holding that one question once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_question_flood_leaves_a_member_holding_one_question() {
+    use rollcall_cluster::member::EvaluatorHandle;
+    use rollcall_cluster::membership::MembershipConfig;
+    use rollcall_cluster::proto::{MEMBER, MemberRequest, Partial};
+    use rollcall_runtime::node::CallError;
+    use rollcall_tests::rings::RingCluster;
+    use std::sync::Arc;
+
+    let mut c = RingCluster::start(MembershipConfig::default()).await;
+    let i = c
+        .add_with("127.0.24.1", Some(EvaluatorHandle(Arc::new(Parity("odd")))))
+        .await;
+    let (attacker, _) = quic_node(
+        &creds(&c.ca, PeerRole::Endpoint),
+        "127.0.24.66",
+        QuicOptions::default(),
+    )
+    .await;
+    let link = attacker
+        .connect_once(c.endpoints[i].node.local_addr(), DEADLINE)
+        .await
+        .expect("the member");
+    let signed = signed_question(&c.signer, 5, b"q".to_vec(), Duration::from_secs(60));
+    for n in 0..120u64 {
+        let env = rollcall_cluster::proto::QuestionEnvelope {
+            ttl_ms: 1_000_000_000_000,
+            ..signed.clone()
+        };
+        let req = if n % 2 == 0 {
+            MemberRequest::Ask(env)
+        } else {
+            MemberRequest::Late(env)
+        };
+        if n % 2 == 0 {
+            let r: Result<Partial, CallError> = link.call(MEMBER, &req, DEADLINE).await;
+            assert!(r.is_ok(), "{r:?}");
+        } else {
+            let r: Result<(), CallError> = link.call(MEMBER, &req, DEADLINE).await;
+            assert!(r.is_ok(), "{r:?}");
+        }
+    }
+    let status = c.status(i).await;
+    assert_eq!(status.questions_held, 1, "{status:?}");
+    link.close();
+    attacker.shutdown();
+}

@@ -122,6 +122,8 @@ pub struct MemberStatus {
     pub health: Vec<(NodeId, PeerHealth)>,
     /// Questions it holds that are not answered yet.
     pub questions_pending: usize,
+    /// Questions it keeps (answered ones too, until a minute past their expiry).
+    pub questions_held: usize,
 }
 
 /// Messages of a [`RingMember`].
@@ -582,6 +584,7 @@ async fn dispatch(
                     .values()
                     .filter(|q| !lock(q).round.is_done())
                     .count(),
+                questions_held: st.questions.len(),
             });
         }
     }

@@ -47,18 +47,18 @@ pub struct Registration {
     pub version: String,
 }
 
-/// Longest host name a registration may carry (a DNS name's limit).
+/// Longest host name a registration may carry by default (a DNS name's limit).
 pub const MAX_HOSTNAME_BYTES: usize = 253;
 /// Longest operating-system or version text a registration may carry.
 pub const MAX_REGISTRATION_FIELD_BYTES: usize = 64;
 
 impl Registration {
     /// Whether its texts are within the limits (what the server keeps for every machine, and
-    /// sends in every ring view, is bounded).
-    pub fn check(&self) -> Result<(), String> {
-        if self.hostname.len() > MAX_HOSTNAME_BYTES {
+    /// sends in every ring view, is bounded): a host name of at most `max_hostname` bytes.
+    pub fn check(&self, max_hostname: usize) -> Result<(), String> {
+        if self.hostname.len() > max_hostname {
             return Err(format!(
-                "a host name of {} bytes (at most {MAX_HOSTNAME_BYTES})",
+                "a host name of {} bytes (at most {max_hostname})",
                 self.hostname.len()
             ));
         }

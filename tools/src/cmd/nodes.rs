@@ -93,6 +93,7 @@ pub(crate) async fn start_server(
         isolated,
         declared_address_ranges,
         offline_retention: Duration::from_secs(cfg.peering.offline_retention_hours * 3600),
+        max_hostname_bytes: cfg.peering.max_hostname_bytes,
         offline_after: Duration::from_millis(cfg.ring.register_max_ms.saturating_mul(3)),
         ..MembershipConfig::default()
     };
@@ -101,6 +102,7 @@ pub(crate) async fn start_server(
         .context("opening the result store")?;
     let services =
         compose::start_server_services(&node, rcfg, Some(Arc::new(store)), None, signer).await?;
+    services.desk.set_limits(cfg.server.limits);
     rollcall_runtime::renewal::CaRenewal::install(&node, ca);
     if let Some(dir) = ca_dir {
         compose::watch_revocations(&node, &services, dir.to_path_buf())?;

@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod config;
 pub mod enrol;
 pub mod identity;
+pub mod join_tokens;
 pub mod node;
 pub mod renewal;
 pub mod revocation;

@@ -238,6 +238,16 @@ impl RingCluster {
         }
     }
 
+    /// Waits until endpoint `i` has registered (it takes questions from then on).
+    pub async fn registered(&self, i: usize) {
+        crate::eventually(
+            "the endpoint registered",
+            Duration::from_secs(20),
+            || async { (self.status(i).await.registrations > 0).then_some(()) },
+        )
+        .await;
+    }
+
     /// Kills endpoint `i` silently: its socket drops everything first, so no close frame
     /// reaches anyone; peers must notice by timeouts.
     pub fn kill(&mut self, i: usize) {

@@ -515,6 +515,7 @@ async fn a_replayed_question_flood_leaves_a_member_holding_one_question() {
     let i = c
         .add_with("127.0.24.1", Some(EvaluatorHandle(Arc::new(Parity("odd")))))
         .await;
+    c.registered(i).await;
     let (attacker, _) = quic_node(
         &creds(&c.ca, PeerRole::Endpoint),
         "127.0.24.66",

@@ -252,6 +252,7 @@ async fn a_member_asked_again_after_answering_answers_from_its_kept_answer_witho
             Some(EvaluatorHandle(Arc::new(Counting(reads.clone())))),
         )
         .await;
+    c.registered(i).await;
     let me = c.endpoints[i].node.identity().id.clone();
     let link = c
         .server

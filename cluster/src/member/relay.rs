@@ -381,6 +381,16 @@ impl MemberState {
             return Ok(());
         }
         match req {
+            // Not registered since it started: without its answer key its answer could not
+            // be told from a changed one, and would cost the answers it joins. Refused: the
+            // predecessor routes past it, and the server asks it once it has registered.
+            MemberRequest::Ask(env) if self.answer_key.is_none() => {
+                tracing::debug!(
+                    question = env.id,
+                    "refused a question before the first registration"
+                );
+                inc.refuse();
+            }
             MemberRequest::Ask(env) => {
                 // Taken: the predecessor stops its hop clock (the answer follows once the
                 // rest of the chain has answered).

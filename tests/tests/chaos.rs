@@ -1,6 +1,6 @@
 //! The fault-scenario suite: every scenario against an in-memory fleet of 3 rings × 8
 //! endpoints, in paused time, for `ROLLCALL_SEEDS` seeds each (2 by default; one seed with
-//! `ROLLCALL_SEED`). Each run checks the six invariants of `rollcall::chaos` and prints its
+//! `ROLLCALL_SEED`). Each run checks the seven invariants of `rollcall::chaos` and prints its
 //! table when one fails.
 
 use rollcall::chaos::{Scenario, ScenarioOptions, run_scenario};

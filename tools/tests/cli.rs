@@ -810,8 +810,8 @@ fn chaos_against_a_served_sim_runs_a_scenario_and_applies_faults() {
     );
     assert_eq!(
         text.lines().filter(|l| l.contains("  pass    ")).count(),
-        6,
-        "six invariants, each held:\n{text}"
+        7,
+        "seven invariants, each held:\n{text}"
     );
     assert!(text.contains("all invariants held"), "{text}");
 

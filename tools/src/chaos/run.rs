@@ -1,4 +1,4 @@
-//! Running a scenario: heal, measure a fault-free question, strike, keep asking through the fault, heal, and check the six invariants.
+//! Running a scenario: heal, measure a fault-free question, strike, keep asking through the fault, heal, and check the seven invariants.
 
 use crate::fleet::{Fleet, SIM_QUESTION};
 use anyhow::Result;
@@ -308,6 +308,30 @@ pub async fn run_scenario(
             twice.push(format!("question {}: {e}", q.id));
         }
     }
+    // 2b. Every member is honest here: faults never make an answer fail its tag, and no
+    // member is named as having changed others' answers.
+    let mut accused = Vec::new();
+    for q in obs.questions.iter().filter(|q| !q.lost_with_server) {
+        if let Some(p) = fleet.progress(q.id) {
+            accused.extend(
+                p.problems
+                    .iter()
+                    .filter(|(_, w)| {
+                        w.starts_with("changed the answers") || w.contains("did not verify")
+                    })
+                    .map(|(who, w)| format!("question {}: {who} {w}", q.id)),
+            );
+        }
+    }
+    checks.push(Check {
+        invariant: "no honest member's answers taken for changed".into(),
+        pass: accused.is_empty(),
+        measured: if accused.is_empty() {
+            format!("every chain's answers verified in all {checked} questions")
+        } else {
+            first(&accused)
+        },
+    });
     checks.push(Check {
         invariant: "no answer counted twice".into(),
         pass: twice.is_empty(),

@@ -101,6 +101,11 @@ pub enum DeskRequest {
         /// The words.
         text: String,
     },
+    /// The audit log's last entries, and whether its chain holds (admin role).
+    Audit {
+        /// How many entries.
+        last: usize,
+    },
 }
 
 /// The desk's answers.
@@ -127,6 +132,14 @@ pub enum DeskReply {
     Suggestions(Vec<Suggestion>),
     /// Done, with what was done.
     Done(String),
+    /// The audit log's last entries, and the whole chain's check: `Ok(entries)` or where it
+    /// breaks.
+    Audit {
+        /// The entries, oldest first.
+        entries: Vec<crate::store::AuditEntry>,
+        /// The chain's check.
+        chain: Result<u64, String>,
+    },
     /// The request could not be served (a parse error with its column, an unknown id, a
     /// missing role).
     Error(String),
@@ -268,7 +281,9 @@ impl QuestionDesk {
             DeskRequest::Ask { .. } | DeskRequest::Save(_) | DeskRequest::RunSaved { .. } => {
                 OperatorRole::Operator
             }
-            DeskRequest::AddSensor { .. } | DeskRequest::SetBaseline(_) => OperatorRole::Admin,
+            DeskRequest::AddSensor { .. }
+            | DeskRequest::SetBaseline(_)
+            | DeskRequest::Audit { .. } => OperatorRole::Admin,
             _ => OperatorRole::Viewer,
         };
         if !role.allows(needed) {
@@ -378,6 +393,13 @@ impl QuestionDesk {
                     None => DeskReply::Error(format!("no saved question named {name:?}")),
                 }
             }
+            DeskRequest::Audit { last } => match &self.store {
+                None => DeskReply::Error("this server keeps no audit log (no store)".into()),
+                Some(st) => match (st.audit(last.min(10_000)), st.verify_audit()) {
+                    (Ok(entries), Ok(chain)) => DeskReply::Audit { entries, chain },
+                    (Err(e), _) | (_, Err(e)) => DeskReply::Error(e.to_string()),
+                },
+            },
             DeskRequest::Search { text } => {
                 let max = self.lock().limits.max_search_bytes;
                 if text.len() > max {
@@ -515,6 +537,49 @@ impl QuestionDesk {
 
 struct DeskRoute(Arc<QuestionDesk>);
 
+/// What the audit log records of a request (`None`: a read, not recorded).
+fn audited(req: &DeskRequest) -> Option<String> {
+    let cut = |s: &str| s.chars().take(1000).collect::<String>();
+    match req {
+        DeskRequest::Ask { text, .. } => Some(format!("ask {:?}", cut(text))),
+        DeskRequest::AddSensor { name, script } => Some(format!(
+            "add sensor {:?} ({} bytes of script)",
+            cut(name),
+            script.len()
+        )),
+        DeskRequest::SetBaseline(levels) => Some(format!(
+            "set the patch baseline ({} packages)",
+            levels.len()
+        )),
+        DeskRequest::Save(q) => Some(format!("save {:?}: {:?}", cut(&q.name), cut(&q.text))),
+        DeskRequest::RunSaved { name } => Some(format!("run saved {:?}", cut(name))),
+        _ => None,
+    }
+}
+
+impl QuestionDesk {
+    /// Appends `who`'s request `what` and its outcome to the audit log (when the desk has a
+    /// store; a failure to write is logged, never lost silently).
+    fn audit(&self, who: &rollcall_runtime::PeerIdentity, what: &str, reply: &DeskReply) {
+        let Some(st) = &self.store else {
+            return;
+        };
+        let outcome = match reply {
+            DeskReply::Asked { id, expected, .. } => {
+                format!("asked as question {id} of {expected} machines")
+            }
+            DeskReply::Done(s) => s.clone(),
+            DeskReply::Error(e) => format!("refused: {e}"),
+            _ => "done".into(),
+        };
+        let now = rollcall_runtime::signing::unix_ms();
+        if let Err(e) = st.append_audit(who.id.as_str(), &who.role.to_string(), what, &outcome, now)
+        {
+            tracing::error!(error = %e, who = %who.id, "could not write the audit log");
+        }
+    }
+}
+
 /// The desk as a route, to serve it on a second node of the same process too (a
 /// simulation's operator-facing node).
 pub fn route(desk: Arc<QuestionDesk>) -> Arc<dyn Deliver> {
@@ -529,7 +594,11 @@ impl Deliver for DeskRoute {
         };
         let desk = self.0.clone();
         tokio::spawn(async move {
+            let what = audited(&req);
             let reply = desk.serve(req, incoming.from.role).await;
+            if let Some(what) = what {
+                desk.audit(&incoming.from, &what, &reply);
+            }
             let _ = incoming.answer(&reply);
         });
         Ok(())

@@ -61,6 +61,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Ask(a) => return ask(a).await,
         Command::Results(a) => results(a).await?,
         Command::Questions(a) => questions(a).await?,
+        Command::Audit(a) => return audit(a).await,
         #[cfg(feature = "simulation")]
         Command::Sim(a) => {
             let (mut fleet, started) = sim::start(&a).await?;

@@ -420,6 +420,43 @@ fn server_endpoint_and_operator_as_separate_processes() {
     assert_eq!(line.split(' ').nth(1), Some(id.as_str()));
     again.line_starting("registered in ring 127.0.2.0/24");
 
+    // The audit log: the operator's question and the viewer's refused one, chained.
+    let adm = run(&[
+        "ca",
+        "issue-operator",
+        "--dir",
+        &p("ca"),
+        "--name",
+        "ada",
+        "--role",
+        "admin",
+        "--out",
+        &p("ada"),
+    ]);
+    assert!(adm.status.success());
+    let audit = run(&["audit", "--server", &addr, "--cert-dir", &p("ada")]);
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    let log = stdout(&audit);
+    assert!(
+        log.lines().any(|l| l.contains("olga (operator/operator)")
+            && l.contains("ask \\\"Get Computer Name from all machines\\\"")
+            && l.contains("asked as question 1 of 1 machines")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("vera (operator/viewer)")
+            && l.contains("refused: this needs the operator role")),
+        "{log}"
+    );
+    assert!(log.contains("audit chain intact: 3 entries"), "{log}");
+    // A viewer may not read it.
+    let denied = run(&["audit", "--server", &addr, "--cert-dir", &p("vera")]);
+    assert_eq!(denied.status.code(), Some(2));
+
     // Revoking an operator: the running server refuses them from the next request on.
     let revoked = run(&["ca", "revoke", "--dir", &p("ca"), "olga"]);
     assert!(revoked.status.success());

@@ -46,6 +46,10 @@ pub(crate) enum Command {
     Results(ResultsArgs),
     /// List the questions the server keeps (any operator role).
     Questions(OperatorArgs),
+    /// The audit log: who asked, saved or changed what, and how it went, each entry chained
+    /// to the one before by its hash; says whether the whole chain holds (admin role; exit 1
+    /// if it does not).
+    Audit(AuditArgs),
     /// Turn plain words into ranked questions, e.g. `rollcall search "machines with chrome"`.
     Search(SearchArgs),
     /// Saved questions: save (optionally reissued on a schedule), list, run.
@@ -289,6 +293,15 @@ pub(crate) enum BenchCommand {
     /// Rank the search box's test set of plain requests (no server needed) and print the
     /// share whose expected question ranks first and within the first three.
     Search,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    /// How many of the last entries to show.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) last: usize,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
 }
 
 #[derive(Debug, Args)]

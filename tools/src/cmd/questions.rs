@@ -153,6 +153,45 @@ pub(crate) fn error_column(e: &str) -> Option<usize> {
         .ok()
 }
 
+pub(crate) async fn audit(a: AuditArgs) -> Result<std::process::ExitCode> {
+    let desk = DeskClient::connect(a.op.server, &a.op.cert_dir).await?;
+    let reply = desk.call(DeskRequest::Audit { last: a.last }).await;
+    desk.close().await;
+    match reply? {
+        DeskReply::Audit { entries, chain } => {
+            println!(
+                "{:>6}  {:<24} {:<28} WHAT → OUTCOME",
+                "#", "WHEN (UTC ms)", "WHO"
+            );
+            for e in &entries {
+                println!(
+                    "{:>6}  {:<24} {:<28} {} → {}",
+                    e.seq,
+                    e.at_unix_ms,
+                    format!("{} ({})", e.who, e.role),
+                    e.what.escape_debug(),
+                    e.outcome.escape_debug()
+                );
+            }
+            match chain {
+                Ok(n) => {
+                    println!("audit chain intact: {n} entries");
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+                Err(where_) => {
+                    println!("audit chain BROKEN: {where_}");
+                    Ok(std::process::ExitCode::from(1))
+                }
+            }
+        }
+        DeskReply::Error(e) => {
+            eprintln!("error: {e}");
+            Ok(std::process::ExitCode::from(2))
+        }
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
 pub(crate) async fn questions(op: OperatorArgs) -> Result<()> {
     let desk = DeskClient::connect(op.server, &op.cert_dir).await?;
     let reply = desk.call(DeskRequest::List).await;

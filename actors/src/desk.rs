@@ -321,6 +321,11 @@ impl QuestionDesk {
                     list.extend(stored.into_iter().filter(|q| !live.contains(&q.id)));
                 }
                 list.sort_by_key(|q| std::cmp::Reverse(q.id));
+                // A list of any length fits one reply: long texts are cut (a question may be
+                // 256 KiB; `results ID` shows the whole of one).
+                for q in &mut list {
+                    cut_text(&mut q.text);
+                }
                 DeskReply::List(list)
             }
             DeskRequest::AddSensor { name, script } => {
@@ -380,7 +385,13 @@ impl QuestionDesk {
                 }
                 DeskReply::Done(format!("saved {:?}", q.name))
             }
-            DeskRequest::Saved => DeskReply::Saved(self.lock().saved.clone()),
+            DeskRequest::Saved => {
+                let mut saved = self.lock().saved.clone();
+                for q in &mut saved {
+                    cut_text(&mut q.text);
+                }
+                DeskReply::Saved(saved)
+            }
             DeskRequest::RunSaved { name } => {
                 let text = self
                     .lock()
@@ -536,6 +547,17 @@ impl QuestionDesk {
 }
 
 struct DeskRoute(Arc<QuestionDesk>);
+
+/// Characters of a question's text a list shows.
+const LISTED_TEXT_CHARS: usize = 300;
+
+/// Cuts `text` to what a list shows, marking the cut.
+fn cut_text(text: &mut String) {
+    if let Some((at, _)) = text.char_indices().nth(LISTED_TEXT_CHARS) {
+        text.truncate(at);
+        text.push('…');
+    }
+}
 
 /// What the audit log records of a request (`None`: a read, not recorded).
 fn audited(req: &DeskRequest) -> Option<String> {

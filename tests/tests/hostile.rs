@@ -550,3 +550,49 @@ async fn a_replayed_question_flood_leaves_a_member_holding_one_question() {
     link.close();
     attacker.shutdown();
 }
+
+/// The question list fits one reply however long the questions: each text is cut in the list
+/// (a question may be 256 KiB), whole in its own results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_question_list_fits_one_reply_however_long_the_questions() {
+    use rollcall_actors::desk::{DeskReply, DeskRequest, QuestionDesk};
+    use rollcall_cluster::membership::MembershipConfig;
+    use rollcall_runtime::OperatorRole;
+    use rollcall_tests::rings::RingCluster;
+
+    let c = RingCluster::start(MembershipConfig::default()).await;
+    let desk = QuestionDesk::new(c.rings.clone(), None);
+    let operator = PeerRole::Operator(OperatorRole::Operator);
+    let long = format!(
+        "Get Computer Name from all machines with Computer Name = \"{}\"",
+        "a".repeat(200 * 1024)
+    );
+    for _ in 0..8 {
+        match desk
+            .serve(
+                DeskRequest::Ask {
+                    text: long.clone(),
+                    ttl_ms: Some(60_000),
+                },
+                operator,
+            )
+            .await
+        {
+            DeskReply::Asked { .. } => {}
+            other => panic!("expected a question, got {other:?}"),
+        }
+    }
+    let reply = desk.serve(DeskRequest::List, operator).await;
+    let bytes = rollcall_runtime::wire::encode_body(&reply).expect("encodes");
+    assert!(bytes.len() < 16 * 1024, "{} bytes", bytes.len());
+    match reply {
+        DeskReply::List(list) => {
+            assert_eq!(list.len(), 8);
+            assert!(
+                list.iter()
+                    .all(|q| q.text.ends_with('…') && q.text.chars().count() == 301)
+            );
+        }
+        other => panic!("expected the list, got {other:?}"),
+    }
+}

@@ -154,6 +154,21 @@ fn server_endpoint_and_operator_as_separate_processes() {
     let init = run(&["ca", "init", "--dir", &p("ca")]);
     assert!(init.status.success());
     let token = token_from(&init);
+    // The signing key is made with the CA, private to its owner, and printed (public half).
+    let signing_key = stdout(&init)
+        .lines()
+        .find_map(|l| l.strip_prefix("signing key: "))
+        .expect("signing key line")
+        .to_string();
+    assert_eq!(signing_key.len(), 64);
+    for f in ["server-signing.key", "answer-mac.key"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(Path::new(&p("ca")).join(f))
+            .expect("made at init")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{f} is private");
+    }
     // Refuses to overwrite.
     let again = run(&["ca", "init", "--dir", &p("ca")]);
     assert!(!again.status.success());
@@ -228,6 +243,9 @@ fn server_endpoint_and_operator_as_separate_processes() {
         "registered in ring 127.0.2.0/24 with 1 members"
     );
     assert!(Path::new(&p("ep")).join("node.pem").exists());
+    // The endpoint pinned the server and its signing key at enrolment.
+    let pin = std::fs::read_to_string(Path::new(&p("ep")).join("server.trust")).expect("pinned");
+    assert!(pin.contains(&signing_key), "{pin}");
 
     let status = run(&[
         "status",

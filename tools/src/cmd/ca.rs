@@ -10,12 +10,17 @@ pub(crate) fn ca(cmd: CaCommand) -> Result<()> {
     match cmd {
         CaCommand::Init { dir, name } => {
             let ca = Ca::init(&dir, &name).context("creating the CA")?;
+            // The server's signing key and answer secret are made with the CA (a server
+            // would make them on first start otherwise): endpoints pin the key at enrolment.
+            let signer = rollcall_runtime::signing::ServerSigner::load_or_create(&dir)
+                .context("making the server's signing key")?;
             let token = ca.new_join_token()?;
             println!(
                 "created CA in {} (fingerprint {})",
                 dir.display(),
                 ca.fingerprint()
             );
+            println!("signing key: {}", signer.public_key());
             println!("join token: {token}");
         }
         CaCommand::JoinToken { dir, uses, expires } => {

@@ -168,7 +168,7 @@ async fn an_endpoint_posing_as_the_server_is_refused_by_members_and_by_the_cli()
     let refused = rollcall::desk_client::DeskClient::with_creds(&operator, fake.local_addr()).await;
     let e = refused.err().map(|e| format!("{e:#}")).unwrap_or_default();
     assert!(
-        e.contains("holds the endpoint role") && e.contains("not a rollcall server"),
+        e.contains("holds the endpoint role") && e.contains("not the rollcall server"),
         "{e}"
     );
     ep.shutdown();
@@ -662,6 +662,16 @@ async fn only_the_pinned_server_is_registered_with_and_only_its_signed_configura
     let (fake, ep) =
         an_impostor_gets_nothing(&ca, PeerRole::Server, "127.0.12", trust.clone()).await;
     ep.shutdown();
+    // An operator whose credentials are pinned to the real server will not talk to it either.
+    let operator = creds(&ca, PeerRole::Operator(OperatorRole::Admin));
+    let refused = rollcall::desk_client::DeskClient::with_creds_pinned(
+        &operator,
+        fake.local_addr(),
+        Some(&real_server.identity.id),
+    )
+    .await;
+    let e = refused.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(e.contains("not the pinned"), "{e}");
 
     // The configuration route, on an endpoint with sensors.
     let (ep, _) = quic_node(

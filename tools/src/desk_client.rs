@@ -12,6 +12,20 @@ use rollcall_runtime::identity::{self, Credentials};
 use rollcall_runtime::node::{Node, NodeOptions};
 use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
 
+/// The file in an operator's credentials directory that names the server they were issued
+/// for (written by `rollcall ca issue-operator` when the server's state is beside the CA).
+pub const SERVER_PIN_FILE: &str = "server.id";
+
+/// The server an operator's credentials in `cert_dir` are pinned to, if any.
+pub fn server_pin(cert_dir: &Path) -> Result<Option<rollcall_runtime::NodeId>> {
+    match std::fs::read_to_string(cert_dir.join(SERVER_PIN_FILE)) {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(rollcall_runtime::NodeId::new(t.trim()))),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).context("reading the server pin"),
+    }
+}
+
 /// A client-only node for an operator's requests.
 pub async fn operator_node(creds: &Credentials, server: SocketAddr) -> Result<Node> {
     let bind = match server.ip() {
@@ -39,19 +53,28 @@ impl DeskClient {
     /// `cert_dir`.
     pub async fn connect(server: SocketAddr, cert_dir: &Path) -> Result<DeskClient> {
         let creds = Credentials::load(cert_dir).context("loading operator credentials")?;
-        DeskClient::with_creds(&creds, server).await
+        DeskClient::with_creds_pinned(&creds, server, server_pin(cert_dir)?.as_ref()).await
     }
 
-    /// Connects with credentials already loaded.
+    /// Connects with credentials already loaded (any server certificate of the CA).
     pub async fn with_creds(creds: &Credentials, server: SocketAddr) -> Result<DeskClient> {
+        DeskClient::with_creds_pinned(creds, server, None).await
+    }
+
+    /// Connects with credentials already loaded, to the server `pinned` names if given.
+    pub async fn with_creds_pinned(
+        creds: &Credentials,
+        server: SocketAddr,
+        pinned: Option<&rollcall_runtime::NodeId>,
+    ) -> Result<DeskClient> {
         let node = operator_node(creds, server).await?;
         let link = node.connect(server).await?;
         link.wait_connected(Duration::from_secs(10))
             .await
             .with_context(|| format!("connecting to {server}"))?;
-        if let Err(e) = link.require_role(rollcall_runtime::PeerRole::Server) {
+        if let Err(e) = link.require_peer(rollcall_runtime::PeerRole::Server, pinned) {
             node.shutdown();
-            bail!("{e}: not a rollcall server");
+            bail!("{e}: not the rollcall server these credentials were issued for");
         }
         Ok(DeskClient { node, link })
     }

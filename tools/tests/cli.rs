@@ -331,6 +331,12 @@ fn server_endpoint_and_operator_as_separate_processes() {
         &p("olga"),
     ]);
     assert!(olga.status.success());
+    // Issued beside a running server's state: pinned to that server.
+    assert!(
+        stdout(&olga).contains("pinned to server "),
+        "{}",
+        stdout(&olga)
+    );
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .expect("hostname")
         .trim()

@@ -91,6 +91,18 @@ pub(crate) fn ca(cmd: CaCommand) -> Result<()> {
             };
             let creds = ca.issue(PeerRole::Operator(role), Some(&name), validity)?;
             creds.save(&out)?;
+            // Pinned to the server whose state sits beside the CA (its default place), so
+            // the CLI talks to no other server of this CA.
+            let server_state = dir.join("server");
+            if rollcall_runtime::identity::Credentials::exist_in(&server_state) {
+                let server = rollcall_runtime::identity::Credentials::load(&server_state)?;
+                std::fs::write(
+                    out.join(rollcall::desk_client::SERVER_PIN_FILE),
+                    server.identity.id.as_str(),
+                )
+                .context("writing the server pin")?;
+                println!("pinned to server {}", server.identity.id);
+            }
             println!(
                 "issued {} certificate for {name} in {}",
                 PeerRole::Operator(role),

@@ -109,7 +109,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
     )?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let report = loop {
-        let r = fetch_rings(&admin, server_addr, None).await?;
+        let r = fetch_rings(&admin, server_addr, None, None).await?;
         let members: usize = r.rings.iter().map(|x| x.members.len()).sum();
         let settled = r.rings.len() == usize::from(subnets)
             && members == usize::from(a.endpoints)

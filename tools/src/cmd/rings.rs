@@ -31,6 +31,7 @@ pub(crate) async fn fetch_status(creds: &Credentials, server: SocketAddr) -> Res
 pub(crate) async fn fetch_rings(
     creds: &Credentials,
     server: SocketAddr,
+    pinned: Option<&rollcall_runtime::NodeId>,
     subnet: Option<String>,
 ) -> Result<RingsReport> {
     let node = operator_node(creds, server).await?;
@@ -38,6 +39,10 @@ pub(crate) async fn fetch_rings(
     link.wait_connected(Duration::from_secs(10))
         .await
         .with_context(|| format!("connecting to {server}"))?;
+    if let Err(e) = link.require_peer(rollcall_runtime::PeerRole::Server, pinned) {
+        node.shutdown();
+        anyhow::bail!("{e}: not the rollcall server these credentials were issued for");
+    }
     let report = link
         .call(
             RING_ADMIN,
@@ -52,7 +57,8 @@ pub(crate) async fn fetch_rings(
 
 pub(crate) async fn ring_show(a: RingShowArgs) -> Result<()> {
     let creds = Credentials::load(&a.op.cert_dir).context("loading operator credentials")?;
-    let report = fetch_rings(&creds, a.op.server, a.subnet).await?;
+    let pin = rollcall::desk_client::server_pin(&a.op.cert_dir)?;
+    let report = fetch_rings(&creds, a.op.server, pin.as_ref(), a.subnet).await?;
     print_rings(&report, a.json)
 }
 

@@ -508,6 +508,17 @@ fn server_endpoint_and_operator_as_separate_processes() {
     ]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     assert_eq!(v["stats"]["rejected_revoked"], 1, "{v:#}");
+    let table = stdout(&run(&[
+        "status",
+        "--server",
+        &addr,
+        "--cert-dir",
+        &p("vera"),
+    ]));
+    assert!(
+        table.contains("refused: 0 by role, 1 revoked, 0 unsigned"),
+        "{table}"
+    );
     drop(server);
 }
 

@@ -157,5 +157,16 @@ pub(crate) fn print_status(status: &NodeStatus, json: bool) -> Result<()> {
         s.envelopes_sent,
         s.rejected_total()
     );
+    println!(
+        "refused: {} by role, {} revoked, {} unsigned, {} answers, {} slow frames, {} over budget, {} connections, {} enrolments",
+        s.rejected_forbidden,
+        s.rejected_revoked,
+        s.rejected_unsigned,
+        s.rejected_answers,
+        s.rejected_slow,
+        s.rejected_over_budget,
+        s.rejected_connections,
+        s.enrolments_refused
+    );
     Ok(())
 }

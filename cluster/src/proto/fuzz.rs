@@ -47,6 +47,8 @@ fn partial_is_whole(bytes: &[u8]) -> Result<(), TestCaseError> {
             prop_assert!(rmp_serde::from_slice::<NodeAnswer>(a).is_ok());
             prop_assert!(IdList::check(who).is_ok());
         }
+        // Every group that decoded carries its tag (read without a panic).
+        prop_assert_eq!(p.tagged_groups().count(), p.groups().count());
     }
     Ok(())
 }

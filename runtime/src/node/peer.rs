@@ -215,6 +215,22 @@ impl PeerHandle {
         self.call_inner(to, msg, timeout, Some(acked)).await
     }
 
+    /// The connection, a new call id and the call's frame, counted as sent.
+    fn start_call<Q: Serialize>(
+        &self,
+        to: &str,
+        msg: &Q,
+    ) -> Result<(Arc<dyn Connection>, u64, Bytes), CallError> {
+        let conn = self.current()?;
+        let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
+        let frame = self.envelope(to, EnvelopeKind::Call(id), msg)?;
+        self.shared.stats.incr(|s| &s.envelopes_sent);
+        self.shared
+            .stats
+            .add_n(|s| &s.bytes_sent, frame.len() as u64);
+        Ok((conn, id, frame))
+    }
+
     pub(super) async fn call_inner<Q: Serialize, R: DeserializeOwned>(
         &self,
         to: &str,
@@ -222,14 +238,8 @@ impl PeerHandle {
         timeout: Duration,
         acked: Option<oneshot::Sender<()>>,
     ) -> Result<R, CallError> {
-        let conn = self.current()?;
-        let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
-        let frame = self.envelope(to, EnvelopeKind::Call(id), msg)?;
+        let (conn, id, frame) = self.start_call(to, msg)?;
         let max = self.shared.opts.max_frame_bytes;
-        self.shared.stats.incr(|s| &s.envelopes_sent);
-        self.shared
-            .stats
-            .add_n(|s| &s.bytes_sent, frame.len() as u64);
         let sent = async {
             self.shared.faults.pass().await;
             // The transport's one exchange, called directly (each trait call is a boxed
@@ -260,14 +270,8 @@ impl PeerHandle {
         R: DeserializeOwned,
         F: FnOnce(Result<R, CallError>) + Send + 'static,
     {
-        let conn = self.current()?;
-        let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
-        let frame = self.envelope(to, EnvelopeKind::Call(id), msg)?;
+        let (conn, id, frame) = self.start_call(to, msg)?;
         let max = self.shared.opts.max_frame_bytes;
-        self.shared.stats.incr(|s| &s.envelopes_sent);
-        self.shared
-            .stats
-            .add_n(|s| &s.bytes_sent, frame.len() as u64);
         let shared = self.shared.clone();
         let peer = conn.peer().id.clone();
         let finish = move |r: Result<Bytes, TransportError>| {

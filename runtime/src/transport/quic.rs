@@ -210,12 +210,18 @@ fn configs(
 
 /// Live connections each peer (or, for enrolments, each address) opened to this node, for
 /// [`InboundLimits::connections_per_peer`] and [`InboundLimits::enrolments_per_source`].
-#[derive(Debug, Default)]
-struct PeerCounts(std::sync::Mutex<std::collections::HashMap<crate::identity::NodeId, usize>>);
+#[derive(Debug)]
+struct PeerCounts<K>(std::sync::Mutex<std::collections::HashMap<K, usize>>);
 
-impl PeerCounts {
+impl<K> Default for PeerCounts<K> {
+    fn default() -> Self {
+        PeerCounts(std::sync::Mutex::new(std::collections::HashMap::new()))
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> PeerCounts<K> {
     /// Counts one more connection of `peer`, unless it holds `max` already.
-    fn admit(&self, peer: &crate::identity::NodeId, max: usize) -> bool {
+    fn admit(&self, peer: &K, max: usize) -> bool {
         let mut m = crate::sync::lock(&self.0);
         let n = m.entry(peer.clone()).or_default();
         if *n >= max {
@@ -225,7 +231,7 @@ impl PeerCounts {
         true
     }
 
-    fn release(&self, peer: &crate::identity::NodeId) {
+    fn release(&self, peer: &K) {
         let mut m = crate::sync::lock(&self.0);
         if let Some(n) = m.get_mut(peer) {
             *n -= 1;
@@ -241,10 +247,10 @@ async fn accept_loop(
     tx: mpsc::Sender<Arc<dyn Connection>>,
     stats: Arc<WireStats>,
     enrolment: Option<Arc<dyn EnrolService>>,
-    (limits, peers): (InboundLimits, Arc<PeerCounts>),
+    (limits, peers): (InboundLimits, Arc<PeerCounts<crate::identity::NodeId>>),
 ) {
     let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.handshakes_at_once));
-    let enrolling = Arc::new(PeerCounts::default());
+    let enrolling: Arc<PeerCounts<std::net::IpAddr>> = Arc::new(PeerCounts::default());
     while let Some(incoming) = endpoint.accept().await {
         // Handshakes cost memory and CPU before anyone is authenticated: a bounded number at
         // once, the rest refused at the first packet.
@@ -277,7 +283,7 @@ async fn accept_loop(
                 .and_then(|d| d.protocol);
             if alpn.as_deref() == Some(ALPN_ENROL) {
                 // Unauthenticated: a few at once from one address.
-                let source = crate::identity::NodeId::new(remote.ip().to_canonical().to_string());
+                let source = remote.ip().to_canonical();
                 if !enrolling.admit(&source, limits.enrolments_per_source) {
                     stats.incr(|s| &s.enrolments_refused);
                     tracing::warn!(%remote, limit = limits.enrolments_per_source, "refused an enrolment: too many under way from this address");

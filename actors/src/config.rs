@@ -61,3 +61,61 @@ impl RawServer {
         Ok(s)
     }
 }
+
+/// `[actions]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawActions {
+    /// Endpoint: directories under which `delete-file` may act (none: it refuses every
+    /// path).
+    pub file_roots: Option<Vec<std::path::PathBuf>>,
+    /// Endpoint: where `delete-file` moves files (default: `quarantine` in the state
+    /// directory).
+    pub quarantine_dir: Option<std::path::PathBuf>,
+    /// Server: packages that wait for a second admin's approval (default: delete-file,
+    /// quarantine, uninstall, run-script, kill-process).
+    pub require_approval: Option<Vec<String>>,
+}
+
+/// `[actions]` validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionSettings {
+    /// Where `delete-file` may act.
+    pub file_roots: Vec<std::path::PathBuf>,
+    /// Where it moves files (`None`: the state directory's `quarantine`).
+    pub quarantine_dir: Option<std::path::PathBuf>,
+    /// Packages that need approval.
+    pub require_approval: Vec<String>,
+}
+
+impl Default for ActionSettings {
+    fn default() -> Self {
+        ActionSettings {
+            file_roots: Vec::new(),
+            quarantine_dir: None,
+            require_approval: crate::action::server::DEFAULT_REQUIRE_APPROVAL
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+impl RawActions {
+    /// Applies defaults; roots must be absolute.
+    pub fn validate(self) -> Result<ActionSettings, ConfigError> {
+        let d = ActionSettings::default();
+        let file_roots = self.file_roots.unwrap_or_default();
+        if let Some(r) = file_roots.iter().find(|r| !r.is_absolute()) {
+            return Err(ConfigError::Invalid(format!(
+                "[actions] file_roots: {} is not an absolute path",
+                r.display()
+            )));
+        }
+        Ok(ActionSettings {
+            file_roots,
+            quarantine_dir: self.quarantine_dir,
+            require_approval: self.require_approval.unwrap_or(d.require_approval),
+        })
+    }
+}

@@ -12,6 +12,7 @@ use rollcall_runtime::node::{Deliver, DestinationGone, Incoming};
 use rollcall_runtime::wire;
 use serde::{Deserialize, Serialize};
 
+use crate::action::server::{ActRequest, ActionBook, ActionReport};
 use crate::question::{SensorSpec, parse};
 use crate::search::{LEARNED_SENSORS, SavedQuestion, Suggestion, Vocabulary, search};
 use crate::sensors::{BUILTIN, PatchLevel, ScriptSensor, catalog_with};
@@ -42,6 +43,9 @@ impl Default for DeskLimits {
         }
     }
 }
+
+/// How often the desk gathers the statuses of actions that are out.
+const ACTION_TICK: Duration = Duration::from_millis(200);
 
 /// Searches ranked at once.
 const SEARCHES_AT_ONCE: usize = 2;
@@ -106,6 +110,43 @@ pub enum DeskRequest {
         /// How many entries.
         last: usize,
     },
+    /// Issue an action (operator role).
+    Act(ActRequest),
+    /// Where an action stands (viewer role).
+    ActionStatus {
+        /// Its id.
+        id: u64,
+        /// List only machines where it did not complete.
+        failed_only: bool,
+    },
+    /// The actions, newest first (viewer role).
+    Actions,
+    /// Approve an action awaiting approval (an admin other than its issuer).
+    Approve {
+        /// Its id.
+        id: u64,
+    },
+    /// Deny an action awaiting approval (admin role).
+    Deny {
+        /// Its id.
+        id: u64,
+    },
+    /// Cancel an action awaiting approval (its issuer, or an admin).
+    Cancel {
+        /// Its id.
+        id: u64,
+    },
+    /// Register a package that runs a command (admin role).
+    AddPackage {
+        /// Its name.
+        name: String,
+        /// The command (`sh -c`; parameters are `$1`, `$2`, …).
+        command: String,
+        /// Longest a run may take.
+        timeout_secs: u64,
+    },
+    /// The packages actions may run (viewer role).
+    Packages,
 }
 
 /// The desk's answers.
@@ -140,6 +181,12 @@ pub enum DeskReply {
         /// The chain's check.
         chain: Result<u64, String>,
     },
+    /// Where an action stands.
+    Action(ActionReport),
+    /// The actions (without their machines).
+    Actions(Vec<ActionReport>),
+    /// The packages: (name and parameter, what it does).
+    Packages(Vec<(String, String)>),
     /// The request could not be served (a parse error with its column, an unknown id, a
     /// missing role).
     Error(String),
@@ -162,6 +209,7 @@ struct DeskState {
 /// The server's question desk.
 pub struct QuestionDesk {
     rings: RingServer,
+    actions: Arc<ActionBook>,
     /// Searches ranked at once (the rest wait their turn).
     searches: Arc<tokio::sync::Semaphore>,
     store: Option<Arc<ServerStore>>,
@@ -191,6 +239,7 @@ impl QuestionDesk {
             }
         }
         let desk = QuestionDesk {
+            actions: Arc::new(ActionBook::new(rings.clone(), store.clone())),
             rings,
             searches: Arc::new(tokio::sync::Semaphore::new(SEARCHES_AT_ONCE)),
             store,
@@ -275,21 +324,68 @@ impl QuestionDesk {
         }
     }
 
-    /// Serves one request.
-    pub async fn serve(&self, req: DeskRequest, role: rollcall_runtime::PeerRole) -> DeskReply {
+    /// The actions.
+    pub fn actions(&self) -> &Arc<ActionBook> {
+        &self.actions
+    }
+
+    /// Sets the packages that wait for a second admin's approval (`[actions]
+    /// require_approval`).
+    pub fn set_require_approval(&self, packages: Vec<String>) {
+        self.actions.set_require_approval(packages);
+    }
+
+    /// Serves one request from `who`.
+    pub async fn serve(&self, req: DeskRequest, who: &rollcall_runtime::PeerIdentity) -> DeskReply {
+        let role = who.role;
         let needed = match req {
-            DeskRequest::Ask { .. } | DeskRequest::Save(_) | DeskRequest::RunSaved { .. } => {
-                OperatorRole::Operator
-            }
+            DeskRequest::Ask { .. }
+            | DeskRequest::Save(_)
+            | DeskRequest::RunSaved { .. }
+            | DeskRequest::Act(_)
+            | DeskRequest::Cancel { .. } => OperatorRole::Operator,
             DeskRequest::AddSensor { .. }
             | DeskRequest::SetBaseline(_)
-            | DeskRequest::Audit { .. } => OperatorRole::Admin,
+            | DeskRequest::Audit { .. }
+            | DeskRequest::Approve { .. }
+            | DeskRequest::Deny { .. }
+            | DeskRequest::AddPackage { .. } => OperatorRole::Admin,
             _ => OperatorRole::Viewer,
         };
         if !role.allows(needed) {
             return DeskReply::Error(format!("this needs the {needed} role; you are {role}"));
         }
+        let me = who.id.as_str();
+        let result = |r: Result<String, String>| match r {
+            Ok(s) => DeskReply::Done(s),
+            Err(e) => DeskReply::Error(e),
+        };
         match req {
+            DeskRequest::Act(a) => match self.actions.act(a, me, &self.catalog()).await {
+                Ok(r) => DeskReply::Action(r),
+                Err(e) => DeskReply::Error(e),
+            },
+            DeskRequest::ActionStatus { id, failed_only } => {
+                match self.actions.report(id, failed_only) {
+                    Some(r) => DeskReply::Action(r),
+                    None => DeskReply::Error(format!("no action {id}")),
+                }
+            }
+            DeskRequest::Actions => DeskReply::Actions(self.actions.list()),
+            DeskRequest::Approve { id } => result(self.actions.approve(id, me).await),
+            DeskRequest::Deny { id } => result(self.actions.stop(id, me, true, true)),
+            DeskRequest::Cancel { id } => {
+                result(
+                    self.actions
+                        .stop(id, me, role.allows(OperatorRole::Admin), false),
+                )
+            }
+            DeskRequest::AddPackage {
+                name,
+                command,
+                timeout_secs,
+            } => result(self.actions.add_package(&name, &command, timeout_secs)),
+            DeskRequest::Packages => DeskReply::Packages(self.actions.packages()),
             DeskRequest::Ask { text, ttl_ms } => {
                 let ttl = ttl_ms.map(Duration::from_millis).unwrap_or(DEFAULT_TTL);
                 // Every member holds an open question until it expires: the server's policy
@@ -449,6 +545,22 @@ impl QuestionDesk {
             Arc::new(DeskRoute(desk.clone())),
         );
         let weak = Arc::downgrade(&desk);
+        let actions = Arc::downgrade(&desk);
+        tokio::spawn(async move {
+            if let Some(d) = actions.upgrade() {
+                d.actions.resume().await;
+            }
+            let mut tick = tokio::time::interval(ACTION_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(desk) = actions.upgrade() else {
+                    return;
+                };
+                let catalog = desk.catalog();
+                desk.actions.tick(&catalog).await;
+            }
+        });
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut finished: HashSet<u64> = HashSet::new();
@@ -575,6 +687,31 @@ fn audited(req: &DeskRequest) -> Option<String> {
         )),
         DeskRequest::Save(q) => Some(format!("save {:?}: {:?}", cut(&q.name), cut(&q.text))),
         DeskRequest::RunSaved { name } => Some(format!("run saved {:?}", cut(name))),
+        DeskRequest::Act(a) => Some(format!(
+            "act {} {:?}{}{}{}",
+            a.package,
+            a.params.iter().map(|p| cut(p)).collect::<Vec<_>>(),
+            a.filter
+                .as_ref()
+                .map(|f| format!(" where {:?}", cut(f)))
+                .unwrap_or_default(),
+            a.from_question
+                .map(|q| format!(" on the machines of question {q}"))
+                .unwrap_or_default(),
+            if a.all { " on all machines" } else { "" }
+        )),
+        DeskRequest::Approve { id } => Some(format!("approve action {id}")),
+        DeskRequest::Deny { id } => Some(format!("deny action {id}")),
+        DeskRequest::Cancel { id } => Some(format!("cancel action {id}")),
+        DeskRequest::AddPackage {
+            name,
+            command,
+            timeout_secs,
+        } => Some(format!(
+            "add package {:?}: {:?} (timeout {timeout_secs} s)",
+            cut(name),
+            cut(command)
+        )),
         _ => None,
     }
 }
@@ -591,6 +728,7 @@ impl QuestionDesk {
                 format!("asked as question {id} of {expected} machines")
             }
             DeskReply::Done(s) => s.clone(),
+            DeskReply::Action(r) => format!("action {} {}", r.id, r.phase),
             DeskReply::Error(e) => format!("refused: {e}"),
             _ => "done".into(),
         };
@@ -617,7 +755,7 @@ impl Deliver for DeskRoute {
         let desk = self.0.clone();
         tokio::spawn(async move {
             let what = audited(&req);
-            let reply = desk.serve(req, incoming.from.role).await;
+            let reply = desk.serve(req, &incoming.from).await;
             if let Some(what) = what {
                 desk.audit(&incoming.from, &what, &reply);
             }

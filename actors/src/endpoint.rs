@@ -15,6 +15,8 @@ use rollcall_runtime::signing::{Purpose, ServerSigner, ServerTrust, Stamp, unix_
 use rollcall_runtime::wire::{self, WireError};
 use serde::{Deserialize, Serialize};
 
+use crate::action::ACTION_BODY;
+use crate::action::runner::ActionRunner;
 use crate::question::{Question, SensorSpec};
 use crate::sensors::{PatchLevel, ScriptSensor, Sensors};
 
@@ -88,6 +90,8 @@ pub struct SensorEvaluator {
     /// Replaced whole when the server's configuration comes: a question takes a reference,
     /// not a copy of every script.
     sensors: Arc<RwLock<Arc<Sensors>>>,
+    /// Runs the actions that come as question bodies (none: this endpoint refuses them).
+    actions: Option<Arc<ActionRunner>>,
 }
 
 impl SensorEvaluator {
@@ -95,6 +99,17 @@ impl SensorEvaluator {
     pub fn new(sensors: Sensors) -> SensorEvaluator {
         SensorEvaluator {
             sensors: Arc::new(RwLock::new(Arc::new(sensors))),
+            actions: None,
+        }
+    }
+
+    /// An evaluator that also runs actions with `runner` (whose journal and quarantine the
+    /// action sensors read).
+    pub fn with_actions(sensors: Sensors, runner: Arc<ActionRunner>) -> SensorEvaluator {
+        let sensors = sensors.with_actions(runner.clone());
+        SensorEvaluator {
+            sensors: Arc::new(RwLock::new(Arc::new(sensors))),
+            actions: Some(runner),
         }
     }
 
@@ -185,6 +200,16 @@ impl Deliver for ConfigRoute {
 
 impl Evaluator for SensorEvaluator {
     fn evaluate(&self, body: &[u8]) -> BoxFuture<'static, NodeAnswer> {
+        if body.first() == Some(&ACTION_BODY) {
+            let sensors = Arc::clone(&rollcall_runtime::sync::read(&self.sensors));
+            return match &self.actions {
+                Some(runner) => runner.deliver(body, sensors),
+                None => Box::pin(std::future::ready(NodeAnswer {
+                    rows: None,
+                    problems: vec!["this endpoint runs no actions".into()],
+                })),
+            };
+        }
         let question: Result<Question, _> = wire::decode_body(body);
         let sensors = Arc::clone(&rollcall_runtime::sync::read(&self.sensors));
         Box::pin(async move {

@@ -1,6 +1,7 @@
 //! rollcall-actors: the domain — the question language and (coming next) sensors, the
 //! endpoint's and server's question actors, actions, history and stores.
 
+pub mod action;
 pub mod config;
 pub mod desk;
 pub mod endpoint;

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const ACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("actions");
 
 /// One line of the audit log: who did what, and how it went. Each entry's hash covers the
 /// previous entry's hash and its own fields, so an edited, removed or reordered entry breaks
@@ -97,6 +98,7 @@ impl ServerStore {
         w.open_table(RESULTS).map_err(dberr)?;
         w.open_table(SETTINGS).map_err(dberr)?;
         w.open_table(AUDIT).map_err(dberr)?;
+        w.open_table(ACTIONS).map_err(dberr)?;
         w.commit().map_err(dberr)?;
         Ok(ServerStore {
             db,
@@ -268,6 +270,32 @@ impl ServerStore {
                 .map_err(|e| StoreError::Codec(e.to_string())),
             None => Ok(None),
         }
+    }
+
+    /// Saves action `id`'s record (committed before this returns).
+    pub fn put_action<T: Serialize>(&self, id: u64, record: &T) -> Result<(), StoreError> {
+        let bytes = rmp_serde::to_vec(record).map_err(|e| StoreError::Codec(e.to_string()))?;
+        let w = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut t = w.open_table(ACTIONS).map_err(dberr)?;
+            t.insert(id, bytes.as_slice()).map_err(dberr)?;
+        }
+        w.commit().map_err(dberr)?;
+        Ok(())
+    }
+
+    /// Every action record, oldest first.
+    pub fn actions<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        let r = self.db.begin_read().map_err(dberr)?;
+        let t = r.open_table(ACTIONS).map_err(dberr)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(dberr)? {
+            let (_, v) = row.map_err(dberr)?;
+            out.push(
+                rmp_serde::from_slice(v.value()).map_err(|e| StoreError::Codec(e.to_string()))?,
+            );
+        }
+        Ok(out)
     }
 
     /// Sets a setting.

@@ -188,12 +188,13 @@ fn package_database_utmp_and_socket_tables_parse() {
 
 #[tokio::test]
 async fn a_hanging_or_flooding_sensor_is_cut_at_its_budget_and_the_question_completes() {
-    let mut s = Sensors::new(Arc::new(SimulatedHost(HostProfile::from_seed(7, None)))).with_budget(
-        Budget {
-            time_limit_ms: 300,
-            output_limit_bytes: 1024,
-        },
-    );
+    let mut s = Sensors::new(Arc::new(SimulatedHost::new(HostProfile::from_seed(
+        7, None,
+    ))))
+    .with_budget(Budget {
+        time_limit_ms: 300,
+        output_limit_bytes: 1024,
+    });
     s.set_scripts(vec![
         ScriptSensor::new("Hang", "sleep 30"),
         ScriptSensor::new("Flood", "yes rollcall"),
@@ -246,7 +247,7 @@ async fn a_hanging_or_flooding_sensor_is_cut_at_its_budget_and_the_question_comp
 #[tokio::test]
 async fn a_multi_valued_sensor_answers_one_row_per_value_and_several_give_every_combination() {
     let p = HostProfile::from_seed(11, None);
-    let s = Sensors::new(Arc::new(SimulatedHost(p.clone())));
+    let s = Sensors::new(Arc::new(SimulatedHost::new(p.clone())));
     let catalog = s.catalog();
     let q = parse("Get Installed Applications from all machines", &catalog).expect("parse");
     let mut names: Vec<String> = p.packages.iter().map(|(n, _)| n.clone()).collect();
@@ -284,7 +285,9 @@ async fn a_multi_valued_sensor_answers_one_row_per_value_and_several_give_every_
 
 #[tokio::test]
 async fn a_failed_sensor_makes_a_negative_filter_unknown_not_true() {
-    let mut s = Sensors::new(Arc::new(SimulatedHost(HostProfile::from_seed(5, None))));
+    let mut s = Sensors::new(Arc::new(SimulatedHost::new(HostProfile::from_seed(
+        5, None,
+    ))));
     s.set_scripts(vec![ScriptSensor::new("Broken", "exit 3")])
         .expect("scripts");
     let q = parse(
@@ -306,7 +309,9 @@ async fn a_script_sensor_runs_with_a_clean_environment() {
     // The test process has cargo's variables (as the agent has its join token in
     // ROLLCALL_JOIN_TOKEN): none reaches the script; the usual tools are still found.
     assert!(std::env::var("CARGO_MANIFEST_DIR").is_ok());
-    let mut s = Sensors::new(Arc::new(SimulatedHost(HostProfile::from_seed(2, None))));
+    let mut s = Sensors::new(Arc::new(SimulatedHost::new(HostProfile::from_seed(
+        2, None,
+    ))));
     s.set_scripts(vec![ScriptSensor::new(
         "Env",
         "echo \"${CARGO_MANIFEST_DIR:-clean} ${ROLLCALL_JOIN_TOKEN:-none} $PATH\"; env | wc -l | tr -d ' '",
@@ -323,7 +328,9 @@ async fn a_script_sensor_runs_with_a_clean_environment() {
 
 #[tokio::test]
 async fn a_script_whose_hash_does_not_match_is_refused() {
-    let mut s = Sensors::new(Arc::new(SimulatedHost(HostProfile::from_seed(1, None))));
+    let mut s = Sensors::new(Arc::new(SimulatedHost::new(HostProfile::from_seed(
+        1, None,
+    ))));
     let mut tampered = ScriptSensor::new("Who", "id -un");
     tampered.script = "rm -rf /tmp/should-never-run".into();
     let e = s.set_scripts(vec![tampered]).expect_err("refused");
@@ -356,7 +363,7 @@ async fn simulated_hosts_are_deterministic_and_varied() {
     // Answers follow the profile.
     for seed in 0..20 {
         let p = HostProfile::from_seed(seed, None);
-        let s = Sensors::new(Arc::new(SimulatedHost(p.clone())));
+        let s = Sensors::new(Arc::new(SimulatedHost::new(p.clone())));
         let q = parse("Get Operating System and OS Version from all machines with Installed Applications contains \"openssl\"", &s.catalog()).expect("parse");
         let a = s.answer(&q).await;
         let has = p.packages.iter().any(|(n, _)| n.contains("openssl"));
@@ -372,7 +379,7 @@ async fn simulated_hosts_are_deterministic_and_varied() {
 async fn a_sensor_named_twice_is_read_once_and_fills_both_columns_and_a_filter_sensor_is_not_a_column()
  {
     let p = HostProfile::from_seed(3, None);
-    let mut s = Sensors::new(Arc::new(SimulatedHost(p.clone())));
+    let mut s = Sensors::new(Arc::new(SimulatedHost::new(p.clone())));
     // Counts its runs in its own output: read once per question, whatever names it.
     let runs = tempfile_path("rollcall-sensor-runs");
     s.set_scripts(vec![ScriptSensor::new(

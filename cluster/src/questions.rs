@@ -527,6 +527,27 @@ impl QuestionStore {
         })
     }
 
+    /// The answers of `id` by machine: for each distinct answer, its rows and the machines
+    /// that gave it (`None` while the question is unknown).
+    pub fn answers_by_machine(&self, id: u64) -> Option<Vec<(NodeAnswer, Vec<NodeId>)>> {
+        let st = self.lock();
+        let r = st.1.get(&id)?;
+        let mut groups: Vec<(NodeAnswer, Vec<NodeId>)> =
+            r.distinct.iter().map(|a| (a.clone(), Vec::new())).collect();
+        for (node, &i) in &r.answers {
+            groups[i as usize].1.push(node.clone());
+        }
+        groups.retain(|(_, who)| !who.is_empty());
+        Some(groups)
+    }
+
+    /// Whether `id`'s fan-out is over and it is still open (late answers may come).
+    pub fn is_open(&self, id: u64) -> Option<(bool, bool)> {
+        let now = tokio::time::Instant::now().into_std();
+        let st = self.lock();
+        st.1.get(&id).map(|r| (r.fanned_out, now < r.expires_at))
+    }
+
     /// Where question `id` stands.
     pub fn progress(&self, id: u64) -> Option<Progress> {
         let now = tokio::time::Instant::now().into_std();

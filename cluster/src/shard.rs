@@ -934,6 +934,19 @@ impl RingServer {
         self.questions.progress(id)
     }
 
+    /// Question `id`'s distinct answers, each with the machines that gave it.
+    pub fn answers_by_machine(
+        &self,
+        id: u64,
+    ) -> Option<Vec<(crate::proto::NodeAnswer, Vec<NodeId>)>> {
+        self.questions.answers_by_machine(id)
+    }
+
+    /// Whether question `id` has fanned out, and whether it is still open.
+    pub fn is_open(&self, id: u64) -> Option<(bool, bool)> {
+        self.questions.is_open(id)
+    }
+
     /// The kept questions, newest first.
     pub fn questions(&self) -> Vec<QuestionSummary> {
         self.questions.list()

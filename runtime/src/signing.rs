@@ -44,6 +44,8 @@ pub enum Purpose {
     Question,
     /// The sensor configuration: script sensors and the patch baseline.
     SensorConfig,
+    /// An action: what an endpoint runs, on which machines, until when.
+    Action,
 }
 
 impl Purpose {
@@ -51,6 +53,7 @@ impl Purpose {
         match self {
             Purpose::Question => b"rollcall/question/v1",
             Purpose::SensorConfig => b"rollcall/sensor-config/v1",
+            Purpose::Action => b"rollcall/action/v1",
         }
     }
 }

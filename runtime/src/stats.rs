@@ -82,6 +82,8 @@ counters! {
     rejected_over_budget,
     /// Connections refused because their peer already held the most it may.
     rejected_connections,
+    /// Actions refused by this endpoint (a bad signature, expired, unreadable).
+    actions_refused,
     /// Bytes of partial frames being read right now (a level, not a count).
     frame_bytes_reading,
 }

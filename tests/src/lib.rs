@@ -381,3 +381,11 @@ pub mod sim {
         Ok(Node::start(t, opts).await?)
     }
 }
+
+/// An operator of `role` named after it, as the desk sees a caller.
+pub fn as_operator(role: rollcall_runtime::PeerRole) -> rollcall_runtime::PeerIdentity {
+    rollcall_runtime::PeerIdentity {
+        id: rollcall_runtime::NodeId(format!("test-{role}").into()),
+        role,
+    }
+}

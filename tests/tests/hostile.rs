@@ -183,23 +183,24 @@ async fn long_searches_are_refused_and_a_burst_is_answered_in_turn() {
 
     let c = RingCluster::start(MembershipConfig::default()).await;
     let desk = Arc::new(QuestionDesk::new(c.rings.clone(), None));
-    let viewer = PeerRole::Operator(OperatorRole::Viewer);
+    let viewer = rollcall_tests::as_operator(PeerRole::Operator(OperatorRole::Viewer));
     let long = DeskRequest::Search {
         text: "chrome ".repeat(MAX_SEARCH_BYTES / 7 + 1),
     };
-    match desk.serve(long, viewer).await {
+    match desk.serve(long, &viewer).await {
         DeskReply::Error(e) => assert!(e.contains("at most 4096"), "{e}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     let burst: Vec<_> = (0..24)
         .map(|_| {
             let desk = desk.clone();
+            let viewer = viewer.clone();
             tokio::spawn(async move {
                 desk.serve(
                     DeskRequest::Search {
                         text: "machines running chrome older than 120".into(),
                     },
-                    viewer,
+                    &viewer,
                 )
                 .await
             })
@@ -403,7 +404,7 @@ async fn a_question_asked_to_stay_open_beyond_the_policy_is_refused() {
 
     let c = RingCluster::start(MembershipConfig::default()).await;
     let desk = QuestionDesk::new(c.rings.clone(), None);
-    let operator = PeerRole::Operator(OperatorRole::Operator);
+    let operator = &rollcall_tests::as_operator(PeerRole::Operator(OperatorRole::Operator));
     for ttl_ms in [0, 24 * 3600 * 1000 + 1, 1_000_000_000_000] {
         let r = desk
             .serve(
@@ -562,7 +563,7 @@ async fn the_question_list_fits_one_reply_however_long_the_questions() {
 
     let c = RingCluster::start(MembershipConfig::default()).await;
     let desk = QuestionDesk::new(c.rings.clone(), None);
-    let operator = PeerRole::Operator(OperatorRole::Operator);
+    let operator = &rollcall_tests::as_operator(PeerRole::Operator(OperatorRole::Operator));
     let long = format!(
         "Get Computer Name from all machines with Computer Name = \"{}\"",
         "a".repeat(200 * 1024)

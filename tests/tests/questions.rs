@@ -45,7 +45,7 @@ async fn ask(desk: &QuestionDesk, text: &str) -> u64 {
                 text: text.into(),
                 ttl_ms: Some(60_000),
             },
-            PeerRole::Operator(OperatorRole::Operator),
+            &rollcall_tests::as_operator(PeerRole::Operator(OperatorRole::Operator)),
         )
         .await
     {
@@ -58,7 +58,7 @@ async fn progress(desk: &QuestionDesk, id: u64) -> Progress {
     match desk
         .serve(
             DeskRequest::Progress { id, rows_from: 0 },
-            PeerRole::Operator(OperatorRole::Viewer),
+            &rollcall_tests::as_operator(PeerRole::Operator(OperatorRole::Viewer)),
         )
         .await
     {
@@ -78,7 +78,7 @@ async fn questions_travel_the_rings_merge_once_per_machine_and_reach_returning_m
             let profile = HostProfile::from_seed(seed, ip.parse().ok());
             // Each sensor read takes 300 ms (the question reads three), so a question stays in
             // flight long enough to kill machines under it.
-            let sensors = Sensors::new(Arc::new(SimulatedHost(profile.clone())))
+            let sensors = Sensors::new(Arc::new(SimulatedHost::new(profile.clone())))
                 .with_read_delay(Duration::from_millis(300));
             let eval = SensorEvaluator::new(sensors);
             let i = c.add_with(&ip, Some(EvaluatorHandle(Arc::new(eval)))).await;

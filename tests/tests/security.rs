@@ -680,7 +680,7 @@ async fn only_the_pinned_server_is_registered_with_and_only_its_signed_configura
         QuicOptions::default(),
     )
     .await;
-    let evaluator = SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost(
+    let evaluator = SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost::new(
         HostProfile::from_seed(1, None),
     ))));
     evaluator.accept_config_on(&ep, trust.clone());
@@ -818,7 +818,7 @@ async fn a_revoked_endpoint_is_refused_by_the_server_at_once_and_by_endpoints_th
         QuicOptions::default(),
     )
     .await;
-    let evaluator = SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost(
+    let evaluator = SensorEvaluator::new(Sensors::new(Arc::new(SimulatedHost::new(
         HostProfile::from_seed(1, None),
     ))));
     evaluator.accept_config_on(&ep, c.trust.clone());

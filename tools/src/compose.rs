@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ractor::ActorRef;
+use rollcall_actors::action::Executor;
+use rollcall_actors::action::journal::Journal;
+use rollcall_actors::action::runner::ActionRunner;
 use rollcall_actors::desk::{QuestionDesk, SensorEvaluator};
 use rollcall_actors::sensors::{HostView, Sensors};
 use rollcall_actors::store::ServerStore;
@@ -109,6 +112,15 @@ pub enum Answering {
     /// The built-in and script sensors over a host (the real machine or a simulated one);
     /// the endpoint takes the server's sensor configuration.
     Sensors(Arc<dyn HostView>),
+    /// The sensors, and actions run with `executor` and kept in `journal`.
+    Acting {
+        /// The host the sensors read.
+        host: Arc<dyn HostView>,
+        /// Where the actions it takes are kept.
+        journal: Arc<dyn Journal>,
+        /// What runs them.
+        executor: Arc<dyn Executor>,
+    },
     /// A test's own evaluator.
     Evaluator(EvaluatorHandle),
     /// Nothing: the endpoint answers with no row.
@@ -119,6 +131,7 @@ impl std::fmt::Debug for Answering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Answering::Sensors(_) => "Sensors",
+            Answering::Acting { .. } => "Acting",
             Answering::Evaluator(_) => "Evaluator",
             Answering::Nothing => "Nothing",
         })
@@ -172,6 +185,23 @@ pub async fn start_endpoint_with(
     mc.evaluator = match plan.answering {
         Answering::Sensors(host) => {
             let evaluator = SensorEvaluator::new(Sensors::new(host));
+            evaluator.accept_config_on(node, plan.trust);
+            Some(EvaluatorHandle(Arc::new(evaluator)))
+        }
+        Answering::Acting {
+            host,
+            journal,
+            executor,
+        } => {
+            let runner = ActionRunner::new(
+                node.identity().id.to_string(),
+                plan.trust.clone(),
+                journal,
+                executor,
+                node.wire_stats().clone(),
+            );
+            runner.resume();
+            let evaluator = SensorEvaluator::with_actions(Sensors::new(host), runner);
             evaluator.accept_config_on(node, plan.trust);
             Some(EvaluatorHandle(Arc::new(evaluator)))
         }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use rollcall_actors::config::{RawServer, ServerSettings};
+use rollcall_actors::config::{ActionSettings, RawActions, RawServer, ServerSettings};
 use rollcall_cluster::config::{PeeringSettings, RawPeering, RawRing, RingSettings};
 use rollcall_runtime::config::{ConfigError, LinkConfig, RawLink, read_toml};
 use serde::Deserialize;
@@ -25,6 +25,9 @@ pub struct RawConfig {
     /// `[server]` settings.
     #[serde(default)]
     pub server: RawServer,
+    /// `[actions]` settings.
+    #[serde(default)]
+    pub actions: RawActions,
 }
 
 /// Validated configuration.
@@ -38,6 +41,8 @@ pub struct Config {
     pub peering: PeeringSettings,
     /// What the server keeps.
     pub server: ServerSettings,
+    /// Actions (endpoint: where delete-file may act; server: what needs approval).
+    pub actions: ActionSettings,
 }
 
 impl RawConfig {
@@ -53,6 +58,7 @@ impl RawConfig {
             ring: self.ring.validate()?,
             peering: self.peering.validate()?,
             server: self.server.validate()?,
+            actions: self.actions.validate()?,
         })
     }
 }

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ractor::ActorRef;
+use rollcall_actors::action::journal::MemJournal;
+use rollcall_actors::action::sim::SimExecutor;
 use rollcall_actors::desk::{DeskReply, DeskRequest, QuestionDesk};
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
 use rollcall_cluster::member::MemberMsg;
@@ -129,6 +131,14 @@ impl FleetConfig {
     }
 }
 
+/// Who the fleet's own requests to its desk come from.
+pub fn fleet_operator() -> rollcall_runtime::PeerIdentity {
+    rollcall_runtime::PeerIdentity {
+        id: NodeId("fleet-operator".into()),
+        role: PeerRole::Operator(OperatorRole::Operator),
+    }
+}
+
 /// The address of endpoint `i`: subnet `i / ring_size` as 127.A.B.0/24, host `i % ring_size + 1`.
 pub fn endpoint_ip(i: usize, ring_size: u16) -> IpAddr {
     let subnet = i / usize::from(ring_size);
@@ -146,6 +156,10 @@ pub struct FleetEndpoint {
     pub ip: IpAddr,
     /// Its simulated host (the ground truth of its answers), shared with its sensors.
     pub host: Arc<SimulatedHost>,
+    /// Its action journal (kept across its restarts, as a disk would keep it).
+    pub journal: Arc<MemJournal>,
+    /// What runs its actions (on `host`'s profile).
+    pub executor: Arc<SimExecutor>,
     node: Option<Node>,
     member: Option<ActorRef<MemberMsg>>,
     socket: Option<Arc<SocketFaults>>,
@@ -290,10 +304,13 @@ impl Fleet {
                 None => NodeId(format!("e{i:07}").into()),
             };
             fleet.by_id.insert(id.clone(), i);
+            let host = Arc::new(SimulatedHost::new(profile));
             fleet.endpoints.push(FleetEndpoint {
                 id,
                 ip,
-                host: Arc::new(SimulatedHost(profile)),
+                journal: Arc::new(MemJournal::default()),
+                executor: Arc::new(SimExecutor::new(host.clone())),
+                host,
                 node: None,
                 member: None,
                 socket: None,
@@ -395,19 +412,27 @@ impl Fleet {
             }
         };
         let host: Arc<dyn rollcall_actors::sensors::HostView> = ep.host.clone();
+        let hostname = ep.host.profile().hostname.clone();
+        // What was running when it stopped is interrupted, as on a real machine's restart.
+        ep.journal.restarted();
+        let answering = Answering::Acting {
+            host,
+            journal: ep.journal.clone(),
+            executor: ep.executor.clone(),
+        };
         let adjust = self.adjust.clone();
         let member = compose::start_endpoint_with(
             &node,
             EndpointPlan {
                 server: self.server_addr,
                 advertise: node.local_addr(),
-                hostname: ep.host.0.hostname.clone(),
+                hostname,
                 ring: cfg.ring,
                 register_min: cfg.register_min,
                 register_max: cfg.register_max,
                 server_timeout: Duration::from_secs(5),
                 seed: cfg.seed ^ i as u64,
-                answering: Answering::Sensors(host),
+                answering,
                 trust: self.trust.clone(),
             },
             |mc| {
@@ -727,7 +752,7 @@ impl Fleet {
                     text: text.into(),
                     ttl_ms: Some(ttl.as_millis() as u64),
                 },
-                PeerRole::Operator(OperatorRole::Operator),
+                &fleet_operator(),
             )
             .await
         {
@@ -749,7 +774,7 @@ impl Fleet {
         let mut t = std::collections::BTreeMap::new();
         for id in who {
             if let Some(&i) = self.by_id.get(id) {
-                let p = &self.endpoints[i].host.0;
+                let p = self.endpoints[i].host.profile();
                 *t.entry(vec![p.os.clone(), p.os_version.clone()])
                     .or_default() += 1;
             }

@@ -11,7 +11,7 @@ mod cmd;
 
 #[cfg(feature = "simulation")]
 use cmd::chaos::*;
-use cmd::{args::*, ca::*, demo::*, nodes::*, questions::*, rings::*};
+use cmd::{actions::*, args::*, ca::*, demo::*, nodes::*, questions::*, rings::*};
 use rollcall::desk_client::*;
 
 // One process may run a server and 100,000 simulated endpoints, each a handful of actors
@@ -62,6 +62,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Results(a) => results(a).await?,
         Command::Questions(a) => questions(a).await?,
         Command::Audit(a) => return audit(a).await,
+        Command::Act(a) => return act(a).await,
+        Command::Action(c) => return action(c).await,
+        Command::Package(c) => return package(c).await,
         #[cfg(feature = "simulation")]
         Command::Sim(a) => {
             let (mut fleet, started) = sim::start(&a).await?;

@@ -228,6 +228,27 @@ pub const BUILTIN: &[Builtin] = &[
         "a file's SHA-256, or \"file not found\"",
     ),
     b(
+        "Action Status",
+        "action id",
+        ValueKind::Text,
+        false,
+        "where an action stands on the machine: not targeted, waiting, running, completed, failed: …, refused: …, expired, interrupted",
+    ),
+    b(
+        "Action Output",
+        "action id",
+        ValueKind::Text,
+        false,
+        "the first 200 bytes of an action's output on the machine",
+    ),
+    b(
+        "Quarantined",
+        "",
+        ValueKind::Bool,
+        false,
+        "whether the machine is cut off by a quarantine action",
+    ),
+    b(
         "Missing Patches",
         "",
         ValueKind::Text,
@@ -287,10 +308,19 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// What the action sensors read: the endpoint's action journal and quarantine state.
+pub trait ActionState: Send + Sync + 'static {
+    /// Action `id`'s status and the first bytes of its output (`None`: not targeted here).
+    fn status(&self, id: u64) -> Option<(String, String)>;
+    /// Whether a quarantine is in force.
+    fn quarantined(&self) -> bool;
+}
+
 /// The sensors one endpoint can read: the built-ins over its host, plus script sensors.
 #[derive(Clone)]
 pub struct Sensors {
     host: Arc<dyn HostView>,
+    actions: Option<Arc<dyn ActionState>>,
     scripts: Vec<ScriptSensor>,
     baseline: Vec<PatchLevel>,
     budget: Budget,
@@ -330,6 +360,7 @@ impl Sensors {
     pub fn new(host: Arc<dyn HostView>) -> Sensors {
         Sensors {
             host,
+            actions: None,
             scripts: Vec::new(),
             baseline: Vec::new(),
             budget: Budget::default(),
@@ -342,6 +373,41 @@ impl Sensors {
     pub fn with_read_delay(mut self, delay: Duration) -> Sensors {
         self.read_delay = delay;
         self
+    }
+
+    /// Reads `Action Status`, `Action Output` and `Quarantined` from `actions`.
+    pub fn with_actions(mut self, actions: Arc<dyn ActionState>) -> Sensors {
+        self.actions = Some(actions);
+        self
+    }
+
+    fn action_sensor(&self, s: &SensorRef) -> Option<Result<Vec<String>, SensorError>> {
+        let which = match s.name.as_str() {
+            "Action Status" => 0,
+            "Action Output" => 1,
+            "Quarantined" => 2,
+            _ => return None,
+        };
+        let Some(actions) = &self.actions else {
+            return Some(Err(SensorError::Unsupported(
+                "an endpoint that runs no actions".into(),
+            )));
+        };
+        if which == 2 {
+            return Some(Ok(vec![actions.quarantined().to_string()]));
+        }
+        let param = s.args.first().map(String::as_str).unwrap_or("").trim();
+        let Ok(id) = param.parse::<u64>() else {
+            return Some(Err(SensorError::Failed(format!(
+                "{param:?} is not an action id"
+            ))));
+        };
+        Some(Ok(vec![match (actions.status(id), which) {
+            (None, 0) => "not targeted".to_string(),
+            (None, _) => String::new(),
+            (Some((status, _)), 0) => status,
+            (Some((_, output)), _) => output,
+        }]))
     }
 
     /// Sets the budget of every read.
@@ -381,7 +447,9 @@ impl Sensors {
         if !self.read_delay.is_zero() {
             tokio::time::sleep(self.read_delay.min(limit)).await;
         }
-        let result = if let Some(script) = self.scripts.iter().find(|x| x.name == s.name) {
+        let result = if let Some(r) = self.action_sensor(s) {
+            r
+        } else if let Some(script) = self.scripts.iter().find(|x| x.name == s.name) {
             run_script(script, limit, self.budget.output_limit_bytes).await
         } else if !self.host.reads_block() {
             builtin(&*self.host, &self.baseline, s)

@@ -342,59 +342,77 @@ impl HostProfile {
     }
 }
 
-/// A simulated machine.
-#[derive(Debug, Clone)]
-pub struct SimulatedHost(pub HostProfile);
+/// A simulated machine: its profile, which actions change (uninstall removes a package,
+/// delete-file a file), as they would change a real machine.
+#[derive(Debug)]
+pub struct SimulatedHost(std::sync::RwLock<HostProfile>);
+
+impl SimulatedHost {
+    /// A machine with `profile`.
+    pub fn new(profile: HostProfile) -> SimulatedHost {
+        SimulatedHost(std::sync::RwLock::new(profile))
+    }
+
+    /// Its profile now.
+    pub fn profile(&self) -> std::sync::RwLockReadGuard<'_, HostProfile> {
+        rollcall_runtime::sync::read(&self.0)
+    }
+
+    /// Changes its profile.
+    pub fn change<R>(&self, f: impl FnOnce(&mut HostProfile) -> R) -> R {
+        f(&mut rollcall_runtime::sync::write(&self.0))
+    }
+}
 
 impl HostView for SimulatedHost {
     fn computer_name(&self) -> Result<String, SensorError> {
-        Ok(self.0.hostname.clone())
+        Ok(self.profile().hostname.clone())
     }
     fn operating_system(&self) -> Result<String, SensorError> {
-        Ok(self.0.os.clone())
+        Ok(self.profile().os.clone())
     }
     fn os_version(&self) -> Result<String, SensorError> {
-        Ok(self.0.os_version.clone())
+        Ok(self.profile().os_version.clone())
     }
     fn kernel_version(&self) -> Result<String, SensorError> {
-        Ok(self.0.kernel.clone())
+        Ok(self.profile().kernel.clone())
     }
     fn ip_addresses(&self) -> Result<Vec<String>, SensorError> {
-        Ok(self.0.ips.clone())
+        Ok(self.profile().ips.clone())
     }
     fn mac_addresses(&self) -> Result<Vec<String>, SensorError> {
-        Ok(self.0.macs.clone())
+        Ok(self.profile().macs.clone())
     }
     fn uptime_secs(&self) -> Result<u64, SensorError> {
-        Ok(self.0.uptime_secs)
+        Ok(self.profile().uptime_secs)
     }
     fn cpu(&self) -> Result<String, SensorError> {
-        Ok(self.0.cpu.clone())
+        Ok(self.profile().cpu.clone())
     }
     fn memory_bytes(&self) -> Result<u64, SensorError> {
-        Ok(self.0.memory_bytes)
+        Ok(self.profile().memory_bytes)
     }
     fn disk_free_bytes(&self) -> Result<u64, SensorError> {
-        Ok(self.0.disk_free_bytes)
+        Ok(self.profile().disk_free_bytes)
     }
     fn logged_in_users(&self) -> Result<Vec<String>, SensorError> {
-        Ok(self.0.users.clone())
+        Ok(self.profile().users.clone())
     }
     fn processes(&self) -> Result<Vec<String>, SensorError> {
-        Ok(self.0.processes.clone())
+        Ok(self.profile().processes.clone())
     }
     fn listening_ports(&self) -> Result<Vec<String>, SensorError> {
-        Ok(self.0.ports.clone())
+        Ok(self.profile().ports.clone())
     }
     fn packages(&self) -> Result<Vec<(String, String)>, SensorError> {
-        Ok(self.0.packages.clone())
+        Ok(self.profile().packages.clone())
     }
     fn file_exists(&self, path: &str) -> Result<bool, SensorError> {
-        Ok(self.0.files.iter().any(|(p, _)| p == path))
+        Ok(self.profile().files.iter().any(|(p, _)| p == path))
     }
     fn file_sha256(&self, path: &str) -> Result<Option<String>, SensorError> {
         Ok(self
-            .0
+            .profile()
             .files
             .iter()
             .find(|(p, _)| p == path)

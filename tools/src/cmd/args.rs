@@ -50,6 +50,18 @@ pub(crate) enum Command {
     /// to the one before by its hash; says whether the whole chain holds (admin role; exit 1
     /// if it does not).
     Audit(AuditArgs),
+    /// Act on machines: run a package on the machines a filter or an earlier question
+    /// names, e.g. `rollcall act uninstall anydesk --where 'Installed Applications contains
+    /// "anydesk"'` (operator role). Signed by the server, run at most once per machine; the
+    /// counts stream until every targeted machine is done.
+    #[command(after_long_help = ACT_HELP)]
+    Act(ActArgs),
+    /// Actions: status, list, approve, deny, cancel.
+    #[command(subcommand)]
+    Action(ActionCommand),
+    /// Packages actions run: list them, or register a command (admin role).
+    #[command(subcommand)]
+    Package(PackageCommand),
     /// Turn plain words into ranked questions, e.g. `rollcall search "machines with chrome"`.
     Search(SearchArgs),
     /// Saved questions: save (optionally reissued on a schedule), list, run.
@@ -300,6 +312,12 @@ pub(crate) struct AuditArgs {
     /// How many of the last entries to show.
     #[arg(long, default_value_t = 50)]
     pub(crate) last: usize,
+    /// One JSON object per entry, then one for the chain's check.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Only check the chain (exit 1 if broken).
+    #[arg(long)]
+    pub(crate) verify: bool,
     #[command(flatten)]
     pub(crate) op: OperatorArgs,
 }
@@ -600,4 +618,125 @@ pub(crate) struct DemoArgs {
     /// Print the rings and the answer as JSON instead of tables.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+pub(crate) const ACT_HELP: &str = "\
+Packages (rollcall package list shows the admins' too):
+  delete-file PATH     moves the file into the endpoint's quarantine folder with its SHA-256
+                       (--purge deletes it); only under the endpoint's [actions] file_roots
+  kill-process X       kills processes by name, pid or SHA-256 of the executable
+  quarantine           drops all traffic except to the server and the ring neighbours (nftables)
+  release              lifts the quarantine
+  uninstall NAME       apt/dpkg, or dnf/rpm
+  run-script           runs --script-file with sh; its exit code and output come back
+
+Targets (exactly one): --where FILTER (each machine evaluates it on itself; one that cannot
+tell is not targeted), --from-question ID (the machines that matched it), --all.
+
+Packages in the server's [actions] require_approval (by default all but release) wait until
+an admin other than the issuer runs `rollcall action approve ID`.
+
+Statuses: waiting (spread), running, completed, failed, refused, expired, interrupted.
+Exit status: 0 when every targeted machine completed, 1 when one did not, 2 when the
+server refused the action, 3 when --wait-secs passed first.";
+
+/// `rollcall act` arguments.
+#[derive(Debug, Args)]
+pub(crate) struct ActArgs {
+    /// The package (built-in or registered).
+    pub(crate) package: String,
+    /// Its parameters.
+    pub(crate) params: Vec<String>,
+    /// Machines matching this filter (the question language's `where` part).
+    #[arg(long = "where", value_name = "FILTER")]
+    pub(crate) filter: Option<String>,
+    /// The machines that matched question ID.
+    #[arg(long, value_name = "ID")]
+    pub(crate) from_question: Option<u64>,
+    /// Every machine.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Say what would be done, change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Seconds the action may start in (default: 600 + the package's timeout).
+    #[arg(long)]
+    pub(crate) expire_secs: Option<u64>,
+    /// Each machine starts after a random share of this many seconds.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) spread_secs: u64,
+    /// How long to watch the counts (0: print the action and return).
+    #[arg(long, default_value_t = 60)]
+    pub(crate) wait_secs: u64,
+    /// delete-file: delete instead of moving to the quarantine folder.
+    #[arg(long)]
+    pub(crate) purge: bool,
+    /// run-script: the script.
+    #[arg(long)]
+    pub(crate) script_file: Option<PathBuf>,
+    /// One line of JSON at the end instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ActionCommand {
+    /// Counts, then each machine with its status and the first bytes of its output.
+    Status {
+        /// The action's id.
+        id: u64,
+        /// Only machines where it did not complete.
+        #[arg(long)]
+        failed: bool,
+        /// One line of JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
+    /// The actions, newest first.
+    List(OperatorArgs),
+    /// Approve an action awaiting approval (an admin other than its issuer); it goes out.
+    Approve {
+        /// The action's id.
+        id: u64,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
+    /// Deny an action awaiting approval (admin).
+    Deny {
+        /// The action's id.
+        id: u64,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
+    /// Cancel an action awaiting approval (its issuer or an admin).
+    Cancel {
+        /// The action's id.
+        id: u64,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PackageCommand {
+    /// The packages actions may run.
+    List(OperatorArgs),
+    /// Register a package that runs a command with `sh -c`; an action's parameters are its
+    /// `$1`, `$2`, … (never pasted into the command).
+    Add {
+        /// Its name.
+        name: String,
+        /// The command.
+        #[arg(long)]
+        command: String,
+        /// Longest a run may take.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
 }

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use rollcall::compose::Answering;
 use rollcall::config::Config;
+use rollcall_actors::action::journal::MemJournal;
+use rollcall_actors::action::sim::SimExecutor;
 use rollcall_actors::desk::{DeskReply, DeskRequest};
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
 use rollcall_runtime::enrol::{self};
@@ -95,7 +98,14 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
             Arc::new(e.trust),
             &cfg,
             profile.hostname.clone(),
-            Arc::new(SimulatedHost(profile)),
+            {
+                let host = Arc::new(SimulatedHost::new(profile));
+                Answering::Acting {
+                    host: host.clone(),
+                    journal: Arc::new(MemJournal::default()),
+                    executor: Arc::new(SimExecutor::new(host)),
+                }
+            },
         )
         .await?;
         endpoints.push(node);

@@ -1,5 +1,6 @@
 //! One module per command group; `main` only dispatches.
 
+pub(crate) mod actions;
 pub(crate) mod args;
 pub(crate) mod ca;
 #[cfg(feature = "simulation")]

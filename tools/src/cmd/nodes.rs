@@ -9,6 +9,10 @@ use anyhow::{Context, Result, bail};
 use rollcall::compose::{self, Answering, EndpointPlan};
 
 use rollcall::config::Config;
+use rollcall_actors::action::Executor;
+use rollcall_actors::action::journal::{FileJournal, Journal};
+use rollcall_actors::action::linux::{LinuxActions, LinuxExecutor};
+use rollcall_actors::action::sim::SimExecutor;
 use rollcall_actors::sensors::HostView;
 use rollcall_actors::sensors::linux::LinuxHost;
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
@@ -103,6 +107,9 @@ pub(crate) async fn start_server(
     let services =
         compose::start_server_services(&node, rcfg, Some(Arc::new(store)), None, signer).await?;
     services.desk.set_limits(cfg.server.limits);
+    services
+        .desk
+        .set_require_approval(cfg.actions.require_approval.clone());
     rollcall_runtime::renewal::CaRenewal::install(&node, ca);
     if let Some(dir) = ca_dir {
         compose::watch_revocations(&node, &services, dir.to_path_buf())?;
@@ -129,7 +136,7 @@ pub(crate) async fn start_member(
     trust: Arc<ServerTrust>,
     cfg: &Config,
     hostname: String,
-    host: Arc<dyn HostView>,
+    answering: Answering,
 ) -> Result<ractor::ActorRef<rollcall_cluster::member::MemberMsg>> {
     compose::start_endpoint(
         node,
@@ -142,7 +149,7 @@ pub(crate) async fn start_member(
             register_max: Duration::from_millis(cfg.ring.register_max_ms),
             server_timeout: Duration::from_secs(10),
             seed: rand_seed(),
-            answering: Answering::Sensors(host),
+            answering,
             trust,
         },
     )
@@ -261,15 +268,71 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         node.identity().id,
         node.local_addr()
     );
-    let host: Arc<dyn HostView> = match a.simulate_host {
-        Some(seed) => Arc::new(SimulatedHost(HostProfile::from_seed(
-            seed,
-            Some(node.local_addr().ip()),
-        ))),
-        None => Arc::new(LinuxHost::default()),
-    };
+    let journal: Arc<dyn Journal> = Arc::new(
+        FileJournal::open(&a.state_dir.join("actions.redb"))
+            .context("opening the action journal")?,
+    );
+    // Who a quarantined machine may still reach: the server, and its ring neighbours as
+    // its ring actor last saw them.
+    let reachable = Arc::new(std::sync::RwLock::new(vec![a.server.ip()]));
+    let (host, executor, linux): (Arc<dyn HostView>, Arc<dyn Executor>, Option<LinuxExecutor>) =
+        match a.simulate_host {
+            Some(seed) => {
+                let host = Arc::new(SimulatedHost::new(HostProfile::from_seed(
+                    seed,
+                    Some(node.local_addr().ip()),
+                )));
+                (host.clone(), Arc::new(SimExecutor::new(host)), None)
+            }
+            None => {
+                let r = reachable.clone();
+                let exec = LinuxExecutor::new(LinuxActions {
+                    file_roots: cfg.actions.file_roots.clone(),
+                    quarantine_dir: cfg
+                        .actions
+                        .quarantine_dir
+                        .clone()
+                        .unwrap_or_else(|| a.state_dir.join("quarantine")),
+                    state_dir: a.state_dir.clone(),
+                    allow: Arc::new(move || rollcall_runtime::sync::read(&r).clone()),
+                });
+                (
+                    Arc::new(LinuxHost::default()),
+                    Arc::new(exec.clone()),
+                    Some(exec),
+                )
+            }
+        };
     let trust = Arc::new(enrolled.trust);
-    let member = start_member(&node, a.server, trust, &cfg, hostname, host).await?;
+    let member = start_member(
+        &node,
+        a.server,
+        trust,
+        &cfg,
+        hostname,
+        Answering::Acting {
+            host,
+            journal,
+            executor,
+        },
+    )
+    .await?;
+    {
+        let member = member.clone();
+        let server = a.server.ip();
+        tokio::spawn(async move {
+            loop {
+                if let Some(s) = rollcall_cluster::member::status(&member).await {
+                    let mut ips = vec![server];
+                    ips.extend(s.view.iter().map(|m| m.addr.ip()));
+                    ips.sort();
+                    ips.dedup();
+                    *rollcall_runtime::sync::write(&reachable) = ips;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match rollcall_cluster::member::status(&member).await {
@@ -286,6 +349,11 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
             }
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+    }
+    if let Some(exec) = linux
+        && let Some(o) = exec.reapply_quarantine().await
+    {
+        println!("quarantine put back: {}", o.status);
     }
     wait_for_shutdown().await;
     node.shutdown_and_wait(Duration::from_secs(2)).await;

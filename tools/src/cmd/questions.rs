@@ -108,6 +108,11 @@ pub(crate) async fn desk_command(
     match reply? {
         DeskReply::Done(what) => println!("{what}"),
         DeskReply::Sensors(list) => print!("{}", results::sensor_table(&list)),
+        DeskReply::Packages(list) => {
+            for (name, what) in list {
+                println!("{name:<34} {what}");
+            }
+        }
         DeskReply::Saved(list) => {
             for s in list {
                 let every = s
@@ -158,20 +163,39 @@ pub(crate) async fn audit(a: AuditArgs) -> Result<std::process::ExitCode> {
     let reply = desk.call(DeskRequest::Audit { last: a.last }).await;
     desk.close().await;
     match reply? {
-        DeskReply::Audit { entries, chain } => {
+        DeskReply::Audit { entries, chain } if a.json => {
+            if !a.verify {
+                for e in &entries {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            }
+            let (ok, detail) = match &chain {
+                Ok(n) => (true, format!("{n} entries")),
+                Err(w) => (false, w.clone()),
+            };
             println!(
-                "{:>6}  {:<24} {:<28} WHAT → OUTCOME",
-                "#", "WHEN (UTC ms)", "WHO"
+                "{}",
+                serde_json::json!({"chain_intact": ok, "detail": detail})
             );
-            for e in &entries {
+            Ok(std::process::ExitCode::from(if ok { 0 } else { 1 }))
+        }
+        DeskReply::Audit { entries, chain } => {
+            let entries = if a.verify { Vec::new() } else { entries };
+            if !entries.is_empty() {
                 println!(
-                    "{:>6}  {:<24} {:<28} {} → {}",
-                    e.seq,
-                    e.at_unix_ms,
-                    format!("{} ({})", e.who, e.role),
-                    e.what.escape_debug(),
-                    e.outcome.escape_debug()
+                    "{:>6}  {:<24} {:<28} WHAT → OUTCOME",
+                    "#", "WHEN (UTC ms)", "WHO"
                 );
+                for e in &entries {
+                    println!(
+                        "{:>6}  {:<24} {:<28} {} → {}",
+                        e.seq,
+                        e.at_unix_ms,
+                        format!("{} ({})", e.who, e.role),
+                        e.what.escape_debug(),
+                        e.outcome.escape_debug()
+                    );
+                }
             }
             match chain {
                 Ok(n) => {

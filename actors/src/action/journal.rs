@@ -1,0 +1,227 @@
+//! The endpoint's action journal: what it has accepted, and where each stands.
+//!
+//! An action is written in ("waiting") before anything of it runs, and moved to "running"
+//! (durably) before its executor starts: a second delivery, a retry, a late hand-off or a
+//! restart finds it there and never runs it again. An action found "running" when the
+//! journal opens was cut off by a stop and becomes "interrupted".
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{SignedAction, Status, cut};
+
+/// One action as the journal holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Where it stands.
+    pub status: Status,
+    /// Its output so far (cut at the package's cap).
+    pub output: String,
+    /// The signed action (to resume one that waited when the endpoint stopped).
+    pub action: SignedAction,
+    /// How many times an executor was started for it (at most once, by construction; the
+    /// chaos suite checks it).
+    pub runs: u32,
+}
+
+/// Why the journal failed.
+#[derive(Debug, thiserror::Error)]
+#[error("action journal: {0}")]
+pub struct JournalError(pub String);
+
+fn err(e: impl std::fmt::Display) -> JournalError {
+    JournalError(e.to_string())
+}
+
+/// Where an endpoint keeps its actions.
+pub trait Journal: Send + Sync + 'static {
+    /// Writes `action` in as waiting, unless the journal already has its id: then returns
+    /// what it has (and writes nothing).
+    fn begin(&self, action: &SignedAction) -> Result<Option<Entry>, JournalError>;
+    /// Moves action `id` to `status` (and `output`, cut to `cap` bytes); moving to running
+    /// counts a run.
+    fn set(&self, id: u64, status: Status, output: &str, cap: usize) -> Result<(), JournalError>;
+    /// Action `id`'s entry.
+    fn get(&self, id: u64) -> Option<Entry>;
+    /// Every entry (the oldest first).
+    fn all(&self) -> Vec<(u64, Entry)>;
+}
+
+fn moved(e: &mut Entry, status: Status, output: &str, cap: usize) {
+    if status == Status::Running {
+        e.runs += 1;
+    }
+    e.status = status;
+    e.output = cut(output, cap).to_string();
+}
+
+/// A journal in memory (simulated hosts; they "restart" within the process).
+#[derive(Debug, Default)]
+pub struct MemJournal {
+    entries: Mutex<HashMap<u64, Entry>>,
+}
+
+impl MemJournal {
+    /// Marks what was running as interrupted, as a restart of the endpoint would.
+    pub fn restarted(&self) {
+        for e in rollcall_runtime::sync::lock(&self.entries).values_mut() {
+            if e.status == Status::Running {
+                e.status = Status::Interrupted;
+            }
+        }
+    }
+}
+
+impl Journal for MemJournal {
+    fn begin(&self, action: &SignedAction) -> Result<Option<Entry>, JournalError> {
+        let mut m = rollcall_runtime::sync::lock(&self.entries);
+        if let Some(e) = m.get(&action.id) {
+            return Ok(Some(e.clone()));
+        }
+        m.insert(
+            action.id,
+            Entry {
+                status: Status::Waiting,
+                output: String::new(),
+                action: action.clone(),
+                runs: 0,
+            },
+        );
+        Ok(None)
+    }
+
+    fn set(&self, id: u64, status: Status, output: &str, cap: usize) -> Result<(), JournalError> {
+        let mut m = rollcall_runtime::sync::lock(&self.entries);
+        let e = m
+            .get_mut(&id)
+            .ok_or_else(|| JournalError(format!("no action {id}")))?;
+        moved(e, status, output, cap);
+        Ok(())
+    }
+
+    fn get(&self, id: u64) -> Option<Entry> {
+        rollcall_runtime::sync::lock(&self.entries)
+            .get(&id)
+            .cloned()
+    }
+
+    fn all(&self) -> Vec<(u64, Entry)> {
+        let mut v: Vec<(u64, Entry)> = rollcall_runtime::sync::lock(&self.entries)
+            .iter()
+            .map(|(k, e)| (*k, e.clone()))
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+}
+
+const ACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("actions");
+
+/// The journal in a redb file in the endpoint's state directory; every change is committed
+/// before the call returns.
+pub struct FileJournal {
+    db: Database,
+}
+
+impl std::fmt::Debug for FileJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileJournal")
+    }
+}
+
+impl FileJournal {
+    /// Opens (or creates) the journal at `path`; actions found running become interrupted.
+    pub fn open(path: &Path) -> Result<FileJournal, JournalError> {
+        let db = Database::create(path).map_err(err)?;
+        let j = FileJournal { db };
+        let tx = j.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(ACTIONS).map_err(err)?;
+            let mut cut_off = Vec::new();
+            for row in t.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                let e: Entry = rmp_serde::from_slice(v.value()).map_err(err)?;
+                if e.status == Status::Running {
+                    cut_off.push((k.value(), e));
+                }
+            }
+            for (id, mut e) in cut_off {
+                tracing::warn!(
+                    action = id,
+                    "an action was running when the endpoint stopped: interrupted, not run again"
+                );
+                e.status = Status::Interrupted;
+                let bytes = rmp_serde::to_vec(&e).map_err(err)?;
+                t.insert(id, bytes.as_slice()).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(j)
+    }
+
+    fn write(&self, id: u64, e: &Entry) -> Result<(), JournalError> {
+        let bytes = rmp_serde::to_vec(e).map_err(err)?;
+        let tx = self.db.begin_write().map_err(err)?;
+        tx.open_table(ACTIONS)
+            .map_err(err)?
+            .insert(id, bytes.as_slice())
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+}
+
+impl Journal for FileJournal {
+    fn begin(&self, action: &SignedAction) -> Result<Option<Entry>, JournalError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = tx.open_table(ACTIONS).map_err(err)?;
+            if let Some(v) = t.get(action.id).map_err(err)? {
+                return rmp_serde::from_slice(v.value()).map(Some).map_err(err);
+            }
+            let e = Entry {
+                status: Status::Waiting,
+                output: String::new(),
+                action: action.clone(),
+                runs: 0,
+            };
+            let bytes = rmp_serde::to_vec(&e).map_err(err)?;
+            t.insert(action.id, bytes.as_slice()).map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(None)
+    }
+
+    fn set(&self, id: u64, status: Status, output: &str, cap: usize) -> Result<(), JournalError> {
+        let mut e = self
+            .get(id)
+            .ok_or_else(|| JournalError(format!("no action {id}")))?;
+        moved(&mut e, status, output, cap);
+        self.write(id, &e)
+    }
+
+    fn get(&self, id: u64) -> Option<Entry> {
+        let tx = self.db.begin_read().ok()?;
+        let t = tx.open_table(ACTIONS).ok()?;
+        let v = t.get(id).ok()??;
+        rmp_serde::from_slice(v.value()).ok()
+    }
+
+    fn all(&self) -> Vec<(u64, Entry)> {
+        let Ok(tx) = self.db.begin_read() else {
+            return Vec::new();
+        };
+        let Ok(t) = tx.open_table(ACTIONS) else {
+            return Vec::new();
+        };
+        let Ok(rows) = t.iter() else {
+            return Vec::new();
+        };
+        rows.filter_map(|r| r.ok())
+            .filter_map(|(k, v)| Some((k.value(), rmp_serde::from_slice(v.value()).ok()?)))
+            .collect()
+    }
+}

@@ -1,0 +1,231 @@
+//! The endpoint's side of an action: verify, check the target, journal, run, answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rollcall_cluster::proto::NodeAnswer;
+use rollcall_runtime::WireStats;
+use rollcall_runtime::signing::ServerTrust;
+
+use super::journal::{Entry, Journal};
+use super::{
+    ActionRefusal, ActionSpec, Executor, OUTPUT_IN_ANSWER, Outcome, SignedAction, Status, Target,
+    cut, now_ms,
+};
+use crate::sensors::{ActionState, Sensors};
+
+/// Runs the actions the server sends this endpoint, each at most once.
+pub struct ActionRunner {
+    me: String,
+    trust: Arc<ServerTrust>,
+    journal: Arc<dyn Journal>,
+    exec: Arc<dyn Executor>,
+    stats: Arc<WireStats>,
+}
+
+impl std::fmt::Debug for ActionRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActionRunner({})", self.me)
+    }
+}
+
+/// One status row: `[status, the output's first bytes]`.
+fn answer(status: &Status, output: &str) -> NodeAnswer {
+    NodeAnswer {
+        rows: Some(vec![vec![
+            status.to_string(),
+            cut(output, OUTPUT_IN_ANSWER).to_string(),
+        ]]),
+        problems: Vec::new(),
+    }
+}
+
+impl ActionRunner {
+    /// A runner for machine `me` (its node id), taking actions the server pinned in `trust`
+    /// signed, keeping them in `journal`, running them with `exec`; refusals are counted in
+    /// `stats` (`actions_refused`).
+    pub fn new(
+        me: impl Into<String>,
+        trust: Arc<ServerTrust>,
+        journal: Arc<dyn Journal>,
+        exec: Arc<dyn Executor>,
+        stats: Arc<WireStats>,
+    ) -> Arc<ActionRunner> {
+        Arc::new(ActionRunner {
+            me: me.into(),
+            trust,
+            journal,
+            exec,
+            stats,
+        })
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.journal
+    }
+
+    /// Starts again the actions that were waiting for their share of the spread when the
+    /// endpoint stopped (ones that were running are interrupted, never run again).
+    pub fn resume(self: &Arc<Self>) {
+        for (id, e) in self.journal.all() {
+            if e.status != Status::Waiting {
+                continue;
+            }
+            match e.action.open(&self.trust, now_ms()) {
+                Ok(spec) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.run_later(spec, e.action.stamp.expires_unix_ms).await
+                    });
+                }
+                Err(ActionRefusal::Expired(_)) => {
+                    let _ = self.journal.set(id, Status::Expired, "", 0);
+                }
+                Err(r) => {
+                    let _ = self.journal.set(id, Status::Refused(r.to_string()), "", 0);
+                }
+            }
+        }
+    }
+
+    fn refused(&self, why: &ActionRefusal) -> NodeAnswer {
+        self.stats.incr(|s| &s.actions_refused);
+        tracing::warn!(reason = %why, "refused an action");
+        match why {
+            ActionRefusal::Expired(_) => answer(&Status::Expired, ""),
+            other => answer(&Status::Refused(other.to_string()), ""),
+        }
+    }
+
+    /// This machine's answer to the action a question body carries: its status there.
+    pub fn deliver(
+        self: &Arc<Self>,
+        body: &[u8],
+        sensors: Arc<Sensors>,
+    ) -> BoxFuture<'static, NodeAnswer> {
+        let signed = match SignedAction::from_question_body(body) {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                return Box::pin(std::future::ready(
+                    self.refused(&ActionRefusal::Unreadable(e.to_string())),
+                ));
+            }
+            None => {
+                return Box::pin(std::future::ready(
+                    self.refused(&ActionRefusal::Unreadable("not an action".into())),
+                ));
+            }
+        };
+        let spec = match signed.open(&self.trust, now_ms()) {
+            Ok(s) => s,
+            Err(why) => {
+                // One it already holds says where it stands (an expired copy changes nothing).
+                if let (ActionRefusal::Expired(_), Some(e)) = (&why, self.journal.get(signed.id)) {
+                    return Box::pin(std::future::ready(answer(&e.status, &e.output)));
+                }
+                return Box::pin(std::future::ready(self.refused(&why)));
+            }
+        };
+        let me = self.clone();
+        Box::pin(async move {
+            if !me.targeted(&spec, &sensors).await {
+                return NodeAnswer {
+                    rows: None,
+                    problems: Vec::new(),
+                };
+            }
+            match me.journal.begin(&signed) {
+                Err(e) => {
+                    tracing::error!(action = spec.id, error = %e, "cannot write the action journal: not run");
+                    answer(&Status::Failed(e.to_string()), "")
+                }
+                Ok(Some(held)) => answer(&held.status, &held.output),
+                Ok(None) => {
+                    let expires = signed.stamp.expires_unix_ms;
+                    if spec.spread_secs == 0 && me.exec.immediate() {
+                        let (status, output) = me.run_now(&spec, expires).await;
+                        return answer(&status, &output);
+                    }
+                    let status = if spec.spread_secs == 0 {
+                        Status::Running
+                    } else {
+                        Status::Waiting
+                    };
+                    let runner = me.clone();
+                    tokio::spawn(async move { runner.run_later(spec, expires).await });
+                    answer(&status, "")
+                }
+            }
+        })
+    }
+
+    async fn targeted(&self, spec: &ActionSpec, sensors: &Sensors) -> bool {
+        match &spec.target {
+            Target::All => true,
+            Target::Machines(ids) => ids.iter().any(|i| *i == self.me),
+            Target::Where(q) => sensors.answer(q).await.rows.is_some(),
+        }
+    }
+
+    /// Waits this machine's share of the spread, then runs.
+    async fn run_later(self: Arc<Self>, spec: ActionSpec, expires_unix_ms: u64) {
+        if spec.spread_secs > 0 {
+            let wait = Duration::from_millis(rand::random_range(0..spec.spread_secs * 1000));
+            tokio::time::sleep(wait).await;
+        }
+        self.run_now(&spec, expires_unix_ms).await;
+    }
+
+    /// Runs `spec` once: journalled as running first (if that write fails, it does not run).
+    /// Returns where it stands after.
+    async fn run_now(&self, spec: &ActionSpec, expires_unix_ms: u64) -> (Status, String) {
+        let id = spec.id;
+        let cap = spec.package.output_cap;
+        let now = |e: Option<Entry>| match e {
+            Some(e) => (e.status, e.output),
+            None => (Status::Failed("not in the journal".into()), String::new()),
+        };
+        match self.journal.get(id) {
+            Some(e) if e.status == Status::Waiting => {}
+            other => return now(other),
+        }
+        if now_ms() > expires_unix_ms {
+            let _ = self.journal.set(id, Status::Expired, "", cap);
+            return now(self.journal.get(id));
+        }
+        if let Err(e) = self.journal.set(id, Status::Running, "", cap) {
+            tracing::error!(action = id, error = %e, "cannot journal the action as running: not run");
+            return (Status::Failed(e.to_string()), String::new());
+        }
+        let timeout = Duration::from_secs(spec.package.timeout_secs.max(1));
+        let outcome = match tokio::time::timeout(timeout, self.exec.run(spec)).await {
+            Ok(o) => o,
+            Err(_) => Outcome::failed(format!("timed out after {} s", timeout.as_secs())),
+        };
+        tracing::info!(action = id, package = %spec.package.name, status = %outcome.status, "action done");
+        if let Err(e) = self
+            .journal
+            .set(id, outcome.status.clone(), &outcome.output, cap)
+        {
+            tracing::error!(action = id, error = %e, "cannot journal the action's outcome");
+        }
+        now(self.journal.get(id))
+    }
+}
+
+impl ActionState for ActionRunner {
+    fn status(&self, id: u64) -> Option<(String, String)> {
+        self.journal.get(id).map(|e| {
+            (
+                e.status.to_string(),
+                cut(&e.output, OUTPUT_IN_ANSWER).to_string(),
+            )
+        })
+    }
+
+    fn quarantined(&self) -> bool {
+        self.exec.quarantined()
+    }
+}

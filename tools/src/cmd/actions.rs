@@ -1,0 +1,279 @@
+//! `rollcall act`, `rollcall action …`, `rollcall package …`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rollcall::desk_client::DeskClient;
+use rollcall_actors::action::server::{ActRequest, ActionReport};
+use rollcall_actors::desk::{DeskReply, DeskRequest};
+
+use super::args::{ActArgs, ActionCommand, OperatorArgs, PackageCommand};
+use super::questions::desk_command;
+
+/// The kinds counted, in the order they print.
+const KINDS: &[&str] = &[
+    "completed",
+    "failed",
+    "refused",
+    "expired",
+    "interrupted",
+    "running",
+    "waiting",
+];
+
+/// The report as one JSON object with the counts as keys.
+pub(crate) fn report_json(r: &ActionReport) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": r.id,
+        "description": r.description,
+        "package": r.package,
+        "phase": r.phase,
+        "issued_by": r.issued_by,
+        "approved_by": r.approved_by,
+        "dry_run": r.dry_run,
+        "targeted": r.targeted,
+        "awaiting_approval": r.awaiting_approval,
+        "done": r.done,
+        "machines": r.machines.iter().map(|m| serde_json::json!({
+            "id": m.id, "status": m.status, "output": m.output,
+        })).collect::<Vec<_>>(),
+        "machines_total": r.machines_total,
+    });
+    for k in KINDS {
+        v[*k] = serde_json::json!(r.count(k));
+    }
+    v
+}
+
+fn counts_line(r: &ActionReport) -> String {
+    let mut parts = vec![format!("{} targeted", r.targeted)];
+    for k in KINDS {
+        let n = r.count(k);
+        if n > 0 {
+            parts.push(format!("{n} {k}"));
+        }
+    }
+    parts.join(", ")
+}
+
+fn print_report(r: &ActionReport, machines: bool) {
+    println!("action {}: {}", r.id, r.description);
+    println!(
+        "  {} · issued by {}{}{}",
+        r.phase,
+        r.issued_by,
+        r.approved_by
+            .as_ref()
+            .map(|a| format!(", approved by {a}"))
+            .unwrap_or_default(),
+        if r.dry_run { " · dry run" } else { "" }
+    );
+    println!("  {}", counts_line(r));
+    if machines && !r.machines.is_empty() {
+        println!("  {:<40} {:<32} OUTPUT", "MACHINE", "STATUS");
+        for m in &r.machines {
+            let out = m.output.replace('\n', " ⏎ ");
+            println!("  {:<40} {:<32} {}", m.id, m.status, out.escape_debug());
+        }
+        if r.machines_total > r.machines.len() {
+            println!("  … {} more machines", r.machines_total - r.machines.len());
+        }
+    }
+}
+
+/// The exit status a finished report gives: 0 all completed, 1 otherwise.
+fn exit_for(r: &ActionReport) -> ExitCode {
+    let bad: u64 = ["failed", "refused", "expired", "interrupted"]
+        .iter()
+        .map(|k| r.count(k))
+        .sum();
+    if r.done && bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+pub(crate) async fn act(a: ActArgs) -> Result<ExitCode> {
+    let script = match &a.script_file {
+        Some(f) => {
+            Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?)
+        }
+        None => None,
+    };
+    let req = ActRequest {
+        package: a.package.clone(),
+        params: a.params.clone(),
+        filter: a.filter.clone(),
+        from_question: a.from_question,
+        all: a.all,
+        dry_run: a.dry_run,
+        expire_secs: a.expire_secs,
+        spread_secs: a.spread_secs,
+        purge: a.purge,
+        script,
+    };
+    let desk = DeskClient::connect(a.op.server, &a.op.cert_dir).await?;
+    let first = match desk.call(DeskRequest::Act(req)).await? {
+        DeskReply::Action(r) => r,
+        DeskReply::Error(e) => {
+            desk.close().await;
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+        other => bail!("unexpected answer {other:?}"),
+    };
+    if first.awaiting_approval {
+        desk.close().await;
+        if a.json {
+            println!("{}", report_json(&first));
+        } else {
+            println!(
+                "action {} awaits approval: an admin other than {} runs `rollcall action approve {}`",
+                first.id, first.issued_by, first.id
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let r = watch(&desk, first.id, a.wait_secs, !a.json).await;
+    desk.close().await;
+    let (r, timed_out) = r?;
+    if a.json {
+        println!("{}", report_json(&r));
+    } else {
+        print_report(&r, true);
+    }
+    if timed_out {
+        if !a.json {
+            eprintln!(
+                "still going after {} s: rollcall action status {}",
+                a.wait_secs, r.id
+            );
+        }
+        return Ok(ExitCode::from(3));
+    }
+    Ok(exit_for(&r))
+}
+
+/// Follows action `id` until it is done or `wait_secs` pass; whether they passed.
+async fn watch(
+    desk: &DeskClient,
+    id: u64,
+    wait_secs: u64,
+    live: bool,
+) -> Result<(ActionReport, bool)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs);
+    let mut last = String::new();
+    loop {
+        let r = match desk
+            .call(DeskRequest::ActionStatus {
+                id,
+                failed_only: false,
+            })
+            .await?
+        {
+            DeskReply::Action(r) => r,
+            DeskReply::Error(e) => bail!("{e}"),
+            other => bail!("unexpected answer {other:?}"),
+        };
+        let line = counts_line(&r);
+        if live && line != last {
+            eprintln!("action {id}: {line}");
+            last = line;
+        }
+        if r.done {
+            return Ok((r, false));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok((r, true));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub(crate) async fn action(c: ActionCommand) -> Result<ExitCode> {
+    match c {
+        ActionCommand::Status {
+            id,
+            failed,
+            json,
+            op,
+        } => {
+            let desk = DeskClient::connect(op.server, &op.cert_dir).await?;
+            let reply = desk
+                .call(DeskRequest::ActionStatus {
+                    id,
+                    failed_only: failed,
+                })
+                .await;
+            desk.close().await;
+            match reply? {
+                DeskReply::Action(r) => {
+                    if json {
+                        println!("{}", report_json(&r));
+                    } else {
+                        print_report(&r, true);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                DeskReply::Error(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(2))
+                }
+                other => bail!("unexpected answer {other:?}"),
+            }
+        }
+        ActionCommand::List(op) => list(&op).await,
+        ActionCommand::Approve { id, op } => desk_command(&op, DeskRequest::Approve { id }).await,
+        ActionCommand::Deny { id, op } => desk_command(&op, DeskRequest::Deny { id }).await,
+        ActionCommand::Cancel { id, op } => desk_command(&op, DeskRequest::Cancel { id }).await,
+    }
+}
+
+async fn list(op: &OperatorArgs) -> Result<ExitCode> {
+    let desk = DeskClient::connect(op.server, &op.cert_dir).await?;
+    let reply = desk.call(DeskRequest::Actions).await;
+    desk.close().await;
+    match reply? {
+        DeskReply::Actions(list) => {
+            for r in list {
+                println!(
+                    "{:>5}  {:<20} {:<28} {}",
+                    r.id,
+                    r.phase,
+                    counts_line(&r),
+                    r.description
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeskReply::Error(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+pub(crate) async fn package(c: PackageCommand) -> Result<ExitCode> {
+    match c {
+        PackageCommand::List(op) => desk_command(&op, DeskRequest::Packages).await,
+        PackageCommand::Add {
+            name,
+            command,
+            timeout_secs,
+            op,
+        } => {
+            desk_command(
+                &op,
+                DeskRequest::AddPackage {
+                    name,
+                    command,
+                    timeout_secs,
+                },
+            )
+            .await
+        }
+    }
+}

@@ -145,13 +145,19 @@ async fn run(mut c: tokio::process::Command, timeout: Duration, cap: usize) -> O
         return Outcome::failed("no output pipes");
     };
     let work = async {
-        let mut o = Vec::new();
-        let mut e = Vec::new();
-        let limit = cap as u64 + 1;
-        let mut lo = (&mut out).take(limit);
-        let mut le = (&mut err).take(limit);
-        let (a, b) = tokio::join!(lo.read_to_end(&mut o), le.read_to_end(&mut e));
-        a.and(b)?;
+        // Keep the first `cap` bytes of each stream and drain the rest, so a chatty child
+        // never blocks on a full pipe.
+        async fn keep(
+            r: &mut (impl tokio::io::AsyncRead + Unpin),
+            cap: usize,
+        ) -> std::io::Result<Vec<u8>> {
+            let mut kept = Vec::new();
+            (&mut *r).take(cap as u64).read_to_end(&mut kept).await?;
+            tokio::io::copy(r, &mut tokio::io::sink()).await?;
+            Ok(kept)
+        }
+        let (o, e) = tokio::join!(keep(&mut out, cap), keep(&mut err, cap));
+        let (o, e) = (o?, e?);
         let status = child.wait().await?;
         Ok::<_, std::io::Error>((status, o, e))
     };

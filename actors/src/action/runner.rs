@@ -130,6 +130,11 @@ impl ActionRunner {
         };
         let me = self.clone();
         Box::pin(async move {
+            // One it holds says where it stands: the target is not looked at again (an
+            // uninstall's filter no longer matches the machine it ran on).
+            if let Some(held) = me.journal.get(spec.id) {
+                return answer(&held.status, &held.output);
+            }
             if !me.targeted(&spec, &sensors).await {
                 return NodeAnswer {
                     rows: None,

@@ -368,7 +368,7 @@ impl ActionBook {
         }
         let target = if let Some(f) = &req.filter {
             let q = parse(
-                &format!("Get Computer Name from all machines where {f}"),
+                &format!("Get Computer Name from all machines with {f}"),
                 catalog,
             )
             .map_err(|e| format!("in --where: {e}"))?;
@@ -728,7 +728,7 @@ impl ActionBook {
             });
             if pending && delivered && poll_idle {
                 let text = format!(
-                    "Get Action Status[{id}] and Action Output[{id}] from all machines where Action Status[{id}] is not \"not targeted\""
+                    "Get Action Status[{id}] and Action Output[{id}] from all machines with Action Status[{id}] is not \"not targeted\""
                 );
                 match parse(&text, catalog)
                     .map_err(|e| e.to_string())

@@ -1,85 +1,11 @@
 //! The `rollcall` binary end to end: the demo, and a server, an endpoint and an operator as
 //! separate processes on loopback.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn rollcall() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rollcall"));
-    c.env("RUST_LOG", "warn");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    rollcall().args(args).output().expect("run rollcall")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A child process that is killed when the test ends, whatever happens.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn start(args: &[&str]) -> Running {
-        let mut child = rollcall()
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn rollcall");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Running { child, lines }
-    }
-
-    /// The first line of output that starts with `prefix`, within the deadline.
-    fn line_starting(&self, prefix: &str) -> String {
-        let end = std::time::Instant::now() + DEADLINE;
-        loop {
-            let left = end.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(e) => panic!("no line starting with {prefix:?}: {e}"),
-            }
-        }
-    }
-}
-
-impl Running {
-    /// The operator address a `rollcall sim --serve` prints once its fleet is up.
-    fn serving_address(&self) -> String {
-        let line = self.line_starting("serving operators at ");
-        line.trim_start_matches("serving operators at ")
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+use common::*;
 #[test]
 fn demo_enrols_endpoints_and_shows_their_rings() {
     let out = run(&["demo", "--endpoints", "5", "--subnets", "2", "--json"]);
@@ -137,14 +63,6 @@ fn demo_enrols_endpoints_and_shows_their_rings() {
         assert_eq!(r["leader_links"], 2);
     }
     assert_eq!(report["ring_connections"], 4);
-}
-
-fn token_from(out: &Output) -> String {
-    stdout(out)
-        .lines()
-        .find_map(|l| l.strip_prefix("join token: "))
-        .expect("join token line")
-        .to_string()
 }
 
 #[test]
@@ -544,22 +462,6 @@ fn help_explains_every_command() {
     }
     let out = run(&["ca", "issue-operator", "--help"]);
     assert!(stdout(&out).contains("viewer (read results and status)"));
-}
-
-/// Runs `rollcall` with `args` until its stdout satisfies `done`, at most `tries` times.
-fn run_until(args: &[&str], tries: usize, done: impl Fn(&str) -> bool) -> String {
-    let mut last = String::new();
-    for _ in 0..tries {
-        let out = run(args);
-        last = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
-        if out.status.success() && done(&stdout(&out)) {
-            return stdout(&out);
-        }
-    }
-    panic!(
-        "`rollcall {}` never gave what was expected; last:\n{last}",
-        args.join(" ")
-    );
 }
 
 #[test]

@@ -200,18 +200,24 @@ fn delete_file(cfg: &LinuxActions, path: &str, purge: bool, dry: bool) -> Outcom
     if !p.is_absolute() {
         return Outcome::refused(format!("{path}: not an absolute path"));
     }
+    let roots: Vec<PathBuf> = cfg
+        .file_roots
+        .iter()
+        .filter_map(|r| std::fs::canonicalize(r).ok())
+        .collect();
+    let under = |x: &Path| roots.iter().any(|r| x.starts_with(r) && x != r);
     let real = match std::fs::canonicalize(p) {
         Ok(r) => r,
+        // Gone (or never there): outside the roots is still a refusal, not a failure.
+        Err(_) if !under(p) => {
+            return Outcome::refused(format!("{path} is outside the allowed roots"));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Outcome::failed(format!("{path}: no such file"));
         }
         Err(e) => return Outcome::failed(format!("{path}: {e}")),
     };
-    let under = cfg
-        .file_roots
-        .iter()
-        .filter_map(|r| std::fs::canonicalize(r).ok())
-        .any(|r| real.starts_with(&r) && real != r);
+    let under = under(&real);
     if !under {
         return Outcome::refused(if real == p {
             format!("{path} is outside the allowed roots")

@@ -37,8 +37,8 @@ fn keys() -> (ServerSigner, Arc<ServerTrust>) {
 fn a_signed_action_opens_and_every_change_is_refused() {
     let (signer, trust) = keys();
     let s = spec(7, "uninstall", &["anydesk"], Target::All);
-    let signed = SignedAction::sign(&s, Stamp::now_for(Duration::from_secs(60)), &signer)
-        .expect("sign");
+    let signed =
+        SignedAction::sign(&s, Stamp::now_for(Duration::from_secs(60)), &signer).expect("sign");
     assert_eq!(signed.open(&trust, now_ms()).expect("opens"), s);
 
     // An altered parameter.
@@ -235,7 +235,13 @@ async fn an_endpoint_runs_a_delivered_action_once_and_only_if_targeted() {
         .expect("body");
     let first = e.runner.deliver(&body, e.sensors.clone()).await;
     assert_eq!(status_of(&first).as_deref(), Some("completed"));
-    assert!(!e.host.profile().packages.iter().any(|(n, _)| n == "anydesk"));
+    assert!(
+        !e.host
+            .profile()
+            .packages
+            .iter()
+            .any(|(n, _)| n == "anydesk")
+    );
     // Delivered again (a duplicate, a late hand-off): the same status, no second run.
     let again = e.runner.deliver(&body, e.sensors.clone()).await;
     assert_eq!(status_of(&again).as_deref(), Some("completed"));
@@ -278,7 +284,11 @@ async fn an_endpoint_runs_a_delivered_action_once_and_only_if_targeted() {
         Some(vec![vec!["completed".into(), SIM_SCRIPT_OUTPUT.into()]])
     );
     assert_eq!(
-        other.runner.deliver(&body, other.sensors.clone()).await.rows,
+        other
+            .runner
+            .deliver(&body, other.sensors.clone())
+            .await
+            .rows,
         None
     );
 }
@@ -288,8 +298,8 @@ async fn forged_altered_and_expired_actions_are_refused_counted_and_never_run() 
     let (signer, trust) = keys();
     let e = endpoint("e1", trust.clone(), HostProfile::from_seed(3, None));
     let s = spec(1, "quarantine", &[], Target::All);
-    let good = SignedAction::sign(&s, Stamp::now_for(Duration::from_secs(60)), &signer)
-        .expect("sign");
+    let good =
+        SignedAction::sign(&s, Stamp::now_for(Duration::from_secs(60)), &signer).expect("sign");
 
     let (mallory, _) = keys();
     let forged = SignedAction::sign(&s, good.stamp, &mallory).expect("sign");
@@ -309,8 +319,14 @@ async fn forged_altered_and_expired_actions_are_refused_counted_and_never_run() 
     let mut garbage = vec![ACTION_BODY];
     garbage.extend_from_slice(b"\x93\xff\x00");
     for (body, want) in [
-        (forged.to_question_body().expect("b"), "refused: bad signature"),
-        (altered.to_question_body().expect("b"), "refused: bad signature"),
+        (
+            forged.to_question_body().expect("b"),
+            "refused: bad signature",
+        ),
+        (
+            altered.to_question_body().expect("b"),
+            "refused: bad signature",
+        ),
         (expired.to_question_body().expect("b"), "expired"),
         (garbage, "refused: unreadable action"),
     ] {
@@ -434,7 +450,12 @@ async fn scripts_and_commands_give_their_exit_code_and_output() {
     let o = exec.run(&s).await;
     assert_eq!(o.output.len(), 1000);
     // An admin's command: parameters are positional, never pasted in.
-    let mut c = spec(2, "run-script", &["a; touch /tmp/rollcall-injected", "b"], Target::All);
+    let mut c = spec(
+        2,
+        "run-script",
+        &["a; touch /tmp/rollcall-injected", "b"],
+        Target::All,
+    );
     c.package = Package {
         name: "echo-args".into(),
         kind: PackageKind::Command("printf '%s|' \"$1\" \"$2\"".into()),
@@ -449,7 +470,10 @@ async fn scripts_and_commands_give_their_exit_code_and_output() {
     slow.script = Some("sleep 30".into());
     slow.package.timeout_secs = 1;
     let o = exec.run(&slow).await;
-    assert!(matches!(&o.status, Status::Failed(w) if w.contains("timed out")), "{o:?}");
+    assert!(
+        matches!(&o.status, Status::Failed(w) if w.contains("timed out")),
+        "{o:?}"
+    );
 }
 
 #[tokio::test]
@@ -461,7 +485,12 @@ async fn uninstall_refuses_what_is_not_a_package_name() {
         assert!(matches!(o.status, Status::Refused(_)), "{bad}: {o:?}");
     }
     let o = exec
-        .run(&spec(1, "uninstall", &["surely-not-installed-pkg"], Target::All))
+        .run(&spec(
+            1,
+            "uninstall",
+            &["surely-not-installed-pkg"],
+            Target::All,
+        ))
         .await;
     assert_eq!(
         o.status,

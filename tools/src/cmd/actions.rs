@@ -35,6 +35,7 @@ pub(crate) fn report_json(r: &ActionReport) -> serde_json::Value {
         "targeted": r.targeted,
         "awaiting_approval": r.awaiting_approval,
         "done": r.done,
+        "expires_in_ms": r.expires_in_ms,
         "machines": r.machines.iter().map(|m| serde_json::json!({
             "id": m.id, "status": m.status, "output": m.output,
         })).collect::<Vec<_>>(),

@@ -1,0 +1,524 @@
+//! Actions end to end: a server, endpoints and operators as separate processes on loopback
+//! (real QUIC, real files, real scripts).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    addr: String,
+    token: String,
+}
+
+impl Cluster {
+    fn p(&self, s: &str) -> String {
+        self.dir.path().join(s).to_string_lossy().into_owned()
+    }
+
+    fn path(&self, s: &str) -> PathBuf {
+        self.dir.path().join(s)
+    }
+
+    fn operator(&self, name: &str, role: &str) {
+        let out = run(&[
+            "ca",
+            "issue-operator",
+            "--dir",
+            &self.p("ca"),
+            "--name",
+            name,
+            "--role",
+            role,
+            "--out",
+            &self.p(name),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn server(&self) -> Running {
+        let s = Running::start(&[
+            "server",
+            "--ca-dir",
+            &self.p("ca"),
+            "--listen",
+            &self.addr,
+            "--config",
+            &self.p("server.toml"),
+        ]);
+        s.line_starting("server ");
+        s
+    }
+
+    /// Endpoint `i` at 127.0.4.i, its `[actions] file_roots` its own folder `root{i}`.
+    fn endpoint(&self, i: u8) -> Running {
+        let root = self.path(&format!("root{i}"));
+        std::fs::create_dir_all(&root).expect("root");
+        let cfg = self.path(&format!("ep{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!("[actions]\nfile_roots = [{:?}]\n", root.to_string_lossy()),
+        )
+        .expect("config");
+        let e = Running::start(&[
+            "endpoint",
+            "--server",
+            &self.addr,
+            "--join-token",
+            &self.token,
+            "--state-dir",
+            &self.p(&format!("ep{i}")),
+            "--listen",
+            &format!("127.0.4.{i}:0"),
+            "--register-min-ms",
+            "200",
+            "--register-max-ms",
+            "400",
+            "--config",
+            &cfg.to_string_lossy(),
+        ]);
+        e.line_starting("registered in ring ");
+        e
+    }
+
+    /// `rollcall` with `args` and the server and operator flags.
+    fn as_(&self, who: &str, args: &[&str]) -> std::process::Output {
+        let mut all: Vec<&str> = args.to_vec();
+        let dir = self.p(who);
+        all.extend(["--server", &self.addr, "--cert-dir", &dir]);
+        run(&all)
+    }
+
+    fn json(&self, who: &str, args: &[&str]) -> serde_json::Value {
+        let out = self.as_(who, args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: {e}: {}{}",
+                stdout(&out),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Waits until the ring view lists `n` machines that are not offline.
+    fn wait_members(&self, n: usize) {
+        run_until(
+            &[
+                "ring",
+                "show",
+                "--server",
+                &self.addr,
+                "--cert-dir",
+                &self.p("vera"),
+                "--json",
+            ],
+            1_000,
+            |out| {
+                serde_json::from_str::<serde_json::Value>(out).is_ok_and(|v| {
+                    v["rings"]
+                        .as_array()
+                        .map(|r| {
+                            r.iter()
+                                .flat_map(|x| x["members"].as_array().cloned().unwrap_or_default())
+                                .filter(|m| m["health"] != "Offline")
+                                .count()
+                        })
+                        .unwrap_or(0)
+                        == n
+                })
+            },
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().expect("tmp");
+    let init = run(&[
+        "ca",
+        "init",
+        "--dir",
+        &dir.path().join("ca").to_string_lossy(),
+    ]);
+    assert!(init.status.success());
+    let token = token_from(&init);
+    let c = Cluster {
+        addr: format!("127.0.0.1:{}", free_port()),
+        dir,
+        token,
+    };
+    // Scripts need no approval here; every other dangerous package does.
+    std::fs::write(
+        c.path("server.toml"),
+        "[actions]\nrequire_approval = [\"delete-file\", \"quarantine\", \"uninstall\", \"kill-process\"]\n",
+    )
+    .expect("server config");
+    c.operator("olga", "operator");
+    c.operator("alice", "admin");
+    c.operator("bob", "admin");
+    c.operator("vera", "viewer");
+    c
+}
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn delete_file_and_scripts_on_real_endpoints_with_approval_audit_and_a_restart() {
+    let c = cluster();
+    let server = c.server();
+    let _e1 = c.endpoint(1);
+    let _e2 = c.endpoint(2);
+    c.wait_members(2);
+    for i in 1..=3 {
+        std::fs::create_dir_all(c.path(&format!("root{i}"))).expect("root");
+        std::fs::write(
+            c.path(&format!("root{i}/dropper.bin")),
+            format!("payload {i}"),
+        )
+        .expect("file");
+    }
+
+    // The machines that matched a question asked while endpoint 3 was not there.
+    let asked = c.json(
+        "olga",
+        &[
+            "ask",
+            "Get Computer Name from all machines",
+            "--ttl-secs",
+            "2",
+            "--json",
+        ],
+    );
+    let question = asked["id"].as_u64().expect("question id");
+    assert_eq!(asked["answered"], 2, "{asked:#}");
+    // Closed before endpoint 3 comes (an open question is handed to machines that return).
+    run_until(
+        &[
+            "results",
+            &question.to_string(),
+            "--json",
+            "--server",
+            &c.addr,
+            "--cert-dir",
+            &c.p("vera"),
+        ],
+        1_000,
+        |out| out.contains("\"expires_in_ms\": 0"),
+    );
+    let _e3 = c.endpoint(3);
+    c.wait_members(3);
+
+    // A viewer cannot act; refused and audited.
+    let v = c.as_(
+        "vera",
+        &["act", "run-script", "--all", "--script-file", "/dev/null"],
+    );
+    assert_eq!(code(&v), 2);
+    assert!(
+        String::from_utf8_lossy(&v.stderr).contains("needs the operator role"),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+
+    // delete-file needs approval: the operator's action waits; she cannot approve it (not an
+    // admin); an admin approves it and it goes out.
+    let target = c.p("root1/dropper.bin");
+    let act = c.json(
+        "olga",
+        &[
+            "act",
+            "delete-file",
+            &target,
+            "--from-question",
+            &question.to_string(),
+            "--json",
+        ],
+    );
+    assert_eq!(act["awaiting_approval"], true, "{act:#}");
+    let id = act["id"].as_u64().expect("id").to_string();
+    assert!(Path::new(&target).exists());
+    let own = c.as_("olga", &["action", "approve", &id]);
+    assert_eq!(code(&own), 2);
+    let ok = c.as_("alice", &["action", "approve", &id]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let done = run_until(
+        &[
+            "action",
+            "status",
+            &id,
+            "--json",
+            "--server",
+            &c.addr,
+            "--cert-dir",
+            &c.p("vera"),
+        ],
+        200,
+        |out| out.contains("\"done\":true"),
+    );
+    let r: serde_json::Value = serde_json::from_str(&done).expect("json");
+    // Endpoint 1 moved its file; endpoint 2 refused a path outside its roots; endpoint 3
+    // was not among the question's machines.
+    assert_eq!(r["targeted"], 2, "{r:#}");
+    assert_eq!(r["completed"], 1, "{r:#}");
+    assert_eq!(r["refused"], 1, "{r:#}");
+    assert_eq!(r["approved_by"], "alice");
+    let refused = r["machines"]
+        .as_array()
+        .expect("machines")
+        .iter()
+        .find(|m| {
+            m["status"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("refused"))
+        })
+        .expect("a refusal");
+    assert!(
+        refused["status"]
+            .as_str()
+            .is_some_and(|s| s.contains("outside the allowed roots")),
+        "{refused}"
+    );
+    assert!(!Path::new(&target).exists());
+    let kept: Vec<_> = std::fs::read_dir(c.path("ep1/quarantine"))
+        .expect("quarantine folder")
+        .flatten()
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(std::fs::read(kept[0].path()).expect("kept"), b"payload 1");
+    assert!(c.path("root2/dropper.bin").exists());
+    assert!(c.path("root3/dropper.bin").exists());
+
+    // An admin cannot approve their own action; another admin can deny it.
+    let own = c.json(
+        "alice",
+        &[
+            "act",
+            "delete-file",
+            &c.p("root2/dropper.bin"),
+            "--all",
+            "--json",
+        ],
+    );
+    let own_id = own["id"].as_u64().expect("id").to_string();
+    let self_ok = c.as_("alice", &["action", "approve", &own_id]);
+    assert_eq!(code(&self_ok), 2);
+    assert!(String::from_utf8_lossy(&self_ok.stderr).contains("another admin must approve it"));
+    assert!(c.as_("bob", &["action", "deny", &own_id]).status.success());
+    assert!(c.path("root2/dropper.bin").exists());
+
+    // run-script: output and exit code come back from all three.
+    let script = c.path("hello.sh");
+    std::fs::write(&script, "echo hello from rollcall\n").expect("script");
+    let ran = c.as_(
+        "olga",
+        &[
+            "act",
+            "run-script",
+            "--all",
+            "--script-file",
+            &script.to_string_lossy(),
+            "--json",
+        ],
+    );
+    assert_eq!(code(&ran), 0, "{}", String::from_utf8_lossy(&ran.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&ran.stdout).expect("json");
+    assert_eq!(r["targeted"], 3, "{r:#}");
+    assert_eq!(r["completed"], 3, "{r:#}");
+    for m in r["machines"].as_array().expect("machines") {
+        assert_eq!(m["output"], "hello from rollcall\n", "{m}");
+    }
+    std::fs::write(&script, "echo broken >&2\nexit 7\n").expect("script");
+    let failed = c.as_(
+        "olga",
+        &[
+            "act",
+            "run-script",
+            "--all",
+            "--script-file",
+            &script.to_string_lossy(),
+            "--json",
+        ],
+    );
+    assert_eq!(code(&failed), 1);
+    let r: serde_json::Value = serde_json::from_slice(&failed.stdout).expect("json");
+    assert_eq!(r["failed"], 3, "{r:#}");
+    for m in r["machines"].as_array().expect("machines") {
+        assert_eq!(m["status"], "failed: exit 7", "{m}");
+        assert_eq!(m["output"], "broken\n", "{m}");
+    }
+    let failed_id = r["id"].as_u64().expect("id").to_string();
+
+    // The audit log holds every act, approval, refusal and denial, and its chain holds.
+    let audit = c.as_("alice", &["audit", "--json", "--last", "100"]);
+    assert!(audit.status.success());
+    let text = stdout(&audit);
+    for want in [
+        "act run-script",
+        "needs the operator role",
+        &format!("approve action {id}"),
+        &format!("deny action {own_id}"),
+        "another admin must approve it",
+    ] {
+        assert!(text.contains(want), "{want} not in\n{text}");
+    }
+    assert!(text.contains("\"chain_intact\":true"), "{text}");
+
+    // A restart of the server loses no action and runs none again.
+    drop(server);
+    let store = c.path("ca/server/server.redb");
+    {
+        let st = rollcall_actors::store::ServerStore::open(&store, 100).expect("store");
+        let before = st.verify_audit().expect("read").expect("intact");
+        assert!(before >= 6, "{before} entries");
+        let mut e = st.audit(100).expect("entries")[2].clone();
+        e.what = "ask \"nothing to see\"".into();
+        st.overwrite_audit_entry(&e).expect("edit");
+    }
+    let _server = c.server();
+    let verify = c.as_("alice", &["audit", "--verify"]);
+    assert_eq!(code(&verify), 1, "{}", stdout(&verify));
+    assert!(
+        stdout(&verify).contains("audit chain BROKEN"),
+        "{}",
+        stdout(&verify)
+    );
+    let again = c.json("vera", &["action", "status", &failed_id, "--json"]);
+    assert_eq!(again["failed"], 3, "{again:#}");
+    let list = stdout(&c.as_("vera", &["action", "list"]));
+    assert!(list.contains("denied by bob"), "{list}");
+}
+
+#[test]
+fn an_offline_endpoint_runs_an_action_on_return_exactly_once() {
+    let c = cluster();
+    let _server = c.server();
+    // Three, so that endpoint 1 has another successor to route to and reports endpoint 2
+    // when it goes.
+    let _e1 = c.endpoint(1);
+    let e2 = c.endpoint(2);
+    let _e3 = c.endpoint(3);
+    c.wait_members(3);
+    let log = c.path("runs.log");
+    let script = c.path("count.sh");
+    std::fs::write(&script, format!("echo run >> {}\n", log.to_string_lossy())).expect("script");
+    drop(e2);
+    c.wait_members(2);
+
+    let r = c.json(
+        "olga",
+        &[
+            "act",
+            "run-script",
+            "--all",
+            "--script-file",
+            &script.to_string_lossy(),
+            "--expire-secs",
+            "120",
+            "--json",
+        ],
+    );
+    assert_eq!(r["completed"], 2, "{r:#}");
+    let id = r["id"].as_u64().expect("id").to_string();
+    let runs = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(runs(), 2);
+
+    // Back: it receives the action it missed and runs it once.
+    let e2 = c.endpoint(2);
+    run_until(
+        &[
+            "action",
+            "status",
+            &id,
+            "--json",
+            "--server",
+            &c.addr,
+            "--cert-dir",
+            &c.p("vera"),
+        ],
+        300,
+        |out| out.contains("\"completed\":3"),
+    );
+    assert_eq!(runs(), 3);
+    // Restarted: it finds the action in its journal, and does not run it again.
+    drop(e2);
+    let e2_again = c.endpoint(2);
+    c.wait_members(3);
+    let s = c.json(
+        "olga",
+        &[
+            "ask",
+            &format!("Get Action Status[{id}] from all machines"),
+            "--json",
+        ],
+    );
+    assert_eq!(s["answered"], 3, "{s:#}");
+    assert_eq!(s["rows"][0]["cells"][0], "completed", "{s:#}");
+    assert_eq!(s["rows"][0]["count"], 3, "{s:#}");
+    assert_eq!(runs(), 3);
+
+    // An action that expired before a machine came back: it does not run there.
+    drop(e2_again);
+    c.wait_members(2);
+    let short = c.json(
+        "olga",
+        &[
+            "act",
+            "run-script",
+            "--all",
+            "--script-file",
+            &script.to_string_lossy(),
+            "--expire-secs",
+            "2",
+            "--json",
+        ],
+    );
+    assert_eq!(short["completed"], 2, "{short:#}");
+    assert_eq!(runs(), 5);
+    // Past its expiry (the server says so), the machine comes back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = c.json(
+            "vera",
+            &["action", "status", &short["id"].to_string(), "--json"],
+        );
+        if r["expires_in_ms"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{r:#}");
+    }
+    let _e2 = c.endpoint(2);
+    c.wait_members(3);
+    let s = c.json(
+        "olga",
+        &[
+            "ask",
+            &format!("Get Action Status[{}] from all machines", short["id"]),
+            "--json",
+        ],
+    );
+    assert_eq!(s["answered"], 3, "{s:#}");
+    assert_eq!(runs(), 5, "the expired action ran on return");
+}

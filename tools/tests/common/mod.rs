@@ -1,0 +1,106 @@
+//! What the end-to-end tests of the `rollcall` binary share: running it, and children that
+//! are killed when a test ends.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn rollcall() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rollcall"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    rollcall().args(args).output().expect("run rollcall")
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A child process that is killed when the test ends, whatever happens.
+pub struct Running {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    pub fn start(args: &[&str]) -> Running {
+        let mut child = rollcall()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn rollcall");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// The first line of output that starts with `prefix`, within the deadline.
+    pub fn line_starting(&self, prefix: &str) -> String {
+        let end = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("no line starting with {prefix:?}: {e}"),
+            }
+        }
+    }
+}
+
+impl Running {
+    /// The operator address a `rollcall sim --serve` prints once its fleet is up.
+    pub fn serving_address(&self) -> String {
+        let line = self.line_starting("serving operators at ");
+        line.trim_start_matches("serving operators at ")
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The join token `ca init` printed.
+pub fn token_from(out: &Output) -> String {
+    stdout(out)
+        .lines()
+        .find_map(|l| l.strip_prefix("join token: "))
+        .expect("join token line")
+        .to_string()
+}
+
+/// Runs `rollcall` with `args` until its stdout satisfies `done`, at most `tries` times.
+pub fn run_until(args: &[&str], tries: usize, done: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..tries {
+        let out = run(args);
+        last = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+        if out.status.success() && done(&stdout(&out)) {
+            return stdout(&out);
+        }
+    }
+    panic!(
+        "`rollcall {}` never gave what was expected; last:\n{last}",
+        args.join(" ")
+    );
+}

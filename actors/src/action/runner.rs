@@ -169,7 +169,7 @@ impl ActionRunner {
     async fn targeted(&self, spec: &ActionSpec, sensors: &Sensors) -> bool {
         match &spec.target {
             Target::All => true,
-            Target::Machines(ids) => ids.iter().any(|i| *i == self.me),
+            Target::Machines(ids) => ids.contains(&self.me),
             Target::Where(q) => sensors.answer(q).await.rows.is_some(),
         }
     }

@@ -407,9 +407,8 @@ impl ActionBook {
             return Err("the spread must be shorter than the expiry".into());
         }
         let description = describe(&req, &package);
-        let needs_approval = rollcall_runtime::sync::lock(&self.require_approval)
-            .iter()
-            .any(|p| *p == package.name);
+        let needs_approval =
+            rollcall_runtime::sync::lock(&self.require_approval).contains(&package.name);
         let id = {
             let mut b = self.lock();
             b.last_id += 1;

@@ -1,6 +1,6 @@
 //! The fault-scenario suite: every scenario against an in-memory fleet of 3 rings × 8
 //! endpoints, in paused time, for `ROLLCALL_SEEDS` seeds each (2 by default; one seed with
-//! `ROLLCALL_SEED`). Each run checks the seven invariants of `rollcall::chaos` and prints its
+//! `ROLLCALL_SEED`). Each run checks the eight invariants of `rollcall::chaos` and prints its
 //! table when one fails.
 
 use rollcall::chaos::{Scenario, ScenarioOptions, run_scenario};
@@ -119,4 +119,9 @@ async fn ring_split_on_real_quic() {
     fleet.shutdown().await;
     eprintln!("{}", report.table());
     assert!(report.passed(), "{}", report.table());
+}
+
+#[tokio::test(start_paused = true)]
+async fn action_offline_restart() {
+    sweep("action_offline_restart", Scenario::ActionOfflineRestart).await;
 }

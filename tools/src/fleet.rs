@@ -14,9 +14,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use ractor::ActorRef;
 use rollcall_actors::action::journal::MemJournal;
+use rollcall_actors::action::server::{ActRequest, ActionReport};
 use rollcall_actors::action::sim::SimExecutor;
 use rollcall_actors::desk::{DeskReply, DeskRequest, QuestionDesk};
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
+use rollcall_actors::store::ServerStore;
 use rollcall_cluster::member::MemberMsg;
 use rollcall_cluster::membership::{MembershipConfig, parse_cidr};
 use rollcall_cluster::proto::{Health, MemberReport, RingsReport};
@@ -83,6 +85,9 @@ pub struct FleetConfig {
     pub idle_timeout: Duration,
     /// Server shards.
     pub shards: usize,
+    /// The server keeps its results, settings and actions in a store (in memory) that
+    /// outlives its restarts, as a real server's file does.
+    pub durable: bool,
 }
 
 /// Endpoints a fleet start lets run ahead of the server's answered first registrations.
@@ -112,6 +117,7 @@ impl FleetConfig {
             offline_after: Duration::from_secs(3600).max(register_max * 3),
             idle_timeout: Duration::from_secs(30),
             shards: 8,
+            durable: false,
         }
     }
 
@@ -126,6 +132,7 @@ impl FleetConfig {
             offline_after: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(3),
             shards: 4,
+            durable: true,
             ..FleetConfig::sim(endpoints, ring_size, transport, seed)
         }
     }
@@ -198,6 +205,8 @@ pub struct Fleet {
     server: Node,
     rings: RingServer,
     desk: Arc<QuestionDesk>,
+    /// The server's store, kept across its restarts (`durable` fleets).
+    store: Option<Arc<ServerStore>>,
     /// Fronts (operator-facing nodes) that serve the desk and ring admin too.
     fronts: Vec<Node>,
     /// The endpoints, in creation order.
@@ -256,6 +265,11 @@ impl Fleet {
             SimTransport::Mem => "127.0.0.1:7000".parse()?,
             SimTransport::Quic => "127.0.0.1:0".parse()?,
         };
+        let store = if cfg.durable {
+            Some(Arc::new(ServerStore::in_memory(100)?))
+        } else {
+            None
+        };
         let (server, rings, desk) = Fleet::start_server(
             &cfg,
             &net,
@@ -263,6 +277,7 @@ impl Fleet {
             &server_secret,
             bind,
             signer.clone(),
+            store.clone(),
         )
         .await?;
         let server_addr = server.local_addr();
@@ -278,6 +293,7 @@ impl Fleet {
             server,
             rings,
             desk,
+            store,
             fronts: Vec::new(),
             endpoints: Vec::new(),
             by_id: HashMap::new(),
@@ -342,6 +358,7 @@ impl Fleet {
         secret: &NodeSecret,
         bind: SocketAddr,
         signer: Arc<ServerSigner>,
+        store: Option<Arc<ServerStore>>,
     ) -> Result<(Node, RingServer, Arc<QuestionDesk>)> {
         let opts = NodeOptions {
             link_event_capacity: 65_536,
@@ -378,7 +395,7 @@ impl Fleet {
             ..MembershipConfig::default()
         };
         let rcfg = RingServerConfig::for_ring(&cfg.ring, membership, cfg.shards);
-        let services = compose::start_server_services(&server, rcfg, None, None, signer).await?;
+        let services = compose::start_server_services(&server, rcfg, store, None, signer).await?;
         Ok((server, services.rings, services.desk))
     }
 
@@ -643,6 +660,7 @@ impl Fleet {
             &self.server_secret,
             self.server_addr,
             self.signer.clone(),
+            self.store.clone(),
         )
         .await?;
         self.server = server;
@@ -759,6 +777,23 @@ impl Fleet {
             DeskReply::Asked { id, .. } => Ok(id),
             other => bail!("ask failed: {other:?}"),
         }
+    }
+
+    /// Issues an action through the desk, as an operator; returns its id.
+    pub async fn act(&self, req: ActRequest) -> Result<u64> {
+        match self
+            .desk
+            .serve(DeskRequest::Act(req), &fleet_operator())
+            .await
+        {
+            DeskReply::Action(r) => Ok(r.id),
+            other => bail!("act failed: {other:?}"),
+        }
+    }
+
+    /// Where action `id` stands.
+    pub fn action(&self, id: u64) -> Option<ActionReport> {
+        self.desk.actions().report(id, false)
     }
 
     /// Where question `id` stands.

@@ -2,8 +2,10 @@
 //! removes the package, delete-file the file, quarantine sets a flag the `Quarantined`
 //! sensor shows), so find → act → ask again works on a simulated fleet.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
 
@@ -18,8 +20,8 @@ pub const SIM_SCRIPT_OUTPUT: &str = "simulated script ran";
 pub struct SimExecutor {
     host: Arc<SimulatedHost>,
     quarantined: AtomicBool,
-    /// Runs started (for the "never twice" check of the chaos suite).
-    runs: AtomicU32,
+    /// Runs started per action (for the "never twice" check of the chaos suite).
+    runs: Mutex<HashMap<u64, u32>>,
 }
 
 impl SimExecutor {
@@ -28,13 +30,21 @@ impl SimExecutor {
         SimExecutor {
             host,
             quarantined: AtomicBool::new(false),
-            runs: AtomicU32::new(0),
+            runs: Mutex::new(HashMap::new()),
         }
     }
 
     /// How many runs it started in all.
     pub fn runs(&self) -> u32 {
-        self.runs.load(Ordering::Relaxed)
+        rollcall_runtime::sync::lock(&self.runs).values().sum()
+    }
+
+    /// How many times it ran action `id`.
+    pub fn runs_of(&self, id: u64) -> u32 {
+        rollcall_runtime::sync::lock(&self.runs)
+            .get(&id)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn apply(&self, spec: &ActionSpec) -> Outcome {
@@ -97,7 +107,9 @@ impl SimExecutor {
 
 impl Executor for SimExecutor {
     fn run(&self, spec: &ActionSpec) -> BoxFuture<'static, Outcome> {
-        self.runs.fetch_add(1, Ordering::Relaxed);
+        *rollcall_runtime::sync::lock(&self.runs)
+            .entry(spec.id)
+            .or_default() += 1;
         let out = self.apply(spec);
         Box::pin(std::future::ready(out))
     }

@@ -16,7 +16,10 @@
 //! 4. no endpoint that kept answering was evicted;
 //! 5. the server holds connections only to leaders, plus registrations (a connection to a
 //!    non-leader that is not itself faulted lasts under 2 s);
-//! 6. after healing, every ring is one chain again.
+//! 6. after healing, every ring is one chain again;
+//! 7. no honest member's answers are taken for changed;
+//! 8. no action ran twice on any machine (an action goes out as the fault strikes; the
+//!    simulated executors count every run).
 //!
 //! Adding a scenario is one arm in [`Scenario::strike`] (the fault) and, if it needs one, in
 //! [`Scenario::heal`].
@@ -60,11 +63,14 @@ pub enum Scenario {
     LossAndDuplication,
     /// The server restarts between questions.
     ServerRestart,
+    /// An action spread over 3 s is out while 30% of a subnet goes down and comes back
+    /// (some machines while waiting their share of the spread, some before it reached them).
+    ActionOfflineRestart,
 }
 
 impl Scenario {
     /// Every scenario, in the order the suite runs them.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::NeighbourKilled,
         Scenario::GreyNeighbour,
         Scenario::SlowNeighbour,
@@ -75,6 +81,7 @@ impl Scenario {
         Scenario::OfflineAndBack,
         Scenario::LossAndDuplication,
         Scenario::ServerRestart,
+        Scenario::ActionOfflineRestart,
     ];
 
     /// The name on the command line.
@@ -90,6 +97,7 @@ impl Scenario {
             Scenario::OfflineAndBack => "offline-and-back",
             Scenario::LossAndDuplication => "loss-and-duplication",
             Scenario::ServerRestart => "server-restart",
+            Scenario::ActionOfflineRestart => "action-offline-restart",
         }
     }
 

@@ -4,6 +4,7 @@ use crate::fleet::{Fleet, SIM_QUESTION};
 use anyhow::Result;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
+use rollcall_actors::action::server::ActRequest;
 use rollcall_cluster::proto::{Health, RingsReport};
 use rollcall_runtime::NodeId;
 use std::collections::{BTreeMap, HashSet};
@@ -159,10 +160,32 @@ impl Scenario {
                 fleet.restart_server().await?;
                 "restarted the server".into()
             }
+            Scenario::ActionOfflineRestart => {
+                let mut chosen = ring.clone();
+                chosen.shuffle(rng);
+                chosen.truncate((ring.len() * 3).div_ceil(10));
+                let now = Instant::now();
+                for &i in &chosen {
+                    let down_at = now + Duration::from_millis(rng.random_range(0..2_000));
+                    let down_for = Duration::from_millis(rng.random_range(1000..3000));
+                    v.excused.insert(id(fleet, i));
+                    v.restarts.push((i, down_at, false));
+                    v.restarts.push((i, down_at + down_for, true));
+                }
+                format!(
+                    "{} of {} machines of a subnet go down within 2 s of an action spread over {} s, each down 1–3 s",
+                    chosen.len(),
+                    ring.len(),
+                    ACTION_SPREAD_SECS
+                )
+            }
         };
         Ok(desc)
     }
 }
+
+/// The spread of the action in the action-offline-restart scenario.
+const ACTION_SPREAD_SECS: u64 = 3;
 
 /// Runs `scenario` against `fleet` (which should be freshly started) and checks the
 /// invariants.
@@ -207,6 +230,26 @@ pub async fn run_scenario(
         let ms = (baseline_time.as_millis() as u64 / 2).max(1);
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..ms))).await;
     }
+    // An action goes out as the fault strikes (before it, for a server restart, which sends
+    // it again): every machine takes it at most once, whatever the fault does.
+    let action = fleet
+        .act(ActRequest {
+            package: "release".into(),
+            params: Vec::new(),
+            filter: None,
+            from_question: None,
+            all: true,
+            dry_run: false,
+            expire_secs: Some(opts.ttl.as_secs().max(30)),
+            spread_secs: if scenario == Scenario::ActionOfflineRestart {
+                ACTION_SPREAD_SECS
+            } else {
+                0
+            },
+            purge: false,
+            script: None,
+        })
+        .await?;
     let t_fault = Instant::now();
     let fault = scenario
         .strike(fleet, &report, opts, &mut rng, &mut obs.victims)
@@ -352,6 +395,31 @@ pub async fn run_scenario(
             );
         }
     }
+
+    // 8. No action twice.
+    let ran: Vec<(String, u32)> = fleet
+        .endpoints
+        .iter()
+        .map(|e| (e.id.to_string(), e.executor.runs_of(action)))
+        .collect();
+    let twice: Vec<String> = ran
+        .iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(id, n)| format!("{id} ran action {action} {n} times"))
+        .collect();
+    let once = ran.iter().filter(|(_, n)| *n == 1).count();
+    checks.push(Check {
+        invariant: "no action ran twice on any machine".into(),
+        pass: twice.is_empty(),
+        measured: if twice.is_empty() {
+            format!(
+                "{once} of {} machines ran action {action} once, none twice",
+                ran.len()
+            )
+        } else {
+            format!("{} machines: {}", twice.len(), first(&twice))
+        },
+    });
 
     // 3. Prompt answers after the fault.
     let mut worst = Duration::ZERO;

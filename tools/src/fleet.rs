@@ -791,6 +791,18 @@ impl Fleet {
         }
     }
 
+    /// Approves action `id` as an admin other than the fleet's operator.
+    pub async fn approve(&self, id: u64) -> Result<()> {
+        let admin = rollcall_runtime::PeerIdentity {
+            id: NodeId("fleet-admin".into()),
+            role: PeerRole::Operator(OperatorRole::Admin),
+        };
+        match self.desk.serve(DeskRequest::Approve { id }, &admin).await {
+            DeskReply::Done(_) => Ok(()),
+            other => bail!("approve failed: {other:?}"),
+        }
+    }
+
     /// Where action `id` stands.
     pub fn action(&self, id: u64) -> Option<ActionReport> {
         self.desk.actions().report(id, false)

@@ -34,6 +34,11 @@ pub struct SimArgs {
     /// How many questions to ask, one after another.
     #[arg(long, default_value_t = 5)]
     pub questions: usize,
+    /// Then how many actions, one after another: each finds the machines with a package,
+    /// uninstalls it there (approved by a second admin) and asks again (none should have
+    /// it).
+    #[arg(long, default_value_t = 0)]
+    pub actions: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -109,6 +114,106 @@ pub struct SimReport {
     pub answered: Vec<usize>,
     /// The merged rows of the last question: (operating system, version, count).
     pub last_rows: Vec<(String, String, u64)>,
+    /// The actions, one after another.
+    #[serde(default)]
+    pub actions: Vec<ActionRun>,
+    /// Median time from an action going out until every targeted machine was done, ms.
+    #[serde(default)]
+    pub action_p50_ms: f64,
+    /// 99th percentile of the same.
+    #[serde(default)]
+    pub action_p99_ms: f64,
+    /// Envelopes the server received and sent per action (mean; its status rounds
+    /// included).
+    #[serde(default)]
+    pub server_msgs_per_action: f64,
+}
+
+/// One measured action.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActionRun {
+    /// The package uninstalled.
+    pub package: String,
+    /// Machines that had it (targeted).
+    pub targeted: u64,
+    /// Machines where the uninstall completed.
+    pub completed: u64,
+    /// Milliseconds from the approval until every targeted machine was done.
+    pub done_ms: f64,
+    /// Envelopes the server received and sent meanwhile.
+    pub server_msgs: u64,
+    /// Machines that still had the package when asked again.
+    pub matched_after: u64,
+}
+
+/// Packages the sim's actions uninstall, in turn.
+const ACTION_PACKAGES: &[&str] = &[
+    "vim",
+    "openssh-server",
+    "nginx",
+    "google-chrome-stable",
+    "postgresql",
+    "redis-server",
+    "curl",
+    "python3",
+];
+
+async fn measure_actions(a: &SimArgs, fleet: &Fleet) -> Result<Vec<ActionRun>> {
+    use rollcall_actors::action::server::ActRequest;
+    let mut runs = Vec::new();
+    for k in 0..a.actions {
+        let package = ACTION_PACKAGES[k % ACTION_PACKAGES.len()];
+        let filter = format!("Installed Applications is \"{package}\"");
+        let id = fleet
+            .act(ActRequest {
+                package: "uninstall".into(),
+                params: vec![package.into()],
+                filter: Some(filter.clone()),
+                from_question: None,
+                all: false,
+                dry_run: false,
+                expire_secs: None,
+                spread_secs: 0,
+                purge: false,
+                script: None,
+            })
+            .await?;
+        let before = fleet.server().stats();
+        let t = Instant::now();
+        fleet.approve(id).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let report = loop {
+            let r = fleet.action(id).context("action vanished")?;
+            if r.done || Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let done_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let after = fleet.server().stats();
+        let again = fleet
+            .ask(
+                &format!("Get Computer Name from all machines with {filter}"),
+                Duration::from_secs(600),
+            )
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while fleet.rings().answered(again).unwrap_or(0) < a.endpoints && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let matched_after = fleet.progress(again).map_or(u64::MAX, |p| p.matched);
+        runs.push(ActionRun {
+            package: package.into(),
+            targeted: report.targeted,
+            completed: report.count("completed"),
+            done_ms,
+            server_msgs: (after.envelopes_received - before.envelopes_received)
+                + (after.envelopes_sent - before.envelopes_sent),
+            matched_after,
+        });
+    }
+    Ok(runs)
 }
 
 fn rss_kib() -> u64 {
@@ -340,6 +445,11 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
             .map(|r| (r.cells[0].clone(), r.cells[1].clone(), r.count))
             .collect();
     }
+    let actions = measure_actions(a, fleet).await?;
+    let mut done: Vec<f64> = actions.iter().map(|r| r.done_ms).collect();
+    done.sort_by(f64::total_cmp);
+    let server_msgs_per_action =
+        actions.iter().map(|r| r.server_msgs as f64).sum::<f64>() / actions.len().max(1) as f64;
     let mut sorted = answer_ms.clone();
     sorted.sort_by(f64::total_cmp);
     let q = a.questions.max(1) as f64;
@@ -365,6 +475,10 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
         all_answered,
         answered,
         last_rows,
+        action_p50_ms: percentile(&done, 50.0),
+        action_p99_ms: percentile(&done, 99.0),
+        server_msgs_per_action,
+        actions,
     })
 }
 
@@ -396,6 +510,18 @@ pub fn print(r: &SimReport) {
         "server per question  {:.0} envelopes in, {:.0} out, {:.0} bytes",
         r.server_msgs_in_per_question, r.server_msgs_out_per_question, r.server_bytes_per_question
     );
+    for x in &r.actions {
+        println!(
+            "action uninstall {:<22} {} targeted, {} completed in {:.1} ms, {} server envelopes; asked again: {} still have it",
+            x.package, x.targeted, x.completed, x.done_ms, x.server_msgs, x.matched_after
+        );
+    }
+    if !r.actions.is_empty() {
+        println!(
+            "actions: every targeted machine done p50 {:.1} ms, p99 {:.1} ms; {:.0} server envelopes per action",
+            r.action_p50_ms, r.action_p99_ms, r.server_msgs_per_action
+        );
+    }
     println!("server connections   {}", r.server_connections);
     println!(
         "memory               {:.1} KiB RSS per endpoint",

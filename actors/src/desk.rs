@@ -45,7 +45,7 @@ impl Default for DeskLimits {
 }
 
 /// How often the desk gathers the statuses of actions that are out.
-const ACTION_TICK: Duration = Duration::from_millis(200);
+const ACTION_TICK: Duration = Duration::from_millis(100);
 
 /// Searches ranked at once.
 const SEARCHES_AT_ONCE: usize = 2;

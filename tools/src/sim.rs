@@ -182,14 +182,11 @@ async fn measure_actions(a: &SimArgs, fleet: &Fleet) -> Result<Vec<ActionRun>> {
         let t = Instant::now();
         fleet.approve(id).await?;
         let deadline = Instant::now() + Duration::from_secs(120);
-        let report = loop {
-            let r = fleet.action(id).context("action vanished")?;
-            if r.done || Instant::now() > deadline {
-                break r;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
+        while !fleet.desk().actions().is_done(id) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let done_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let report = fleet.action(id).context("action vanished")?;
         let after = fleet.server().stats();
         let again = fleet
             .ask(

@@ -116,7 +116,11 @@ pub struct ActionRecord {
     /// The action as signed, once out.
     pub signed: Option<SignedAction>,
     /// Each machine's last status and output's first bytes.
-    pub machines: BTreeMap<String, (String, String)>,
+    pub machines: BTreeMap<String, (Status, String)>,
+    /// Answers taken from each question so far (a question whose count has not moved is
+    /// not read again).
+    #[serde(skip)]
+    gathered: BTreeMap<u64, usize>,
     /// The question that delivered it (this server run).
     #[serde(skip)]
     delivery: Option<u64>,
@@ -436,6 +440,7 @@ impl ActionBook {
                 approved_by: None,
                 signed: None,
                 machines: BTreeMap::new(),
+                gathered: BTreeMap::new(),
                 delivery: None,
                 poll: None,
             };
@@ -563,10 +568,7 @@ impl ActionBook {
         let b = self.lock();
         let r = b.actions.get(&id)?;
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        let mut done = true;
-        for (status, _) in r.machines.values() {
-            let s = Status::parse(status);
-            done &= s.is_terminal();
+        for (s, _) in r.machines.values() {
             *counts.entry(s.kind().to_string()).or_default() += 1;
         }
         let listed = match &r.spec.target {
@@ -578,15 +580,11 @@ impl ActionBook {
             .machines
             .iter()
             .filter(|(_, (s, _))| {
-                !failed_only
-                    || !matches!(
-                        Status::parse(s),
-                        Status::Completed | Status::Waiting | Status::Running
-                    )
+                !failed_only || !matches!(s, Status::Completed | Status::Waiting | Status::Running)
             })
             .map(|(id, (status, output))| MachineStatus {
                 id: id.clone(),
-                status: status.clone(),
+                status: status.to_string(),
                 output: output.clone(),
             })
             .collect();
@@ -595,10 +593,6 @@ impl ActionBook {
             (Phase::Out, Some(s)) => s.stamp.expires_unix_ms.saturating_sub(unix_ms()),
             _ => 0,
         };
-        let fanned = r
-            .delivery
-            .and_then(|q| self.rings.is_open(q))
-            .is_some_and(|(fanned, _)| fanned);
         Some(ActionReport {
             id,
             description: r.description.clone(),
@@ -610,13 +604,7 @@ impl ActionBook {
             dry_run: r.spec.dry_run,
             targeted,
             counts,
-            done: match r.phase {
-                Phase::Out => {
-                    done && (fanned || r.delivery.is_none()) && r.machines.len() >= listed
-                }
-                Phase::AwaitingApproval => false,
-                _ => true,
-            },
+            done: done(r, &self.rings),
             expires_in_ms,
             machines: shown.into_iter().take(MACHINES_PER_REPLY).collect(),
             machines_total: total,
@@ -696,11 +684,11 @@ impl ActionBook {
                     for m in &listed {
                         r.machines
                             .entry(m.clone())
-                            .or_insert_with(|| (Status::Expired.to_string(), String::new()));
+                            .or_insert_with(|| (Status::Expired, String::new()));
                     }
                     for (s, _) in r.machines.values_mut() {
-                        if !Status::parse(s).is_terminal() {
-                            *s = Status::Expired.to_string();
+                        if !s.is_terminal() {
+                            *s = Status::Expired;
                         }
                     }
                     r.phase = Phase::Closed;
@@ -712,11 +700,9 @@ impl ActionBook {
             }
             let pending = {
                 let b = self.lock();
-                b.actions.get(&id).is_some_and(|r| {
-                    r.machines
-                        .values()
-                        .any(|(s, _)| !Status::parse(s).is_terminal())
-                })
+                b.actions
+                    .get(&id)
+                    .is_some_and(|r| r.machines.values().any(|(s, _)| !s.is_terminal()))
             };
             let delivered = delivery
                 .and_then(|q| self.rings.is_open(q))
@@ -757,6 +743,17 @@ impl ActionBook {
 
     /// Takes the statuses question `q` brought for action `id`; whether any changed.
     fn gather(&self, id: u64, q: u64) -> bool {
+        // Unchanged since the last look: nothing to read (at 100,000 machines a look copies
+        // every answer's machine list).
+        let answered = self.rings.answered(q).unwrap_or(0);
+        let seen = self
+            .lock()
+            .actions
+            .get(&id)
+            .and_then(|r| r.gathered.get(&q).copied());
+        if seen == Some(answered) {
+            return false;
+        }
         let Some(groups) = self.rings.answers_by_machine(q) else {
             return false;
         };
@@ -764,28 +761,26 @@ impl ActionBook {
         let Some(r) = b.actions.get_mut(&id) else {
             return false;
         };
+        r.gathered.insert(q, answered);
         let mut changed = false;
         for (answer, who) in groups {
             let Some(row) = answer.rows.as_ref().and_then(|rows| rows.first()) else {
                 continue;
             };
-            let status = row.first().cloned().unwrap_or_default();
-            let output = row.get(1).cloned().unwrap_or_default();
-            let new = Status::parse(&status);
+            let new = Status::parse(row.first().map(String::as_str).unwrap_or_default());
             if new == Status::NotTargeted {
                 continue;
             }
+            let output = row.get(1).cloned().unwrap_or_default();
             for m in who {
-                let slot = r.machines.entry(m.to_string());
-                match slot {
+                match r.machines.entry(m.to_string()) {
                     std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert((status.clone(), output.clone()));
+                        v.insert((new.clone(), output.clone()));
                         changed = true;
                     }
                     std::collections::btree_map::Entry::Occupied(mut o) => {
-                        let old = Status::parse(&o.get().0);
-                        if !old.is_terminal() && o.get().0 != status {
-                            o.insert((status.clone(), output.clone()));
+                        if !o.get().0.is_terminal() && o.get().0 != new {
+                            o.insert((new.clone(), output.clone()));
                             changed = true;
                         }
                     }
@@ -793,6 +788,32 @@ impl ActionBook {
             }
         }
         changed
+    }
+
+    /// Whether every machine action `id` targeted is done (cheap: for polling).
+    pub fn is_done(&self, id: u64) -> bool {
+        let b = self.lock();
+        b.actions.get(&id).is_some_and(|r| done(r, &self.rings))
+    }
+}
+
+/// Whether nothing more will happen to `r` on a machine known to the server: it is not out,
+/// or its delivery reached every ring and every targeted machine is done.
+fn done(r: &ActionRecord, rings: &RingServer) -> bool {
+    match r.phase {
+        Phase::AwaitingApproval => false,
+        Phase::Out => {
+            let listed = match &r.spec.target {
+                Target::Machines(ids) => ids.len(),
+                _ => 0,
+            };
+            r.machines.len() >= listed
+                && r.machines.values().all(|(s, _)| s.is_terminal())
+                && r.delivery
+                    .and_then(|q| rings.is_open(q))
+                    .is_some_and(|(fanned, _)| fanned)
+        }
+        _ => true,
     }
 }
 

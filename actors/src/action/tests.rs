@@ -519,3 +519,78 @@ fn the_action_sensors_are_in_the_catalog() {
         assert!(BUILTIN.iter().any(|b| b.name == name), "{name}");
     }
 }
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever bytes come as an action body: a clear refusal, never a panic, and
+        /// never an action the pinned key did not sign.
+        #[test]
+        fn any_action_body_is_refused_or_opens_only_if_signed(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let (_, trust) = keys();
+            let mut body = vec![ACTION_BODY];
+            body.extend_from_slice(&bytes);
+            if let Some(Ok(signed)) = SignedAction::from_question_body(&body) {
+                prop_assert!(signed.open(&trust, now_ms()).is_err());
+            }
+        }
+
+        /// A signed action with its bytes flipped anywhere never opens.
+        #[test]
+        fn a_flipped_byte_never_opens(at in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let (signer, trust) = keys();
+            let s = spec(3, "uninstall", &["anydesk"], Target::Machines(vec!["e1".into()]));
+            let mut signed = SignedAction::sign(&s, Stamp::now_for(Duration::from_secs(60)), &signer)
+                .expect("sign");
+            let i = at.index(signed.body.len());
+            signed.body[i] ^= 1 << bit;
+            prop_assert!(signed.open(&trust, now_ms()).is_err());
+        }
+
+        /// Any status text reads as some status, and a written status reads back the same.
+        #[test]
+        fn any_status_text_reads(text in ".{0,80}") {
+            let s = Status::parse(&text);
+            prop_assert_eq!(Status::parse(&s.to_string()), s);
+        }
+    }
+}
+
+#[tokio::test]
+async fn kill_process_kills_by_pid_and_never_the_agent() {
+    let state = tempfile::tempdir().expect("state");
+    let exec = linux(Vec::new(), state.path());
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    let pid = child.id().to_string();
+    let dry = exec
+        .run(&ActionSpec {
+            dry_run: true,
+            ..spec(1, "kill-process", &[&pid], Target::All)
+        })
+        .await;
+    assert_eq!(dry.status, Status::Completed);
+    assert!(dry.output.starts_with("dry run: would kill"), "{dry:?}");
+    assert_eq!(
+        child.try_wait().expect("wait"),
+        None,
+        "a dry run kills nothing"
+    );
+    let o = exec
+        .run(&spec(1, "kill-process", &[&pid], Target::All))
+        .await;
+    assert_eq!(o, Outcome::done(format!("killed [{pid}]")));
+    let status = child.wait().expect("reaped");
+    assert!(!status.success());
+    // The agent itself is never a target.
+    let me = std::process::id().to_string();
+    let o = exec
+        .run(&spec(2, "kill-process", &[&me], Target::All))
+        .await;
+    assert_eq!(o, Outcome::done(format!("no process matches {me}")));
+}

@@ -1,4 +1,4 @@
-//! Running a scenario: heal, measure a fault-free question, strike, keep asking through the fault, heal, and check the seven invariants.
+//! Running a scenario: heal, measure a fault-free question, strike, keep asking through the fault, heal, and check the eight invariants.
 
 use crate::fleet::{Fleet, SIM_QUESTION};
 use anyhow::Result;

@@ -807,11 +807,14 @@ fn done(r: &ActionRecord, rings: &RingServer) -> bool {
                 Target::Machines(ids) => ids.len(),
                 _ => 0,
             };
-            r.machines.len() >= listed
+            // The delivery reached every ring, and every answer it brought has been read.
+            let delivered = r.delivery.is_some_and(|q| {
+                rings.is_open(q).is_some_and(|(fanned, _)| fanned)
+                    && r.gathered.get(&q).copied() == rings.answered(q)
+            });
+            delivered
+                && r.machines.len() >= listed
                 && r.machines.values().all(|(s, _)| s.is_terminal())
-                && r.delivery
-                    .and_then(|q| rings.is_open(q))
-                    .is_some_and(|(fanned, _)| fanned)
         }
         _ => true,
     }

@@ -1,0 +1,95 @@
+//! Actions on a simulated fleet (in-memory network, paused time): find → act → ask again,
+//! with counts equal to the host profiles' ground truth.
+
+use std::time::Duration;
+
+use rollcall::fleet::{Fleet, FleetConfig, SimTransport};
+use rollcall_actors::action::server::ActRequest;
+use rollcall_tests::eventually_or;
+
+fn uninstall_where(package: &str) -> ActRequest {
+    ActRequest {
+        package: "uninstall".into(),
+        params: vec![package.into()],
+        filter: Some(format!("Installed Applications is \"{package}\"")),
+        from_question: None,
+        all: false,
+        dry_run: false,
+        expire_secs: None,
+        spread_secs: 0,
+        purge: false,
+        script: None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn find_act_and_ask_again_on_a_simulated_fleet() {
+    rollcall_runtime::telemetry::init("off");
+    let mut fleet = Fleet::start(FleetConfig::chaos(200, 50, SimTransport::Mem, 7), |_| {})
+        .await
+        .expect("fleet");
+    fleet
+        .wait_formed(Duration::from_secs(120), Duration::from_millis(100))
+        .await
+        .expect("formed");
+    for package in ["vim", "nginx"] {
+        let having = |fleet: &Fleet| {
+            fleet
+                .endpoints
+                .iter()
+                .filter(|e| e.host.profile().packages.iter().any(|(n, _)| n == package))
+                .count() as u64
+        };
+        let before = having(&fleet);
+        assert!(before > 0, "no machine has {package}");
+        let id = fleet.act(uninstall_where(package)).await.expect("act");
+        // Uninstall waits for a second admin.
+        let r = fleet.action(id).expect("report");
+        assert!(r.awaiting_approval, "{r:?}");
+        assert_eq!(r.targeted, 0);
+        fleet.approve(id).await.expect("approve");
+        eventually_or(
+            "every targeted machine done",
+            Duration::from_secs(30),
+            || {
+                let done = fleet.desk().actions().is_done(id);
+                async move {
+                    if done {
+                        Ok(())
+                    } else {
+                        Err("not yet".to_string())
+                    }
+                }
+            },
+        )
+        .await;
+        let r = fleet.action(id).expect("report");
+        assert_eq!(r.targeted, before, "{package}: {r:?}");
+        assert_eq!(r.count("completed"), before, "{package}: {r:?}");
+        assert_eq!(having(&fleet), 0, "{package} still installed somewhere");
+        // Each machine ran it once.
+        let ran: u32 = fleet.endpoints.iter().map(|e| e.executor.runs_of(id)).sum();
+        assert_eq!(u64::from(ran), before);
+        // Asked again: none has it.
+        let q = fleet
+            .ask(
+                &format!("Get Computer Name from all machines with Installed Applications is \"{package}\""),
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("ask");
+        eventually_or("everyone answered again", Duration::from_secs(30), || {
+            let n = fleet.rings().answered(q).unwrap_or(0);
+            async move {
+                if n == 200 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} of 200"))
+                }
+            }
+        })
+        .await;
+        assert_eq!(fleet.progress(q).expect("progress").matched, 0);
+    }
+    fleet.shutdown().await;
+}

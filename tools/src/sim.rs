@@ -140,6 +140,9 @@ pub struct ActionRun {
     pub completed: u64,
     /// Milliseconds from the approval until every targeted machine was done.
     pub done_ms: f64,
+    /// Milliseconds from the approval until its delivery had reached every ring.
+    #[serde(default)]
+    pub delivered_ms: f64,
     /// Envelopes the server received and sent meanwhile.
     pub server_msgs: u64,
     /// Machines that still had the package when asked again.
@@ -182,7 +185,14 @@ async fn measure_actions(a: &SimArgs, fleet: &Fleet) -> Result<Vec<ActionRun>> {
         let t = Instant::now();
         fleet.approve(id).await?;
         let deadline = Instant::now() + Duration::from_secs(120);
+        let mut delivered_ms = 0.0;
         while !fleet.desk().actions().is_done(id) && Instant::now() < deadline {
+            if delivered_ms == 0.0
+                && let Some(q) = fleet.desk().actions().delivery(id)
+                && fleet.rings().is_open(q).is_some_and(|(fanned, _)| fanned)
+            {
+                delivered_ms = t.elapsed().as_secs_f64() * 1000.0;
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let done_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -205,6 +215,7 @@ async fn measure_actions(a: &SimArgs, fleet: &Fleet) -> Result<Vec<ActionRun>> {
             targeted: report.targeted,
             completed: report.count("completed"),
             done_ms,
+            delivered_ms,
             server_msgs: (after.envelopes_received - before.envelopes_received)
                 + (after.envelopes_sent - before.envelopes_sent),
             matched_after,
@@ -509,8 +520,14 @@ pub fn print(r: &SimReport) {
     );
     for x in &r.actions {
         println!(
-            "action uninstall {:<22} {} targeted, {} completed in {:.1} ms, {} server envelopes; asked again: {} still have it",
-            x.package, x.targeted, x.completed, x.done_ms, x.server_msgs, x.matched_after
+            "action uninstall {:<22} {} targeted, {} completed in {:.1} ms (delivered in {:.1} ms), {} server envelopes; asked again: {} still have it",
+            x.package,
+            x.targeted,
+            x.completed,
+            x.done_ms,
+            x.delivered_ms,
+            x.server_msgs,
+            x.matched_after
         );
     }
     if !r.actions.is_empty() {

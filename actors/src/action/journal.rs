@@ -50,6 +50,10 @@ pub trait Journal: Send + Sync + 'static {
     fn start(&self, id: u64) -> Result<bool, JournalError>;
     /// Action `id`'s entry.
     fn get(&self, id: u64) -> Option<Entry>;
+    /// Where action `id` stands, and its output (without copying the signed action).
+    fn status(&self, id: u64) -> Option<(Status, String)> {
+        self.get(id).map(|e| (e.status, e.output))
+    }
     /// Every entry (the oldest first).
     fn all(&self) -> Vec<(u64, Entry)>;
 }

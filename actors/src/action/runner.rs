@@ -8,7 +8,7 @@ use rollcall_cluster::proto::NodeAnswer;
 use rollcall_runtime::WireStats;
 use rollcall_runtime::signing::ServerTrust;
 
-use super::journal::{Entry, Journal};
+use super::journal::Journal;
 use super::{
     ActionRefusal, ActionSpec, Executor, OUTPUT_IN_ANSWER, Outcome, SignedAction, Status, Target,
     cut, now_ms,
@@ -123,8 +123,10 @@ impl ActionRunner {
             Ok(s) => s,
             Err(why) => {
                 // One it already holds says where it stands (an expired copy changes nothing).
-                if let (ActionRefusal::Expired(_), Some(e)) = (&why, self.journal.get(signed.id)) {
-                    return Box::pin(std::future::ready(answer(&e.status, &e.output)));
+                if let (ActionRefusal::Expired(_), Some((status, output))) =
+                    (&why, self.journal.status(signed.id))
+                {
+                    return Box::pin(std::future::ready(answer(&status, &output)));
                 }
                 return Box::pin(std::future::ready(self.refused(&why)));
             }
@@ -135,10 +137,10 @@ impl ActionRunner {
             // uninstall's filter no longer matches the machine it ran on).
             // (The deliberately broken `broken-journal` build skips this and forgets in
             // `begin`: the chaos suite's "never twice" check must catch it.)
-            if let Some(held) = me.journal.get(spec.id)
+            if let Some((status, output)) = me.journal.status(spec.id)
                 && !cfg!(feature = "broken-journal")
             {
-                return answer(&held.status, &held.output);
+                return answer(&status, &output);
             }
             if !me.targeted(&spec, &sensors).await {
                 return NodeAnswer {
@@ -175,7 +177,7 @@ impl ActionRunner {
         match &spec.target {
             Target::All => true,
             Target::Machines(ids) => ids.contains(&self.me),
-            Target::Where(q) => sensors.answer(q).await.rows.is_some(),
+            Target::Where(q) => sensors.matches(q).await,
         }
     }
 
@@ -196,9 +198,8 @@ impl ActionRunner {
     async fn run_now(&self, spec: &ActionSpec, expires_unix_ms: u64) -> (Status, String) {
         let id = spec.id;
         let cap = spec.package.output_cap;
-        let now = |e: Option<Entry>| match e {
-            Some(e) => (e.status, e.output),
-            None => (Status::Failed("not in the journal".into()), String::new()),
+        let now = |e: Option<(Status, String)>| {
+            e.unwrap_or_else(|| (Status::Failed("not in the journal".into()), String::new()))
         };
         if now_ms() > expires_unix_ms {
             if self
@@ -208,12 +209,12 @@ impl ActionRunner {
             {
                 let _ = self.journal.set(id, Status::Expired, "", cap);
             }
-            return now(self.journal.get(id));
+            return now(self.journal.status(id));
         }
         // Running is written (durably) before anything runs; of several callers, one wins.
         match self.journal.start(id) {
             Ok(true) => {}
-            Ok(false) => return now(self.journal.get(id)),
+            Ok(false) => return now(self.journal.status(id)),
             Err(e) => {
                 tracing::error!(action = id, error = %e, "cannot journal the action as running: not run");
                 return (Status::Failed(e.to_string()), String::new());
@@ -231,18 +232,15 @@ impl ActionRunner {
         {
             tracing::error!(action = id, error = %e, "cannot journal the action's outcome");
         }
-        now(self.journal.get(id))
+        now(self.journal.status(id))
     }
 }
 
 impl ActionState for ActionRunner {
     fn status(&self, id: u64) -> Option<(String, String)> {
-        self.journal.get(id).map(|e| {
-            (
-                e.status.to_string(),
-                cut(&e.output, OUTPUT_IN_ANSWER).to_string(),
-            )
-        })
+        self.journal
+            .status(id)
+            .map(|(s, output)| (s.to_string(), cut(&output, OUTPUT_IN_ANSWER).to_string()))
     }
 
     fn quarantined(&self) -> bool {

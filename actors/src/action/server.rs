@@ -9,11 +9,12 @@
 //! server's store: a restart loses none, and sends the same signed action again (each
 //! endpoint's journal keeps it from running twice).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rollcall_cluster::shard::RingServer;
+use rollcall_runtime::NodeId;
 use rollcall_runtime::signing::{Stamp, unix_ms};
 use rollcall_runtime::wire;
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,9 @@ pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
 
 /// How often the server asks the statuses of an action that is not done.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the answers of a round still going are read.
+const GATHER_WHILE_GOING: Duration = Duration::from_secs(1);
 
 /// Machines one status reply lists at most.
 pub const MACHINES_PER_REPLY: usize = 2_000;
@@ -116,11 +120,14 @@ pub struct ActionRecord {
     /// The action as signed, once out.
     pub signed: Option<SignedAction>,
     /// Each machine's last status and output's first bytes.
-    pub machines: BTreeMap<String, (Status, String)>,
+    pub machines: HashMap<NodeId, (Status, String)>,
     /// Answers taken from each question so far (a question whose count has not moved is
     /// not read again).
     #[serde(skip)]
     gathered: BTreeMap<u64, usize>,
+    /// When each question's answers were last read.
+    #[serde(skip)]
+    read_at: BTreeMap<u64, tokio::time::Instant>,
     /// The question that delivered it (this server run).
     #[serde(skip)]
     delivery: Option<u64>,
@@ -439,8 +446,9 @@ impl ActionBook {
                 expire_secs,
                 approved_by: None,
                 signed: None,
-                machines: BTreeMap::new(),
+                machines: HashMap::new(),
                 gathered: BTreeMap::new(),
+                read_at: BTreeMap::new(),
                 delivery: None,
                 poll: None,
             };
@@ -567,28 +575,33 @@ impl ActionBook {
     pub fn report(&self, id: u64, failed_only: bool) -> Option<ActionReport> {
         let b = self.lock();
         let r = b.actions.get(&id)?;
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
         for (s, _) in r.machines.values() {
-            *counts.entry(s.kind().to_string()).or_default() += 1;
+            *kinds.entry(s.kind()).or_default() += 1;
         }
+        let counts: BTreeMap<String, u64> =
+            kinds.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
         let listed = match &r.spec.target {
             Target::Machines(ids) => ids.len(),
             _ => 0,
         };
         let targeted = r.machines.len().max(listed) as u64;
-        let shown: Vec<MachineStatus> = r
+        let wanted = |s: &Status| {
+            !failed_only || !matches!(s, Status::Completed | Status::Waiting | Status::Running)
+        };
+        let total = r.machines.values().filter(|(s, _)| wanted(s)).count();
+        let mut shown: Vec<MachineStatus> = r
             .machines
             .iter()
-            .filter(|(_, (s, _))| {
-                !failed_only || !matches!(s, Status::Completed | Status::Waiting | Status::Running)
-            })
+            .filter(|(_, (s, _))| wanted(s))
+            .take(MACHINES_PER_REPLY)
             .map(|(id, (status, output))| MachineStatus {
-                id: id.clone(),
+                id: id.to_string(),
                 status: status.to_string(),
                 output: output.clone(),
             })
             .collect();
-        let total = shown.len();
+        shown.sort_by(|a, b| a.id.cmp(&b.id));
         let expires_in_ms = match (&r.phase, &r.signed) {
             (Phase::Out, Some(s)) => s.stamp.expires_unix_ms.saturating_sub(unix_ms()),
             _ => 0,
@@ -606,7 +619,7 @@ impl ActionBook {
             counts,
             done: done(r, &self.rings),
             expires_in_ms,
-            machines: shown.into_iter().take(MACHINES_PER_REPLY).collect(),
+            machines: shown,
             machines_total: total,
         })
     }
@@ -673,7 +686,24 @@ impl ActionBook {
             };
             let mut changed = false;
             for q in [delivery, poll.map(|p| p.0)].into_iter().flatten() {
+                // While a round is still going, its answers are read at most once a second
+                // (each read copies every answering machine's id, and at 100,000 machines
+                // reading at every tick would take the cores the round needs); the moment
+                // it has reached every ring, they are read at once.
+                let going = self.rings.is_open(q).is_some_and(|(fanned, _)| !fanned);
+                let recent = self
+                    .lock()
+                    .actions
+                    .get(&id)
+                    .and_then(|r| r.read_at.get(&q).copied())
+                    .is_some_and(|at| now.duration_since(at) < GATHER_WHILE_GOING);
+                if going && recent {
+                    continue;
+                }
                 changed |= self.gather(id, q);
+                if let Some(r) = self.lock().actions.get_mut(&id) {
+                    r.read_at.insert(q, now);
+                }
             }
             if unix_ms() > expires.saturating_add(grace) {
                 let record = {
@@ -683,7 +713,7 @@ impl ActionBook {
                     };
                     for m in &listed {
                         r.machines
-                            .entry(m.clone())
+                            .entry(NodeId(m.as_str().into()))
                             .or_insert_with(|| (Status::Expired, String::new()));
                     }
                     for (s, _) in r.machines.values_mut() {
@@ -773,12 +803,12 @@ impl ActionBook {
             }
             let output = row.get(1).cloned().unwrap_or_default();
             for m in who {
-                match r.machines.entry(m.to_string()) {
-                    std::collections::btree_map::Entry::Vacant(v) => {
+                match r.machines.entry(m) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
                         v.insert((new.clone(), output.clone()));
                         changed = true;
                     }
-                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                    std::collections::hash_map::Entry::Occupied(mut o) => {
                         if !o.get().0.is_terminal() && o.get().0 != new {
                             o.insert((new.clone(), output.clone()));
                             changed = true;
@@ -788,6 +818,11 @@ impl ActionBook {
             }
         }
         changed
+    }
+
+    /// The question that delivered action `id` (this server run).
+    pub fn delivery(&self, id: u64) -> Option<u64> {
+        self.lock().actions.get(&id).and_then(|r| r.delivery)
     }
 
     /// Whether every machine action `id` targeted is done (cheap: for polling).

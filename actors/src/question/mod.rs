@@ -330,31 +330,43 @@ pub enum LimitError {
     EmptyList,
 }
 
+/// Adds `s` unless it is there: a question names a handful of sensors, and a linear look
+/// for repeats beats a set (this runs once per question on every machine).
+fn add_once<'q>(out: &mut Vec<&'q SensorRef>, s: &'q SensorRef) {
+    if !out.contains(&s) {
+        out.push(s);
+    }
+}
+
 impl Question {
     /// Every sensor the question reads (selected or filtered on), once each.
     pub fn sensors(&self) -> Vec<&SensorRef> {
-        // A question names a handful of sensors: a linear look for repeats beats a set (this
-        // runs once per question on every machine).
-        fn add<'q>(out: &mut Vec<&'q SensorRef>, s: &'q SensorRef) {
-            if !out.contains(&s) {
-                out.push(s);
-            }
+        let mut out = Vec::with_capacity(self.select.len() + 2);
+        for s in &self.select {
+            add_once(&mut out, s);
         }
+        self.filter_into(&mut out);
+        out
+    }
+
+    /// The sensors its filter reads, once each (none without a filter).
+    pub fn filter_sensors(&self) -> Vec<&SensorRef> {
+        let mut out = Vec::with_capacity(2);
+        self.filter_into(&mut out);
+        out
+    }
+
+    fn filter_into<'q>(&'q self, out: &mut Vec<&'q SensorRef>) {
         fn walk<'q>(f: &'q Filter, out: &mut Vec<&'q SensorRef>) {
             match f {
                 Filter::And(items) | Filter::Or(items) => items.iter().for_each(|x| walk(x, out)),
                 Filter::Not(a) => walk(a, out),
-                Filter::Cmp { sensor, .. } => add(out, sensor),
+                Filter::Cmp { sensor, .. } => add_once(out, sensor),
             }
         }
-        let mut out = Vec::with_capacity(self.select.len() + 2);
-        for s in &self.select {
-            add(&mut out, s);
-        }
         if let Some(f) = &self.filter {
-            walk(f, &mut out);
+            walk(f, out);
         }
-        out
     }
 
     /// Checks the limits the parser enforces, on a question that came from elsewhere (an

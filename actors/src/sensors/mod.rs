@@ -472,6 +472,25 @@ impl Sensors {
         (result, runtime_ms)
     }
 
+    /// Whether this machine satisfies `q`'s filter (only the filter's sensors are read; a
+    /// failed sensor makes its conditions unknown, and unknown is not a match).
+    pub async fn matches(&self, q: &Question) -> bool {
+        let Some(f) = &q.filter else {
+            return true;
+        };
+        let sensors = q.filter_sensors();
+        let mut values = Vec::with_capacity(sensors.len());
+        for s in &sensors {
+            values.push(self.read(s).await.0);
+        }
+        let lookup = |s: &SensorRef| match sensors.iter().position(|x| *x == s).map(|i| &values[i])
+        {
+            Some(Ok(v)) => Some(v.as_slice()),
+            _ => None,
+        };
+        f.eval(&lookup) == Truth::True
+    }
+
     /// Evaluates `q` on this machine: every sensor read once, the filter applied, the rows
     /// built. A failing sensor gives `[error: …]` in its cell and a problem entry, and makes
     /// the comparisons that need it unknown (so the machine matches only if the filter holds

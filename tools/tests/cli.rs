@@ -784,8 +784,12 @@ fn chaos_against_a_served_sim_runs_a_scenario_and_applies_faults() {
     );
     assert_eq!(
         text.lines().filter(|l| l.contains("  pass    ")).count(),
-        7,
-        "seven invariants, each held:\n{text}"
+        8,
+        "eight invariants, each held:\n{text}"
+    );
+    assert!(
+        text.contains("no action ran twice on any machine                    pass    23 of 24 machines ran action 1 once, none twice"),
+        "{text}"
     );
     assert!(text.contains("all invariants held"), "{text}");
 

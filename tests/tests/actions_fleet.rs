@@ -7,21 +7,6 @@ use rollcall::fleet::{Fleet, FleetConfig, SimTransport};
 use rollcall_actors::action::server::ActRequest;
 use rollcall_tests::eventually_or;
 
-fn uninstall_where(package: &str) -> ActRequest {
-    ActRequest {
-        package: "uninstall".into(),
-        params: vec![package.into()],
-        filter: Some(format!("Installed Applications is \"{package}\"")),
-        from_question: None,
-        all: false,
-        dry_run: false,
-        expire_secs: None,
-        spread_secs: 0,
-        purge: false,
-        script: None,
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn find_act_and_ask_again_on_a_simulated_fleet() {
     rollcall_runtime::telemetry::init("off");
@@ -42,7 +27,14 @@ async fn find_act_and_ask_again_on_a_simulated_fleet() {
         };
         let before = having(&fleet);
         assert!(before > 0, "no machine has {package}");
-        let id = fleet.act(uninstall_where(package)).await.expect("act");
+        let id = fleet
+            .act(ActRequest::where_(
+                "uninstall",
+                &[package],
+                format!("Installed Applications is \"{package}\""),
+            ))
+            .await
+            .expect("act");
         // Uninstall waits for a second admin.
         let r = fleet.action(id).expect("report");
         assert!(r.awaiting_approval, "{r:?}");

@@ -168,18 +168,7 @@ async fn measure_actions(a: &SimArgs, fleet: &Fleet) -> Result<Vec<ActionRun>> {
         let package = ACTION_PACKAGES[k % ACTION_PACKAGES.len()];
         let filter = format!("Installed Applications is \"{package}\"");
         let id = fleet
-            .act(ActRequest {
-                package: "uninstall".into(),
-                params: vec![package.into()],
-                filter: Some(filter.clone()),
-                from_question: None,
-                all: false,
-                dry_run: false,
-                expire_secs: None,
-                spread_secs: 0,
-                purge: false,
-                script: None,
-            })
+            .act(ActRequest::where_("uninstall", &[package], filter.clone()))
             .await?;
         let before = fleet.server().stats();
         let t = Instant::now();

@@ -106,6 +106,48 @@ impl Cluster {
         })
     }
 
+    /// Olga runs `script` on every machine (`extra` flags added); the command's output.
+    fn run_script(&self, script: &str, extra: &[&str]) -> std::process::Output {
+        let file = self.path("script.sh");
+        std::fs::write(&file, script).expect("script");
+        let file = file.to_string_lossy().into_owned();
+        let mut args = vec![
+            "act",
+            "run-script",
+            "--all",
+            "--script-file",
+            &file,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        self.as_("olga", &args)
+    }
+
+    /// Action `id`'s status as the viewer sees it, once `done` holds for it (within the
+    /// tries).
+    fn status_until(
+        &self,
+        id: &str,
+        tries: usize,
+        done: impl Fn(&str) -> bool,
+    ) -> serde_json::Value {
+        let out = run_until(
+            &[
+                "action",
+                "status",
+                id,
+                "--json",
+                "--server",
+                &self.addr,
+                "--cert-dir",
+                &self.p("vera"),
+            ],
+            tries,
+            done,
+        );
+        serde_json::from_str(&out).expect("json")
+    }
+
     /// Waits until the ring view lists `n` machines that are not offline.
     fn wait_members(&self, n: usize) {
         run_until(
@@ -259,21 +301,7 @@ fn delete_file_and_scripts_on_real_endpoints_with_approval_audit_and_a_restart()
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let done = run_until(
-        &[
-            "action",
-            "status",
-            &id,
-            "--json",
-            "--server",
-            &c.addr,
-            "--cert-dir",
-            &c.p("vera"),
-        ],
-        200,
-        |out| out.contains("\"done\":true"),
-    );
-    let r: serde_json::Value = serde_json::from_str(&done).expect("json");
+    let r = c.status_until(&id, 200, |out| out.contains("\"done\":true"));
     // Endpoint 1 moved its file; endpoint 2 refused a path outside its roots; endpoint 3
     // was not among the question's machines.
     assert_eq!(r["targeted"], 2, "{r:#}");
@@ -325,19 +353,7 @@ fn delete_file_and_scripts_on_real_endpoints_with_approval_audit_and_a_restart()
     assert!(c.path("root2/dropper.bin").exists());
 
     // run-script: output and exit code come back from all three.
-    let script = c.path("hello.sh");
-    std::fs::write(&script, "echo hello from rollcall\n").expect("script");
-    let ran = c.as_(
-        "olga",
-        &[
-            "act",
-            "run-script",
-            "--all",
-            "--script-file",
-            &script.to_string_lossy(),
-            "--json",
-        ],
-    );
+    let ran = c.run_script("echo hello from rollcall\n", &[]);
     assert_eq!(code(&ran), 0, "{}", String::from_utf8_lossy(&ran.stderr));
     let r: serde_json::Value = serde_json::from_slice(&ran.stdout).expect("json");
     assert_eq!(r["targeted"], 3, "{r:#}");
@@ -345,18 +361,7 @@ fn delete_file_and_scripts_on_real_endpoints_with_approval_audit_and_a_restart()
     for m in r["machines"].as_array().expect("machines") {
         assert_eq!(m["output"], "hello from rollcall\n", "{m}");
     }
-    std::fs::write(&script, "echo broken >&2\nexit 7\n").expect("script");
-    let failed = c.as_(
-        "olga",
-        &[
-            "act",
-            "run-script",
-            "--all",
-            "--script-file",
-            &script.to_string_lossy(),
-            "--json",
-        ],
-    );
+    let failed = c.run_script("echo broken >&2\nexit 7\n", &[]);
     assert_eq!(code(&failed), 1);
     let r: serde_json::Value = serde_json::from_slice(&failed.stdout).expect("json");
     assert_eq!(r["failed"], 3, "{r:#}");
@@ -417,24 +422,15 @@ fn an_offline_endpoint_runs_an_action_on_return_exactly_once() {
     let _e3 = c.endpoint(3);
     c.wait_members(3);
     let log = c.path("runs.log");
-    let script = c.path("count.sh");
-    std::fs::write(&script, format!("echo run >> {}\n", log.to_string_lossy())).expect("script");
+    let count = format!("echo run >> {}\n", log.to_string_lossy());
+    let act = |expire: &str| -> serde_json::Value {
+        let out = c.run_script(&count, &["--expire-secs", expire]);
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
     drop(e2);
     c.wait_members(2);
 
-    let r = c.json(
-        "olga",
-        &[
-            "act",
-            "run-script",
-            "--all",
-            "--script-file",
-            &script.to_string_lossy(),
-            "--expire-secs",
-            "120",
-            "--json",
-        ],
-    );
+    let r = act("120");
     assert_eq!(r["completed"], 2, "{r:#}");
     let id = r["id"].as_u64().expect("id").to_string();
     let runs = || {
@@ -447,20 +443,7 @@ fn an_offline_endpoint_runs_an_action_on_return_exactly_once() {
 
     // Back: it receives the action it missed and runs it once.
     let e2 = c.endpoint(2);
-    run_until(
-        &[
-            "action",
-            "status",
-            &id,
-            "--json",
-            "--server",
-            &c.addr,
-            "--cert-dir",
-            &c.p("vera"),
-        ],
-        300,
-        |out| out.contains("\"completed\":3"),
-    );
+    c.status_until(&id, 300, |out| out.contains("\"completed\":3"));
     assert_eq!(runs(), 3);
     // Restarted: it finds the action in its journal, and does not run it again.
     drop(e2);
@@ -482,19 +465,7 @@ fn an_offline_endpoint_runs_an_action_on_return_exactly_once() {
     // An action that expired before a machine came back: it does not run there.
     drop(e2_again);
     c.wait_members(2);
-    let short = c.json(
-        "olga",
-        &[
-            "act",
-            "run-script",
-            "--all",
-            "--script-file",
-            &script.to_string_lossy(),
-            "--expire-secs",
-            "2",
-            "--json",
-        ],
-    );
+    let short = act("2");
     assert_eq!(short["completed"], 2, "{short:#}");
     assert_eq!(runs(), 5);
     // Past its expiry (the server says so), the machine comes back.

@@ -51,7 +51,7 @@ pub const MACHINES_PER_REPLY: usize = 2_000;
 const PACKAGES_KEY: &str = "packages";
 
 /// What an operator asks for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActRequest {
     /// The package's name.
     pub package: String,
@@ -206,6 +206,28 @@ pub struct ActionBook {
 impl std::fmt::Debug for ActionBook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ActionBook")
+    }
+}
+
+impl ActRequest {
+    /// `package` with `params` on the machines where `filter` holds.
+    pub fn where_(package: &str, params: &[&str], filter: impl Into<String>) -> ActRequest {
+        ActRequest {
+            package: package.into(),
+            params: params.iter().map(|p| p.to_string()).collect(),
+            filter: Some(filter.into()),
+            ..ActRequest::default()
+        }
+    }
+
+    /// `package` with `params` on every machine.
+    pub fn all(package: &str, params: &[&str]) -> ActRequest {
+        ActRequest {
+            package: package.into(),
+            params: params.iter().map(|p| p.to_string()).collect(),
+            all: true,
+            ..ActRequest::default()
+        }
     }
 }
 

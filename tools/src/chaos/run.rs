@@ -103,22 +103,11 @@ impl Scenario {
                 )
             }
             Scenario::SubnetReboot => {
-                let mut chosen = ring.clone();
-                chosen.shuffle(rng);
-                chosen.truncate((ring.len() * 3).div_ceil(10));
-                let now = Instant::now();
                 let window = opts.reboot_window.as_millis().max(1) as u64;
-                for &i in &chosen {
-                    let down_at = now + Duration::from_millis(rng.random_range(0..window));
-                    let down_for = Duration::from_millis(rng.random_range(1000..5000));
-                    v.excused.insert(id(fleet, i));
-                    // Killed at `down_at`, back `down_for` later: two timed steps.
-                    v.restarts.push((i, down_at, false));
-                    v.restarts.push((i, down_at + down_for, true));
-                }
+                let chosen = reboot_some(fleet, &ring, rng, v, window, 1000..5000);
                 format!(
                     "{} of {} machines of a subnet reboot within {:?}, each down 1–5 s",
-                    chosen.len(),
+                    chosen,
                     ring.len(),
                     opts.reboot_window
                 )
@@ -161,20 +150,10 @@ impl Scenario {
                 "restarted the server".into()
             }
             Scenario::ActionOfflineRestart => {
-                let mut chosen = ring.clone();
-                chosen.shuffle(rng);
-                chosen.truncate((ring.len() * 3).div_ceil(10));
-                let now = Instant::now();
-                for &i in &chosen {
-                    let down_at = now + Duration::from_millis(rng.random_range(0..2_000));
-                    let down_for = Duration::from_millis(rng.random_range(1000..3000));
-                    v.excused.insert(id(fleet, i));
-                    v.restarts.push((i, down_at, false));
-                    v.restarts.push((i, down_at + down_for, true));
-                }
+                let chosen = reboot_some(fleet, &ring, rng, v, 2_000, 1000..3000);
                 format!(
                     "{} of {} machines of a subnet go down within 2 s of an action spread over {} s, each down 1–3 s",
-                    chosen.len(),
+                    chosen,
                     ring.len(),
                     ACTION_SPREAD_SECS
                 )
@@ -182,6 +161,31 @@ impl Scenario {
         };
         Ok(desc)
     }
+}
+
+/// Takes down 30% of `ring`, each at a random moment within `window_ms` and for a random
+/// `down_ms`, then back (two timed steps each, carried out as the scenario samples); returns
+/// how many.
+fn reboot_some(
+    fleet: &Fleet,
+    ring: &[usize],
+    rng: &mut SmallRng,
+    v: &mut Victims,
+    window_ms: u64,
+    down_ms: std::ops::Range<u64>,
+) -> usize {
+    let mut chosen = ring.to_vec();
+    chosen.shuffle(rng);
+    chosen.truncate((ring.len() * 3).div_ceil(10));
+    let now = Instant::now();
+    for &i in &chosen {
+        let down_at = now + Duration::from_millis(rng.random_range(0..window_ms.max(1)));
+        let down_for = Duration::from_millis(rng.random_range(down_ms.clone()));
+        v.excused.insert(fleet.endpoints[i].id.clone());
+        v.restarts.push((i, down_at, false));
+        v.restarts.push((i, down_at + down_for, true));
+    }
+    chosen.len()
 }
 
 /// The spread of the action in the action-offline-restart scenario.
@@ -234,20 +238,13 @@ pub async fn run_scenario(
     // it again): every machine takes it at most once, whatever the fault does.
     let action = fleet
         .act(ActRequest {
-            package: "release".into(),
-            params: Vec::new(),
-            filter: None,
-            from_question: None,
-            all: true,
-            dry_run: false,
             expire_secs: Some(opts.ttl.as_secs().max(30)),
             spread_secs: if scenario == Scenario::ActionOfflineRestart {
                 ACTION_SPREAD_SECS
             } else {
                 0
             },
-            purge: false,
-            script: None,
+            ..ActRequest::all("release", &[])
         })
         .await?;
     let t_fault = Instant::now();

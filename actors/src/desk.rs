@@ -131,7 +131,8 @@ pub enum DeskRequest {
         /// Its id.
         id: u64,
     },
-    /// Cancel an action awaiting approval (its issuer, or an admin).
+    /// Cancel an action (its issuer, or an admin): before it is out, or where it has not
+    /// started.
     Cancel {
         /// Its id.
         id: u64,
@@ -374,12 +375,11 @@ impl QuestionDesk {
             DeskRequest::Actions => DeskReply::Actions(self.actions.list()),
             DeskRequest::Approve { id } => result(self.actions.approve(id, me).await),
             DeskRequest::Deny { id } => result(self.actions.stop(id, me, true, true)),
-            DeskRequest::Cancel { id } => {
-                result(
-                    self.actions
-                        .stop(id, me, role.allows(OperatorRole::Admin), false),
-                )
-            }
+            DeskRequest::Cancel { id } => result(
+                self.actions
+                    .cancel(id, me, role.allows(OperatorRole::Admin))
+                    .await,
+            ),
             DeskRequest::AddPackage {
                 name,
                 command,

@@ -541,6 +541,15 @@ impl QuestionStore {
         Some(groups)
     }
 
+    /// Closes question `id` now: it is handed to no returning machine and takes no late
+    /// answer (members that hold it keep it until its signed expiry).
+    pub fn close(&self, id: u64) {
+        let now = tokio::time::Instant::now().into_std();
+        if let Some(r) = self.lock().1.get_mut(&id) {
+            r.expires_at = r.expires_at.min(now);
+        }
+    }
+
     /// Whether `id`'s fan-out is over and it is still open (late answers may come).
     pub fn is_open(&self, id: u64) -> Option<(bool, bool)> {
         let now = tokio::time::Instant::now().into_std();

@@ -942,6 +942,11 @@ impl RingServer {
         self.questions.answers_by_machine(id)
     }
 
+    /// Closes question `id`: no more hand-offs to returning machines, no late answers.
+    pub fn close(&self, id: u64) {
+        self.questions.close(id);
+    }
+
     /// Whether question `id` has fanned out, and whether it is still open.
     pub fn is_open(&self, id: u64) -> Option<(bool, bool)> {
         self.questions.is_open(id)

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use rollcall::fleet::{Fleet, FleetConfig, SimTransport};
+use rollcall_actors::action::journal::Journal;
 use rollcall_actors::action::server::ActRequest;
 use rollcall_tests::eventually_or;
 
@@ -83,5 +84,82 @@ async fn find_act_and_ask_again_on_a_simulated_fleet() {
         .await;
         assert_eq!(fleet.progress(q).expect("progress").matched, 0);
     }
+    fleet.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_action_never_starts_where_it_waited_or_had_not_arrived() {
+    rollcall_runtime::telemetry::init("off");
+    let mut fleet = Fleet::start(FleetConfig::chaos(100, 50, SimTransport::Mem, 9), |_| {})
+        .await
+        .expect("fleet");
+    fleet
+        .wait_formed(Duration::from_secs(120), Duration::from_millis(100))
+        .await
+        .expect("formed");
+    // One machine is away when the action goes out.
+    let away = 17;
+    fleet.kill(away);
+    let id = fleet
+        .act(ActRequest {
+            spread_secs: 60,
+            ..ActRequest::all("release", &[])
+        })
+        .await
+        .expect("act");
+    eventually_or("99 machines waiting", Duration::from_secs(30), || {
+        let r = fleet.action(id).expect("report");
+        async move {
+            if r.count("waiting") == 99 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", r.counts))
+            }
+        }
+    })
+    .await;
+    let said = fleet.cancel(id).await.expect("cancel");
+    assert!(said.contains("cancel sent as action"), "{said}");
+    // Every machine is either cancelled or had already run it (its share of the spread had
+    // come before the cancel did).
+    eventually_or(
+        "99 machines cancelled or done",
+        Duration::from_secs(30),
+        || {
+            let r = fleet.action(id).expect("report");
+            async move {
+                if r.count("cancelled") + r.count("completed") == 99 && r.done {
+                    Ok(())
+                } else {
+                    Err(format!("{:?} done {}", r.counts, r.done))
+                }
+            }
+        },
+    )
+    .await;
+    let r = fleet.action(id).expect("report");
+    let (cancelled, completed) = (r.count("cancelled"), r.count("completed"));
+    assert!(cancelled >= 80, "{:?}", r.counts);
+    assert_eq!(
+        fleet.action(id).expect("report").phase,
+        "out, cancelled by fleet-operator"
+    );
+    // The machine that was away comes back: the action is no longer handed to it, and the
+    // cancel (handed over as a missed question) keeps it from ever running.
+    fleet.restart(away).await.expect("restart");
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    let ran: u32 = fleet.endpoints.iter().map(|e| e.executor.runs_of(id)).sum();
+    assert_eq!(u64::from(ran), completed, "a cancelled action ran");
+    assert_eq!(
+        fleet.action(id).expect("report").count("cancelled"),
+        cancelled
+    );
+    let e = &fleet.endpoints[away];
+    assert_eq!(
+        e.journal.status(id),
+        None,
+        "the returning machine holds the cancel, not the action"
+    );
+    assert!(e.journal.get(id).is_some_and(|x| x.before_arrival));
     fleet.shutdown().await;
 }

@@ -803,6 +803,18 @@ impl Fleet {
         }
     }
 
+    /// Cancels action `id` as the fleet's operator (who issued it).
+    pub async fn cancel(&self, id: u64) -> Result<String> {
+        match self
+            .desk
+            .serve(DeskRequest::Cancel { id }, &fleet_operator())
+            .await
+        {
+            DeskReply::Done(s) => Ok(s),
+            other => bail!("cancel failed: {other:?}"),
+        }
+    }
+
     /// Where action `id` stands.
     pub fn action(&self, id: u64) -> Option<ActionReport> {
         self.desk.actions().report(id, false)

@@ -26,6 +26,10 @@ pub struct Entry {
     /// How many times an executor was started for it (at most once, by construction; the
     /// chaos suite checks it).
     pub runs: u32,
+    /// Cancelled before it arrived (held so that it never runs; the machine is not known to
+    /// be among its targets).
+    #[serde(default)]
+    pub before_arrival: bool,
 }
 
 /// Why the journal failed.
@@ -48,14 +52,32 @@ pub trait Journal: Send + Sync + 'static {
     /// Moves action `id` from waiting to running, counting a run, if it is waiting: whether
     /// it did (one caller wins, however many race).
     fn start(&self, id: u64) -> Result<bool, JournalError>;
+    /// Cancels action `id` unless it has started: one that waits becomes cancelled, and one
+    /// the journal does not hold yet is written in as cancelled (with the signed cancel
+    /// `by`), so that it never runs when it comes. Returns where it stands after.
+    fn cancel(&self, id: u64, by: &SignedAction) -> Result<Status, JournalError>;
     /// Action `id`'s entry.
     fn get(&self, id: u64) -> Option<Entry>;
-    /// Where action `id` stands, and its output (without copying the signed action).
+    /// Where action `id` stands, and its output (without copying the signed action);
+    /// `None` for one it does not hold or that was cancelled before it arrived.
     fn status(&self, id: u64) -> Option<(Status, String)> {
-        self.get(id).map(|e| (e.status, e.output))
+        self.get(id)
+            .filter(|e| !e.before_arrival)
+            .map(|e| (e.status, e.output))
     }
     /// Every entry (the oldest first).
     fn all(&self) -> Vec<(u64, Entry)>;
+}
+
+/// An entry for an action cancelled before it arrived.
+fn cancelled(by: &SignedAction) -> Entry {
+    Entry {
+        status: Status::Cancelled,
+        output: "cancelled before it arrived".into(),
+        action: by.clone(),
+        runs: 0,
+        before_arrival: true,
+    }
 }
 
 fn moved(e: &mut Entry, status: Status, output: &str, cap: usize) {
@@ -100,6 +122,7 @@ impl Journal for MemJournal {
                 output: String::new(),
                 action: action.clone(),
                 runs: 0,
+                before_arrival: false,
             },
         );
         Ok(None)
@@ -112,6 +135,15 @@ impl Journal for MemJournal {
             .ok_or_else(|| JournalError(format!("no action {id}")))?;
         moved(e, status, output, cap);
         Ok(())
+    }
+
+    fn cancel(&self, id: u64, by: &SignedAction) -> Result<Status, JournalError> {
+        let mut m = rollcall_runtime::sync::lock(&self.entries);
+        let e = m.entry(id).or_insert_with(|| cancelled(by));
+        if e.status == Status::Waiting {
+            e.status = Status::Cancelled;
+        }
+        Ok(e.status.clone())
     }
 
     fn start(&self, id: u64) -> Result<bool, JournalError> {
@@ -131,6 +163,13 @@ impl Journal for MemJournal {
         rollcall_runtime::sync::lock(&self.entries)
             .get(&id)
             .cloned()
+    }
+
+    fn status(&self, id: u64) -> Option<(Status, String)> {
+        rollcall_runtime::sync::lock(&self.entries)
+            .get(&id)
+            .filter(|e| !e.before_arrival)
+            .map(|e| (e.status.clone(), e.output.clone()))
     }
 
     fn all(&self) -> Vec<(u64, Entry)> {
@@ -211,6 +250,7 @@ impl Journal for FileJournal {
                 output: String::new(),
                 action: action.clone(),
                 runs: 0,
+                before_arrival: false,
             };
             let bytes = rmp_serde::to_vec(&e).map_err(err)?;
             t.insert(action.id, bytes.as_slice()).map_err(err)?;
@@ -225,6 +265,25 @@ impl Journal for FileJournal {
             .ok_or_else(|| JournalError(format!("no action {id}")))?;
         moved(&mut e, status, output, cap);
         self.write(id, &e)
+    }
+
+    fn cancel(&self, id: u64, by: &SignedAction) -> Result<Status, JournalError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let status = {
+            let mut t = tx.open_table(ACTIONS).map_err(err)?;
+            let mut e: Entry = match t.get(id).map_err(err)? {
+                Some(v) => rmp_serde::from_slice(v.value()).map_err(err)?,
+                None => cancelled(by),
+            };
+            if e.status == Status::Waiting {
+                e.status = Status::Cancelled;
+            }
+            let bytes = rmp_serde::to_vec(&e).map_err(err)?;
+            t.insert(id, bytes.as_slice()).map_err(err)?;
+            e.status
+        };
+        tx.commit().map_err(err)?;
+        Ok(status)
     }
 
     fn start(&self, id: u64) -> Result<bool, JournalError> {

@@ -103,6 +103,9 @@ impl Executor for LinuxExecutor {
                     c.arg("-c").arg(script);
                     run(c, timeout, cap).await
                 }
+                PackageKind::Cancel(_) => {
+                    Outcome::refused("a cancel is applied by the runner, not run")
+                }
                 PackageKind::Command(cmd) => {
                     if spec.dry_run {
                         return Outcome::done(format!("dry run: would run {cmd:?}"));

@@ -60,6 +60,10 @@ pub enum PackageKind {
     /// An admin's command, run with `sh -c COMMAND rollcall PARAMS...` (the parameters are
     /// `$1`, `$2`, …, never pasted into the command).
     Command(String),
+    /// Cancels action `0` where it has not started (the server sends this when an operator
+    /// cancels an action that is out); a machine that has not received that action yet
+    /// will never run it.
+    Cancel(u64),
 }
 
 /// A package: what runs, with its limits.
@@ -109,6 +113,17 @@ pub const BUILTIN_PACKAGES: &[(&str, &str, &str)] = &[
 ];
 
 impl Package {
+    /// The package that cancels action `id`.
+    pub fn cancel(id: u64) -> Package {
+        Package {
+            name: "cancel".into(),
+            kind: PackageKind::Cancel(id),
+            timeout_secs: 60,
+            output_cap: DEFAULT_OUTPUT_CAP,
+            files: Vec::new(),
+        }
+    }
+
     /// The built-in package `name`, if there is one.
     pub fn builtin(name: &str) -> Option<Package> {
         let kind = match name {
@@ -140,6 +155,7 @@ impl Package {
             PackageKind::DeleteFile | PackageKind::KillProcess | PackageKind::Uninstall => 1..=1,
             PackageKind::Quarantine | PackageKind::Release | PackageKind::RunScript => 0..=0,
             PackageKind::Command(_) => 0..=16,
+            PackageKind::Cancel(_) => 0..=0,
         }
     }
 }

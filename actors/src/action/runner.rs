@@ -10,8 +10,8 @@ use rollcall_runtime::signing::ServerTrust;
 
 use super::journal::Journal;
 use super::{
-    ActionRefusal, ActionSpec, Executor, OUTPUT_IN_ANSWER, Outcome, SignedAction, Status, Target,
-    cut, now_ms,
+    ActionRefusal, ActionSpec, Executor, OUTPUT_IN_ANSWER, Outcome, PackageKind, SignedAction,
+    Status, Target, cut, now_ms,
 };
 use crate::sensors::{ActionState, Sensors};
 
@@ -131,6 +131,20 @@ impl ActionRunner {
                 return Box::pin(std::future::ready(self.refused(&why)));
             }
         };
+        if let PackageKind::Cancel(target) = spec.package.kind {
+            let outcome = match self.journal.cancel(target, &signed) {
+                Ok(Status::Cancelled) => answer(
+                    &Status::Completed,
+                    &format!("action {target} cancelled before it started"),
+                ),
+                Ok(other) => answer(
+                    &Status::Completed,
+                    &format!("action {target} was already {other}"),
+                ),
+                Err(e) => answer(&Status::Failed(e.to_string()), ""),
+            };
+            return Box::pin(std::future::ready(outcome));
+        }
         let me = self.clone();
         Box::pin(async move {
             // One it holds says where it stands: the target is not looked at again (an

@@ -134,6 +134,9 @@ pub struct ActionRecord {
     /// The last status question (this server run) and when it was asked.
     #[serde(skip)]
     poll: Option<(u64, tokio::time::Instant)>,
+    /// Who cancelled it while it was out.
+    #[serde(default)]
+    pub cancelled_by: Option<String>,
 }
 
 /// One machine in a status report.
@@ -473,6 +476,7 @@ impl ActionBook {
                 read_at: BTreeMap::new(),
                 delivery: None,
                 poll: None,
+                cancelled_by: None,
             };
             b.actions.insert(id, record);
             id
@@ -565,6 +569,91 @@ impl ActionBook {
         Ok(format!("action {id} approved by {who} and out"))
     }
 
+    /// Cancels action `id` (its issuer or an admin): before it is out, it never goes; once
+    /// out, the server stops handing it to returning machines and sends a signed cancel
+    /// that every machine applies where it has not started (one waiting its share of the
+    /// spread, or one that has not received it yet, never runs it).
+    pub async fn cancel(&self, id: u64, who: &str, admin: bool) -> Result<String, String> {
+        let (phase, delivery, expire_secs, issuer) = {
+            let b = self.lock();
+            let r = b.actions.get(&id).ok_or(format!("no action {id}"))?;
+            (
+                r.phase.clone(),
+                r.delivery,
+                r.signed
+                    .as_ref()
+                    .map(|s| s.stamp.expires_unix_ms.saturating_sub(unix_ms()) / 1000 + 1)
+                    .unwrap_or(r.expire_secs),
+                r.spec.issued_by.clone(),
+            )
+        };
+        if !admin && issuer != who {
+            return Err(format!(
+                "only its issuer or an admin may cancel action {id}"
+            ));
+        }
+        match phase {
+            Phase::AwaitingApproval => self.stop(id, who, admin, false),
+            Phase::Out
+                if self
+                    .lock()
+                    .actions
+                    .get(&id)
+                    .is_some_and(|r| r.cancelled_by.is_some()) =>
+            {
+                Err(format!("action {id} is already cancelled"))
+            }
+            Phase::Out => {
+                if let Some(q) = delivery {
+                    self.rings.close(q);
+                }
+                let cancel_id = {
+                    let mut b = self.lock();
+                    b.last_id += 1;
+                    let cancel_id = b.last_id;
+                    let record = ActionRecord {
+                        spec: ActionSpec {
+                            id: cancel_id,
+                            package: Package::cancel(id),
+                            params: Vec::new(),
+                            target: Target::All,
+                            spread_secs: 0,
+                            dry_run: false,
+                            purge: false,
+                            script: None,
+                            issued_by: who.to_string(),
+                        },
+                        description: format!("cancel action {id}"),
+                        phase: Phase::Out,
+                        issued_unix_ms: unix_ms(),
+                        expire_secs,
+                        approved_by: None,
+                        signed: None,
+                        machines: HashMap::new(),
+                        gathered: BTreeMap::new(),
+                        read_at: BTreeMap::new(),
+                        delivery: None,
+                        poll: None,
+                        cancelled_by: None,
+                    };
+                    b.actions.insert(cancel_id, record);
+                    if let Some(r) = b.actions.get_mut(&id) {
+                        r.cancelled_by = Some(who.to_string());
+                    }
+                    cancel_id
+                };
+                if let Some(r) = self.lock().actions.get(&id).cloned() {
+                    self.persist(&r);
+                }
+                self.launch(cancel_id).await?;
+                Ok(format!(
+                    "action {id}: cancel sent as action {cancel_id}; machines that have not started it never will"
+                ))
+            }
+            other => Err(format!("action {id} is {other}: nothing to cancel")),
+        }
+    }
+
     /// Denies action `id` (admin) or cancels it (its issuer or an admin), before it is out.
     pub fn stop(&self, id: u64, who: &str, admin: bool, deny: bool) -> Result<String, String> {
         let record = {
@@ -632,7 +721,10 @@ impl ActionBook {
             id,
             description: r.description.clone(),
             package: r.spec.package.name.clone(),
-            phase: r.phase.to_string(),
+            phase: match &r.cancelled_by {
+                Some(by) if r.phase == Phase::Out => format!("out, cancelled by {by}"),
+                _ => r.phase.to_string(),
+            },
             awaiting_approval: r.phase == Phase::AwaitingApproval,
             issued_by: r.spec.issued_by.clone(),
             approved_by: r.approved_by.clone(),

@@ -95,6 +95,9 @@ impl SimExecutor {
                 self.quarantined.store(on, Ordering::Relaxed);
                 Outcome::done(if on { "quarantined" } else { "released" })
             }
+            PackageKind::Cancel(_) => {
+                Outcome::refused("a cancel is applied by the runner, not run")
+            }
             PackageKind::RunScript | PackageKind::Command(_) => {
                 if dry {
                     return Outcome::done("dry run: would run the script");

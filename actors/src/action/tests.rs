@@ -594,3 +594,74 @@ async fn kill_process_kills_by_pid_and_never_the_agent() {
         .await;
     assert_eq!(o, Outcome::done(format!("no process matches {me}")));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_stops_what_has_not_started_and_what_has_not_arrived() {
+    let (signer, trust) = keys();
+    let stamp = || Stamp::now_for(Duration::from_secs(600));
+    let e = endpoint("e1", trust.clone(), HostProfile::from_seed(4, None));
+    let mut s = spec(10, "quarantine", &[], Target::All);
+    s.spread_secs = 30;
+    let action = SignedAction::sign(&s, stamp(), &signer)
+        .expect("sign")
+        .to_question_body()
+        .expect("body");
+    let mut c = spec(11, "release", &[], Target::All);
+    c.package = Package::cancel(10);
+    let cancel = SignedAction::sign(&c, stamp(), &signer)
+        .expect("sign")
+        .to_question_body()
+        .expect("body");
+
+    // Waiting for its share of the spread: cancelled, and it never runs.
+    let a = e.runner.deliver(&action, e.sensors.clone()).await;
+    assert_eq!(status_of(&a).as_deref(), Some("waiting"));
+    let a = e.runner.deliver(&cancel, e.sensors.clone()).await;
+    assert_eq!(
+        a.rows,
+        Some(vec![vec![
+            "completed".to_string(),
+            "action 10 cancelled before it started".to_string()
+        ]])
+    );
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(e.exec.runs(), 0);
+    assert!(!e.exec.quarantined());
+    let a = e.runner.deliver(&action, e.sensors.clone()).await;
+    assert_eq!(status_of(&a).as_deref(), Some("cancelled"));
+
+    // The cancel came first (the machine was away): the action never runs when it comes,
+    // and a machine it does not target still says so.
+    let late = endpoint("e2", trust.clone(), HostProfile::from_seed(5, None));
+    late.runner.deliver(&cancel, late.sensors.clone()).await;
+    let catalog = catalog_with(&[]);
+    let q = parse("Get Action Status[10] from all machines", &catalog).expect("parse");
+    assert_eq!(
+        late.sensors.answer(&q).await.rows,
+        Some(vec![vec!["not targeted".to_string()]])
+    );
+    let a = late.runner.deliver(&action, late.sensors.clone()).await;
+    assert_eq!(status_of(&a).as_deref(), Some("cancelled"));
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(late.exec.runs(), 0);
+
+    // Already done: a cancel changes nothing.
+    let done = endpoint("e3", trust, HostProfile::from_seed(6, None));
+    let now = SignedAction::sign(&spec(12, "quarantine", &[], Target::All), stamp(), &signer)
+        .expect("sign")
+        .to_question_body()
+        .expect("body");
+    done.runner.deliver(&now, done.sensors.clone()).await;
+    let mut c = spec(13, "release", &[], Target::All);
+    c.package = Package::cancel(12);
+    let cancel = SignedAction::sign(&c, stamp(), &signer)
+        .expect("sign")
+        .to_question_body()
+        .expect("body");
+    let a = done.runner.deliver(&cancel, done.sensors.clone()).await;
+    assert_eq!(
+        a.rows.expect("row")[0][1],
+        "action 12 was already completed"
+    );
+    assert_eq!(done.exec.runs_of(12), 1);
+}

@@ -712,7 +712,9 @@ pub(crate) enum ActionCommand {
         #[command(flatten)]
         op: OperatorArgs,
     },
-    /// Cancel an action awaiting approval (its issuer or an admin).
+    /// Cancel an action (its issuer or an admin): one awaiting approval never goes out; one
+    /// that is out is no longer handed to returning machines, and a signed cancel stops it
+    /// wherever it has not started (waiting its share of the spread, or not received yet).
     Cancel {
         /// The action's id.
         id: u64,

@@ -370,6 +370,16 @@ fn delete_file_and_scripts_on_real_endpoints_with_approval_audit_and_a_restart()
         assert_eq!(m["output"], "broken\n", "{m}");
     }
     let failed_id = r["id"].as_u64().expect("id").to_string();
+    // --failed lists the machines where it did not complete; the first run-script has none.
+    let only_failed = c.json(
+        "vera",
+        &["action", "status", &failed_id, "--failed", "--json"],
+    );
+    assert_eq!(only_failed["machines_total"], 3, "{only_failed:#}");
+    let ok_id = (r["id"].as_u64().expect("id") - 1).to_string();
+    let none_failed = c.json("vera", &["action", "status", &ok_id, "--failed", "--json"]);
+    assert_eq!(none_failed["machines_total"], 0, "{none_failed:#}");
+    assert_eq!(none_failed["completed"], 3, "{none_failed:#}");
 
     // The audit log holds every act, approval, refusal and denial, and its chain holds.
     let audit = c.as_("alice", &["audit", "--json", "--last", "100"]);

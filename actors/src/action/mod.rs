@@ -18,6 +18,7 @@ pub mod server;
 pub mod sim;
 
 use std::fmt;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use rollcall_runtime::signing::{
@@ -27,6 +28,12 @@ use rollcall_runtime::wire::{self, WireError};
 use serde::{Deserialize, Serialize};
 
 use crate::question::Question;
+
+thread_local! {
+    /// The last action this thread opened: its signature and what it decoded to.
+    static LAST_OPENED: std::cell::RefCell<Option<(Vec<u8>, Arc<ActionSpec>)>> =
+        const { std::cell::RefCell::new(None) };
+}
 
 /// First byte of a question body that carries an action: `0xc1`, which MessagePack never
 /// uses, so no encoded question begins with it.
@@ -250,18 +257,22 @@ impl SignedAction {
     }
 
     /// The action, if the server pinned in `trust` signed it and it has not expired at
-    /// `now_unix_ms` (strictly: no clock skew is allowed past an action's expiry).
-    pub fn open(&self, trust: &ServerTrust, now_unix_ms: u64) -> Result<ActionSpec, ActionRefusal> {
+    /// `now_unix_ms` (strictly: no clock-skew grace past an action's expiry).
+    ///
+    /// What it decodes is kept per thread for the last signature that verified: a simulated
+    /// fleet's endpoints share threads and all open the same action (as `ServerTrust`
+    /// memoises the verification); a real endpoint opens each action once either way.
+    pub fn open(
+        &self,
+        trust: &ServerTrust,
+        now_unix_ms: u64,
+    ) -> Result<Arc<ActionSpec>, ActionRefusal> {
         // The signature first: an expiry that is not the server's means nothing.
-        let far = Stamp {
-            issued_unix_ms: self.stamp.issued_unix_ms,
-            expires_unix_ms: self.stamp.expires_unix_ms,
-        };
         trust
             .verify(
                 Purpose::Action,
                 self.id,
-                far,
+                self.stamp,
                 &self.body,
                 &self.signature,
                 now_unix_ms.min(self.stamp.expires_unix_ms),
@@ -271,6 +282,15 @@ impl SignedAction {
             return Err(ActionRefusal::Expired(
                 (now_unix_ms - self.stamp.expires_unix_ms) / 1000,
             ));
+        }
+        // Verified: the same signature is over these very bytes, so the same decoding.
+        if let Some(spec) = LAST_OPENED.with(|last| {
+            last.borrow()
+                .as_ref()
+                .filter(|(sig, _)| *sig == self.signature)
+                .map(|(_, spec)| spec.clone())
+        }) {
+            return Ok(spec);
         }
         let spec: ActionSpec =
             wire::decode_body(&self.body).map_err(|e| ActionRefusal::Unreadable(e.to_string()))?;
@@ -284,6 +304,8 @@ impl SignedAction {
             q.check()
                 .map_err(|e| ActionRefusal::Unreadable(e.to_string()))?;
         }
+        let spec = Arc::new(spec);
+        LAST_OPENED.with(|last| *last.borrow_mut() = Some((self.signature.clone(), spec.clone())));
         Ok(spec)
     }
 

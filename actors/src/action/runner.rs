@@ -197,7 +197,7 @@ impl ActionRunner {
 
     /// Waits this machine's share of the spread, then runs, if the endpoint still runs
     /// (one that stopped meanwhile finds the action waiting in its journal when it starts).
-    async fn run_later(me: Weak<Self>, spec: ActionSpec, expires_unix_ms: u64) {
+    async fn run_later(me: Weak<Self>, spec: Arc<ActionSpec>, expires_unix_ms: u64) {
         if spec.spread_secs > 0 {
             let wait = Duration::from_millis(rand::random_range(0..spec.spread_secs * 1000));
             tokio::time::sleep(wait).await;

@@ -137,6 +137,9 @@ pub struct ActionRecord {
     /// Who cancelled it while it was out.
     #[serde(default)]
     pub cancelled_by: Option<String>,
+    /// Statuses changed since it was last saved.
+    #[serde(skip)]
+    dirty: bool,
 }
 
 /// One machine in a status report.
@@ -477,6 +480,7 @@ impl ActionBook {
                 delivery: None,
                 poll: None,
                 cancelled_by: None,
+                dirty: false,
             };
             b.actions.insert(id, record);
             id
@@ -635,6 +639,7 @@ impl ActionBook {
                         delivery: None,
                         poll: None,
                         cancelled_by: None,
+                        dirty: false,
                     };
                     b.actions.insert(cancel_id, record);
                     if let Some(r) = b.actions.get_mut(&id) {
@@ -684,6 +689,7 @@ impl ActionBook {
 
     /// Where action `id` stands (`failed_only`: list only machines that did not complete).
     pub fn report(&self, id: u64, failed_only: bool) -> Option<ActionReport> {
+        self.refresh(id);
         let b = self.lock();
         let r = b.actions.get(&id)?;
         let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -798,7 +804,6 @@ impl ActionBook {
                     },
                 )
             };
-            let mut changed = false;
             for q in [delivery, poll.map(|p| p.0)].into_iter().flatten() {
                 // While a round is still going, its answers are read at most once a second
                 // (each read copies every answering machine's id, and at 100,000 machines
@@ -814,7 +819,7 @@ impl ActionBook {
                 if going && recent {
                     continue;
                 }
-                changed |= self.gather(id, q);
+                self.gather(id, q);
                 if let Some(r) = self.lock().actions.get_mut(&id) {
                     r.read_at.insert(q, now);
                 }
@@ -879,7 +884,11 @@ impl ActionBook {
                     Err(e) => tracing::error!(action = id, error = %e, "cannot ask the statuses"),
                 }
             }
-            if changed && let Some(r) = self.lock().actions.get(&id).cloned() {
+            let dirty = self.lock().actions.get_mut(&id).and_then(|r| {
+                let was = std::mem::take(&mut r.dirty);
+                was.then(|| r.clone())
+            });
+            if let Some(r) = dirty {
                 self.persist(&r);
             }
         }
@@ -931,6 +940,7 @@ impl ActionBook {
                 }
             }
         }
+        r.dirty |= changed;
         changed
     }
 
@@ -939,8 +949,28 @@ impl ActionBook {
         self.lock().actions.get(&id).and_then(|r| r.delivery)
     }
 
+    /// Reads what action `id`'s finished rounds brought, if not read yet (so that whoever
+    /// asks sees a round's answers as soon as it has reached every ring, not at the next
+    /// tick).
+    fn refresh(&self, id: u64) {
+        let rounds: Vec<u64> = {
+            let b = self.lock();
+            let Some(r) = b.actions.get(&id) else { return };
+            [r.delivery, r.poll.map(|p| p.0)]
+                .into_iter()
+                .flatten()
+                .collect()
+        };
+        for q in rounds {
+            if self.rings.is_open(q).is_some_and(|(fanned, _)| fanned) {
+                self.gather(id, q);
+            }
+        }
+    }
+
     /// Whether every machine action `id` targeted is done (cheap: for polling).
     pub fn is_done(&self, id: u64) -> bool {
+        self.refresh(id);
         let b = self.lock();
         b.actions.get(&id).is_some_and(|r| done(r, &self.rings))
     }

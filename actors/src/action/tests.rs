@@ -39,7 +39,7 @@ fn a_signed_action_opens_and_every_change_is_refused() {
     let s = spec(7, "uninstall", &["anydesk"], Target::All);
     let signed =
         SignedAction::sign(&s, Stamp::now_for(Duration::from_secs(60)), &signer).expect("sign");
-    assert_eq!(signed.open(&trust, now_ms()).expect("opens"), s);
+    assert_eq!(*signed.open(&trust, now_ms()).expect("opens"), s);
 
     // An altered parameter.
     let mut altered = s.clone();

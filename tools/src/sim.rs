@@ -175,12 +175,16 @@ async fn measure_actions(a: &SimArgs, fleet: &Fleet) -> Result<Vec<ActionRun>> {
         fleet.approve(id).await?;
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut delivered_ms = 0.0;
-        while !fleet.desk().actions().is_done(id) && Instant::now() < deadline {
+        loop {
+            // Looked at before "done", which reads the answers of a round that has ended.
             if delivered_ms == 0.0
                 && let Some(q) = fleet.desk().actions().delivery(id)
                 && fleet.rings().is_open(q).is_some_and(|(fanned, _)| fanned)
             {
                 delivered_ms = t.elapsed().as_secs_f64() * 1000.0;
+            }
+            if fleet.desk().actions().is_done(id) || Instant::now() >= deadline {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rollcall_actors::action::linux::{LinuxActions, LinuxExecutor, QUARANTINE_TABLE};
-use rollcall_actors::action::{ActionSpec, Executor, Package, Status, Target};
+use rollcall_actors::action::{ActionSpec, Executor, Package, Status};
 
 fn sh(cmd: &[&str]) -> std::process::Output {
     Command::new(cmd[0])
@@ -109,17 +109,7 @@ fn reachable(addr: SocketAddr) -> bool {
 }
 
 fn spec(package: &str) -> ActionSpec {
-    ActionSpec {
-        id: 1,
-        package: Package::builtin(package).expect("built-in"),
-        params: Vec::new(),
-        target: Target::All,
-        spread_secs: 0,
-        dry_run: false,
-        purge: false,
-        script: None,
-        issued_by: "test".into(),
-    }
+    ActionSpec::new(1, Package::builtin(package).expect("built-in"), "test")
 }
 
 fn executor(state: &Path, allow: Vec<IpAddr>) -> LinuxExecutor {

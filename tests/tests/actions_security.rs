@@ -9,7 +9,7 @@ use std::time::Duration;
 use rollcall_actors::action::journal::MemJournal;
 use rollcall_actors::action::runner::ActionRunner;
 use rollcall_actors::action::sim::SimExecutor;
-use rollcall_actors::action::{ActionSpec, Executor, Package, SignedAction, Target};
+use rollcall_actors::action::{ActionSpec, Executor, Package, SignedAction};
 use rollcall_actors::desk::SensorEvaluator;
 use rollcall_actors::sensors::Sensors;
 use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
@@ -29,17 +29,11 @@ struct Acting {
 }
 
 fn spec(id: u64) -> ActionSpec {
-    ActionSpec {
+    ActionSpec::new(
         id,
-        package: Package::builtin("quarantine").expect("built-in"),
-        params: Vec::new(),
-        target: Target::All,
-        spread_secs: 0,
-        dry_run: false,
-        purge: false,
-        script: None,
-        issued_by: "olga".into(),
-    }
+        Package::builtin("quarantine").expect("built-in"),
+        "olga",
+    )
 }
 
 /// `action` in a question envelope, both signed by `signer` with `stamp`.

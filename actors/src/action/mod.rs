@@ -202,6 +202,23 @@ pub struct ActionSpec {
     pub issued_by: String,
 }
 
+impl ActionSpec {
+    /// Action `id`: `package` on every machine, no parameters, no spread, issued by `who`.
+    pub fn new(id: u64, package: Package, who: impl Into<String>) -> ActionSpec {
+        ActionSpec {
+            id,
+            package,
+            params: Vec::new(),
+            target: Target::All,
+            spread_secs: 0,
+            dry_run: false,
+            purge: false,
+            script: None,
+            issued_by: who.into(),
+        }
+    }
+}
+
 /// An [`ActionSpec`] as it travels: encoded and signed by the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedAction {

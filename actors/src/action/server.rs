@@ -142,6 +142,28 @@ pub struct ActionRecord {
     dirty: bool,
 }
 
+impl ActionRecord {
+    /// A new record of `spec`, in `phase`.
+    fn new(spec: ActionSpec, description: String, phase: Phase, expire_secs: u64) -> ActionRecord {
+        ActionRecord {
+            spec,
+            description,
+            phase,
+            issued_unix_ms: unix_ms(),
+            expire_secs,
+            approved_by: None,
+            signed: None,
+            machines: HashMap::new(),
+            gathered: BTreeMap::new(),
+            read_at: BTreeMap::new(),
+            delivery: None,
+            poll: None,
+            cancelled_by: None,
+            dirty: false,
+        }
+    }
+}
+
 /// One machine in a status report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineStatus {
@@ -452,36 +474,24 @@ impl ActionBook {
             let mut b = self.lock();
             b.last_id += 1;
             let id = b.last_id;
-            let record = ActionRecord {
-                spec: ActionSpec {
-                    id,
-                    package,
+            let record = ActionRecord::new(
+                ActionSpec {
                     params: req.params,
                     target,
                     spread_secs: req.spread_secs,
                     dry_run: req.dry_run,
                     purge: req.purge,
                     script: req.script,
-                    issued_by: who.to_string(),
+                    ..ActionSpec::new(id, package, who)
                 },
                 description,
-                phase: if needs_approval {
+                if needs_approval {
                     Phase::AwaitingApproval
                 } else {
                     Phase::Out
                 },
-                issued_unix_ms: unix_ms(),
                 expire_secs,
-                approved_by: None,
-                signed: None,
-                machines: HashMap::new(),
-                gathered: BTreeMap::new(),
-                read_at: BTreeMap::new(),
-                delivery: None,
-                poll: None,
-                cancelled_by: None,
-                dirty: false,
-            };
+            );
             b.actions.insert(id, record);
             id
         };
@@ -615,32 +625,12 @@ impl ActionBook {
                     let mut b = self.lock();
                     b.last_id += 1;
                     let cancel_id = b.last_id;
-                    let record = ActionRecord {
-                        spec: ActionSpec {
-                            id: cancel_id,
-                            package: Package::cancel(id),
-                            params: Vec::new(),
-                            target: Target::All,
-                            spread_secs: 0,
-                            dry_run: false,
-                            purge: false,
-                            script: None,
-                            issued_by: who.to_string(),
-                        },
-                        description: format!("cancel action {id}"),
-                        phase: Phase::Out,
-                        issued_unix_ms: unix_ms(),
+                    let record = ActionRecord::new(
+                        ActionSpec::new(cancel_id, Package::cancel(id), who),
+                        format!("cancel action {id}"),
+                        Phase::Out,
                         expire_secs,
-                        approved_by: None,
-                        signed: None,
-                        machines: HashMap::new(),
-                        gathered: BTreeMap::new(),
-                        read_at: BTreeMap::new(),
-                        delivery: None,
-                        poll: None,
-                        cancelled_by: None,
-                        dirty: false,
-                    };
+                    );
                     b.actions.insert(cancel_id, record);
                     if let Some(r) = b.actions.get_mut(&id) {
                         r.cancelled_by = Some(who.to_string());

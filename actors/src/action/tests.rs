@@ -15,15 +15,9 @@ use crate::sensors::{BUILTIN, Sensors, catalog_with};
 
 fn spec(id: u64, package: &str, params: &[&str], target: Target) -> ActionSpec {
     ActionSpec {
-        id,
-        package: Package::builtin(package).expect("built-in"),
         params: params.iter().map(|s| s.to_string()).collect(),
         target,
-        spread_secs: 0,
-        dry_run: false,
-        purge: false,
-        script: None,
-        issued_by: "alice".into(),
+        ..ActionSpec::new(id, Package::builtin(package).expect("built-in"), "alice")
     }
 }
 

@@ -84,6 +84,10 @@ counters! {
     rejected_connections,
     /// Actions refused by this endpoint (a bad signature, expired, unreadable).
     actions_refused,
+    /// Package chunks received that did not match their hash (the sender is avoided).
+    chunks_rejected,
+    /// Chunk requests answered "busy" because the chunk pool's queue was full.
+    chunks_shed,
     /// Bytes of partial frames being read right now (a level, not a count).
     frame_bytes_reading,
 }

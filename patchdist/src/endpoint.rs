@@ -1,0 +1,740 @@
+//! The endpoint's side: the packages it knows, the chunks it serves, and one distributor
+//! actor per package it is fetching.
+//!
+//! [`PatchService::obtain`] starts (or joins) a package's [`Distributor`] under the node's
+//! supervisor and waits until every chunk is held and verified. The distributor asks the
+//! ring neighbours what they hold (and tells them what it gets), drives a [`Fetch`], sends
+//! its requests — to neighbours, and to the server only while this machine leads its
+//! ring — and hands what comes back to the chunk pool, which checks each chunk against the
+//! manifest and keeps it. A restarted distributor starts from what the cache holds.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rollcall_runtime::node::{Deliver, DestinationGone, Incoming, Node, PeerHandle};
+use rollcall_runtime::supervisor::{ChildSpec, Restart};
+use rollcall_runtime::{NodeId, Roles};
+use tokio::sync::watch;
+
+use crate::cache::ChunkStore;
+use crate::manifest::{Hash, Manifest, ManifestError, Verified, hex};
+use crate::plan::{Arrival, Fetch, FetchConfig, Outcome, Source};
+use crate::pool::{self, PoolJob, PoolRef};
+use crate::proto::{self, ChunkReply, HoldingsReply, PEER_ROUTE, PatchMsg};
+
+/// Who this machine's ring neighbours are, and whether it leads its ring.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// The neighbours it may fetch from (its nearest predecessor and successors).
+    pub peers: Vec<(NodeId, SocketAddr)>,
+    /// It leads its ring's forward end: it alone fetches from the server.
+    pub leader: bool,
+}
+
+/// Where a distributor learns its [`View`] (the ring member, on a real endpoint).
+pub trait Neighbourhood: Send + Sync + 'static {
+    /// The view now, or `None` if it cannot be had.
+    fn view(&self) -> BoxFuture<'static, Option<View>>;
+}
+
+/// How an endpoint distributes packages.
+#[derive(Debug, Clone)]
+pub struct PatchConfig {
+    /// The download's pacing.
+    pub fetch: FetchConfig,
+    /// How often a distributor looks for work and tells its neighbours what it got.
+    pub tick: Duration,
+    /// How often it asks for its view.
+    pub view_every: Duration,
+    /// Workers in the chunk pool.
+    pub pool_workers: usize,
+    /// Jobs waiting in the chunk pool before requests are shed.
+    pub pool_queue: usize,
+    /// How long one chunk or holdings call may take.
+    pub call_timeout: Duration,
+}
+
+impl Default for PatchConfig {
+    fn default() -> Self {
+        PatchConfig {
+            fetch: FetchConfig::default(),
+            tick: Duration::from_millis(50),
+            view_every: Duration::from_millis(500),
+            pool_workers: 4,
+            pool_queue: 64,
+            call_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a package could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PatchError {
+    /// A manifest, chunk or file that failed its check.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The endpoint is stopping, or the distributor could not start.
+    #[error("package distribution stopped: {0}")]
+    Stopped(String),
+    /// Writing the files failed.
+    #[error("writing the package's files: {0}")]
+    Io(String),
+}
+
+/// What an endpoint's distribution has done (all packages).
+#[derive(Debug, Default)]
+pub struct PatchStats {
+    /// Chunk bytes received from neighbours (verified).
+    pub bytes_from_peers: AtomicU64,
+    /// Chunk bytes received from the server (verified).
+    pub bytes_from_server: AtomicU64,
+    /// Chunks served to neighbours.
+    pub chunks_served: AtomicU64,
+    /// Chunk requests shed because the pool was full.
+    pub chunks_shed: AtomicU64,
+    /// Bad chunks received.
+    pub chunks_rejected: AtomicU64,
+    /// Requests to the server asked again after a failure.
+    pub server_retries: AtomicU64,
+    /// Chunks received twice (endgame).
+    pub duplicates: AtomicU64,
+}
+
+/// Where one package stands on this machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Chunks held (verified).
+    pub held: usize,
+    /// Chunks in all.
+    pub total: usize,
+    /// Every chunk held.
+    pub complete: bool,
+}
+
+struct Pkg {
+    manifest: Arc<Manifest>,
+    dist: Option<ActorRef<DistMsg>>,
+    progress: watch::Sender<Progress>,
+}
+
+/// What the service, its pool's workers and its distributors share.
+pub struct Shared {
+    node: Node,
+    cache: Arc<dyn ChunkStore>,
+    hood: Arc<dyn Neighbourhood>,
+    server: NodeId,
+    cfg: PatchConfig,
+    packages: Mutex<HashMap<Hash, Pkg>>,
+    pool: tokio::sync::OnceCell<PoolRef>,
+    stats: PatchStats,
+    me: Weak<Shared>,
+}
+
+/// An endpoint's package distribution (see the module).
+#[derive(Clone)]
+pub struct PatchService(Arc<Shared>);
+
+impl std::fmt::Debug for PatchService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PatchService({})", self.0.node.identity().id)
+    }
+}
+
+impl Shared {
+    fn manifest(&self, id: &Hash) -> Option<Arc<Manifest>> {
+        rollcall_runtime::sync::lock(&self.packages)
+            .get(id)
+            .map(|p| p.manifest.clone())
+    }
+
+    /// Chunk `index` of `package`, if held.
+    pub(crate) fn chunk(&self, package: &Hash, index: u32) -> Option<Verified> {
+        let c = self.manifest(package)?.chunk(index)?;
+        self.cache.get(&c.hash)
+    }
+
+    pub(crate) fn count_served(&self, _bytes: usize) {
+        self.stats.chunks_served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_shed(&self) {
+        self.stats.chunks_shed.fetch_add(1, Ordering::Relaxed);
+        self.node.wire_stats().incr(|s| &s.chunks_shed);
+    }
+
+    /// Checks a fetched chunk and keeps it: what the pool's worker does.
+    pub(crate) fn store(
+        &self,
+        package: &Hash,
+        index: u32,
+        from: &Source<NodeId>,
+        data: Bytes,
+    ) -> Outcome {
+        let Some(m) = self.manifest(package) else {
+            return Outcome::Failed;
+        };
+        let len = data.len();
+        match m.verify(index, data) {
+            Ok(v) => match self.cache.put(&v) {
+                Ok(()) => {
+                    let c = match from {
+                        Source::Peer(_) => &self.stats.bytes_from_peers,
+                        Source::Server => &self.stats.bytes_from_server,
+                    };
+                    c.fetch_add(len as u64, Ordering::Relaxed);
+                    Outcome::Good
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not keep a chunk");
+                    Outcome::Failed
+                }
+            },
+            Err(e) => {
+                self.stats.chunks_rejected.fetch_add(1, Ordering::Relaxed);
+                self.node.wire_stats().incr(|s| &s.chunks_rejected);
+                tracing::warn!(?from, package = %hex(package), error = %e, "refused a chunk");
+                Outcome::Corrupt
+            }
+        }
+    }
+
+    fn holdings(&self, package: &Hash) -> Option<Vec<bool>> {
+        let m = self.manifest(package)?;
+        Some(m.chunk_hashes().iter().map(|h| self.cache.has(h)).collect())
+    }
+
+    async fn pool(&self) -> Option<PoolRef> {
+        let me = self.me.upgrade()?;
+        self.pool
+            .get_or_try_init(|| pool::start(me, self.cfg.pool_workers, self.cfg.pool_queue))
+            .await
+            .ok()
+            .cloned()
+    }
+
+    fn set_progress(&self, package: &Hash, p: Progress) {
+        if let Some(pkg) = rollcall_runtime::sync::lock(&self.packages).get(package) {
+            pkg.progress.send_replace(p);
+        }
+    }
+}
+
+/// The route: neighbours' requests.
+struct PeerRoute(Weak<Shared>);
+
+impl Deliver for PeerRoute {
+    fn deliver(&self, mut msg: Incoming) -> Result<(), DestinationGone> {
+        let shared = self.0.upgrade().ok_or(DestinationGone)?;
+        let Ok(req) = msg.decode::<PatchMsg>() else {
+            msg.refuse();
+            return Ok(());
+        };
+        match req {
+            PatchMsg::Chunk { package, index } => match shared.pool.get() {
+                Some(pool) => {
+                    pool::dispatch(
+                        pool,
+                        PoolJob::Serve {
+                            req: msg,
+                            package,
+                            index,
+                        },
+                    );
+                }
+                None => {
+                    let _ = msg.answer(&ChunkReply::Missing);
+                }
+            },
+            PatchMsg::Holdings { package } => {
+                let bits = shared.holdings(&package).map(|b| proto::pack(&b));
+                let _ = msg.answer(&HoldingsReply(bits));
+            }
+            PatchMsg::Have { package, indices } => {
+                let dist = rollcall_runtime::sync::lock(&shared.packages)
+                    .get(&package)
+                    .and_then(|p| p.dist.clone());
+                if let Some(d) = dist {
+                    let _ = d.send_message(DistMsg::Have(msg.from.id.clone(), indices));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PatchService {
+    /// The service on an endpoint `node`: chunks kept in `cache`, neighbours from `hood`,
+    /// the server `server` (the origin its ring's leader fetches from). Serves its
+    /// neighbours at once ([`PEER_ROUTE`], endpoints only).
+    pub fn install(
+        node: &Node,
+        cache: Arc<dyn ChunkStore>,
+        hood: Arc<dyn Neighbourhood>,
+        server: NodeId,
+        cfg: PatchConfig,
+    ) -> PatchService {
+        let shared = Arc::new_cyclic(|me| Shared {
+            node: node.clone(),
+            cache,
+            hood,
+            server,
+            cfg,
+            packages: Mutex::new(HashMap::new()),
+            pool: tokio::sync::OnceCell::new(),
+            stats: PatchStats::default(),
+            me: me.clone(),
+        });
+        node.router().register(
+            PEER_ROUTE,
+            Roles::ENDPOINT,
+            Arc::new(PeerRoute(Arc::downgrade(&shared))),
+        );
+        PatchService(shared)
+    }
+
+    /// What it has done.
+    pub fn stats(&self) -> &PatchStats {
+        &self.0.stats
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Arc<dyn ChunkStore> {
+        &self.0.cache
+    }
+
+    /// Where package `id` stands here, if it is known.
+    pub fn progress(&self, id: &Hash) -> Option<Progress> {
+        rollcall_runtime::sync::lock(&self.0.packages)
+            .get(id)
+            .map(|p| p.progress.borrow().clone())
+    }
+
+    /// Fetches every chunk of `manifest` this machine lacks, and waits until all are held
+    /// and verified. The chunks stay pinned in the cache until [`PatchService::release`].
+    pub async fn obtain(&self, manifest: Arc<Manifest>) -> Result<(), PatchError> {
+        manifest.check()?;
+        let id = manifest.id();
+        let mut rx = {
+            let mut pk = rollcall_runtime::sync::lock(&self.0.packages);
+            let pkg = pk.entry(id).or_insert_with(|| Pkg {
+                manifest: manifest.clone(),
+                dist: None,
+                progress: watch::channel(Progress {
+                    held: 0,
+                    total: manifest.chunk_count(),
+                    complete: false,
+                })
+                .0,
+            });
+            pkg.progress.subscribe()
+        };
+        self.0.cache.pin(id, &manifest.chunk_hashes());
+        if rx.borrow().complete {
+            return Ok(());
+        }
+        let running = rollcall_runtime::sync::lock(&self.0.packages)
+            .get(&id)
+            .is_some_and(|p| p.dist.is_some());
+        if !running {
+            self.0
+                .pool()
+                .await
+                .ok_or_else(|| PatchError::Stopped("no chunk pool".into()))?;
+            let shared = self.0.clone();
+            let m = manifest.clone();
+            let spec = ChildSpec::new(
+                format!("patch.{}", &hex(&id)[..16]),
+                Restart::Transient,
+                Distributor,
+                move || (shared.clone(), m.clone()),
+            );
+            // Already started by another caller: that one serves this one too.
+            if let Err(e) = self.0.node.start_child(spec).await {
+                tracing::debug!(error = %e, "distributor not started here");
+            }
+        }
+        loop {
+            if rx.borrow_and_update().complete {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Err(PatchError::Stopped("the package was dropped".into()));
+            }
+        }
+    }
+
+    /// Lets the cache evict `manifest`'s chunks again (no open action needs them).
+    pub fn release(&self, manifest: &Manifest) {
+        self.0.cache.unpin(&manifest.id());
+    }
+
+    /// Checks every file of `manifest` against its hash, from the held chunks.
+    pub fn verify_files(&self, manifest: &Manifest) -> Result<(), PatchError> {
+        verify_files(self.0.cache.as_ref(), manifest)
+    }
+
+    /// Writes `manifest`'s files into `dir` (created), each checked against its hash.
+    pub fn write_files(&self, manifest: &Manifest, dir: &Path) -> Result<PathBuf, PatchError> {
+        write_files(self.0.cache.as_ref(), manifest, dir)
+    }
+}
+
+/// Checks every file of `manifest` against its hash, from the chunks `cache` holds.
+pub fn verify_files(cache: &dyn ChunkStore, manifest: &Manifest) -> Result<(), PatchError> {
+    let mut index = 0u32;
+    for f in &manifest.files {
+        let mut h = blake3::Hasher::new();
+        for _ in 0..f.chunk_count() {
+            let c = manifest
+                .chunk(index)
+                .and_then(|c| cache.get(&c.hash))
+                .ok_or(ManifestError::NoSuchChunk(index))?;
+            h.update(c.data());
+            index += 1;
+        }
+        if *h.finalize().as_bytes() != f.hash() {
+            return Err(ManifestError::BadFile(f.name.clone()).into());
+        }
+    }
+    Ok(())
+}
+
+/// Writes `manifest`'s files from `cache` into `dir`, each checked against its hash.
+pub fn write_files(
+    cache: &dyn ChunkStore,
+    manifest: &Manifest,
+    dir: &Path,
+) -> Result<PathBuf, PatchError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| PatchError::Io(e.to_string());
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut index = 0u32;
+    for f in &manifest.files {
+        let path = dir.join(&f.name);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
+        let mut h = blake3::Hasher::new();
+        for _ in 0..f.chunk_count() {
+            let c = manifest
+                .chunk(index)
+                .and_then(|c| cache.get(&c.hash))
+                .ok_or(ManifestError::NoSuchChunk(index))?;
+            h.update(c.data());
+            out.write_all(c.data()).map_err(io)?;
+            index += 1;
+        }
+        out.flush().map_err(io)?;
+        if *h.finalize().as_bytes() != f.hash() {
+            let _ = std::fs::remove_file(&path);
+            return Err(ManifestError::BadFile(f.name.clone()).into());
+        }
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// One package's download on one endpoint (see the module).
+#[derive(Clone)]
+pub struct Distributor;
+
+/// A distributor's messages.
+pub enum DistMsg {
+    /// Look for work; tell the neighbours what came.
+    Tick,
+    /// Ask for the view.
+    Look,
+    /// The view.
+    View(Option<View>),
+    /// A neighbour's whole bitmap.
+    Holdings(NodeId, Vec<bool>),
+    /// A neighbour got these chunks.
+    Have(NodeId, Vec<u32>),
+    /// A request ended.
+    Fetched {
+        /// The chunk.
+        index: u32,
+        /// Whom it was asked of.
+        from: Source<NodeId>,
+        /// How it ended.
+        outcome: Outcome,
+    },
+}
+
+/// A distributor's state.
+pub struct DistState {
+    shared: Arc<Shared>,
+    manifest: Arc<Manifest>,
+    id: Hash,
+    fetch: Fetch<NodeId>,
+    addrs: HashMap<NodeId, SocketAddr>,
+    /// Links it made itself (to neighbours that had none with it).
+    links: HashMap<NodeId, PeerHandle>,
+    announce: Vec<u32>,
+    pool: PoolRef,
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Actor for Distributor {
+    type Msg = DistMsg;
+    type State = DistState;
+    type Arguments = (Arc<Shared>, Arc<Manifest>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DistMsg>,
+        (shared, manifest): Self::Arguments,
+    ) -> Result<DistState, ActorProcessingErr> {
+        let id = manifest.id();
+        let have: Vec<bool> = manifest
+            .chunk_hashes()
+            .iter()
+            .map(|h| shared.cache.has(h))
+            .collect();
+        let fetch = Fetch::new(have, shared.cfg.fetch.clone());
+        let pool = shared.pool().await.ok_or("no chunk pool")?;
+        if let Some(p) = rollcall_runtime::sync::lock(&shared.packages).get_mut(&id) {
+            p.dist = Some(myself.clone());
+        }
+        myself.send_interval(shared.cfg.tick, || DistMsg::Tick);
+        myself.send_interval(shared.cfg.view_every, || DistMsg::Look);
+        myself.send_message(DistMsg::Look)?;
+        let st = DistState {
+            shared,
+            manifest,
+            id,
+            fetch,
+            addrs: HashMap::new(),
+            links: HashMap::new(),
+            announce: Vec::new(),
+            pool,
+        };
+        st.report();
+        Ok(st)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<DistMsg>,
+        st: &mut DistState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(p) = rollcall_runtime::sync::lock(&st.shared.packages).get_mut(&st.id) {
+            p.dist = None;
+        }
+        for l in st.links.values() {
+            l.close();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DistMsg>,
+        msg: DistMsg,
+        st: &mut DistState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DistMsg::Tick => {
+                st.fetch.expire(now());
+                st.flush();
+            }
+            DistMsg::Look => {
+                let hood = st.shared.hood.clone();
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let _ = me.send_message(DistMsg::View(hood.view().await));
+                });
+            }
+            DistMsg::View(Some(v)) => st.set_view(&myself, v).await,
+            DistMsg::View(None) => {}
+            DistMsg::Holdings(from, bits) => st.fetch.holdings_all(&from, &bits),
+            DistMsg::Have(from, idx) => st.fetch.holdings(&from, idx),
+            DistMsg::Fetched {
+                index,
+                from,
+                outcome,
+            } => {
+                let arrival = st.fetch.done(index, &from, outcome, now());
+                let s = &st.shared.stats;
+                match (outcome, arrival) {
+                    (Outcome::Good, Some(Arrival::New)) => {
+                        st.announce.push(index);
+                        st.report();
+                    }
+                    (Outcome::Good, Some(Arrival::Duplicate)) => {
+                        s.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (Outcome::Failed, _) if from == Source::Server => {
+                        s.server_retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if st.fetch.complete() {
+            st.flush();
+            st.report();
+            myself.stop(None);
+            return Ok(());
+        }
+        st.pump(&myself);
+        Ok(())
+    }
+}
+
+impl DistState {
+    fn report(&self) {
+        self.shared.set_progress(
+            &self.id,
+            Progress {
+                held: self.fetch.held(),
+                total: self.manifest.chunk_count(),
+                complete: self.fetch.complete(),
+            },
+        );
+    }
+
+    fn link(&mut self, p: &NodeId) -> Option<PeerHandle> {
+        if let Some(l) = self.shared.node.peer(p) {
+            return Some(l);
+        }
+        if let Some(l) = self.links.get(p) {
+            return Some(l.clone());
+        }
+        None
+    }
+
+    async fn set_view(&mut self, myself: &ActorRef<DistMsg>, v: View) {
+        let me = &self.shared.node.identity().id;
+        let ids: Vec<NodeId> = v
+            .peers
+            .iter()
+            .filter(|(id, _)| id != me)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let fresh = self.fetch.set_peers(&ids);
+        self.fetch.allow_server(v.leader);
+        self.addrs = v.peers.into_iter().collect();
+        self.links.retain(|id, l| {
+            let keep = ids.contains(id);
+            if !keep {
+                l.close();
+            }
+            keep
+        });
+        for p in fresh {
+            let Some(addr) = self.addrs.get(&p).copied() else {
+                continue;
+            };
+            let (node, to, pkg, n) = (
+                self.shared.node.clone(),
+                myself.clone(),
+                self.id,
+                self.manifest.chunk_count(),
+            );
+            let timeout = self.shared.cfg.call_timeout;
+            let link = match self.link(&p) {
+                Some(l) => l,
+                None => match node.connect(addr).await {
+                    Ok(l) => {
+                        self.links.insert(p.clone(), l.clone());
+                        l
+                    }
+                    Err(_) => continue,
+                },
+            };
+            tokio::spawn(async move {
+                if link.wait_connected(timeout).await.is_err() {
+                    return;
+                }
+                let r: Result<HoldingsReply, _> = link
+                    .call(PEER_ROUTE, &PatchMsg::Holdings { package: pkg }, timeout)
+                    .await;
+                if let Ok(HoldingsReply(Some(bits))) = r {
+                    let _ = to.send_message(DistMsg::Holdings(p, proto::unpack(&bits, n)));
+                }
+            });
+        }
+    }
+
+    /// Tells the neighbours what came since the last time.
+    fn flush(&mut self) {
+        if self.announce.is_empty() {
+            return;
+        }
+        let msg = PatchMsg::Have {
+            package: self.id,
+            indices: std::mem::take(&mut self.announce),
+        };
+        let peers: Vec<NodeId> = self.addrs.keys().cloned().collect();
+        for p in peers {
+            if let Some(l) = self.link(&p) {
+                let msg = msg.clone();
+                tokio::spawn(async move {
+                    let _ = l.cast(PEER_ROUTE, &msg).await;
+                });
+            }
+        }
+    }
+
+    /// Sends what the plan says to send now.
+    fn pump(&mut self, myself: &ActorRef<DistMsg>) {
+        for (index, from) in self.fetch.next(now()) {
+            let link = match &from {
+                Source::Peer(p) => self.link(p),
+                Source::Server => self.shared.node.peer(&self.shared.server),
+            };
+            let to = myself.clone();
+            let Some(link) = link else {
+                let _ = to.send_message(DistMsg::Fetched {
+                    index,
+                    from,
+                    outcome: Outcome::Failed,
+                });
+                continue;
+            };
+            let route = match from {
+                Source::Peer(_) => PEER_ROUTE,
+                Source::Server => proto::ORIGIN_ROUTE,
+            };
+            let (pool, package, timeout) =
+                (self.pool.clone(), self.id, self.shared.cfg.call_timeout);
+            tokio::spawn(async move {
+                let r: Result<ChunkReply, _> = link
+                    .call(route, &PatchMsg::Chunk { package, index }, timeout)
+                    .await;
+                let outcome = match r {
+                    Ok(ChunkReply::Data(data)) => {
+                        let data = Bytes::from(data.into_vec());
+                        pool::dispatch(
+                            &pool,
+                            PoolJob::Store {
+                                package,
+                                index,
+                                from,
+                                data,
+                                to,
+                            },
+                        );
+                        return;
+                    }
+                    Ok(ChunkReply::Busy) => Outcome::Busy,
+                    Ok(ChunkReply::Missing) => Outcome::Missing,
+                    Err(_) => Outcome::Failed,
+                };
+                let _ = to.send_message(DistMsg::Fetched {
+                    index,
+                    from,
+                    outcome,
+                });
+            });
+        }
+    }
+}

@@ -75,6 +75,9 @@ pub struct RawActions {
     /// Server: packages that wait for a second admin's approval (default: delete-file,
     /// quarantine, uninstall, run-script, kill-process).
     pub require_approval: Option<Vec<String>>,
+    /// Endpoint: the package chunk cache's size cap in MiB (default 2048; chunks an open
+    /// action needs are kept past it).
+    pub package_cache_mb: Option<u64>,
 }
 
 /// `[actions]` validated.
@@ -86,6 +89,8 @@ pub struct ActionSettings {
     pub quarantine_dir: Option<std::path::PathBuf>,
     /// Packages that need approval.
     pub require_approval: Vec<String>,
+    /// The package chunk cache's cap, in bytes.
+    pub package_cache_bytes: u64,
 }
 
 impl Default for ActionSettings {
@@ -97,6 +102,7 @@ impl Default for ActionSettings {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            package_cache_bytes: 2048 << 20,
         }
     }
 }
@@ -116,6 +122,15 @@ impl RawActions {
             file_roots,
             quarantine_dir: self.quarantine_dir,
             require_approval: self.require_approval.unwrap_or(d.require_approval),
+            package_cache_bytes: match self.package_cache_mb {
+                None => d.package_cache_bytes,
+                Some(0) => {
+                    return Err(ConfigError::Invalid(
+                        "[actions] package_cache_mb must be at least 1".into(),
+                    ));
+                }
+                Some(mb) => mb.saturating_mul(1 << 20),
+            },
         })
     }
 }

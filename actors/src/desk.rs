@@ -12,11 +12,13 @@ use rollcall_runtime::node::{Deliver, DestinationGone, Incoming};
 use rollcall_runtime::wire;
 use serde::{Deserialize, Serialize};
 
-use crate::action::server::{ActRequest, ActionBook, ActionReport};
+use crate::action::server::{ActRequest, ActionBook, ActionReport, PackageReport};
 use crate::question::{SensorSpec, parse};
 use crate::search::{LEARNED_SENSORS, SavedQuestion, Suggestion, Vocabulary, search};
 use crate::sensors::{BUILTIN, PatchLevel, ScriptSensor, catalog_with};
 use crate::store::ServerStore;
+use rollcall_patchdist::{Hash, Manifest, Origin};
+use serde_bytes::ByteBuf;
 
 pub use crate::endpoint::{SENSOR_CONFIG, SensorConfig, SensorEvaluator, SignedConfig};
 
@@ -145,9 +147,29 @@ pub enum DeskRequest {
         command: String,
         /// Longest a run may take.
         timeout_secs: u64,
+        /// Its files, uploaded before with [`DeskRequest::PutChunk`].
+        #[serde(default)]
+        manifest: Option<Manifest>,
     },
     /// The packages actions may run (viewer role).
     Packages,
+    /// Of these chunk hashes, which the server lacks (admin role): answered with
+    /// [`DeskReply::Lacking`], the indices in `hashes`.
+    LackingChunks {
+        /// Chunk hashes.
+        hashes: Vec<ByteBuf>,
+    },
+    /// Keep this chunk of a package's file (admin role; the server hashes it itself).
+    PutChunk {
+        /// At most 64 KiB.
+        data: ByteBuf,
+    },
+    /// Where a package with files stands: its files, what left the server for it (per
+    /// ring), and its actions' machines (viewer role).
+    PackageStatus {
+        /// The package.
+        name: String,
+    },
 }
 
 /// The desk's answers.
@@ -188,6 +210,10 @@ pub enum DeskReply {
     Actions(Vec<ActionReport>),
     /// The packages: (name and parameter, what it does).
     Packages(Vec<(String, String)>),
+    /// Indices of the chunks asked about that the server lacks.
+    Lacking(Vec<u32>),
+    /// Where a package stands.
+    PackageStatus(PackageReport),
     /// The request could not be served (a parse error with its column, an unknown id, a
     /// missing role).
     Error(String),
@@ -350,7 +376,9 @@ impl QuestionDesk {
             | DeskRequest::Audit { .. }
             | DeskRequest::Approve { .. }
             | DeskRequest::Deny { .. }
-            | DeskRequest::AddPackage { .. } => OperatorRole::Admin,
+            | DeskRequest::AddPackage { .. }
+            | DeskRequest::LackingChunks { .. }
+            | DeskRequest::PutChunk { .. } => OperatorRole::Admin,
             _ => OperatorRole::Viewer,
         };
         if !role.allows(needed) {
@@ -384,7 +412,45 @@ impl QuestionDesk {
                 name,
                 command,
                 timeout_secs,
-            } => result(self.actions.add_package(&name, &command, timeout_secs)),
+                manifest,
+            } => result(
+                self.actions
+                    .add_package(&name, &command, timeout_secs, manifest),
+            ),
+            DeskRequest::LackingChunks { hashes } => {
+                let Some(origin) = self.actions.origin() else {
+                    return DeskReply::Error("this server keeps no package files".into());
+                };
+                let asked: Vec<Hash> = hashes
+                    .iter()
+                    .map(|h| <Hash>::try_from(h.as_slice()).unwrap_or_default())
+                    .collect();
+                let lacking = origin.lacking(&asked);
+                DeskReply::Lacking(
+                    asked
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, h)| lacking.contains(h))
+                        .map(|(i, _)| i as u32)
+                        .collect(),
+                )
+            }
+            DeskRequest::PutChunk { data } => {
+                let Some(origin) = self.actions.origin() else {
+                    return DeskReply::Error("this server keeps no package files".into());
+                };
+                if data.len() > rollcall_patchdist::CHUNK_SIZE {
+                    return DeskReply::Error("a chunk is at most 64 KiB".into());
+                }
+                match origin.put_chunk(bytes::Bytes::from(data.into_vec())) {
+                    Ok(h) => DeskReply::Done(rollcall_patchdist::manifest::hex(&h)),
+                    Err(e) => DeskReply::Error(e.to_string()),
+                }
+            }
+            DeskRequest::PackageStatus { name } => match self.package_status(&name).await {
+                Ok(r) => DeskReply::PackageStatus(r),
+                Err(e) => DeskReply::Error(e),
+            },
             DeskRequest::Packages => DeskReply::Packages(self.actions.packages()),
             DeskRequest::Ask { text, ttl_ms } => {
                 let ttl = ttl_ms.map(Duration::from_millis).unwrap_or(DEFAULT_TTL);
@@ -537,6 +603,66 @@ impl QuestionDesk {
 
     /// Registers the desk on the server node as [`DESK`] and starts its background work:
     /// saving results to the store, and reissuing scheduled saved questions.
+    /// Keeps packages' files in `origin` (the server's store of them).
+    pub fn with_origin(self, origin: Arc<Origin>) -> QuestionDesk {
+        self.actions.set_origin(origin);
+        self
+    }
+
+    async fn package_status(&self, name: &str) -> Result<PackageReport, String> {
+        let p = self
+            .actions
+            .package(name)
+            .ok_or_else(|| format!("no package {name:?}"))?;
+        let m = p
+            .manifest
+            .as_ref()
+            .ok_or_else(|| format!("package {name} has no files"))?;
+        let id = m.id();
+        let egress = self
+            .actions
+            .origin()
+            .map(|o| o.egress(&id))
+            .unwrap_or_default();
+        let mut by_ring: std::collections::BTreeMap<String, u64> = Default::default();
+        if !egress.by_machine.is_empty() {
+            let report = self.rings.report(None).await;
+            let ring_of: std::collections::HashMap<String, String> = report
+                .rings
+                .iter()
+                .flat_map(|r| {
+                    r.members
+                        .iter()
+                        .map(move |m| (m.id.to_string(), r.ring.to_string()))
+                })
+                .collect();
+            for (machine, bytes) in &egress.by_machine {
+                let ring = ring_of
+                    .get(machine)
+                    .cloned()
+                    .unwrap_or_else(|| "(not in a listed ring)".into());
+                *by_ring.entry(ring).or_default() += bytes;
+            }
+        }
+        let actions = self
+            .actions
+            .list()
+            .into_iter()
+            .filter(|a| a.package == name)
+            .map(|a| (a.id, a.targeted, a.counts))
+            .collect();
+        Ok(PackageReport {
+            name: name.to_string(),
+            id: rollcall_patchdist::manifest::hex(&id),
+            files: m.files.iter().map(|f| (f.name.clone(), f.size)).collect(),
+            bytes: m.size(),
+            chunks: m.chunk_count() as u64,
+            egress,
+            egress_by_ring: by_ring.into_iter().collect(),
+            actions,
+        })
+    }
+
     pub fn install(self, node: &rollcall_runtime::Node) -> Arc<QuestionDesk> {
         let desk = Arc::new(self);
         node.router().register(
@@ -707,6 +833,7 @@ fn audited(req: &DeskRequest) -> Option<String> {
             name,
             command,
             timeout_secs,
+            ..
         } => Some(format!(
             "add package {:?}: {:?} (timeout {timeout_secs} s)",
             cut(name),

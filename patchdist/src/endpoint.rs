@@ -129,7 +129,7 @@ pub struct Shared {
     node: Node,
     cache: Arc<dyn ChunkStore>,
     hood: Arc<dyn Neighbourhood>,
-    server: NodeId,
+    server: (Option<NodeId>, SocketAddr),
     cfg: PatchConfig,
     packages: Mutex<HashMap<Hash, Pkg>>,
     pool: tokio::sync::OnceCell<PoolRef>,
@@ -271,13 +271,14 @@ impl Deliver for PeerRoute {
 
 impl PatchService {
     /// The service on an endpoint `node`: chunks kept in `cache`, neighbours from `hood`,
-    /// the server `server` (the origin its ring's leader fetches from). Serves its
-    /// neighbours at once ([`PEER_ROUTE`], endpoints only).
+    /// the server `server` (its id if pinned, and its address: the origin its ring's leader
+    /// fetches from, over the link it holds as leader; it never dials the server for this).
+    /// Serves its neighbours at once ([`PEER_ROUTE`], endpoints only).
     pub fn install(
         node: &Node,
         cache: Arc<dyn ChunkStore>,
         hood: Arc<dyn Neighbourhood>,
-        server: NodeId,
+        server: (Option<NodeId>, SocketAddr),
         cfg: PatchConfig,
     ) -> PatchService {
         let shared = Arc::new_cyclic(|me| Shared {
@@ -689,7 +690,10 @@ impl DistState {
         for (index, from) in self.fetch.next(now()) {
             let link = match &from {
                 Source::Peer(p) => self.link(p),
-                Source::Server => self.shared.node.peer(&self.shared.server),
+                Source::Server => match &self.shared.server {
+                    (Some(id), _) => self.shared.node.peer(id),
+                    (None, addr) => self.shared.node.peer_at(*addr),
+                },
             };
             let to = myself.clone();
             let Some(link) = link else {

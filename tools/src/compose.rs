@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures::future::BoxFuture;
 use ractor::ActorRef;
 use rollcall_actors::action::Executor;
+use rollcall_actors::action::PackageFiles;
 use rollcall_actors::action::journal::Journal;
 use rollcall_actors::action::runner::ActionRunner;
 use rollcall_actors::desk::{QuestionDesk, SensorEvaluator};
@@ -25,10 +27,13 @@ use rollcall_cluster::member::{EvaluatorHandle, MemberConfig, MemberMsg, RingMem
 use rollcall_cluster::membership::Backlog;
 use rollcall_cluster::ring::RingConfig;
 use rollcall_cluster::shard::{RingServer, RingServerConfig};
+use rollcall_patchdist::endpoint::{Neighbourhood, View};
+use rollcall_patchdist::{ChunkStore, Manifest, MemCache, Origin, PatchConfig, PatchService};
 use rollcall_runtime::node::Node;
 use rollcall_runtime::revocation;
 use rollcall_runtime::signing::{ServerSigner, ServerTrust};
 use rollcall_runtime::supervisor::{ChildSpec, Restart};
+use std::path::PathBuf;
 
 /// A server's services, running on its node.
 #[derive(Clone)]
@@ -37,6 +42,8 @@ pub struct ServerServices {
     pub rings: RingServer,
     /// The operators' question desk.
     pub desk: Arc<QuestionDesk>,
+    /// The origin of packages' files.
+    pub origin: Arc<Origin>,
 }
 
 /// Starts the ring service and the question desk on a server `node`, keeping results and
@@ -49,11 +56,33 @@ pub async fn start_server_services(
     backlog: Option<Arc<dyn Backlog>>,
     signer: Arc<ServerSigner>,
 ) -> Result<ServerServices> {
+    let chunks = Arc::new(MemCache::new(u64::MAX));
+    start_server_services_with(node, cfg, store, backlog, signer, chunks).await
+}
+
+/// As [`start_server_services`], keeping packages' files in `chunks` (a file beside the
+/// server's store, or memory that outlives a simulated server's restarts).
+pub async fn start_server_services_with(
+    node: &Node,
+    cfg: RingServerConfig,
+    store: Option<Arc<ServerStore>>,
+    backlog: Option<Arc<dyn Backlog>>,
+    signer: Arc<ServerSigner>,
+    chunks: Arc<dyn ChunkStore>,
+) -> Result<ServerServices> {
     let rings = RingServer::start(node, cfg, backlog, signer)
         .await
         .context("starting the ring service")?;
-    let desk = QuestionDesk::new(rings.clone(), store).install(node);
-    Ok(ServerServices { rings, desk })
+    let origin = Origin::new(chunks);
+    origin.install(node);
+    let desk = QuestionDesk::new(rings.clone(), store)
+        .with_origin(origin.clone())
+        .install(node);
+    Ok(ServerServices {
+        rings,
+        desk,
+        origin,
+    })
 }
 
 /// How often a server looks at its CA directory's revocation list.
@@ -120,6 +149,8 @@ pub enum Answering {
         journal: Arc<dyn Journal>,
         /// What runs them.
         executor: Arc<dyn Executor>,
+        /// Where packages' files are kept, if it takes packages with files.
+        files: Option<FilesPlan>,
     },
     /// A test's own evaluator.
     Evaluator(EvaluatorHandle),
@@ -135,6 +166,76 @@ impl std::fmt::Debug for Answering {
             Answering::Evaluator(_) => "Evaluator",
             Answering::Nothing => "Nothing",
         })
+    }
+}
+
+/// How an endpoint keeps packages' files.
+#[derive(Clone)]
+pub struct FilesPlan {
+    /// The chunk cache.
+    pub cache: Arc<dyn ChunkStore>,
+    /// Pacing and the chunk pool's size.
+    pub cfg: PatchConfig,
+    /// Where each action's files are written (`work/action-ID` under it); `None` keeps them
+    /// in the cache only, checked there (simulated hosts).
+    pub work_dir: Option<PathBuf>,
+}
+
+/// The ring member's view, for package distribution: its neighbours and whether it leads
+/// the forward end. Set once the member runs.
+#[derive(Default)]
+struct MemberHood(std::sync::OnceLock<ActorRef<MemberMsg>>);
+
+impl Neighbourhood for MemberHood {
+    fn view(&self) -> BoxFuture<'static, Option<View>> {
+        let member = self.0.get().cloned();
+        Box::pin(async move {
+            let s = rollcall_cluster::member::status(&member?).await?;
+            Some(View {
+                peers: s.view.iter().map(|m| (m.id.clone(), m.addr)).collect(),
+                leader: s.leads.forward,
+            })
+        })
+    }
+}
+
+/// An endpoint's package files, for its action runner.
+struct EndpointFiles {
+    svc: PatchService,
+    work_dir: Option<PathBuf>,
+}
+
+impl PackageFiles for EndpointFiles {
+    fn obtain(
+        &self,
+        action: u64,
+        manifest: Arc<Manifest>,
+    ) -> BoxFuture<'static, std::result::Result<Option<PathBuf>, String>> {
+        let svc = self.svc.clone();
+        let dir = self
+            .work_dir
+            .as_ref()
+            .map(|d| d.join(format!("action-{action}")));
+        Box::pin(async move {
+            svc.obtain(manifest.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            match dir {
+                Some(d) => tokio::task::spawn_blocking(move || svc.write_files(&manifest, &d))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                None => svc
+                    .verify_files(&manifest)
+                    .map(|()| None)
+                    .map_err(|e| e.to_string()),
+            }
+        })
+    }
+
+    fn release(&self, _action: u64, manifest: &Manifest) {
+        self.svc.release(manifest);
     }
 }
 
@@ -182,6 +283,7 @@ pub async fn start_endpoint_with(
         plan.hostname,
         plan.trust.clone(),
     );
+    let hood = Arc::new(MemberHood::default());
     mc.evaluator = match plan.answering {
         Answering::Sensors(host) => {
             let evaluator = SensorEvaluator::new(Sensors::new(host));
@@ -192,14 +294,30 @@ pub async fn start_endpoint_with(
             host,
             journal,
             executor,
+            files,
         } => {
-            let runner = ActionRunner::new(
+            let (me, trust, stats) = (
                 node.identity().id.to_string(),
                 plan.trust.clone(),
-                journal,
-                executor,
                 node.wire_stats().clone(),
             );
+            let runner = match files {
+                None => ActionRunner::new(me, trust, journal, executor, stats),
+                Some(f) => {
+                    let svc = PatchService::install(
+                        node,
+                        f.cache,
+                        hood.clone(),
+                        (plan.trust.server_id.clone(), plan.server),
+                        f.cfg,
+                    );
+                    let files = Arc::new(EndpointFiles {
+                        svc,
+                        work_dir: f.work_dir,
+                    });
+                    ActionRunner::with_files(me, trust, journal, executor, stats, files)
+                }
+            };
             runner.resume();
             let evaluator = SensorEvaluator::with_actions(Sensors::new(host), runner);
             evaluator.accept_config_on(node, plan.trust);
@@ -222,5 +340,7 @@ pub async fn start_endpoint_with(
         .start_child(spec)
         .await
         .context("starting the ring member")?;
-    Ok(cell.into())
+    let member: ActorRef<MemberMsg> = cell.into();
+    let _ = hood.0.set(member.clone());
+    Ok(member)
 }

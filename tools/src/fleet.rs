@@ -25,6 +25,7 @@ use rollcall_cluster::proto::{Health, MemberReport, RingsReport};
 use rollcall_cluster::questions::Progress;
 use rollcall_cluster::ring::RingConfig;
 use rollcall_cluster::shard::{RingServer, RingServerConfig};
+use rollcall_patchdist::{Manifest, MemCache, Origin, PatchConfig, SharedChunks};
 use rollcall_runtime::identity::{Ca, Credentials, NodeSecret, PeerRole, Validity};
 use rollcall_runtime::node::{Node, NodeOptions};
 use rollcall_runtime::signing::{ServerSigner, ServerTrust};
@@ -35,7 +36,7 @@ use rollcall_runtime::transport::quic::{QuicOptions, QuicTransport};
 use rollcall_runtime::{NodeId, OperatorRole, PeerIdentity};
 use serde::{Deserialize, Serialize};
 
-use crate::compose::{self, Answering, EndpointPlan};
+use crate::compose::{self, Answering, EndpointPlan, FilesPlan};
 
 /// Which transport the fleet uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -88,6 +89,10 @@ pub struct FleetConfig {
     /// The server keeps its results, settings and actions in a store (in memory) that
     /// outlives its restarts, as a real server's file does.
     pub durable: bool,
+    /// Package distribution on each endpoint (pacing, the chunk pool's size).
+    pub patch: PatchConfig,
+    /// Each endpoint's chunk cache cap, in bytes.
+    pub chunk_cache_bytes: u64,
 }
 
 /// Endpoints a fleet start lets run ahead of the server's answered first registrations.
@@ -118,6 +123,12 @@ impl FleetConfig {
             idle_timeout: Duration::from_secs(30),
             shards: 8,
             durable: false,
+            patch: PatchConfig {
+                pool_workers: 2,
+                pool_queue: 16,
+                ..PatchConfig::default()
+            },
+            chunk_cache_bytes: 1 << 40,
         }
     }
 
@@ -138,7 +149,16 @@ impl FleetConfig {
     }
 }
 
-/// Who the fleet's own requests to its desk come from.
+/// The admin a fleet's own package uploads and approvals come from (not its operator, so
+/// approval is by a second person).
+pub fn fleet_admin() -> rollcall_runtime::PeerIdentity {
+    rollcall_runtime::PeerIdentity {
+        id: NodeId("fleet-admin".into()),
+        role: PeerRole::Operator(OperatorRole::Admin),
+    }
+}
+
+/// The operator a fleet's own requests come from.
 pub fn fleet_operator() -> rollcall_runtime::PeerIdentity {
     rollcall_runtime::PeerIdentity {
         id: NodeId("fleet-operator".into()),
@@ -167,6 +187,8 @@ pub struct FleetEndpoint {
     pub journal: Arc<MemJournal>,
     /// What runs its actions (on `host`'s profile).
     pub executor: Arc<SimExecutor>,
+    /// Its chunk cache (kept across its restarts, as a disk would keep it).
+    pub chunks: Arc<MemCache>,
     node: Option<Node>,
     member: Option<ActorRef<MemberMsg>>,
     socket: Option<Arc<SocketFaults>>,
@@ -205,6 +227,11 @@ pub struct Fleet {
     server: Node,
     rings: RingServer,
     desk: Arc<QuestionDesk>,
+    /// The origin of packages' files (its chunks outlive server restarts).
+    origin: Arc<Origin>,
+    origin_chunks: Arc<MemCache>,
+    /// One copy of each chunk, shared by the endpoints' caches.
+    shared_chunks: Arc<SharedChunks>,
     /// The server's store, kept across its restarts (`durable` fleets).
     store: Option<Arc<ServerStore>>,
     /// Fronts (operator-facing nodes) that serve the desk and ring admin too.
@@ -270,7 +297,8 @@ impl Fleet {
         } else {
             None
         };
-        let (server, rings, desk) = Fleet::start_server(
+        let origin_chunks = Arc::new(MemCache::new(u64::MAX));
+        let (server, services) = Fleet::start_server(
             &cfg,
             &net,
             server_creds.as_ref(),
@@ -278,6 +306,7 @@ impl Fleet {
             bind,
             signer.clone(),
             store.clone(),
+            origin_chunks.clone(),
         )
         .await?;
         let server_addr = server.local_addr();
@@ -291,8 +320,11 @@ impl Fleet {
             trust,
             server_addr,
             server,
-            rings,
-            desk,
+            rings: services.rings,
+            desk: services.desk,
+            origin: services.origin,
+            origin_chunks,
+            shared_chunks: Arc::new(SharedChunks::default()),
             store,
             fronts: Vec::new(),
             endpoints: Vec::new(),
@@ -321,9 +353,14 @@ impl Fleet {
             };
             fleet.by_id.insert(id.clone(), i);
             let host = Arc::new(SimulatedHost::new(profile));
+            let chunks = Arc::new(MemCache::sharing(
+                fleet.cfg.chunk_cache_bytes,
+                fleet.shared_chunks.clone(),
+            ));
             fleet.endpoints.push(FleetEndpoint {
                 id,
                 ip,
+                chunks,
                 journal: Arc::new(MemJournal::default()),
                 executor: Arc::new(SimExecutor::new(host.clone())),
                 host,
@@ -359,7 +396,8 @@ impl Fleet {
         bind: SocketAddr,
         signer: Arc<ServerSigner>,
         store: Option<Arc<ServerStore>>,
-    ) -> Result<(Node, RingServer, Arc<QuestionDesk>)> {
+        chunks: Arc<MemCache>,
+    ) -> Result<(Node, compose::ServerServices)> {
         let opts = NodeOptions {
             link_event_capacity: 65_536,
             ..NodeOptions::default()
@@ -395,8 +433,9 @@ impl Fleet {
             ..MembershipConfig::default()
         };
         let rcfg = RingServerConfig::for_ring(&cfg.ring, membership, cfg.shards);
-        let services = compose::start_server_services(&server, rcfg, store, None, signer).await?;
-        Ok((server, services.rings, services.desk))
+        let services =
+            compose::start_server_services_with(&server, rcfg, store, None, signer, chunks).await?;
+        Ok((server, services))
     }
 
     /// Starts endpoint `i` (again), with its identity, at its address.
@@ -436,6 +475,11 @@ impl Fleet {
             host,
             journal: ep.journal.clone(),
             executor: ep.executor.clone(),
+            files: Some(FilesPlan {
+                cache: ep.chunks.clone(),
+                cfg: cfg.patch.clone(),
+                work_dir: None,
+            }),
         };
         let adjust = self.adjust.clone();
         let member = compose::start_endpoint_with(
@@ -653,7 +697,7 @@ impl Fleet {
         self.server
             .shutdown_and_wait(Duration::from_millis(200))
             .await;
-        let (server, rings, desk) = Fleet::start_server(
+        let (server, services) = Fleet::start_server(
             &self.cfg,
             &self.net,
             self.server_creds.as_ref(),
@@ -661,11 +705,13 @@ impl Fleet {
             self.server_addr,
             self.signer.clone(),
             self.store.clone(),
+            self.origin_chunks.clone(),
         )
         .await?;
         self.server = server;
-        self.rings = rings;
-        self.desk = desk;
+        self.rings = services.rings;
+        self.desk = services.desk;
+        self.origin = services.origin;
         let fronts = std::mem::take(&mut self.fronts);
         for f in fronts {
             self.add_front(f);
@@ -791,13 +837,52 @@ impl Fleet {
         }
     }
 
+    /// Adds package `name`, which runs `command` with `files`, as an admin would with
+    /// `rollcall package add --file`: the files are cut into chunks, each chunk is handed
+    /// to the server (which hashes it), and then the manifest. Returns the manifest.
+    pub async fn add_package(
+        &self,
+        name: &str,
+        files: &[(String, bytes::Bytes)],
+        command: &str,
+    ) -> Result<Manifest> {
+        let (m, chunks) = Manifest::build(files)?;
+        let admin = fleet_admin();
+        for c in chunks {
+            let data = serde_bytes::ByteBuf::from(c.data().to_vec());
+            match self
+                .desk
+                .serve(DeskRequest::PutChunk { data }, &admin)
+                .await
+            {
+                DeskReply::Done(_) => {}
+                other => bail!("uploading a chunk failed: {other:?}"),
+            }
+        }
+        let req = DeskRequest::AddPackage {
+            name: name.into(),
+            command: command.into(),
+            timeout_secs: 600,
+            manifest: Some(m.clone()),
+        };
+        match self.desk.serve(req, &admin).await {
+            DeskReply::Done(_) => Ok(m),
+            other => bail!("adding the package failed: {other:?}"),
+        }
+    }
+
+    /// What left the server for package `m`.
+    pub fn egress(&self, m: &Manifest) -> rollcall_patchdist::Egress {
+        self.origin.egress(&m.id())
+    }
+
     /// Approves action `id` as an admin other than the fleet's operator.
     pub async fn approve(&self, id: u64) -> Result<()> {
-        let admin = rollcall_runtime::PeerIdentity {
-            id: NodeId("fleet-admin".into()),
-            role: PeerRole::Operator(OperatorRole::Admin),
-        };
-        match self.desk.serve(DeskRequest::Approve { id }, &admin).await {
+        match self
+            .desk
+            .serve(DeskRequest::Approve { id }, &fleet_admin())
+            .await
+        {
             DeskReply::Done(_) => Ok(()),
             other => bail!("approve failed: {other:?}"),
         }

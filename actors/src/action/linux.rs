@@ -68,6 +68,10 @@ impl LinuxExecutor {
 
 impl Executor for LinuxExecutor {
     fn run(&self, spec: &ActionSpec) -> BoxFuture<'static, Outcome> {
+        self.run_in(spec, None)
+    }
+
+    fn run_in(&self, spec: &ActionSpec, dir: Option<PathBuf>) -> BoxFuture<'static, Outcome> {
         let cfg = self.cfg.clone();
         let spec = spec.clone();
         Box::pin(async move {
@@ -112,6 +116,9 @@ impl Executor for LinuxExecutor {
                     }
                     let mut c = clean("sh");
                     c.arg("-c").arg(cmd).arg("rollcall").args(&spec.params);
+                    if let Some(d) = &dir {
+                        c.current_dir(d);
+                    }
                     run(c, timeout, cap).await
                 }
             }

@@ -18,6 +18,7 @@ pub mod server;
 pub mod sim;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -28,6 +29,7 @@ use rollcall_runtime::wire::{self, WireError};
 use serde::{Deserialize, Serialize};
 
 use crate::question::Question;
+use rollcall_patchdist::Manifest;
 
 thread_local! {
     /// The last action this thread opened: its signature and what it decoded to.
@@ -84,9 +86,11 @@ pub struct Package {
     pub timeout_secs: u64,
     /// Most output kept.
     pub output_cap: usize,
-    /// Files the package carries (names and SHA-256; delivered by package distribution).
+    /// The files it carries (each chunk's and each file's hash), fetched and verified by
+    /// each machine before the command runs in a folder holding them; signed with the
+    /// action that carries it.
     #[serde(default)]
-    pub files: Vec<(String, String)>,
+    pub manifest: Option<Arc<Manifest>>,
 }
 
 /// The built-in packages: (name, parameter, description).
@@ -127,7 +131,7 @@ impl Package {
             kind: PackageKind::Cancel(id),
             timeout_secs: 60,
             output_cap: DEFAULT_OUTPUT_CAP,
-            files: Vec::new(),
+            manifest: None,
         }
     }
 
@@ -152,7 +156,7 @@ impl Package {
             kind,
             timeout_secs,
             output_cap: DEFAULT_OUTPUT_CAP,
-            files: Vec::new(),
+            manifest: None,
         })
     }
 
@@ -459,6 +463,13 @@ pub trait Executor: Send + Sync + 'static {
     /// Runs `spec` (or, with `dry_run`, says what it would do).
     fn run(&self, spec: &ActionSpec) -> BoxFuture<'static, Outcome>;
 
+    /// Runs `spec` in `dir`, the folder holding its package's files (where the package has
+    /// files and they are written out; a simulated host keeps them in its cache).
+    fn run_in(&self, spec: &ActionSpec, dir: Option<PathBuf>) -> BoxFuture<'static, Outcome> {
+        let _ = dir;
+        self.run(spec)
+    }
+
     /// Whether runs finish at once (a simulated host): then the answer that delivers the
     /// action already carries its outcome.
     fn immediate(&self) -> bool {
@@ -467,6 +478,22 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Whether this machine is quarantined now.
     fn quarantined(&self) -> bool;
+}
+
+/// Where an endpoint gets a package's files before its command runs.
+pub trait PackageFiles: Send + Sync + 'static {
+    /// Fetches every chunk of `manifest` this machine lacks (from its ring neighbours, or
+    /// from the server if it leads its ring), verifies the files, and returns the folder
+    /// they were written to for action `action` (`None`: kept in the cache only, as on a
+    /// simulated host).
+    fn obtain(
+        &self,
+        action: u64,
+        manifest: Arc<Manifest>,
+    ) -> BoxFuture<'static, Result<Option<PathBuf>, String>>;
+
+    /// Action `action` is done with its files: their chunks may be evicted again.
+    fn release(&self, action: u64, manifest: &Manifest);
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.

@@ -10,8 +10,8 @@ use rollcall_runtime::signing::ServerTrust;
 
 use super::journal::Journal;
 use super::{
-    ActionRefusal, ActionSpec, Executor, OUTPUT_IN_ANSWER, Outcome, PackageKind, SignedAction,
-    Status, Target, cut, now_ms,
+    ActionRefusal, ActionSpec, Executor, OUTPUT_IN_ANSWER, Outcome, PackageFiles, PackageKind,
+    SignedAction, Status, Target, cut, now_ms,
 };
 use crate::sensors::{ActionState, Sensors};
 
@@ -22,6 +22,7 @@ pub struct ActionRunner {
     journal: Arc<dyn Journal>,
     exec: Arc<dyn Executor>,
     stats: Arc<WireStats>,
+    files: Option<Arc<dyn PackageFiles>>,
 }
 
 impl std::fmt::Debug for ActionRunner {
@@ -58,6 +59,27 @@ impl ActionRunner {
             journal,
             exec,
             stats,
+            files: None,
+        })
+    }
+
+    /// A runner as [`ActionRunner::new`] that gets packages' files with `files` before it
+    /// runs their commands.
+    pub fn with_files(
+        me: impl Into<String>,
+        trust: Arc<ServerTrust>,
+        journal: Arc<dyn Journal>,
+        exec: Arc<dyn Executor>,
+        stats: Arc<WireStats>,
+        files: Arc<dyn PackageFiles>,
+    ) -> Arc<ActionRunner> {
+        Arc::new(ActionRunner {
+            me: me.into(),
+            trust,
+            journal,
+            exec,
+            stats,
+            files: Some(files),
         })
     }
 
@@ -170,11 +192,12 @@ impl ActionRunner {
                 Ok(Some(held)) => answer(&held.status, &held.output),
                 Ok(None) => {
                     let expires = signed.stamp.expires_unix_ms;
-                    if spec.spread_secs == 0 && me.exec.immediate() {
-                        let (status, output) = me.run_now(&spec, expires).await;
+                    let fetch_first = spec.package.manifest.is_some();
+                    if spec.spread_secs == 0 && me.exec.immediate() && !fetch_first {
+                        let (status, output) = me.run_now(&spec, expires, None).await;
                         return answer(&status, &output);
                     }
-                    let status = if spec.spread_secs == 0 {
+                    let status = if spec.spread_secs == 0 && !fetch_first {
                         Status::Running
                     } else {
                         Status::Waiting
@@ -202,14 +225,53 @@ impl ActionRunner {
             let wait = Duration::from_millis(rand::random_range(0..spec.spread_secs * 1000));
             tokio::time::sleep(wait).await;
         }
-        if let Some(me) = me.upgrade() {
-            me.run_now(&spec, expires_unix_ms).await;
+        let Some(runner) = me.upgrade() else {
+            return;
+        };
+        let Some(m) = spec.package.manifest.clone() else {
+            runner.run_now(&spec, expires_unix_ms, None).await;
+            return;
+        };
+        let Some(files) = runner.files.clone() else {
+            let _ = runner.journal.set(
+                spec.id,
+                Status::Failed("this endpoint cannot fetch package files".into()),
+                "",
+                0,
+            );
+            return;
+        };
+        // The files first (the action stays waiting meanwhile: an endpoint that stops
+        // fetches only what it lacks when it starts again).
+        drop(runner);
+        let got = files.obtain(spec.id, m.clone()).await;
+        let Some(runner) = me.upgrade() else {
+            return;
+        };
+        match got {
+            Ok(dir) => {
+                runner.run_now(&spec, expires_unix_ms, dir).await;
+            }
+            Err(e) => {
+                let _ = runner.journal.set(
+                    spec.id,
+                    Status::Failed(format!("package files: {e}")),
+                    "",
+                    0,
+                );
+            }
         }
+        files.release(spec.id, &m);
     }
 
     /// Runs `spec` once: journalled as running first (if that write fails, it does not run).
     /// Returns where it stands after.
-    async fn run_now(&self, spec: &ActionSpec, expires_unix_ms: u64) -> (Status, String) {
+    async fn run_now(
+        &self,
+        spec: &ActionSpec,
+        expires_unix_ms: u64,
+        dir: Option<std::path::PathBuf>,
+    ) -> (Status, String) {
         let id = spec.id;
         let cap = spec.package.output_cap;
         let now = |e: Option<(Status, String)>| {
@@ -235,7 +297,7 @@ impl ActionRunner {
             }
         }
         let timeout = Duration::from_secs(spec.package.timeout_secs.max(1));
-        let outcome = match tokio::time::timeout(timeout, self.exec.run(spec)).await {
+        let outcome = match tokio::time::timeout(timeout, self.exec.run_in(spec, dir)).await {
             Ok(o) => o,
             Err(_) => Outcome::failed(format!("timed out after {} s", timeout.as_secs())),
         };

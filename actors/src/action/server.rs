@@ -25,6 +25,7 @@ use super::{
 };
 use crate::question::{SensorSpec, parse};
 use crate::store::ServerStore;
+use rollcall_patchdist::{Egress, Manifest, Origin};
 
 /// Packages that wait for a second admin's approval unless the server's configuration says
 /// otherwise.
@@ -175,6 +176,27 @@ pub struct MachineStatus {
     pub output: String,
 }
 
+/// Where a package with files stands (what `package status` shows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageReport {
+    /// Its name.
+    pub name: String,
+    /// Its manifest's id (hex).
+    pub id: String,
+    /// Its files: (name, bytes).
+    pub files: Vec<(String, u64)>,
+    /// Bytes in all.
+    pub bytes: u64,
+    /// Chunks in all.
+    pub chunks: u64,
+    /// What left the server for it.
+    pub egress: Egress,
+    /// Bytes that left the server per ring (ring, bytes), of machines still in a ring.
+    pub egress_by_ring: Vec<(String, u64)>,
+    /// Its actions: (id, machines targeted, machines per status).
+    pub actions: Vec<(u64, u64, BTreeMap<String, u64>)>,
+}
+
 /// Where an action stands: counts, then machines.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionReport {
@@ -229,6 +251,8 @@ pub struct ActionBook {
     store: Option<Arc<ServerStore>>,
     book: Mutex<Book>,
     require_approval: Mutex<Vec<String>>,
+    /// Where packages' files are kept and fetched from.
+    origin: std::sync::OnceLock<Arc<Origin>>,
 }
 
 impl std::fmt::Debug for ActionBook {
@@ -288,6 +312,7 @@ impl ActionBook {
             rings,
             store,
             book: Mutex::new(book),
+            origin: std::sync::OnceLock::new(),
             require_approval: Mutex::new(
                 DEFAULT_REQUIRE_APPROVAL
                     .iter()
@@ -345,12 +370,32 @@ impl ActionBook {
         out
     }
 
-    /// Registers an admin's package.
+    /// Keeps packages' files in `origin` (once): the manifests of packages loaded from the
+    /// store are named to it again (their chunks are in its store).
+    pub fn set_origin(&self, origin: Arc<Origin>) {
+        let packages: Vec<Package> = self.lock().packages.values().cloned().collect();
+        for p in packages {
+            if let Some(m) = &p.manifest
+                && let Err(e) = origin.add_manifest((**m).clone())
+            {
+                tracing::error!(package = %p.name, error = %e, "a package's files are not all kept: its actions will not complete");
+            }
+        }
+        let _ = self.origin.set(origin);
+    }
+
+    /// The origin of packages' files, if this server has one.
+    pub fn origin(&self) -> Option<&Arc<Origin>> {
+        self.origin.get()
+    }
+
+    /// Registers an admin's package (with `manifest`, files uploaded before).
     pub fn add_package(
         &self,
         name: &str,
         command: &str,
         timeout_secs: u64,
+        manifest: Option<Manifest>,
     ) -> Result<String, String> {
         if name.is_empty()
             || name.len() > 64
@@ -369,6 +414,26 @@ impl ActionBook {
         if timeout_secs == 0 || timeout_secs > 24 * 3600 {
             return Err("the timeout is 1 s to 24 h".into());
         }
+        let files = match manifest {
+            None => None,
+            Some(m) => {
+                let origin = self
+                    .origin
+                    .get()
+                    .ok_or("this server keeps no package files")?;
+                origin.add_manifest(m.clone()).map_err(|e| e.to_string())?;
+                Some(Arc::new(m))
+            }
+        };
+        let described = match &files {
+            Some(m) => format!(
+                "package {name} registered with {} files ({} bytes, {} chunks)",
+                m.files.len(),
+                m.size(),
+                m.chunk_count()
+            ),
+            None => format!("package {name} registered"),
+        };
         let all = {
             let mut b = self.lock();
             b.packages.insert(
@@ -378,7 +443,7 @@ impl ActionBook {
                     kind: PackageKind::Command(command.to_string()),
                     timeout_secs,
                     output_cap: DEFAULT_OUTPUT_CAP,
-                    files: Vec::new(),
+                    manifest: files,
                 },
             );
             b.packages.values().cloned().collect::<Vec<_>>()
@@ -387,7 +452,7 @@ impl ActionBook {
             st.put_setting(PACKAGES_KEY, &all)
                 .map_err(|e| e.to_string())?;
         }
-        Ok(format!("package {name} registered"))
+        Ok(described)
     }
 
     /// Issues an action for `who`; it goes out now, or waits for approval.

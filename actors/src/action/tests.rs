@@ -455,7 +455,7 @@ async fn scripts_and_commands_give_their_exit_code_and_output() {
         kind: PackageKind::Command("printf '%s|' \"$1\" \"$2\"".into()),
         timeout_secs: 5,
         output_cap: DEFAULT_OUTPUT_CAP,
-        files: Vec::new(),
+        manifest: None,
     };
     let o = exec.run(&c).await;
     assert_eq!(o, Outcome::done("a; touch /tmp/rollcall-injected|b|"));

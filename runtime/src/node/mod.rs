@@ -478,6 +478,23 @@ impl Node {
         })
     }
 
+    /// A live link to the peer at `addr`, whichever side dialed (the server's, for a node
+    /// that pinned no server id).
+    pub fn peer_at(&self, addr: SocketAddr) -> Option<PeerHandle> {
+        let links = crate::sync::read(&self.shared.links);
+        let cell = links
+            .values()
+            .flat_map(|cells| cells.iter().rev())
+            .find(|c| c.addr == addr && c.conn.is_some())?
+            .clone();
+        Some(PeerHandle {
+            addr: cell.addr,
+            conn: cell.conn,
+            actor: cell.actor,
+            shared: self.shared.clone(),
+        })
+    }
+
     /// Waits up to `timeout` for a live link to peer `id`.
     pub async fn wait_peer(&self, id: &NodeId, timeout: Duration) -> Option<PeerHandle> {
         let mut events = self.link_events();

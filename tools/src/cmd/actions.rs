@@ -264,17 +264,130 @@ pub(crate) async fn package(c: PackageCommand) -> Result<ExitCode> {
             name,
             command,
             timeout_secs,
+            files,
             op,
         } => {
+            let manifest = if files.is_empty() {
+                None
+            } else {
+                Some(upload(&op, &files).await?)
+            };
             desk_command(
                 &op,
                 DeskRequest::AddPackage {
                     name,
                     command,
                     timeout_secs,
+                    manifest,
                 },
             )
             .await
         }
+        PackageCommand::Status { name, json, op } => {
+            let desk = DeskClient::connect(op.server, &op.cert_dir).await?;
+            let reply = desk.call(DeskRequest::PackageStatus { name }).await;
+            desk.close().await;
+            match reply? {
+                DeskReply::PackageStatus(r) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&r)?);
+                    } else {
+                        print_package(&r);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                DeskReply::Error(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(2))
+                }
+                other => bail!("unexpected answer {other:?}"),
+            }
+        }
     }
+}
+
+fn print_package(r: &rollcall_actors::action::server::PackageReport) {
+    println!("package {} ({})", r.name, r.id);
+    for (f, size) in &r.files {
+        println!("  {f:<40} {size:>14} bytes");
+    }
+    println!("  {} bytes in {} chunks of 64 KiB", r.bytes, r.chunks);
+    let rings = r.egress_by_ring.len().max(1) as f64;
+    println!(
+        "server egress: {} bytes ({:.3} x size per ring), {} chunks, {} sent again after a fault",
+        r.egress.bytes,
+        r.egress.bytes as f64 / (r.bytes.max(1) as f64 * rings),
+        r.egress.chunks,
+        r.egress.repeats
+    );
+    for (ring, bytes) in &r.egress_by_ring {
+        println!("  ring {ring:<24} {bytes:>14} bytes from the server");
+    }
+    for (id, targeted, counts) in &r.actions {
+        let c: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        println!("action {id}: {targeted} targeted, {}", c.join(", "));
+    }
+}
+
+/// Cuts `files` into chunks, uploads those the server lacks (with progress), and returns
+/// the manifest.
+async fn upload(
+    op: &OperatorArgs,
+    files: &[std::path::PathBuf],
+) -> Result<rollcall_patchdist::Manifest> {
+    let mut named = Vec::new();
+    for f in files {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no usable file name", f.display()))?
+            .to_string();
+        let data = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        named.push((name, bytes::Bytes::from(data)));
+    }
+    let (manifest, chunks) = rollcall_patchdist::Manifest::build(&named)?;
+    let desk = DeskClient::connect(op.server, &op.cert_dir).await?;
+    let result = async {
+        let hashes: Vec<serde_bytes::ByteBuf> = chunks
+            .iter()
+            .map(|c| serde_bytes::ByteBuf::from(c.hash().to_vec()))
+            .collect();
+        let mut lacking = Vec::new();
+        // Asked in batches that keep each request well inside a frame.
+        for (b, batch) in hashes.chunks(8192).enumerate() {
+            match desk
+                .call(DeskRequest::LackingChunks {
+                    hashes: batch.to_vec(),
+                })
+                .await?
+            {
+                DeskReply::Lacking(idx) => {
+                    lacking.extend(idx.into_iter().map(|i| b * 8192 + i as usize))
+                }
+                DeskReply::Error(e) => bail!("{e}"),
+                other => bail!("unexpected answer {other:?}"),
+            }
+        }
+        let total = lacking.len();
+        eprintln!(
+            "{} bytes in {} chunks; uploading {total} the server lacks",
+            manifest.size(),
+            chunks.len()
+        );
+        for (n, i) in lacking.into_iter().enumerate() {
+            let data = serde_bytes::ByteBuf::from(chunks[i].data().to_vec());
+            match desk.call(DeskRequest::PutChunk { data }).await? {
+                DeskReply::Done(_) => {}
+                DeskReply::Error(e) => bail!("uploading chunk {i}: {e}"),
+                other => bail!("unexpected answer {other:?}"),
+            }
+            if (n + 1) % 160 == 0 || n + 1 == total {
+                eprintln!("uploaded {} of {total} chunks", n + 1);
+            }
+        }
+        Ok(manifest)
+    }
+    .await;
+    desk.close().await;
+    result
 }

@@ -729,6 +729,13 @@ pub(crate) enum PackageCommand {
     List(OperatorArgs),
     /// Register a package that runs a command with `sh -c`; an action's parameters are its
     /// `$1`, `$2`, … (never pasted into the command).
+    ///
+    /// With `--file`, the files are cut into 64 KiB chunks, hashed (BLAKE3) and uploaded
+    /// (chunks the server already holds are skipped, so an interrupted upload resumes); the
+    /// manifest travels signed with each action. Each targeted machine fetches the chunks
+    /// from its ring neighbours (only a ring's leader fetches from the server), verifies
+    /// every chunk and file, and runs the command in a folder holding the files, e.g.
+    /// `--file fix.deb --command 'dpkg -i fix.deb'`.
     Add {
         /// Its name.
         name: String,
@@ -738,6 +745,21 @@ pub(crate) enum PackageCommand {
         /// Longest a run may take.
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
+        /// A file the package carries (repeatable); it is written under its own name in
+        /// the folder the command runs in.
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<std::path::PathBuf>,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
+    /// Where a package with files stands: its files, what left the server for it (per ring,
+    /// and chunks sent again after a fault), and its actions' machines.
+    Status {
+        /// The package.
+        name: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         op: OperatorArgs,
     },

@@ -104,6 +104,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
                     host: host.clone(),
                     journal: Arc::new(MemJournal::default()),
                     executor: Arc::new(SimExecutor::new(host)),
+                    files: None,
                 }
             },
         )

@@ -104,8 +104,18 @@ pub(crate) async fn start_server(
     let rcfg = RingServerConfig::for_ring(&ring_config(cfg), membership, 4);
     let store = ServerStore::open(&state_dir.join("server.redb"), cfg.server.results_kept)
         .context("opening the result store")?;
-    let services =
-        compose::start_server_services(&node, rcfg, Some(Arc::new(store)), None, signer).await?;
+    // Packages' files: every chunk an admin uploaded, never evicted.
+    let chunks = rollcall_patchdist::FileCache::open(&state_dir.join("origin.redb"), u64::MAX)
+        .context("opening the package store")?;
+    let services = compose::start_server_services_with(
+        &node,
+        rcfg,
+        Some(Arc::new(store)),
+        None,
+        signer,
+        Arc::new(chunks),
+    )
+    .await?;
     services.desk.set_limits(cfg.server.limits);
     services
         .desk
@@ -314,6 +324,17 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
             host,
             journal,
             executor,
+            files: Some(compose::FilesPlan {
+                cache: Arc::new(
+                    rollcall_patchdist::FileCache::open(
+                        &a.state_dir.join("chunks.redb"),
+                        cfg.actions.package_cache_bytes,
+                    )
+                    .context("opening the package chunk cache")?,
+                ),
+                cfg: rollcall_patchdist::PatchConfig::default(),
+                work_dir: Some(a.state_dir.join("work")),
+            }),
         },
     )
     .await?;

@@ -51,6 +51,12 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn unpin(&self, package: &Hash);
     /// Bytes held.
     fn used(&self) -> u64;
+
+    /// The chunk as this machine serves it to a neighbour (what [`ChunkStore::get`] returns,
+    /// unless a test made this machine a compromised one: see [`MemCache::tamper_served`]).
+    fn serve(&self, h: &Hash) -> Option<Bytes> {
+        self.get(h).map(|v| v.data().clone())
+    }
 }
 
 /// The recency order and the pins: what both caches decide eviction by.
@@ -162,6 +168,11 @@ pub struct MemCache {
     cap: u64,
     shared: Option<Arc<SharedChunks>>,
     inner: Mutex<(Lru, HashMap<Hash, Bytes>)>,
+    /// Chunks taken in (not already held).
+    inserted: std::sync::atomic::AtomicU64,
+    /// Chunks handed to it that it already held.
+    again: std::sync::atomic::AtomicU64,
+    tampered: std::sync::atomic::AtomicBool,
 }
 
 impl MemCache {
@@ -171,6 +182,9 @@ impl MemCache {
             cap,
             shared: None,
             inner: Mutex::new((Lru::default(), HashMap::new())),
+            inserted: std::sync::atomic::AtomicU64::new(0),
+            again: std::sync::atomic::AtomicU64::new(0),
+            tampered: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -180,6 +194,33 @@ impl MemCache {
             shared: Some(shared),
             ..MemCache::new(cap)
         }
+    }
+
+    /// Chunks it has taken in so far (a chunk it already held is not counted again).
+    pub fn inserted(&self) -> u64 {
+        self.inserted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Chunks handed to it that it already held (fetched twice).
+    pub fn again(&self) -> u64 {
+        self.again.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Chunks held.
+    pub fn len(&self) -> usize {
+        rollcall_runtime::sync::lock(&self.inner).1.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes this a compromised machine's cache: every chunk it serves to a neighbour has
+    /// one byte flipped (what it keeps and checks for itself is unchanged). For fault tests.
+    pub fn tamper_served(&self, on: bool) {
+        self.tampered
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -202,6 +243,8 @@ impl ChunkStore for MemCache {
         let mut g = rollcall_runtime::sync::lock(&self.inner);
         if g.1.contains_key(c.hash()) {
             g.0.touch(c.hash());
+            self.again
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(());
         }
         for v in g.0.victims(data.len() as u64, self.cap)? {
@@ -210,7 +253,19 @@ impl ChunkStore for MemCache {
         }
         g.0.insert(*c.hash(), data.len() as u64);
         g.1.insert(*c.hash(), data);
+        self.inserted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    fn serve(&self, h: &Hash) -> Option<Bytes> {
+        let data = self.get(h)?.data().clone();
+        if !self.tampered.load(std::sync::atomic::Ordering::Relaxed) || data.is_empty() {
+            return Some(data);
+        }
+        let mut bad = data.to_vec();
+        bad[0] ^= 0xff;
+        Some(Bytes::from(bad))
     }
 
     fn pin(&self, package: Hash, chunks: &[Hash]) {

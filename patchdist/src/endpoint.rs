@@ -24,7 +24,7 @@ use rollcall_runtime::{NodeId, Roles};
 use tokio::sync::watch;
 
 use crate::cache::ChunkStore;
-use crate::manifest::{Hash, Manifest, ManifestError, Verified, hex};
+use crate::manifest::{Hash, Manifest, ManifestError, hex};
 use crate::plan::{Arrival, Fetch, FetchConfig, Outcome, Source};
 use crate::pool::{self, PoolJob, PoolRef};
 use crate::proto::{self, ChunkReply, HoldingsReply, PEER_ROUTE, PatchMsg};
@@ -129,11 +129,15 @@ pub struct Shared {
     node: Node,
     cache: Arc<dyn ChunkStore>,
     hood: Arc<dyn Neighbourhood>,
+    advertise: SocketAddr,
     server: (Option<NodeId>, SocketAddr),
     cfg: PatchConfig,
     packages: Mutex<HashMap<Hash, Pkg>>,
     pool: tokio::sync::OnceCell<PoolRef>,
+    store_pool: tokio::sync::OnceCell<PoolRef>,
     stats: PatchStats,
+    /// Who announced chunks of a package before its distributor ran here.
+    heard: Mutex<HashMap<Hash, Vec<(NodeId, SocketAddr)>>>,
     me: Weak<Shared>,
 }
 
@@ -154,10 +158,10 @@ impl Shared {
             .map(|p| p.manifest.clone())
     }
 
-    /// Chunk `index` of `package`, if held.
-    pub(crate) fn chunk(&self, package: &Hash, index: u32) -> Option<Verified> {
+    /// Chunk `index` of `package` as served to a neighbour, if held.
+    pub(crate) fn chunk(&self, package: &Hash, index: u32) -> Option<Bytes> {
         let c = self.manifest(package)?.chunk(index)?;
-        self.cache.get(&c.hash)
+        self.cache.serve(&c.hash)
     }
 
     pub(crate) fn count_served(&self, _bytes: usize) {
@@ -210,10 +214,22 @@ impl Shared {
         Some(m.chunk_hashes().iter().map(|h| self.cache.has(h)).collect())
     }
 
+    /// The pool that serves neighbours (bounded: sheds with "busy").
     async fn pool(&self) -> Option<PoolRef> {
         let me = self.me.upgrade()?;
         self.pool
             .get_or_try_init(|| pool::start(me, self.cfg.pool_workers, self.cfg.pool_queue))
+            .await
+            .ok()
+            .cloned()
+    }
+
+    /// The pool that checks and keeps fetched chunks (its queue holds every request a
+    /// distributor may have in flight, so a fetched chunk is not thrown away).
+    async fn store_pool(&self) -> Option<PoolRef> {
+        let me = self.me.upgrade()?;
+        self.store_pool
+            .get_or_try_init(|| pool::start(me, self.cfg.pool_workers, STORE_QUEUE))
             .await
             .ok()
             .cloned()
@@ -256,12 +272,31 @@ impl Deliver for PeerRoute {
                 let bits = shared.holdings(&package).map(|b| proto::pack(&b));
                 let _ = msg.answer(&HoldingsReply(bits));
             }
-            PatchMsg::Have { package, indices } => {
+            PatchMsg::Have {
+                package,
+                indices,
+                addr,
+            } => {
+                tracing::debug!(from = %msg.from.id, n = indices.len(), "heard");
                 let dist = rollcall_runtime::sync::lock(&shared.packages)
                     .get(&package)
                     .and_then(|p| p.dist.clone());
-                if let Some(d) = dist {
-                    let _ = d.send_message(DistMsg::Have(msg.from.id.clone(), indices));
+                match dist {
+                    Some(d) => {
+                        let _ = d.send_message(DistMsg::Have(msg.from.id.clone(), addr, indices));
+                    }
+                    None => {
+                        // Remembered (boundedly) for when this package's distributor starts.
+                        let mut heard = rollcall_runtime::sync::lock(&shared.heard);
+                        if heard.len() < HEARD_PACKAGES || heard.contains_key(&package) {
+                            let who = heard.entry(package).or_default();
+                            if who.len() < MAX_ANNOUNCERS
+                                && who.iter().all(|(w, _)| *w != msg.from.id)
+                            {
+                                who.push((msg.from.id.clone(), addr));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -271,13 +306,15 @@ impl Deliver for PeerRoute {
 
 impl PatchService {
     /// The service on an endpoint `node`: chunks kept in `cache`, neighbours from `hood`,
-    /// the server `server` (its id if pinned, and its address: the origin its ring's leader
+    /// the address its neighbours dial (`advertise`), the server `server` (its id if pinned,
+    /// and its address: the origin its ring's leader
     /// fetches from, over the link it holds as leader; it never dials the server for this).
     /// Serves its neighbours at once ([`PEER_ROUTE`], endpoints only).
     pub fn install(
         node: &Node,
         cache: Arc<dyn ChunkStore>,
         hood: Arc<dyn Neighbourhood>,
+        advertise: SocketAddr,
         server: (Option<NodeId>, SocketAddr),
         cfg: PatchConfig,
     ) -> PatchService {
@@ -285,11 +322,14 @@ impl PatchService {
             node: node.clone(),
             cache,
             hood,
+            advertise,
             server,
             cfg,
             packages: Mutex::new(HashMap::new()),
             pool: tokio::sync::OnceCell::new(),
+            store_pool: tokio::sync::OnceCell::new(),
             stats: PatchStats::default(),
+            heard: Mutex::new(HashMap::new()),
             me: me.clone(),
         });
         node.router().register(
@@ -453,8 +493,8 @@ pub enum DistMsg {
     View(Option<View>),
     /// A neighbour's whole bitmap.
     Holdings(NodeId, Vec<bool>),
-    /// A neighbour got these chunks.
-    Have(NodeId, Vec<u32>),
+    /// A neighbour (at that address) got these chunks.
+    Have(NodeId, SocketAddr, Vec<u32>),
     /// A request ended.
     Fetched {
         /// The chunk.
@@ -476,8 +516,24 @@ pub struct DistState {
     /// Links it made itself (to neighbours that had none with it).
     links: HashMap<NodeId, PeerHandle>,
     announce: Vec<u32>,
+    /// Machines outside the view that told us what they hold.
+    announcers: HashMap<NodeId, SocketAddr>,
+    /// Chunk indices that share their bytes with another chunk of the package, by hash.
+    twins: HashMap<Hash, Vec<u32>>,
     pool: PoolRef,
 }
+
+/// How long a finished distributor's links stay open for what is still on them.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// Fetched chunks waiting to be checked and kept, at most.
+const STORE_QUEUE: usize = 1024;
+
+/// Most machines outside its view a distributor takes as sources.
+const MAX_ANNOUNCERS: usize = 8;
+
+/// Most packages, and announcers per package, remembered before their distributor runs.
+const HEARD_PACKAGES: usize = 256;
 
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
@@ -500,14 +556,25 @@ impl Actor for Distributor {
             .map(|h| shared.cache.has(h))
             .collect();
         let fetch = Fetch::new(have, shared.cfg.fetch.clone());
-        let pool = shared.pool().await.ok_or("no chunk pool")?;
+        let pool = shared.store_pool().await.ok_or("no chunk pool")?;
         if let Some(p) = rollcall_runtime::sync::lock(&shared.packages).get_mut(&id) {
             p.dist = Some(myself.clone());
         }
         myself.send_interval(shared.cfg.tick, || DistMsg::Tick);
         myself.send_interval(shared.cfg.view_every, || DistMsg::Look);
         myself.send_message(DistMsg::Look)?;
+        let announcers = rollcall_runtime::sync::lock(&shared.heard)
+            .remove(&id)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let mut twins: HashMap<Hash, Vec<u32>> = HashMap::new();
+        for (i, h) in manifest.chunk_hashes().into_iter().enumerate() {
+            twins.entry(h).or_default().push(i as u32);
+        }
+        twins.retain(|_, v| v.len() > 1);
         let st = DistState {
+            twins,
             shared,
             manifest,
             id,
@@ -515,6 +582,7 @@ impl Actor for Distributor {
             addrs: HashMap::new(),
             links: HashMap::new(),
             announce: Vec::new(),
+            announcers,
             pool,
         };
         st.report();
@@ -529,9 +597,15 @@ impl Actor for Distributor {
         if let Some(p) = rollcall_runtime::sync::lock(&st.shared.packages).get_mut(&st.id) {
             p.dist = None;
         }
-        for l in st.links.values() {
-            l.close();
-        }
+        // Closed after a while, not at once: the last announcements are still on their way
+        // over them (a connection closed under them drops them).
+        let links: Vec<PeerHandle> = st.links.drain().map(|(_, l)| l).collect();
+        tokio::spawn(async move {
+            tokio::time::sleep(LINGER).await;
+            for l in links {
+                l.close();
+            }
+        });
         Ok(())
     }
 
@@ -544,7 +618,7 @@ impl Actor for Distributor {
         match msg {
             DistMsg::Tick => {
                 st.fetch.expire(now());
-                st.flush();
+                st.flush().await;
             }
             DistMsg::Look => {
                 let hood = st.shared.hood.clone();
@@ -556,7 +630,10 @@ impl Actor for Distributor {
             DistMsg::View(Some(v)) => st.set_view(&myself, v).await,
             DistMsg::View(None) => {}
             DistMsg::Holdings(from, bits) => st.fetch.holdings_all(&from, &bits),
-            DistMsg::Have(from, idx) => st.fetch.holdings(&from, idx),
+            DistMsg::Have(from, addr, idx) => {
+                st.heard_from(&myself, from.clone(), addr).await;
+                st.fetch.holdings(&from, idx);
+            }
             DistMsg::Fetched {
                 index,
                 from,
@@ -567,6 +644,17 @@ impl Actor for Distributor {
                 match (outcome, arrival) {
                     (Outcome::Good, Some(Arrival::New)) => {
                         st.announce.push(index);
+                        // Other chunks with the same bytes (runs of zeros) came with it.
+                        if let Some(same) =
+                            st.manifest.chunk(index).and_then(|c| st.twins.get(&c.hash))
+                        {
+                            for &j in same {
+                                if j != index && !st.fetch.has(j) {
+                                    st.fetch.mark_held(j);
+                                    st.announce.push(j);
+                                }
+                            }
+                        }
                         st.report();
                     }
                     (Outcome::Good, Some(Arrival::Duplicate)) => {
@@ -580,7 +668,7 @@ impl Actor for Distributor {
             }
         }
         if st.fetch.complete() {
-            st.flush();
+            st.flush().await;
             st.report();
             myself.stop(None);
             return Ok(());
@@ -602,55 +690,72 @@ impl DistState {
         );
     }
 
-    fn link(&mut self, p: &NodeId) -> Option<PeerHandle> {
-        if let Some(l) = self.shared.node.peer(p) {
-            return Some(l);
-        }
-        if let Some(l) = self.links.get(p) {
-            return Some(l.clone());
-        }
-        None
+    /// The link to `p` this distributor keeps up (its own: the ring member's links to the
+    /// same machines may be one-shot ones whose far end is already gone).
+    fn link(&self, p: &NodeId) -> Option<PeerHandle> {
+        self.links.get(p).cloned()
     }
 
     async fn set_view(&mut self, myself: &ActorRef<DistMsg>, v: View) {
-        let me = &self.shared.node.identity().id;
-        let ids: Vec<NodeId> = v
-            .peers
-            .iter()
-            .filter(|(id, _)| id != me)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let fresh = self.fetch.set_peers(&ids);
         self.fetch.allow_server(v.leader);
-        self.addrs = v.peers.into_iter().collect();
+        let me = self.shared.node.identity().id.clone();
+        self.addrs = v.peers.into_iter().filter(|(id, _)| *id != me).collect();
         self.links.retain(|id, l| {
-            let keep = ids.contains(id);
+            let keep = self.addrs.contains_key(id);
             if !keep {
                 l.close();
             }
             keep
         });
+        self.refresh_peers(myself).await;
+    }
+
+    /// A machine that told us what it holds though it is not in our view (a predecessor's
+    /// predecessor: what flows down the ring comes from before us): kept as a source.
+    async fn heard_from(&mut self, myself: &ActorRef<DistMsg>, from: NodeId, addr: SocketAddr) {
+        if self.addrs.contains_key(&from)
+            || self.announcers.contains_key(&from)
+            || self.announcers.len() >= MAX_ANNOUNCERS
+            || from == self.shared.node.identity().id
+        {
+            return;
+        }
+        tracing::debug!(me = %self.shared.node.identity().id, %from, "a machine outside the view announced chunks: taken as a source");
+        self.announcers.insert(from, addr);
+        self.refresh_peers(myself).await;
+    }
+
+    /// The sources: the view's members and those that announced to us; each new one is
+    /// asked what it holds.
+    async fn refresh_peers(&mut self, myself: &ActorRef<DistMsg>) {
+        let mut ids: Vec<NodeId> = self.addrs.keys().cloned().collect();
+        ids.extend(self.announcers.keys().cloned());
+        ids.sort();
+        ids.dedup();
+        let fresh = self.fetch.set_peers(&ids);
+        tracing::debug!(me = %self.shared.node.identity().id, ?fresh, announcers = self.announcers.len(), "new sources");
+        // A link kept up to every source that has no live one.
+        for p in &ids {
+            if self.link(p).is_some() {
+                continue;
+            }
+            let addr = self
+                .addrs
+                .get(p)
+                .or_else(|| self.announcers.get(p))
+                .copied();
+            if let Some(addr) = addr
+                && let Ok(l) = self.shared.node.connect(addr).await
+            {
+                self.links.insert(p.clone(), l);
+            }
+        }
         for p in fresh {
-            let Some(addr) = self.addrs.get(&p).copied() else {
+            let Some(link) = self.link(&p) else {
                 continue;
             };
-            let (node, to, pkg, n) = (
-                self.shared.node.clone(),
-                myself.clone(),
-                self.id,
-                self.manifest.chunk_count(),
-            );
+            let (to, pkg, n) = (myself.clone(), self.id, self.manifest.chunk_count());
             let timeout = self.shared.cfg.call_timeout;
-            let link = match self.link(&p) {
-                Some(l) => l,
-                None => match node.connect(addr).await {
-                    Ok(l) => {
-                        self.links.insert(p.clone(), l.clone());
-                        l
-                    }
-                    Err(_) => continue,
-                },
-            };
             tokio::spawn(async move {
                 if link.wait_connected(timeout).await.is_err() {
                     return;
@@ -658,6 +763,7 @@ impl DistState {
                 let r: Result<HoldingsReply, _> = link
                     .call(PEER_ROUTE, &PatchMsg::Holdings { package: pkg }, timeout)
                     .await;
+                tracing::debug!(%p, ok = r.is_ok(), "holdings");
                 if let Ok(HoldingsReply(Some(bits))) = r {
                     let _ = to.send_message(DistMsg::Holdings(p, proto::unpack(&bits, n)));
                 }
@@ -665,22 +771,27 @@ impl DistState {
         }
     }
 
-    /// Tells the neighbours what came since the last time.
-    fn flush(&mut self) {
+    /// Tells the neighbours what came since the last time (awaited: a distributor that
+    /// finishes closes the links it made right after).
+    async fn flush(&mut self) {
         if self.announce.is_empty() {
             return;
         }
         let msg = PatchMsg::Have {
             package: self.id,
             indices: std::mem::take(&mut self.announce),
+            addr: self.shared.advertise,
         };
         let peers: Vec<NodeId> = self.addrs.keys().cloned().collect();
+        tracing::debug!(me = %self.shared.node.identity().id, peers = peers.len(), "announcing");
         for p in peers {
-            if let Some(l) = self.link(&p) {
-                let msg = msg.clone();
-                tokio::spawn(async move {
-                    let _ = l.cast(PEER_ROUTE, &msg).await;
-                });
+            match self.link(&p) {
+                Some(l) => {
+                    if let Err(e) = l.cast(PEER_ROUTE, &msg).await {
+                        tracing::debug!(%p, error = %e, "announcement not sent");
+                    }
+                }
+                None => tracing::debug!(%p, "no link to announce on"),
             }
         }
     }

@@ -28,7 +28,8 @@ pub struct FetchConfig {
     /// Endgame: when every chunk it lacks is in flight and at most this many are left, each
     /// is also asked of a second peer.
     pub endgame: usize,
-    /// How long a peer that answered "busy" is left alone.
+    /// How long a peer that answered "busy", or a source whose request failed, is left
+    /// alone.
     pub busy_rest: Duration,
 }
 
@@ -122,6 +123,7 @@ pub struct Fetch<P: Ord + Clone> {
     in_flight: HashMap<u32, Vec<(Source<P>, Instant)>>,
     server_allowed: bool,
     server_busy: usize,
+    server_resting_until: Option<Instant>,
     stats: FetchStats,
 }
 
@@ -142,6 +144,7 @@ impl<P: Ord + Clone> Fetch<P> {
             in_flight: HashMap::new(),
             server_allowed: false,
             server_busy: 0,
+            server_resting_until: None,
             stats: FetchStats::default(),
         }
     }
@@ -330,7 +333,7 @@ impl<P: Ord + Clone> Fetch<P> {
                 self.send(i, Source::Peer(p), now, &mut out);
             }
         }
-        if self.server_allowed {
+        if self.server_allowed && self.server_resting_until.is_none_or(|t| now >= t) {
             let from_server: Vec<u32> = self
                 .wanted
                 .iter()
@@ -458,13 +461,34 @@ impl<P: Ord + Clone> Fetch<P> {
                 }
             }
             Outcome::Failed => {
+                // The source rests a moment too: a request that fails at once (no link)
+                // is not sent again in a loop.
                 self.stats.failed += 1;
-                if *from == Source::Server {
-                    self.stats.server_retries += 1;
+                match from {
+                    Source::Server => {
+                        self.stats.server_retries += 1;
+                        self.server_resting_until = Some(now + self.cfg.busy_rest);
+                    }
+                    Source::Peer(p) => {
+                        if let Some(st) = self.peers.get_mut(p) {
+                            st.resting_until = Some(now + self.cfg.busy_rest);
+                        }
+                    }
                 }
             }
         }
         None
+    }
+
+    /// Chunk `i` is held without having been asked for (another chunk of the package with
+    /// the same bytes came). A request for it still in flight ends as a duplicate.
+    pub fn mark_held(&mut self, i: u32) {
+        if (i as usize) < self.have.len() && !self.have[i as usize] {
+            self.have[i as usize] = true;
+            self.held += 1;
+            self.wanted.remove(&i);
+            self.available.remove(&i);
+        }
     }
 
     /// Gives up requests older than the timeout (they count as failed).

@@ -83,8 +83,8 @@ impl Worker for PoolWorker {
             } => {
                 let reply = match shared.chunk(&package, index) {
                     Some(c) => {
-                        shared.count_served(c.data().len());
-                        ChunkReply::Data(serde_bytes::ByteBuf::from(c.data().to_vec()))
+                        shared.count_served(c.len());
+                        ChunkReply::Data(serde_bytes::ByteBuf::from(c.to_vec()))
                     }
                     None => ChunkReply::Missing,
                 };

@@ -33,6 +33,9 @@ pub enum PatchMsg {
         package: Hash,
         /// Chunk indices.
         indices: Vec<u32>,
+        /// Where the sender takes calls (a machine past our nearest predecessor is not in
+        /// our view: this lets us ask it).
+        addr: std::net::SocketAddr,
     },
 }
 

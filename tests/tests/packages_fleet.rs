@@ -23,13 +23,19 @@ async fn formed(n: usize, ring: u16, seed: u64) -> Fleet {
     fleet
 }
 
-/// `len` bytes that differ chunk to chunk.
-fn payload(len: usize, seed: u32) -> Bytes {
-    Bytes::from(
-        (0..len as u32)
-            .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 11) as u8)
-            .collect::<Vec<u8>>(),
-    )
+/// `len` pseudo-random bytes (splitmix64 from `seed`): no two chunks alike.
+fn payload(len: usize, seed: u64) -> Bytes {
+    let mut x = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
 }
 
 async fn wait_done(fleet: &Fleet, id: u64, within: Duration) {
@@ -81,4 +87,228 @@ async fn a_package_reaches_three_rings_with_one_server_copy_per_ring() {
     assert_eq!(egress.repeats, 0, "{egress:?}");
     // Only leaders asked: at most one machine per ring (no leader changed here).
     assert!(egress.by_machine.len() <= 3, "{egress:?}");
+}
+
+/// The machine leading ring `r`'s forward end.
+async fn leader_of(fleet: &Fleet, r: usize) -> usize {
+    for i in fleet.ring_members(r) {
+        if fleet
+            .member_status(i)
+            .await
+            .is_some_and(|s| s.leads.forward)
+        {
+            return i;
+        }
+    }
+    panic!("ring {r} has no forward leader");
+}
+
+/// Steps paused time a millisecond at a time until `cond` holds (at most `within`).
+async fn until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn everyone_but(fleet: &Fleet, skip: &[usize], m: &Manifest, id: u64) -> Result<(), String> {
+    let behind: Vec<String> = fleet
+        .endpoints
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| {
+            !skip.contains(i) && (!holds_all(e.chunks.as_ref(), m) || e.executor.runs_of(id) != 1)
+        })
+        .map(|(i, e)| {
+            format!(
+                "endpoint {i}: {} of {} chunks, ran {} times",
+                m.chunk_hashes().iter().filter(|h| e.chunks.has(h)).count(),
+                m.chunk_count(),
+                e.executor.runs_of(id)
+            )
+        })
+        .collect();
+    if behind.is_empty() {
+        Ok(())
+    } else {
+        Err(behind.join("; "))
+    }
+}
+
+async fn wait_everyone_but(fleet: &Fleet, skip: &[usize], m: &Manifest, id: u64) {
+    eventually_or(
+        "every other machine has the files and ran once",
+        Duration::from_secs(120),
+        || {
+            let r = everyone_but(fleet, skip, m, id);
+            async move { r }
+        },
+    )
+    .await;
+    for (i, e) in fleet.endpoints.iter().enumerate() {
+        if !skip.contains(&i) {
+            verify_files(e.chunks.as_ref(), m).expect("every file matches its hash");
+        }
+    }
+}
+
+fn rejected(fleet: &Fleet) -> u64 {
+    fleet
+        .endpoints
+        .iter()
+        .filter_map(|e| e.node())
+        .map(|n| n.wire_stats().snapshot().chunks_rejected)
+        .sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_serving_corrupted_chunks_is_avoided_and_the_files_are_right() {
+    let fleet = formed(20, 20, 12).await;
+    let leader = leader_of(&fleet, 0).await;
+    // The machine right after the leader serves every chunk with a byte flipped.
+    let bad = fleet
+        .ring_members(0)
+        .find(|&i| i > leader)
+        .expect("a machine after the leader");
+    fleet.endpoints[bad].chunks.tamper_served(true);
+    let m = fleet
+        .add_package("fix", &[("fix.bin".into(), payload(2_000_000, 3))], "true")
+        .await
+        .expect("package");
+    let id = fleet.act(ActRequest::all("fix", &[])).await.expect("act");
+    wait_everyone_but(&fleet, &[], &m, id).await;
+    let r = rejected(&fleet);
+    // Detected: refused and counted; each machine that asked it took at most the requests
+    // it had in flight to it (4) before avoiding it.
+    assert!(r >= 1, "no bad chunk was ever refused");
+    assert!(r <= 4 * 19, "{r} bad chunks taken");
+    // The server still sent each chunk once: the machines past the bad one got them from
+    // the leader, which announces to its successors.
+    assert_eq!(fleet.egress(&m).bytes, m.size());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_leader_killed_mid_transfer_leaves_the_ring_to_finish_from_peers() {
+    let mut fleet = formed(20, 20, 13).await;
+    let leader = leader_of(&fleet, 0).await;
+    let m = fleet
+        .add_package("fix", &[("fix.bin".into(), payload(8_000_000, 4))], "true")
+        .await
+        .expect("package");
+    let id = fleet.act(ActRequest::all("fix", &[])).await.expect("act");
+    let total = m.chunk_count();
+    let chunks = fleet.endpoints[leader].chunks.clone();
+    until(
+        Duration::from_secs(60),
+        "the leader holds a quarter",
+        || chunks.len() >= total / 4,
+    )
+    .await;
+    assert!(
+        chunks.len() < total,
+        "the transfer was over before the kill"
+    );
+    assert!(fleet.kill(leader));
+    wait_everyone_but(&fleet, &[leader], &m, id).await;
+    // The new leader fetched what no peer held: the chunks the old one took with it, at
+    // most its requests in flight to the server and to it.
+    let egress = fleet.egress(&m);
+    let slack = (8 + 4) * rollcall_patchdist::CHUNK_SIZE as u64;
+    assert!(egress.bytes <= m.size() + slack, "{egress:?}");
+    assert!(
+        egress.by_machine.len() >= 2,
+        "the new leader never asked: {egress:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_restarted_mid_transfer_fetches_only_what_it_lacks() {
+    let mut cfg = FleetConfig::chaos(20, 20, SimTransport::Mem, 14);
+    // No endgame: a second copy of a chunk in flight would be fetched twice by design.
+    cfg.patch.fetch.endgame = 0;
+    rollcall_runtime::telemetry::init("off");
+    let mut fleet = Fleet::start(cfg, |_| {}).await.expect("fleet");
+    fleet
+        .wait_formed(Duration::from_secs(120), Duration::from_millis(100))
+        .await
+        .expect("formed");
+    let leader = leader_of(&fleet, 0).await;
+    let victim = fleet
+        .ring_members(0)
+        .find(|&i| i != leader && i > leader + 5)
+        .expect("a machine down the ring");
+    let m = fleet
+        .add_package("fix", &[("fix.bin".into(), payload(8_000_000, 5))], "true")
+        .await
+        .expect("package");
+    let id = fleet.act(ActRequest::all("fix", &[])).await.expect("act");
+    let total = m.chunk_count();
+    let chunks = fleet.endpoints[victim].chunks.clone();
+    until(Duration::from_secs(60), "the victim holds a fifth", || {
+        chunks.len() >= total / 5
+    })
+    .await;
+    fleet.restart(victim).await.expect("restart");
+    let (held, again) = (chunks.len(), chunks.again());
+    assert!(held < total, "the transfer was over before the restart");
+    wait_everyone_but(&fleet, &[], &m, id).await;
+    // Every chunk it held was kept, none was fetched again, and it took exactly the rest.
+    assert_eq!(chunks.again(), again, "chunks it held were fetched again");
+    assert_eq!(chunks.len(), total);
+    assert_eq!(fleet.endpoints[victim].executor.runs_of(id), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_machine_that_joins_after_completion_gets_everything_from_neighbours() {
+    let mut fleet = formed(20, 20, 15).await;
+    let leader = leader_of(&fleet, 0).await;
+    let late = fleet
+        .ring_members(0)
+        .find(|&i| i > leader + 3)
+        .expect("a machine down the ring");
+    assert!(fleet.kill(late));
+    let m = fleet
+        .add_package("fix", &[("fix.bin".into(), payload(3_000_000, 6))], "true")
+        .await
+        .expect("package");
+    let id = fleet.act(ActRequest::all("fix", &[])).await.expect("act");
+    wait_everyone_but(&fleet, &[late], &m, id).await;
+    let before = fleet.egress(&m);
+    assert_eq!(before.bytes, m.size());
+    fleet.restart(late).await.expect("back");
+    wait_everyone_but(&fleet, &[], &m, id).await;
+    assert_eq!(
+        fleet.egress(&m),
+        before,
+        "the late machine took chunks from the server"
+    );
+    assert_eq!(fleet.endpoints[late].chunks.len(), m.chunk_count());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_chunk_pool_sheds_and_requesters_finish_from_other_peers() {
+    let mut cfg = FleetConfig::chaos(20, 20, SimTransport::Mem, 16);
+    cfg.patch.pool_workers = 1;
+    cfg.patch.pool_queue = 0;
+    rollcall_runtime::telemetry::init("off");
+    let fleet = Fleet::start(cfg, |_| {}).await.expect("fleet");
+    fleet
+        .wait_formed(Duration::from_secs(120), Duration::from_millis(100))
+        .await
+        .expect("formed");
+    let m = fleet
+        .add_package("fix", &[("fix.bin".into(), payload(2_000_000, 7))], "true")
+        .await
+        .expect("package");
+    let id = fleet.act(ActRequest::all("fix", &[])).await.expect("act");
+    wait_everyone_but(&fleet, &[], &m, id).await;
+    let shed: u64 = fleet
+        .endpoints
+        .iter()
+        .filter_map(|e| e.node())
+        .map(|n| n.wire_stats().snapshot().chunks_shed)
+        .sum();
+    assert!(shed > 0, "the pool never shed");
+    assert_eq!(fleet.egress(&m).bytes, m.size());
 }

@@ -308,6 +308,7 @@ pub async fn start_endpoint_with(
                         node,
                         f.cache,
                         hood.clone(),
+                        plan.advertise,
                         (plan.trust.server_id.clone(), plan.server),
                         f.cfg,
                     );

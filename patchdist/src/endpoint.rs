@@ -36,6 +36,9 @@ pub struct View {
     pub peers: Vec<(NodeId, SocketAddr)>,
     /// It leads its ring's forward end: it alone fetches from the server.
     pub leader: bool,
+    /// Its nearest successors: told of each chunk as it comes (they fetch from it next),
+    /// the rest of the view once per tick.
+    pub near: Vec<NodeId>,
 }
 
 /// Where a distributor learns its [`View`] (the ring member, on a real endpoint).
@@ -217,8 +220,9 @@ impl Shared {
     /// The pool that serves neighbours (bounded: sheds with "busy").
     async fn pool(&self) -> Option<PoolRef> {
         let me = self.me.upgrade()?;
+        let parent = self.node.supervisor().await.ok()?.get_cell();
         self.pool
-            .get_or_try_init(|| pool::start(me, self.cfg.pool_workers, self.cfg.pool_queue))
+            .get_or_try_init(|| pool::start(me, self.cfg.pool_workers, self.cfg.pool_queue, parent))
             .await
             .ok()
             .cloned()
@@ -228,8 +232,9 @@ impl Shared {
     /// distributor may have in flight, so a fetched chunk is not thrown away).
     async fn store_pool(&self) -> Option<PoolRef> {
         let me = self.me.upgrade()?;
+        let parent = self.node.supervisor().await.ok()?.get_cell();
         self.store_pool
-            .get_or_try_init(|| pool::start(me, self.cfg.pool_workers, STORE_QUEUE))
+            .get_or_try_init(|| pool::start(me, self.cfg.pool_workers, STORE_QUEUE, parent))
             .await
             .ok()
             .cloned()
@@ -277,7 +282,7 @@ impl Deliver for PeerRoute {
                 indices,
                 addr,
             } => {
-                tracing::debug!(from = %msg.from.id, n = indices.len(), "heard");
+                tracing::trace!(from = %msg.from.id, n = indices.len(), "heard");
                 let dist = rollcall_runtime::sync::lock(&shared.packages)
                     .get(&package)
                     .and_then(|p| p.dist.clone());
@@ -360,6 +365,16 @@ impl PatchService {
     /// Fetches every chunk of `manifest` this machine lacks, and waits until all are held
     /// and verified. The chunks stay pinned in the cache until [`PatchService::release`].
     pub async fn obtain(&self, manifest: Arc<Manifest>) -> Result<(), PatchError> {
+        self.fetch(manifest, true).await
+    }
+
+    /// Fetches `manifest`'s chunks as [`PatchService::obtain`] does, without pinning them:
+    /// a machine an action does not target still passes its package down the ring.
+    pub async fn relay(&self, manifest: Arc<Manifest>) -> Result<(), PatchError> {
+        self.fetch(manifest, false).await
+    }
+
+    async fn fetch(&self, manifest: Arc<Manifest>, pin: bool) -> Result<(), PatchError> {
         manifest.check()?;
         let id = manifest.id();
         let mut rx = {
@@ -376,7 +391,9 @@ impl PatchService {
             });
             pkg.progress.subscribe()
         };
-        self.0.cache.pin(id, &manifest.chunk_hashes());
+        if pin {
+            self.0.cache.pin(id, &manifest.chunk_hashes());
+        }
         if rx.borrow().complete {
             return Ok(());
         }
@@ -516,12 +533,20 @@ pub struct DistState {
     /// Links it made itself (to neighbours that had none with it).
     links: HashMap<NodeId, PeerHandle>,
     announce: Vec<u32>,
+    /// The nearest successors (see [`View::near`]).
+    near: Vec<NodeId>,
+    /// When a chunk last came, and when the sources were last all asked what they hold.
+    progressed: std::time::Instant,
+    resynced: std::time::Instant,
     /// Machines outside the view that told us what they hold.
     announcers: HashMap<NodeId, SocketAddr>,
     /// Chunk indices that share their bytes with another chunk of the package, by hash.
     twins: HashMap<Hash, Vec<u32>>,
     pool: PoolRef,
 }
+
+/// A distributor that got nothing for this long asks every source again what it holds.
+const RESYNC: Duration = Duration::from_secs(1);
 
 /// How long a finished distributor's links stay open for what is still on them.
 const LINGER: Duration = Duration::from_secs(5);
@@ -582,6 +607,9 @@ impl Actor for Distributor {
             addrs: HashMap::new(),
             links: HashMap::new(),
             announce: Vec::new(),
+            near: Vec::new(),
+            progressed: now(),
+            resynced: now(),
             announcers,
             pool,
         };
@@ -617,8 +645,25 @@ impl Actor for Distributor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DistMsg::Tick => {
-                st.fetch.expire(now());
+                let t = now();
+                st.fetch.expire(t);
                 st.flush().await;
+                // Stalled (announcements lost while this machine or a neighbour was down):
+                // ask every source again what it holds.
+                if t.saturating_duration_since(st.progressed) >= RESYNC
+                    && t.saturating_duration_since(st.resynced) >= RESYNC
+                {
+                    st.resynced = t;
+                    let all: Vec<NodeId> = st
+                        .addrs
+                        .keys()
+                        .chain(st.announcers.keys())
+                        .cloned()
+                        .collect();
+                    for p in all {
+                        st.ask_holdings(&myself, p);
+                    }
+                }
             }
             DistMsg::Look => {
                 let hood = st.shared.hood.clone();
@@ -640,10 +685,13 @@ impl Actor for Distributor {
                 outcome,
             } => {
                 let arrival = st.fetch.done(index, &from, outcome, now());
+                tracing::trace!(me = %st.shared.node.identity().id, index, ?from, ?outcome, ?arrival, "fetched");
                 let s = &st.shared.stats;
                 match (outcome, arrival) {
                     (Outcome::Good, Some(Arrival::New)) => {
+                        st.progressed = now();
                         st.announce.push(index);
+                        st.tell_near(index).await;
                         // Other chunks with the same bytes (runs of zeros) came with it.
                         if let Some(same) =
                             st.manifest.chunk(index).and_then(|c| st.twins.get(&c.hash))
@@ -698,6 +746,7 @@ impl DistState {
 
     async fn set_view(&mut self, myself: &ActorRef<DistMsg>, v: View) {
         self.fetch.allow_server(v.leader);
+        self.near = v.near;
         let me = self.shared.node.identity().id.clone();
         self.addrs = v.peers.into_iter().filter(|(id, _)| *id != me).collect();
         self.links.retain(|id, l| {
@@ -733,7 +782,7 @@ impl DistState {
         ids.sort();
         ids.dedup();
         let fresh = self.fetch.set_peers(&ids);
-        tracing::debug!(me = %self.shared.node.identity().id, ?fresh, announcers = self.announcers.len(), "new sources");
+        tracing::trace!(me = %self.shared.node.identity().id, ?fresh, announcers = self.announcers.len(), "new sources");
         // A link kept up to every source that has no live one.
         for p in &ids {
             if self.link(p).is_some() {
@@ -751,23 +800,44 @@ impl DistState {
             }
         }
         for p in fresh {
-            let Some(link) = self.link(&p) else {
-                continue;
-            };
-            let (to, pkg, n) = (myself.clone(), self.id, self.manifest.chunk_count());
-            let timeout = self.shared.cfg.call_timeout;
-            tokio::spawn(async move {
-                if link.wait_connected(timeout).await.is_err() {
-                    return;
-                }
-                let r: Result<HoldingsReply, _> = link
-                    .call(PEER_ROUTE, &PatchMsg::Holdings { package: pkg }, timeout)
-                    .await;
-                tracing::debug!(%p, ok = r.is_ok(), "holdings");
-                if let Ok(HoldingsReply(Some(bits))) = r {
-                    let _ = to.send_message(DistMsg::Holdings(p, proto::unpack(&bits, n)));
-                }
-            });
+            self.ask_holdings(myself, p);
+        }
+    }
+
+    /// Asks `p` what it holds (the answer comes back as [`DistMsg::Holdings`]).
+    fn ask_holdings(&self, myself: &ActorRef<DistMsg>, p: NodeId) {
+        let Some(link) = self.link(&p) else {
+            return;
+        };
+        let (to, pkg, n) = (myself.clone(), self.id, self.manifest.chunk_count());
+        let timeout = self.shared.cfg.call_timeout;
+        tokio::spawn(async move {
+            if link.wait_connected(timeout).await.is_err() {
+                return;
+            }
+            let r: Result<HoldingsReply, _> = link
+                .call(PEER_ROUTE, &PatchMsg::Holdings { package: pkg }, timeout)
+                .await;
+            if let Ok(HoldingsReply(Some(bits))) = r {
+                let _ = to.send_message(DistMsg::Holdings(p, proto::unpack(&bits, n)));
+            }
+        });
+    }
+
+    /// Tells the nearest successors of chunk `index` at once.
+    async fn tell_near(&self, index: u32) {
+        if self.near.is_empty() {
+            return;
+        }
+        let msg = PatchMsg::Have {
+            package: self.id,
+            indices: vec![index],
+            addr: self.shared.advertise,
+        };
+        for p in &self.near {
+            if let Some(l) = self.link(p) {
+                let _ = l.cast(PEER_ROUTE, &msg).await;
+            }
         }
     }
 
@@ -782,8 +852,13 @@ impl DistState {
             indices: std::mem::take(&mut self.announce),
             addr: self.shared.advertise,
         };
-        let peers: Vec<NodeId> = self.addrs.keys().cloned().collect();
-        tracing::debug!(me = %self.shared.node.identity().id, peers = peers.len(), "announcing");
+        let peers: Vec<NodeId> = self
+            .addrs
+            .keys()
+            .filter(|p| !self.near.contains(p))
+            .cloned()
+            .collect();
+        tracing::trace!(me = %self.shared.node.identity().id, peers = peers.len(), "announcing");
         for p in peers {
             match self.link(&p) {
                 Some(l) => {
@@ -798,7 +873,11 @@ impl DistState {
 
     /// Sends what the plan says to send now.
     fn pump(&mut self, myself: &ActorRef<DistMsg>) {
-        for (index, from) in self.fetch.next(now()) {
+        let sends = self.fetch.next(now());
+        if !sends.is_empty() {
+            tracing::trace!(me = %self.shared.node.identity().id, ?sends, held = self.fetch.held(), in_flight = self.fetch.in_flight(), "asking");
+        }
+        for (index, from) in sends {
             let link = match &from {
                 Source::Peer(p) => self.link(p),
                 Source::Server => match &self.shared.server {

@@ -31,6 +31,13 @@ pub struct FetchConfig {
     /// How long a peer that answered "busy", or a source whose request failed, is left
     /// alone.
     pub busy_rest: Duration,
+    /// The leader holds (or has asked the server for) at most this many chunks that no
+    /// neighbour holds yet, while its neighbours are taking chunks: if it stops, its ring
+    /// loses at most these, and the server sends them again.
+    pub server_lead: usize,
+    /// Neighbours count as taking chunks for this long after one last did (and after the
+    /// download starts).
+    pub peers_active: Duration,
 }
 
 impl Default for FetchConfig {
@@ -43,6 +50,8 @@ impl Default for FetchConfig {
             window: 64,
             endgame: 8,
             busy_rest: Duration::from_millis(200),
+            server_lead: 8,
+            peers_active: Duration::from_secs(2),
         }
     }
 }
@@ -124,6 +133,12 @@ pub struct Fetch<P: Ord + Clone> {
     server_allowed: bool,
     server_busy: usize,
     server_resting_until: Option<Instant>,
+    /// A neighbour took a chunk since the last [`Fetch::next`].
+    peer_progress: bool,
+    /// Chunks held that no neighbour holds.
+    lone: usize,
+    /// Until when the neighbours count as taking chunks (see [`FetchConfig::peers_active`]).
+    peers_active_until: Option<Instant>,
     stats: FetchStats,
 }
 
@@ -145,6 +160,9 @@ impl<P: Ord + Clone> Fetch<P> {
             server_allowed: false,
             server_busy: 0,
             server_resting_until: None,
+            peer_progress: false,
+            lone: held,
+            peers_active_until: None,
             stats: FetchStats::default(),
         }
     }
@@ -236,16 +254,23 @@ impl<P: Ord + Clone> Fetch<P> {
     }
 
     fn bump(&mut self, i: u32, add: bool) {
+        let held = self.have[i as usize];
         let r = &mut self.rarity[i as usize];
         if add {
             *r = r.saturating_add(1);
+            if *r == 1 && held {
+                self.lone = self.lone.saturating_sub(1);
+            }
             if self.wanted.contains(&i) {
                 self.available.insert(i);
             }
-        } else {
-            *r = r.saturating_sub(1);
+        } else if *r > 0 {
+            *r -= 1;
             if *r == 0 {
                 self.available.remove(&i);
+                if held {
+                    self.lone += 1;
+                }
             }
         }
     }
@@ -265,6 +290,9 @@ impl<P: Ord + Clone> Fetch<P> {
                 st.holds[i as usize] = true;
                 added.push(i);
             }
+        }
+        if !added.is_empty() {
+            self.peer_progress = true;
         }
         for i in added {
             self.bump(i, true);
@@ -333,13 +361,26 @@ impl<P: Ord + Clone> Fetch<P> {
                 self.send(i, Source::Peer(p), now, &mut out);
             }
         }
+        if std::mem::take(&mut self.peer_progress) || self.peers_active_until.is_none() {
+            self.peers_active_until = Some(now + self.cfg.peers_active);
+        }
         if self.server_allowed && self.server_resting_until.is_none_or(|t| now >= t) {
+            let mut room = self.cfg.server_in_flight.saturating_sub(self.server_busy);
+            let peers_taking =
+                !self.peers.is_empty() && self.peers_active_until.is_some_and(|t| now < t);
+            if peers_taking {
+                room = room.min(
+                    self.cfg
+                        .server_lead
+                        .saturating_sub(self.lone + self.server_busy),
+                );
+            }
             let from_server: Vec<u32> = self
                 .wanted
                 .iter()
                 .take(self.cfg.window)
                 .filter(|&&i| self.rarity[i as usize] == 0)
-                .take(self.cfg.server_in_flight.saturating_sub(self.server_busy))
+                .take(room)
                 .copied()
                 .collect();
             for i in from_server {
@@ -418,6 +459,9 @@ impl<P: Ord + Clone> Fetch<P> {
                 }
                 self.have[i as usize] = true;
                 self.held += 1;
+                if self.rarity[i as usize] == 0 {
+                    self.lone += 1;
+                }
                 self.wanted.remove(&i);
                 self.available.remove(&i);
                 match from {
@@ -486,6 +530,9 @@ impl<P: Ord + Clone> Fetch<P> {
         if (i as usize) < self.have.len() && !self.have[i as usize] {
             self.have[i as usize] = true;
             self.held += 1;
+            if self.rarity[i as usize] == 0 {
+                self.lone += 1;
+            }
             self.wanted.remove(&i);
             self.available.remove(&i);
         }

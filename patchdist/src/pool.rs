@@ -151,11 +151,13 @@ type PoolFactory = Factory<
     DefaultQueue<(), PoolJob>,
 >;
 
-/// Starts a pool of `workers` with room for `queue` waiting jobs.
+/// Starts a pool of `workers` with room for `queue` waiting jobs, linked to `parent` (the
+/// node's supervisor: it stops with the node).
 pub async fn start(
     shared: Arc<Shared>,
     workers: usize,
     queue: usize,
+    parent: ractor::ActorCell,
 ) -> Result<PoolRef, ractor::SpawnErr> {
     let args = FactoryArguments::builder()
         .worker_builder(
@@ -170,7 +172,7 @@ pub async fn start(
             mode: DiscardMode::Newest,
         })
         .build();
-    let (r, _) = Actor::spawn(None, PoolFactory::default(), args).await?;
+    let (r, _) = Actor::spawn_linked(None, PoolFactory::default(), args, parent).await?;
     Ok(r)
 }
 

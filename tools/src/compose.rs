@@ -183,17 +183,32 @@ pub struct FilesPlan {
 
 /// The ring member's view, for package distribution: its neighbours and whether it leads
 /// the forward end. Set once the member runs.
-#[derive(Default)]
-struct MemberHood(std::sync::OnceLock<ActorRef<MemberMsg>>);
+struct MemberHood {
+    member: std::sync::OnceLock<ActorRef<MemberMsg>>,
+    me: rollcall_runtime::NodeId,
+}
+
+/// Successors told of each chunk as it comes.
+const NEAR_SUCCESSORS: usize = 2;
 
 impl Neighbourhood for MemberHood {
     fn view(&self) -> BoxFuture<'static, Option<View>> {
-        let member = self.0.get().cloned();
+        let member = self.member.get().cloned();
+        let me = self.me.clone();
         Box::pin(async move {
             let s = rollcall_cluster::member::status(&member?).await?;
+            let near = match s.view.iter().position(|m| m.id == me) {
+                Some(at) => s.view[at + 1..]
+                    .iter()
+                    .take(NEAR_SUCCESSORS)
+                    .map(|m| m.id.clone())
+                    .collect(),
+                None => Vec::new(),
+            };
             Some(View {
                 peers: s.view.iter().map(|m| (m.id.clone(), m.addr)).collect(),
                 leader: s.leads.forward,
+                near,
             })
         })
     }
@@ -236,6 +251,15 @@ impl PackageFiles for EndpointFiles {
 
     fn release(&self, _action: u64, manifest: &Manifest) {
         self.svc.release(manifest);
+    }
+
+    fn relay(&self, manifest: Arc<Manifest>) {
+        let svc = self.svc.clone();
+        tokio::spawn(async move {
+            if let Err(e) = svc.relay(manifest).await {
+                tracing::debug!(error = %e, "relaying a package stopped");
+            }
+        });
     }
 }
 
@@ -283,7 +307,10 @@ pub async fn start_endpoint_with(
         plan.hostname,
         plan.trust.clone(),
     );
-    let hood = Arc::new(MemberHood::default());
+    let hood = Arc::new(MemberHood {
+        member: std::sync::OnceLock::new(),
+        me: node.identity().id.clone(),
+    });
     mc.evaluator = match plan.answering {
         Answering::Sensors(host) => {
             let evaluator = SensorEvaluator::new(Sensors::new(host));
@@ -342,6 +369,6 @@ pub async fn start_endpoint_with(
         .await
         .context("starting the ring member")?;
     let member: ActorRef<MemberMsg> = cell.into();
-    let _ = hood.0.set(member.clone());
+    let _ = hood.member.set(member.clone());
     Ok(member)
 }

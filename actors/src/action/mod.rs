@@ -494,6 +494,11 @@ pub trait PackageFiles: Send + Sync + 'static {
 
     /// Action `action` is done with its files: their chunks may be evicted again.
     fn release(&self, action: u64, manifest: &Manifest);
+
+    /// Fetches `manifest`'s chunks into the cache for the neighbours' sake, on a machine the
+    /// action does not target (chunks flow down the ring through every machine; they are
+    /// not pinned). Returns at once.
+    fn relay(&self, manifest: Arc<Manifest>);
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.

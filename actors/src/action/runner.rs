@@ -179,6 +179,9 @@ impl ActionRunner {
                 return answer(&status, &output);
             }
             if !me.targeted(&spec, &sensors).await {
+                if let (Some(m), Some(files)) = (&spec.package.manifest, &me.files) {
+                    files.relay(m.clone());
+                }
                 return NodeAnswer {
                     rows: None,
                     problems: Vec::new(),

@@ -750,7 +750,7 @@ impl DistState {
         let me = self.shared.node.identity().id.clone();
         self.addrs = v.peers.into_iter().filter(|(id, _)| *id != me).collect();
         self.links.retain(|id, l| {
-            let keep = self.addrs.contains_key(id);
+            let keep = self.addrs.contains_key(id) || self.announcers.contains_key(id);
             if !keep {
                 l.close();
             }
@@ -921,7 +921,10 @@ impl DistState {
                     }
                     Ok(ChunkReply::Busy) => Outcome::Busy,
                     Ok(ChunkReply::Missing) => Outcome::Missing,
-                    Err(_) => Outcome::Failed,
+                    Err(e) => {
+                        tracing::debug!(index, ?from, error = %e, "chunk request failed");
+                        Outcome::Failed
+                    }
                 };
                 let _ = to.send_message(DistMsg::Fetched {
                     index,

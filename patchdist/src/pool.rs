@@ -88,7 +88,8 @@ impl Worker for PoolWorker {
                     }
                     None => ChunkReply::Missing,
                 };
-                let _ = req.answer(&reply);
+                let r = req.answer(&reply);
+                tracing::trace!(index, ok = r.is_ok(), "served");
             }
             PoolJob::Store {
                 package,
@@ -124,6 +125,7 @@ impl DiscardHandler<(), PoolJob> for Shed {
     fn discard(&self, reason: DiscardReason, job: &mut Job<(), PoolJob>) {
         match &mut job.msg {
             PoolJob::Serve { req, .. } => {
+                tracing::trace!(?reason, "shed");
                 if reason != DiscardReason::Shutdown {
                     self.0.count_shed();
                 }

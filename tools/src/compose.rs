@@ -207,7 +207,9 @@ impl Neighbourhood for MemberHood {
             };
             Some(View {
                 peers: s.view.iter().map(|m| (m.id.clone(), m.addr)).collect(),
-                leader: s.leads.forward,
+                // A machine in no ring (an isolated range: hub and spoke) fetches for
+                // itself.
+                leader: s.leads.forward || (s.ring.is_none() && s.registrations > 0),
                 near,
             })
         })

@@ -871,6 +871,13 @@ impl Fleet {
         }
     }
 
+    /// Link rates of the in-memory network, in megabits per second (see
+    /// [`MemNetwork::set_bandwidth`]).
+    pub fn set_bandwidth(&self, host_mbps: f64, server_mbps: f64) {
+        self.net
+            .set_bandwidth(host_mbps, self.server_addr.ip(), server_mbps);
+    }
+
     /// What left the server for package `m`.
     pub fn egress(&self, m: &Manifest) -> rollcall_patchdist::Egress {
         self.origin.egress(&m.id())

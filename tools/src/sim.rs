@@ -39,6 +39,17 @@ pub struct SimArgs {
     /// it).
     #[arg(long, default_value_t = 0)]
     pub actions: usize,
+    /// Then the morning storm: add a package of this many megabytes (random bytes, so no
+    /// two chunks alike), target every machine, and measure until each has the file
+    /// verified and ran its command.
+    #[arg(long, value_name = "MB")]
+    pub package_mb: Option<f64>,
+    /// With --package-mb: every host's uplink and downlink rate, in Mbit/s.
+    #[arg(long, default_value_t = 1000.0, value_name = "MBPS")]
+    pub host_mbps: f64,
+    /// With --package-mb: the server's link rate, in Mbit/s.
+    #[arg(long, default_value_t = 100.0, value_name = "MBPS")]
+    pub server_mbps: f64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -127,6 +138,39 @@ pub struct SimReport {
     /// included).
     #[serde(default)]
     pub server_msgs_per_action: f64,
+    /// The package phase, if asked for.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PackageRun>,
+}
+
+/// The morning storm: one package to every machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PackageRun {
+    /// Its size.
+    pub package_bytes: u64,
+    /// Rings it went to.
+    pub package_rings: usize,
+    /// Chunk bytes that left the server.
+    pub package_server_egress_bytes: u64,
+    /// Egress over size × rings.
+    pub package_egress_ratio: f64,
+    /// Machines with the whole file verified that ran the command.
+    pub package_complete: usize,
+    /// Median time from the action going out until a machine had run it, ms.
+    pub package_p50_ms: f64,
+    /// 99th percentile of the same.
+    pub package_p99_ms: f64,
+    /// Slowest machine.
+    pub package_max_ms: f64,
+    /// The lower bound for the simulated rates: max(R·S / server rate, S / host rate) +
+    /// M · 64 KiB / host rate.
+    pub package_bound_ms: f64,
+    /// p99 over the bound.
+    pub package_p99_over_bound: f64,
+    /// Link rates, Mbit/s.
+    pub host_mbps: f64,
+    /// See `host_mbps`.
+    pub server_mbps: f64,
 }
 
 /// One measured action.
@@ -447,6 +491,10 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
             .collect();
     }
     let actions = measure_actions(a, fleet).await?;
+    let package = match a.package_mb {
+        Some(mb) => Some(measure_package(a, fleet, mb, report.rings.len()).await?),
+        None => None,
+    };
     let mut done: Vec<f64> = actions.iter().map(|r| r.done_ms).collect();
     done.sort_by(f64::total_cmp);
     let server_msgs_per_action =
@@ -480,6 +528,110 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
         action_p99_ms: percentile(&done, 99.0),
         server_msgs_per_action,
         actions,
+        package,
+    })
+}
+
+/// `len` pseudo-random bytes (splitmix64): no two chunks alike.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The morning storm: a package of `mb` megabytes to every machine, over links of the
+/// sim's rates; each machine's time is from the action going out until it ran the command
+/// (its files fetched and verified first).
+async fn measure_package(a: &SimArgs, fleet: &Fleet, mb: f64, rings: usize) -> Result<PackageRun> {
+    let size = (mb * 1_000_000.0) as usize;
+    let data = bytes::Bytes::from(random_bytes(size, a.seed));
+    let m = fleet
+        .add_package("storm", &[("storm.bin".to_string(), data)], "true")
+        .await?;
+    if a.transport == SimTransport::Mem {
+        fleet.set_bandwidth(a.host_mbps, a.server_mbps);
+    }
+    // Rings of the hub-and-spoke baseline are each machine alone.
+    let r = match a.topology {
+        Topology::Ring => rings.max(1),
+        Topology::Star => a.endpoints,
+    };
+    let host = a.host_mbps * 1_000_000.0 / 8.0;
+    let server = a.server_mbps * 1_000_000.0 / 8.0;
+    let s = size as f64;
+    let m_ring = f64::from(a.ring_size).min(a.endpoints as f64);
+    let bound_s = (r as f64 * s / server).max(s / host)
+        + match a.topology {
+            Topology::Ring => m_ring * rollcall_patchdist::CHUNK_SIZE as f64 / host,
+            Topology::Star => 0.0,
+        };
+    if !a.json {
+        eprintln!(
+            "package: {} bytes to {} machines in {r} rings; lower bound {:.2} s",
+            size, a.endpoints, bound_s
+        );
+    }
+    let t = Instant::now();
+    let id = fleet
+        .act(rollcall_actors::action::server::ActRequest::all(
+            "storm",
+            &[],
+        ))
+        .await?;
+    let mut done_ms: Vec<Option<f64>> = vec![None; a.endpoints];
+    let deadline = t + Duration::from_secs_f64(bound_s * 10.0 + 120.0);
+    let mut said = Instant::now();
+    loop {
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        for (i, e) in fleet.endpoints.iter().enumerate() {
+            if done_ms[i].is_none() && e.executor.runs_of(id) > 0 {
+                done_ms[i] = Some(ms);
+            }
+        }
+        let n = done_ms.iter().filter(|d| d.is_some()).count();
+        if n == a.endpoints || Instant::now() > deadline {
+            break;
+        }
+        if !a.json && said.elapsed() >= Duration::from_secs(5) {
+            said = Instant::now();
+            eprintln!(
+                "package: {n} of {} machines done after {:.1} s",
+                a.endpoints,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut times: Vec<f64> = done_ms.iter().flatten().copied().collect();
+    times.sort_by(f64::total_cmp);
+    let complete = times.len();
+    // A machine that never finished counts as the deadline in the percentiles.
+    let cut = deadline.duration_since(t).as_secs_f64() * 1000.0;
+    let mut all = times.clone();
+    all.resize(a.endpoints, cut);
+    let egress = fleet.egress(&m).bytes;
+    let p99 = percentile(&all, 99.0);
+    Ok(PackageRun {
+        package_bytes: size as u64,
+        package_rings: r,
+        package_server_egress_bytes: egress,
+        package_egress_ratio: egress as f64 / (s * r as f64),
+        package_complete: complete,
+        package_p50_ms: percentile(&all, 50.0),
+        package_p99_ms: p99,
+        package_max_ms: all.last().copied().unwrap_or(0.0),
+        package_bound_ms: bound_s * 1000.0,
+        package_p99_over_bound: p99 / (bound_s * 1000.0),
+        host_mbps: a.host_mbps,
+        server_mbps: a.server_mbps,
     })
 }
 
@@ -527,6 +679,23 @@ pub fn print(r: &SimReport) {
         println!(
             "actions: every targeted machine done p50 {:.1} ms, p99 {:.1} ms; {:.0} server envelopes per action",
             r.action_p50_ms, r.action_p99_ms, r.server_msgs_per_action
+        );
+    }
+    if let Some(p) = &r.package {
+        println!(
+            "package              {} bytes to {} rings: {} of {} machines verified and ran it; p50 {:.0} ms, p99 {:.0} ms, bound {:.0} ms (p99 {:.2} x bound)",
+            p.package_bytes,
+            p.package_rings,
+            p.package_complete,
+            r.endpoints,
+            p.package_p50_ms,
+            p.package_p99_ms,
+            p.package_bound_ms,
+            p.package_p99_over_bound
+        );
+        println!(
+            "package egress       {} bytes from the server ({:.3} x size per ring) at {} / {} Mbit/s host / server",
+            p.package_server_egress_bytes, p.package_egress_ratio, p.host_mbps, p.server_mbps
         );
     }
     println!("server connections   {}", r.server_connections);

@@ -106,6 +106,47 @@ struct NetState {
     /// Open connections by each of their two ends' addresses (a node's close finds its own
     /// without scanning the whole network).
     conns: HashMap<SocketAddr, Vec<std::sync::Weak<ConnShared>>>,
+    /// Link rates, if set: each frame occupies its sender's uplink and then its receiver's
+    /// downlink for its size over their rates.
+    bandwidth: Option<Bandwidth>,
+}
+
+/// Per-host link rates and when each host's links are next free.
+struct Bandwidth {
+    /// Bytes per second of an ordinary host's uplink and downlink.
+    host: f64,
+    /// Bytes per second of the server's links, and the server's address.
+    server: (IpAddr, f64),
+    /// When each host's (uplink, downlink) is next free.
+    free: HashMap<IpAddr, (tokio::time::Instant, tokio::time::Instant)>,
+}
+
+impl Bandwidth {
+    fn rate(&self, ip: IpAddr) -> f64 {
+        if ip == self.server.0 {
+            self.server.1
+        } else {
+            self.host
+        }
+    }
+
+    /// When a frame of `len` bytes sent now from `from` lands at `to`, `wire` after it
+    /// leaves `from`'s uplink.
+    fn carry(&mut self, from: IpAddr, to: IpAddr, len: usize, wire: Duration) -> Duration {
+        let now = tokio::time::Instant::now();
+        let up = Duration::from_secs_f64(len as f64 / self.rate(from));
+        let down = Duration::from_secs_f64(len as f64 / self.rate(to));
+        let sent = {
+            let f = self.free.entry(from).or_insert((now, now));
+            let start = f.0.max(now);
+            f.0 = start + up;
+            f.0
+        };
+        let f = self.free.entry(to).or_insert((now, now));
+        let start = f.1.max(sent + wire);
+        f.1 = start + down;
+        f.1 - now
+    }
 }
 
 impl NetState {
@@ -170,6 +211,7 @@ impl MemNetwork {
                     rng: SmallRng::seed_from_u64(seed),
                     idle_timeout,
                     conns: HashMap::new(),
+                    bandwidth: None,
                 }),
             }),
         }
@@ -189,6 +231,21 @@ impl MemNetwork {
 
     fn is_quiet(&self) -> bool {
         self.inner.quiet.load(Ordering::Acquire)
+    }
+
+    /// Link rates, in megabits per second: every host's uplink and downlink, and the
+    /// server's (at `server`). A frame occupies its sender's uplink and then its receiver's
+    /// downlink for its size over each rate, frames one after another on each link, so
+    /// transfer times mean something in a simulation.
+    pub fn set_bandwidth(&self, host_mbps: f64, server: IpAddr, server_mbps: f64) {
+        let bps = |mbps: f64| mbps.max(0.001) * 1_000_000.0 / 8.0;
+        self.change(|st| {
+            st.bandwidth = Some(Bandwidth {
+                host: bps(host_mbps),
+                server: (server, bps(server_mbps)),
+                free: HashMap::new(),
+            })
+        });
     }
 
     /// One-way latency of every link without its own setting.
@@ -323,6 +380,11 @@ impl MemNetwork {
     }
 
     fn fate(&self, from: IpAddr, to: IpAddr) -> Fate {
+        self.fate_sized(from, to, 0)
+    }
+
+    /// The fate of a frame of `len` bytes.
+    fn fate_sized(&self, from: IpAddr, to: IpAddr, len: usize) -> Fate {
         if self.is_quiet() {
             return Fate::Deliver(Duration::ZERO);
         }
@@ -345,6 +407,9 @@ impl MemNetwork {
         .fold(0.0, f64::max);
         while loss > 0.0 && st.rng.random_bool(loss) {
             delay += (one_way * 3).max(RETRANSMIT_MIN);
+        }
+        if let Some(b) = st.bandwidth.as_mut() {
+            delay = b.carry(from, to, len, delay);
         }
         Fate::Deliver(delay)
     }
@@ -397,6 +462,7 @@ impl NetState {
             && self.host_loss.is_empty()
             && self.dup == 0.0
             && self.host_dup.is_empty()
+            && self.bandwidth.is_none()
     }
 }
 
@@ -760,7 +826,10 @@ impl MemConnection {
     }
 
     fn send_once(&self, s: MemStream) {
-        match self.net.fate(self.local.ip(), self.remote.ip()) {
+        match self
+            .net
+            .fate_sized(self.local.ip(), self.remote.ip(), s.frame.len())
+        {
             Fate::Cut => {}
             Fate::Deliver(d) if d.is_zero() => self.shared.queues[self.to].push(&self.shared, s),
             Fate::Deliver(d) => {
@@ -891,8 +960,8 @@ struct MemInbound {
 
 impl MemInbound {
     /// Sends `msg` back to the caller as the link delivers (late, or never over a cut link).
-    fn send_back(&self, deliver: impl FnOnce() + Send + 'static) {
-        match self.conn.net.fate(self.ends.0, self.ends.1) {
+    fn send_back(&self, len: usize, deliver: impl FnOnce() + Send + 'static) {
+        match self.conn.net.fate_sized(self.ends.0, self.ends.1, len) {
             // Lost: what would have carried it is dropped (a caller waiting on it sees the
             // stream gone).
             Fate::Cut => {}
@@ -909,7 +978,8 @@ impl MemInbound {
     fn answer(mut self, r: Result<Bytes, RefuseCode>) {
         if let Some(to) = self.reply.take() {
             let acked = self.acked.take();
-            self.send_back(move || {
+            let len = r.as_ref().map_or(0, Bytes::len);
+            self.send_back(len, move || {
                 if let Some(flag) = acked {
                     flag.store(true, Ordering::Release);
                 }
@@ -940,7 +1010,7 @@ impl ImmediateStream for MemInbound {
             if let AckTo::Flag(f) = &a {
                 self.acked = Some(f.clone());
             }
-            self.send_back(move || a.fire());
+            self.send_back(0, move || a.fire());
         }
     }
 

@@ -173,6 +173,9 @@ pub struct MemCache {
     /// Chunks handed to it that it already held.
     again: std::sync::atomic::AtomicU64,
     tampered: std::sync::atomic::AtomicBool,
+    /// The next put is lost, as if the machine stopped while writing it.
+    tear_next: std::sync::atomic::AtomicBool,
+    torn: std::sync::atomic::AtomicBool,
 }
 
 impl MemCache {
@@ -185,6 +188,8 @@ impl MemCache {
             inserted: std::sync::atomic::AtomicU64::new(0),
             again: std::sync::atomic::AtomicU64::new(0),
             tampered: std::sync::atomic::AtomicBool::new(false),
+            tear_next: std::sync::atomic::AtomicBool::new(false),
+            torn: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -199,6 +204,20 @@ impl MemCache {
     /// Chunks it has taken in so far (a chunk it already held is not counted again).
     pub fn inserted(&self) -> u64 {
         self.inserted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The next chunk handed to it is lost while being written, as when the machine stops
+    /// mid-write (a redb transaction leaves it whole or absent; so does this). For fault
+    /// tests: stop the machine once [`MemCache::torn`] says it happened.
+    pub fn tear_next_write(&self) {
+        self.torn.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.tear_next
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the write [`MemCache::tear_next_write`] armed was lost.
+    pub fn torn(&self) -> bool {
+        self.torn.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Chunks handed to it that it already held (fetched twice).
@@ -236,6 +255,15 @@ impl ChunkStore for MemCache {
     }
 
     fn put(&self, c: &Verified) -> Result<(), CacheError> {
+        if self
+            .tear_next
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.torn.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(CacheError::Store(
+                "the machine stopped while writing the chunk".into(),
+            ));
+        }
         let data = match &self.shared {
             Some(s) => s.intern(c),
             None => c.data().clone(),

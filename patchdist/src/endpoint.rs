@@ -418,12 +418,18 @@ impl PatchService {
                 tracing::debug!(error = %e, "distributor not started here");
             }
         }
+        // Waited for until complete, or until the node stops (the waiter holds the service,
+        // and with it the sender it waits on).
         loop {
             if rx.borrow_and_update().complete {
                 return Ok(());
             }
-            if rx.changed().await.is_err() {
-                return Err(PatchError::Stopped("the package was dropped".into()));
+            if self.0.node.is_shut_down() {
+                return Err(PatchError::Stopped("the endpoint stopped".into()));
+            }
+            match tokio::time::timeout(Duration::from_secs(1), rx.changed()).await {
+                Ok(Err(_)) => return Err(PatchError::Stopped("the package was dropped".into())),
+                Ok(Ok(())) | Err(_) => {}
             }
         }
     }
@@ -535,6 +541,8 @@ pub struct DistState {
     announce: Vec<u32>,
     /// The nearest successors (see [`View::near`]).
     near: Vec<NodeId>,
+    /// The view's machines in ring order (its nearest predecessor first).
+    order: Vec<NodeId>,
     /// When a chunk last came, and when the sources were last all asked what they hold.
     progressed: std::time::Instant,
     resynced: std::time::Instant,
@@ -608,6 +616,7 @@ impl Actor for Distributor {
             links: HashMap::new(),
             announce: Vec::new(),
             near: Vec::new(),
+            order: Vec::new(),
             progressed: now(),
             resynced: now(),
             announcers,
@@ -748,7 +757,10 @@ impl DistState {
         self.fetch.allow_server(v.leader);
         self.near = v.near;
         let me = self.shared.node.identity().id.clone();
-        self.addrs = v.peers.into_iter().filter(|(id, _)| *id != me).collect();
+        let peers: Vec<(NodeId, SocketAddr)> =
+            v.peers.into_iter().filter(|(id, _)| *id != me).collect();
+        self.order = peers.iter().map(|(id, _)| id.clone()).collect();
+        self.addrs = peers.into_iter().collect();
         self.links.retain(|id, l| {
             let keep = self.addrs.contains_key(id) || self.announcers.contains_key(id);
             if !keep {
@@ -777,11 +789,18 @@ impl DistState {
     /// The sources: the view's members and those that announced to us; each new one is
     /// asked what it holds.
     async fn refresh_peers(&mut self, myself: &ActorRef<DistMsg>) {
-        let mut ids: Vec<NodeId> = self.addrs.keys().cloned().collect();
-        ids.extend(self.announcers.keys().cloned());
-        ids.sort();
-        ids.dedup();
+        // In order of preference: the view as the ring orders it (nearest predecessor
+        // first), then the machines that announced to us.
+        let mut ids: Vec<NodeId> = self.order.clone();
+        let fallback: Vec<NodeId> = self
+            .announcers
+            .keys()
+            .filter(|a| !self.addrs.contains_key(*a))
+            .cloned()
+            .collect();
+        ids.extend(fallback.iter().cloned());
         let fresh = self.fetch.set_peers(&ids);
+        self.fetch.set_fallback(&fallback);
         tracing::trace!(me = %self.shared.node.identity().id, ?fresh, announcers = self.announcers.len(), "new sources");
         // A link kept up to every source that has no live one.
         for p in &ids {

@@ -110,6 +110,11 @@ pub struct FetchStats {
 
 #[derive(Debug)]
 struct PeerState {
+    /// Its place in the order of preference (the nearest predecessor first).
+    rank: usize,
+    /// A machine outside the view that announced to us: asked only when the view has had
+    /// nothing to give for a while.
+    fallback: bool,
     holds: Vec<bool>,
     in_flight: usize,
     avoided: bool,
@@ -135,6 +140,8 @@ pub struct Fetch<P: Ord + Clone> {
     server_resting_until: Option<Instant>,
     /// A neighbour took a chunk since the last [`Fetch::next`].
     peer_progress: bool,
+    /// Since when no peer of the view has had a chunk to give.
+    view_starved_since: Option<Instant>,
     /// Chunks held that no neighbour holds.
     lone: usize,
     /// Until when the neighbours count as taking chunks (see [`FetchConfig::peers_active`]).
@@ -161,6 +168,7 @@ impl<P: Ord + Clone> Fetch<P> {
             server_busy: 0,
             server_resting_until: None,
             peer_progress: false,
+            view_starved_since: None,
             lone: held,
             peers_active_until: None,
             stats: FetchStats::default(),
@@ -233,6 +241,8 @@ impl<P: Ord + Clone> Fetch<P> {
                 self.peers.insert(
                     p.clone(),
                     PeerState {
+                        rank: 0,
+                        fallback: false,
                         holds: vec![false; self.have.len()],
                         in_flight: 0,
                         avoided: false,
@@ -242,7 +252,20 @@ impl<P: Ord + Clone> Fetch<P> {
                 fresh.push(p.clone());
             }
         }
+        for (rank, p) in now.iter().enumerate() {
+            if let Some(st) = self.peers.get_mut(p) {
+                st.rank = rank;
+            }
+        }
         fresh
+    }
+
+    /// Marks `these` of the peers as fallbacks (machines outside the view): asked only when
+    /// no other peer has had anything to give for [`FetchConfig::busy_rest`].
+    pub fn set_fallback(&mut self, these: &[P]) {
+        for (id, st) in self.peers.iter_mut() {
+            st.fallback = these.contains(id);
+        }
     }
 
     fn count_holdings(&mut self, holds: &[bool], add: bool) {
@@ -316,13 +339,23 @@ impl<P: Ord + Clone> Fetch<P> {
             && p.resting_until.is_none_or(|t| now >= t)
     }
 
-    fn pick_peer(&self, i: u32, now: Instant, not: Option<&Source<P>>) -> Option<P> {
+    /// The peer to ask for chunk `i`: the most preferred usable one (the nearest
+    /// predecessor first: each chunk then crosses each machine's links about once).
+    fn pick_peer(
+        &self,
+        i: u32,
+        now: Instant,
+        not: Option<&Source<P>>,
+        fallbacks: bool,
+    ) -> Option<P> {
         self.peers
             .iter()
             .filter(|(id, p)| {
-                self.usable(p, i, now) && not.is_none_or(|s| *s != Source::Peer((*id).clone()))
+                (fallbacks || !p.fallback)
+                    && self.usable(p, i, now)
+                    && not.is_none_or(|s| *s != Source::Peer((*id).clone()))
             })
-            .min_by_key(|(_, p)| p.in_flight)
+            .min_by_key(|(_, p)| (p.rank, p.in_flight))
             .map(|(id, _)| id.clone())
     }
 
@@ -356,8 +389,21 @@ impl<P: Ord + Clone> Fetch<P> {
         if self.held >= self.cfg.in_order_first {
             cands.sort_by_key(|&i| (self.rarity[i as usize], i));
         }
+        // Fallbacks only once the view has had nothing to give for a while.
+        let view_has = cands.iter().any(|&i| {
+            self.peers
+                .values()
+                .any(|p| !p.fallback && !p.avoided && p.holds[i as usize])
+        });
+        let fallbacks = if view_has {
+            self.view_starved_since = None;
+            false
+        } else {
+            let since = *self.view_starved_since.get_or_insert(now);
+            now.saturating_duration_since(since) >= self.cfg.busy_rest
+        };
         for i in cands {
-            if let Some(p) = self.pick_peer(i, now, None) {
+            if let Some(p) = self.pick_peer(i, now, None, fallbacks) {
                 self.send(i, Source::Peer(p), now, &mut out);
             }
         }
@@ -397,7 +443,7 @@ impl<P: Ord + Clone> Fetch<P> {
                 .collect();
             lone.sort();
             for (i, first) in lone {
-                if let Some(p) = self.pick_peer(i, now, Some(&first)) {
+                if let Some(p) = self.pick_peer(i, now, Some(&first), true) {
                     self.send(i, Source::Peer(p), now, &mut out);
                 }
             }

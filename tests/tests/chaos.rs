@@ -125,3 +125,18 @@ async fn ring_split_on_real_quic() {
 async fn action_offline_restart() {
     sweep("action_offline_restart", Scenario::ActionOfflineRestart).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn package_corrupt_peer() {
+    sweep("package_corrupt_peer", Scenario::PackageCorruptPeer).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn package_leader_killed() {
+    sweep("package_leader_killed", Scenario::PackageLeaderKilled).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn package_torn_write() {
+    sweep("package_torn_write", Scenario::PackageTornWrite).await;
+}

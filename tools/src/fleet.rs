@@ -132,6 +132,13 @@ impl FleetConfig {
         }
     }
 
+    /// The same, with a ring's leader at most `n` chunks ahead of its neighbours from the
+    /// server (see `FetchConfig::server_lead`).
+    pub fn with_server_lead(mut self, n: usize) -> Self {
+        self.patch.fetch.server_lead = n;
+        self
+    }
+
     /// Fault scenarios: LAN-like timing (probe every 400 ms, hop timeout 200 ms, dead after
     /// 1.5 s, registration every 5–10 s, links idle out after 3 s) and 5 ms per hop.
     pub fn chaos(endpoints: usize, ring_size: u16, transport: SimTransport, seed: u64) -> Self {
@@ -146,6 +153,7 @@ impl FleetConfig {
             durable: true,
             ..FleetConfig::sim(endpoints, ring_size, transport, seed)
         }
+        .with_server_lead(2)
     }
 }
 
@@ -666,6 +674,7 @@ impl Fleet {
     pub fn heal(&self) {
         self.net.clear_faults();
         for ep in &self.endpoints {
+            ep.chunks.tamper_served(false);
             if let Some(n) = &ep.node {
                 n.faults().clear();
             }

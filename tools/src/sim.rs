@@ -533,7 +533,7 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
 }
 
 /// `len` pseudo-random bytes (splitmix64): no two chunks alike.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {

@@ -21,6 +21,14 @@
 //! 8. no action ran twice on any machine (an action goes out as the fault strikes; the
 //!    simulated executors count every run).
 //!
+//! The scenarios that distribute a package (its action goes out as the fault strikes) also
+//! check:
+//!
+//! 9. every completed file matches its hash: each machine that ran the command holds every
+//!    chunk, and each file rebuilt from them hashes to what the signed manifest says; every
+//!    machine running at the end ran it;
+//! 10. server egress ≤ 1.05 × size per ring.
+//!
 //! Adding a scenario is one arm in [`Scenario::strike`] (the fault) and, if it needs one, in
 //! [`Scenario::heal`].
 
@@ -66,11 +74,17 @@ pub enum Scenario {
     /// An action spread over 3 s is out while 30% of a subnet goes down and comes back
     /// (some machines while waiting their share of the spread, some before it reached them).
     ActionOfflineRestart,
+    /// A package is distributed while a ring member serves every chunk corrupted.
+    PackageCorruptPeer,
+    /// A package is distributed and its ring's forward leader is killed mid-transfer.
+    PackageLeaderKilled,
+    /// A package is distributed and a machine stops while writing a chunk, then comes back.
+    PackageTornWrite,
 }
 
 impl Scenario {
     /// Every scenario, in the order the suite runs them.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::NeighbourKilled,
         Scenario::GreyNeighbour,
         Scenario::SlowNeighbour,
@@ -82,6 +96,9 @@ impl Scenario {
         Scenario::LossAndDuplication,
         Scenario::ServerRestart,
         Scenario::ActionOfflineRestart,
+        Scenario::PackageCorruptPeer,
+        Scenario::PackageLeaderKilled,
+        Scenario::PackageTornWrite,
     ];
 
     /// The name on the command line.
@@ -98,7 +115,20 @@ impl Scenario {
             Scenario::LossAndDuplication => "loss-and-duplication",
             Scenario::ServerRestart => "server-restart",
             Scenario::ActionOfflineRestart => "action-offline-restart",
+            Scenario::PackageCorruptPeer => "package-corrupt-peer",
+            Scenario::PackageLeaderKilled => "package-leader-killed",
+            Scenario::PackageTornWrite => "package-torn-write",
         }
+    }
+
+    /// Whether its action distributes a package (invariants 9 and 10).
+    pub fn distributes(self) -> bool {
+        matches!(
+            self,
+            Scenario::PackageCorruptPeer
+                | Scenario::PackageLeaderKilled
+                | Scenario::PackageTornWrite
+        )
     }
 
     fn mid_question(self) -> bool {

@@ -149,6 +149,58 @@ impl Scenario {
                 fleet.restart_server().await?;
                 "restarted the server".into()
             }
+            Scenario::PackageCorruptPeer => {
+                let Some(i) = pick_inner(&ring, rng) else {
+                    return Ok("no ring to fault".into());
+                };
+                fleet.endpoints[i].chunks.tamper_served(true);
+                format!(
+                    "{} ({}) serves every chunk with a byte flipped",
+                    id(fleet, i),
+                    fleet.endpoints[i].ip
+                )
+            }
+            Scenario::PackageLeaderKilled => {
+                let Some(&leader) = ring.first() else {
+                    return Ok("no ring to fault".into());
+                };
+                // Mid-transfer: once the leader holds a few chunks (or after 5 s).
+                let chunks = fleet.endpoints[leader].chunks.clone();
+                let until = Instant::now() + Duration::from_secs(5);
+                while chunks.len() < 8 && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let held = chunks.len();
+                fleet.kill(leader);
+                v.excused.insert(id(fleet, leader));
+                v.lost.insert(id(fleet, leader));
+                format!(
+                    "killed forward leader {} silently holding {held} chunks",
+                    id(fleet, leader)
+                )
+            }
+            Scenario::PackageTornWrite => {
+                let Some(i) = pick_inner(&ring, rng) else {
+                    return Ok("no ring to fault".into());
+                };
+                let chunks = fleet.endpoints[i].chunks.clone();
+                chunks.tear_next_write();
+                let until = Instant::now() + Duration::from_secs(10);
+                while !chunks.torn() && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let torn = chunks.torn();
+                fleet.kill(i);
+                v.excused.insert(id(fleet, i));
+                v.restarts
+                    .push((i, Instant::now() + Duration::from_secs(1), true));
+                format!(
+                    "{} ({}) stopped {} writing a chunk, back after 1 s",
+                    id(fleet, i),
+                    fleet.endpoints[i].ip,
+                    if torn { "while" } else { "(never caught)" }
+                )
+            }
             Scenario::ActionOfflineRestart => {
                 let chosen = reboot_some(fleet, &ring, rng, v, 2_000, 1000..3000);
                 format!(
@@ -187,6 +239,11 @@ fn reboot_some(
     }
     chosen.len()
 }
+
+/// The size of the package the distributing scenarios send: 64 chunks, so that the chunks a
+/// leader may hold alone when it dies (`FetchConfig::server_lead`, 2 in fault scenarios)
+/// stay within 5% of a copy.
+const CHAOS_PACKAGE_BYTES: usize = 64 * rollcall_patchdist::CHUNK_SIZE;
 
 /// The spread of the action in the action-offline-restart scenario.
 const ACTION_SPREAD_SECS: u64 = 3;
@@ -235,7 +292,18 @@ pub async fn run_scenario(
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..ms))).await;
     }
     // An action goes out as the fault strikes (before it, for a server restart, which sends
-    // it again): every machine takes it at most once, whatever the fault does.
+    // it again): every machine takes it at most once, whatever the fault does. In the
+    // scenarios that distribute, it installs a package with a file.
+    let package = if scenario.distributes() {
+        let data = bytes::Bytes::from(crate::sim::random_bytes(CHAOS_PACKAGE_BYTES, opts.seed));
+        Some(
+            fleet
+                .add_package("chaos-package", &[("chaos.bin".to_string(), data)], "true")
+                .await?,
+        )
+    } else {
+        None
+    };
     let action = fleet
         .act(ActRequest {
             expire_secs: Some(opts.ttl.as_secs().max(30)),
@@ -244,7 +312,14 @@ pub async fn run_scenario(
             } else {
                 0
             },
-            ..ActRequest::all("release", &[])
+            ..ActRequest::all(
+                if package.is_some() {
+                    "chaos-package"
+                } else {
+                    "release"
+                },
+                &[],
+            )
         })
         .await?;
     let t_fault = Instant::now();
@@ -391,6 +466,61 @@ pub async fn run_scenario(
                 q.complete_at.map(|d| d.saturating_duration_since(t_fault)),
             );
         }
+    }
+
+    // 9 and 10, where a package was distributed: every live machine gets it (waited for,
+    // within the question ttl), every completed file matches its hash, and the server sent
+    // each ring at most 5% more than one copy.
+    if let Some(m) = &package {
+        let end = Instant::now() + opts.ttl;
+        loop {
+            let waiting = fleet
+                .endpoints
+                .iter()
+                .filter(|e| e.alive() && e.executor.runs_of(action) == 0)
+                .count();
+            if waiting == 0 || Instant::now() >= end {
+                break;
+            }
+            obs.sample(fleet).await?;
+            tokio::time::sleep(opts.sample_every).await;
+        }
+        let mut bad = Vec::new();
+        let mut completed = 0;
+        for e in &fleet.endpoints {
+            if e.executor.runs_of(action) > 0 {
+                completed += 1;
+                if let Err(err) = rollcall_patchdist::endpoint::verify_files(e.chunks.as_ref(), m) {
+                    bad.push(format!("{}: {err}", e.id));
+                }
+            } else if e.alive() {
+                bad.push(format!("{} never completed", e.id));
+            }
+        }
+        checks.push(Check {
+            invariant: "every completed file matches its hash".into(),
+            pass: bad.is_empty(),
+            measured: if bad.is_empty() {
+                format!(
+                    "{completed} machines completed, each file rebuilt from their chunks hashed right"
+                )
+            } else {
+                format!("{} machines: {}", bad.len(), first(&bad))
+            },
+        });
+        let rings = fleet.expected_rings().max(1) as u64;
+        let egress = fleet.egress(m);
+        let ratio = egress.bytes as f64 / (m.size() * rings) as f64;
+        checks.push(Check {
+            invariant: "server egress <= 1.05 x size per ring".into(),
+            pass: ratio <= 1.05,
+            measured: format!(
+                "{} bytes for {rings} rings of a {}-byte package: {ratio:.3} x ({} chunks sent again)",
+                egress.bytes,
+                m.size(),
+                egress.repeats
+            ),
+        });
     }
 
     // 8. No action twice.

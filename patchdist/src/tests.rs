@@ -367,3 +367,72 @@ fn only_the_leader_asks_the_server_and_only_for_what_no_neighbour_holds() {
     assert_eq!(f.stats().server_retries, 8);
     assert_eq!(f.in_flight(), 0);
 }
+
+/// Property targets for what peers send (run briefly with the tests, longer by hand:
+/// `PROPTEST_CASES=200000 cargo test -p rollcall-patchdist fuzz`): decoding a manifest, a
+/// message or a bitmap from any bytes never panics, and a manifest that passes its check
+/// answers for every chunk it counts and for no other.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use crate::manifest::{CHUNK_SIZE, Manifest};
+    use crate::proto::{ChunkReply, HoldingsReply, PatchMsg, unpack};
+
+    fn bend(mut b: Vec<u8>, at: usize, byte: u8, how: u8) -> Vec<u8> {
+        if b.is_empty() {
+            return b;
+        }
+        let at = at % b.len();
+        match how % 3 {
+            0 => b[at] = byte,
+            1 => b.truncate(at),
+            _ => b.insert(at, byte),
+        }
+        b
+    }
+
+    fn sound(m: &Manifest) -> Result<(), TestCaseError> {
+        if m.check().is_err() {
+            return Ok(());
+        }
+        let n = m.chunk_count();
+        prop_assert_eq!(m.chunk_hashes().len(), n);
+        for i in 0..n as u32 {
+            let c = m.chunk(i).expect("a counted chunk");
+            prop_assert!(c.len <= CHUNK_SIZE && c.len > 0);
+        }
+        prop_assert!(m.chunk(n as u32).is_none());
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(m) = rmp_serde::from_slice::<Manifest>(&bytes) {
+                sound(&m)?;
+            }
+            let _ = rmp_serde::from_slice::<PatchMsg>(&bytes);
+            let _ = rmp_serde::from_slice::<ChunkReply>(&bytes);
+            if let Ok(HoldingsReply(Some(bits))) = rmp_serde::from_slice::<HoldingsReply>(&bytes) {
+                prop_assert_eq!(unpack(&bits, 100).len(), 100);
+            }
+        }
+
+        #[test]
+        fn bent_manifests_are_refused_or_sound(
+            sizes in proptest::collection::vec(0usize..200_000, 1..4),
+            at in any::<usize>(), byte in any::<u8>(), how in any::<u8>(),
+        ) {
+            let files: Vec<(String, bytes::Bytes)> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (format!("f{i}"), bytes::Bytes::from(vec![i as u8; n])))
+                .collect();
+            let (m, _) = Manifest::build(&files).expect("builds");
+            let bent = bend(rmp_serde::to_vec(&m).expect("encodes"), at, byte, how);
+            if let Ok(d) = rmp_serde::from_slice::<Manifest>(&bent) {
+                sound(&d)?;
+            }
+        }
+    }
+}

@@ -503,3 +503,84 @@ fn an_offline_endpoint_runs_an_action_on_return_exactly_once() {
     assert_eq!(s["answered"], 3, "{s:#}");
     assert_eq!(runs(), 5, "the expired action ran on return");
 }
+
+/// A package with files, end to end: an admin adds it with `--file` (chunks uploaded, a
+/// second add uploads nothing), an operator acts on every machine, each endpoint fetches the
+/// chunks (its ring's leader from the server, the others from neighbours), verifies them and
+/// runs the command in a folder holding the files; `package status` shows one copy left the
+/// server for the ring.
+#[test]
+fn a_package_with_files_reaches_real_endpoints_and_runs_beside_its_files() {
+    let c = cluster();
+    let _server = c.server();
+    let _e: Vec<Running> = (1..=3).map(|i| c.endpoint(i)).collect();
+    c.wait_members(3);
+    let bin: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ (i >> 16) as u8)
+        .collect();
+    std::fs::write(c.path("fix.bin"), &bin).expect("file");
+    std::fs::write(c.path("fix.conf"), "level = 3\n").expect("file");
+    let add = |expect_upload: &str| {
+        let out = c.as_(
+            "alice",
+            &[
+                "package",
+                "add",
+                "fix",
+                "--file",
+                &c.p("fix.bin"),
+                "--file",
+                &c.p("fix.conf"),
+                "--command",
+                "wc -c < fix.bin; cat fix.conf",
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains(expect_upload), "{err}");
+        assert!(
+            stdout(&out).contains("registered with 2 files (300010 bytes, 6 chunks)"),
+            "{}",
+            stdout(&out)
+        );
+    };
+    add("uploading 6 the server lacks");
+    add("uploading 0 the server lacks");
+    // A viewer cannot upload.
+    let v = c.as_(
+        "vera",
+        &[
+            "package",
+            "add",
+            "x",
+            "--file",
+            &c.p("fix.conf"),
+            "--command",
+            "true",
+        ],
+    );
+    assert_eq!(code(&v), 2, "{}", String::from_utf8_lossy(&v.stderr));
+
+    let act = c.json("olga", &["act", "fix", "--all", "--json"]);
+    let id = act["id"].as_u64().expect("id").to_string();
+    let r = c.status_until(&id, 400, |out| out.contains("\"done\":true"));
+    assert_eq!(r["targeted"], 3, "{r:#}");
+    assert_eq!(r["completed"], 3, "{r:#}");
+    for m in r["machines"].as_array().expect("machines") {
+        assert_eq!(m["output"], "300000\nlevel = 3\n", "{m}");
+    }
+    for i in 1..=3 {
+        let dir = c.path(&format!("ep{i}/work/action-{id}"));
+        assert_eq!(std::fs::read(dir.join("fix.bin")).expect("written"), bin);
+    }
+    let status = c.json("vera", &["package", "status", "fix", "--json"]);
+    // One ring: the server sent each chunk once, to its leader.
+    assert_eq!(status["bytes"], 300_010, "{status:#}");
+    assert_eq!(status["egress"]["bytes"], 300_010, "{status:#}");
+    assert_eq!(status["egress"]["repeats"], 0, "{status:#}");
+    assert_eq!(
+        status["egress"]["by_machine"].as_array().map(Vec::len),
+        Some(1),
+        "{status:#}"
+    );
+}

@@ -917,8 +917,11 @@ impl DistState {
                 Source::Peer(_) => PEER_ROUTE,
                 Source::Server => proto::ORIGIN_ROUTE,
             };
-            let (pool, package, timeout) =
-                (self.pool.clone(), self.id, self.shared.cfg.call_timeout);
+            let timeout = match from {
+                Source::Peer(_) => self.shared.cfg.call_timeout,
+                Source::Server => self.shared.cfg.fetch.server_timeout,
+            };
+            let (pool, package) = (self.pool.clone(), self.id);
             tokio::spawn(async move {
                 let r: Result<ChunkReply, _> = link
                     .call(route, &PatchMsg::Chunk { package, index }, timeout)

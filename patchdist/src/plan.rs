@@ -21,6 +21,9 @@ pub struct FetchConfig {
     pub server_in_flight: usize,
     /// A request not answered within this is given up and asked elsewhere.
     pub timeout: Duration,
+    /// The same for a request to the server, which may be slow under load but is the only
+    /// source: given up only after this.
+    pub server_timeout: Duration,
     /// Chunks fetched in order before rarest-first begins.
     pub in_order_first: usize,
     /// How many of the chunks it lacks (lowest first) rarest-first chooses among.
@@ -46,6 +49,7 @@ impl Default for FetchConfig {
             per_peer: 4,
             server_in_flight: 8,
             timeout: Duration::from_secs(30),
+            server_timeout: Duration::from_secs(300),
             in_order_first: 4,
             window: 64,
             endgame: 8,
@@ -591,7 +595,13 @@ impl<P: Ord + Clone> Fetch<P> {
             .iter()
             .flat_map(|(i, v)| {
                 v.iter()
-                    .filter(|(_, at)| now.saturating_duration_since(*at) >= self.cfg.timeout)
+                    .filter(|(s, at)| {
+                        let limit = match s {
+                            Source::Server => self.cfg.server_timeout,
+                            Source::Peer(_) => self.cfg.timeout,
+                        };
+                        now.saturating_duration_since(*at) >= limit
+                    })
                     .map(|(s, _)| (*i, s.clone()))
             })
             .collect();

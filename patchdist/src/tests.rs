@@ -362,8 +362,12 @@ fn only_the_leader_asks_the_server_and_only_for_what_no_neighbour_holds() {
         "{sent:?}"
     );
     assert_eq!(sent.len(), FetchConfig::default().server_in_flight);
-    // A request that times out is asked again, and the retry is counted.
+    // A peer's request times out after 30 s; the server's, the only source, after 300 s.
     f.expire(now + Duration::from_secs(60));
+    assert_eq!(f.in_flight(), 8, "only the two to the peer were given up");
+    assert_eq!(f.stats().server_retries, 0);
+    // A request that times out is asked again, and the retry is counted.
+    f.expire(now + Duration::from_secs(400));
     assert_eq!(f.stats().server_retries, 8);
     assert_eq!(f.in_flight(), 0);
 }

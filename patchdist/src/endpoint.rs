@@ -546,6 +546,7 @@ pub struct DistState {
     /// When a chunk last came, and when the sources were last all asked what they hold.
     progressed: std::time::Instant,
     resynced: std::time::Instant,
+    resync_every: Duration,
     /// Machines outside the view that told us what they hold.
     announcers: HashMap<NodeId, SocketAddr>,
     /// Chunk indices that share their bytes with another chunk of the package, by hash.
@@ -555,6 +556,9 @@ pub struct DistState {
 
 /// A distributor that got nothing for this long asks every source again what it holds.
 const RESYNC: Duration = Duration::from_secs(1);
+
+/// The longest a stalled distributor waits between asking its sources again.
+const RESYNC_MAX: Duration = Duration::from_secs(16);
 
 /// How long a finished distributor's links stay open for what is still on them.
 const LINGER: Duration = Duration::from_secs(5);
@@ -619,6 +623,7 @@ impl Actor for Distributor {
             order: Vec::new(),
             progressed: now(),
             resynced: now(),
+            resync_every: RESYNC,
             announcers,
             pool,
         };
@@ -659,10 +664,12 @@ impl Actor for Distributor {
                 st.flush().await;
                 // Stalled (announcements lost while this machine or a neighbour was down):
                 // ask every source again what it holds.
-                if t.saturating_duration_since(st.progressed) >= RESYNC
-                    && t.saturating_duration_since(st.resynced) >= RESYNC
+                if t.saturating_duration_since(st.progressed) >= st.resync_every
+                    && t.saturating_duration_since(st.resynced) >= st.resync_every
                 {
+                    // Asked again later and later while nothing comes.
                     st.resynced = t;
+                    st.resync_every = (st.resync_every * 2).min(RESYNC_MAX);
                     let all: Vec<NodeId> = st
                         .addrs
                         .keys()
@@ -699,6 +706,7 @@ impl Actor for Distributor {
                 match (outcome, arrival) {
                     (Outcome::Good, Some(Arrival::New)) => {
                         st.progressed = now();
+                        st.resync_every = RESYNC;
                         st.announce.push(index);
                         st.tell_near(index).await;
                         // Other chunks with the same bytes (runs of zeros) came with it.

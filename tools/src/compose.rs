@@ -197,7 +197,8 @@ impl Neighbourhood for MemberHood {
         let me = self.me.clone();
         Box::pin(async move {
             let s = rollcall_cluster::member::status(&member?).await?;
-            let near = match s.view.iter().position(|m| m.id == me) {
+            let at = s.view.iter().position(|m| m.id == me);
+            let near = match at {
                 Some(at) => s.view[at + 1..]
                     .iter()
                     .take(NEAR_SUCCESSORS)
@@ -207,8 +208,8 @@ impl Neighbourhood for MemberHood {
             };
             Some(View {
                 peers: s.view.iter().map(|m| (m.id.clone(), m.addr)).collect(),
-                // A machine in no ring (an isolated range: hub and spoke) fetches for
-                // itself.
+                // The forward leader; a machine in no ring (an isolated range: hub and
+                // spoke) fetches for itself.
                 leader: s.leads.forward || (s.ring.is_none() && s.registrations > 0),
                 near,
             })

@@ -123,9 +123,13 @@ impl FleetConfig {
             idle_timeout: Duration::from_secs(30),
             shards: 8,
             durable: false,
+            // One process runs every endpoint's distributor: their timers are paced for it
+            // (each machine's nearest successors still hear of each chunk at once).
             patch: PatchConfig {
                 pool_workers: 2,
                 pool_queue: 16,
+                tick: Duration::from_millis(100).mul_f64(k),
+                view_every: Duration::from_secs(1).mul_f64(k),
                 ..PatchConfig::default()
             },
             chunk_cache_bytes: 1 << 40,

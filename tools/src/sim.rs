@@ -154,6 +154,11 @@ pub struct PackageRun {
     pub package_server_egress_bytes: u64,
     /// Egress over size × rings.
     pub package_egress_ratio: f64,
+    /// Machines the server sent chunks to (each ring's leaders, and their successors if a
+    /// leader changed).
+    pub package_server_machines: usize,
+    /// Chunks the server sent again to a machine it had sent them to.
+    pub package_server_repeats: u64,
     /// Machines with the whole file verified that ran the command.
     pub package_complete: usize,
     /// Median time from the action going out until a machine had run it, ms.
@@ -617,13 +622,16 @@ async fn measure_package(a: &SimArgs, fleet: &Fleet, mb: f64, rings: usize) -> R
     let cut = deadline.duration_since(t).as_secs_f64() * 1000.0;
     let mut all = times.clone();
     all.resize(a.endpoints, cut);
-    let egress = fleet.egress(&m).bytes;
+    let e = fleet.egress(&m);
+    let egress = e.bytes;
     let p99 = percentile(&all, 99.0);
     Ok(PackageRun {
         package_bytes: size as u64,
         package_rings: r,
         package_server_egress_bytes: egress,
         package_egress_ratio: egress as f64 / (s * r as f64),
+        package_server_machines: e.by_machine.len(),
+        package_server_repeats: e.repeats,
         package_complete: complete,
         package_p50_ms: percentile(&all, 50.0),
         package_p99_ms: p99,
@@ -694,8 +702,13 @@ pub fn print(r: &SimReport) {
             p.package_p99_over_bound
         );
         println!(
-            "package egress       {} bytes from the server ({:.3} x size per ring) at {} / {} Mbit/s host / server",
-            p.package_server_egress_bytes, p.package_egress_ratio, p.host_mbps, p.server_mbps
+            "package egress       {} bytes from the server ({:.3} x size per ring) to {} machines, {} chunks sent again, at {} / {} Mbit/s host / server",
+            p.package_server_egress_bytes,
+            p.package_egress_ratio,
+            p.package_server_machines,
+            p.package_server_repeats,
+            p.host_mbps,
+            p.server_mbps
         );
     }
     println!("server connections   {}", r.server_connections);

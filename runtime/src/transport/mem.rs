@@ -111,6 +111,10 @@ struct NetState {
     bandwidth: Option<Bandwidth>,
 }
 
+/// Frames shorter than this (requests, probes, registrations, answers) pass links without
+/// waiting behind bulk transfers.
+const CONTROL_FRAME: usize = 4096;
+
 /// Per-host link rates and when each host's links are next free.
 struct Bandwidth {
     /// Bytes per second of an ordinary host's uplink and downlink.
@@ -131,8 +135,12 @@ impl Bandwidth {
     }
 
     /// When a frame of `len` bytes sent now from `from` lands at `to`, `wire` after it
-    /// leaves `from`'s uplink.
+    /// leaves `from`'s uplink. A frame under [`CONTROL_FRAME`] bytes is not queued behind
+    /// bulk transfers (a link that shares itself fairly between flows lets it through).
     fn carry(&mut self, from: IpAddr, to: IpAddr, len: usize, wire: Duration) -> Duration {
+        if len < CONTROL_FRAME {
+            return wire;
+        }
         let now = tokio::time::Instant::now();
         let up = Duration::from_secs_f64(len as f64 / self.rate(from));
         let down = Duration::from_secs_f64(len as f64 / self.rate(to));

@@ -427,9 +427,8 @@ impl PatchService {
             if self.0.node.is_shut_down() {
                 return Err(PatchError::Stopped("the endpoint stopped".into()));
             }
-            match tokio::time::timeout(Duration::from_secs(1), rx.changed()).await {
-                Ok(Err(_)) => return Err(PatchError::Stopped("the package was dropped".into())),
-                Ok(Ok(())) | Err(_) => {}
+            if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await {
+                return Err(PatchError::Stopped("the package was dropped".into()));
             }
         }
     }

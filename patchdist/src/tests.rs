@@ -295,9 +295,10 @@ fn a_peer_that_sends_a_bad_chunk_is_avoided_and_the_chunk_comes_from_another() {
             }
         }
         for (i, c) in news {
-            for nb in i.saturating_sub(2)..(i + 3).min(n) {
+            let lo = i.saturating_sub(2);
+            for (nb, x) in f.iter_mut().enumerate().skip(lo).take(i + 3 - lo) {
                 if nb != i {
-                    f[nb].holdings(&i, [c]);
+                    x.holdings(&i, [c]);
                 }
             }
         }

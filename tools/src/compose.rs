@@ -150,7 +150,7 @@ pub enum Answering {
         /// What runs them.
         executor: Arc<dyn Executor>,
         /// Where packages' files are kept, if it takes packages with files.
-        files: Option<FilesPlan>,
+        files: Option<Box<FilesPlan>>,
     },
     /// A test's own evaluator.
     Evaluator(EvaluatorHandle),

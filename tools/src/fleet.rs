@@ -317,8 +317,7 @@ impl Fleet {
             &server_secret,
             bind,
             signer.clone(),
-            store.clone(),
-            origin_chunks.clone(),
+            (store.clone(), origin_chunks.clone()),
         )
         .await?;
         let server_addr = server.local_addr();
@@ -407,8 +406,7 @@ impl Fleet {
         secret: &NodeSecret,
         bind: SocketAddr,
         signer: Arc<ServerSigner>,
-        store: Option<Arc<ServerStore>>,
-        chunks: Arc<MemCache>,
+        (store, chunks): (Option<Arc<ServerStore>>, Arc<MemCache>),
     ) -> Result<(Node, compose::ServerServices)> {
         let opts = NodeOptions {
             link_event_capacity: 65_536,
@@ -487,11 +485,11 @@ impl Fleet {
             host,
             journal: ep.journal.clone(),
             executor: ep.executor.clone(),
-            files: Some(FilesPlan {
+            files: Some(Box::new(FilesPlan {
                 cache: ep.chunks.clone(),
                 cfg: cfg.patch.clone(),
                 work_dir: None,
-            }),
+            })),
         };
         let adjust = self.adjust.clone();
         let member = compose::start_endpoint_with(
@@ -717,8 +715,7 @@ impl Fleet {
             &self.server_secret,
             self.server_addr,
             self.signer.clone(),
-            self.store.clone(),
-            self.origin_chunks.clone(),
+            (self.store.clone(), self.origin_chunks.clone()),
         )
         .await?;
         self.server = server;

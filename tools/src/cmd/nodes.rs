@@ -324,7 +324,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
             host,
             journal,
             executor,
-            files: Some(compose::FilesPlan {
+            files: Some(Box::new(compose::FilesPlan {
                 cache: Arc::new(
                     rollcall_patchdist::FileCache::open(
                         &a.state_dir.join("chunks.redb"),
@@ -334,7 +334,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
                 ),
                 cfg: rollcall_patchdist::PatchConfig::default(),
                 work_dir: Some(a.state_dir.join("work")),
-            }),
+            })),
         },
     )
     .await?;

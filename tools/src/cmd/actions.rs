@@ -270,7 +270,13 @@ pub(crate) async fn package(c: PackageCommand) -> Result<ExitCode> {
             let manifest = if files.is_empty() {
                 None
             } else {
-                Some(upload(&op, &files).await?)
+                match upload(&op, &files).await? {
+                    Ok(m) => Some(m),
+                    Err(refused) => {
+                        eprintln!("error: {refused}");
+                        return Ok(ExitCode::from(2));
+                    }
+                }
             };
             desk_command(
                 &op,
@@ -330,11 +336,11 @@ fn print_package(r: &rollcall_actors::action::server::PackageReport) {
 }
 
 /// Cuts `files` into chunks, uploads those the server lacks (with progress), and returns
-/// the manifest.
+/// the manifest, or the server's refusal.
 async fn upload(
     op: &OperatorArgs,
     files: &[std::path::PathBuf],
-) -> Result<rollcall_patchdist::Manifest> {
+) -> Result<std::result::Result<rollcall_patchdist::Manifest, String>> {
     let mut named = Vec::new();
     for f in files {
         let name = f
@@ -364,7 +370,7 @@ async fn upload(
                 DeskReply::Lacking(idx) => {
                     lacking.extend(idx.into_iter().map(|i| b * 8192 + i as usize))
                 }
-                DeskReply::Error(e) => bail!("{e}"),
+                DeskReply::Error(e) => return Ok(Err(e)),
                 other => bail!("unexpected answer {other:?}"),
             }
         }
@@ -378,14 +384,14 @@ async fn upload(
             let data = serde_bytes::ByteBuf::from(chunks[i].data().to_vec());
             match desk.call(DeskRequest::PutChunk { data }).await? {
                 DeskReply::Done(_) => {}
-                DeskReply::Error(e) => bail!("uploading chunk {i}: {e}"),
+                DeskReply::Error(e) => return Ok(Err(format!("uploading chunk {i}: {e}"))),
                 other => bail!("unexpected answer {other:?}"),
             }
             if (n + 1) % 160 == 0 || n + 1 == total {
                 eprintln!("uploaded {} of {total} chunks", n + 1);
             }
         }
-        Ok(manifest)
+        Ok(Ok(manifest))
     }
     .await;
     desk.close().await;

@@ -336,13 +336,21 @@ async fn three_rings_on_real_quic_receive_a_package() {
         .expect("package");
     let id = fleet.act(ActRequest::all("fix", &[])).await.expect("act");
     wait_everyone_but(&fleet, &[], &m, id).await;
+    // In real time, on a loaded machine, a leader's server link may drop with requests on
+    // it: those are asked again, and counted. Apart from them the server sent each ring each
+    // chunk once, to one machine per ring.
     let egress = fleet.egress(&m);
-    assert!(
-        egress.bytes as f64 <= 1.05 * m.size() as f64 * 3.0,
-        "{egress:?} for 3 rings of {} bytes",
-        m.size()
+    assert_eq!(
+        egress.chunks - egress.repeats,
+        3 * m.chunk_count() as u64,
+        "{egress:?} for 3 rings of {} chunks",
+        m.chunk_count()
     );
-    assert!(egress.bytes >= 3 * m.size(), "{egress:?}");
+    assert_eq!(egress.by_machine.len(), 3, "{egress:?}");
+    assert!(
+        egress.bytes <= 3 * m.size() + egress.repeats * rollcall_patchdist::CHUNK_SIZE as u64,
+        "{egress:?}"
+    );
     // Every machine ran it once (checked above on each machine's executor); the server's
     // report counts every machine whose status it heard as completed.
     wait_done(&fleet, id, Duration::from_secs(60)).await;

@@ -208,9 +208,11 @@ impl Neighbourhood for MemberHood {
             };
             Some(View {
                 peers: s.view.iter().map(|m| (m.id.clone(), m.addr)).collect(),
-                // The forward leader; a machine in no ring (an isolated range: hub and
-                // spoke) fetches for itself.
-                leader: s.leads.forward || (s.ring.is_none() && s.registrations > 0),
+                // The forward leader, and only while nothing is before it in its view (a
+                // member whose predecessor is merely slow to probe it keeps it there); a
+                // machine in no ring (an isolated range: hub and spoke) fetches for itself.
+                leader: (s.leads.forward && at == Some(0))
+                    || (s.ring.is_none() && s.registrations > 0),
                 near,
             })
         })

@@ -23,19 +23,9 @@ async fn formed(n: usize, ring: u16, seed: u64) -> Fleet {
     fleet
 }
 
-/// `len` pseudo-random bytes (splitmix64 from `seed`): no two chunks alike.
+/// `len` pseudo-random bytes from `seed`: no two chunks alike (the sim's own generator).
 fn payload(len: usize, seed: u64) -> Bytes {
-    let mut x = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
+    Bytes::from(rollcall::sim::random_bytes(len, seed))
 }
 
 async fn wait_done(fleet: &Fleet, id: u64, within: Duration) {
@@ -103,7 +93,9 @@ async fn leader_of(fleet: &Fleet, r: usize) -> usize {
     panic!("ring {r} has no forward leader");
 }
 
-/// Steps paused time a millisecond at a time until `cond` holds (at most `within`).
+/// Steps paused time (these tests run with `start_paused`: no wall clock is waited on) a
+/// millisecond at a time until `cond` holds, at most `within`: fine enough to catch a
+/// transfer midway.
 async fn until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + within;
     while !cond() {

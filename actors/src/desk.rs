@@ -12,7 +12,7 @@ use rollcall_runtime::node::{Deliver, DestinationGone, Incoming};
 use rollcall_runtime::wire;
 use serde::{Deserialize, Serialize};
 
-use crate::action::server::{ActRequest, ActionBook, ActionReport, PackageReport};
+use crate::action::server::{ActRequest, ActionBook, ActionReport, PackageReport, RingFiles};
 use crate::question::{SensorSpec, parse};
 use crate::search::{LEARNED_SENSORS, SavedQuestion, Suggestion, Vocabulary, search};
 use crate::sensors::{BUILTIN, PatchLevel, ScriptSensor, catalog_with};
@@ -609,7 +609,9 @@ impl QuestionDesk {
         self
     }
 
-    async fn package_status(&self, name: &str) -> Result<PackageReport, String> {
+    /// Where package `name` stands: its files, what the server sent, and per ring where the
+    /// machines' copies came from (`package status`).
+    pub async fn package_status(&self, name: &str) -> Result<PackageReport, String> {
         let p = self
             .actions
             .package(name)
@@ -624,8 +626,9 @@ impl QuestionDesk {
             .origin()
             .map(|o| o.egress(&id))
             .unwrap_or_default();
-        let mut by_ring: std::collections::BTreeMap<String, u64> = Default::default();
-        if !egress.by_machine.is_empty() {
+        let machines = self.actions.package_machines(name);
+        let mut by_ring: std::collections::BTreeMap<String, RingFiles> = Default::default();
+        if !egress.by_machine.is_empty() || !machines.is_empty() {
             let report = self.rings.report(None).await;
             let ring_of: std::collections::HashMap<String, String> = report
                 .rings
@@ -636,12 +639,31 @@ impl QuestionDesk {
                         .map(move |m| (m.id.to_string(), r.ring.to_string()))
                 })
                 .collect();
-            for (machine, bytes) in &egress.by_machine {
+            fn row<'a>(
+                by_ring: &'a mut std::collections::BTreeMap<String, RingFiles>,
+                ring_of: &std::collections::HashMap<String, String>,
+                machine: &str,
+            ) -> &'a mut RingFiles {
                 let ring = ring_of
                     .get(machine)
                     .cloned()
                     .unwrap_or_else(|| "(not in a listed ring)".into());
-                *by_ring.entry(ring).or_default() += bytes;
+                by_ring.entry(ring.clone()).or_insert_with(|| RingFiles {
+                    ring,
+                    ..RingFiles::default()
+                })
+            }
+            for (machine, bytes) in &egress.by_machine {
+                row(&mut by_ring, &ring_of, machine).egress += bytes;
+            }
+            for (machine, f) in &machines {
+                let r = row(&mut by_ring, &ring_of, &machine.to_string());
+                r.machines += 1;
+                if f.complete {
+                    r.complete += 1;
+                    r.from_peers += f.sources.from_peers;
+                    r.from_server += f.sources.from_server;
+                }
             }
         }
         let actions = self
@@ -658,7 +680,7 @@ impl QuestionDesk {
             bytes: m.size(),
             chunks: m.chunk_count() as u64,
             egress,
-            egress_by_ring: by_ring.into_iter().collect(),
+            rings: by_ring.into_values().collect(),
             actions,
         })
     }

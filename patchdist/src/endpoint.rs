@@ -119,12 +119,20 @@ pub struct Progress {
     pub total: usize,
     /// Every chunk held.
     pub complete: bool,
+    /// Bytes of this package's chunks received from neighbours since the endpoint started
+    /// (each chunk counted once: second copies in the endgame are not).
+    pub from_peers: u64,
+    /// Bytes of its chunks received from the server since the endpoint started.
+    pub from_server: u64,
 }
 
 struct Pkg {
     manifest: Arc<Manifest>,
     dist: Option<ActorRef<DistMsg>>,
     progress: watch::Sender<Progress>,
+    /// Bytes received from (neighbours, the server), kept here so that a restarted
+    /// distributor adds to them.
+    got: (u64, u64),
 }
 
 /// What the service, its pool's workers and its distributors share.
@@ -240,9 +248,20 @@ impl Shared {
             .cloned()
     }
 
-    fn set_progress(&self, package: &Hash, p: Progress) {
+    fn set_progress(&self, package: &Hash, mut p: Progress) {
         if let Some(pkg) = rollcall_runtime::sync::lock(&self.packages).get(package) {
+            (p.from_peers, p.from_server) = pkg.got;
             pkg.progress.send_replace(p);
+        }
+    }
+
+    /// Counts `bytes` of `package` that came (new) from `from`.
+    fn got(&self, package: &Hash, from: &Source<NodeId>, bytes: u64) {
+        if let Some(pkg) = rollcall_runtime::sync::lock(&self.packages).get_mut(package) {
+            match from {
+                Source::Peer(_) => pkg.got.0 += bytes,
+                Source::Server => pkg.got.1 += bytes,
+            }
         }
     }
 }
@@ -364,17 +383,19 @@ impl PatchService {
 
     /// Fetches every chunk of `manifest` this machine lacks, and waits until all are held
     /// and verified. The chunks stay pinned in the cache until [`PatchService::release`].
-    pub async fn obtain(&self, manifest: Arc<Manifest>) -> Result<(), PatchError> {
+    /// Returns where the package stands: complete, with the bytes that came from
+    /// neighbours and from the server.
+    pub async fn obtain(&self, manifest: Arc<Manifest>) -> Result<Progress, PatchError> {
         self.fetch(manifest, true).await
     }
 
     /// Fetches `manifest`'s chunks as [`PatchService::obtain`] does, without pinning them:
     /// a machine an action does not target still passes its package down the ring.
-    pub async fn relay(&self, manifest: Arc<Manifest>) -> Result<(), PatchError> {
+    pub async fn relay(&self, manifest: Arc<Manifest>) -> Result<Progress, PatchError> {
         self.fetch(manifest, false).await
     }
 
-    async fn fetch(&self, manifest: Arc<Manifest>, pin: bool) -> Result<(), PatchError> {
+    async fn fetch(&self, manifest: Arc<Manifest>, pin: bool) -> Result<Progress, PatchError> {
         manifest.check()?;
         let id = manifest.id();
         let mut rx = {
@@ -386,8 +407,11 @@ impl PatchService {
                     held: 0,
                     total: manifest.chunk_count(),
                     complete: false,
+                    from_peers: 0,
+                    from_server: 0,
                 })
                 .0,
+                got: (0, 0),
             });
             pkg.progress.subscribe()
         };
@@ -395,7 +419,7 @@ impl PatchService {
             self.0.cache.pin(id, &manifest.chunk_hashes());
         }
         if rx.borrow().complete {
-            return Ok(());
+            return Ok(rx.borrow().clone());
         }
         let running = rollcall_runtime::sync::lock(&self.0.packages)
             .get(&id)
@@ -422,7 +446,7 @@ impl PatchService {
         // and with it the sender it waits on).
         loop {
             if rx.borrow_and_update().complete {
-                return Ok(());
+                return Ok(rx.borrow().clone());
             }
             if self.0.node.is_shut_down() {
                 return Err(PatchError::Stopped("the endpoint stopped".into()));
@@ -704,6 +728,9 @@ impl Actor for Distributor {
                 let s = &st.shared.stats;
                 match (outcome, arrival) {
                     (Outcome::Good, Some(Arrival::New)) => {
+                        if let Some(c) = st.manifest.chunk(index) {
+                            st.shared.got(&st.id, &from, c.len as u64);
+                        }
                         st.progressed = now();
                         st.resync_every = RESYNC;
                         st.announce.push(index);
@@ -750,6 +777,8 @@ impl DistState {
                 held: self.fetch.held(),
                 total: self.manifest.chunk_count(),
                 complete: self.fetch.complete(),
+                from_peers: 0,
+                from_server: 0,
             },
         );
     }

@@ -77,6 +77,21 @@ async fn a_package_reaches_three_rings_with_one_server_copy_per_ring() {
     assert_eq!(egress.repeats, 0, "{egress:?}");
     // Only leaders asked: at most one machine per ring (no leader changed here).
     assert!(egress.by_machine.len() <= 3, "{egress:?}");
+    // Per ring, what the machines said: all 20 complete, each chunk counted once per
+    // machine, and no more from the server than the server sent.
+    let status = fleet.package_status("fix").await.expect("status");
+    assert_eq!(status.rings.len(), 3, "{status:?}");
+    for g in &status.rings {
+        assert_eq!((g.machines, g.complete), (20, 20), "{g:?}");
+        assert_eq!(g.from_peers + g.from_server, 20 * size, "{g:?}");
+        assert!(
+            g.from_server >= size,
+            "the ring needed each chunk once: {g:?}"
+        );
+        assert!(g.from_server <= g.egress, "{g:?}");
+    }
+    let sent: u64 = status.rings.iter().map(|g| g.egress).sum();
+    assert_eq!(sent, egress.bytes, "{status:?}");
 }
 
 /// The machine leading ring `r`'s forward end.

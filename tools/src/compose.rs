@@ -17,9 +17,9 @@ use anyhow::{Context, Result};
 use futures::future::BoxFuture;
 use ractor::ActorRef;
 use rollcall_actors::action::Executor;
-use rollcall_actors::action::PackageFiles;
 use rollcall_actors::action::journal::Journal;
 use rollcall_actors::action::runner::ActionRunner;
+use rollcall_actors::action::{FileSources, PackageFiles};
 use rollcall_actors::desk::{QuestionDesk, SensorEvaluator};
 use rollcall_actors::sensors::{HostView, Sensors};
 use rollcall_actors::store::ServerStore;
@@ -230,27 +230,33 @@ impl PackageFiles for EndpointFiles {
         &self,
         action: u64,
         manifest: Arc<Manifest>,
-    ) -> BoxFuture<'static, std::result::Result<Option<PathBuf>, String>> {
+    ) -> BoxFuture<'static, std::result::Result<(Option<PathBuf>, FileSources), String>> {
         let svc = self.svc.clone();
         let dir = self
             .work_dir
             .as_ref()
             .map(|d| d.join(format!("action-{action}")));
         Box::pin(async move {
-            svc.obtain(manifest.clone())
+            let got = svc
+                .obtain(manifest.clone())
                 .await
                 .map_err(|e| e.to_string())?;
-            match dir {
+            let sources = FileSources {
+                from_peers: got.from_peers,
+                from_server: got.from_server,
+            };
+            let dir = match dir {
                 Some(d) => tokio::task::spawn_blocking(move || svc.write_files(&manifest, &d))
                     .await
                     .map_err(|e| e.to_string())?
                     .map(Some)
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| e.to_string())?,
                 None => svc
                     .verify_files(&manifest)
                     .map(|()| None)
-                    .map_err(|e| e.to_string()),
-            }
+                    .map_err(|e| e.to_string())?,
+            };
+            Ok((dir, sources))
         })
     }
 

@@ -583,4 +583,26 @@ fn a_package_with_files_reaches_real_endpoints_and_runs_beside_its_files() {
         Some(1),
         "{status:#}"
     );
+    // Per ring, from what the machines said: three complete, one copy from the server and
+    // two from neighbours (each chunk counted once per machine).
+    let rings = status["rings"].as_array().expect("rings");
+    assert_eq!(rings.len(), 1, "{status:#}");
+    let g = &rings[0];
+    assert_eq!(g["machines"], 3, "{status:#}");
+    assert_eq!(g["complete"], 3, "{status:#}");
+    assert_eq!(g["from_server"], 300_010, "{status:#}");
+    assert_eq!(g["from_peers"], 2 * 300_010, "{status:#}");
+    assert_eq!(g["egress"], 300_010, "{status:#}");
+    let text = c.as_("vera", &["package", "status", "fix"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.contains(g["ring"].as_str().expect("ring")))
+        .unwrap_or_else(|| panic!("no ring row in {text}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells[cells.len() - 5..],
+        ["3", "3", "600020", "300010", "300010"],
+        "{text}"
+    );
 }

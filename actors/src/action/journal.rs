@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{SignedAction, Status, cut};
+use super::{FileSources, SignedAction, Status, cut};
 
 /// One action as the journal holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +30,9 @@ pub struct Entry {
     /// be among its targets).
     #[serde(default)]
     pub before_arrival: bool,
+    /// Where its package's files came from, once they are all here.
+    #[serde(default)]
+    pub files: Option<FileSources>,
 }
 
 /// Why the journal failed.
@@ -52,6 +55,8 @@ pub trait Journal: Send + Sync + 'static {
     /// Moves action `id` from waiting to running, counting a run, if it is waiting: whether
     /// it did (one caller wins, however many race).
     fn start(&self, id: u64) -> Result<bool, JournalError>;
+    /// Notes where action `id`'s package files came from.
+    fn set_files(&self, id: u64, files: FileSources) -> Result<(), JournalError>;
     /// Cancels action `id` unless it has started: one that waits becomes cancelled, and one
     /// the journal does not hold yet is written in as cancelled (with the signed cancel
     /// `by`), so that it never runs when it comes. Returns where it stands after.
@@ -77,6 +82,7 @@ fn cancelled(by: &SignedAction) -> Entry {
         action: by.clone(),
         runs: 0,
         before_arrival: true,
+        files: None,
     }
 }
 
@@ -123,6 +129,7 @@ impl Journal for MemJournal {
                 action: action.clone(),
                 runs: 0,
                 before_arrival: false,
+                files: None,
             },
         );
         Ok(None)
@@ -134,6 +141,15 @@ impl Journal for MemJournal {
             .get_mut(&id)
             .ok_or_else(|| JournalError(format!("no action {id}")))?;
         moved(e, status, output, cap);
+        Ok(())
+    }
+
+    fn set_files(&self, id: u64, files: FileSources) -> Result<(), JournalError> {
+        let mut m = rollcall_runtime::sync::lock(&self.entries);
+        let e = m
+            .get_mut(&id)
+            .ok_or_else(|| JournalError(format!("no action {id}")))?;
+        e.files = Some(files);
         Ok(())
     }
 
@@ -251,6 +267,7 @@ impl Journal for FileJournal {
                 action: action.clone(),
                 runs: 0,
                 before_arrival: false,
+                files: None,
             };
             let bytes = rmp_serde::to_vec(&e).map_err(err)?;
             t.insert(action.id, bytes.as_slice()).map_err(err)?;
@@ -264,6 +281,14 @@ impl Journal for FileJournal {
             .get(id)
             .ok_or_else(|| JournalError(format!("no action {id}")))?;
         moved(&mut e, status, output, cap);
+        self.write(id, &e)
+    }
+
+    fn set_files(&self, id: u64, files: FileSources) -> Result<(), JournalError> {
+        let mut e = self
+            .get(id)
+            .ok_or_else(|| JournalError(format!("no action {id}")))?;
+        e.files = Some(files);
         self.write(id, &e)
     }
 

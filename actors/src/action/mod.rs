@@ -480,17 +480,43 @@ pub trait Executor: Send + Sync + 'static {
     fn quarantined(&self) -> bool;
 }
 
+/// Where one machine's copy of a package's files came from, in bytes (chunks it held
+/// already count in neither).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSources {
+    /// Received from ring neighbours.
+    pub from_peers: u64,
+    /// Received from the server.
+    pub from_server: u64,
+}
+
+impl FileSources {
+    /// As the `Action Files` sensor answers: `peers=N server=M`.
+    pub fn cell(&self) -> String {
+        format!("peers={} server={}", self.from_peers, self.from_server)
+    }
+
+    /// Reads [`FileSources::cell`]'s text (`None`: empty or not that shape).
+    pub fn parse(s: &str) -> Option<FileSources> {
+        let (p, v) = s.split_once(' ')?;
+        Some(FileSources {
+            from_peers: p.strip_prefix("peers=")?.parse().ok()?,
+            from_server: v.strip_prefix("server=")?.parse().ok()?,
+        })
+    }
+}
+
 /// Where an endpoint gets a package's files before its command runs.
 pub trait PackageFiles: Send + Sync + 'static {
     /// Fetches every chunk of `manifest` this machine lacks (from its ring neighbours, or
     /// from the server if it leads its ring), verifies the files, and returns the folder
     /// they were written to for action `action` (`None`: kept in the cache only, as on a
-    /// simulated host).
+    /// simulated host) and where the bytes came from.
     fn obtain(
         &self,
         action: u64,
         manifest: Arc<Manifest>,
-    ) -> BoxFuture<'static, Result<Option<PathBuf>, String>>;
+    ) -> BoxFuture<'static, Result<(Option<PathBuf>, FileSources), String>>;
 
     /// Action `action` is done with its files: their chunks may be evicted again.
     fn release(&self, action: u64, manifest: &Manifest);

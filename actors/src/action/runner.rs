@@ -252,7 +252,10 @@ impl ActionRunner {
             return;
         };
         match got {
-            Ok(dir) => {
+            Ok((dir, sources)) => {
+                if let Err(e) = runner.journal.set_files(spec.id, sources) {
+                    tracing::warn!(action = spec.id, error = %e, "cannot journal where the files came from");
+                }
                 runner.run_now(&spec, expires_unix_ms, dir).await;
             }
             Err(e) => {
@@ -320,6 +323,14 @@ impl ActionState for ActionRunner {
         self.journal
             .status(id)
             .map(|(s, output)| (s.to_string(), cut(&output, OUTPUT_IN_ANSWER).to_string()))
+    }
+
+    fn files(&self, id: u64) -> Option<String> {
+        self.journal
+            .get(id)
+            .filter(|e| !e.before_arrival)
+            .and_then(|e| e.files)
+            .map(|f| f.cell())
     }
 
     fn quarantined(&self) -> bool {

@@ -19,13 +19,16 @@ use rollcall_runtime::signing::{Stamp, unix_ms};
 use rollcall_runtime::wire;
 use serde::{Deserialize, Serialize};
 
-use super::{ActionSpec, MAX_TARGET_MACHINES, Package, PackageKind, SignedAction, Status, Target};
+use super::{
+    ActionSpec, FileSources, MAX_TARGET_MACHINES, Package, PackageKind, SignedAction, Status,
+    Target,
+};
 use crate::question::{SensorSpec, parse};
 use crate::store::ServerStore;
 use rollcall_patchdist::Origin;
 
 mod packages;
-pub use packages::PackageReport;
+pub use packages::{MachineFiles, PackageReport, RingFiles};
 
 /// Packages that wait for a second admin's approval unless the server's configuration says
 /// otherwise.
@@ -141,6 +144,10 @@ pub struct ActionRecord {
     /// Statuses changed since it was last saved.
     #[serde(skip)]
     dirty: bool,
+    /// Where each machine's copy of the package's files came from (packages with files,
+    /// once the machine holds them all).
+    #[serde(default)]
+    pub files: HashMap<NodeId, FileSources>,
 }
 
 impl ActionRecord {
@@ -161,6 +168,7 @@ impl ActionRecord {
             poll: None,
             cancelled_by: None,
             dirty: false,
+            files: HashMap::new(),
         }
     }
 }
@@ -703,7 +711,7 @@ impl ActionBook {
             .map(|r| r.spec.id)
             .collect();
         for id in open {
-            let (delivery, poll, expires, grace, listed) = {
+            let (delivery, poll, expires, grace, listed, has_files) = {
                 let b = self.lock();
                 let Some(r) = b.actions.get(&id) else {
                     continue;
@@ -720,6 +728,7 @@ impl ActionBook {
                         Target::Machines(ids) => ids.clone(),
                         _ => Vec::new(),
                     },
+                    r.spec.package.manifest.is_some(),
                 )
             };
             for q in [delivery, poll.map(|p| p.0)].into_iter().flatten() {
@@ -779,8 +788,14 @@ impl ActionBook {
                     && self.rings.is_open(q).is_none_or(|(fanned, _)| fanned)
             });
             if pending && delivered && poll_idle {
+                // Packages with files: where each machine's copy came from, too.
+                let files = if has_files {
+                    format!(" and Action Files[{id}]")
+                } else {
+                    String::new()
+                };
                 let text = format!(
-                    "Get Action Status[{id}] and Action Output[{id}] from all machines with Action Status[{id}] is not \"not targeted\""
+                    "Get Action Status[{id}] and Action Output[{id}]{files} from all machines with Action Status[{id}] is not \"not targeted\""
                 );
                 match parse(&text, catalog)
                     .map_err(|e| e.to_string())
@@ -843,7 +858,13 @@ impl ActionBook {
                 continue;
             }
             let output = row.get(1).cloned().unwrap_or_default();
+            let files = row.get(2).and_then(|c| FileSources::parse(c));
             for m in who {
+                if let Some(f) = files
+                    && r.files.insert(m.clone(), f) != Some(f)
+                {
+                    changed = true;
+                }
                 match r.machines.entry(m) {
                     std::collections::hash_map::Entry::Vacant(v) => {
                         v.insert((new.clone(), output.clone()));

@@ -508,8 +508,32 @@ fn quarantine_rules_let_only_the_allowed_through() {
 }
 
 #[test]
+fn file_sources_read_back_as_the_sensor_writes_them() {
+    let f = FileSources {
+        from_peers: 600_020,
+        from_server: 300_010,
+    };
+    assert_eq!(f.cell(), "peers=600020 server=300010");
+    assert_eq!(FileSources::parse(&f.cell()), Some(f));
+    for bad in [
+        "",
+        "peers=1",
+        "peers=x server=2",
+        "server=2 peers=1",
+        "peers=-1 server=0",
+    ] {
+        assert_eq!(FileSources::parse(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
 fn the_action_sensors_are_in_the_catalog() {
-    for name in ["Action Status", "Action Output", "Quarantined"] {
+    for name in [
+        "Action Status",
+        "Action Output",
+        "Action Files",
+        "Quarantined",
+    ] {
         assert!(BUILTIN.iter().any(|b| b.name == name), "{name}");
     }
 }

@@ -242,6 +242,13 @@ pub const BUILTIN: &[Builtin] = &[
         "the first 200 bytes of an action's output on the machine",
     ),
     b(
+        "Action Files",
+        "action id",
+        ValueKind::Text,
+        false,
+        "where the files of an action's package came from on the machine, in bytes: peers=N server=M (empty until all are here)",
+    ),
+    b(
         "Quarantined",
         "",
         ValueKind::Bool,
@@ -312,6 +319,9 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
 pub trait ActionState: Send + Sync + 'static {
     /// Action `id`'s status and the first bytes of its output (`None`: not targeted here).
     fn status(&self, id: u64) -> Option<(String, String)>;
+    /// Where action `id`'s package files came from (`peers=N server=M` bytes), once they
+    /// are all here.
+    fn files(&self, id: u64) -> Option<String>;
     /// Whether a quarantine is in force.
     fn quarantined(&self) -> bool;
 }
@@ -386,6 +396,7 @@ impl Sensors {
             "Action Status" => 0,
             "Action Output" => 1,
             "Quarantined" => 2,
+            "Action Files" => 3,
             _ => return None,
         };
         let Some(actions) = &self.actions else {
@@ -402,6 +413,9 @@ impl Sensors {
                 "{param:?} is not an action id"
             ))));
         };
+        if which == 3 {
+            return Some(Ok(vec![actions.files(id).unwrap_or_default()]));
+        }
         Some(Ok(vec![match (actions.status(id), which) {
             (None, 0) => "not targeted".to_string(),
             (None, _) => String::new(),

@@ -318,16 +318,27 @@ fn print_package(r: &rollcall_actors::action::server::PackageReport) {
         println!("  {f:<40} {size:>14} bytes");
     }
     println!("  {} bytes in {} chunks of 64 KiB", r.bytes, r.chunks);
-    let rings = r.egress_by_ring.len().max(1) as f64;
+    // Rings that got anything from the server (a ring with no machine that fetched is not
+    // a ring the server had to feed).
+    let fed = r.rings.iter().filter(|g| g.egress > 0).count().max(1) as f64;
     println!(
-        "server egress: {} bytes ({:.3} x size per ring), {} chunks, {} sent again after a fault",
+        "server egress: {} bytes ({:.3} x size per ring fed), {} chunks, {} sent again after a fault",
         r.egress.bytes,
-        r.egress.bytes as f64 / (r.bytes.max(1) as f64 * rings),
+        r.egress.bytes as f64 / (r.bytes.max(1) as f64 * fed),
         r.egress.chunks,
         r.egress.repeats
     );
-    for (ring, bytes) in &r.egress_by_ring {
-        println!("  ring {ring:<24} {bytes:>14} bytes from the server");
+    if !r.rings.is_empty() {
+        println!(
+            "  {:<28} {:>9} {:>9} {:>16} {:>16} {:>16}",
+            "ring", "machines", "complete", "from peers", "from server", "server sent"
+        );
+    }
+    for g in &r.rings {
+        println!(
+            "  {:<28} {:>9} {:>9} {:>16} {:>16} {:>16}",
+            g.ring, g.machines, g.complete, g.from_peers, g.from_server, g.egress
+        );
     }
     for (id, targeted, counts) in &r.actions {
         let c: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();

@@ -95,4 +95,12 @@ impl Fleet {
     pub fn action(&self, id: u64) -> Option<ActionReport> {
         self.desk.actions().report(id, false)
     }
+
+    /// Where package `name` stands, as `package status` shows it.
+    pub async fn package_status(
+        &self,
+        name: &str,
+    ) -> std::result::Result<rollcall_actors::action::server::PackageReport, String> {
+        self.desk.package_status(name).await
+    }
 }

@@ -1,13 +1,15 @@
 //! The packages actions may run: the built-ins, admins' commands, and packages with files
 //! (their manifests named to the server's origin, which keeps the chunks).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+use rollcall_runtime::NodeId;
 
 use rollcall_patchdist::{Egress, Manifest, Origin};
 use serde::{Deserialize, Serialize};
 
-use super::super::{BUILTIN_PACKAGES, DEFAULT_OUTPUT_CAP, Package, PackageKind};
+use super::super::{BUILTIN_PACKAGES, DEFAULT_OUTPUT_CAP, FileSources, Package, PackageKind};
 use super::{ActionBook, PACKAGES_KEY};
 
 /// Where a package with files stands (what `package status` shows).
@@ -25,13 +27,59 @@ pub struct PackageReport {
     pub chunks: u64,
     /// What left the server for it.
     pub egress: Egress,
-    /// Bytes that left the server per ring (ring, bytes), of machines still in a ring.
-    pub egress_by_ring: Vec<(String, u64)>,
+    /// Each ring's machines and where their copies came from.
+    pub rings: Vec<RingFiles>,
     /// Its actions: (id, machines targeted, machines per status).
     pub actions: Vec<(u64, u64, BTreeMap<String, u64>)>,
 }
 
+/// One ring's share of a package (what `package status` shows per ring).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingFiles {
+    /// The ring (`(not in a listed ring)` for machines that are in none now).
+    pub ring: String,
+    /// Its machines that any of the package's actions targeted.
+    pub machines: u64,
+    /// Those that hold every file (verified).
+    pub complete: u64,
+    /// Bytes those machines say came from their neighbours.
+    pub from_peers: u64,
+    /// Bytes those machines say came from the server.
+    pub from_server: u64,
+    /// Bytes the server sent to the ring's machines (its own count: chunks sent again after
+    /// a fault included).
+    pub egress: u64,
+}
+
+/// One machine's share of a package, over all its actions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineFiles {
+    /// It holds every file (it said where they came from).
+    pub complete: bool,
+    /// Bytes from neighbours and from the server, summed over the package's actions.
+    pub sources: FileSources,
+}
+
 impl ActionBook {
+    /// The machines the actions of package `name` targeted, and where their copies of the
+    /// files came from.
+    pub fn package_machines(&self, name: &str) -> HashMap<NodeId, MachineFiles> {
+        let b = self.lock();
+        let mut out: HashMap<NodeId, MachineFiles> = HashMap::new();
+        for r in b.actions.values().filter(|r| r.spec.package.name == name) {
+            for m in r.machines.keys() {
+                out.entry(m.clone()).or_default();
+            }
+            for (m, f) in &r.files {
+                let e = out.entry(m.clone()).or_default();
+                e.complete = true;
+                e.sources.from_peers += f.from_peers;
+                e.sources.from_server += f.from_server;
+            }
+        }
+        out
+    }
+
     /// The package named `name`: a built-in or an admin's.
     pub fn package(&self, name: &str) -> Option<Package> {
         Package::builtin(name).or_else(|| self.lock().packages.get(name).cloned())

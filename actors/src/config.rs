@@ -134,3 +134,71 @@ impl RawActions {
         })
     }
 }
+
+/// `[history]` as written (endpoints).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHistory {
+    /// Whether the endpoint records its history (default true).
+    pub enabled: Option<bool>,
+    /// How often the process table and sockets are sampled, in ms (default 5000, at least
+    /// 100).
+    pub interval_ms: Option<u64>,
+    /// Records last seen longer ago are dropped, in days (default 90).
+    pub max_age_days: Option<u64>,
+    /// The history's size cap in MiB (default 64); past it the oldest records go first.
+    pub max_mb: Option<u64>,
+}
+
+/// `[history]` validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistorySettings {
+    /// Whether the endpoint records.
+    pub enabled: bool,
+    /// The sampling interval.
+    pub interval: std::time::Duration,
+    /// What it keeps.
+    pub limits: crate::history::store::Limits,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        HistorySettings {
+            enabled: true,
+            interval: std::time::Duration::from_secs(5),
+            limits: crate::history::store::Limits::default(),
+        }
+    }
+}
+
+impl RawHistory {
+    /// Applies defaults and checks ranges.
+    pub fn validate(self) -> Result<HistorySettings, ConfigError> {
+        let d = HistorySettings::default();
+        let interval_ms = self.interval_ms.unwrap_or(d.interval.as_millis() as u64);
+        if interval_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "[history] interval_ms must be at least 100".into(),
+            ));
+        }
+        if self.max_age_days == Some(0) || self.max_mb == Some(0) {
+            return Err(ConfigError::Invalid(
+                "[history] max_age_days and max_mb must be at least 1".into(),
+            ));
+        }
+        Ok(HistorySettings {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            interval: std::time::Duration::from_millis(interval_ms),
+            limits: crate::history::store::Limits {
+                max_age: self
+                    .max_age_days
+                    .map(|d| std::time::Duration::from_secs(d.saturating_mul(86_400)))
+                    .unwrap_or(d.limits.max_age),
+                max_bytes: self
+                    .max_mb
+                    .map(|m| m.saturating_mul(1 << 20))
+                    .unwrap_or(d.limits.max_bytes),
+            },
+        })
+    }
+}

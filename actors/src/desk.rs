@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::action::server::{ActRequest, ActionBook, ActionReport, PackageReport, RingFiles};
 use crate::question::{SensorSpec, parse};
 use crate::search::{LEARNED_SENSORS, SavedQuestion, Suggestion, Vocabulary, search};
-use crate::sensors::{BUILTIN, PatchLevel, ScriptSensor, catalog_with};
+use crate::sensors::{PatchLevel, ScriptSensor, builtins, catalog_with};
 use crate::store::ServerStore;
 use rollcall_patchdist::{Hash, Manifest, Origin};
 use serde_bytes::ByteBuf;
@@ -492,7 +492,7 @@ impl QuestionDesk {
             }
             DeskRequest::AddSensor { name, script } => {
                 let name = name.trim().to_string();
-                let taken = BUILTIN.iter().any(|b| b.name.eq_ignore_ascii_case(&name));
+                let taken = builtins().any(|b| b.name.eq_ignore_ascii_case(&name));
                 let valid = !name.is_empty()
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ')
                     && !name.split(' ').any(|w| {

@@ -5,6 +5,7 @@ pub mod action;
 pub mod config;
 pub mod desk;
 pub mod endpoint;
+pub mod history;
 pub mod question;
 pub mod search;
 pub mod sensors;

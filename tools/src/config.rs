@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use rollcall_actors::config::{ActionSettings, RawActions, RawServer, ServerSettings};
+use rollcall_actors::config::{
+    ActionSettings, HistorySettings, RawActions, RawHistory, RawServer, ServerSettings,
+};
 use rollcall_cluster::config::{PeeringSettings, RawPeering, RawRing, RingSettings};
 use rollcall_runtime::config::{ConfigError, LinkConfig, RawLink, read_toml};
 use serde::Deserialize;
@@ -28,6 +30,9 @@ pub struct RawConfig {
     /// `[actions]` settings.
     #[serde(default)]
     pub actions: RawActions,
+    /// `[history]` settings (endpoints).
+    #[serde(default)]
+    pub history: RawHistory,
 }
 
 /// Validated configuration.
@@ -43,6 +48,8 @@ pub struct Config {
     pub server: ServerSettings,
     /// Actions (endpoint: where delete-file may act; server: what needs approval).
     pub actions: ActionSettings,
+    /// What an endpoint records of its history.
+    pub history: HistorySettings,
 }
 
 impl RawConfig {
@@ -59,6 +66,7 @@ impl RawConfig {
             peering: self.peering.validate()?,
             server: self.server.validate()?,
             actions: self.actions.validate()?,
+            history: self.history.validate()?,
         })
     }
 }

@@ -85,6 +85,11 @@ pub trait HostView: Send + Sync + 'static {
     fn reads_block(&self) -> bool {
         true
     }
+    /// What the machine remembers, if the host itself answers for it (a simulated host);
+    /// a real endpoint's recorded history is given with [`Sensors::with_history`].
+    fn history(&self) -> Option<&dyn crate::history::HistoryView> {
+        None
+    }
 }
 
 /// A package version the fleet should be at or above, distributed by the server.
@@ -125,6 +130,11 @@ const fn b(
         multi,
         description,
     }
+}
+
+/// Every built-in sensor: the live ones, then the history ones.
+pub fn builtins() -> impl Iterator<Item = &'static Builtin> {
+    BUILTIN.iter().chain(crate::history::SENSORS)
 }
 
 /// The search path of script sensors, which run with a clean environment.
@@ -330,6 +340,7 @@ pub trait ActionState: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Sensors {
     host: Arc<dyn HostView>,
+    history: Option<Arc<dyn crate::history::HistoryView>>,
     actions: Option<Arc<dyn ActionState>>,
     scripts: Vec<ScriptSensor>,
     baseline: Vec<PatchLevel>,
@@ -370,6 +381,7 @@ impl Sensors {
     pub fn new(host: Arc<dyn HostView>) -> Sensors {
         Sensors {
             host,
+            history: None,
             actions: None,
             scripts: Vec::new(),
             baseline: Vec::new(),
@@ -382,6 +394,12 @@ impl Sensors {
     /// and fleets under test need questions that stay in flight for a while).
     pub fn with_read_delay(mut self, delay: Duration) -> Sensors {
         self.read_delay = delay;
+        self
+    }
+
+    /// Answers the history sensors from `history` (the endpoint's recorded history).
+    pub fn with_history(mut self, history: Arc<dyn crate::history::HistoryView>) -> Sensors {
+        self.history = Some(history);
         self
     }
 
@@ -466,12 +484,15 @@ impl Sensors {
         } else if let Some(script) = self.scripts.iter().find(|x| x.name == s.name) {
             run_script(script, limit, self.budget.output_limit_bytes).await
         } else if !self.host.reads_block() {
-            builtin(&*self.host, &self.baseline, s)
+            builtin(&*self.host, self.history.as_deref(), &self.baseline, s)
         } else {
             let host = self.host.clone();
+            let history = self.history.clone();
             let baseline = self.baseline.clone();
             let s2 = s.clone();
-            let read = tokio::task::spawn_blocking(move || builtin(&*host, &baseline, &s2));
+            let read = tokio::task::spawn_blocking(move || {
+                builtin(&*host, history.as_deref(), &baseline, &s2)
+            });
             match tokio::time::timeout(limit, read).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => Err(SensorError::Failed(format!("sensor panicked: {e}"))),
@@ -632,8 +653,7 @@ pub fn combinations(columns: &[Vec<String>], max: usize) -> (Vec<Vec<String>>, u
 
 /// The catalog of built-ins plus `scripts`.
 pub fn catalog_with(scripts: &[ScriptSensor]) -> Vec<SensorSpec> {
-    BUILTIN
-        .iter()
+    builtins()
         .map(|b| SensorSpec {
             name: b.name.to_string(),
             params: usize::from(!b.param.is_empty()),
@@ -668,9 +688,17 @@ fn cap(mut v: Vec<String>, limit: usize) -> Result<Vec<String>, SensorError> {
 
 fn builtin(
     host: &dyn HostView,
+    history: Option<&dyn crate::history::HistoryView>,
     baseline: &[PatchLevel],
     s: &SensorRef,
 ) -> Result<Vec<String>, SensorError> {
+    if let Some(r) = crate::history::read(
+        history.or_else(|| host.history()),
+        s,
+        rollcall_runtime::signing::unix_ms(),
+    ) {
+        return r;
+    }
     let one = |r: Result<String, SensorError>| r.map(|v| vec![v]);
     let arg = || s.args.first().cloned().unwrap_or_default();
     let mut v = match s.name.as_str() {

@@ -42,6 +42,9 @@ pub struct HostProfile {
     pub packages: Vec<(String, String)>,
     /// Files that exist, with their SHA-256.
     pub files: Vec<(String, String)>,
+    /// The seed it was drawn from (its history is drawn from it too).
+    #[serde(default)]
+    pub seed: u64,
 }
 
 /// (name, version, kernel pattern, family): the family picks package versions.
@@ -338,6 +341,7 @@ impl HostProfile {
             ports,
             packages,
             files,
+            seed,
         }
     }
 }
@@ -403,6 +407,9 @@ impl HostView for SimulatedHost {
     }
     fn listening_ports(&self) -> Result<Vec<String>, SensorError> {
         Ok(self.profile().ports.clone())
+    }
+    fn history(&self) -> Option<&dyn crate::history::HistoryView> {
+        Some(self)
     }
     fn packages(&self) -> Result<Vec<(String, String)>, SensorError> {
         Ok(self.profile().packages.clone())

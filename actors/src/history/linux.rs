@@ -1,0 +1,370 @@
+//! What the recorder samples on Linux: the process table, listening sockets and outbound TCP
+//! connections, from `/proc`.
+//!
+//! An idle machine stays idle: a sample lists `/proc` and reads the socket tables, and reads
+//! a process's details only the first time its pid is seen. Executables are hashed once per
+//! (device, inode, size, modification time), from `/proc/PID/exe` (the image that actually
+//! runs, even if the file was replaced or deleted since).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+
+use super::{MAX_CMDLINE, ProcessRun, Record, SocketSeen};
+
+/// What identifies a live thing between samples.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LiveKey {
+    /// A process, by pid.
+    Process(u32),
+    /// An outbound TCP connection: remote address, port, socket inode.
+    Connection(String, u16, u64),
+    /// A listening socket: protocol and port.
+    Listening(&'static str, u16),
+}
+
+/// Samples a machine (the real one, or a test's).
+pub trait Sampler: Send + 'static {
+    /// Everything live now; for each key not in `known`, its record (keys it cannot read,
+    /// such as kernel threads, come with `None` and are not recorded).
+    fn sample(
+        &mut self,
+        now_ms: u64,
+        known: &dyn Fn(&LiveKey) -> bool,
+    ) -> Vec<(LiveKey, Option<Record>)>;
+}
+
+/// The most executables whose hashes are remembered.
+const HASH_CACHE: usize = 4096;
+
+/// Samples the machine through `/proc`.
+#[derive(Debug)]
+pub struct ProcSampler {
+    root: PathBuf,
+    boot_ms: u64,
+    hashes: HashMap<(u64, u64, u64, i64), String>,
+    users: HashMap<u32, String>,
+    /// Pids that could not be read (kernel threads, other users' without the rights): not
+    /// read again while they live.
+    unreadable: HashSet<u32>,
+    /// Executables hashed (cache misses) since it started.
+    pub hashed: u64,
+}
+
+impl ProcSampler {
+    /// A sampler of this machine's `/proc`.
+    pub fn new() -> ProcSampler {
+        ProcSampler::at("/proc")
+    }
+
+    /// A sampler of the proc file system at `root`.
+    pub fn at(root: impl Into<PathBuf>) -> ProcSampler {
+        let root = root.into();
+        let boot_ms = std::fs::read_to_string(root.join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1000;
+        ProcSampler {
+            root,
+            boot_ms,
+            hashes: HashMap::new(),
+            users: HashMap::new(),
+            unreadable: HashSet::new(),
+            hashed: 0,
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    fn user(&mut self, uid: u32) -> String {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_else(|| uid.to_string())
+            })
+            .clone()
+    }
+
+    /// The SHA-256 of the image process `pid` runs (cached by file identity).
+    fn hash(&mut self, pid: u32) -> Option<String> {
+        let exe = self.root.join(pid.to_string()).join("exe");
+        let m = std::fs::metadata(&exe).ok()?;
+        let key = (m.dev(), m.ino(), m.size(), m.mtime());
+        if let Some(h) = self.hashes.get(&key) {
+            return Some(h.clone());
+        }
+        let mut f = std::fs::File::open(&exe).ok()?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => h.update(&buf[..n]),
+                Err(_) => return None,
+            }
+        }
+        let hex = hex::encode(h.finalize());
+        if self.hashes.len() >= HASH_CACHE {
+            self.hashes.clear();
+        }
+        self.hashes.insert(key, hex.clone());
+        self.hashed += 1;
+        Some(hex)
+    }
+
+    fn process(&mut self, pid: u32, now_ms: u64) -> Option<ProcessRun> {
+        let dir = self.root.join(pid.to_string());
+        let exe = std::fs::read_link(dir.join("exe")).ok()?;
+        let exe = exe.to_string_lossy().into_owned();
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the command name (which may hold spaces and parentheses).
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ppid: u32 = fields.get(1)?.parse().ok()?;
+        // Field 22 of the line, in clock ticks (100 a second for user space) since boot.
+        let ticks: u64 = fields.get(19)?.parse().ok()?;
+        let start_ms = if self.boot_ms > 0 {
+            self.boot_ms + ticks * 10
+        } else {
+            now_ms
+        };
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(u32::MAX);
+        let user = self.user(uid);
+        let mut cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        cmdline.truncate(MAX_CMDLINE);
+        let cmdline = String::from_utf8_lossy(&cmdline)
+            .trim_end_matches('\0')
+            .replace('\0', " ");
+        let sha256 = self.hash(pid)?;
+        Some(ProcessRun {
+            pid,
+            ppid,
+            exe,
+            sha256,
+            cmdline,
+            user,
+            start_ms,
+            last_ms: now_ms,
+            ended: false,
+        })
+    }
+
+    /// Socket inode → the executable holding it (a scan of every process's descriptors,
+    /// made only when new connections appeared).
+    fn socket_owners(&self, wanted: &HashSet<u64>) -> HashMap<u64, String> {
+        let mut out = HashMap::new();
+        for pid in self.pids() {
+            let dir = self.root.join(pid.to_string());
+            let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let Ok(target) = std::fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let t = target.to_string_lossy();
+                if let Some(ino) = t
+                    .strip_prefix("socket:[")
+                    .and_then(|r| r.strip_suffix(']'))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    && wanted.contains(&ino)
+                    && let Ok(exe) = std::fs::read_link(dir.join("exe"))
+                {
+                    out.insert(ino, exe.to_string_lossy().into_owned());
+                }
+            }
+            if out.len() == wanted.len() {
+                break;
+            }
+        }
+        out
+    }
+}
+
+impl Default for ProcSampler {
+    fn default() -> ProcSampler {
+        ProcSampler::new()
+    }
+}
+
+/// One row of `/proc/net/tcp*` or `/proc/net/udp*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketRow {
+    /// Local port.
+    pub local_port: u16,
+    /// Remote address (text) and port.
+    pub remote: String,
+    /// See `remote`.
+    pub remote_port: u16,
+    /// The kernel's state code (`0A` listen, `01` established, `07` unconnected UDP).
+    pub state: u8,
+    /// The socket's inode.
+    pub inode: u64,
+}
+
+/// Parses the rows of a `/proc/net/{tcp,tcp6,udp,udp6}` table (malformed rows skipped).
+pub fn parse_sockets(text: &str) -> Vec<SocketRow> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (_, lport) = f.get(1)?.split_once(':')?;
+            let (raddr, rport) = f.get(2)?.split_once(':')?;
+            Some(SocketRow {
+                local_port: u16::from_str_radix(lport, 16).ok()?,
+                remote: hex_addr(raddr)?,
+                remote_port: u16::from_str_radix(rport, 16).ok()?,
+                state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+                inode: f.get(9)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// An address as `/proc/net` writes it (32-bit words in host order) as text.
+fn hex_addr(h: &str) -> Option<String> {
+    let words: Vec<u32> = (0..h.len() / 8)
+        .map(|i| u32::from_str_radix(h.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect::<Option<_>>()?;
+    match words.as_slice() {
+        [w] => Some(std::net::Ipv4Addr::from(w.to_ne_bytes()).to_string()),
+        [a, b, c, d] => {
+            let mut bytes = [0u8; 16];
+            for (i, w) in [a, b, c, d].iter().enumerate() {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            let v6 = std::net::Ipv6Addr::from(bytes);
+            Some(match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => v6.to_string(),
+            })
+        }
+        _ => None,
+    }
+}
+
+const LISTEN: u8 = 0x0A;
+const ESTABLISHED: u8 = 0x01;
+const UDP_UNCONNECTED: u8 = 0x07;
+
+impl Sampler for ProcSampler {
+    fn sample(
+        &mut self,
+        now_ms: u64,
+        known: &dyn Fn(&LiveKey) -> bool,
+    ) -> Vec<(LiveKey, Option<Record>)> {
+        let mut out = Vec::new();
+        let pids = self.pids();
+        let alive: HashSet<u32> = pids.iter().copied().collect();
+        self.unreadable.retain(|p| alive.contains(p));
+        for pid in pids {
+            let key = LiveKey::Process(pid);
+            if known(&key) || self.unreadable.contains(&pid) {
+                out.push((key, None));
+                continue;
+            }
+            match self.process(pid, now_ms) {
+                Some(run) => out.push((key, Some(Record::Run(run)))),
+                None => {
+                    self.unreadable.insert(pid);
+                }
+            }
+        }
+        // Sockets: listening ones, then outbound connections (established, to a port
+        // this machine does not listen on).
+        let mut listening: HashSet<u16> = HashSet::new();
+        let mut rows: Vec<(&'static str, SocketRow)> = Vec::new();
+        for (proto, file) in [
+            ("tcp", "net/tcp"),
+            ("tcp", "net/tcp6"),
+            ("udp", "net/udp"),
+            ("udp", "net/udp6"),
+        ] {
+            let Ok(text) = std::fs::read_to_string(self.root.join(file)) else {
+                continue;
+            };
+            for r in parse_sockets(&text) {
+                rows.push((proto, r));
+            }
+        }
+        for (proto, r) in &rows {
+            let listens = (*proto == "tcp" && r.state == LISTEN)
+                || (*proto == "udp" && r.state == UDP_UNCONNECTED && r.remote_port == 0);
+            if listens {
+                listening.insert(r.local_port);
+                let key = LiveKey::Listening(proto, r.local_port);
+                if out.iter().any(|(k, _)| *k == key) {
+                    continue;
+                }
+                let rec = (!known(&key)).then(|| {
+                    Record::Socket(SocketSeen {
+                        proto: proto.to_string(),
+                        remote: String::new(),
+                        port: r.local_port,
+                        exe: String::new(),
+                        first_ms: now_ms,
+                        last_ms: now_ms,
+                        ended: false,
+                        listening: true,
+                    })
+                });
+                out.push((key, rec));
+            }
+        }
+        let mut new_conns = Vec::new();
+        for (proto, r) in &rows {
+            if *proto != "tcp" || r.state != ESTABLISHED || listening.contains(&r.local_port) {
+                continue;
+            }
+            let key = LiveKey::Connection(r.remote.clone(), r.remote_port, r.inode);
+            if known(&key) {
+                out.push((key, None));
+            } else {
+                new_conns.push((key, r.clone()));
+            }
+        }
+        if !new_conns.is_empty() {
+            let wanted: HashSet<u64> = new_conns.iter().map(|(_, r)| r.inode).collect();
+            let owners = self.socket_owners(&wanted);
+            for (key, r) in new_conns {
+                out.push((
+                    key,
+                    Some(Record::Socket(SocketSeen {
+                        proto: "tcp".into(),
+                        remote: r.remote.clone(),
+                        port: r.remote_port,
+                        exe: owners.get(&r.inode).cloned().unwrap_or_default(),
+                        first_ms: now_ms,
+                        last_ms: now_ms,
+                        ended: false,
+                        listening: false,
+                    })),
+                ));
+            }
+        }
+        out
+    }
+}

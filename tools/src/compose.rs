@@ -20,7 +20,11 @@ use rollcall_actors::action::Executor;
 use rollcall_actors::action::journal::Journal;
 use rollcall_actors::action::runner::ActionRunner;
 use rollcall_actors::action::{FileSources, PackageFiles};
+use rollcall_actors::config::HistorySettings;
 use rollcall_actors::desk::{QuestionDesk, SensorEvaluator};
+use rollcall_actors::history::linux::ProcSampler;
+use rollcall_actors::history::recorder::{Recorder, Recording};
+use rollcall_actors::history::store::HistoryStore;
 use rollcall_actors::sensors::{HostView, Sensors};
 use rollcall_actors::store::ServerStore;
 use rollcall_cluster::member::{EvaluatorHandle, MemberConfig, MemberMsg, RingMember};
@@ -151,6 +155,9 @@ pub enum Answering {
         executor: Arc<dyn Executor>,
         /// Where packages' files are kept, if it takes packages with files.
         files: Option<Box<FilesPlan>>,
+        /// What it records of its history, if it records (a real machine; a simulated
+        /// host answers from its seeded history).
+        history: Option<HistoryPlan>,
     },
     /// A test's own evaluator.
     Evaluator(EvaluatorHandle),
@@ -274,6 +281,48 @@ impl PackageFiles for EndpointFiles {
     }
 }
 
+/// An endpoint's history: where it is kept, and how often the machine is sampled.
+#[derive(Clone)]
+pub struct HistoryPlan {
+    /// The store (the sensors read it, the recorder writes it).
+    pub store: Arc<HistoryStore>,
+    /// The sampling interval.
+    pub interval: Duration,
+}
+
+impl HistoryPlan {
+    /// Opens `path` with `settings`' limits.
+    pub fn open(path: &std::path::Path, settings: &HistorySettings) -> Result<HistoryPlan> {
+        Ok(HistoryPlan {
+            store: Arc::new(
+                HistoryStore::open(path, settings.limits, rollcall_runtime::signing::unix_ms())
+                    .context("opening the history store")?,
+            ),
+            interval: settings.interval,
+        })
+    }
+}
+
+/// Starts the recorder that samples this machine into `plan`'s store, under `node`'s
+/// supervisor (restarted if it fails, carrying on with what it knew was running).
+pub async fn start_recorder(node: &Node, plan: &HistoryPlan) -> Result<()> {
+    let recording = Arc::new(std::sync::Mutex::new(Recording::new(
+        Box::new(ProcSampler::new()),
+        plan.store.clone(),
+    )));
+    let interval = plan.interval;
+    let spec = ChildSpec::new(
+        "history.recorder",
+        Restart::Permanent,
+        Recorder,
+        move || (recording.clone(), interval),
+    );
+    node.start_child(spec)
+        .await
+        .context("starting the history recorder")?;
+    Ok(())
+}
+
 /// Everything an endpoint's ring member needs.
 #[derive(Debug, Clone)]
 pub struct EndpointPlan {
@@ -333,6 +382,7 @@ pub async fn start_endpoint_with(
             journal,
             executor,
             files,
+            history,
         } => {
             let (me, trust, stats) = (
                 node.identity().id.to_string(),
@@ -358,7 +408,12 @@ pub async fn start_endpoint_with(
                 }
             };
             runner.resume();
-            let evaluator = SensorEvaluator::with_actions(Sensors::new(host), runner);
+            let mut sensors = Sensors::new(host);
+            if let Some(h) = history {
+                start_recorder(node, &h).await?;
+                sensors = sensors.with_history(h.store);
+            }
+            let evaluator = SensorEvaluator::with_actions(sensors, runner);
             evaluator.accept_config_on(node, plan.trust);
             Some(EvaluatorHandle(Arc::new(evaluator)))
         }

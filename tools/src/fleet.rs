@@ -491,6 +491,8 @@ impl Fleet {
                 cfg: cfg.patch.clone(),
                 work_dir: None,
             })),
+            // A simulated host answers from its seeded history.
+            history: None,
         };
         let adjust = self.adjust.clone();
         let member = compose::start_endpoint_with(

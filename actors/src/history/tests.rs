@@ -322,7 +322,7 @@ fn simulated_history_is_deterministic_and_answers_like_a_real_one() {
             miners += 1;
             assert_eq!(s.paths, vec![sim::MINER_PATH.to_string()]);
             let c = host
-                .connections(&sim::MINER_POOL.0.to_string())
+                .connections(sim::MINER_POOL.0)
                 .expect("read")
                 .expect("the miner called its pool");
             assert_eq!(c.count, 1);

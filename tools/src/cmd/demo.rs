@@ -105,6 +105,7 @@ pub(crate) async fn demo(a: DemoArgs) -> Result<std::process::ExitCode> {
                     journal: Arc::new(MemJournal::default()),
                     executor: Arc::new(SimExecutor::new(host)),
                     files: None,
+                    history: None,
                 }
             },
         )

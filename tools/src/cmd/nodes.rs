@@ -313,6 +313,14 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
                 )
             }
         };
+    // A real machine records its history; a simulated one answers from its seeded history.
+    let history = match (a.simulate_host, cfg.history.enabled) {
+        (None, true) => Some(compose::HistoryPlan::open(
+            &a.state_dir.join("history.redb"),
+            &cfg.history,
+        )?),
+        _ => None,
+    };
     let trust = Arc::new(enrolled.trust);
     let member = start_member(
         &node,
@@ -335,6 +343,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
                 cfg: rollcall_patchdist::PatchConfig::default(),
                 work_dir: Some(a.state_dir.join("work")),
             })),
+            history,
         },
     )
     .await?;

@@ -6,6 +6,7 @@ pub mod config;
 pub mod desk;
 pub mod endpoint;
 pub mod history;
+pub mod ioc;
 pub mod question;
 pub mod search;
 pub mod sensors;

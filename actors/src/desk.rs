@@ -13,6 +13,7 @@ use rollcall_runtime::wire;
 use serde::{Deserialize, Serialize};
 
 use crate::action::server::{ActRequest, ActionBook, ActionReport, PackageReport, RingFiles};
+use crate::case::{AlertTotals, Case, CaseBook, OpenCase};
 use crate::question::{SensorSpec, parse};
 use crate::search::{LEARNED_SENSORS, SavedQuestion, Suggestion, Vocabulary, search};
 use crate::sensors::{PatchLevel, ScriptSensor, builtins, catalog_with};
@@ -170,6 +171,15 @@ pub enum DeskRequest {
         /// The package.
         name: String,
     },
+    /// Look for indicators across the fleet, now and in history (operator role).
+    OpenCase(OpenCase),
+    /// The cases, newest first, and the alert listener's counts (viewer role).
+    Cases,
+    /// One case with its findings (viewer role).
+    Case {
+        /// Its id.
+        id: u64,
+    },
 }
 
 /// The desk's answers.
@@ -214,6 +224,15 @@ pub enum DeskReply {
     Lacking(Vec<u32>),
     /// Where a package stands.
     PackageStatus(PackageReport),
+    /// A case (as opened, or with its findings).
+    Case(Case),
+    /// The cases (without findings), and what the alert listener took and refused.
+    Cases {
+        /// Newest first.
+        cases: Vec<Case>,
+        /// The alert listener's counts.
+        alerts: AlertTotals,
+    },
     /// The request could not be served (a parse error with its column, an unknown id, a
     /// missing role).
     Error(String),
@@ -237,6 +256,7 @@ struct DeskState {
 pub struct QuestionDesk {
     rings: RingServer,
     actions: Arc<ActionBook>,
+    cases: Arc<CaseBook>,
     /// Searches ranked at once (the rest wait their turn).
     searches: Arc<tokio::sync::Semaphore>,
     store: Option<Arc<ServerStore>>,
@@ -265,8 +285,10 @@ impl QuestionDesk {
                 tracing::error!(error = %e, "could not load the desk's settings; starting empty");
             }
         }
+        let actions = Arc::new(ActionBook::new(rings.clone(), store.clone()));
         let desk = QuestionDesk {
-            actions: Arc::new(ActionBook::new(rings.clone(), store.clone())),
+            cases: Arc::new(CaseBook::new(rings.clone(), actions.clone(), store.clone())),
+            actions,
             rings,
             searches: Arc::new(tokio::sync::Semaphore::new(SEARCHES_AT_ONCE)),
             store,
@@ -356,6 +378,16 @@ impl QuestionDesk {
         &self.actions
     }
 
+    /// The cases.
+    pub fn cases(&self) -> &Arc<CaseBook> {
+        &self.cases
+    }
+
+    /// Opens a case for `who` (an operator, or an alert's product).
+    pub async fn open_case(&self, req: OpenCase, who: &str) -> Result<Case, String> {
+        self.cases.open(req, who, self.catalog()).await
+    }
+
     /// Sets the packages that wait for a second admin's approval (`[actions]
     /// require_approval`).
     pub fn set_require_approval(&self, packages: Vec<String>) {
@@ -370,6 +402,7 @@ impl QuestionDesk {
             | DeskRequest::Save(_)
             | DeskRequest::RunSaved { .. }
             | DeskRequest::Act(_)
+            | DeskRequest::OpenCase(_)
             | DeskRequest::Cancel { .. } => OperatorRole::Operator,
             DeskRequest::AddSensor { .. }
             | DeskRequest::SetBaseline(_)
@@ -401,6 +434,18 @@ impl QuestionDesk {
                 }
             }
             DeskRequest::Actions => DeskReply::Actions(self.actions.list()),
+            DeskRequest::OpenCase(c) => match self.open_case(c, me).await {
+                Ok(c) => DeskReply::Case(c),
+                Err(e) => DeskReply::Error(e),
+            },
+            DeskRequest::Cases => DeskReply::Cases {
+                cases: self.cases.list(),
+                alerts: self.cases.alert_totals(),
+            },
+            DeskRequest::Case { id } => match self.cases.get(id) {
+                Some(c) => DeskReply::Case(c),
+                None => DeskReply::Error(format!("no case {id}")),
+            },
             DeskRequest::Approve { id } => result(self.actions.approve(id, me).await),
             DeskRequest::Deny { id } => result(self.actions.stop(id, me, true, true)),
             DeskRequest::Cancel { id } => result(

@@ -2,6 +2,7 @@
 //! endpoint's and server's question actors, actions, history and stores.
 
 pub mod action;
+pub mod case;
 pub mod config;
 pub mod desk;
 pub mod endpoint;

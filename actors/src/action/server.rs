@@ -77,6 +77,9 @@ pub struct ActRequest {
     pub purge: bool,
     /// `run-script`'s script.
     pub script: Option<String>,
+    /// These machines by node id (a case's response: the machines it found).
+    #[serde(default)]
+    pub machines: Option<Vec<String>>,
 }
 
 /// Where an action stands as a whole.
@@ -354,10 +357,15 @@ impl ActionBook {
         {
             return Err("run-script needs a script (--script-file)".into());
         }
-        let targets = [req.filter.is_some(), req.from_question.is_some(), req.all]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let targets = [
+            req.filter.is_some(),
+            req.from_question.is_some(),
+            req.all,
+            req.machines.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         if targets != 1 {
             return Err(
                 "say which machines: exactly one of --where, --from-question, --all".into(),
@@ -390,6 +398,17 @@ impl ActionBook {
                     ids.len()
                 ));
             }
+            Target::Machines(ids)
+        } else if let Some(ids) = &req.machines {
+            if ids.is_empty() || ids.len() > MAX_TARGET_MACHINES {
+                return Err(format!(
+                    "an action names 1 to {MAX_TARGET_MACHINES} machines, not {}",
+                    ids.len()
+                ));
+            }
+            let mut ids = ids.clone();
+            ids.sort();
+            ids.dedup();
             Target::Machines(ids)
         } else {
             Target::All
@@ -954,6 +973,8 @@ fn describe(req: &ActRequest, package: &Package) -> String {
         s.push_str(&format!(" where {f}"));
     } else if let Some(q) = req.from_question {
         s.push_str(&format!(" on the machines of question {q}"));
+    } else if let Some(m) = &req.machines {
+        s.push_str(&format!(" on {} named machines", m.len()));
     } else {
         s.push_str(" on all machines");
     }

@@ -339,8 +339,8 @@ fn simulated_history_is_deterministic_and_answers_like_a_real_one() {
             visio_stale += 1;
         }
     }
-    // Three in a thousand ran the miner; most never ran visio (the history's whole length).
-    assert!((1..=20).contains(&miners), "{miners} miners in 2,000");
+    // One in a hundred ran the miner; most never ran visio (the history's whole length).
+    assert!((5..=50).contains(&miners), "{miners} miners in 2,000");
     assert!(
         visio_stale > 1700,
         "{visio_stale} of 2,000 unused for 90 days"

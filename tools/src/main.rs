@@ -65,6 +65,8 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Act(a) => return act(a).await,
         Command::Action(c) => return action(c).await,
         Command::Package(c) => return package(c).await,
+        Command::Ioc(c) => return cmd::cases::ioc(c).await,
+        Command::Case(c) => return cmd::cases::case(c).await,
         #[cfg(feature = "simulation")]
         Command::Sim(a) => {
             let (mut fleet, started) = sim::start(&a).await?;

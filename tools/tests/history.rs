@@ -85,4 +85,51 @@ fn a_process_that_ran_and_exited_is_found_by_its_hash_with_first_and_last_seen()
         assert!(line.contains(", last 20"), "{line}");
         assert!(line.ends_with(&format!(", 1 run, {exe}")), "{line}");
     }
+
+    // The hash as an indicator, in a STIX bundle and in a CSV: both endpoints found.
+    let bundle = format!(
+        r#"{{"type":"bundle","id":"bundle--1","objects":[{{"type":"indicator","id":"indicator--1","pattern":"[file:hashes.'SHA-256' = '{sha}']","pattern_type":"stix"}},{{"type":"indicator","id":"indicator--2","pattern":"[process:name = 'x']","pattern_type":"stix"}}]}}"#
+    );
+    std::fs::write(c.path("feed.json"), bundle).expect("bundle");
+    std::fs::write(c.path("feed.csv"), format!("type,value\nsha256,{sha}\n")).expect("csv");
+    for feed in ["feed.json", "feed.csv"] {
+        let case = c.json("olga", &["ioc", "import", &c.p(feed), "--json"]);
+        assert_eq!(case["state"], "Done", "{case:#}");
+        assert_eq!(
+            (case["answered"].as_u64(), case["expected"].as_u64()),
+            (Some(2), Some(2))
+        );
+        let findings = case["findings"].as_array().expect("findings");
+        assert_eq!(findings.len(), 2, "{case:#}");
+        for f in findings {
+            assert_eq!(f["indicator"], format!("sha256:{sha}"), "{f}");
+            assert!(
+                f["sighting"]
+                    .as_str()
+                    .is_some_and(|s| s.ends_with(&format!(", 1 run, {exe}"))),
+                "{f}"
+            );
+        }
+        let skipped = case["skipped"].as_array().map(Vec::len).unwrap_or(0);
+        assert_eq!(skipped, usize::from(feed == "feed.json"), "{case:#}");
+    }
+    // A malformed bundle: a clear error, exit 2, and no case opened.
+    std::fs::write(
+        c.path("bad.json"),
+        r#"{"type":"bundle","objects":[{"type":"indicator","id":"indicator--9","pattern":"[ipv4-addr:value = 'nope']","pattern_type":"stix"}]}"#,
+    )
+    .expect("bad");
+    let out = c.as_("olga", &["ioc", "import", &c.p("bad.json")]);
+    assert_eq!(code(&out), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("indicator--9: \"nope\" is not an IP address")
+            && err.contains("nothing imported"),
+        "{err}"
+    );
+    let list = c.json("vera", &["case", "list", "--json"]);
+    assert_eq!(list["cases"].as_array().map(Vec::len), Some(2), "{list:#}");
+    // A viewer may look but not search.
+    let out = c.as_("vera", &["ioc", "import", &c.p("feed.csv")]);
+    assert_eq!(code(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -114,6 +114,7 @@ pub(crate) async fn act(a: ActArgs) -> Result<ExitCode> {
         spread_secs: a.spread_secs,
         purge: a.purge,
         script,
+        machines: None,
     };
     let desk = DeskClient::connect(a.op.server, &a.op.cert_dir).await?;
     let first = match desk.call(DeskRequest::Act(req)).await? {

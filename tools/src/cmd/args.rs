@@ -62,6 +62,15 @@ pub(crate) enum Command {
     /// Packages actions run: list them, or register a command (admin role).
     #[command(subcommand)]
     Package(PackageCommand),
+    /// Indicators of compromise: import a CSV list or a STIX 2.1 bundle of file hashes,
+    /// addresses and domain names, and find the machines that have or had them (operator
+    /// role).
+    #[command(subcommand)]
+    Ioc(IocCommand),
+    /// Cases: indicator searches opened by imports and by detection products' alerts, with
+    /// the machines found (any operator role).
+    #[command(subcommand)]
+    Case(CaseCommand),
     /// Turn plain words into ranked questions, e.g. `rollcall search "machines with chrome"`.
     Search(SearchArgs),
     /// Saved questions: save (optionally reissued on a schedule), list, run.
@@ -757,6 +766,51 @@ pub(crate) enum PackageCommand {
     Status {
         /// The package.
         name: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum IocCommand {
+    /// Read FILE (a STIX 2.1 bundle, or a CSV with `type,value` columns or one value a
+    /// line), ask every machine whether it runs or ran those executables or connected to
+    /// those addresses (domain names: the addresses they resolve to from the server), and
+    /// print the machines found with their first and last sightings. Indicators endpoints
+    /// cannot look for are listed as skipped, with the reason; a malformed file imports
+    /// nothing (exit 2).
+    Import {
+        /// The indicator file.
+        file: PathBuf,
+        /// Then run this package on the machines found (e.g. `quarantine`); it waits for an
+        /// admin's approval where the package needs one.
+        #[arg(long, value_name = "PACKAGE")]
+        then: Option<String>,
+        /// One JSON object: the case.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CaseCommand {
+    /// The cases, newest first, and the alert listener's counts.
+    List {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
+    /// One case: what it looked for, the machines found, its response.
+    Show {
+        /// The case's id.
+        id: u64,
         /// One JSON object.
         #[arg(long)]
         json: bool,

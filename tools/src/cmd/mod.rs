@@ -3,6 +3,7 @@
 pub(crate) mod actions;
 pub(crate) mod args;
 pub(crate) mod ca;
+pub(crate) mod cases;
 #[cfg(feature = "simulation")]
 pub(crate) mod chaos;
 pub(crate) mod demo;

@@ -2,11 +2,16 @@
 //! searched for across the fleet, now and in every machine's history, with the machines
 //! found kept and, if asked for, a response action issued on them (approved as any action).
 //!
-//! A case asks one question per 15 indicators — `Get Computer Name and Process Hash
-//! History[H] and Connection History[A] … from all machines with Process Hash Last Seen[H]
-//! >= 0 or …` — and reads each answering machine's cells: a machine is a finding for every
-//! indicator whose cell it filled. Domain names are looked for as the addresses they
-//! resolve to from the server when the case opens.
+//! A case asks one question per 15 indicators, of the form
+//!
+//! ```text
+//! Get Computer Name and Process Hash History[H] and Connection History[A] …
+//!     from all machines with Process Hash Last Seen[H] >= 0 or Connection Last Seen[A] >= 0 …
+//! ```
+//!
+//! and reads each answering machine's cells: a machine is a finding for every indicator
+//! whose cell it filled. Domain names are looked for as the addresses they resolve to from
+//! the server when the case opens.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -202,3 +202,82 @@ impl RawHistory {
         })
     }
 }
+
+/// `[alerts]` as written (server): the listener detection products post alerts to.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    /// Where to listen for alerts over HTTPS, e.g. `127.0.0.1:8443` (default: off).
+    pub listen: Option<std::net::SocketAddr>,
+    /// The bearer token products send (at least 16 bytes; or `token_file`).
+    pub token: Option<String>,
+    /// A file holding the token (its first line).
+    pub token_file: Option<std::path::PathBuf>,
+    /// A package to run on the machines an alert's case finds (e.g. `quarantine`; it waits
+    /// for an admin's approval where the package needs one).
+    pub respond_with: Option<String>,
+    /// The listener's certificate and key (PEM); default: a certificate the cluster CA
+    /// issues for the listen address at start (products trust `ca.pem`).
+    pub cert_file: Option<std::path::PathBuf>,
+    /// See `cert_file`.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// `[alerts]` validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertSettings {
+    /// Where it listens (`None`: off).
+    pub listen: Option<std::net::SocketAddr>,
+    /// The token.
+    pub token: String,
+    /// The response package.
+    pub respond_with: Option<String>,
+    /// Certificate and key files.
+    pub cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl RawAlerts {
+    /// Checks that a listener has a token worth the name.
+    pub fn validate(self) -> Result<AlertSettings, ConfigError> {
+        let Some(listen) = self.listen else {
+            return Ok(AlertSettings::default());
+        };
+        let token = match (self.token, self.token_file) {
+            (Some(t), None) => t,
+            (None, Some(f)) => std::fs::read_to_string(&f)
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("[alerts] token_file {}: {e}", f.display()))
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "[alerts] listen needs exactly one of token and token_file".into(),
+                ));
+            }
+        };
+        if token.len() < 16 {
+            return Err(ConfigError::Invalid(
+                "[alerts] the token must be at least 16 bytes".into(),
+            ));
+        }
+        let cert = match (self.cert_file, self.key_file) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "[alerts] cert_file and key_file go together".into(),
+                ));
+            }
+        };
+        Ok(AlertSettings {
+            listen: Some(listen),
+            token,
+            respond_with: self.respond_with,
+            cert,
+        })
+    }
+}

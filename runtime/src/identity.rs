@@ -542,6 +542,44 @@ impl Ca {
         })
     }
 
+    /// Issues a TLS server certificate for a web listener (the alert listener) reached at
+    /// `names` (IP addresses or DNS names): clients that trust this CA's certificate
+    /// (`ca.pem`) can check it. Returns the certificate and its key.
+    pub fn issue_web_server(
+        &self,
+        names: &[String],
+        validity: Validity,
+    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), IdentityError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_else(|| "rollcall".into()),
+        );
+        dn.push(DnType::OrganizationName, "rollcall");
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        for n in names {
+            params
+                .subject_alt_names
+                .push(match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(n.as_str().try_into()?),
+                });
+        }
+        let mut serial = [0u8; 16];
+        rand::rng().fill_bytes(&mut serial);
+        serial[0] &= 0x7f;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        set_validity(&mut params, validity);
+        let cert = params.signed_by(&key, &self.issuer)?.der().clone();
+        let key_der = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| IdentityError::NotRollcall(e.to_string()))?;
+        Ok((cert, key_der))
+    }
+
     /// Signs an endpoint's certificate request. The identity is the server's decision: the
     /// node id derives from the requested public key, whatever subject the request names.
     pub fn sign_endpoint_request(

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use rollcall_actors::config::{
-    ActionSettings, HistorySettings, RawActions, RawHistory, RawServer, ServerSettings,
+    ActionSettings, AlertSettings, HistorySettings, RawActions, RawAlerts, RawHistory, RawServer,
+    ServerSettings,
 };
 use rollcall_cluster::config::{PeeringSettings, RawPeering, RawRing, RingSettings};
 use rollcall_runtime::config::{ConfigError, LinkConfig, RawLink, read_toml};
@@ -33,6 +34,9 @@ pub struct RawConfig {
     /// `[history]` settings (endpoints).
     #[serde(default)]
     pub history: RawHistory,
+    /// `[alerts]` settings (server).
+    #[serde(default)]
+    pub alerts: RawAlerts,
 }
 
 /// Validated configuration.
@@ -50,6 +54,8 @@ pub struct Config {
     pub actions: ActionSettings,
     /// What an endpoint records of its history.
     pub history: HistorySettings,
+    /// The alert listener (server).
+    pub alerts: AlertSettings,
 }
 
 impl RawConfig {
@@ -67,6 +73,7 @@ impl RawConfig {
             server: self.server.validate()?,
             actions: self.actions.validate()?,
             history: self.history.validate()?,
+            alerts: self.alerts.validate()?,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The fleet simulator and the chaos tooling behind `rollcall sim`, `rollcall chaos` and
 //! `rollcall bench`, shared with the fault-scenario suite.
 
+pub mod alerts;
 #[cfg(feature = "simulation")]
 pub mod chaos;
 pub mod compose;

@@ -7,6 +7,7 @@
 //! the number of indicators, a pattern's length; JSON nesting is bounded by the decoder, and
 //! the STIX pattern reader is a loop over tokens, never recursive.
 
+pub mod alert;
 mod csv_list;
 mod stix;
 #[cfg(test)]

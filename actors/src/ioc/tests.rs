@@ -154,6 +154,42 @@ fn patterns_read_or_joined_comparisons_only() {
     assert!(parse_pattern(&"[a:b = 'c'] OR ".repeat(1000)).is_err());
 }
 
+#[test]
+fn alerts_carry_indicators_and_malformed_ones_are_refused() {
+    let a = alert::parse_alert(
+        format!(
+            r#"{{"product":"edr","id":"A-1","title":"miner","indicators":[{{"type":"sha256","value":"{MINER}"}},{{"type":"url","value":"http://x"}}]}}"#
+        )
+        .as_bytes(),
+    )
+    .expect("alert");
+    assert_eq!(a.product, "edr");
+    assert_eq!(a.imported.indicators, vec![Indicator::Sha256(MINER.into())]);
+    assert_eq!(a.imported.skipped.len(), 1);
+    for (bad, why) in [
+        ("{}", "missing field"),
+        (
+            r#"{"product":"edr","id":"1","indicators":[]}"#,
+            "no indicators",
+        ),
+        (
+            r#"{"product":"","id":"1","indicators":[{"type":"ip","value":"1.2.3.4"}]}"#,
+            "names no product",
+        ),
+        (
+            r#"{"product":"e","id":"1","indicators":[{"type":"ip","value":"x"}]}"#,
+            "indicator 0: \"x\" is not an IP address",
+        ),
+        (
+            r#"{"product":"e","id":"1","indicators":[{"type":"ip","value":"1.2.3.4","extra":1}]}"#,
+            "unknown field",
+        ),
+    ] {
+        let e = alert::parse_alert(bad.as_bytes()).expect_err(bad);
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+}
+
 mod fuzz {
     use proptest::prelude::*;
 
@@ -165,6 +201,7 @@ mod fuzz {
             let _ = import(&b);
             let _ = from_csv(&b);
             let _ = from_stix(&b);
+            let _ = alert::parse_alert(&b);
         }
 
         #[test]

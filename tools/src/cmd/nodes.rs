@@ -120,6 +120,9 @@ pub(crate) async fn start_server(
     services
         .desk
         .set_require_approval(cfg.actions.require_approval.clone());
+    if let Some(addr) = rollcall::alerts::serve(services.desk.clone(), &cfg.alerts, &ca).await? {
+        println!("alerts listening on https://{addr}/alerts");
+    }
     rollcall_runtime::renewal::CaRenewal::install(&node, ca);
     if let Some(dir) = ca_dir {
         compose::watch_revocations(&node, &services, dir.to_path_buf())?;

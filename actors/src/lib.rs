@@ -6,6 +6,7 @@ pub mod case;
 pub mod config;
 pub mod desk;
 pub mod endpoint;
+pub mod export;
 pub mod history;
 pub mod ioc;
 pub mod question;

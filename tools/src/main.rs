@@ -66,6 +66,19 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Action(c) => return action(c).await,
         Command::Package(c) => return package(c).await,
         Command::Ioc(c) => return cmd::cases::ioc(c).await,
+        Command::Export(a) => return cmd::export::export(a).await,
+        Command::Saved(SavedCommand::Export {
+            name,
+            to,
+            hec_token,
+            hec_token_file,
+            off,
+            op,
+        }) => {
+            let token = cmd::export::token(hec_token, hec_token_file.as_deref())?;
+            let to = if off { None } else { to };
+            return desk_command(&op, DeskRequest::SavedExport { name, to, token }).await;
+        }
         Command::Case(c) => return cmd::cases::case(c).await,
         #[cfg(feature = "simulation")]
         Command::Sim(a) => {

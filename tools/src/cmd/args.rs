@@ -71,6 +71,12 @@ pub(crate) enum Command {
     /// the machines found (any operator role).
     #[command(subcommand)]
     Case(CaseCommand),
+    /// Results out: a question's answers as events, one per machine row, written as JSON
+    /// lines here (`--to jsonl:PATH`) or delivered by the server to a Splunk HTTP Event
+    /// Collector (`--to splunk-hec:URL --hec-token T`) or a syslog receiver (`--to
+    /// syslog:udp://HOST:PORT`, `syslog:tcp://…`, RFC 5424). The server keeps undelivered
+    /// events in a bounded queue and retries with backoff; without an id, shows the queue.
+    Export(ExportArgs),
     /// Turn plain words into ranked questions, e.g. `rollcall search "machines with chrome"`.
     Search(SearchArgs),
     /// Saved questions: save (optionally reissued on a schedule), list, run.
@@ -355,6 +361,26 @@ pub(crate) enum SavedCommand {
     },
     /// List saved questions.
     List(OperatorArgs),
+    /// Export every run of a saved question (scheduled or run by hand) once it finishes,
+    /// as `rollcall export` does (network sinks only), or stop with `--off`.
+    Export {
+        /// Its name.
+        name: String,
+        /// Where to: splunk-hec:URL or syslog:udp://HOST:PORT / syslog:tcp://HOST:PORT.
+        #[arg(long, required_unless_present = "off")]
+        to: Option<String>,
+        /// The Splunk collector's token.
+        #[arg(long)]
+        hec_token: Option<String>,
+        /// A file holding the token (its first line).
+        #[arg(long)]
+        hec_token_file: Option<PathBuf>,
+        /// Stop exporting its runs.
+        #[arg(long, conflicts_with = "to")]
+        off: bool,
+        #[command(flatten)]
+        op: OperatorArgs,
+    },
     /// Ask a saved question now and watch its answers.
     Run {
         /// Its name.
@@ -817,4 +843,32 @@ pub(crate) enum CaseCommand {
         #[command(flatten)]
         op: OperatorArgs,
     },
+}
+
+/// `rollcall export` arguments.
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// The question's id (none: show the export queue).
+    pub(crate) id: Option<u64>,
+    /// Where to: jsonl:PATH, splunk-hec:URL, syslog:udp://HOST:PORT or syslog:tcp://HOST:PORT.
+    #[arg(long, requires = "id")]
+    pub(crate) to: Option<String>,
+    /// The Splunk collector's token.
+    #[arg(long)]
+    pub(crate) hec_token: Option<String>,
+    /// A file holding the token (its first line).
+    #[arg(long)]
+    pub(crate) hec_token_file: Option<PathBuf>,
+    /// Wait until the server delivered what waits for that sink (at most a minute; exit 1
+    /// if events still wait).
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// Try every waiting sink again now, whatever its backoff.
+    #[arg(long)]
+    pub(crate) retry: bool,
+    /// The queue as one JSON array.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
 }

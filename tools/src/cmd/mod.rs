@@ -7,6 +7,7 @@ pub(crate) mod cases;
 #[cfg(feature = "simulation")]
 pub(crate) mod chaos;
 pub(crate) mod demo;
+pub(crate) mod export;
 pub(crate) mod nodes;
 pub(crate) mod questions;
 pub(crate) mod rings;

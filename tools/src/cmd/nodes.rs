@@ -120,6 +120,15 @@ pub(crate) async fn start_server(
     services
         .desk
         .set_require_approval(cfg.actions.require_approval.clone());
+    let exports = rollcall_actors::export::queue::ExportQueue::open(
+        &state_dir.join("export.redb"),
+        rollcall_actors::export::queue::QueueLimits::default(),
+    )
+    .context("opening the export queue")?;
+    services
+        .desk
+        .set_exports(Arc::new(exports))
+        .map_err(anyhow::Error::msg)?;
     if let Some(addr) = rollcall::alerts::serve(services.desk.clone(), &cfg.alerts, &ca).await? {
         println!("alerts listening on https://{addr}/alerts");
     }

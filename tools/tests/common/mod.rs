@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod receivers;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};

@@ -180,6 +180,36 @@ pub enum DeskRequest {
         /// Its id.
         id: u64,
     },
+    /// Queue question `id`'s events (one per machine row) for a Splunk HTTP Event
+    /// Collector or a syslog receiver (operator role; `jsonl:` is written by the CLI).
+    Export {
+        /// The question.
+        id: u64,
+        /// `splunk-hec:URL` or `syslog:udp://HOST:PORT` / `syslog:tcp://HOST:PORT`.
+        to: String,
+        /// The collector's token (Splunk).
+        token: Option<String>,
+    },
+    /// Question `id`'s events from the `from`-th, a page at a time (viewer role).
+    ExportEvents {
+        /// The question.
+        id: u64,
+        /// The first event wanted.
+        from: usize,
+    },
+    /// Where the export queue's sinks stand (viewer role).
+    ExportStatus,
+    /// Try every waiting sink again now (operator role).
+    ExportRetry,
+    /// Export every run of saved question `name` to `to` (operator role; `None` stops it).
+    SavedExport {
+        /// The saved question.
+        name: String,
+        /// As for [`DeskRequest::Export`].
+        to: Option<String>,
+        /// The collector's token (Splunk).
+        token: Option<String>,
+    },
 }
 
 /// The desk's answers.
@@ -226,6 +256,15 @@ pub enum DeskReply {
     PackageStatus(PackageReport),
     /// A case (as opened, or with its findings).
     Case(Case),
+    /// A page of a question's events.
+    Events {
+        /// The events.
+        events: Vec<crate::export::Event>,
+        /// How many there are in all.
+        total: usize,
+    },
+    /// The export queue's sinks.
+    ExportStatus(Vec<crate::export::queue::SinkStatus>),
     /// The cases (without findings), and what the alert listener took and refused.
     Cases {
         /// Newest first.
@@ -250,6 +289,10 @@ struct DeskState {
     limits: DeskLimits,
     /// Questions whose values have been learned.
     learned: HashSet<u64>,
+    /// Saved questions whose every run is exported, and where.
+    saved_exports: std::collections::BTreeMap<String, crate::export::Sink>,
+    /// Runs of those waiting to finish before they are exported.
+    pending_exports: std::collections::HashMap<u64, (String, crate::export::Sink)>,
 }
 
 /// The server's question desk.
@@ -257,6 +300,7 @@ pub struct QuestionDesk {
     rings: RingServer,
     actions: Arc<ActionBook>,
     cases: Arc<CaseBook>,
+    exports: std::sync::OnceLock<Arc<crate::export::queue::ExportQueue>>,
     /// Searches ranked at once (the rest wait their turn).
     searches: Arc<tokio::sync::Semaphore>,
     store: Option<Arc<ServerStore>>,
@@ -278,6 +322,7 @@ impl QuestionDesk {
                 state.config.scripts = st.setting(SCRIPTS_KEY)?.unwrap_or_default();
                 state.config.baseline = st.setting(BASELINE_KEY)?.unwrap_or_default();
                 state.saved = st.setting(SAVED_KEY)?.unwrap_or_default();
+                state.saved_exports = st.setting(exports::SAVED_EXPORTS_KEY)?.unwrap_or_default();
                 rings.resume_question_ids(st.last_id()?);
                 Ok(())
             };
@@ -289,6 +334,7 @@ impl QuestionDesk {
         let desk = QuestionDesk {
             cases: Arc::new(CaseBook::new(rings.clone(), actions.clone(), store.clone())),
             actions,
+            exports: std::sync::OnceLock::new(),
             rings,
             searches: Arc::new(tokio::sync::Semaphore::new(SEARCHES_AT_ONCE)),
             store,
@@ -403,6 +449,9 @@ impl QuestionDesk {
             | DeskRequest::RunSaved { .. }
             | DeskRequest::Act(_)
             | DeskRequest::OpenCase(_)
+            | DeskRequest::Export { .. }
+            | DeskRequest::ExportRetry
+            | DeskRequest::SavedExport { .. }
             | DeskRequest::Cancel { .. } => OperatorRole::Operator,
             DeskRequest::AddSensor { .. }
             | DeskRequest::SetBaseline(_)
@@ -442,6 +491,11 @@ impl QuestionDesk {
                 cases: self.cases.list(),
                 alerts: self.cases.alert_totals(),
             },
+            r @ (DeskRequest::Export { .. }
+            | DeskRequest::ExportEvents { .. }
+            | DeskRequest::ExportStatus
+            | DeskRequest::ExportRetry
+            | DeskRequest::SavedExport { .. }) => self.export_request(r).await,
             DeskRequest::Case { id } => match self.cases.get(id) {
                 Some(c) => DeskReply::Case(c),
                 None => DeskReply::Error(format!("no case {id}")),
@@ -607,7 +661,11 @@ impl QuestionDesk {
                     .find(|s| s.name == name)
                     .map(|s| s.text.clone());
                 match text {
-                    Some(t) => self.ask(t, DEFAULT_TTL).await,
+                    Some(t) => {
+                        let reply = self.ask(t, DEFAULT_TTL).await;
+                        self.exported_run(&name, &reply);
+                        reply
+                    }
                     None => DeskReply::Error(format!("no saved question named {name:?}")),
                 }
             }
@@ -763,6 +821,7 @@ impl QuestionDesk {
                 desk.save_results(&mut finished).await;
                 desk.learn();
                 desk.reissue().await;
+                desk.flush_exports().await;
             }
         });
         desk
@@ -844,12 +903,16 @@ impl QuestionDesk {
                 .collect()
         };
         for s in due {
-            if let DeskReply::Error(e) = self.ask(s.text.clone(), DEFAULT_TTL).await {
+            let reply = self.ask(s.text.clone(), DEFAULT_TTL).await;
+            if let DeskReply::Error(e) = &reply {
                 tracing::warn!(saved = ?s.name, error = %e, "scheduled question failed");
             }
+            self.exported_run(&s.name, &reply);
         }
     }
 }
+
+mod exports;
 
 struct DeskRoute(Arc<QuestionDesk>);
 
@@ -892,6 +955,17 @@ fn audited(req: &DeskRequest) -> Option<String> {
                 .map(|q| format!(" on the machines of question {q}"))
                 .unwrap_or_default(),
             if a.all { " on all machines" } else { "" }
+        )),
+        DeskRequest::Export { id, to, .. } => Some(format!("export question {id} to {}", cut(to))),
+        DeskRequest::SavedExport { name, to, .. } => Some(format!(
+            "export every run of saved {:?} to {}",
+            cut(name),
+            to.as_deref().map(cut).unwrap_or_else(|| "nowhere".into())
+        )),
+        DeskRequest::OpenCase(c) => Some(format!(
+            "open a case: {} indicators from {:?}",
+            c.indicators.len(),
+            cut(&c.source)
         )),
         DeskRequest::Approve { id } => Some(format!("approve action {id}")),
         DeskRequest::Deny { id } => Some(format!("deny action {id}")),

@@ -216,7 +216,7 @@ fn answers_go_out_as_json_lines_to_splunk_and_to_syslog_none_lost_none_twice() {
     assert_eq!(st["delivered"], 2, "{st}");
     let mut machines = BTreeSet::new();
     for _ in 0..2 {
-        let m = syslog_rfc5424::parse_message(&got.recv_timeout(WAIT).expect("a message"))
+        let m = syslog_rfc5424::parse_message(got.recv_timeout(WAIT).expect("a message"))
             .expect("RFC 5424");
         machines.insert(
             m.sd.find_tuple("rollcall@32473", "machine")

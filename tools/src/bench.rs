@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -172,5 +173,65 @@ pub fn scale(out: &Path, max_endpoints: usize, questions: usize) -> Result<()> {
     }
     std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
     print!("{md}");
+    Ok(())
+}
+
+/// This process's CPU time so far (user and system).
+fn cpu_time() -> Duration {
+    let t = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF);
+    match t {
+        Ok(u) => {
+            let tv = |t: nix::sys::time::TimeVal| {
+                Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+            };
+            tv(u.user_time()) + tv(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// Runs the history recorder on this machine for `samples` samples after a first one, one
+/// every `interval`, and prints its cost.
+pub async fn recorder(interval: Duration, samples: u32) -> Result<()> {
+    use rollcall_actors::history::linux::ProcSampler;
+    use rollcall_actors::history::recorder::Recording;
+    use rollcall_actors::history::store::{HistoryStore, Limits};
+    let dir = tempfile::tempdir()?;
+    let now = rollcall_runtime::signing::unix_ms;
+    let store = std::sync::Arc::new(HistoryStore::open(
+        &dir.path().join("history.redb"),
+        Limits::default(),
+        now(),
+    )?);
+    let mut rec = Recording::new(Box::new(ProcSampler::new()), store.clone());
+    let before = cpu_time();
+    let first = rec.step(now())?;
+    let first_cpu = cpu_time() - before;
+    println!("machine: {}", machine());
+    println!(
+        "first sample: {} things live, {:.1} ms CPU (every running executable hashed once)",
+        first.live,
+        first_cpu.as_secs_f64() * 1000.0
+    );
+    let start = std::time::Instant::now();
+    let cpu0 = cpu_time();
+    let (mut started, mut ended) = (0, 0);
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    for _ in 0..samples {
+        tick.tick().await;
+        let s = rec.step(now())?;
+        started += s.started;
+        ended += s.ended;
+    }
+    let cpu = cpu_time() - cpu0;
+    let wall = start.elapsed();
+    println!(
+        "{samples} samples every {} ms: {:.3} ms CPU per sample, {:.4} % of one core; {started} records started, {ended} ended; store {} bytes",
+        interval.as_millis(),
+        cpu.as_secs_f64() * 1000.0 / f64::from(samples.max(1)),
+        cpu.as_secs_f64() / wall.as_secs_f64() * 100.0,
+        store.bytes()
+    );
     Ok(())
 }

@@ -116,6 +116,12 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }) => {
             bench::scale(&out, max_endpoints, questions)?;
         }
+        Command::Bench(BenchCommand::Recorder {
+            interval_ms,
+            samples,
+        }) => {
+            bench::recorder(std::time::Duration::from_millis(interval_ms), samples).await?;
+        }
         Command::Bench(BenchCommand::Search) => {
             use rollcall_actors::search::{HELD_OUT, REQUESTS, hit_rates};
             let catalog = rollcall_actors::sensors::catalog_with(&[]);

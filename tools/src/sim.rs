@@ -50,6 +50,12 @@ pub struct SimArgs {
     /// With --package-mb: the server's link rate, in Mbit/s.
     #[arg(long, default_value_t = 100.0, value_name = "MBPS")]
     pub server_mbps: f64,
+    /// Then this many pairs of questions, alternated: the live question and a history one
+    /// (`… with Process Hash Last Seen[MINER] < 90 days`, the simulated miner's hash),
+    /// each timed to 100% of answers; the history question's matches are checked against
+    /// the simulated histories.
+    #[arg(long, default_value_t = 0)]
+    pub history_questions: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -141,6 +147,30 @@ pub struct SimReport {
     /// The package phase, if asked for.
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub package: Option<PackageRun>,
+    /// The history phase, if asked for.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryRun>,
+}
+
+/// History questions against live ones, alternated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryRun {
+    /// Time to 100% of answers of each live question, ms.
+    pub history_live_ms: Vec<f64>,
+    /// The same for each history question.
+    pub history_ms: Vec<f64>,
+    /// Medians and 99th percentiles.
+    pub history_live_p50_ms: f64,
+    /// See `history_live_p50_ms`.
+    pub history_p50_ms: f64,
+    /// See `history_live_p50_ms`.
+    pub history_live_p99_ms: f64,
+    /// See `history_live_p50_ms`.
+    pub history_p99_ms: f64,
+    /// Machines the history question matched (the last one).
+    pub history_matched: u64,
+    /// Machines whose simulated history holds the miner.
+    pub history_truth: u64,
 }
 
 /// The morning storm: one package to every machine.
@@ -495,6 +525,11 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
             .map(|r| (r.cells[0].clone(), r.cells[1].clone(), r.count))
             .collect();
     }
+    let history = if a.history_questions > 0 {
+        Some(measure_history(a, fleet).await?)
+    } else {
+        None
+    };
     let actions = measure_actions(a, fleet).await?;
     let package = match a.package_mb {
         Some(mb) => Some(measure_package(a, fleet, mb, report.rings.len()).await?),
@@ -534,6 +569,70 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
         server_msgs_per_action,
         actions,
         package,
+        history,
+    })
+}
+
+/// Asks `text` and waits for every endpoint's answer (at most two minutes): the time, and
+/// where it stood.
+async fn timed(
+    fleet: &Fleet,
+    text: &str,
+    n: usize,
+) -> Result<(f64, rollcall_cluster::questions::Progress)> {
+    let t = Instant::now();
+    let id = fleet.ask(text, Duration::from_secs(600)).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = fleet.rings().answered(id).context("question vanished")?;
+        if got >= n || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    Ok((ms, fleet.progress(id).context("question vanished")?))
+}
+
+/// History questions against live ones, alternated, and the history question's matches
+/// against the simulated histories.
+async fn measure_history(a: &SimArgs, fleet: &Fleet) -> Result<HistoryRun> {
+    use rollcall_actors::history::sim::{miner_sha256, runs};
+    let history_q = format!(
+        "Get Operating System and OS Version from all machines with Process Hash Last Seen[{}] < 90 days",
+        miner_sha256()
+    );
+    let truth = fleet
+        .endpoints
+        .iter()
+        .filter(|e| {
+            runs(&e.host.profile())
+                .iter()
+                .any(|r| r.sha256 == miner_sha256())
+        })
+        .count() as u64;
+    let (mut live_ms, mut history_ms, mut matched) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..a.history_questions {
+        live_ms.push(timed(fleet, SIM_QUESTION, a.endpoints).await?.0);
+        let (ms, p) = timed(fleet, &history_q, a.endpoints).await?;
+        history_ms.push(ms);
+        matched = p.matched;
+    }
+    let sorted = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (l, h) = (sorted(&live_ms), sorted(&history_ms));
+    Ok(HistoryRun {
+        history_live_p50_ms: percentile(&l, 50.0),
+        history_p50_ms: percentile(&h, 50.0),
+        history_live_p99_ms: percentile(&l, 99.0),
+        history_p99_ms: percentile(&h, 99.0),
+        history_live_ms: live_ms,
+        history_ms,
+        history_matched: matched,
+        history_truth: truth,
     })
 }
 
@@ -709,6 +808,18 @@ pub fn print(r: &SimReport) {
             p.package_server_repeats,
             p.host_mbps,
             p.server_mbps
+        );
+    }
+    if let Some(h) = &r.history {
+        println!(
+            "history questions    p50 {:.1} ms, p99 {:.1} ms; live questions beside them p50 {:.1} ms, p99 {:.1} ms (p50 ratio {:.2}); matched {} of the {} machines whose history holds the miner",
+            h.history_p50_ms,
+            h.history_p99_ms,
+            h.history_live_p50_ms,
+            h.history_live_p99_ms,
+            h.history_p50_ms / h.history_live_p50_ms.max(f64::MIN_POSITIVE),
+            h.history_matched,
+            h.history_truth
         );
     }
     println!("server connections   {}", r.server_connections);

@@ -320,6 +320,17 @@ pub(crate) enum BenchCommand {
     /// Rank the search box's test set of plain requests (no server needed) and print the
     /// share whose expected question ranks first and within the first three.
     Search,
+    /// Run the history recorder on this machine's /proc for a while (into a temporary
+    /// store) and print what it cost: CPU per sample and as a share of one core, after the
+    /// first sample (which hashes every running executable once).
+    Recorder {
+        /// The sampling interval.
+        #[arg(long, default_value_t = 5000)]
+        interval_ms: u64,
+        /// How many samples after the first.
+        #[arg(long, default_value_t = 12)]
+        samples: u32,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -201,6 +201,77 @@ fn socket_tables_parse_v4_and_v6_and_skip_malformed_rows() {
     assert_eq!(rows[0].local_port, 8080);
 }
 
+/// A /proc with no processes, these TCP rows and these counters.
+fn fake_proc(root: &std::path::Path, tcp_rows: &[&str], active_opens: u64) {
+    std::fs::create_dir_all(root.join("net")).expect("dir");
+    let head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+    std::fs::write(root.join("net/tcp"), format!("{head}{}", tcp_rows.join(""))).expect("tcp");
+    for f in ["net/tcp6", "net/udp", "net/udp6"] {
+        std::fs::write(root.join(f), head).expect("table");
+    }
+    std::fs::write(
+        root.join("net/snmp"),
+        format!("Tcp: RtoAlgorithm ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab\nTcp: 1 {active_opens} 0 0 0 {}\n", tcp_rows.len()),
+    )
+    .expect("snmp");
+    std::fs::write(
+        root.join("net/sockstat"),
+        format!(
+            "sockets: used 3\nTCP: inuse {} orphan 0 tw 0 alloc 1 mem 1\nUDP: inuse 0 mem 0\n",
+            tcp_rows.len()
+        ),
+    )
+    .expect("sockstat");
+    std::fs::write(root.join("net/sockstat6"), "TCP6: inuse 0\nUDP6: inuse 0\n")
+        .expect("sockstat6");
+}
+
+#[test]
+fn connections_are_recorded_and_idle_samples_skip_the_socket_tables() {
+    let dir = tempfile::tempdir().expect("dir");
+    let root = dir.path().join("proc");
+    let listen = "   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 11 1 0 100 0 0 10 0\n";
+    let conn = "   1: 0100007F:A1B2 4200710A:01BB 01 00000000:00000000 00:00000000 00000000  1000        0 22 1 0 20 4 30 10 -1\n";
+    fake_proc(&root, &[listen], 5);
+    let store = Arc::new(
+        HistoryStore::open(&dir.path().join("h.redb"), Limits::default(), 1).expect("open"),
+    );
+    let mut rec = Recording::new(Box::new(ProcSampler::at(&root)), store.clone());
+    let s = rec.step(1_000).expect("sample");
+    assert_eq!((s.started, s.live), (1, 1), "the listening socket");
+    // Nothing moved: the tables are not read again (a changed table without moved counters
+    // is not seen, which is the point).
+    fake_proc(&root, &[listen, conn], 5);
+    std::fs::write(root.join("net/snmp"), "Tcp: RtoAlgorithm ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab\nTcp: 1 5 0 0 0 1\n").expect("snmp");
+    std::fs::write(
+        root.join("net/sockstat"),
+        "TCP: inuse 1 orphan 0 tw 0 alloc 1 mem 1\nUDP: inuse 0 mem 0\n",
+    )
+    .expect("sockstat");
+    assert_eq!(rec.step(2_000).expect("sample").started, 0);
+    // A connection opened: the counters moved, the tables are read, it is recorded.
+    fake_proc(&root, &[listen, conn], 6);
+    let s = rec.step(3_000).expect("sample");
+    assert_eq!((s.started, s.live), (1, 2), "{s:?}");
+    let c = store
+        .connections("10.113.0.66")
+        .expect("read")
+        .expect("recorded");
+    assert!(c.live);
+    assert_eq!(store.connections("443").expect("read"), Some(c.clone()));
+    // It closes.
+    fake_proc(&root, &[listen], 6);
+    let s = rec.step(4_000).expect("sample");
+    assert_eq!(s.ended, 1, "{s:?}");
+    let c = store.connections("443").expect("read").expect("kept");
+    assert_eq!(
+        (c.first_ms, c.last_ms, c.count, c.live),
+        (3_000, 4_000, 1, false)
+    );
+    // A listening socket is not an outbound connection.
+    assert_eq!(store.connections("22").expect("read"), None);
+}
+
 /// A copy of `cat` with bytes of its own at the end (an ELF runs the same with a tail), so
 /// that its hash is this test's alone.
 fn unique_executable(dir: &std::path::Path) -> (std::path::PathBuf, String) {

@@ -55,7 +55,7 @@ pub struct ProcSampler {
     /// The buffer socket tables are read into.
     table: Vec<u8>,
     /// The socket counters at the last walk of the tables, and the rows it read.
-    sockets_seen: Option<(Vec<u64>, Vec<(&'static str, SocketRow)>)>,
+    sockets_seen: Option<(Vec<u64>, Vec<ProtoRow>)>,
     /// Walks of the socket tables since it started (idle samples skip them).
     pub socket_walks: u64,
 }
@@ -258,7 +258,7 @@ impl ProcSampler {
     /// moved since the last read. (Each read walks the kernel's whole connection table —
     /// 262,144 buckets on a machine with 24 GiB, milliseconds when cold — so an idle
     /// machine's samples skip it.)
-    fn socket_rows(&mut self) -> Vec<(&'static str, SocketRow)> {
+    fn socket_rows(&mut self) -> Vec<ProtoRow> {
         let counters = self.socket_counters();
         if let (Some(now), Some((then, rows))) = (&counters, &self.sockets_seen)
             && now == then
@@ -319,6 +319,9 @@ fn read_table<'b>(path: &std::path::Path, buf: &'b mut Vec<u8>) -> std::io::Resu
     std::str::from_utf8(&buf[..len])
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
+
+/// A socket table row with its protocol (`tcp` or `udp`).
+type ProtoRow = (&'static str, SocketRow);
 
 /// One row of `/proc/net/tcp*` or `/proc/net/udp*`.
 #[derive(Debug, Clone, PartialEq, Eq)]

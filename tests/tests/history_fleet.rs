@@ -90,7 +90,7 @@ async fn history_questions_and_cases_find_exactly_the_machines_whose_history_hol
     let now = rollcall_runtime::signing::unix_ms();
     let within = |margin: i64| {
         truth(&fleet, |r| {
-            r.sha256 == curl && (now.saturating_sub(r.last_ms) as i64) < 30 * 86_400_000 + margin
+            *r.sha256 == *curl && (now.saturating_sub(r.last_ms) as i64) < 30 * 86_400_000 + margin
         })
     };
     let (surely, maybe) = (within(-60_000), within(60_000));
@@ -113,8 +113,8 @@ async fn history_questions_and_cases_find_exactly_the_machines_whose_history_hol
         MINER_POOL.0,
         miner_sha256()
     );
-    let ran_curl = truth(&fleet, |r| r.sha256 == curl);
-    let ran_miner = truth(&fleet, |r| r.sha256 == miner_sha256());
+    let ran_curl = truth(&fleet, |r| *r.sha256 == *curl);
+    let ran_miner = truth(&fleet, |r| &*r.sha256 == miner_sha256());
     assert!(!ran_miner.is_empty() && ran_miner.len() < ran_curl.len());
     let mut cases = Vec::new();
     for (source, text) in [("feed.json", bundle), ("feed.csv", csv)] {

@@ -608,7 +608,7 @@ async fn measure_history(a: &SimArgs, fleet: &Fleet) -> Result<HistoryRun> {
         .filter(|e| {
             runs(&e.host.profile())
                 .iter()
-                .any(|r| r.sha256 == miner_sha256())
+                .any(|r| &*r.sha256 == miner_sha256())
         })
         .count() as u64;
     let (mut live_ms, mut history_ms, mut matched) = (Vec::new(), Vec::new(), 0);

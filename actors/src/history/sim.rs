@@ -6,7 +6,9 @@
 //! processes since boot, keeps a connection to its resolver, and one in a hundred ran a
 //! coin miner ([`MINER_PATH`], hash [`miner_sha256`]) that talked to [`MINER_POOL`].
 
-use std::sync::OnceLock;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -49,6 +51,44 @@ pub fn exe_sha256(path: &str, os: &str, os_version: &str) -> String {
     crate::sensors::sha256_hex(format!("{path}|{os} {os_version}").as_bytes())
 }
 
+type Exes = HashMap<String, HashMap<String, HashMap<String, (Arc<str>, Arc<str>)>>>;
+
+thread_local! {
+    /// (OS, version, executable) → (path, SHA-256): a fleet has a few dozen of each, and
+    /// every machine of a question would otherwise hash them again.
+    static EXES: RefCell<Exes> = RefCell::new(HashMap::new());
+}
+
+/// Executable `path` (or, with `sbin`, the process `path` under `/usr/sbin`) on `os`
+/// `version`: its path and SHA-256, remembered per thread.
+fn exe(path: &str, sbin: bool, os: &str, version: &str) -> (Arc<str>, Arc<str>) {
+    EXES.with(|m| {
+        let mut m = m.borrow_mut();
+        if let Some(e) = m
+            .get(os)
+            .and_then(|v| v.get(version))
+            .and_then(|n| n.get(path))
+        {
+            return e.clone();
+        }
+        let full = if sbin {
+            format!("/usr/sbin/{path}")
+        } else {
+            path.to_string()
+        };
+        let e: (Arc<str>, Arc<str>) = (
+            Arc::from(full.as_str()),
+            Arc::from(exe_sha256(&full, os, version).as_str()),
+        );
+        m.entry(os.to_string())
+            .or_default()
+            .entry(version.to_string())
+            .or_default()
+            .insert(path.to_string(), e.clone());
+        e
+    })
+}
+
 /// When simulated history is measured from: the first time any machine was asked.
 fn epoch_ms() -> u64 {
     static E: OnceLock<u64> = OnceLock::new();
@@ -59,9 +99,9 @@ fn epoch_ms() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimRun {
     /// The executable.
-    pub path: String,
+    pub path: Arc<str>,
     /// Its SHA-256.
-    pub sha256: String,
+    pub sha256: Arc<str>,
     /// First and last run (ms since the Unix epoch).
     pub first_ms: u64,
     /// See `first_ms`.
@@ -79,29 +119,29 @@ pub fn runs(p: &HostProfile) -> Vec<SimRun> {
     let epoch = epoch_ms();
     let mut rng = SmallRng::seed_from_u64(p.seed ^ 0x0415_7012_7e57);
     let mut out = Vec::new();
-    let hash = |path: &str| exe_sha256(path, &p.os, &p.os_version);
     for (path, percent) in APPS {
         let ran = rng.random_range(0..100) < *percent;
         let back = rng.random_range(1..SIM_HISTORY_DAYS * DAY_MS);
         let since_last = rng.random_range(0..=back);
         let count = rng.random_range(1..50);
         if ran {
+            let (path, sha256) = exe(path, false, &p.os, &p.os_version);
             out.push(SimRun {
-                path: path.to_string(),
-                sha256: hash(path),
+                connects: (file_name(&path) == "curl").then(|| ("198.51.100.10".to_string(), 443)),
+                path,
+                sha256,
                 first_ms: epoch - back,
                 last_ms: epoch - since_last,
                 count,
                 live: false,
-                connects: (file_name(path) == "curl").then(|| ("198.51.100.10".to_string(), 443)),
             });
         }
     }
     let booted = epoch - p.uptime_secs * 1000;
     for name in &p.processes {
-        let path = format!("/usr/sbin/{name}");
+        let (path, sha256) = exe(name, true, &p.os, &p.os_version);
         out.push(SimRun {
-            sha256: hash(&path),
+            sha256,
             path,
             first_ms: booted,
             last_ms: epoch,
@@ -110,9 +150,15 @@ pub fn runs(p: &HostProfile) -> Vec<SimRun> {
             connects: None,
         });
     }
+    let (path, sha256) = exe(
+        "/usr/lib/systemd/systemd-resolved",
+        false,
+        &p.os,
+        &p.os_version,
+    );
     out.push(SimRun {
-        path: "/usr/lib/systemd/systemd-resolved".into(),
-        sha256: hash("/usr/lib/systemd/systemd-resolved"),
+        path,
+        sha256,
         first_ms: booted,
         last_ms: epoch,
         count: 1,
@@ -123,7 +169,7 @@ pub fn runs(p: &HostProfile) -> Vec<SimRun> {
         let back = rng.random_range(DAY_MS..30 * DAY_MS);
         out.push(SimRun {
             path: MINER_PATH.into(),
-            sha256: miner_sha256().to_string(),
+            sha256: miner_sha256().into(),
             first_ms: epoch - back,
             last_ms: epoch - back + rng.random_range(60_000..3_600_000),
             count: 1,
@@ -146,7 +192,7 @@ fn sight<'a>(runs: impl Iterator<Item = &'a SimRun>) -> Option<Sighting> {
 impl HistoryView for SimulatedHost {
     fn by_hash(&self, sha256: &str) -> Result<Option<Sighting>, SensorError> {
         let runs = runs(&self.profile());
-        Ok(sight(runs.iter().filter(|r| r.sha256 == sha256)))
+        Ok(sight(runs.iter().filter(|r| &*r.sha256 == sha256)))
     }
 
     fn by_name(&self, name: &str) -> Result<Option<Sighting>, SensorError> {

@@ -1,6 +1,7 @@
-//! A simulated machine's history: deterministic from its seed and profile, computed when
-//! asked (nothing kept per machine), so that history questions run at 100,000 endpoints and
-//! tests can compute the ground truth.
+//! A simulated machine's history: deterministic from its seed and profile, drawn at the
+//! first history question and kept with the host (drawn again after its profile changes),
+//! so that history questions run at 100,000 endpoints and tests can compute the ground
+//! truth.
 //!
 //! Each machine ran some of [`APPS`] now and then over the last 90 days, runs its packages'
 //! processes since boot, keeps a connection to its resolver, and one in a hundred ran a
@@ -191,12 +192,12 @@ fn sight<'a>(runs: impl Iterator<Item = &'a SimRun>) -> Option<Sighting> {
 
 impl HistoryView for SimulatedHost {
     fn by_hash(&self, sha256: &str) -> Result<Option<Sighting>, SensorError> {
-        let runs = runs(&self.profile());
+        let runs = self.history_runs();
         Ok(sight(runs.iter().filter(|r| &*r.sha256 == sha256)))
     }
 
     fn by_name(&self, name: &str) -> Result<Option<Sighting>, SensorError> {
-        let runs = runs(&self.profile());
+        let runs = self.history_runs();
         Ok(sight(
             runs.iter()
                 .filter(|r| file_name(&r.path).eq_ignore_ascii_case(name)),
@@ -205,7 +206,7 @@ impl HistoryView for SimulatedHost {
 
     fn connections(&self, to: &str) -> Result<Option<Sighting>, SensorError> {
         let port: Option<u16> = to.parse().ok();
-        let runs = runs(&self.profile());
+        let runs = self.history_runs();
         Ok(sight(runs.iter().filter(|r| match (&r.connects, port) {
             (Some((_, p)), Some(want)) => *p == want,
             (Some((a, _)), None) => a == to,

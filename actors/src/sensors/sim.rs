@@ -349,22 +349,41 @@ impl HostProfile {
 /// A simulated machine: its profile, which actions change (uninstall removes a package,
 /// delete-file a file), as they would change a real machine.
 #[derive(Debug)]
-pub struct SimulatedHost(std::sync::RwLock<HostProfile>);
+pub struct SimulatedHost {
+    profile: std::sync::RwLock<HostProfile>,
+    /// Its history as last drawn from the profile (drawn again after a change).
+    history: std::sync::Mutex<Option<HistoryRuns>>,
+}
+
+/// A simulated machine's history, drawn once.
+pub type HistoryRuns = std::sync::Arc<Vec<crate::history::sim::SimRun>>;
 
 impl SimulatedHost {
     /// A machine with `profile`.
     pub fn new(profile: HostProfile) -> SimulatedHost {
-        SimulatedHost(std::sync::RwLock::new(profile))
+        SimulatedHost {
+            profile: std::sync::RwLock::new(profile),
+            history: std::sync::Mutex::new(None),
+        }
     }
 
     /// Its profile now.
     pub fn profile(&self) -> std::sync::RwLockReadGuard<'_, HostProfile> {
-        rollcall_runtime::sync::read(&self.0)
+        rollcall_runtime::sync::read(&self.profile)
     }
 
     /// Changes its profile.
     pub fn change<R>(&self, f: impl FnOnce(&mut HostProfile) -> R) -> R {
-        f(&mut rollcall_runtime::sync::write(&self.0))
+        let r = f(&mut rollcall_runtime::sync::write(&self.profile));
+        *rollcall_runtime::sync::lock(&self.history) = None;
+        r
+    }
+
+    /// Its history, drawn from its profile at the first ask after a change.
+    pub fn history_runs(&self) -> HistoryRuns {
+        let mut h = rollcall_runtime::sync::lock(&self.history);
+        h.get_or_insert_with(|| std::sync::Arc::new(crate::history::sim::runs(&self.profile())))
+            .clone()
     }
 }
 

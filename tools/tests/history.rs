@@ -8,14 +8,16 @@ use common::*;
 
 /// A copy of `cat` with bytes of its own at the end (an ELF runs the same with a tail), so
 /// that its SHA-256 is this test's alone.
-fn unique_executable(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+fn unique_executable(dir: &std::path::Path, tag: &str) -> (std::path::PathBuf, String) {
     use sha2::Digest;
     let cat = ["/usr/bin/cat", "/bin/cat"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .expect("cat");
     let mut bytes = std::fs::read(cat).expect("read cat");
-    bytes.extend_from_slice(format!("rollcall history e2e {}", std::process::id()).as_bytes());
+    // Tests of one binary run side by side, each with its own tag.
+    bytes
+        .extend_from_slice(format!("rollcall history e2e {} {tag}", std::process::id()).as_bytes());
     let path = dir.join("probe-tool");
     std::fs::write(&path, &bytes).expect("write");
     let mut perm = std::fs::metadata(&path).expect("meta").permissions();
@@ -31,7 +33,7 @@ fn a_process_that_ran_and_exited_is_found_by_its_hash_with_first_and_last_seen()
     let _server = c.server();
     let _e: Vec<Running> = (1..=2).map(|i| c.endpoint(i)).collect();
     c.wait_members(2);
-    let (exe, sha) = unique_executable(c.dir.path());
+    let (exe, sha) = unique_executable(c.dir.path(), "exited");
     let exe = exe.to_string_lossy().into_owned();
     let question = format!(
         "Get Process Hash History[{sha}] from all machines with Process Hash Last Seen[{sha}] < 1 hour"
@@ -185,7 +187,7 @@ fn an_alert_opens_a_case_with_the_right_machines_and_a_wrong_token_is_refused_an
     server.line_starting("server ");
     let _e: Vec<Running> = (1..=2).map(|i| c.endpoint(i)).collect();
     c.wait_members(2);
-    let (exe, sha) = unique_executable(c.dir.path());
+    let (exe, sha) = unique_executable(c.dir.path(), "alert");
     let mut child = std::process::Command::new(&exe)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

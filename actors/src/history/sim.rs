@@ -3,7 +3,7 @@
 //! so that history questions run at 100,000 endpoints and tests can compute the ground
 //! truth.
 //!
-//! Each machine ran some of [`APPS`] now and then over the last 90 days, runs its packages'
+//! Each machine ran some of [`APPS`] now and then over the last 180 days, runs its packages'
 //! processes since boot, keeps a connection to its resolver, and one in a hundred ran a
 //! coin miner ([`MINER_PATH`], hash [`miner_sha256`]) that talked to [`MINER_POOL`].
 
@@ -36,7 +36,7 @@ pub const MINER_POOL: (&str, u16) = ("203.0.113.66", 3333);
 /// Machines in a thousand that ran it.
 pub const MINER_PER_MILLE: u32 = 10;
 /// How far back simulated history reaches.
-pub const SIM_HISTORY_DAYS: u64 = 90;
+pub const SIM_HISTORY_DAYS: u64 = 180;
 
 const DAY_MS: u64 = 86_400_000;
 

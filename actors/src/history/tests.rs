@@ -419,3 +419,30 @@ fn simulated_history_is_deterministic_and_answers_like_a_real_one() {
 }
 
 use crate::sensors::HostView;
+
+#[tokio::test]
+async fn the_unused_application_question_reads_as_written_and_matches_the_histories() {
+    let catalog = crate::sensors::catalog_with(&[]);
+    let q = crate::question::parse(
+        "Get Computer Name from all machines with Application Last Used[\"visio\"] > 90 days",
+        &catalog,
+    )
+    .expect("parses");
+    let now = rollcall_runtime::signing::unix_ms();
+    let (mut matched, mut want) = (0, 0);
+    for seed in 0..300u64 {
+        let host = Arc::new(SimulatedHost::new(HostProfile::from_seed(seed, None)));
+        let sensors = crate::sensors::Sensors::new(host.clone());
+        if sensors.matches(&q).await {
+            matched += 1;
+        }
+        // Unused for 90 days: never ran in the 90 days the simulated history covers, or
+        // last ran before that (a minute's margin either way for the clock).
+        let last = host.by_name("visio").expect("read").map(|s| s.last_ms);
+        if last.is_none_or(|l| now.saturating_sub(l) > 90 * DAY + 60_000) {
+            want += 1;
+        }
+    }
+    assert_eq!(matched, want);
+    assert!(matched > 250, "{matched} of 300");
+}

@@ -34,7 +34,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Long-running nodes log their lifecycle; one-shot commands only warnings.
     let quiet = !matches!(cli.command, Command::Server(_) | Command::Endpoint(_));
-    telemetry::init(if quiet { "warn" } else { "info" });
+    let format = match cli.log_format {
+        cmd::args::LogFormatArg::Text => telemetry::LogFormat::Text,
+        cmd::args::LogFormatArg::Json => telemetry::LogFormat::Json,
+    };
+    telemetry::init_as(if quiet { "warn" } else { "info" }, format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

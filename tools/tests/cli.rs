@@ -948,3 +948,44 @@ fn hostile_and_long_questions_are_refused_or_answered_and_values_are_counted_one
     );
     assert!(table.contains(&format!("answered {n} of {n}")), "{table}");
 }
+
+/// `--log-format json`: every log line a shipper reads is one JSON object with the time,
+/// the level and the message.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let out = rollcall()
+        .args(["--log-format", "json", "demo", "--endpoints", "3"])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("demo runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert!(lines.len() >= 3, "{err}");
+    for l in &lines {
+        assert!(
+            l["timestamp"].as_str().is_some_and(|t| t.starts_with("20")),
+            "{l}"
+        );
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
+                .contains(&l["level"].as_str().unwrap_or("")),
+            "{l}"
+        );
+        assert!(l["fields"]["message"].is_string(), "{l}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "endpoint enrolled"),
+        "{err}"
+    );
+}

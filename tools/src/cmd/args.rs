@@ -19,8 +19,21 @@ use rollcall_runtime::identity::OperatorRole;
 #[derive(Debug, Parser)]
 #[command(name = "rollcall", version, about, long_about)]
 pub(crate) struct Cli {
+    /// How logs are written to stderr: `text` for people, `json` (one object per line)
+    /// for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Text)]
+    pub(crate) log_format: LogFormatArg,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormatArg {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

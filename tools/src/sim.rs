@@ -2,7 +2,9 @@
 //! simulated hosts as sensors — on the in-memory transport or real QUIC over loopback; and
 //! `rollcall bench scale`, which runs a fixed matrix of sims and writes the results table.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -57,6 +59,11 @@ pub struct SimArgs {
     /// question's matches are checked against the simulated histories.
     #[arg(long, default_value_t = 0)]
     pub history_questions: usize,
+    /// Run on virtual time (one thread, tokio's clock paused and advanced whenever every
+    /// endpoint waits): what is measured is the protocol over the simulated links, not this
+    /// machine's cores. In-memory transport only; not with --serve.
+    #[arg(long, conflicts_with = "serve")]
+    pub virtual_time: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -496,7 +503,7 @@ pub async fn measure(a: &SimArgs, fleet: &Fleet, started: Started) -> Result<Sim
             + Duration::from_secs_f64(start_secs)
             + rollcall_cluster::member::FIRST_REREGISTRATION_WITHIN
             + Duration::from_secs(1);
-        tokio::time::sleep_until(burst_over.into()).await;
+        tokio::time::sleep_until(burst_over).await;
     }
 
     // Questions, one after another.

@@ -300,6 +300,7 @@ where
     }
 }
 
+pub mod fleet;
 pub mod rings;
 
 /// Polls `check` every 20 ms for `duration` and panics naming `what` the first time it fails.

@@ -3,27 +3,15 @@
 
 use std::time::Duration;
 
-use rollcall::fleet::{Fleet, FleetConfig, SimTransport};
+use rollcall::fleet::Fleet;
 use rollcall_actors::action::journal::Journal;
 use rollcall_actors::action::server::ActRequest;
 use rollcall_tests::eventually_or;
-
-/// A fleet of `n` endpoints in rings of 50, formed.
-async fn formed(n: usize, seed: u64) -> Fleet {
-    rollcall_runtime::telemetry::init("off");
-    let fleet = Fleet::start(FleetConfig::chaos(n, 50, SimTransport::Mem, seed), |_| {})
-        .await
-        .expect("fleet");
-    fleet
-        .wait_formed(Duration::from_secs(120), Duration::from_millis(100))
-        .await
-        .expect("formed");
-    fleet
-}
+use rollcall_tests::fleet::formed;
 
 #[tokio::test(start_paused = true)]
 async fn find_act_and_ask_again_on_a_simulated_fleet() {
-    let mut fleet = formed(200, 7).await;
+    let mut fleet = formed(200, 50, 7).await;
     for package in ["vim", "nginx"] {
         let having = |fleet: &Fleet| {
             fleet
@@ -95,7 +83,7 @@ async fn find_act_and_ask_again_on_a_simulated_fleet() {
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_action_never_starts_where_it_waited_or_had_not_arrived() {
-    let mut fleet = formed(100, 9).await;
+    let mut fleet = formed(100, 50, 9).await;
     // One machine is away when the action goes out.
     let away = 17;
     fleet.kill(away);

@@ -5,24 +5,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use rollcall::fleet::{Fleet, FleetConfig, SimTransport};
+use rollcall::fleet::Fleet;
 use rollcall_actors::action::Executor;
 use rollcall_actors::case::{Case, CaseState, OpenCase};
 use rollcall_actors::history::sim::{self, MINER_POOL, exe_sha256, miner_sha256, runs};
 use rollcall_actors::ioc;
 use rollcall_tests::eventually_or;
-
-async fn formed(n: usize, seed: u64) -> Fleet {
-    rollcall_runtime::telemetry::init("off");
-    let fleet = Fleet::start(FleetConfig::chaos(n, 50, SimTransport::Mem, seed), |_| {})
-        .await
-        .expect("fleet");
-    fleet
-        .wait_formed(Duration::from_secs(120), Duration::from_millis(100))
-        .await
-        .expect("formed");
-    fleet
-}
+use rollcall_tests::fleet::{action_done, formed};
 
 /// Host names whose simulated history holds a run that `pick` takes.
 fn truth(fleet: &Fleet, pick: impl Fn(&sim::SimRun) -> bool) -> BTreeSet<String> {
@@ -73,7 +62,7 @@ async fn searched(fleet: &Fleet, req: OpenCase) -> Case {
 #[tokio::test(start_paused = true)]
 async fn history_questions_and_cases_find_exactly_the_machines_whose_history_holds_them() {
     let n = 300;
-    let mut fleet = formed(n, 21).await;
+    let mut fleet = formed(n, 50, 21).await;
     let curl = exe_sha256("/usr/bin/curl", "Ubuntu", "24.04");
 
     // A history question: the machines that ran Ubuntu 24.04's curl in the last 30 days.
@@ -173,17 +162,7 @@ async fn history_questions_and_cases_find_exactly_the_machines_whose_history_hol
     let r = fleet.action(id).expect("report");
     assert!(r.awaiting_approval, "{r:?}");
     fleet.approve(id).await.expect("approve");
-    eventually_or("the response done", Duration::from_secs(60), || {
-        let done = fleet.desk().actions().is_done(id);
-        async move {
-            if done {
-                Ok(())
-            } else {
-                Err("not yet".to_string())
-            }
-        }
-    })
-    .await;
+    action_done(&fleet, id, Duration::from_secs(60)).await;
     let r = fleet.action(id).expect("report");
     assert_eq!(r.targeted as usize, ran_curl.len(), "{r:?}");
     assert_eq!(r.count("completed") as usize, ran_curl.len(), "{r:?}");

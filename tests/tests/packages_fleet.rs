@@ -9,32 +9,11 @@ use rollcall::fleet::{Fleet, FleetConfig, SimTransport};
 use rollcall_actors::action::server::ActRequest;
 use rollcall_patchdist::{ChunkStore, Manifest, endpoint::verify_files};
 use rollcall_tests::eventually_or;
-
-/// A fleet of `n` endpoints in rings of `ring`, formed.
-async fn formed(n: usize, ring: u16, seed: u64) -> Fleet {
-    rollcall_runtime::telemetry::init("off");
-    let fleet = Fleet::start(FleetConfig::chaos(n, ring, SimTransport::Mem, seed), |_| {})
-        .await
-        .expect("fleet");
-    fleet
-        .wait_formed(Duration::from_secs(120), Duration::from_millis(100))
-        .await
-        .expect("formed");
-    fleet
-}
+use rollcall_tests::fleet::{action_done, formed};
 
 /// `len` pseudo-random bytes from `seed`: no two chunks alike (the sim's own generator).
 fn payload(len: usize, seed: u64) -> Bytes {
     Bytes::from(rollcall::sim::random_bytes(len, seed))
-}
-
-async fn wait_done(fleet: &Fleet, id: u64, within: Duration) {
-    eventually_or("every targeted machine done", within, || {
-        let r = fleet.action(id);
-        let done = fleet.desk().actions().is_done(id);
-        async move { if done { Ok(()) } else { Err(format!("{r:?}")) } }
-    })
-    .await;
 }
 
 fn holds_all(cache: &dyn ChunkStore, m: &Manifest) -> bool {
@@ -55,7 +34,7 @@ async fn a_package_reaches_three_rings_with_one_server_copy_per_ring() {
         .expect("package added");
     assert_eq!(m.chunk_count(), 23 + 2);
     let id = fleet.act(ActRequest::all("fix", &[])).await.expect("act");
-    wait_done(&fleet, id, Duration::from_secs(120)).await;
+    action_done(&fleet, id, Duration::from_secs(120)).await;
     let r = fleet.action(id).expect("report");
     assert_eq!((r.targeted, r.count("completed")), (60, 60), "{r:?}");
     for e in &fleet.endpoints {
@@ -360,7 +339,7 @@ async fn three_rings_on_real_quic_receive_a_package() {
     );
     // Every machine ran it once (checked above on each machine's executor); the server's
     // report counts every machine whose status it heard as completed.
-    wait_done(&fleet, id, Duration::from_secs(60)).await;
+    action_done(&fleet, id, Duration::from_secs(60)).await;
     let r = fleet.action(id).expect("report");
     assert_eq!(r.count("completed"), r.targeted, "{r:?}");
     fleet.shutdown().await;

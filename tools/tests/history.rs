@@ -171,15 +171,7 @@ fn an_alert_opens_a_case_with_the_right_machines_and_a_wrong_token_is_refused_an
         "[alerts]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\nrespond_with = \"quarantine\"\n"
     ));
     std::fs::write(c.path("server.toml"), server_cfg).expect("cfg");
-    let server = Running::start(&[
-        "server",
-        "--ca-dir",
-        &c.p("ca"),
-        "--listen",
-        &c.addr,
-        "--config",
-        &c.p("server.toml"),
-    ]);
+    let server = c.start_server();
     let url = server
         .line_starting("alerts listening on ")
         .trim_start_matches("alerts listening on ")

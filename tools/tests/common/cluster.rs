@@ -44,8 +44,9 @@ impl Cluster {
         );
     }
 
-    pub fn server(&self) -> Running {
-        let s = Running::start(&[
+    /// The server with `server.toml`, its first lines not read yet.
+    pub fn start_server(&self) -> Running {
+        Running::start(&[
             "server",
             "--ca-dir",
             &self.p("ca"),
@@ -53,7 +54,12 @@ impl Cluster {
             &self.addr,
             "--config",
             &self.p("server.toml"),
-        ]);
+        ])
+    }
+
+    /// The server, once it listens.
+    pub fn server(&self) -> Running {
+        let s = self.start_server();
         s.line_starting("server ");
         s
     }

@@ -46,6 +46,8 @@ pub enum Purpose {
     SensorConfig,
     /// An action: what an endpoint runs, on which machines, until when.
     Action,
+    /// A chaos fault for one endpoint that allows them (`--allow-chaos`).
+    Chaos,
 }
 
 impl Purpose {
@@ -54,6 +56,7 @@ impl Purpose {
             Purpose::Question => b"rollcall/question/v1",
             Purpose::SensorConfig => b"rollcall/sensor-config/v1",
             Purpose::Action => b"rollcall/action/v1",
+            Purpose::Chaos => b"rollcall/chaos/v1",
         }
     }
 }

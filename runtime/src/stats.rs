@@ -88,6 +88,11 @@ counters! {
     chunks_rejected,
     /// Chunk requests answered "busy" because the chunk pool's queue was full.
     chunks_shed,
+    /// Chaos faults this endpoint applied (`--allow-chaos`).
+    chaos_applied,
+    /// Chaos commands this endpoint refused: chaos not allowed here, a bad or expired
+    /// signature, a replay, or a command for another machine.
+    chaos_refused,
     /// Bytes of partial frames being read right now (a level, not a count).
     frame_bytes_reading,
 }

@@ -37,6 +37,55 @@ pub struct RawConfig {
     /// `[alerts]` settings (server).
     #[serde(default)]
     pub alerts: RawAlerts,
+    /// `[chaos]` settings (endpoints).
+    #[serde(default)]
+    pub chaos: RawChaos,
+}
+
+/// `[chaos]` as written (endpoints): whether this machine's chaos agent applies the faults
+/// an admin's `rollcall chaos` relays through the server. For test clusters only.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChaos {
+    /// Apply relayed faults (default false: they are refused, and the server audits it).
+    pub allow: Option<bool>,
+    /// Every fault but a kill ends by itself after this many seconds (default 300, 1 to
+    /// 86400), so a machine cut off from the server heals.
+    pub fault_limit_secs: Option<u64>,
+}
+
+/// `[chaos]` validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChaosSettings {
+    /// Whether faults are applied.
+    pub allow: bool,
+    /// How long a fault lasts at most.
+    pub fault_limit: std::time::Duration,
+}
+
+impl Default for ChaosSettings {
+    fn default() -> Self {
+        ChaosSettings {
+            allow: false,
+            fault_limit: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+impl RawChaos {
+    /// Applies defaults and checks ranges.
+    pub fn validate(self) -> Result<ChaosSettings, ConfigError> {
+        let secs = self.fault_limit_secs.unwrap_or(300);
+        if !(1..=86_400).contains(&secs) {
+            return Err(ConfigError::Invalid(
+                "[chaos] fault_limit_secs must be from 1 to 86400".into(),
+            ));
+        }
+        Ok(ChaosSettings {
+            allow: self.allow.unwrap_or(false),
+            fault_limit: std::time::Duration::from_secs(secs),
+        })
+    }
 }
 
 /// Validated configuration.
@@ -56,6 +105,8 @@ pub struct Config {
     pub history: HistorySettings,
     /// The alert listener (server).
     pub alerts: AlertSettings,
+    /// The chaos agent (endpoints).
+    pub chaos: ChaosSettings,
 }
 
 impl RawConfig {
@@ -74,6 +125,7 @@ impl RawConfig {
             actions: self.actions.validate()?,
             history: self.history.validate()?,
             alerts: self.alerts.validate()?,
+            chaos: self.chaos.validate()?,
         })
     }
 }

@@ -2,7 +2,6 @@
 //! `rollcall bench`, shared with the fault-scenario suite.
 
 pub mod alerts;
-#[cfg(feature = "simulation")]
 pub mod chaos;
 pub mod compose;
 pub mod config;

@@ -9,7 +9,6 @@ use anyhow::{Context, Result, bail};
 mod bench;
 mod cmd;
 
-#[cfg(feature = "simulation")]
 use cmd::chaos::*;
 use cmd::{actions::*, args::*, ca::*, demo::*, nodes::*, questions::*, rings::*};
 use rollcall::desk_client::*;
@@ -138,7 +137,6 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 bail!("not every endpoint answered every question");
             }
         }
-        #[cfg(feature = "simulation")]
         Command::Chaos(a) => return chaos_command(a).await,
         #[cfg(feature = "simulation")]
         Command::Bench(BenchCommand::Scale {

@@ -985,6 +985,12 @@ fn audited(req: &DeskRequest) -> Option<String> {
 }
 
 impl QuestionDesk {
+    /// Records in the audit log a request served beside the desk (a chaos command relayed
+    /// to endpoints): who, what, and how it went.
+    pub fn record_audit(&self, who: &rollcall_runtime::PeerIdentity, what: &str, outcome: &str) {
+        self.audit(who, what, &DeskReply::Done(outcome.to_string()));
+    }
+
     /// Appends `who`'s request `what` and its outcome to the audit log (when the desk has a
     /// store; a failure to write is logged, never lost silently).
     fn audit(&self, who: &rollcall_runtime::PeerIdentity, what: &str, reply: &DeskReply) {

@@ -6,6 +6,11 @@ use std::time::Duration;
 #[allow(unused_imports)]
 use super::*;
 
+/// The one route faults never hold or delay: the chaos agent's on a real endpoint, so that a
+/// paused or slowed machine can still be told to resume or heal (socket faults still apply:
+/// a partition from the server also cuts the agent off, which is why its faults expire).
+pub const CHAOS_AGENT_ROUTE: &str = "chaos.agent";
+
 /// Faults put on a whole node, on any transport (chaos commands and fault tests use them).
 ///
 /// - **Paused**: a grey node. Its connections stay up (the transport keeps them alive), but

@@ -179,6 +179,7 @@ impl ReplyPort {
                 AnyStream::Now(n.stream),
                 rx,
                 ack_rx,
+                true,
             ));
             self.0 = Port::Task {
                 tx,

@@ -226,12 +226,16 @@ pub(super) async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut st
             return;
         }
     };
-    // A paused node holds what it received; a slowed one waits.
-    shared.faults.pass().await;
     let (env, call_id, target) = match admit(&shared, &peer, &payload, stream.expects_reply()) {
         Ok(a) => a,
         Err(e) => return reject(&shared, &peer, stream, e),
     };
+    // A paused node holds what it received; a slowed one waits (except for the chaos agent,
+    // which must hear "resume", and answer it).
+    let faulted = env.to != CHAOS_AGENT_ROUTE;
+    if faulted {
+        shared.faults.pass().await;
+    }
     let (tx, rx) = oneshot::channel();
     let (ack_tx, ack_rx) = oneshot::channel();
     let incoming = Incoming {
@@ -255,12 +259,12 @@ pub(super) async fn serve_stream(shared: Arc<Shared>, peer: PeerIdentity, mut st
     }
     let Some(id) = call_id else { return };
     let to = peer.id.clone();
-    answer_stream(shared, to, id, stream, rx, ack_rx).await;
+    answer_stream(shared, to, id, stream, rx, ack_rx, faulted).await;
 }
 
 /// Writes the local actor's acknowledgement and answer to call `id` from `to` onto its
 /// stream, as they come (an acknowledgement given first goes out first), each after what the
-/// node's faults say; refuses the call if no answer comes within the serve timeout.
+/// node's faults say (`faulted`: false for the chaos agent's route); refuses the call if no answer comes within the serve timeout.
 pub(super) async fn answer_stream(
     shared: Arc<Shared>,
     to: NodeId,
@@ -268,6 +272,7 @@ pub(super) async fn answer_stream(
     mut stream: AnyStream,
     mut rx: oneshot::Receiver<Result<Vec<u8>, RefuseCode>>,
     ack_rx: oneshot::Receiver<()>,
+    faulted: bool,
 ) {
     let answered = async {
         let mut ack_rx = Some(ack_rx);
@@ -283,7 +288,9 @@ pub(super) async fn answer_stream(
                 }, if ack_rx.is_some() => {
                     ack_rx = None;
                     if a.is_ok() {
-                        shared.faults.pass().await;
+                        if faulted {
+                            shared.faults.pass().await;
+                        }
                         if let Err(e) = stream.ack().await {
                             tracing::debug!(peer = %to, error = %e, "acknowledgement not delivered");
                         }
@@ -301,7 +308,9 @@ pub(super) async fn answer_stream(
             return stream.refuse(RefuseCode::NoAnswer);
         }
     };
-    shared.faults.pass().await;
+    if faulted {
+        shared.faults.pass().await;
+    }
     match reply_frame(&shared, to.as_str(), id, &answer) {
         Ok(frame) => {
             if let Err(e) = stream.reply(frame).await {

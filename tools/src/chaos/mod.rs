@@ -37,13 +37,23 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod agent;
+mod commands;
+pub use commands::*;
+#[cfg(feature = "simulation")]
 mod observe;
+pub mod relay;
+#[cfg(feature = "simulation")]
 #[allow(unused_imports)]
 pub use observe::*;
+#[cfg(feature = "simulation")]
 mod run;
+#[cfg(feature = "simulation")]
 #[allow(unused_imports)]
 pub use run::*;
+#[cfg(feature = "simulation")]
 mod control;
+#[cfg(feature = "simulation")]
 #[allow(unused_imports)]
 pub use control::*;
 
@@ -261,10 +271,11 @@ impl ScenarioReport {
     }
 }
 
-/// Name of the chaos actor on a simulation's operator-facing node.
+/// The chaos route operators call: on a simulation's operator-facing node it applies faults
+/// to the simulated fleet; on a real server it relays them to endpoints' chaos agents.
 pub const CHAOS: &str = "chaos.control";
 
-#[cfg(test)]
+#[cfg(all(test, feature = "simulation"))]
 mod tests {
     use super::*;
     use rollcall_cluster::questions::{Progress, RowCount};

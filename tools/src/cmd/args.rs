@@ -104,11 +104,12 @@ pub(crate) enum Command {
     /// registration time, time to 100% of answers, server messages and bytes, memory.
     #[cfg(feature = "simulation")]
     Sim(sim::SimArgs),
-    /// Inject faults into a fleet served by `rollcall sim --serve`, or run a fault scenario
-    /// and print its invariant table (admin role). The server flags come first, e.g.
+    /// Inject faults (admin role): into a real cluster, whose server relays each fault to
+    /// the targeted endpoints started with `--allow-chaos` (others refuse, and the refusal
+    /// is audited), or into a fleet served by `rollcall sim --serve`, which also runs fault
+    /// scenarios and prints their invariant table. The server flags come first, e.g.
     /// `rollcall chaos --server 127.0.0.1:4800 --cert-dir ops kill --random 10%`, or
     /// `... --scenario ring-split`, `... --scenario all`.
-    #[cfg(feature = "simulation")]
     Chaos(ChaosArgs),
     /// Benchmarks.
     #[command(subcommand)]
@@ -641,6 +642,11 @@ pub(crate) struct EndpointArgs {
     /// instead of reading this one: for test fleets.
     #[arg(long, value_name = "SEED")]
     pub(crate) simulate_host: Option<u64>,
+    /// Let an admin's `rollcall chaos` (relayed and signed by the server) kill, pause, slow,
+    /// partition or degrade this process, for failover tests on a test cluster [default:
+    /// off, or chaos.allow]. Without it such commands are refused and the server audits it.
+    #[arg(long)]
+    pub(crate) allow_chaos: bool,
     /// Shortest registration interval in milliseconds [default: 30000, or ring.register_min_ms].
     #[arg(long)]
     pub(crate) register_min_ms: Option<u64>,

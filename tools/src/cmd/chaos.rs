@@ -1,4 +1,5 @@
-//! `rollcall chaos`: faults and scenarios against a served fleet.
+//! `rollcall chaos`: faults against a real cluster's endpoints (relayed by its server) or a
+//! served simulated fleet, and scenarios against the latter.
 
 use std::time::Duration;
 
@@ -108,7 +109,7 @@ pub(crate) async fn chaos_command(a: ChaosArgs) -> Result<std::process::ExitCode
                 ),
             )) => {
                 bail!(
-                    "{} takes no chaos commands: they run against a fleet served by `rollcall sim --serve`",
+                    "{} takes no chaos commands (a server or a fleet served by `rollcall sim --serve` does)",
                     a.op.server
                 )
             }
@@ -122,6 +123,24 @@ pub(crate) async fn chaos_command(a: ChaosArgs) -> Result<std::process::ExitCode
                     println!("applied to {} endpoint(s):", who.len());
                     for (id, ip) in who {
                         println!("  {id}  {ip}");
+                    }
+                }
+            }
+            ChaosReply::Relayed(all) => {
+                let refused = all.iter().filter(|o| !o.applied).count();
+                ok &= refused == 0;
+                if a.json {
+                    println!("{}", serde_json::to_string(&all)?);
+                } else {
+                    println!("{}", rollcall::chaos::relay::summary(&all));
+                    for o in &all {
+                        println!(
+                            "  {}  {}  {}  {}",
+                            o.id,
+                            o.addr,
+                            if o.applied { "applied" } else { "NOT APPLIED" },
+                            o.detail
+                        );
                     }
                 }
             }

@@ -107,6 +107,7 @@ pub(crate) async fn start_server(
     // Packages' files: every chunk an admin uploaded, never evicted.
     let chunks = rollcall_patchdist::FileCache::open(&state_dir.join("origin.redb"), u64::MAX)
         .context("opening the package store")?;
+    let signer_for_chaos = signer.clone();
     let services = compose::start_server_services_with(
         &node,
         rcfg,
@@ -132,6 +133,12 @@ pub(crate) async fn start_server(
     if let Some(addr) = rollcall::alerts::serve(services.desk.clone(), &cfg.alerts, &ca).await? {
         println!("alerts listening on https://{addr}/alerts");
     }
+    rollcall::chaos::relay::ChaosRelay::install(
+        &node,
+        services.rings.clone(),
+        services.desk.clone(),
+        signer_for_chaos,
+    );
     rollcall_runtime::renewal::CaRenewal::install(&node, ca);
     if let Some(dir) = ca_dir {
         compose::watch_revocations(&node, &services, dir.to_path_buf())?;
@@ -268,9 +275,17 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
     .await
     .context("enrolling")?;
     let secret = identity::load_or_create_secret(&a.state_dir)?;
+    let allow_chaos = a.allow_chaos || cfg.chaos.allow;
+    // Socket faults only where chaos is allowed: every datagram passes through them.
+    let socket_faults = allow_chaos.then(|| {
+        Arc::new(rollcall_runtime::transport::faults::SocketFaults::seeded(
+            rand_seed(),
+        ))
+    });
     let opts = QuicOptions {
         timeouts: cfg.link.timeouts,
         limits: cfg.link.limits,
+        faults: socket_faults.clone(),
         ..QuicOptions::default()
     };
     let t = QuicTransport::bind(a.listen, &enrolled.creds, &secret, opts)
@@ -334,6 +349,17 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         _ => None,
     };
     let trust = Arc::new(enrolled.trust);
+    rollcall::chaos::agent::ChaosAgent::install(
+        &node,
+        allow_chaos,
+        trust.clone(),
+        socket_faults,
+        cfg.chaos.fault_limit,
+        a.server.ip(),
+    );
+    if allow_chaos {
+        tracing::warn!("chaos commands allowed: an admin may kill, pause or degrade this process");
+    }
     let member = start_member(
         &node,
         a.server,

@@ -66,13 +66,18 @@ impl Cluster {
 
     /// Endpoint `i` at 127.0.4.i, its `[actions] file_roots` its own folder `root{i}`.
     pub fn endpoint(&self, i: u8) -> Running {
+        self.endpoint_with(i, "")
+    }
+
+    /// Endpoint `i` with `extra` appended to its configuration file.
+    pub fn endpoint_with(&self, i: u8, extra: &str) -> Running {
         let root = self.path(&format!("root{i}"));
         std::fs::create_dir_all(&root).expect("root");
         let cfg = self.path(&format!("ep{i}.toml"));
         std::fs::write(
             &cfg,
             format!(
-                "[actions]\nfile_roots = [{:?}]\n{}",
+                "[actions]\nfile_roots = [{:?}]\n{}\n{extra}",
                 root.to_string_lossy(),
                 self.endpoint_config
             ),

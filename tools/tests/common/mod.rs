@@ -76,6 +76,27 @@ impl Running {
     }
 }
 
+impl Running {
+    /// The process's exit code once it exits within `deadline` (`None` if it does not, or
+    /// died by a signal). The process is left for `Drop` to reap.
+    pub fn exit_code_within(&self, deadline: Duration) -> Option<i32> {
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // WNOWAIT: learn of the exit without reaping, so the pid stays ours.
+            let _ = tx.send(waitid(
+                Id::Pid(pid),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+            ));
+        });
+        match rx.recv_timeout(deadline) {
+            Ok(Ok(WaitStatus::Exited(_, code))) => Some(code),
+            _ => None,
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();

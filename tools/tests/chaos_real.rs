@@ -1,0 +1,123 @@
+//! `rollcall chaos` against a real cluster: the server relays each fault, signed, to the
+//! chaos agents of the endpoint processes it targets; endpoints started without
+//! `--allow-chaos` refuse; viewers are refused; every request is audited.
+
+mod common;
+use common::cluster::*;
+use common::*;
+use std::time::Duration;
+
+const ALLOW: &str = "[chaos]\nallow = true\n";
+
+/// `rollcall chaos` as `who` (the server flags come before the fault).
+fn chaos(c: &Cluster, who: &str, args: &[&str]) -> std::process::Output {
+    let dir = c.p(who);
+    let mut all = vec!["chaos", "--server", &c.addr, "--cert-dir", &dir];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+#[test]
+fn faults_reach_real_endpoint_processes_through_the_server() {
+    let c = cluster();
+    let _server = c.server();
+    let _e1 = c.endpoint_with(1, ALLOW);
+    let _e2 = c.endpoint_with(2, ALLOW);
+    let e3 = c.endpoint_with(3, ALLOW);
+    let _e4 = c.endpoint(4);
+    c.wait_members(4);
+
+    // A viewer may not: refused before anything is relayed, and audited.
+    let v = chaos(&c, "vera", &["kill", "--all"]);
+    assert!(!v.status.success());
+    let err = String::from_utf8_lossy(&v.stderr);
+    assert!(err.contains("needs the admin role"), "{err}");
+
+    // An endpoint started without --allow-chaos refuses; the command fails and says why.
+    let refused = chaos(&c, "alice", &["pause", "--node", "127.0.4.4"]);
+    assert_eq!(code(&refused), 1, "{}", stdout(&refused));
+    let said = stdout(&refused);
+    assert!(said.starts_with("applied on 0 of 1"), "{said}");
+    assert!(said.contains("NOT APPLIED"), "{said}");
+    assert!(said.contains("start it with --allow-chaos"), "{said}");
+
+    // A grey machine: paused, it keeps its links and answers nothing; the others answer.
+    let paused = chaos(&c, "alice", &["pause", "--node", "127.0.4.2"]);
+    assert!(paused.status.success(), "{}", stdout(&paused));
+    assert!(stdout(&paused).starts_with("applied on 1 of 1"));
+    let asked = c.json(
+        "olga",
+        &[
+            "ask",
+            "Get Computer Name from all machines",
+            "--wait-secs",
+            "4",
+            "--json",
+        ],
+    );
+    assert_eq!(asked["answered"], 3, "{asked:#}");
+    assert_eq!(asked["expected"], 4, "{asked:#}");
+    let rings = c.json("vera", &["ring", "show", "--json"]);
+    let e2_id = rings["rings"][0]["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| {
+            m["addr"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.4.2:"))
+        })
+        .map(|m| m["id"].clone())
+        .expect("endpoint 2 in the ring");
+    assert_eq!(asked["not_answered"][0][0], e2_id, "{asked:#}\n{rings:#}");
+    // Resumed (the agent hears it although the node is paused), it answers the open
+    // question late.
+    let resumed = chaos(&c, "alice", &["resume", "--node", "127.0.4.2"]);
+    assert!(resumed.status.success(), "{}", stdout(&resumed));
+    let id = asked["id"].as_u64().expect("id").to_string();
+    run_until(
+        &[
+            "results",
+            &id,
+            "--json",
+            "--server",
+            &c.addr,
+            "--cert-dir",
+            &c.p("vera"),
+        ],
+        1_000,
+        |out| {
+            serde_json::from_str::<serde_json::Value>(out)
+                .is_ok_and(|v| v["answered"] == 4 && v["rows"][0]["count"] == 4)
+        },
+    );
+
+    // A kill: the process exits at once, with no goodbye.
+    let killed = chaos(&c, "alice", &["kill", "--node", "127.0.4.3"]);
+    assert!(killed.status.success(), "{}", stdout(&killed));
+    assert!(
+        stdout(&killed).contains("exiting now"),
+        "{}",
+        stdout(&killed)
+    );
+    assert_eq!(e3.exit_code_within(Duration::from_secs(10)), Some(137));
+
+    // Every request is in the audit log with what each machine said.
+    let audit = c.as_("alice", &["audit", "--json", "--last", "100"]);
+    assert!(audit.status.success());
+    let text = stdout(&audit);
+    for want in [
+        "chaos kill --all",
+        "needs the admin role",
+        "chaos pause --node 127.0.4.4",
+        "applied on 0 of 1; not on 1",
+        "takes no chaos commands",
+        "chaos pause --node 127.0.4.2",
+        "chaos resume --node 127.0.4.2",
+        "chaos kill --node 127.0.4.3",
+        "applied on 1 of 1",
+    ] {
+        assert!(text.contains(want), "{want} not in\n{text}");
+    }
+    assert!(text.contains("\"chain_intact\":true"), "{text}");
+}

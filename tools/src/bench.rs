@@ -1,12 +1,18 @@
 //! `rollcall bench scale`: runs the scale matrix as separate `rollcall sim` processes (so each
-//! run's memory is its own) and writes a Markdown table with the machine and the command.
+//! run's memory is its own) and writes a Markdown table with the machine and the command;
+//! `rollcall bench recorder`: the history recorder's cost on this machine.
 
+#[cfg(feature = "simulation")]
 use std::path::Path;
+#[cfg(feature = "simulation")]
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+#[cfg(feature = "simulation")]
+use anyhow::{Context, bail};
+use anyhow::Result;
 
+#[cfg(feature = "simulation")]
 use crate::sim::SimReport;
 
 fn machine() -> String {
@@ -35,6 +41,7 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem_gib:.1} GiB memory")
 }
 
+#[cfg(feature = "simulation")]
 fn run_sim(args: &[String]) -> Result<SimReport> {
     let exe = std::env::current_exe().context("finding the rollcall binary")?;
     eprintln!("rollcall sim {}", args.join(" "));
@@ -56,6 +63,7 @@ fn run_sim(args: &[String]) -> Result<SimReport> {
 }
 
 /// Runs the matrix and writes `out`.
+#[cfg(feature = "simulation")]
 pub fn scale(out: &Path, max_endpoints: usize, questions: usize) -> Result<()> {
     let q = questions.to_string();
     let mut runs: Vec<(String, Vec<String>)> = Vec::new();

@@ -5,7 +5,6 @@
 
 use anyhow::{Context, Result, bail};
 
-#[cfg(feature = "simulation")]
 mod bench;
 mod cmd;
 
@@ -112,6 +111,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 bail!("not every endpoint answered every question");
             }
         }
+        #[cfg(feature = "simulation")]
         Command::Sim(a) => {
             let (mut fleet, started) = sim::start(&a).await?;
             let r = sim::measure(&a, &fleet, started).await;

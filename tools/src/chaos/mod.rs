@@ -141,6 +141,7 @@ impl Scenario {
         )
     }
 
+    #[cfg(feature = "simulation")]
     fn mid_question(self) -> bool {
         matches!(
             self,

@@ -4,7 +4,6 @@ pub(crate) mod actions;
 pub(crate) mod args;
 pub(crate) mod ca;
 pub(crate) mod cases;
-#[cfg(feature = "simulation")]
 pub(crate) mod chaos;
 pub(crate) mod demo;
 pub(crate) mod export;

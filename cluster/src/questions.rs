@@ -344,13 +344,36 @@ impl QuestionStore {
         ttl: Duration,
         live: impl Iterator<Item = (&'a NodeId, &'a CompactString)> + Clone,
     ) -> u64 {
+        self.create_as(None, text, columns, body, ttl, live)
+    }
+
+    /// [`Questions::create`] under a given id (`None`: the next one): a question asked
+    /// again after a server restart keeps its number, signed anew, so every machine answers
+    /// it afresh (a member drops what it held under the same id with another signature).
+    pub fn create_as<'a>(
+        &self,
+        id: Option<u64>,
+        text: String,
+        columns: Vec<String>,
+        body: Vec<u8>,
+        ttl: Duration,
+        live: impl Iterator<Item = (&'a NodeId, &'a CompactString)> + Clone,
+    ) -> u64 {
         let expected = self.index(live);
         // Most expected machines answer: room for them all at once, not rehashing as they do.
         let answers = HashMap::with_capacity(expected.len());
         let now = tokio::time::Instant::now().into_std();
         let mut st = self.lock();
-        st.0 += 1;
-        let id = st.0;
+        let id = match id {
+            Some(id) => {
+                st.0 = st.0.max(id);
+                id
+            }
+            None => {
+                st.0 += 1;
+                st.0
+            }
+        };
         let stamp = Stamp::now_for(ttl);
         let signature = self.signer.sign(Purpose::Question, id, stamp, &body);
         st.1.insert(

@@ -648,6 +648,19 @@ impl RingServer {
         body: Vec<u8>,
         ttl: Duration,
     ) -> u64 {
+        self.ask_as(None, text, columns, body, ttl).await
+    }
+
+    /// [`RingServer::ask`] under a given id (`None`: the next one): a question that was open
+    /// when the server stopped, asked again once it is back.
+    pub async fn ask_as(
+        &self,
+        id: Option<u64>,
+        text: String,
+        columns: Vec<String>,
+        body: Vec<u8>,
+        ttl: Duration,
+    ) -> u64 {
         let report = self.report(None).await;
         let live = report
             .rings
@@ -656,7 +669,7 @@ impl RingServer {
             .chain(report.isolated.iter())
             .filter(|m| m.health != crate::proto::Health::Offline)
             .map(|m| (&m.id, &m.hostname));
-        let id = self.questions.create(text, columns, body, ttl, live);
+        let id = self.questions.create_as(id, text, columns, body, ttl, live);
         let me = self.clone();
         tokio::spawn(async move { me.fan_out(id, report).await });
         id

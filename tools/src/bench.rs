@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use anyhow::Result;
 #[cfg(feature = "simulation")]
 use anyhow::{Context, bail};
-use anyhow::Result;
 
 #[cfg(feature = "simulation")]
 use crate::sim::SimReport;

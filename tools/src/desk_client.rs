@@ -124,6 +124,18 @@ impl DeskClient {
         Ok(p)
     }
 
+    /// The rings as the server reports them (viewer role).
+    pub async fn rings(&self) -> Result<rollcall_cluster::proto::RingsReport> {
+        self.link
+            .call(
+                rollcall_cluster::proto::RING_ADMIN,
+                &rollcall_cluster::proto::AdminRequest::Show { subnet: None },
+                Duration::from_secs(10),
+            )
+            .await
+            .context("asking for the rings")
+    }
+
     /// Closes the connection and its node.
     pub async fn close(self) {
         self.node.shutdown_and_wait(Duration::from_secs(1)).await;

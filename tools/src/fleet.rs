@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::chaos::FormationGaps;
 use anyhow::{Context, Result, bail};
 use ractor::ActorRef;
 use rollcall_actors::action::journal::MemJournal;
@@ -20,7 +21,7 @@ use rollcall_actors::sensors::sim::{HostProfile, SimulatedHost};
 use rollcall_actors::store::ServerStore;
 use rollcall_cluster::member::MemberMsg;
 use rollcall_cluster::membership::{MembershipConfig, parse_cidr};
-use rollcall_cluster::proto::{Health, MemberReport, RingsReport};
+use rollcall_cluster::proto::RingsReport;
 use rollcall_cluster::questions::Progress;
 use rollcall_cluster::ring::RingConfig;
 use rollcall_cluster::shard::{RingServer, RingServerConfig};
@@ -748,60 +749,7 @@ impl Fleet {
     /// progress lines while a large fleet forms, and for the reason when it does not.
     pub fn formation_gaps(&self, report: &RingsReport) -> FormationGaps {
         let alive = self.endpoints.iter().filter(|e| e.alive()).count();
-        let mut g = FormationGaps {
-            alive,
-            rings: report.rings.len(),
-            ..FormationGaps::default()
-        };
-        // An isolated machine is a chain of one: it leads (its health is nobody's report).
-        for m in report
-            .isolated
-            .iter()
-            .filter(|m| m.health != Health::Offline)
-        {
-            g.registered += 1;
-            g.rings_misled += usize::from(!m.leads.forward);
-        }
-        for r in &report.rings {
-            let chain: Vec<&MemberReport> = r
-                .members
-                .iter()
-                .filter(|m| m.health != Health::Offline)
-                .collect();
-            let n = chain.len();
-            g.registered += n;
-            g.unhealthy += chain
-                .iter()
-                .filter(|m| !matches!(m.health, Health::Ok | Health::Slow))
-                .count();
-            g.rings_missing_links += usize::from(r.leader_links != n.min(2));
-            let misplaced = |(i, m): &(usize, &&MemberReport)| {
-                m.leads.forward != (*i == 0) || m.leads.backward != (i + 1 == n)
-            };
-            if chain.iter().enumerate().any(|x| misplaced(&x)) {
-                g.rings_misled += 1;
-                if g.example.is_none() {
-                    let who: Vec<String> = chain
-                        .iter()
-                        .enumerate()
-                        .filter(misplaced)
-                        .map(|(i, m)| {
-                            format!(
-                                "#{i} of {n} leads forward {} backward {}",
-                                m.leads.forward, m.leads.backward
-                            )
-                        })
-                        .collect();
-                    g.example = Some(format!(
-                        "ring {} ({} leader links): {}",
-                        r.ring.0,
-                        r.leader_links,
-                        who.join(", ")
-                    ));
-                }
-            }
-        }
-        g
+        FormationGaps::of(report, alive)
     }
 
     /// Waits until [`Fleet::one_chain_each`] holds, polling every `every`; returns how long it
@@ -875,56 +823,5 @@ impl Fleet {
         self.server
             .shutdown_and_wait(Duration::from_millis(500))
             .await;
-    }
-}
-
-/// What keeps a fleet from having formed (see [`Fleet::formation_gaps`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FormationGaps {
-    /// Endpoints running.
-    pub alive: usize,
-    /// Endpoints the server holds online.
-    pub registered: usize,
-    /// Rings the server holds.
-    pub rings: usize,
-    /// Online ring members suspected or not yet confirmed by their neighbours.
-    pub unhealthy: usize,
-    /// Rings whose leaders do not hold exactly their links to the server.
-    pub rings_missing_links: usize,
-    /// Rings where a member other than the first leads forward or other than the last
-    /// backward (a join the ring has not taken in yet), and isolated machines that do not
-    /// lead.
-    pub rings_misled: usize,
-    /// One misled ring, described.
-    pub example: Option<String>,
-}
-
-impl FormationGaps {
-    /// Nothing missing: every running endpoint registered, every chain whole and led from
-    /// both ends.
-    pub fn formed(&self) -> bool {
-        self.registered == self.alive
-            && self.unhealthy == 0
-            && self.rings_missing_links == 0
-            && self.rings_misled == 0
-    }
-}
-
-impl std::fmt::Display for FormationGaps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} of {} registered in {} rings; {} unconfirmed, {} rings missing leader links, {} rings with a misplaced leader",
-            self.registered,
-            self.alive,
-            self.rings,
-            self.unhealthy,
-            self.rings_missing_links,
-            self.rings_misled
-        )?;
-        if let Some(e) = &self.example {
-            write!(f, " (e.g. {e})")?;
-        }
-        Ok(())
     }
 }

@@ -293,6 +293,16 @@ struct DeskState {
     saved_exports: std::collections::BTreeMap<String, crate::export::Sink>,
     /// Runs of those waiting to finish before they are exported.
     pending_exports: std::collections::HashMap<u64, (String, crate::export::Sink)>,
+    /// Questions not expired yet, kept so that a restarted server asks them again.
+    open: Vec<OpenQuestion>,
+}
+
+/// A question still open, as kept in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct OpenQuestion {
+    id: u64,
+    text: String,
+    expires_unix_ms: u64,
 }
 
 /// The server's question desk.
@@ -310,6 +320,11 @@ pub struct QuestionDesk {
 const SCRIPTS_KEY: &str = "script-sensors";
 const BASELINE_KEY: &str = "patch-baseline";
 const SAVED_KEY: &str = "saved-questions";
+const OPEN_KEY: &str = "open-questions";
+/// How long a restarted server waits for its fleet to register again before it asks the
+/// questions that were open (at most; it asks at once when as many machines as each
+/// expected are back).
+const RESUME_WAIT: Duration = Duration::from_secs(120);
 
 impl QuestionDesk {
     /// A desk that asks through `rings`, keeping results and settings in `store` if given
@@ -323,6 +338,7 @@ impl QuestionDesk {
                 state.config.baseline = st.setting(BASELINE_KEY)?.unwrap_or_default();
                 state.saved = st.setting(SAVED_KEY)?.unwrap_or_default();
                 state.saved_exports = st.setting(exports::SAVED_EXPORTS_KEY)?.unwrap_or_default();
+                state.open = st.setting(OPEN_KEY)?.unwrap_or_default();
                 rings.resume_question_ids(st.last_id()?);
                 Ok(())
             };
@@ -409,7 +425,22 @@ impl QuestionDesk {
             Err(e) => return DeskReply::Error(e.to_string()),
         };
         let columns = q.select.iter().map(ToString::to_string).collect();
-        let id = self.rings.ask(text, columns, body, ttl).await;
+        let id = self.rings.ask(text.clone(), columns, body, ttl).await;
+        if self.store.is_some() {
+            let open = {
+                let mut st = self.lock();
+                st.open.push(OpenQuestion {
+                    id,
+                    text,
+                    expires_unix_ms: rollcall_runtime::signing::unix_ms()
+                        .saturating_add(ttl.as_millis() as u64),
+                });
+                st.open.clone()
+            };
+            if let Err(e) = self.persist(OPEN_KEY, &open) {
+                tracing::error!(question = id, error = %e, "could not keep the open question");
+            }
+        }
         // Not a progress report: that lists every machine yet to answer (all of them, now).
         let expected = self.rings.expected(id).unwrap_or(0);
         DeskReply::Asked {
@@ -797,6 +828,12 @@ impl QuestionDesk {
         );
         let weak = Arc::downgrade(&desk);
         let actions = Arc::downgrade(&desk);
+        let resuming = Arc::downgrade(&desk);
+        tokio::spawn(async move {
+            if let Some(d) = resuming.upgrade() {
+                d.resume_open().await;
+            }
+        });
         tokio::spawn(async move {
             if let Some(d) = actions.upgrade() {
                 d.actions.resume().await;
@@ -871,6 +908,7 @@ impl QuestionDesk {
             match saved {
                 Ok(Ok(())) if !q.open => {
                     finished.insert(q.id);
+                    self.forget_open(q.id);
                 }
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -879,6 +917,96 @@ impl QuestionDesk {
                 Err(e) => tracing::error!(error = %e, "result saver failed"),
             }
         }
+    }
+
+    /// Question `id` expired: a restart no longer asks it again.
+    fn forget_open(&self, id: u64) {
+        let open = {
+            let mut st = self.lock();
+            let before = st.open.len();
+            st.open.retain(|o| o.id != id);
+            (st.open.len() != before).then(|| st.open.clone())
+        };
+        if let Some(open) = open
+            && let Err(e) = self.persist(OPEN_KEY, &open)
+        {
+            tracing::error!(question = id, error = %e, "could not update the open questions");
+        }
+    }
+
+    /// After a restart: asks again, under their own ids, the questions that were open and
+    /// not answered by every machine expected when the server stopped (answers that were
+    /// on their way to the old server are not lost: every machine answers afresh). Each is
+    /// asked once as many machines as it expected have registered again, or after
+    /// [`RESUME_WAIT`].
+    async fn resume_open(&self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let now_ms = rollcall_runtime::signing::unix_ms();
+        let open: Vec<OpenQuestion> = self.lock().open.clone();
+        let mut waiting = Vec::new();
+        for o in open {
+            if o.expires_unix_ms <= now_ms {
+                self.forget_open(o.id);
+                continue;
+            }
+            let expected = match store.progress(o.id) {
+                Ok(Some(p)) if p.expected > 0 && p.answered >= p.expected => {
+                    continue;
+                }
+                Ok(Some(p)) => p.expected,
+                _ => 0,
+            };
+            waiting.push((o, expected));
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        while !waiting.is_empty() {
+            tick.tick().await;
+            let back = self.rings.joined();
+            let waited = started.elapsed() >= RESUME_WAIT;
+            let mut still = Vec::new();
+            for (o, expected) in waiting {
+                if back < expected && !waited {
+                    still.push((o, expected));
+                    continue;
+                }
+                let left = o
+                    .expires_unix_ms
+                    .saturating_sub(rollcall_runtime::signing::unix_ms());
+                if left == 0 {
+                    self.forget_open(o.id);
+                    continue;
+                }
+                let asked = self.ask_again(&o, Duration::from_millis(left)).await;
+                match asked {
+                    Ok(n) => tracing::info!(
+                        question = o.id,
+                        machines = n,
+                        "asked again: it was open when the server stopped"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(question = o.id, error = %e, "could not ask an open question again")
+                    }
+                }
+            }
+            waiting = still;
+        }
+    }
+
+    async fn ask_again(&self, o: &OpenQuestion, ttl: Duration) -> Result<usize, String> {
+        let q = parse(&o.text, &self.catalog()).map_err(|e| e.to_string())?;
+        let body = wire::encode_body(&q).map_err(|e| e.to_string())?;
+        let columns = q.select.iter().map(ToString::to_string).collect();
+        let id = self
+            .rings
+            .ask_as(Some(o.id), o.text.clone(), columns, body, ttl)
+            .await;
+        Ok(self.rings.expected(id).unwrap_or(0))
     }
 
     async fn reissue(&self) {

@@ -38,6 +38,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod agent;
+mod formation;
+pub use formation::*;
 mod commands;
 pub use commands::*;
 #[cfg(feature = "simulation")]

@@ -14,7 +14,11 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn rollcall() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rollcall"));
-    c.env("RUST_LOG", "warn");
+    // `ROLLCALL_CHILD_LOG=rollcall_cluster=info` to see more of the processes a test runs.
+    c.env(
+        "RUST_LOG",
+        std::env::var("ROLLCALL_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     c
 }
 

@@ -76,6 +76,15 @@ async fn both_leaders_killed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn every_leader_and_a_tenth_killed() {
+    sweep(
+        "every_leader_and_a_tenth_killed",
+        Scenario::LeadersAndTenthKilled,
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn ring_split_and_healed() {
     sweep("ring_split_and_healed", Scenario::RingSplit).await;
 }

@@ -73,6 +73,9 @@ pub enum Scenario {
     LeaderKilled,
     /// Both leaders of a ring are killed mid-question.
     BothLeadersKilled,
+    /// Every leader of every ring and a random 10% of the other machines are killed, then
+    /// questions are asked with those faults standing.
+    LeadersAndTenthKilled,
     /// A ring is split in two arcs mid-question (both still reach the server), then healed.
     RingSplit,
     /// 30% of a subnet reboots within the reboot window.
@@ -96,12 +99,13 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order the suite runs them.
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::NeighbourKilled,
         Scenario::GreyNeighbour,
         Scenario::SlowNeighbour,
         Scenario::LeaderKilled,
         Scenario::BothLeadersKilled,
+        Scenario::LeadersAndTenthKilled,
         Scenario::RingSplit,
         Scenario::SubnetReboot,
         Scenario::OfflineAndBack,
@@ -121,6 +125,7 @@ impl Scenario {
             Scenario::SlowNeighbour => "slow-neighbour",
             Scenario::LeaderKilled => "leader-killed",
             Scenario::BothLeadersKilled => "both-leaders-killed",
+            Scenario::LeadersAndTenthKilled => "leaders-and-tenth-killed",
             Scenario::RingSplit => "ring-split",
             Scenario::SubnetReboot => "subnet-reboot",
             Scenario::OfflineAndBack => "offline-and-back",

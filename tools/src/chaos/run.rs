@@ -88,6 +88,30 @@ impl Scenario {
                 let names: Vec<String> = who.iter().map(|&i| id(fleet, i).0.to_string()).collect();
                 format!("killed leader(s) {} silently", names.join(", "))
             }
+            Scenario::LeadersAndTenthKilled => {
+                let leaders: Vec<usize> = report
+                    .rings
+                    .iter()
+                    .flat_map(|r| r.members.iter())
+                    .filter(|m| m.leads.any())
+                    .filter_map(|m| fleet.index_of(&m.id))
+                    .collect();
+                let mut rest: Vec<usize> = (0..fleet.endpoints.len())
+                    .filter(|i| fleet.endpoints[*i].alive() && !leaders.contains(i))
+                    .collect();
+                rest.shuffle(rng);
+                rest.truncate((fleet.endpoints.len() as f64 * 0.10).round() as usize);
+                for &i in leaders.iter().chain(rest.iter()) {
+                    fleet.kill(i);
+                    v.excused.insert(id(fleet, i));
+                    v.lost.insert(id(fleet, i));
+                }
+                format!(
+                    "killed every leader ({}) and {} more at random (10%) silently",
+                    leaders.len(),
+                    rest.len()
+                )
+            }
             Scenario::RingSplit => {
                 if ring.len() < 4 {
                     return Ok("ring too small to split".into());

@@ -137,8 +137,10 @@ pub(crate) struct ChaosArgs {
     pub(crate) op: OperatorArgs,
     /// Run a scenario (or `all` of them, one after another) from a healed fleet and print
     /// the invariant table: neighbour-killed, grey-neighbour, slow-neighbour, leader-killed,
-    /// both-leaders-killed, ring-split, subnet-reboot, offline-and-back,
-    /// loss-and-duplication, server-restart. Exits non-zero if an invariant fails.
+    /// both-leaders-killed, leaders-and-tenth-killed, ring-split, subnet-reboot,
+    /// offline-and-back, loss-and-duplication, server-restart, action-offline-restart,
+    /// package-corrupt-peer, package-leader-killed, package-torn-write. Exits non-zero if
+    /// an invariant fails.
     #[arg(long, value_name = "NAME")]
     pub(crate) scenario: Option<String>,
     /// Seed of the scenario's choices (which ring, which machines, when).

@@ -303,6 +303,9 @@ struct OpenQuestion {
     id: u64,
     text: String,
     expires_unix_ms: u64,
+    /// Machines it expected when first asked (asked again, it waits for as many).
+    #[serde(default)]
+    expected: usize,
 }
 
 /// The server's question desk.
@@ -426,6 +429,8 @@ impl QuestionDesk {
         };
         let columns = q.select.iter().map(ToString::to_string).collect();
         let id = self.rings.ask(text.clone(), columns, body, ttl).await;
+        // Not a progress report: that lists every machine yet to answer (all of them, now).
+        let expected = self.rings.expected(id).unwrap_or(0);
         if self.store.is_some() {
             let open = {
                 let mut st = self.lock();
@@ -434,6 +439,7 @@ impl QuestionDesk {
                     text,
                     expires_unix_ms: rollcall_runtime::signing::unix_ms()
                         .saturating_add(ttl.as_millis() as u64),
+                    expected,
                 });
                 st.open.clone()
             };
@@ -441,8 +447,6 @@ impl QuestionDesk {
                 tracing::error!(question = id, error = %e, "could not keep the open question");
             }
         }
-        // Not a progress report: that lists every machine yet to answer (all of them, now).
-        let expected = self.rings.expected(id).unwrap_or(0);
         DeskReply::Asked {
             id,
             expected,
@@ -951,13 +955,13 @@ impl QuestionDesk {
                 self.forget_open(o.id);
                 continue;
             }
-            let expected = match store.progress(o.id) {
-                Ok(Some(p)) if p.expected > 0 && p.answered >= p.expected => {
-                    continue;
-                }
-                Ok(Some(p)) => p.expected,
-                _ => 0,
-            };
+            // As many machines as it ever expected (asked again after an earlier restart
+            // before every machine was back, it expected fewer).
+            let stored = store.progress(o.id).ok().flatten();
+            let expected = stored.as_ref().map_or(0, |p| p.expected).max(o.expected);
+            if stored.is_some_and(|p| expected > 0 && p.answered >= expected) {
+                continue;
+            }
             waiting.push((o, expected));
         }
         if waiting.is_empty() {
@@ -967,7 +971,16 @@ impl QuestionDesk {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         while !waiting.is_empty() {
             tick.tick().await;
-            let back = self.rings.joined();
+            // Machines registered again (a count of joins would count one that joined
+            // twice twice).
+            let report = self.rings.report(None).await;
+            let back = report
+                .rings
+                .iter()
+                .flat_map(|r| r.members.iter())
+                .chain(report.isolated.iter())
+                .filter(|m| m.health != rollcall_cluster::proto::Health::Offline)
+                .count();
             let waited = started.elapsed() >= RESUME_WAIT;
             let mut still = Vec::new();
             for (o, expected) in waiting {
@@ -983,6 +996,10 @@ impl QuestionDesk {
                     continue;
                 }
                 let asked = self.ask_again(&o, Duration::from_millis(left)).await;
+                // Kept with the larger expectation, for a restart before it is answered.
+                if let Ok(n) = asked {
+                    self.keep_expected(o.id, n.max(expected));
+                }
                 match asked {
                     Ok(n) => tracing::info!(
                         question = o.id,
@@ -995,6 +1012,19 @@ impl QuestionDesk {
                 }
             }
             waiting = still;
+        }
+    }
+
+    fn keep_expected(&self, id: u64, expected: usize) {
+        let open = {
+            let mut st = self.lock();
+            for o in st.open.iter_mut().filter(|o| o.id == id) {
+                o.expected = o.expected.max(expected);
+            }
+            st.open.clone()
+        };
+        if let Err(e) = self.persist(OPEN_KEY, &open) {
+            tracing::error!(question = id, error = %e, "could not update the open questions");
         }
     }
 

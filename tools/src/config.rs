@@ -40,6 +40,41 @@ pub struct RawConfig {
     /// `[chaos]` settings (endpoints).
     #[serde(default)]
     pub chaos: RawChaos,
+    /// `[runtime]` settings.
+    #[serde(default)]
+    pub runtime: RawRuntime,
+}
+
+/// `[runtime]` as written: the async runtime a node runs on.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    /// Worker threads (1: everything on the main thread; 0: one per core). Default: 1 for
+    /// an endpoint (an agent's work is a few messages a second: one thread wakes less, and
+    /// blocking work such as reading /proc or hashing goes to tokio's blocking pool either
+    /// way), one per core for a server.
+    pub worker_threads: Option<usize>,
+}
+
+/// `[runtime]` validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    /// As written (`None`: the role's default).
+    pub worker_threads: Option<usize>,
+}
+
+impl RawRuntime {
+    /// Checks ranges.
+    pub fn validate(self) -> Result<RuntimeSettings, ConfigError> {
+        if self.worker_threads.is_some_and(|n| n > 1024) {
+            return Err(ConfigError::Invalid(
+                "[runtime] worker_threads must be at most 1024".into(),
+            ));
+        }
+        Ok(RuntimeSettings {
+            worker_threads: self.worker_threads,
+        })
+    }
 }
 
 /// `[chaos]` as written (endpoints): whether this machine's chaos agent applies the faults
@@ -107,6 +142,8 @@ pub struct Config {
     pub alerts: AlertSettings,
     /// The chaos agent (endpoints).
     pub chaos: ChaosSettings,
+    /// The async runtime.
+    pub runtime: RuntimeSettings,
 }
 
 impl RawConfig {
@@ -126,6 +163,7 @@ impl RawConfig {
             history: self.history.validate()?,
             alerts: self.alerts.validate()?,
             chaos: self.chaos.validate()?,
+            runtime: self.runtime.validate()?,
         })
     }
 }

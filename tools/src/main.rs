@@ -6,6 +6,7 @@
 use anyhow::{Context, Result, bail};
 
 mod bench;
+mod bench_processes;
 mod cmd;
 
 use cmd::chaos::*;
@@ -37,7 +38,35 @@ fn main() -> std::process::ExitCode {
         cmd::args::LogFormatArg::Json => telemetry::LogFormat::Json,
     };
     telemetry::init_as(if quiet { "warn" } else { "info" }, format);
-    let rt = match tokio::runtime::Runtime::new() {
+    // An endpoint runs on one thread unless its config says otherwise; a server on one
+    // worker per core; one-shot commands on one thread.
+    let threads = match &cli.command {
+        Command::Endpoint(a) => a
+            .link
+            .load()
+            .ok()
+            .and_then(|c| c.runtime.worker_threads)
+            .unwrap_or(1),
+        Command::Server(a) => a
+            .link
+            .load()
+            .ok()
+            .and_then(|c| c.runtime.worker_threads)
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b.enable_all().build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -151,6 +180,26 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             samples,
         }) => {
             bench::recorder(std::time::Duration::from_millis(interval_ms), samples).await?;
+        }
+        Command::Bench(BenchCommand::Processes {
+            endpoints,
+            ring_size,
+            idle_secs,
+            config,
+            json,
+        }) => {
+            let r = bench_processes::run(&bench_processes::ProcessBench {
+                endpoints,
+                ring_size,
+                idle: std::time::Duration::from_secs(idle_secs.max(1)),
+                config,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", r.table());
+            }
         }
         Command::Bench(BenchCommand::Search) => {
             use rollcall_actors::search::{HELD_OUT, REQUESTS, hit_rates};

@@ -336,6 +336,27 @@ pub(crate) enum BenchCommand {
     /// Rank the search box's test set of plain requests (no server needed) and print the
     /// share whose expected question ranks first and within the first three.
     Search,
+    /// Start a server and N endpoint processes of this binary on loopback (real host
+    /// sensors; one /24 per ring) and measure: launch to all answering (first start,
+    /// enrolment included), memory per endpoint (PSS, RSS), idle CPU per endpoint and of
+    /// the server, and restart from state dirs to all answering.
+    Processes {
+        /// Endpoint processes.
+        #[arg(long, default_value_t = 100)]
+        endpoints: usize,
+        /// Machines per /24 (one ring each), at most 250.
+        #[arg(long, default_value_t = 100)]
+        ring_size: usize,
+        /// Seconds over which idle CPU is measured (after 10 s of settling).
+        #[arg(long, default_value_t = 30)]
+        idle_secs: u64,
+        /// A configuration file for the server and every endpoint.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the history recorder on this machine's /proc for a while (into a temporary
     /// store) and print what it cost: CPU per sample and as a share of one core, after the
     /// first sample (which hashes every running executable once).

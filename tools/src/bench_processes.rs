@@ -1,0 +1,379 @@
+//! `rollcall bench processes`: what the agent costs as real processes. Starts a server and
+//! N `rollcall endpoint` processes of this binary on loopback (one /24 per `--ring-size`
+//! machines, real host sensors, default timing unless a config is given), and measures in
+//! one run: the time from launching them all (enrolment included) to all N answering a
+//! question; memory per endpoint (PSS and RSS, from `/proc/PID/smaps_rollup`); idle CPU per
+//! endpoint and of the server over `--idle-secs`; and the time to all answering again once
+//! every endpoint was stopped and started from its state dir.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rollcall_actors::desk::{DeskReply, DeskRequest};
+use serde::Serialize;
+
+use rollcall::desk_client::DeskClient;
+
+/// How the benchmark runs.
+pub struct ProcessBench {
+    /// Endpoint processes.
+    pub endpoints: usize,
+    /// Machines per /24 (one ring each).
+    pub ring_size: usize,
+    /// How long idle CPU is measured.
+    pub idle: Duration,
+    /// A configuration file for every endpoint (and the server), if any.
+    pub config: Option<PathBuf>,
+}
+
+/// What it measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessReport {
+    /// Endpoints.
+    pub endpoints: usize,
+    /// From launching every endpoint (first start, enrolment included) to all answering.
+    pub first_start_ms: u64,
+    /// From starting every endpoint again from its state dir to all answering.
+    pub restart_ms: u64,
+    /// Mean and largest PSS per endpoint, KiB.
+    pub pss_kib_mean: u64,
+    /// See `pss_kib_mean`.
+    pub pss_kib_max: u64,
+    /// Mean and largest RSS per endpoint, KiB.
+    pub rss_kib_mean: u64,
+    /// See `rss_kib_mean`.
+    pub rss_kib_max: u64,
+    /// Idle CPU per endpoint, percent of one core: mean and largest.
+    pub idle_cpu_pct_mean: f64,
+    /// See `idle_cpu_pct_mean`.
+    pub idle_cpu_pct_max: f64,
+    /// The server's idle CPU, percent of one core.
+    pub server_idle_cpu_pct: f64,
+    /// The server's RSS, KiB.
+    pub server_rss_kib: u64,
+    /// Seconds idle CPU was measured over.
+    pub idle_secs: u64,
+}
+
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(exe: &Path, args: &[&str]) -> Result<Proc> {
+        let mut child = Command::new(exe)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let out = child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Proc { child, lines })
+    }
+
+    fn line_starting(&self, prefix: &str, within: Duration) -> Result<String> {
+        let end = Instant::now() + within;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return Ok(l),
+                Ok(_) => {}
+                Err(_) => bail!("no line starting with {prefix:?} within {within:?}"),
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU time of `pid` so far, in nanoseconds: the sum over its threads of the scheduler's
+/// run time (`/proc/PID/task/*/schedstat`; clock ticks in `/proc/PID/stat` count in 10 ms,
+/// too coarse for an idle agent).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// (PSS, RSS) of `pid` in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Pss:"), field("Rss:"))
+}
+
+fn run_ok(exe: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(exe)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Asks a question and waits until `n` machines answered it; how long that took.
+async fn all_answer(desk: &DeskClient, n: usize, within: Duration) -> Result<Duration> {
+    let t = Instant::now();
+    let id = match desk
+        .call(DeskRequest::Ask {
+            text: "Get Computer Name from all machines".into(),
+            ttl_ms: Some(600_000),
+        })
+        .await?
+    {
+        DeskReply::Asked { id, .. } => id,
+        other => bail!("ask: {other:?}"),
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let p = desk.progress(id).await?;
+        if p.answered >= n {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > within {
+            bail!("{} of {n} answered within {within:?}", p.answered);
+        }
+    }
+}
+
+/// Waits until a question asked now reaches all `n` (retrying while machines are still
+/// registering); the time from `from`.
+async fn until_all_answer(desk: &DeskClient, n: usize, from: Instant) -> Result<Duration> {
+    let deadline = from + Duration::from_secs(120);
+    loop {
+        match all_answer(desk, n, Duration::from_secs(3)).await {
+            Ok(_) => return Ok(from.elapsed()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "not all answering yet");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs the benchmark.
+pub async fn run(b: &ProcessBench) -> Result<ProcessReport> {
+    if b.endpoints == 0 || b.ring_size == 0 || b.ring_size > 250 {
+        bail!("--endpoints must be at least 1 and --ring-size from 1 to 250");
+    }
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let dir = tempfile::tempdir()?;
+    let p = |s: &str| dir.path().join(s).to_string_lossy().into_owned();
+    let init = run_ok(&exe, &["ca", "init", "--dir", &p("ca")])?;
+    let token = init
+        .lines()
+        .find_map(|l| l.strip_prefix("join token: "))
+        .context("no join token from ca init")?
+        .to_string();
+    run_ok(
+        &exe,
+        &[
+            "ca",
+            "issue-operator",
+            "--dir",
+            &p("ca"),
+            "--name",
+            "bench",
+            "--role",
+            "operator",
+            "--out",
+            &p("op"),
+        ],
+    )?;
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = b.config.as_ref().map(|c| c.to_string_lossy().into_owned());
+    let ca_dir = p("ca");
+    let mut server_args = vec!["server", "--ca-dir", &ca_dir, "--listen", &addr];
+    if let Some(c) = &config {
+        server_args.extend(["--config", c]);
+    }
+    let server = Proc::start(&exe, &server_args)?;
+    server.line_starting("server ", Duration::from_secs(30))?;
+
+    let launch = |i: usize| -> Result<Proc> {
+        let (s, h) = (i / b.ring_size, i % b.ring_size + 1);
+        let listen = format!("127.0.{}.{h}:0", 20 + s);
+        let state = p(&format!("ep{i}"));
+        let mut args = vec![
+            "endpoint",
+            "--server",
+            &addr,
+            "--join-token",
+            &token,
+            "--state-dir",
+            &state,
+            "--listen",
+            &listen,
+        ];
+        if let Some(c) = &config {
+            args.extend(["--config", c]);
+        }
+        Proc::start(&exe, &args)
+    };
+    eprintln!("launching {} endpoints", b.endpoints);
+    let t0 = Instant::now();
+    let mut eps = (0..b.endpoints).map(launch).collect::<Result<Vec<_>>>()?;
+    let desk = DeskClient::connect(addr.parse()?, Path::new(&p("op"))).await?;
+    let first_start = until_all_answer(&desk, b.endpoints, t0).await?;
+    eprintln!(
+        "all {} answering {} ms after launch",
+        b.endpoints,
+        first_start.as_millis()
+    );
+
+    // Idle: settle, then CPU over the window.
+    let settle = Duration::from_secs(10);
+    eprintln!(
+        "idle: settling {} s, then measuring {} s",
+        settle.as_secs(),
+        b.idle.as_secs()
+    );
+    tokio::time::sleep(settle).await;
+    let before: Vec<u64> = eps.iter().map(|e| cpu_ns(e.pid())).collect();
+    let server_before = cpu_ns(server.pid());
+    let t = Instant::now();
+    tokio::time::sleep(b.idle).await;
+    let ns = t.elapsed().as_nanos() as f64;
+    let pct: Vec<f64> = eps
+        .iter()
+        .zip(&before)
+        .map(|(e, b)| cpu_ns(e.pid()).saturating_sub(*b) as f64 / ns * 100.0)
+        .collect();
+    let server_pct = cpu_ns(server.pid()).saturating_sub(server_before) as f64 / ns * 100.0;
+    let secs = ns / 1e9;
+    let mem: Vec<(u64, u64)> = eps.iter().map(|e| memory_kib(e.pid())).collect();
+    let server_rss = memory_kib(server.pid()).1;
+
+    // Restart from state dirs.
+    for e in &mut eps {
+        e.stop();
+    }
+    drop(eps);
+    let t1 = Instant::now();
+    let eps = (0..b.endpoints).map(launch).collect::<Result<Vec<_>>>()?;
+    let restart = until_all_answer(&desk, b.endpoints, t1).await?;
+    drop(eps);
+    desk.close().await;
+
+    let n = b.endpoints as u64;
+    Ok(ProcessReport {
+        endpoints: b.endpoints,
+        first_start_ms: first_start.as_millis() as u64,
+        restart_ms: restart.as_millis() as u64,
+        pss_kib_mean: mem.iter().map(|m| m.0).sum::<u64>() / n,
+        pss_kib_max: mem.iter().map(|m| m.0).max().unwrap_or(0),
+        rss_kib_mean: mem.iter().map(|m| m.1).sum::<u64>() / n,
+        rss_kib_max: mem.iter().map(|m| m.1).max().unwrap_or(0),
+        idle_cpu_pct_mean: pct.iter().sum::<f64>() / pct.len().max(1) as f64,
+        idle_cpu_pct_max: pct.iter().cloned().fold(0.0, f64::max),
+        server_idle_cpu_pct: server_pct,
+        server_rss_kib: server_rss,
+        idle_secs: secs.round() as u64,
+    })
+}
+
+impl ProcessReport {
+    /// The report as a Markdown table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        s.push_str("| measure | value |\n|---|---:|\n");
+        let rows: Vec<(String, String)> = vec![
+            ("endpoint processes".into(), self.endpoints.to_string()),
+            (
+                "launch to all answering, first start (ms)".into(),
+                self.first_start_ms.to_string(),
+            ),
+            (
+                "restart to all answering, from state dirs (ms)".into(),
+                self.restart_ms.to_string(),
+            ),
+            (
+                "PSS per endpoint, mean / max (MiB)".into(),
+                format!(
+                    "{:.1} / {:.1}",
+                    self.pss_kib_mean as f64 / 1024.0,
+                    self.pss_kib_max as f64 / 1024.0
+                ),
+            ),
+            (
+                "RSS per endpoint, mean / max (MiB)".into(),
+                format!(
+                    "{:.1} / {:.1}",
+                    self.rss_kib_mean as f64 / 1024.0,
+                    self.rss_kib_max as f64 / 1024.0
+                ),
+            ),
+            (
+                format!(
+                    "idle CPU per endpoint over {} s, mean / max (% of a core)",
+                    self.idle_secs
+                ),
+                format!(
+                    "{:.3} / {:.3}",
+                    self.idle_cpu_pct_mean, self.idle_cpu_pct_max
+                ),
+            ),
+            (
+                "server idle CPU (% of a core)".into(),
+                format!("{:.3}", self.server_idle_cpu_pct),
+            ),
+            (
+                "server RSS (MiB)".into(),
+                format!("{:.1}", self.server_rss_kib as f64 / 1024.0),
+            ),
+        ];
+        for (k, v) in rows {
+            s.push_str(&format!("| {k} | {v} |\n"));
+        }
+        s
+    }
+}

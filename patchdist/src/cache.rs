@@ -323,7 +323,12 @@ pub struct FileCache {
 impl FileCache {
     /// Opens (or creates) the cache at `path`, of at most `cap` bytes.
     pub fn open(path: &Path, cap: u64) -> Result<FileCache, CacheError> {
-        let db = Database::create(path).map_err(store_err)?;
+        // Chunks are read once or twice each (to rebuild a file, to serve a neighbour): the
+        // kernel's page cache serves repeats; redb's own cache stays small.
+        let db = Database::builder()
+            .set_cache_size(4 << 20)
+            .create(path)
+            .map_err(store_err)?;
         let w = db.begin_write().map_err(store_err)?;
         w.open_table(CHUNKS).map_err(store_err)?;
         w.open_table(USED).map_err(store_err)?;

@@ -65,12 +65,14 @@ struct Proc {
 }
 
 impl Proc {
-    fn start(exe: &Path, args: &[&str]) -> Result<Proc> {
+    fn start(exe: &Path, args: &[&str], log: &Path) -> Result<Proc> {
+        let log =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = Command::new(exe)
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
         let out = child.stdout.take().context("stdout")?;
@@ -177,7 +179,11 @@ async fn all_answer(desk: &DeskClient, n: usize, within: Duration) -> Result<Dur
             return Ok(t.elapsed());
         }
         if t.elapsed() > within {
-            bail!("{} of {n} answered within {within:?}", p.answered);
+            bail!(
+                "{} of {n} answered within {within:?} ({} registered with the server)",
+                p.answered,
+                p.expected
+            );
         }
     }
 }
@@ -190,7 +196,7 @@ async fn until_all_answer(desk: &DeskClient, n: usize, from: Instant) -> Result<
         match all_answer(desk, n, Duration::from_secs(3)).await {
             Ok(_) => return Ok(from.elapsed()),
             Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "not all answering yet");
+                eprintln!("not all answering yet: {e:#}");
             }
             Err(e) => return Err(e),
         }
@@ -236,7 +242,7 @@ pub async fn run(b: &ProcessBench) -> Result<ProcessReport> {
     if let Some(c) = &config {
         server_args.extend(["--config", c]);
     }
-    let server = Proc::start(&exe, &server_args)?;
+    let server = Proc::start(&exe, &server_args, &dir.path().join("server.log"))?;
     server.line_starting("server ", Duration::from_secs(30))?;
 
     let launch = |i: usize| -> Result<Proc> {
@@ -257,13 +263,27 @@ pub async fn run(b: &ProcessBench) -> Result<ProcessReport> {
         if let Some(c) = &config {
             args.extend(["--config", c]);
         }
-        Proc::start(&exe, &args)
+        Proc::start(&exe, &args, &dir.path().join(format!("ep{i}.log")))
     };
     eprintln!("launching {} endpoints", b.endpoints);
     let t0 = Instant::now();
     let mut eps = (0..b.endpoints).map(launch).collect::<Result<Vec<_>>>()?;
     let desk = DeskClient::connect(addr.parse()?, Path::new(&p("op"))).await?;
-    let first_start = until_all_answer(&desk, b.endpoints, t0).await?;
+    let first_start = match until_all_answer(&desk, b.endpoints, t0).await {
+        Ok(t) => t,
+        Err(e) => {
+            // Say which processes ended, and why (their last log lines).
+            for (i, ep) in eps.iter_mut().enumerate() {
+                if let Ok(Some(status)) = ep.child.try_wait() {
+                    let log = std::fs::read_to_string(dir.path().join(format!("ep{i}.log")))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                    eprintln!("endpoint {i} ended ({status}): {}", tail.join(" | "));
+                }
+            }
+            return Err(e);
+        }
+    };
     eprintln!(
         "all {} answering {} ms after launch",
         b.endpoints,

@@ -215,7 +215,11 @@ impl std::fmt::Debug for FileJournal {
 impl FileJournal {
     /// Opens (or creates) the journal at `path`; actions found running become interrupted.
     pub fn open(path: &Path) -> Result<FileJournal, JournalError> {
-        let db = Database::create(path).map_err(err)?;
+        // A few records a day: a small page cache (redb's default grows towards 1 GiB).
+        let db = Database::builder()
+            .set_cache_size(256 * 1024)
+            .create(path)
+            .map_err(err)?;
         let j = FileJournal { db };
         let tx = j.db.begin_write().map_err(err)?;
         {

@@ -126,8 +126,38 @@ pub enum RecorderMsg {
 
 /// The recorder's state.
 pub struct RecorderState {
-    recording: Arc<Mutex<Recording>>,
     busy: bool,
+    /// Asks the sampling thread for one sample (dropped with the state: the thread ends).
+    sampler: std::sync::mpsc::Sender<SampleJob>,
+}
+
+/// One sample to take, and where its outcome goes.
+type SampleJob = tokio::sync::oneshot::Sender<Result<Step, HistoryError>>;
+
+/// The thread that samples: reading /proc and hashing executables block, and on a machine
+/// that is busy (booting, or running a hundred agents) they wait their turn: the thread runs
+/// at the lowest CPU priority, so answers and the machine's own work go first.
+fn sampling_thread(recording: Arc<Mutex<Recording>>) -> std::sync::mpsc::Sender<SampleJob> {
+    let (tx, rx) = std::sync::mpsc::channel::<SampleJob>();
+    let spawned = std::thread::Builder::new()
+        .name("history".into())
+        .spawn(move || {
+            // The lowest priority of the normal policy (nice 19 on Linux: per thread).
+            if let Err(e) =
+                thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+            {
+                tracing::debug!(error = ?e, "could not lower the history thread's priority");
+            }
+            while let Ok(job) = rx.recv() {
+                let r = rollcall_runtime::sync::lock(&recording)
+                    .step(rollcall_runtime::signing::unix_ms());
+                let _ = job.send(r);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the history thread; history is not recorded");
+    }
+    tx
 }
 
 impl Actor for Recorder {
@@ -140,12 +170,12 @@ impl Actor for Recorder {
         myself: ActorRef<RecorderMsg>,
         (recording, interval): RecorderArgs,
     ) -> Result<RecorderState, ActorProcessingErr> {
+        // The first sample one interval after start (a machine's boot and the agent's first
+        // answers go first); what started meanwhile and still runs is in it.
         myself.send_interval(interval, || RecorderMsg::Tick);
-        // The first sample at once: what runs at start is known from the start.
-        let _ = myself.send_message(RecorderMsg::Tick);
         Ok(RecorderState {
-            recording,
             busy: false,
+            sampler: sampling_thread(recording),
         })
     }
 
@@ -159,12 +189,12 @@ impl Actor for Recorder {
             return Ok(());
         }
         st.busy = true;
-        let rec = st.recording.clone();
-        // Reading /proc and hashing executables blocks: off the runtime's threads.
-        let r = tokio::task::spawn_blocking(move || {
-            rollcall_runtime::sync::lock(&rec).step(rollcall_runtime::signing::unix_ms())
-        })
-        .await;
+        // Reading /proc and hashing executables block: on the sampling thread.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let r = match st.sampler.send(tx) {
+            Ok(()) => rx.await.map_err(|_| "the history thread ended"),
+            Err(_) => Err("the history thread ended"),
+        };
         st.busy = false;
         match r {
             Ok(Ok(step)) if step.started + step.ended > 0 => {

@@ -87,11 +87,19 @@ impl std::fmt::Debug for HistoryStore {
     }
 }
 
+/// The history store's page cache.
+const ENDPOINT_CACHE_BYTES: usize = 1 << 20;
+
 impl HistoryStore {
     /// Opens (or creates, at `now_ms`) the store at `path`. Records that were open when the
     /// endpoint stopped are closed at the last checkpoint.
     pub fn open(path: &Path, limits: Limits, now_ms: u64) -> Result<HistoryStore, HistoryError> {
-        let db = Database::create(path).map_err(err)?;
+        // A small page cache: an agent reads its history only for the odd history question
+        // (redb's default grows towards 1 GiB with use).
+        let db = Database::builder()
+            .set_cache_size(ENDPOINT_CACHE_BYTES)
+            .create(path)
+            .map_err(err)?;
         let tx = db.begin_write().map_err(err)?;
         let mut meta = Meta {
             sampled_ms: now_ms,

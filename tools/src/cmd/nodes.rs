@@ -265,15 +265,29 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         .context("reading the join token")?;
     let hostname = hostname();
     let enrol_bind = SocketAddr::new(a.listen.ip(), 0);
-    let enrolled = enrol::load_or_enrol(
-        &a.state_dir,
-        a.server,
-        token.as_ref(),
-        &hostname,
-        enrol_bind,
-    )
-    .await
-    .context("enrolling")?;
+    // A server that cannot be reached, or whose exchange broke off (a fleet starting all at
+    // once), is tried again with backoff; a refusal (a bad token) ends the process.
+    let mut wait = Duration::from_secs(1);
+    let enrolled = loop {
+        match enrol::load_or_enrol(
+            &a.state_dir,
+            a.server,
+            token.as_ref(),
+            &hostname,
+            enrol_bind,
+        )
+        .await
+        {
+            Ok(e) => break e,
+            Err(e @ (enrol::EnrolError::Connect { .. } | enrol::EnrolError::Exchange(_))) => {
+                let jittered = wait.mul_f64(rand::random_range(0.5..=1.0));
+                tracing::warn!(error = %e, retry_in = ?jittered, "enrolment failed; trying again");
+                tokio::time::sleep(jittered).await;
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(e).context("enrolling"),
+        }
+    };
     let secret = identity::load_or_create_secret(&a.state_dir)?;
     let allow_chaos = a.allow_chaos || cfg.chaos.allow;
     // Socket faults only where chaos is allowed: every datagram passes through them.

@@ -133,6 +133,7 @@ pub struct ShardArgs {
     questions: Arc<QuestionStore>,
     extras: Extras,
     joined: Arc<AtomicUsize>,
+    registrations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Items handed to every endpoint at every registration (sensor configuration).
@@ -181,6 +182,7 @@ impl Actor for ServerShard {
                 let from = incoming.from.id.clone();
                 match req {
                     ServerRequest::Register(reg) => {
+                        st.args.registrations.fetch_add(1, Ordering::Relaxed);
                         let r = st.core.register(&from, &reg, now());
                         if r.returning == Some(None) {
                             st.args.joined.fetch_add(1, Ordering::Relaxed);
@@ -448,6 +450,7 @@ pub struct RingServer {
     extras: Extras,
     fan: FanOut,
     joined: Arc<AtomicUsize>,
+    registrations: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Timing of a question's fan-out.
@@ -484,6 +487,7 @@ impl RingServer {
         let shards = cfg.shards.max(1);
         let cfg = RingServerConfig { shards, ..cfg };
         let joined = Arc::new(AtomicUsize::new(0));
+        let registrations = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let fan = FanOut {
             hop: cfg.hop_timeout,
             watch: cfg.watch_interval,
@@ -504,6 +508,7 @@ impl RingServer {
                     questions: questions.clone(),
                     extras: extras.clone(),
                     joined: joined.clone(),
+                    registrations: registrations.clone(),
                 };
                 ChildSpec::new(
                     format!("shard-{index}"),
@@ -581,6 +586,7 @@ impl RingServer {
             extras,
             fan,
             joined,
+            registrations,
         })
     }
 
@@ -600,6 +606,11 @@ impl RingServer {
     /// Endpoints whose first registration this server has answered since it started.
     pub fn joined(&self) -> usize {
         self.joined.load(Ordering::Relaxed)
+    }
+
+    /// Registrations served since the server started (every one, not only first joins).
+    pub fn registrations(&self) -> u64 {
+        self.registrations.load(Ordering::Relaxed)
     }
 
     /// One ring's members, from the shard that owns it alone (a fan-out asks this once per

@@ -46,6 +46,9 @@ pub(super) struct Observer {
     pub(super) questions: Vec<Asked>,
     pub(super) victims: Victims,
     pub(super) samples: u64,
+    /// The server's registrations served so far, at each sample (a restarted server counts
+    /// from 0 again).
+    pub(super) registrations: Vec<(Instant, u64)>,
 }
 
 pub(super) fn members(
@@ -70,7 +73,31 @@ impl Observer {
             questions: Vec::new(),
             victims: Victims::default(),
             samples: 0,
+            registrations: Vec::new(),
         }
+    }
+
+    /// The most registrations the server served in any one second since `from` (from the
+    /// samples: a window of 1 s between two samples).
+    pub(super) fn peak_registrations_per_second(&self, from: Instant) -> u64 {
+        let r: Vec<(Instant, u64)> = self
+            .registrations
+            .iter()
+            .filter(|(t, _)| *t >= from)
+            .copied()
+            .collect();
+        let mut peak = 0;
+        let mut j = 0;
+        for i in 0..r.len() {
+            while j < i && r[i].0.saturating_duration_since(r[j].0) > Duration::from_secs(1) {
+                j += 1;
+            }
+            // A restart in between (the count went down) starts the window again.
+            if r[i].1 >= r[j].1 {
+                peak = peak.max(r[i].1 - r[j].1);
+            }
+        }
+        peak
     }
 
     pub(super) async fn sample(&mut self, fleet: &mut Fleet) -> Result<RingsReport> {
@@ -95,6 +122,8 @@ impl Observer {
 
         let r = fleet.report().await;
         self.samples += 1;
+        self.registrations
+            .push((Instant::now(), fleet.rings().registrations()));
         let present: HashMap<&NodeId, Health> = members(&r).map(|m| (&m.id, m.health)).collect();
         for id in &self.seen {
             if self.victims.excused.contains(id) || self.evictions.contains_key(id) {

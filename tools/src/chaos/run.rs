@@ -636,6 +636,15 @@ pub async fn run_scenario(
         },
     });
 
+    // How the returning fleet met the new server: spread, or all at once.
+    let fault = if scenario == Scenario::ServerRestart {
+        format!(
+            "{fault}; registrations at the new server peaked at {} in a second",
+            obs.peak_registrations_per_second(t_fault)
+        )
+    } else {
+        fault
+    };
     Ok(ScenarioReport {
         scenario,
         seed: opts.seed,

@@ -147,6 +147,9 @@ pub struct ServerShard;
 pub struct ShardState {
     core: Membership,
     args: ShardArgs,
+    /// When this shard started: until `offline_after` has passed it may not have heard
+    /// from every member (a restarted server), and says so in its replies.
+    started: std::time::Instant,
 }
 
 fn now() -> std::time::Instant {
@@ -168,6 +171,7 @@ impl Actor for ServerShard {
         Ok(ShardState {
             core: Membership::new(args.cfg.membership.clone()),
             args,
+            started: now(),
         })
     }
 
@@ -206,6 +210,8 @@ impl Actor for ServerShard {
                             members: r.members,
                             handoffs,
                             answer_key: st.args.questions.answer_key_for(&from).to_vec(),
+                            warming: now().saturating_duration_since(st.started)
+                                < st.args.cfg.membership.offline_after,
                         })?;
                     }
                     ServerRequest::Suspect { suspect, reason } => {

@@ -453,14 +453,18 @@ async fn dispatch(
                     tracing::warn!(to = ?h.to, error = %e, "could not deliver missed work");
                 }
             }
-            st.feed(
-                &myself,
+            let input = if reply.warming {
+                Input::MembersFromWarmingServer {
+                    members: reply.members,
+                    isolated,
+                }
+            } else {
                 Input::Members {
                     members: reply.members,
                     isolated,
-                },
-            )
-            .await;
+                }
+            };
+            st.feed(&myself, input).await;
             let sides = st.core.leader();
             if sides.any() {
                 // Re-announce on every registration: a restarted server learns its

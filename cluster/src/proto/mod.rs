@@ -145,6 +145,10 @@ pub struct RegistrationReply {
     /// its answers with it so that no hop can change them unnoticed.
     #[serde(default, with = "serde_bytes")]
     pub answer_key: Vec<u8>,
+    /// The server restarted moments ago (within the time after which it holds a silent
+    /// member offline) and may not list every member yet: keep those it does not list.
+    #[serde(default)]
+    pub warming: bool,
 }
 
 /// Requests to [`MEMBER`].

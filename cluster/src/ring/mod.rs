@@ -179,6 +179,16 @@ pub enum Input {
         /// No peering at all.
         isolated: bool,
     },
+    /// The member list of a server that restarted moments ago and has not heard from every
+    /// member yet: members it does not list are kept (unless this member's own probes
+    /// found them dead), new ones added. A fleet returning to a restarted server keeps its
+    /// rings, and its leaders, instead of shrinking every view to who registered first.
+    MembersFromWarmingServer {
+        /// Members in any order.
+        members: Vec<MemberInfo>,
+        /// No peering at all.
+        isolated: bool,
+    },
     /// The probe to `id` is on the wire (any dial is done): its hop timer starts now.
     ProbeStarted(NodeId),
     /// A probe to `id` was answered.
@@ -303,6 +313,24 @@ impl RingCore {
                 }
             }
             Input::Members { members, isolated } => self.set_members(members, isolated, now),
+            Input::MembersFromWarmingServer {
+                mut members,
+                isolated,
+            } => {
+                if !isolated {
+                    for m in &self.view {
+                        let listed = members.iter().any(|x| x.id == m.id);
+                        let dead = self
+                            .peers
+                            .get(&m.id)
+                            .is_some_and(|p| p.health == PeerHealth::Dead);
+                        if !listed && !dead {
+                            members.push(m.clone());
+                        }
+                    }
+                }
+                self.set_members(members, isolated, now)
+            }
             Input::ProbeStarted(id) => {
                 let p = self.peer(&id);
                 if p.attempt.is_some() {

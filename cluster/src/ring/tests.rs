@@ -563,3 +563,34 @@ fn a_rejoining_member_is_spliced_back_in_its_place() {
     j.handle(Input::Tick, t0 + Duration::from_millis(50));
     assert!(!drain(&mut j).iter().any(|o| matches!(o, Output::Hello(_))));
 }
+
+#[test]
+fn a_warming_server_s_short_list_keeps_the_members_it_does_not_list_yet() {
+    let t0 = Instant::now();
+    // Member 3 of a ring of 8; the server restarted and so far heard only from 3 and 6.
+    let short = || vec![m(3), m(6)];
+    let mut warm = ring(3, 8, t0);
+    assert_eq!(warm.route_target(), Some(&m(4)));
+    warm.handle(
+        Input::MembersFromWarmingServer {
+            members: short(),
+            isolated: false,
+        },
+        t0,
+    );
+    // Its successor is still its successor: it leads nothing it did not lead before.
+    assert_eq!(warm.route_target(), Some(&m(4)));
+    assert!(!warm.leader().backward);
+    assert!(warm.view().contains(&m(2)), "its predecessor is kept");
+    // From a server that has heard from everyone, the same list is the ring.
+    let mut cold = ring(3, 8, t0);
+    cold.handle(
+        Input::Members {
+            members: short(),
+            isolated: false,
+        },
+        t0,
+    );
+    assert_eq!(cold.route_target(), Some(&m(6)));
+    assert!(!cold.view().contains(&m(4)));
+}

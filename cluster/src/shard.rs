@@ -210,9 +210,8 @@ impl Actor for ServerShard {
                             members: r.members,
                             handoffs,
                             answer_key: st.args.questions.answer_key_for(&from).to_vec(),
-                            warming: false
-                                && now().saturating_duration_since(st.started)
-                                    < st.args.cfg.membership.offline_after,
+                            warming: now().saturating_duration_since(st.started)
+                                < st.args.cfg.membership.offline_after,
                         })?;
                     }
                     ServerRequest::Suspect { suspect, reason } => {

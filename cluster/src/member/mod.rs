@@ -558,10 +558,16 @@ async fn dispatch(
         }
         MemberMsg::Reported(false) => {
             st.report_failures = st.report_failures.saturating_add(1);
+            // Doubling from the report interval up to sixteen of them: each report from a
+            // member that does not hold the server link dials the server, and a server
+            // slowed by load must not be handed a connection per member every second (the
+            // cap was the retry interval, shorter than the report interval itself at LAN
+            // timing; 60 endpoints in one process ran into the server's per-peer
+            // connection limit that way).
             let hold = backoff(
                 st.cfg.ring.report_interval,
                 st.report_failures,
-                st.cfg.ring.retry_interval,
+                st.cfg.ring.report_interval * 16,
             );
             st.reports_held_until = Some(now() + hold);
         }

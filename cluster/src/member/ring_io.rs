@@ -188,6 +188,9 @@ impl MemberState {
                     return;
                 }
                 tracing::info!(%suspect, ?reason, "reporting suspect neighbour");
+                // One report at a time: the next waits for this one's answer (or its
+                // failure), at most the server timeout.
+                self.reports_held_until = Some(now() + self.cfg.server_timeout);
                 let node = self.node.clone();
                 let link = self.server_link.clone();
                 let (server, t) = (self.cfg.server_ref(), self.cfg.server_timeout);

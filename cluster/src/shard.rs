@@ -679,13 +679,7 @@ impl RingServer {
         ttl: Duration,
     ) -> u64 {
         let report = self.report(None).await;
-        let live = report
-            .rings
-            .iter()
-            .flat_map(|r| r.members.iter())
-            .chain(report.isolated.iter())
-            .filter(|m| m.health != crate::proto::Health::Offline)
-            .map(|m| (&m.id, &m.hostname));
+        let live = report.online().map(|m| (&m.id, &m.hostname));
         let id = self.questions.create_as(id, text, columns, body, ttl, live);
         let me = self.clone();
         tokio::spawn(async move { me.fan_out(id, report).await });

@@ -17,7 +17,7 @@
 //! Faults, victims and moments come from a seed: `kill -9` of a middle member and of a
 //! ring's forward leader mid-question, SIGSTOP/SIGCONT of a middle member (a grey machine),
 //! the server killed and started again from its state dir twice in a row under the full
-//! fleet, and a whole subnet's processes killed and started again within a few seconds.
+//! fleet, and a whole subnet's processes killed and started again one after another.
 //! `ROLLCALL_PROCESS_SEEDS` (default 1) runs that many seeds from `ROLLCALL_PROCESS_SEED`
 //! (default 1); `ROLLCALL_PROCESS_ENDPOINTS` (default 7) sets endpoints per subnet. The
 //! failing seed is printed.
@@ -29,6 +29,7 @@ use common::*;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use rollcall::chaos::FormationGaps;
 use rollcall::desk_client::DeskClient;
@@ -325,8 +326,9 @@ impl Suite {
         }
     }
 
-    /// A question asked, the fault struck at a seeded moment within half the fault-free
-    /// time, two more questions while it stands; promptness checked for all three.
+    /// A question asked, the fault struck once a seeded share of the machines (under half)
+    /// has answered it (or as it completes), two more questions while it stands;
+    /// promptness checked for all three.
     async fn mid_question(
         &mut self,
         name: &str,
@@ -334,9 +336,16 @@ impl Suite {
         strike: impl FnOnce(&mut Suite),
     ) {
         let id = self.ask().await;
-        let at = rng.random_range(0..(self.fault_free.as_millis() as u64 / 2).max(1));
-        // The fault's own moment (not a wait for an event).
-        tokio::time::sleep(Duration::from_millis(at)).await;
+        let n = self.eps.len();
+        let share = rng.random_range(0..n / 2);
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let at = loop {
+            tick.tick().await;
+            match self.desk().await.progress(id).await {
+                Ok(p) if p.answered >= share || p.answered >= p.expected => break p.answered,
+                _ => {}
+            }
+        };
         strike(self);
         let struck = Instant::now();
         let bound = self.fault_free + Duration::from_secs(1);
@@ -345,7 +354,7 @@ impl Suite {
             .await;
         let mut worst = first;
         self.log.push(format!(
-            "  question {id} in flight, struck at {} ms: {:?} ms",
+            "  question {id} in flight, struck after {} answers: {:?} ms",
             at,
             first.map(|d| d.as_millis())
         ));
@@ -500,7 +509,8 @@ async fn run_seed(seed: u64, per_subnet: u8) -> Suite {
     }
 
     if step("sigstop") {
-        // 3. A grey machine: SIGSTOP mid-question, SIGCONT 4 s later.
+        // 3. A grey machine: SIGSTOP mid-question, SIGCONT once the questions asked while
+        //    it is stopped were answered by the others.
         let ring = s.ring(&mut rng).await;
         let grey = ring[rng.random_range(1..ring.len() - 1)];
         let report = s.sample().await.expect("rings");
@@ -509,8 +519,6 @@ async fn run_seed(seed: u64, per_subnet: u8) -> Suite {
             s.signal(grey, nix::sys::signal::Signal::SIGSTOP)
         })
         .await;
-        // The fault lasts 4 s from the strike (its own timing).
-        tokio::time::sleep(Duration::from_secs(2)).await;
         s.signal(grey, nix::sys::signal::Signal::SIGCONT);
         s.victims.clear();
         let healed = s.formed(Duration::from_secs(30)).await;
@@ -562,7 +570,8 @@ async fn run_seed(seed: u64, per_subnet: u8) -> Suite {
     }
 
     if step("subnet") {
-        // 5. A subnet's processes all killed and started again within 3 s.
+        // 5. A subnet's processes all killed and started again, one after another in a
+        //    seeded order, each as soon as the one before it is up.
         let subnet = SUBNETS[rng.random_range(0..SUBNETS.len())];
         let members: Vec<usize> = (0..n)
             .filter(|&i| s.eps[i].ip.starts_with(&format!("127.0.{subnet}.")))
@@ -573,13 +582,15 @@ async fn run_seed(seed: u64, per_subnet: u8) -> Suite {
             s.kill(i);
         }
         let id = s.ask().await;
-        for &i in &members {
-            // Each comes back at its own moment within 3 s (the fault's timing).
-            tokio::time::sleep(Duration::from_millis(
-                rng.random_range(0..3000 / members.len() as u64),
-            ))
-            .await;
+        let mut order = members.clone();
+        order.shuffle(&mut rng);
+        for &i in &order {
             s.start(i);
+            s.eps[i]
+                .proc
+                .as_ref()
+                .expect("started")
+                .line_starting("endpoint ");
         }
         for &i in &members {
             s.eps[i]

@@ -74,14 +74,7 @@ impl QuestionDesk {
             tick.tick().await;
             // Machines registered again (a count of joins would count one that joined
             // twice twice).
-            let report = self.rings.report(None).await;
-            let back = report
-                .rings
-                .iter()
-                .flat_map(|r| r.members.iter())
-                .chain(report.isolated.iter())
-                .filter(|m| m.health != rollcall_cluster::proto::Health::Offline)
-                .count();
+            let back = self.rings.report(None).await.online().count();
             let waited = started.elapsed() >= RESUME_WAIT;
             let mut still = Vec::new();
             for (o, expected) in waiting {

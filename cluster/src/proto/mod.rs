@@ -813,6 +813,19 @@ pub struct RingReport {
 pub const MEMBERS_LISTED_MAX: usize = 2_000;
 
 impl RingsReport {
+    /// Every machine in the report (ring members, then isolated ones).
+    pub fn machines(&self) -> impl Iterator<Item = &MemberReport> + Clone {
+        self.rings
+            .iter()
+            .flat_map(|r| r.members.iter())
+            .chain(self.isolated.iter())
+    }
+
+    /// The machines the server does not hold offline.
+    pub fn online(&self) -> impl Iterator<Item = &MemberReport> + Clone {
+        self.machines().filter(|m| m.health != Health::Offline)
+    }
+
     /// Keeps the report within one reply: past [`MEMBERS_LISTED_MAX`] members in all, each
     /// ring keeps its count, leaders' links and first and last member, not every member;
     /// isolated machines are cut the same way.

@@ -54,10 +54,7 @@ pub(super) struct Observer {
 pub(super) fn members(
     r: &RingsReport,
 ) -> impl Iterator<Item = &rollcall_cluster::proto::MemberReport> {
-    r.rings
-        .iter()
-        .flat_map(|x| x.members.iter())
-        .chain(r.isolated.iter())
+    r.machines()
 }
 
 impl Observer {

@@ -96,7 +96,8 @@ impl ChaosRelay {
         action: &FaultAction,
     ) -> Vec<AgentOutcome> {
         let targeted: HashSet<IpAddr> = who.iter().map(|m| m.addr.ip()).collect();
-        let others: Vec<IpAddr> = members(report)
+        let others: Vec<IpAddr> = report
+            .machines()
             .map(|m| m.addr.ip())
             .filter(|ip| !targeted.contains(ip))
             .collect::<HashSet<_>>()
@@ -199,10 +200,6 @@ pub fn summary(all: &[AgentOutcome]) -> String {
     s
 }
 
-fn members(report: &RingsReport) -> impl Iterator<Item = &MemberReport> {
-    report.rings.iter().flat_map(|r| r.members.iter())
-}
-
 /// The machines `target` names in `report`: those the server has not marked offline, or
 /// every one it knows when `reach_all` (healing must reach a grey machine it gave up on).
 pub fn pick(
@@ -213,12 +210,14 @@ pub fn pick(
 ) -> Result<Vec<MemberReport>, String> {
     let live = |m: &&MemberReport| reach_all || m.health != Health::Offline;
     let mut picked: Vec<MemberReport> = match target {
-        Target::All => members(report).filter(live).cloned().collect(),
-        Target::Node(who) => members(report)
+        Target::All => report.machines().filter(live).cloned().collect(),
+        Target::Node(who) => report
+            .machines()
             .filter(|m| m.id.as_str() == who || m.addr.ip().to_string() == *who)
             .cloned()
             .collect(),
-        Target::Leaders => members(report)
+        Target::Leaders => report
+            .machines()
             .filter(live)
             .filter(|m| m.leads.any())
             .cloned()
@@ -229,7 +228,7 @@ pub fn pick(
                     "--random takes a share from 0% to 100%, not {pct}%"
                 ));
             }
-            let mut all: Vec<MemberReport> = members(report).filter(live).cloned().collect();
+            let mut all: Vec<MemberReport> = report.machines().filter(live).cloned().collect();
             all.sort_by(|a, b| a.id.cmp(&b.id));
             all.shuffle(&mut SmallRng::seed_from_u64(seed));
             let n = ((all.len() as f64) * pct / 100.0).round() as usize;
@@ -239,7 +238,8 @@ pub fn pick(
         Target::Subnet(s) => {
             let (net, prefix) = rollcall_cluster::membership::parse_cidr(s)
                 .or_else(|_| rollcall_cluster::membership::parse_cidr(&format!("{s}/24")))?;
-            members(report)
+            report
+                .machines()
                 .filter(live)
                 .filter(|m| in_subnet(m.addr.ip(), net, prefix))
                 .cloned()

@@ -484,4 +484,37 @@ mod tests {
         let s = r.stats.snapshot();
         assert_eq!((s.chaos_applied, s.chaos_refused), (0, 6));
     }
+
+    proptest::proptest! {
+        /// Any bytes as a command frame, and any bytes signed by the server as an order:
+        /// refused with a reason and counted, never a panic, never a fault applied.
+        #[test]
+        fn any_bytes_as_a_command_or_an_order_are_refused(
+            frame in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            order in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let r = rig();
+            let a = agent(&r, true);
+            let decoded: Result<AgentCommand, _> = rmp_serde::from_slice(&frame);
+            if let Ok(cmd) = decoded {
+                // Whatever decoded carries no valid signature of this server's key.
+                proptest::prop_assert!(matches!(a.handle(&r.server, &cmd), AgentReply::Refused(_)));
+            }
+            let id = 7;
+            let stamp = Stamp::now_for(COMMAND_TTL);
+            let signed = AgentCommand {
+                id,
+                stamp,
+                signature: r.signer.sign(Purpose::Chaos, id, stamp, &order),
+                order: order.clone(),
+            };
+            let parsed: Option<AgentOrder> = rmp_serde::from_slice(&order).ok();
+            let reply = a.handle(&r.server, &signed);
+            match parsed {
+                // A well-formed order for this machine is the server's to give.
+                Some(o) if o.to == r.me.as_str() => {}
+                _ => proptest::prop_assert!(matches!(reply, AgentReply::Refused(_)), "{reply:?}"),
+            }
+        }
+    }
 }

@@ -50,6 +50,8 @@ struct Record {
     repeats: Vec<u32>,
     /// The fan-out to the rings has finished (machines missing now missed it).
     fanned_out: bool,
+    /// Every machine expected has answered (counted once in [`QuestionCounts`]).
+    complete: bool,
 }
 
 impl Record {
@@ -87,6 +89,48 @@ impl Record {
 
     fn answered(&self) -> usize {
         self.answers.len() + self.repeats.len()
+    }
+
+    /// Whether this question just reached every expected machine (true once). The full
+    /// check runs only once there are as many answers as machines expected.
+    fn just_completed(&mut self) -> bool {
+        if self.complete || self.answers.len() < self.expected.len() {
+            return false;
+        }
+        self.complete = self.expected.keys().all(|n| self.answers.contains_key(n));
+        self.complete
+    }
+}
+
+/// Upper bounds of the time-to-every-answer histogram, in seconds.
+pub const TO_FULL_BOUNDS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// What the server's questions have come to since it started (for its metrics).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QuestionCounts {
+    /// Questions asked (a question asked again after a restart counts again).
+    pub asked: u64,
+    /// Answers counted (each machine once per question).
+    pub answers: u64,
+    /// Questions every expected machine answered.
+    pub complete: u64,
+    /// Of those, how many took at most each of [`TO_FULL_BOUNDS`] (not cumulative; the
+    /// last slot: longer).
+    pub to_full: [u64; TO_FULL_BOUNDS.len() + 1],
+    /// Their times added up, in seconds.
+    pub to_full_sum_s: f64,
+}
+
+impl QuestionCounts {
+    fn observe_full(&mut self, took: std::time::Duration) {
+        let s = took.as_secs_f64();
+        let slot = TO_FULL_BOUNDS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(TO_FULL_BOUNDS.len());
+        self.to_full[slot] += 1;
+        self.to_full_sum_s += s;
+        self.complete += 1;
     }
 }
 
@@ -252,6 +296,8 @@ pub struct QuestionStore {
     /// The last question's live machines, as listed and as indexed: a question asked of the
     /// same fleet shares the index instead of hashing every machine again.
     roster: Mutex<Option<(Live, Arc<Expected>)>>,
+    /// Since this server started.
+    counts: Mutex<QuestionCounts>,
 }
 
 impl QuestionStore {
@@ -262,6 +308,25 @@ impl QuestionStore {
             max_kept: max_kept.max(1),
             state: Mutex::new((0, BTreeMap::new())),
             roster: Mutex::new(None),
+            counts: Mutex::new(QuestionCounts::default()),
+        }
+    }
+
+    /// What the questions have come to since this server started.
+    pub fn counts(&self) -> QuestionCounts {
+        rollcall_runtime::sync::lock(&self.counts).clone()
+    }
+
+    /// Counts `added` answers to `r`, and its completion if they completed it.
+    fn count_answers(&self, r: &mut Record, added: usize) {
+        let full = r.just_completed();
+        if added == 0 && !full {
+            return;
+        }
+        let mut c = rollcall_runtime::sync::lock(&self.counts);
+        c.answers += added as u64;
+        if full {
+            c.observe_full(tokio::time::Instant::now().into_std() - r.asked_at);
         }
     }
 
@@ -393,8 +458,10 @@ impl QuestionStore {
                 repeats: Vec::new(),
                 flagged: Vec::new(),
                 fanned_out: false,
+                complete: false,
             },
         );
+        rollcall_runtime::sync::lock(&self.counts).asked += 1;
         while st.1.len() > self.max_kept {
             st.1.pop_first();
         }
@@ -445,6 +512,7 @@ impl QuestionStore {
             }
         }
         if let Some(r) = self.lock().1.get_mut(&id) {
+            let before = r.answers.len();
             for (answer, who) in verified {
                 // Checked when the partial was decoded: this cannot fail.
                 let Ok(answer) = rmp_serde::from_slice::<NodeAnswer>(answer) else {
@@ -468,6 +536,8 @@ impl QuestionStore {
                     ),
                 ));
             }
+            let added = r.answers.len() - before;
+            self.count_answers(r, added);
         }
         out
     }
@@ -478,7 +548,10 @@ impl QuestionStore {
         let mut st = self.lock();
         match st.1.get_mut(&id) {
             Some(r) if now < r.expires_at => {
+                let before = r.answers.len();
                 r.add(&node.0, &answer);
+                let added = r.answers.len() - before;
+                self.count_answers(r, added);
                 true
             }
             _ => false,

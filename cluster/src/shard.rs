@@ -619,6 +619,11 @@ impl RingServer {
         self.registrations.load(Ordering::Relaxed)
     }
 
+    /// What the questions have come to since the server started.
+    pub fn question_counts(&self) -> crate::questions::QuestionCounts {
+        self.questions.counts()
+    }
+
     /// One ring's members, from the shard that owns it alone (a fan-out asks this once per
     /// ring and round: it must not stop every shard).
     async fn ring_members(&self, ring: &RingId) -> Vec<crate::proto::MemberReport> {

@@ -87,6 +87,13 @@ impl Origin {
         );
     }
 
+    /// Chunk bytes and chunks sent to endpoints, every package together.
+    pub fn egress_total(&self) -> (u64, u64) {
+        rollcall_runtime::sync::lock(&self.sent)
+            .values()
+            .fold((0, 0), |(b, c), s| (b + s.bytes, c + s.chunks))
+    }
+
     /// Keeps an uploaded chunk; returns its hash.
     pub fn put_chunk(&self, data: Bytes) -> Result<Hash, OriginError> {
         let h = crate::manifest::hash(&data);

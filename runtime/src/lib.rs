@@ -14,6 +14,7 @@ pub mod answer_tags;
 pub mod backoff;
 pub mod config;
 pub mod enrol;
+pub mod figures;
 pub mod identity;
 pub mod join_tokens;
 pub mod node;

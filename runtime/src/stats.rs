@@ -8,22 +8,29 @@ use tokio::sync::Notify;
 use crate::wire::WireError;
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         /// Live counters, shared by a node's transport and links.
         #[derive(Debug, Default)]
         pub struct WireStats {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
             changed: Notify,
         }
 
         /// A copy of [`WireStats`] at one moment.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-        pub struct WireStatsSnapshot { $($(#[$doc])* pub $name: u64,)* }
+        pub struct WireStatsSnapshot { $($(#[doc = $doc])* pub $name: u64,)* }
 
         impl WireStats {
             /// Reads every counter.
             pub fn snapshot(&self) -> WireStatsSnapshot {
                 WireStatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl WireStatsSnapshot {
+            /// Every counter: (name, what it counts, value).
+            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), concat!($($doc),*).trim_ascii(), self.$name),)*]
             }
         }
     };

@@ -82,6 +82,11 @@ pub async fn start_server_services_with(
     let desk = QuestionDesk::new(rings.clone(), store)
         .with_origin(origin.clone())
         .install(node);
+    node.set_figures(Arc::new(crate::figures::ServerFigures {
+        rings: rings.clone(),
+        desk: desk.clone(),
+        origin: origin.clone(),
+    }));
     Ok(ServerServices {
         rings,
         desk,
@@ -371,6 +376,8 @@ pub async fn start_endpoint_with(
         member: std::sync::OnceLock::new(),
         me: node.identity().id.clone(),
     });
+    let mut patch = None;
+    let mut acting_journal = None;
     mc.evaluator = match plan.answering {
         Answering::Sensors(host) => {
             let evaluator = SensorEvaluator::new(Sensors::new(host));
@@ -384,6 +391,7 @@ pub async fn start_endpoint_with(
             files,
             history,
         } => {
+            acting_journal = Some(journal.clone());
             let (me, trust, stats) = (
                 node.identity().id.to_string(),
                 plan.trust.clone(),
@@ -400,6 +408,7 @@ pub async fn start_endpoint_with(
                         (plan.trust.server_id.clone(), plan.server),
                         f.cfg,
                     );
+                    patch = Some(svc.clone());
                     let files = Arc::new(EndpointFiles {
                         svc,
                         work_dir: f.work_dir,
@@ -436,5 +445,10 @@ pub async fn start_endpoint_with(
         .context("starting the ring member")?;
     let member: ActorRef<MemberMsg> = cell.into();
     let _ = hood.member.set(member.clone());
+    node.set_figures(Arc::new(crate::figures::EndpointFigures {
+        member: member.clone(),
+        patch,
+        journal: acting_journal,
+    }));
     Ok(member)
 }

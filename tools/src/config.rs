@@ -43,6 +43,40 @@ pub struct RawConfig {
     /// `[runtime]` settings.
     #[serde(default)]
     pub runtime: RawRuntime,
+    /// `[metrics]` settings.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]` as written: the metrics and health listener.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Address of the plain-HTTP listener serving `/metrics`, `/healthz` and `/readyz`
+    /// (default: none). It needs no credentials: keep it on loopback or a management network.
+    pub listen: Option<String>,
+}
+
+/// `[metrics]` validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Where the listener listens (`None`: off).
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl RawMetrics {
+    /// Parses the address.
+    pub fn validate(self) -> Result<MetricsSettings, ConfigError> {
+        let listen = self
+            .listen
+            .map(|a| {
+                a.parse().map_err(|e| {
+                    ConfigError::Invalid(format!("[metrics] listen {a:?} is not an address: {e}"))
+                })
+            })
+            .transpose()?;
+        Ok(MetricsSettings { listen })
+    }
 }
 
 /// `[runtime]` as written: the async runtime a node runs on.
@@ -144,6 +178,8 @@ pub struct Config {
     pub chaos: ChaosSettings,
     /// The async runtime.
     pub runtime: RuntimeSettings,
+    /// The metrics listener.
+    pub metrics: MetricsSettings,
 }
 
 impl RawConfig {
@@ -164,6 +200,7 @@ impl RawConfig {
             alerts: self.alerts.validate()?,
             chaos: self.chaos.validate()?,
             runtime: self.runtime.validate()?,
+            metrics: self.metrics.validate()?,
         })
     }
 }
@@ -204,6 +241,7 @@ mod tests {
             ),
             ("[peering]\nmask_v4 = 40\n", "peering.mask_v4"),
             ("[server]\nresults_kept = 0\n", "server.results_kept"),
+            ("[metrics]\nlisten = \"nowhere\"\n", "[metrics] listen"),
         ] {
             let raw: RawConfig = toml::from_str(text).expect("toml");
             let err = raw.validate().expect_err(text).to_string();

@@ -6,8 +6,10 @@ pub mod chaos;
 pub mod compose;
 pub mod config;
 pub mod desk_client;
+pub mod figures;
 #[cfg(feature = "simulation")]
 pub mod fleet;
+pub mod metrics;
 pub mod results;
 #[cfg(feature = "simulation")]
 pub mod sim;

@@ -689,6 +689,21 @@ impl ActionBook {
         })
     }
 
+    /// Machines by status kind over every action kept, and actions awaiting approval (for
+    /// the server's metrics: no action is refreshed).
+    pub fn totals(&self) -> (BTreeMap<&'static str, u64>, u64) {
+        let b = self.lock();
+        let mut kinds: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut waiting = 0;
+        for r in b.actions.values() {
+            for (s, _) in r.machines.values() {
+                *kinds.entry(s.kind()).or_default() += 1;
+            }
+            waiting += u64::from(r.phase == Phase::AwaitingApproval);
+        }
+        (kinds, waiting)
+    }
+
     /// Every action, newest first, as reports without machines.
     pub fn list(&self) -> Vec<ActionReport> {
         let ids: Vec<u64> = self.lock().actions.keys().rev().copied().collect();

@@ -186,6 +186,8 @@ struct Shared {
     faults: Arc<NodeFaults>,
     /// Peers whose certificates are revoked: everything they send is refused.
     revoked: Arc<crate::revocation::Revocations>,
+    /// What adds the services' figures to the node's own (rings, questions, chunks).
+    figures: std::sync::OnceLock<Arc<dyn crate::figures::FigureSource>>,
 }
 
 impl Shared {
@@ -243,6 +245,7 @@ impl Node {
             next_call: AtomicU64::new(1),
             faults: Arc::new(NodeFaults::default()),
             revoked: Arc::default(),
+            figures: std::sync::OnceLock::new(),
         });
         shared.router.register(
             STATUS_ACTOR,
@@ -339,6 +342,16 @@ impl Node {
     /// The live counters (for [`WireStats::wait_for`]).
     pub fn wire_stats(&self) -> &Arc<WireStats> {
         &self.shared.stats
+    }
+
+    /// Adds `source`'s figures to this node's own (the first source set stays).
+    pub fn set_figures(&self, source: Arc<dyn crate::figures::FigureSource>) {
+        let _ = self.shared.figures.set(source);
+    }
+
+    /// Every figure of this node: the process's, its link counters, and its services'.
+    pub fn figures(&self) -> futures::future::BoxFuture<'static, Vec<crate::figures::Figure>> {
+        shared_figures(&self.shared)
     }
 
     /// The node's supervisor (of its redialing links, and of what the caller puts under
@@ -610,6 +623,26 @@ pub struct PeerInfo {
     pub peer: PeerIdentity,
     /// Where.
     pub addr: SocketAddr,
+}
+
+/// See [`Node::figures`].
+fn shared_figures(
+    shared: &Shared,
+) -> futures::future::BoxFuture<'static, Vec<crate::figures::Figure>> {
+    let mut own = crate::figures::process();
+    own.extend(shared.stats.snapshot().figures());
+    own.push(crate::figures::Figure::gauge(
+        "rollcall_links",
+        "Peers with a live link",
+        crate::sync::read(&shared.links).len() as f64,
+    ));
+    let more = shared.figures.get().map(|s| s.figures());
+    Box::pin(async move {
+        if let Some(more) = more {
+            own.extend(more.await);
+        }
+        own
+    })
 }
 
 #[cfg(test)]

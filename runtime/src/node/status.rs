@@ -13,7 +13,7 @@ use super::*;
 pub struct StatusRequest;
 
 /// A node's status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// The node.
     pub identity: PeerIdentity,
@@ -25,6 +25,10 @@ pub struct NodeStatus {
     pub stats: WireStatsSnapshot,
     /// The identity of whoever asked, as this node read it from their certificate.
     pub asked_by: PeerIdentity,
+    /// Every figure the metrics listener shows (process, links, rings, questions, actions,
+    /// chunks).
+    #[serde(default)]
+    pub figures: Vec<crate::figures::Figure>,
 }
 
 /// Answers [`StatusRequest`] from servers and operators (any role), right in the stream's
@@ -46,10 +50,19 @@ impl Deliver for StatusService {
             peers,
             stats: shared.stats.snapshot(),
             asked_by: msg.from.clone(),
+            figures: Vec::new(),
         };
-        if let Err(e) = msg.answer(&status) {
-            tracing::warn!(error = %e, "status could not be encoded");
-        }
+        // The services' figures are gathered from their actors: off the stream's task.
+        let figures = shared_figures(&shared);
+        tokio::spawn(async move {
+            let status = NodeStatus {
+                figures: figures.await,
+                ..status
+            };
+            if let Err(e) = msg.answer(&status) {
+                tracing::warn!(error = %e, "status could not be encoded");
+            }
+        });
         Ok(())
     }
 }

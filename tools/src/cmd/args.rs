@@ -597,6 +597,11 @@ pub(crate) struct LinkFlags {
     /// Close a link after this many milliseconds without hearing from the peer.
     #[arg(long)]
     pub(crate) idle_timeout_ms: Option<u64>,
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics, with /healthz and
+    /// /readyz for probes [default: off, or metrics.listen]. Keep it on loopback or a
+    /// management network: it needs no credentials.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_listen: Option<SocketAddr>,
 }
 
 impl LinkFlags {
@@ -610,6 +615,9 @@ impl LinkFlags {
         }
         if self.idle_timeout_ms.is_some() {
             raw.link.idle_timeout_ms = self.idle_timeout_ms;
+        }
+        if let Some(a) = self.metrics_listen {
+            raw.metrics.listen = Some(a.to_string());
         }
         Ok(raw.validate()?)
     }

@@ -227,7 +227,25 @@ pub(crate) async fn server(a: ServerArgs) -> Result<()> {
         ServerSigner::load_or_create(&a.ca_dir).context("loading the server's signing key")?,
     );
     let state = a.state_dir.unwrap_or_else(|| a.ca_dir.join("server"));
+    let metrics = start_metrics(&cfg, "opening the store").await?;
     let (node, _rings) = start_server(ca, Some(&a.ca_dir), signer, &state, a.listen, &cfg).await?;
+    if let Some(m) = &metrics {
+        // Started means the store is open and the socket bound: ready while it runs.
+        let n = node.clone();
+        m.attach(
+            &node,
+            Arc::new(move || {
+                let up = !n.is_shut_down();
+                Box::pin(async move {
+                    if up {
+                        Ok(())
+                    } else {
+                        Err("shutting down".into())
+                    }
+                })
+            }),
+        );
+    }
     println!(
         "server {} listening on {}",
         node.identity().id,
@@ -236,6 +254,20 @@ pub(crate) async fn server(a: ServerArgs) -> Result<()> {
     wait_for_shutdown().await;
     node.shutdown_and_wait(Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// Starts the metrics listener if the config asks for one.
+async fn start_metrics(
+    cfg: &Config,
+    waiting_on: &str,
+) -> Result<Option<rollcall::metrics::MetricsListener>> {
+    let Some(addr) = cfg.metrics.listen else {
+        return Ok(None);
+    };
+    let m = rollcall::metrics::MetricsListener::serve(addr).await?;
+    m.waiting_on(waiting_on);
+    println!("metrics on http://{}/metrics", m.addr());
+    Ok(Some(m))
 }
 
 pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
@@ -264,6 +296,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         .transpose()
         .context("reading the join token")?;
     let hostname = hostname();
+    let metrics = start_metrics(&cfg, "enrolling with the server").await?;
     let enrol_bind = SocketAddr::new(a.listen.ip(), 0);
     // A server that cannot be reached, or whose exchange broke off (a fleet starting all at
     // once), is tried again with backoff; a refusal (a bad token) ends the process.
@@ -319,6 +352,9 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         node.identity().id,
         node.local_addr()
     );
+    if let Some(m) = &metrics {
+        m.waiting_on("starting the ring member");
+    }
     let journal: Arc<dyn Journal> = Arc::new(
         FileJournal::open(&a.state_dir.join("actions.redb"))
             .context("opening the action journal")?,
@@ -399,6 +435,23 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         },
     )
     .await?;
+    if let Some(m) = &metrics {
+        // Ready once the server has placed it: in a ring, or in an isolated range.
+        let member = member.clone();
+        m.attach(
+            &node,
+            Arc::new(move || {
+                let member = member.clone();
+                Box::pin(async move {
+                    match rollcall_cluster::member::status(&member).await {
+                        Some(s) if s.registrations > 0 => Ok(()),
+                        Some(_) => Err("not registered with the server yet".into()),
+                        None => Err("the ring member is restarting".into()),
+                    }
+                })
+            }),
+        );
+    }
     {
         let member = member.clone();
         let server = a.server.ip();

@@ -148,6 +148,11 @@ pub(crate) fn print_status(status: &NodeStatus, json: bool) -> Result<()> {
             p.addr
         );
     }
+    if !status.figures.is_empty() {
+        println!();
+        print_figures(&status.figures);
+        return Ok(());
+    }
     let s = &status.stats;
     println!(
         "links: {} accepted, {} refused at handshake; envelopes: {} in, {} out, {} rejected",
@@ -169,4 +174,35 @@ pub(crate) fn print_status(status: &NodeStatus, json: bool) -> Result<()> {
         s.enrolments_refused
     );
     Ok(())
+}
+
+/// The figures the metrics listener serves, one a line: name, labels, value (counters
+/// that never moved are left out; `--json` lists every one).
+pub(crate) fn print_figures(figures: &[rollcall_runtime::figures::Figure]) {
+    use rollcall_runtime::figures::FigureKind;
+    println!("{:<58} VALUE", "FIGURE");
+    for f in figures {
+        if f.kind == FigureKind::Counter && f.value == 0.0 {
+            continue;
+        }
+        let labels = f
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let name = if labels.is_empty() {
+            f.name.clone()
+        } else {
+            format!("{}{{{labels}}}", f.name)
+        };
+        let value = match &f.kind {
+            FigureKind::Histogram { sum, .. } if f.value > 0.0 => {
+                format!("{} (mean {:.3} s)", f.value, sum / f.value)
+            }
+            _ if f.value.fract() == 0.0 => format!("{}", f.value as i64),
+            _ => format!("{:.3}", f.value),
+        };
+        println!("{name:<58} {value}");
+    }
 }

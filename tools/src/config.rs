@@ -2,7 +2,7 @@
 //! runtime, `[ring]` and `[peering]` from the cluster, `[server]` from the actors), read as
 //! written and then validated. Command-line flags override the file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rollcall_actors::config::{
     ActionSettings, AlertSettings, HistorySettings, RawActions, RawAlerts, RawHistory, RawServer,
@@ -46,6 +46,71 @@ pub struct RawConfig {
     /// `[metrics]` settings.
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// `[node]` settings.
+    #[serde(default)]
+    pub node: RawNode,
+}
+
+/// `[node]` as written: what `rollcall server` and `rollcall endpoint` otherwise take as
+/// flags, so that a service manager runs them with the config file alone (flags override
+/// it). An empty string is the same as leaving the key out.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    /// Endpoint: the server's address.
+    pub server: Option<String>,
+    /// The UDP address to listen on.
+    pub listen: Option<String>,
+    /// Where the node keeps its key, certificate and stores.
+    pub state_dir: Option<PathBuf>,
+    /// Server: the CA directory made by `rollcall ca init`.
+    pub ca_dir: Option<PathBuf>,
+    /// Endpoint: the join token, needed on first start only.
+    pub join_token: Option<String>,
+    /// Endpoint: a file holding the join token.
+    pub join_token_file: Option<PathBuf>,
+}
+
+/// `[node]` validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeSettings {
+    /// See [`RawNode::server`].
+    pub server: Option<std::net::SocketAddr>,
+    /// See [`RawNode::listen`].
+    pub listen: Option<std::net::SocketAddr>,
+    /// See [`RawNode::state_dir`].
+    pub state_dir: Option<PathBuf>,
+    /// See [`RawNode::ca_dir`].
+    pub ca_dir: Option<PathBuf>,
+    /// See [`RawNode::join_token`].
+    pub join_token: Option<String>,
+    /// See [`RawNode::join_token_file`].
+    pub join_token_file: Option<PathBuf>,
+}
+
+fn address(key: &str, v: Option<String>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    v.filter(|a| !a.trim().is_empty())
+        .map(|a| {
+            a.trim().parse().map_err(|e| {
+                ConfigError::Invalid(format!("{key} {a:?} is not an address (IP:PORT): {e}"))
+            })
+        })
+        .transpose()
+}
+
+impl RawNode {
+    /// Parses the addresses; empty values are unset.
+    pub fn validate(self) -> Result<NodeSettings, ConfigError> {
+        let path = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        Ok(NodeSettings {
+            server: address("[node] server", self.server)?,
+            listen: address("[node] listen", self.listen)?,
+            state_dir: path(self.state_dir),
+            ca_dir: path(self.ca_dir),
+            join_token: self.join_token.filter(|t| !t.trim().is_empty()),
+            join_token_file: path(self.join_token_file),
+        })
+    }
 }
 
 /// `[metrics]` as written: the metrics and health listener.
@@ -180,6 +245,8 @@ pub struct Config {
     pub runtime: RuntimeSettings,
     /// The metrics listener.
     pub metrics: MetricsSettings,
+    /// Where the node runs (flags override it).
+    pub node: NodeSettings,
 }
 
 impl RawConfig {
@@ -201,6 +268,7 @@ impl RawConfig {
             chaos: self.chaos.validate()?,
             runtime: self.runtime.validate()?,
             metrics: self.metrics.validate()?,
+            node: self.node.validate()?,
         })
     }
 }
@@ -242,6 +310,7 @@ mod tests {
             ("[peering]\nmask_v4 = 40\n", "peering.mask_v4"),
             ("[server]\nresults_kept = 0\n", "server.results_kept"),
             ("[metrics]\nlisten = \"nowhere\"\n", "[metrics] listen"),
+            ("[node]\nserver = \"10.0.0.5\"\n", "[node] server"),
         ] {
             let raw: RawConfig = toml::from_str(text).expect("toml");
             let err = raw.validate().expect_err(text).to_string();

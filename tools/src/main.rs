@@ -77,6 +77,10 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if e.downcast_ref::<cmd::nodes::NotConfigured>().is_some() {
+                // EX_CONFIG: the service unit does not restart on it.
+                return std::process::ExitCode::from(78);
+            }
             std::process::ExitCode::FAILURE
         }
     }

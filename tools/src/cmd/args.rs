@@ -625,13 +625,14 @@ impl LinkFlags {
 
 #[derive(Debug, Args)]
 pub(crate) struct ServerArgs {
-    /// The CA directory made by `rollcall ca init`.
+    /// The CA directory made by `rollcall ca init` [or the config file's node.ca_dir].
     #[arg(long)]
-    pub(crate) ca_dir: PathBuf,
-    /// UDP address to listen on.
-    #[arg(long, default_value = "0.0.0.0:4700")]
-    pub(crate) listen: SocketAddr,
-    /// Where the server keeps its certificate and node secret [default: CA_DIR/server].
+    pub(crate) ca_dir: Option<PathBuf>,
+    /// UDP address to listen on [default: 0.0.0.0:4700, or node.listen].
+    #[arg(long)]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Where the server keeps its certificate and node secret [default: node.state_dir, or
+    /// CA_DIR/server].
     #[arg(long)]
     pub(crate) state_dir: Option<PathBuf>,
     /// Prefix length of an IPv4 peering range: endpoints in the same range form a ring
@@ -652,23 +653,24 @@ pub(crate) struct ServerArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct EndpointArgs {
-    /// The server's address.
+    /// The server's address [or the config file's node.server].
     #[arg(long)]
-    pub(crate) server: SocketAddr,
+    pub(crate) server: Option<SocketAddr>,
     /// The join token printed by `rollcall ca init` or `rollcall ca join-token`; needed on
     /// first start only. Prefer `--join-token-file` or the environment: a command line is
     /// readable by every local user.
     #[arg(long, env = "ROLLCALL_JOIN_TOKEN", hide_env_values = true)]
     pub(crate) join_token: Option<String>,
-    /// A file holding the join token (first start only).
+    /// A file holding the join token (first start only). Without either, the config file's
+    /// node.join_token or node.join_token_file.
     #[arg(long, conflicts_with = "join_token")]
     pub(crate) join_token_file: Option<PathBuf>,
-    /// Where the endpoint keeps its key, certificate and node secret.
+    /// Where the endpoint keeps its key, certificate and node secret [or node.state_dir].
     #[arg(long)]
-    pub(crate) state_dir: PathBuf,
-    /// UDP address to listen on for peers.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    pub(crate) listen: SocketAddr,
+    pub(crate) state_dir: Option<PathBuf>,
+    /// UDP address to listen on for peers [default: 0.0.0.0:0 (any port), or node.listen].
+    #[arg(long)]
+    pub(crate) listen: Option<SocketAddr>,
     /// Answer questions as a simulated machine (a deterministic profile from this seed)
     /// instead of reading this one: for test fleets.
     #[arg(long, value_name = "SEED")]

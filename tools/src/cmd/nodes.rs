@@ -222,13 +222,31 @@ pub(crate) async fn server(a: ServerArgs) -> Result<()> {
         }
         cfg.server.results_kept = n;
     }
-    let ca = Arc::new(Ca::load(&a.ca_dir).context("loading the CA")?);
+    let ca_dir = a
+        .ca_dir
+        .or(cfg.node.ca_dir.clone())
+        .ok_or_else(|| NotConfigured("set the CA directory: --ca-dir, or [node] ca_dir".into()))?;
+    let listen = a
+        .listen
+        .or(cfg.node.listen)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 4700)));
+    if !ca_dir.exists() {
+        return Err(NotConfigured(format!(
+            "no CA in {0}: make it with `rollcall ca init --dir {0}`",
+            ca_dir.display()
+        ))
+        .into());
+    }
+    let ca = Arc::new(Ca::load(&ca_dir).context("loading the CA")?);
     let signer = Arc::new(
-        ServerSigner::load_or_create(&a.ca_dir).context("loading the server's signing key")?,
+        ServerSigner::load_or_create(&ca_dir).context("loading the server's signing key")?,
     );
-    let state = a.state_dir.unwrap_or_else(|| a.ca_dir.join("server"));
+    let state = a
+        .state_dir
+        .or(cfg.node.state_dir.clone())
+        .unwrap_or_else(|| ca_dir.join("server"));
     let metrics = start_metrics(&cfg, "opening the store").await?;
-    let (node, _rings) = start_server(ca, Some(&a.ca_dir), signer, &state, a.listen, &cfg).await?;
+    let (node, _rings) = start_server(ca, Some(&ca_dir), signer, &state, listen, &cfg).await?;
     if let Some(m) = &metrics {
         // Started means the store is open and the socket bound: ready while it runs.
         let n = node.clone();
@@ -256,6 +274,12 @@ pub(crate) async fn server(a: ServerArgs) -> Result<()> {
     Ok(())
 }
 
+/// A setting the node cannot start without is missing (the process exits with 78,
+/// EX_CONFIG, which its service unit does not restart on).
+#[derive(Debug, thiserror::Error)]
+#[error("not configured: {0}")]
+pub(crate) struct NotConfigured(pub(crate) String);
+
 /// Starts the metrics listener if the config asks for one.
 async fn start_metrics(
     cfg: &Config,
@@ -281,15 +305,36 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
     if cfg.ring.register_min_ms == 0 || cfg.ring.register_min_ms > cfg.ring.register_max_ms {
         bail!("the registration interval must satisfy 0 < min <= max");
     }
-    let from_file = match &a.join_token_file {
+    let server = a.server.or(cfg.node.server).ok_or_else(|| {
+        NotConfigured("set the server's address: --server, or [node] server".into())
+    })?;
+    let state_dir = a
+        .state_dir
+        .clone()
+        .or(cfg.node.state_dir.clone())
+        .ok_or_else(|| {
+            NotConfigured("set the state directory: --state-dir, or [node] state_dir".into())
+        })?;
+    let listen = a
+        .listen
+        .or(cfg.node.listen)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    // Flags first, then the config file.
+    let (join_token, join_token_file) = match (&a.join_token, &a.join_token_file) {
+        (None, None) => (
+            cfg.node.join_token.clone(),
+            cfg.node.join_token_file.clone(),
+        ),
+        _ => (a.join_token.clone(), a.join_token_file.clone()),
+    };
+    let from_file = match &join_token_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
                 .with_context(|| format!("reading the join token from {}", p.display()))?,
         ),
         None => None,
     };
-    let token = a
-        .join_token
+    let token = join_token
         .as_deref()
         .or(from_file.as_deref())
         .map(|t| t.trim().parse::<JoinToken>())
@@ -297,19 +342,12 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         .context("reading the join token")?;
     let hostname = hostname();
     let metrics = start_metrics(&cfg, "enrolling with the server").await?;
-    let enrol_bind = SocketAddr::new(a.listen.ip(), 0);
+    let enrol_bind = SocketAddr::new(listen.ip(), 0);
     // A server that cannot be reached, or whose exchange broke off (a fleet starting all at
     // once), is tried again with backoff; a refusal (a bad token) ends the process.
     let mut wait = Duration::from_secs(1);
     let enrolled = loop {
-        match enrol::load_or_enrol(
-            &a.state_dir,
-            a.server,
-            token.as_ref(),
-            &hostname,
-            enrol_bind,
-        )
-        .await
+        match enrol::load_or_enrol(&state_dir, server, token.as_ref(), &hostname, enrol_bind).await
         {
             Ok(e) => break e,
             Err(e @ (enrol::EnrolError::Connect { .. } | enrol::EnrolError::Exchange(_))) => {
@@ -321,7 +359,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
             Err(e) => return Err(e).context("enrolling"),
         }
     };
-    let secret = identity::load_or_create_secret(&a.state_dir)?;
+    let secret = identity::load_or_create_secret(&state_dir)?;
     let allow_chaos = a.allow_chaos || cfg.chaos.allow;
     // Socket faults only where chaos is allowed: every datagram passes through them.
     let socket_faults = allow_chaos.then(|| {
@@ -335,15 +373,15 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         faults: socket_faults.clone(),
         ..QuicOptions::default()
     };
-    let t = QuicTransport::bind(a.listen, &enrolled.creds, &secret, opts)
-        .with_context(|| format!("listening on {}", a.listen))?;
+    let t = QuicTransport::bind(listen, &enrolled.creds, &secret, opts)
+        .with_context(|| format!("listening on {}", listen))?;
     let node = Node::start(t.clone(), node_options(&cfg)).await?;
     // Its certificate is short-lived: renewed over its link before a third of its life is left.
     rollcall_runtime::renewal::keep_renewed(
         node.clone(),
         t,
-        a.state_dir.clone(),
-        a.server,
+        state_dir.clone(),
+        server,
         enrolled.trust.server_id.clone(),
         enrolled.creds.clone(),
     );
@@ -356,12 +394,11 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         m.waiting_on("starting the ring member");
     }
     let journal: Arc<dyn Journal> = Arc::new(
-        FileJournal::open(&a.state_dir.join("actions.redb"))
-            .context("opening the action journal")?,
+        FileJournal::open(&state_dir.join("actions.redb")).context("opening the action journal")?,
     );
     // Who a quarantined machine may still reach: the server, and its ring neighbours as
     // its ring actor last saw them.
-    let reachable = Arc::new(std::sync::RwLock::new(vec![a.server.ip()]));
+    let reachable = Arc::new(std::sync::RwLock::new(vec![server.ip()]));
     let (host, executor, linux): (Arc<dyn HostView>, Arc<dyn Executor>, Option<LinuxExecutor>) =
         match a.simulate_host {
             Some(seed) => {
@@ -379,8 +416,8 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
                         .actions
                         .quarantine_dir
                         .clone()
-                        .unwrap_or_else(|| a.state_dir.join("quarantine")),
-                    state_dir: a.state_dir.clone(),
+                        .unwrap_or_else(|| state_dir.join("quarantine")),
+                    state_dir: state_dir.clone(),
                     allow: Arc::new(move || rollcall_runtime::sync::read(&r).clone()),
                 });
                 (
@@ -393,7 +430,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
     // A real machine records its history; a simulated one answers from its seeded history.
     let history = match (a.simulate_host, cfg.history.enabled) {
         (None, true) => Some(compose::HistoryPlan::open(
-            &a.state_dir.join("history.redb"),
+            &state_dir.join("history.redb"),
             &cfg.history,
         )?),
         _ => None,
@@ -405,14 +442,14 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         trust.clone(),
         socket_faults,
         cfg.chaos.fault_limit,
-        a.server.ip(),
+        server.ip(),
     );
     if allow_chaos {
         tracing::warn!("chaos commands allowed: an admin may kill, pause or degrade this process");
     }
     let member = start_member(
         &node,
-        a.server,
+        server,
         trust,
         &cfg,
         hostname,
@@ -423,13 +460,13 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
             files: Some(Box::new(compose::FilesPlan {
                 cache: Arc::new(
                     rollcall_patchdist::FileCache::open(
-                        &a.state_dir.join("chunks.redb"),
+                        &state_dir.join("chunks.redb"),
                         cfg.actions.package_cache_bytes,
                     )
                     .context("opening the package chunk cache")?,
                 ),
                 cfg: rollcall_patchdist::PatchConfig::default(),
-                work_dir: Some(a.state_dir.join("work")),
+                work_dir: Some(state_dir.join("work")),
             })),
             history,
         },
@@ -454,7 +491,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
     }
     {
         let member = member.clone();
-        let server = a.server.ip();
+        let server = server.ip();
         tokio::spawn(async move {
             loop {
                 if let Some(s) = rollcall_cluster::member::status(&member).await {

@@ -38,8 +38,18 @@ pub struct Running {
 
 impl Running {
     pub fn start(args: &[&str]) -> Running {
-        let mut child = rollcall()
-            .args(args)
+        Running::spawn(rollcall().args(args))
+    }
+
+    /// `program` with `args` (a `rollcall` binary other than the one this test built).
+    pub fn start_program(program: &std::path::Path, args: &[&str]) -> Running {
+        let mut c = Command::new(program);
+        c.env("RUST_LOG", "warn");
+        Running::spawn(c.args(args))
+    }
+
+    fn spawn(c: &mut Command) -> Running {
+        let mut child = c
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

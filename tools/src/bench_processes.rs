@@ -158,47 +158,46 @@ fn run_ok(exe: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Asks a question and waits until `n` machines answered it; how long that took.
-async fn all_answer(desk: &DeskClient, n: usize, within: Duration) -> Result<Duration> {
-    let t = Instant::now();
-    let id = match desk
-        .call(DeskRequest::Ask {
-            text: "Get Computer Name from all machines".into(),
-            ttl_ms: Some(600_000),
-        })
-        .await?
-    {
-        DeskReply::Asked { id, .. } => id,
-        other => bail!("ask: {other:?}"),
-    };
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        tick.tick().await;
-        let p = desk.progress(id).await?;
-        if p.answered >= n {
-            return Ok(t.elapsed());
-        }
-        if t.elapsed() > within {
-            bail!(
-                "{} of {n} answered within {within:?} ({} registered with the server)",
-                p.answered,
-                p.expected
-            );
-        }
-    }
-}
+/// How often a question is asked while the fleet comes up: the time to all answering is
+/// known to within this (plus the question's own time).
+const ASK_EVERY: Duration = Duration::from_millis(500);
 
-/// Waits until a question asked now reaches all `n` (retrying while machines are still
-/// registering); the time from `from`.
+/// Asks a question every [`ASK_EVERY`] until one of them has been answered by `n`
+/// machines; the time from `from` to that moment. (A question is expected of the machines
+/// registered when it is asked: asking again and again, rather than waiting on one, finds
+/// the moment the whole fleet answers, not the moment the first question gave up.)
 async fn until_all_answer(desk: &DeskClient, n: usize, from: Instant) -> Result<Duration> {
     let deadline = from + Duration::from_secs(120);
+    let mut asked: Vec<u64> = Vec::new();
+    let mut next_ask = Instant::now();
+    let mut best = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
-        match all_answer(desk, n, Duration::from_secs(3)).await {
-            Ok(_) => return Ok(from.elapsed()),
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("not all answering yet: {e:#}");
+        tick.tick().await;
+        if Instant::now() >= next_ask {
+            next_ask += ASK_EVERY;
+            match desk
+                .call(DeskRequest::Ask {
+                    text: "Get Computer Name from all machines".into(),
+                    ttl_ms: Some(120_000),
+                })
+                .await?
+            {
+                DeskReply::Asked { id, .. } => asked.push(id),
+                other => bail!("ask: {other:?}"),
             }
-            Err(e) => return Err(e),
+        }
+        // The newest six: the likeliest to reach everyone (an older one expected fewer
+        // machines, or is completed by late answers only).
+        for id in asked.iter().rev().take(6) {
+            let answered = desk.progress(*id).await?.answered;
+            if answered >= n {
+                return Ok(from.elapsed());
+            }
+            best = best.max(answered);
+        }
+        if Instant::now() > deadline {
+            bail!("at most {best} of {n} answered one question within 120 s");
         }
     }
 }

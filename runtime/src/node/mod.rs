@@ -187,7 +187,8 @@ struct Shared {
     /// Peers whose certificates are revoked: everything they send is refused.
     revoked: Arc<crate::revocation::Revocations>,
     /// What adds the services' figures to the node's own (rings, questions, chunks).
-    figures: std::sync::OnceLock<Arc<dyn crate::figures::FigureSource>>,
+    /// Cleared at shutdown: the services it reads hold this node.
+    figures: std::sync::RwLock<Option<Arc<dyn crate::figures::FigureSource>>>,
 }
 
 impl Shared {
@@ -245,7 +246,7 @@ impl Node {
             next_call: AtomicU64::new(1),
             faults: Arc::new(NodeFaults::default()),
             revoked: Arc::default(),
-            figures: std::sync::OnceLock::new(),
+            figures: std::sync::RwLock::new(None),
         });
         shared.router.register(
             STATUS_ACTOR,
@@ -344,9 +345,9 @@ impl Node {
         &self.shared.stats
     }
 
-    /// Adds `source`'s figures to this node's own (the first source set stays).
+    /// Adds `source`'s figures to this node's own (replacing any set before).
     pub fn set_figures(&self, source: Arc<dyn crate::figures::FigureSource>) {
-        let _ = self.shared.figures.set(source);
+        *crate::sync::write(&self.shared.figures) = Some(source);
     }
 
     /// Every figure of this node: the process's, its link counters, and its services'.
@@ -567,8 +568,10 @@ impl Node {
         if let Some(s) = Some(crate::sync::lock(&self.supervisor)).and_then(|mut s| s.take()) {
             s.stop(Some("node shutting down".into()));
         }
-        // Routes hold services that hold this node: drop them so nothing keeps it alive.
+        // Routes and the figures' source hold services that hold this node: drop them so
+        // nothing keeps it alive.
         self.shared.router.clear();
+        crate::sync::write(&self.shared.figures).take();
     }
 
     async fn spawn_link(&self, mode: LinkMode, addr: SocketAddr) -> Result<PeerHandle, NodeError> {
@@ -636,7 +639,9 @@ fn shared_figures(
         "Peers with a live link",
         crate::sync::read(&shared.links).len() as f64,
     ));
-    let more = shared.figures.get().map(|s| s.figures());
+    let more = crate::sync::read(&shared.figures)
+        .as_ref()
+        .map(|s| s.figures());
     Box::pin(async move {
         if let Some(more) = more {
             own.extend(more.await);

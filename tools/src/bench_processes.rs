@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -37,6 +37,13 @@ pub struct ProcessReport {
     pub endpoints: usize,
     /// From launching every endpoint (first start, enrolment included) to all answering.
     pub first_start_ms: u64,
+    /// Of that, from launching to the last one enrolled, and to the last one placed in a
+    /// ring by the server.
+    pub first_enrolled_ms: u64,
+    /// See `first_enrolled_ms`.
+    pub first_registered_ms: u64,
+    /// On restart, from starting to the last one placed in a ring.
+    pub restart_registered_ms: u64,
     /// From starting every endpoint again from its state dir to all answering.
     pub restart_ms: u64,
     /// Mean and largest PSS per endpoint, KiB.
@@ -62,6 +69,9 @@ pub struct ProcessReport {
 struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// When it printed that it enrolled (`endpoint … listening`) and that the server placed
+    /// it (`registered …`).
+    marks: Arc<Mutex<(Option<Instant>, Option<Instant>)>>,
 }
 
 impl Proc {
@@ -77,14 +87,29 @@ impl Proc {
             .with_context(|| format!("starting {}", exe.display()))?;
         let out = child.stdout.take().context("stdout")?;
         let (tx, lines) = mpsc::channel();
+        let marks = Arc::new(Mutex::new((None, None)));
+        let m = marks.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                {
+                    let mut m = rollcall_runtime::sync::lock(&m);
+                    if line.starts_with("endpoint ") && m.0.is_none() {
+                        m.0 = Some(Instant::now());
+                    }
+                    if line.starts_with("registered ") && m.1.is_none() {
+                        m.1 = Some(Instant::now());
+                    }
+                }
                 if tx.send(line).is_err() {
                     return;
                 }
             }
         });
-        Ok(Proc { child, lines })
+        Ok(Proc {
+            child,
+            lines,
+            marks,
+        })
     }
 
     fn line_starting(&self, prefix: &str, within: Duration) -> Result<String> {
@@ -267,6 +292,7 @@ pub async fn run(b: &ProcessBench) -> Result<ProcessReport> {
     eprintln!("launching {} endpoints", b.endpoints);
     let t0 = Instant::now();
     let mut eps = (0..b.endpoints).map(launch).collect::<Result<Vec<_>>>()?;
+    let launched = t0.elapsed();
     let desk = DeskClient::connect(addr.parse()?, Path::new(&p("op"))).await?;
     let first_start = match until_all_answer(&desk, b.endpoints, t0).await {
         Ok(t) => t,
@@ -283,10 +309,37 @@ pub async fn run(b: &ProcessBench) -> Result<ProcessReport> {
             return Err(e);
         }
     };
+    let last_mark = |eps: &[Proc], from: Instant, which: usize| -> u64 {
+        eps.iter()
+            .filter_map(|e| {
+                let m = rollcall_runtime::sync::lock(&e.marks);
+                if which == 0 { m.0 } else { m.1 }
+            })
+            .map(|t| t.saturating_duration_since(from).as_millis() as u64)
+            .max()
+            .unwrap_or(0)
+    };
+    let (first_enrolled, first_registered) = (last_mark(&eps, t0, 0), last_mark(&eps, t0, 1));
+    // Where the slowest one spent its time: its own log's warnings.
+    if let Some((i, _)) = eps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| rollcall_runtime::sync::lock(&e.marks).1.map(|t| (i, t)))
+        .max_by_key(|(_, t)| *t)
+    {
+        let log =
+            std::fs::read_to_string(dir.path().join(format!("ep{i}.log"))).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().take(8).collect();
+        eprintln!(
+            "the last endpoint placed (ep{i}) logged:\n  {}",
+            tail.join("\n  ")
+        );
+    }
     eprintln!(
-        "all {} answering {} ms after launch",
+        "all {} answering {} ms after launch (the last launched at {} ms, enrolled at {first_enrolled} ms, placed at {first_registered} ms)",
         b.endpoints,
-        first_start.as_millis()
+        first_start.as_millis(),
+        launched.as_millis()
     );
 
     // Idle: settle, then CPU over the window.
@@ -320,6 +373,7 @@ pub async fn run(b: &ProcessBench) -> Result<ProcessReport> {
     let t1 = Instant::now();
     let eps = (0..b.endpoints).map(launch).collect::<Result<Vec<_>>>()?;
     let restart = until_all_answer(&desk, b.endpoints, t1).await?;
+    let restart_registered = last_mark(&eps, t1, 1);
     drop(eps);
     desk.close().await;
 
@@ -327,6 +381,9 @@ pub async fn run(b: &ProcessBench) -> Result<ProcessReport> {
     Ok(ProcessReport {
         endpoints: b.endpoints,
         first_start_ms: first_start.as_millis() as u64,
+        first_enrolled_ms: first_enrolled,
+        first_registered_ms: first_registered,
+        restart_registered_ms: restart_registered,
         restart_ms: restart.as_millis() as u64,
         pss_kib_mean: mem.iter().map(|m| m.0).sum::<u64>() / n,
         pss_kib_max: mem.iter().map(|m| m.0).max().unwrap_or(0),
@@ -352,8 +409,16 @@ impl ProcessReport {
                 self.first_start_ms.to_string(),
             ),
             (
+                "… of which, launch to the last enrolled / placed in a ring (ms)".into(),
+                format!("{} / {}", self.first_enrolled_ms, self.first_registered_ms),
+            ),
+            (
                 "restart to all answering, from state dirs (ms)".into(),
                 self.restart_ms.to_string(),
+            ),
+            (
+                "… of which, restart to the last placed in a ring (ms)".into(),
+                self.restart_registered_ms.to_string(),
             ),
             (
                 "PSS per endpoint, mean / max (MiB)".into(),

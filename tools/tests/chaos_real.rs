@@ -70,8 +70,25 @@ fn faults_reach_real_endpoint_processes_through_the_server() {
         .map(|m| m["id"].clone())
         .expect("endpoint 2 in the ring");
     assert_eq!(asked["not_answered"][0][0], e2_id, "{asked:#}\n{rings:#}");
+    // More questions while it is paused than the server takes connections from one peer
+    // (8): once resumed, it sends every late answer, over one connection.
+    let more: Vec<String> = (0..11)
+        .map(|_| {
+            let v = c.json(
+                "olga",
+                &[
+                    "ask",
+                    "Get Computer Name from all machines",
+                    "--wait-secs",
+                    "0",
+                    "--json",
+                ],
+            );
+            v["id"].as_u64().expect("id").to_string()
+        })
+        .collect();
     // Resumed (the agent hears it although the node is paused), it answers the open
-    // question late.
+    // questions late.
     let resumed = chaos(&c, "alice", &["resume", "--node", "127.0.4.2"]);
     assert!(resumed.status.success(), "{}", stdout(&resumed));
     let id = asked["id"].as_u64().expect("id").to_string();
@@ -91,6 +108,29 @@ fn faults_reach_real_endpoint_processes_through_the_server() {
                 .is_ok_and(|v| v["answered"] == 4 && v["rows"][0]["count"] == 4)
         },
     );
+
+    for id in &more {
+        run_until(
+            &[
+                "results",
+                id,
+                "--json",
+                "--server",
+                &c.addr,
+                "--cert-dir",
+                &c.p("vera"),
+            ],
+            1_000,
+            |out| {
+                serde_json::from_str::<serde_json::Value>(out)
+                    .is_ok_and(|v| v["answered"] == 4 && v["rows"][0]["count"] == 4)
+            },
+        );
+    }
+
+    // ...and none was refused for holding too many connections at once.
+    let st = c.json("vera", &["status", "--json"]);
+    assert_eq!(st["stats"]["rejected_connections"], 0, "{:#}", st["stats"]);
 
     // A kill: the process exits at once, with no goodbye.
     let killed = chaos(&c, "alice", &["kill", "--node", "127.0.4.3"]);

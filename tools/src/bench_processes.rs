@@ -320,6 +320,27 @@ pub async fn run(b: &ProcessBench) -> Result<ProcessReport> {
             .unwrap_or(0)
     };
     let (first_enrolled, first_registered) = (last_mark(&eps, t0, 0), last_mark(&eps, t0, 1));
+    let mut enrolled: Vec<u64> = eps
+        .iter()
+        .filter_map(|e| rollcall_runtime::sync::lock(&e.marks).0)
+        .map(|t| t.saturating_duration_since(t0).as_millis() as u64)
+        .collect();
+    enrolled.sort_unstable();
+    let deciles: Vec<String> = (1..=10)
+        .map(|d| {
+            enrolled
+                .get((enrolled.len() * d / 10).saturating_sub(1))
+                .copied()
+                .unwrap_or(0)
+                .to_string()
+        })
+        .collect();
+    eprintln!("enrolled by decile (ms): {}", deciles.join(" "));
+    eprintln!(
+        "CPU used by then: endpoints {} ms in all, server {} ms",
+        eps.iter().map(|e| cpu_ns(e.pid())).sum::<u64>() / 1_000_000,
+        cpu_ns(server.pid()) / 1_000_000
+    );
     // Where the slowest one spent its time: its own log's warnings.
     if let Some((i, _)) = eps
         .iter()

@@ -38,6 +38,14 @@ fn main() -> std::process::ExitCode {
         cmd::args::LogFormatArg::Json => telemetry::LogFormat::Json,
     };
     telemetry::init_as(if quiet { "warn" } else { "info" }, format);
+    // No transparent huge pages for the agent: its allocator asks for them, and each first
+    // touch of a 2 MiB region then zeroes all of it — at 100 agents on one machine most of
+    // their start-up CPU, and megabytes of memory each for a few kilobytes used.
+    if matches!(cli.command, Command::Endpoint(_))
+        && let Err(e) = nix::sys::prctl::set_thp_disable(true)
+    {
+        tracing::debug!(error = %e, "could not turn transparent huge pages off");
+    }
     // An endpoint runs on one thread unless its config says otherwise; a server on one
     // worker per core; one-shot commands on one thread.
     let threads = match &cli.command {

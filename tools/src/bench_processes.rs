@@ -227,6 +227,28 @@ async fn until_all_answer(desk: &DeskClient, n: usize, from: Instant) -> Result<
     }
 }
 
+/// The time from `from` by which each tenth of `eps` had printed mark `which` (0: enrolled,
+/// 1: placed in a ring).
+fn deciles(eps: &[Proc], from: Instant, which: usize) -> Vec<String> {
+    let mut at: Vec<u64> = eps
+        .iter()
+        .filter_map(|e| {
+            let m = rollcall_runtime::sync::lock(&e.marks);
+            if which == 0 { m.0 } else { m.1 }
+        })
+        .map(|t| t.saturating_duration_since(from).as_millis() as u64)
+        .collect();
+    at.sort_unstable();
+    (1..=10)
+        .map(|d| {
+            at.get((at.len() * d / 10).saturating_sub(1))
+                .copied()
+                .unwrap_or(0)
+                .to_string()
+        })
+        .collect()
+}
+
 /// Runs the benchmark.
 pub async fn run(b: &ProcessBench) -> Result<ProcessReport> {
     if b.endpoints == 0 || b.ring_size == 0 || b.ring_size > 250 {
@@ -320,22 +342,10 @@ pub async fn run(b: &ProcessBench) -> Result<ProcessReport> {
             .unwrap_or(0)
     };
     let (first_enrolled, first_registered) = (last_mark(&eps, t0, 0), last_mark(&eps, t0, 1));
-    let mut enrolled: Vec<u64> = eps
-        .iter()
-        .filter_map(|e| rollcall_runtime::sync::lock(&e.marks).0)
-        .map(|t| t.saturating_duration_since(t0).as_millis() as u64)
-        .collect();
-    enrolled.sort_unstable();
-    let deciles: Vec<String> = (1..=10)
-        .map(|d| {
-            enrolled
-                .get((enrolled.len() * d / 10).saturating_sub(1))
-                .copied()
-                .unwrap_or(0)
-                .to_string()
-        })
-        .collect();
-    eprintln!("enrolled by decile (ms): {}", deciles.join(" "));
+    eprintln!(
+        "enrolled by decile (ms): {}",
+        deciles(&eps, t0, 0).join(" ")
+    );
     eprintln!(
         "CPU used by then: endpoints {} ms in all, server {} ms",
         eps.iter().map(|e| cpu_ns(e.pid())).sum::<u64>() / 1_000_000,
@@ -395,6 +405,10 @@ pub async fn run(b: &ProcessBench) -> Result<ProcessReport> {
     let eps = (0..b.endpoints).map(launch).collect::<Result<Vec<_>>>()?;
     let restart = until_all_answer(&desk, b.endpoints, t1).await?;
     let restart_registered = last_mark(&eps, t1, 1);
+    eprintln!(
+        "restart: placed by decile (ms): {}",
+        deciles(&eps, t1, 1).join(" ")
+    );
     drop(eps);
     desk.close().await;
 

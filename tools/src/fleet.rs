@@ -572,6 +572,12 @@ impl Fleet {
             rollcall_actors::desk::route(self.desk.clone()),
         );
         self.rings.serve_admin_on(&front);
+        // `rollcall status` and the metrics listener at the front show the fleet's server.
+        front.set_figures(Arc::new(crate::figures::ServerFigures {
+            rings: self.rings.clone(),
+            desk: self.desk.clone(),
+            origin: self.origin.clone(),
+        }));
         self.fronts.push(front);
     }
 

@@ -170,7 +170,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
             match (a.serve, &a.cert_dir) {
                 (Some(addr), Some(dir)) => {
-                    sim::serve(fleet, addr, dir, wait_for_shutdown()).await?
+                    sim::serve(fleet, addr, dir, a.metrics_listen, wait_for_shutdown()).await?
                 }
                 _ => fleet.shutdown().await,
             }

@@ -76,6 +76,10 @@ pub struct SimArgs {
     /// Where `--serve` writes the admin operator's credentials.
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<std::path::PathBuf>,
+    /// With `--serve`: serve the fleet server's metrics (OpenMetrics text), /healthz and
+    /// /readyz over plain HTTP at this address, as `rollcall server --metrics-listen` does.
+    #[arg(long, value_name = "ADDR", requires = "serve")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Ring timing: `scale` probes every 2 s and registers every 30–90 s, both stretched in proportion beyond 10,000 endpoints so one process's background load stays that of 10,000 (large fleets);
     /// `lan` probes every 400 ms, routes past a silent hop after 200 ms and registers every
     /// 5–10 s (fault scenarios). Default: `lan` with `--serve`, else `scale`.
@@ -348,6 +352,7 @@ pub async fn serve(
     mut fleet: Fleet,
     addr: std::net::SocketAddr,
     cert_dir: &std::path::Path,
+    metrics: Option<std::net::SocketAddr>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     use rollcall_runtime::identity::{Ca, NodeSecret, PeerRole, Validity};
@@ -386,6 +391,14 @@ pub async fn serve(
     fleet.add_front(front.clone());
     let fleet = std::sync::Arc::new(tokio::sync::Mutex::new(fleet));
     crate::chaos::ChaosControl::new(fleet.clone()).install(&front);
+    if let Some(m) = metrics {
+        let m = crate::metrics::MetricsListener::serve(m).await?;
+        m.attach(
+            &front,
+            std::sync::Arc::new(|| Box::pin(async { Ok::<(), String>(()) })),
+        );
+        println!("metrics on http://{}/metrics", m.addr());
+    }
     println!("serving operators at {listen}");
     eprintln!(
         "admin credentials in {dir}\n  e.g. rollcall chaos --server {listen} --cert-dir {dir} --scenario neighbour-killed\n       rollcall ring show --server {listen} --cert-dir {dir}\nCtrl-C stops.",

@@ -233,3 +233,45 @@ fn scrapes_parse_and_counters_move_with_questions_and_bad_frames() {
         "{text}"
     );
 }
+
+/// A served simulated fleet shows its server's figures at the front: the same names, for
+/// every simulated machine.
+#[test]
+fn a_served_sim_shows_its_fleet_s_figures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ops = dir.path().join("ops");
+    let ops = ops.to_str().expect("path");
+    let metrics = format!("127.0.0.1:{}", free_tcp_port());
+    let sim = Running::start(&[
+        "sim",
+        "--endpoints",
+        "24",
+        "--ring-size",
+        "8",
+        "--questions",
+        "1",
+        "--serve",
+        "127.0.0.1:0",
+        "--cert-dir",
+        ops,
+        "--metrics-listen",
+        &metrics,
+    ]);
+    let line = sim.line_starting("metrics on ");
+    assert_eq!(line, format!("metrics on http://{metrics}/metrics"));
+    sim.serving_address();
+    assert_eq!(
+        get(&format!("http://{metrics}/readyz")),
+        (200, "ready\n".into())
+    );
+    let s = scrape(&metrics);
+    assert_eq!(value(&s, "rollcall_rings"), 3.0);
+    assert_eq!(value(&s, "rollcall_machines{health=\"ok\"}"), 24.0);
+    assert_eq!(value(&s, "rollcall_ring_leaders"), 6.0);
+    assert_eq!(value(&s, "rollcall_questions_asked_total"), 1.0);
+    assert_eq!(value(&s, "rollcall_answers_total"), 24.0);
+    assert_eq!(
+        value(&s, "rollcall_question_seconds_to_all_answered_count"),
+        1.0
+    );
+}

@@ -195,3 +195,42 @@ async fn three_subnets_form_three_rings_and_heal_around_failures() {
         "measured: relinked past a dead member in {relinked:?}; new leader in {new_leader:?}; rejoined in {rejoined:?}"
     );
 }
+
+/// A ring member that dies is started again by its node's supervisor as a new actor: what
+/// reads the member afterwards (the node's figures, behind the metrics listener, `/readyz`
+/// and package distribution's view) reads the running one, not the dead one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_ring_member_is_the_one_the_node_reports() {
+    let mut c = RingCluster::start(MembershipConfig::default()).await;
+    let a = c.add("127.0.7.1").await;
+    let b = c.add("127.0.7.2").await;
+    c.registered(a).await;
+    c.registered(b).await;
+    let in_ring = |figures: &[rollcall_runtime::figures::Figure]| {
+        figures
+            .iter()
+            .find(|f| f.name == "rollcall_in_ring")
+            .map(|f| f.value)
+    };
+    let node = c.endpoints[a].node.clone();
+    assert_eq!(in_ring(&node.figures().await), Some(1.0));
+    let first = c.endpoints[a].member.clone();
+    first.kill();
+    eventually(
+        "the supervisor started a new member, and the figures read it",
+        Duration::from_secs(20),
+        || {
+            let node = node.clone();
+            async move {
+                let f = node.figures().await;
+                let regs = f
+                    .iter()
+                    .find(|f| f.name == "rollcall_registrations")
+                    .map(|f| f.value);
+                (in_ring(&f) == Some(1.0) && regs.is_some_and(|r| r >= 1.0)).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(rollcall_cluster::member::status(&first).await.is_none());
+}

@@ -196,16 +196,19 @@ pub struct FilesPlan {
 /// The ring member's view, for package distribution: its neighbours and whether it leads
 /// the forward end. Set once the member runs.
 struct MemberHood {
-    member: std::sync::OnceLock<ActorRef<MemberMsg>>,
+    member: MemberCell,
     me: rollcall_runtime::NodeId,
 }
+
+/// The running ring member, replaced when its supervisor restarts it.
+pub type MemberCell = Arc<std::sync::RwLock<Option<ActorRef<MemberMsg>>>>;
 
 /// Successors told of each chunk as it comes.
 const NEAR_SUCCESSORS: usize = 2;
 
 impl Neighbourhood for MemberHood {
     fn view(&self) -> BoxFuture<'static, Option<View>> {
-        let member = self.member.get().cloned();
+        let member = rollcall_runtime::sync::read(&self.member).clone();
         let me = self.me.clone();
         Box::pin(async move {
             let s = rollcall_cluster::member::status(&member?).await?;
@@ -372,8 +375,9 @@ pub async fn start_endpoint_with(
         plan.hostname,
         plan.trust.clone(),
     );
+    let cell: MemberCell = Arc::default();
     let hood = Arc::new(MemberHood {
-        member: std::sync::OnceLock::new(),
+        member: cell.clone(),
         me: node.identity().id.clone(),
     });
     let mut patch = None;
@@ -434,19 +438,22 @@ pub async fn start_endpoint_with(
     mc.register_max = plan.register_max;
     mc.server_timeout = plan.server_timeout;
     mc.seed = plan.seed;
+    let current = cell.clone();
+    mc.on_start = Some(rollcall_cluster::member::OnStart(Arc::new(move |m| {
+        *rollcall_runtime::sync::write(&current) = Some(m.clone());
+    })));
     adjust(&mut mc);
     let n = node.clone();
     let spec = ChildSpec::new("ring.member", Restart::Permanent, RingMember, move || {
         (n.clone(), mc.clone())
     });
-    let cell = node
+    let started = node
         .start_child(spec)
         .await
         .context("starting the ring member")?;
-    let member: ActorRef<MemberMsg> = cell.into();
-    let _ = hood.member.set(member.clone());
+    let member: ActorRef<MemberMsg> = started.into();
     node.set_figures(Arc::new(crate::figures::EndpointFigures {
-        member: member.clone(),
+        member: hood.member.clone(),
         patch,
         journal: acting_journal,
     }));

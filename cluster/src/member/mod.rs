@@ -66,6 +66,19 @@ pub struct MemberConfig {
     /// A compromised member: how it changes the answers it passes on (tests only).
     #[cfg(feature = "hostile")]
     pub tamper: Option<crate::relay::tamper::Tamper>,
+    /// Told of the member each time one starts (a supervisor's restart makes a new one):
+    /// whoever reads the member later reads the running one.
+    pub on_start: Option<OnStart>,
+}
+
+/// See [`MemberConfig::on_start`].
+#[derive(Clone)]
+pub struct OnStart(pub Arc<dyn Fn(&ActorRef<MemberMsg>) + Send + Sync>);
+
+impl std::fmt::Debug for OnStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnStart")
+    }
 }
 
 impl MemberConfig {
@@ -90,6 +103,7 @@ impl MemberConfig {
             trust,
             #[cfg(feature = "hostile")]
             tamper: None,
+            on_start: None,
         }
     }
 }
@@ -329,6 +343,9 @@ impl Actor for RingMember {
         };
         myself.send_message(MemberMsg::Register)?;
         myself.send_interval(cfg.ring.probe_interval, || MemberMsg::Tick);
+        if let Some(h) = &cfg.on_start {
+            (h.0)(&myself);
+        }
         Ok(MemberState {
             core: RingCore::new(cfg.ring, me.clone(), now()),
             rng: SmallRng::seed_from_u64(cfg.seed),

@@ -473,15 +473,20 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
     )
     .await?;
     if let Some(m) = &metrics {
-        // Ready once the server has placed it: in a ring, or in an isolated range.
-        let member = member.clone();
+        // Ready once the server has placed it (in a ring, or in an isolated range), as the
+        // running ring member tells its figures (a restarted member's too).
+        let n = node.clone();
         m.attach(
             &node,
             Arc::new(move || {
-                let member = member.clone();
+                let figures = n.figures();
                 Box::pin(async move {
-                    match rollcall_cluster::member::status(&member).await {
-                        Some(s) if s.registrations > 0 => Ok(()),
+                    match figures
+                        .await
+                        .iter()
+                        .find(|f| f.name == "rollcall_registrations")
+                    {
+                        Some(f) if f.value > 0.0 => Ok(()),
                         Some(_) => Err("not registered with the server yet".into()),
                         None => Err("the ring member is restarting".into()),
                     }

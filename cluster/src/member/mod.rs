@@ -71,9 +71,12 @@ pub struct MemberConfig {
     pub on_start: Option<OnStart>,
 }
 
+/// What is told of a member that starts.
+pub type StartHook = dyn Fn(&ActorRef<MemberMsg>) + Send + Sync;
+
 /// See [`MemberConfig::on_start`].
 #[derive(Clone)]
-pub struct OnStart(pub Arc<dyn Fn(&ActorRef<MemberMsg>) + Send + Sync>);
+pub struct OnStart(pub Arc<StartHook>);
 
 impl std::fmt::Debug for OnStart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

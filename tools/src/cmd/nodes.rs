@@ -158,7 +158,8 @@ pub(crate) fn ring_config(cfg: &Config) -> RingConfig {
 }
 
 /// Starts an endpoint's ring membership under its node's supervisor, acting only on what the
-/// server `trust` pins signed.
+/// server `trust` pins signed; returns the member, and the cell that holds the running one
+/// (the supervisor may start another).
 pub(crate) async fn start_member(
     node: &Node,
     server: SocketAddr,
@@ -166,8 +167,13 @@ pub(crate) async fn start_member(
     cfg: &Config,
     hostname: String,
     answering: Answering,
-) -> Result<ractor::ActorRef<rollcall_cluster::member::MemberMsg>> {
-    compose::start_endpoint(
+) -> Result<(
+    ractor::ActorRef<rollcall_cluster::member::MemberMsg>,
+    compose::MemberCell,
+)> {
+    let cell: compose::MemberCell = Arc::default();
+    let running = cell.clone();
+    let member = compose::start_endpoint_with(
         node,
         EndpointPlan {
             server,
@@ -181,8 +187,18 @@ pub(crate) async fn start_member(
             answering,
             trust,
         },
+        move |mc| {
+            let before = mc.on_start.take();
+            mc.on_start = Some(rollcall_cluster::member::OnStart(Arc::new(move |m| {
+                if let Some(b) = &before {
+                    (b.0)(m);
+                }
+                *rollcall_runtime::sync::write(&running) = Some(m.clone());
+            })));
+        },
     )
-    .await
+    .await?;
+    Ok((member, cell))
 }
 
 /// The address peers should dial: the listening address, or, when it is a wildcard, the local
@@ -447,7 +463,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
     if allow_chaos {
         tracing::warn!("chaos commands allowed: an admin may kill, pause or degrade this process");
     }
-    let member = start_member(
+    let (member, running) = start_member(
         &node,
         server,
         trust,
@@ -495,11 +511,16 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         );
     }
     {
-        let member = member.clone();
+        // The running member's neighbours (after a supervisor's restart, the new one's).
         let server = server.ip();
         tokio::spawn(async move {
             loop {
-                if let Some(s) = rollcall_cluster::member::status(&member).await {
+                let member = rollcall_runtime::sync::read(&running).clone();
+                let status = match member {
+                    Some(m) => rollcall_cluster::member::status(&m).await,
+                    None => None,
+                };
+                if let Some(s) = status {
                     let mut ips = vec![server];
                     ips.extend(s.view.iter().map(|m| m.addr.ip()));
                     ips.sort();

@@ -252,8 +252,6 @@ pub struct MemberState {
     /// Each probe's hop-timeout look, cancelled when the probe is answered first (an
     /// answered probe needs no second look).
     probe_timers: HashMap<NodeId, AbortOnDrop>,
-    /// Late answers waiting for the one task that sends them (see `relay::LateAnswers`).
-    late: Arc<std::sync::Mutex<relay::LateAnswers>>,
     /// A registration call is under way.
     registering: bool,
 }
@@ -368,7 +366,6 @@ impl Actor for RingMember {
             me,
             questions: HashMap::default(),
             probe_timers: HashMap::new(),
-            late: Arc::default(),
             registering: false,
         })
     }

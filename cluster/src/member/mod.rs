@@ -252,8 +252,6 @@ pub struct MemberState {
     /// Each probe's hop-timeout look, cancelled when the probe is answered first (an
     /// answered probe needs no second look).
     probe_timers: HashMap<NodeId, AbortOnDrop>,
-    /// A registration call is under way.
-    registering: bool,
 }
 
 impl MemberState {
@@ -366,7 +364,6 @@ impl Actor for RingMember {
             me,
             questions: HashMap::default(),
             probe_timers: HashMap::new(),
-            registering: false,
         })
     }
 
@@ -447,19 +444,8 @@ async fn dispatch(
             st.reroute_questions(&myself);
             st.prune_links();
         }
-        MemberMsg::Register | MemberMsg::RegisterNow if st.registering => {
-            // One registration at a time: a member whose calls hang (it was paused, or the
-            // server is slow) would otherwise pile up attempts, each on its own connection
-            // once it is not a leader, and the server refuses those past its per-peer
-            // limit. The timer keeps its rhythm; a retry comes with the answer.
-            if matches!(msg, MemberMsg::Register) {
-                let next = st.next_registration();
-                myself.send_after(next, || MemberMsg::Register);
-            }
-        }
         MemberMsg::Register | MemberMsg::RegisterNow => {
             let timer = matches!(msg, MemberMsg::Register);
-            st.registering = true;
             let sent = now();
             st.feed(&myself, Input::RegistrationSent).await;
             let node = st.node.clone();
@@ -477,7 +463,6 @@ async fn dispatch(
             }
         }
         MemberMsg::Registered(sent, Ok(reply)) => {
-            st.registering = false;
             st.core.registration_answered(sent);
             st.registrations += 1;
             st.reg_failures = 0;
@@ -515,7 +500,6 @@ async fn dispatch(
             }
         }
         MemberMsg::Registered(_, Err(e)) => {
-            st.registering = false;
             st.reg_failures = st.reg_failures.saturating_add(1);
             // A leader must not stay unknown to a server that just came back (its ring
             // service may not have been up yet), and a member whose answer was lost must

@@ -196,19 +196,16 @@ pub struct FilesPlan {
 /// The ring member's view, for package distribution: its neighbours and whether it leads
 /// the forward end. Set once the member runs.
 struct MemberHood {
-    member: MemberCell,
+    member: std::sync::OnceLock<ActorRef<MemberMsg>>,
     me: rollcall_runtime::NodeId,
 }
-
-/// The running ring member, replaced when its supervisor restarts it.
-pub type MemberCell = Arc<std::sync::RwLock<Option<ActorRef<MemberMsg>>>>;
 
 /// Successors told of each chunk as it comes.
 const NEAR_SUCCESSORS: usize = 2;
 
 impl Neighbourhood for MemberHood {
     fn view(&self) -> BoxFuture<'static, Option<View>> {
-        let member = rollcall_runtime::sync::read(&self.member).clone();
+        let member = self.member.get().cloned();
         let me = self.me.clone();
         Box::pin(async move {
             let s = rollcall_cluster::member::status(&member?).await?;
@@ -375,9 +372,8 @@ pub async fn start_endpoint_with(
         plan.hostname,
         plan.trust.clone(),
     );
-    let cell: MemberCell = Arc::default();
     let hood = Arc::new(MemberHood {
-        member: cell.clone(),
+        member: std::sync::OnceLock::new(),
         me: node.identity().id.clone(),
     });
     let mut patch = None;
@@ -438,22 +434,19 @@ pub async fn start_endpoint_with(
     mc.register_max = plan.register_max;
     mc.server_timeout = plan.server_timeout;
     mc.seed = plan.seed;
-    let current = cell.clone();
-    mc.on_start = Some(rollcall_cluster::member::OnStart(Arc::new(move |m| {
-        *rollcall_runtime::sync::write(&current) = Some(m.clone());
-    })));
     adjust(&mut mc);
     let n = node.clone();
     let spec = ChildSpec::new("ring.member", Restart::Permanent, RingMember, move || {
         (n.clone(), mc.clone())
     });
-    let started = node
+    let cell = node
         .start_child(spec)
         .await
         .context("starting the ring member")?;
-    let member: ActorRef<MemberMsg> = started.into();
+    let member: ActorRef<MemberMsg> = cell.into();
+    let _ = hood.member.set(member.clone());
     node.set_figures(Arc::new(crate::figures::EndpointFigures {
-        member: hood.member.clone(),
+        member: member.clone(),
         patch,
         journal: acting_journal,
     }));

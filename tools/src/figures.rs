@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use ractor::ActorRef;
 use rollcall_actors::action::journal::Journal;
 use rollcall_actors::desk::QuestionDesk;
+use rollcall_cluster::member::MemberMsg;
 use rollcall_cluster::proto::Health;
 use rollcall_cluster::questions::TO_FULL_BOUNDS;
 use rollcall_cluster::shard::RingServer;
@@ -151,8 +153,8 @@ impl FigureSource for ServerFigures {
 
 /// An endpoint's figures.
 pub struct EndpointFigures {
-    /// Its ring member (the running one).
-    pub member: crate::compose::MemberCell,
+    /// Its ring member.
+    pub member: ActorRef<MemberMsg>,
     /// Its package distribution, if it takes packages with files.
     pub patch: Option<PatchService>,
     /// Its action journal, if it acts.
@@ -161,7 +163,7 @@ pub struct EndpointFigures {
 
 impl FigureSource for EndpointFigures {
     fn figures(&self) -> BoxFuture<'static, Vec<Figure>> {
-        let member = rollcall_runtime::sync::read(&self.member).clone();
+        let member = self.member.clone();
         let journal = self.journal.clone();
         let mut out = Vec::new();
         if let Some(p) = &self.patch {
@@ -211,11 +213,7 @@ impl FigureSource for EndpointFigures {
                     );
                 }
             }
-            let status = match member {
-                Some(m) => rollcall_cluster::member::status(&m).await,
-                None => None,
-            };
-            if let Some(s) = status {
+            if let Some(s) = rollcall_cluster::member::status(&member).await {
                 out.push(Figure::gauge(
                     "rollcall_in_ring",
                     "1 once registered in a ring (0: not yet, or an isolated range)",

@@ -66,22 +66,6 @@ pub struct MemberConfig {
     /// A compromised member: how it changes the answers it passes on (tests only).
     #[cfg(feature = "hostile")]
     pub tamper: Option<crate::relay::tamper::Tamper>,
-    /// Told of the member each time one starts (a supervisor's restart makes a new one):
-    /// whoever reads the member later reads the running one.
-    pub on_start: Option<OnStart>,
-}
-
-/// What is told of a member that starts.
-pub type StartHook = dyn Fn(&ActorRef<MemberMsg>) + Send + Sync;
-
-/// See [`MemberConfig::on_start`].
-#[derive(Clone)]
-pub struct OnStart(pub Arc<StartHook>);
-
-impl std::fmt::Debug for OnStart {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OnStart")
-    }
 }
 
 impl MemberConfig {
@@ -106,7 +90,6 @@ impl MemberConfig {
             trust,
             #[cfg(feature = "hostile")]
             tamper: None,
-            on_start: None,
         }
     }
 }
@@ -252,6 +235,10 @@ pub struct MemberState {
     /// Each probe's hop-timeout look, cancelled when the probe is answered first (an
     /// answered probe needs no second look).
     probe_timers: HashMap<NodeId, AbortOnDrop>,
+    /// Late answers waiting for the one task that sends them (see `relay::LateAnswers`).
+    late: Arc<std::sync::Mutex<relay::LateAnswers>>,
+    /// A registration call is under way.
+    registering: bool,
 }
 
 impl MemberState {
@@ -342,9 +329,6 @@ impl Actor for RingMember {
         };
         myself.send_message(MemberMsg::Register)?;
         myself.send_interval(cfg.ring.probe_interval, || MemberMsg::Tick);
-        if let Some(h) = &cfg.on_start {
-            (h.0)(&myself);
-        }
         Ok(MemberState {
             core: RingCore::new(cfg.ring, me.clone(), now()),
             rng: SmallRng::seed_from_u64(cfg.seed),
@@ -364,6 +348,8 @@ impl Actor for RingMember {
             me,
             questions: HashMap::default(),
             probe_timers: HashMap::new(),
+            late: Arc::default(),
+            registering: false,
         })
     }
 
@@ -444,8 +430,19 @@ async fn dispatch(
             st.reroute_questions(&myself);
             st.prune_links();
         }
+        MemberMsg::Register | MemberMsg::RegisterNow if st.registering => {
+            // One registration at a time: a member whose calls hang (it was paused, or the
+            // server is slow) would otherwise pile up attempts, each on its own connection
+            // once it is not a leader, and the server refuses those past its per-peer
+            // limit. The timer keeps its rhythm; a retry comes with the answer.
+            if matches!(msg, MemberMsg::Register) {
+                let next = st.next_registration();
+                myself.send_after(next, || MemberMsg::Register);
+            }
+        }
         MemberMsg::Register | MemberMsg::RegisterNow => {
             let timer = matches!(msg, MemberMsg::Register);
+            st.registering = true;
             let sent = now();
             st.feed(&myself, Input::RegistrationSent).await;
             let node = st.node.clone();
@@ -463,6 +460,7 @@ async fn dispatch(
             }
         }
         MemberMsg::Registered(sent, Ok(reply)) => {
+            st.registering = false;
             st.core.registration_answered(sent);
             st.registrations += 1;
             st.reg_failures = 0;
@@ -500,6 +498,7 @@ async fn dispatch(
             }
         }
         MemberMsg::Registered(_, Err(e)) => {
+            st.registering = false;
             st.reg_failures = st.reg_failures.saturating_add(1);
             // A leader must not stay unknown to a server that just came back (its ring
             // service may not have been up yet), and a member whose answer was lost must

@@ -158,8 +158,7 @@ pub(crate) fn ring_config(cfg: &Config) -> RingConfig {
 }
 
 /// Starts an endpoint's ring membership under its node's supervisor, acting only on what the
-/// server `trust` pins signed; returns the member, and the cell that holds the running one
-/// (the supervisor may start another).
+/// server `trust` pins signed.
 pub(crate) async fn start_member(
     node: &Node,
     server: SocketAddr,
@@ -167,13 +166,8 @@ pub(crate) async fn start_member(
     cfg: &Config,
     hostname: String,
     answering: Answering,
-) -> Result<(
-    ractor::ActorRef<rollcall_cluster::member::MemberMsg>,
-    compose::MemberCell,
-)> {
-    let cell: compose::MemberCell = Arc::default();
-    let running = cell.clone();
-    let member = compose::start_endpoint_with(
+) -> Result<ractor::ActorRef<rollcall_cluster::member::MemberMsg>> {
+    compose::start_endpoint(
         node,
         EndpointPlan {
             server,
@@ -187,18 +181,8 @@ pub(crate) async fn start_member(
             answering,
             trust,
         },
-        move |mc| {
-            let before = mc.on_start.take();
-            mc.on_start = Some(rollcall_cluster::member::OnStart(Arc::new(move |m| {
-                if let Some(b) = &before {
-                    (b.0)(m);
-                }
-                *rollcall_runtime::sync::write(&running) = Some(m.clone());
-            })));
-        },
     )
-    .await?;
-    Ok((member, cell))
+    .await
 }
 
 /// The address peers should dial: the listening address, or, when it is a wildcard, the local
@@ -463,7 +447,7 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
     if allow_chaos {
         tracing::warn!("chaos commands allowed: an admin may kill, pause or degrade this process");
     }
-    let (member, running) = start_member(
+    let member = start_member(
         &node,
         server,
         trust,
@@ -489,20 +473,15 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
     )
     .await?;
     if let Some(m) = &metrics {
-        // Ready once the server has placed it (in a ring, or in an isolated range), as the
-        // running ring member tells its figures (a restarted member's too).
-        let n = node.clone();
+        // Ready once the server has placed it: in a ring, or in an isolated range.
+        let member = member.clone();
         m.attach(
             &node,
             Arc::new(move || {
-                let figures = n.figures();
+                let member = member.clone();
                 Box::pin(async move {
-                    match figures
-                        .await
-                        .iter()
-                        .find(|f| f.name == "rollcall_registrations")
-                    {
-                        Some(f) if f.value > 0.0 => Ok(()),
+                    match rollcall_cluster::member::status(&member).await {
+                        Some(s) if s.registrations > 0 => Ok(()),
                         Some(_) => Err("not registered with the server yet".into()),
                         None => Err("the ring member is restarting".into()),
                     }
@@ -511,16 +490,11 @@ pub(crate) async fn endpoint(a: EndpointArgs) -> Result<()> {
         );
     }
     {
-        // The running member's neighbours (after a supervisor's restart, the new one's).
+        let member = member.clone();
         let server = server.ip();
         tokio::spawn(async move {
             loop {
-                let member = rollcall_runtime::sync::read(&running).clone();
-                let status = match member {
-                    Some(m) => rollcall_cluster::member::status(&m).await,
-                    None => None,
-                };
-                if let Some(s) = status {
+                if let Some(s) = rollcall_cluster::member::status(&member).await {
                     let mut ips = vec![server];
                     ips.extend(s.view.iter().map(|m| m.addr.ip()));
                     ips.sort();

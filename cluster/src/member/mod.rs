@@ -235,35 +235,6 @@ pub struct MemberState {
     /// Each probe's hop-timeout look, cancelled when the probe is answered first (an
     /// answered probe needs no second look).
     probe_timers: HashMap<NodeId, AbortOnDrop>,
-    /// Late answers waiting for the one task that sends them (see `relay::LateAnswers`).
-    late: Arc<std::sync::Mutex<relay::LateAnswers>>,
-    /// A registration call is under way.
-    registering: bool,
-}
-
-impl MemberState {
-    /// When the registration timer fires next: within `register_min..register_max`, soon
-    /// right after starting (when a whole fleet starts at once, the first answers hold only
-    /// the machines registered before each one), later while failures repeat.
-    fn next_registration(&mut self) -> Duration {
-        let (lo, hi) = (
-            self.cfg.register_min,
-            self.cfg.register_max.max(self.cfg.register_min),
-        );
-        let (lo, hi) = if self.registrations == 0 {
-            (
-                lo.min(Duration::from_secs(1)),
-                hi.min(FIRST_REREGISTRATION_WITHIN),
-            )
-        } else {
-            (lo, hi)
-        };
-        backoff(
-            self.rng.random_range(lo..=hi),
-            self.reg_failures,
-            self.cfg.register_max,
-        )
-    }
 }
 
 use rollcall_runtime::backoff::doubled as backoff;
@@ -348,8 +319,6 @@ impl Actor for RingMember {
             me,
             questions: HashMap::default(),
             probe_timers: HashMap::new(),
-            late: Arc::default(),
-            registering: false,
         })
     }
 
@@ -430,19 +399,8 @@ async fn dispatch(
             st.reroute_questions(&myself);
             st.prune_links();
         }
-        MemberMsg::Register | MemberMsg::RegisterNow if st.registering => {
-            // One registration at a time: a member whose calls hang (it was paused, or the
-            // server is slow) would otherwise pile up attempts, each on its own connection
-            // once it is not a leader, and the server refuses those past its per-peer
-            // limit. The timer keeps its rhythm; a retry comes with the answer.
-            if matches!(msg, MemberMsg::Register) {
-                let next = st.next_registration();
-                myself.send_after(next, || MemberMsg::Register);
-            }
-        }
         MemberMsg::Register | MemberMsg::RegisterNow => {
             let timer = matches!(msg, MemberMsg::Register);
-            st.registering = true;
             let sent = now();
             st.feed(&myself, Input::RegistrationSent).await;
             let node = st.node.clone();
@@ -454,13 +412,30 @@ async fn dispatch(
                 let r = server_call(&node, link, server, t, &req).await;
                 let _ = me.send_message(MemberMsg::Registered(sent, r));
             });
-            let next = st.next_registration();
+            let (lo, hi) = (
+                st.cfg.register_min,
+                st.cfg.register_max.max(st.cfg.register_min),
+            );
+            // Right after starting, register again soon: when a whole fleet starts at once,
+            // the first answers hold only the machines registered before each one.
+            let (lo, hi) = if st.registrations == 0 {
+                (
+                    lo.min(Duration::from_secs(1)),
+                    hi.min(FIRST_REREGISTRATION_WITHIN),
+                )
+            } else {
+                (lo, hi)
+            };
+            let next = backoff(
+                st.rng.random_range(lo..=hi),
+                st.reg_failures,
+                st.cfg.register_max,
+            );
             if timer {
                 myself.send_after(next, || MemberMsg::Register);
             }
         }
         MemberMsg::Registered(sent, Ok(reply)) => {
-            st.registering = false;
             st.core.registration_answered(sent);
             st.registrations += 1;
             st.reg_failures = 0;
@@ -498,7 +473,6 @@ async fn dispatch(
             }
         }
         MemberMsg::Registered(_, Err(e)) => {
-            st.registering = false;
             st.reg_failures = st.reg_failures.saturating_add(1);
             // A leader must not stay unknown to a server that just came back (its ring
             // service may not have been up yet), and a member whose answer was lost must

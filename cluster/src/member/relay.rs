@@ -451,86 +451,32 @@ impl MemberState {
         }
     }
 
-    /// Sends `answer` to question `id` to the server, late. Late answers share one sender
-    /// task and one connection: a member that missed many questions (it was paused, or
-    /// every one went round while it was away) once opened a connection per answer, all at
-    /// once, and the server refused those past its per-peer limit.
     pub(super) fn send_late(&self, id: u64, answer: crate::proto::TaggedAnswer) {
-        let start = {
-            let mut late = rollcall_runtime::sync::lock(&self.late);
-            late.pending.push((id, answer.answer));
-            !std::mem::replace(&mut late.sending, true)
-        };
-        if !start {
-            return;
-        }
-        let late = self.late.clone();
+        let answer = answer.answer;
         let node = self.node.clone();
         let link = self.server_link.clone();
         let (server, t) = (self.cfg.server_ref(), self.cfg.server_timeout);
         tokio::spawn(async move {
-            let mut made: Option<PeerHandle> = None;
-            loop {
-                let batch = {
-                    let mut l = rollcall_runtime::sync::lock(&late);
-                    if l.pending.is_empty() {
-                        l.sending = false;
-                        break;
-                    }
-                    std::mem::take(&mut l.pending)
-                };
-                for (id, answer) in batch {
-                    let answer = match answer.decode() {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(question = id, error = %e, "own answer undecodable");
-                            continue;
-                        }
-                    };
-                    // The leader's own link if up, else one made here and kept for the
-                    // rest of the queue.
-                    let use_link = link
-                        .clone()
-                        .filter(PeerHandle::is_connected)
-                        .or_else(|| made.clone().filter(PeerHandle::is_connected));
-                    let use_link = match use_link {
-                        Some(l) => l,
-                        None => match node.connect_once(server.0, t).await {
-                            Ok(l) => {
-                                made = Some(l.clone());
-                                l
-                            }
-                            Err(e) => {
-                                tracing::warn!(question = id, error = %e, "could not send a late answer");
-                                continue;
-                            }
-                        },
-                    };
-                    let r: Result<(), CallError> = server_call(
-                        &node,
-                        Some(use_link),
-                        server.clone(),
-                        t,
-                        &ServerRequest::Answer { id, answer },
-                    )
-                    .await;
-                    if let Err(e) = r {
-                        tracing::warn!(question = id, error = %e, "could not send a late answer");
-                    }
+            let answer = match answer.decode() {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(question = id, error = %e, "own answer undecodable");
+                    return;
                 }
-            }
-            if let Some(l) = made {
-                l.close();
+            };
+            let r: Result<(), CallError> = server_call(
+                &node,
+                link,
+                server,
+                t,
+                &ServerRequest::Answer { id, answer },
+            )
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(question = id, error = %e, "could not send a late answer");
             }
         });
     }
-}
-
-/// Late answers queued for the server, and whether a task is sending them.
-#[derive(Default)]
-pub(super) struct LateAnswers {
-    pending: Vec<(u64, crate::proto::EncodedAnswer)>,
-    sending: bool,
 }
 
 #[cfg(test)]

@@ -52,7 +52,9 @@ pub struct LinkTimeouts {
 impl Default for LinkTimeouts {
     fn default() -> Self {
         LinkTimeouts {
-            keep_alive_ms: 1_000,
+            // Above the ring's 1 s probe interval, so a ring link's probes keep it alive
+            // with no keep-alive packets of its own; below half the idle timeout.
+            keep_alive_ms: 2_000,
             idle_timeout_ms: 5_000,
         }
     }

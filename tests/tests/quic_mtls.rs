@@ -316,3 +316,68 @@ async fn enrolment_issues_a_working_certificate_and_refuses_bad_tokens() {
     }
     assert_eq!(stats.snapshot().enrolments, 1);
 }
+
+/// Requests and casts read to their end: nothing is dropped unread, so no STOP_SENDING goes
+/// out. (Each one cost a packet each way and a wake-up on both sides: on an idle ring, where
+/// a probe every second is all the traffic, they were a third of the datagrams.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_casts_leave_no_stream_to_stop() {
+    use rollcall_runtime::identity::NodeSecret;
+    use rollcall_runtime::transport::Transport;
+    use rollcall_runtime::transport::quic::QuicTransport;
+
+    let ca = ca();
+    let bind = |ip: &str, role| {
+        QuicTransport::bind(
+            format!("{ip}:0").parse().expect("addr"),
+            &creds(&ca, role),
+            &NodeSecret::generate(),
+            QuicOptions::default(),
+        )
+        .expect("bind")
+    };
+    let (a, b) = (
+        bind("127.0.0.1", PeerRole::Endpoint),
+        bind("127.0.0.2", PeerRole::Endpoint),
+    );
+    let answerer = b.clone();
+    const N: usize = 20;
+    let answers = tokio::spawn(async move {
+        let conn = answerer.accept().await.expect("accepted");
+        let mut casts = 0;
+        for _ in 0..2 * N {
+            let mut s = conn.accept_stream().await.expect("a stream");
+            let frame = s.read_frame(1024).await.expect("a frame");
+            if s.expects_reply() {
+                let framed = rollcall_runtime::wire::frame(&frame, 1024).expect("framed");
+                s.reply(framed).await.expect("reply");
+            } else {
+                casts += 1;
+            }
+        }
+        (conn, casts)
+    });
+    let conn = a.connect(b.local_addr()).await.expect("connect");
+    for i in 0..N {
+        let frame = |s: String| rollcall_runtime::wire::frame(s.as_bytes(), 1024).expect("framed");
+        let reply =
+            tokio::time::timeout(DEADLINE, conn.request(frame(format!("request {i}")), 1024))
+                .await
+                .expect("in time")
+                .expect("reply");
+        assert_eq!(&reply[..], format!("request {i}").as_bytes());
+        conn.send_cast(frame(format!("cast {i}")))
+            .await
+            .expect("cast");
+    }
+    let (theirs, casts) = tokio::time::timeout(DEADLINE, answers)
+        .await
+        .expect("in time")
+        .expect("answerer");
+    assert_eq!(casts, N);
+    let (mine, theirs) = (
+        conn.packets().expect("counted"),
+        theirs.packets().expect("counted"),
+    );
+    assert_eq!((mine.stop_sending_sent, theirs.stop_sending_sent), (0, 0));
+}

@@ -210,6 +210,21 @@ pub trait Connection: Send + Sync + 'static {
     async fn closed(&self) -> TransportError;
     /// Closes the connection.
     fn close(&self, reason: &str);
+    /// What went over the wire on this connection, where the transport counts it.
+    fn packets(&self) -> Option<PacketCounts> {
+        None
+    }
+}
+
+/// Datagrams and control frames one connection carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketCounts {
+    /// UDP datagrams sent.
+    pub datagrams_sent: u64,
+    /// UDP datagrams received.
+    pub datagrams_received: u64,
+    /// STOP_SENDING frames sent: each asks the peer to stop a stream we dropped unread.
+    pub stop_sending_sent: u64,
 }
 
 /// Where [`Connection::exchange_then`] hands an exchange's outcome.

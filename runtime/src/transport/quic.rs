@@ -9,7 +9,7 @@ use quinn::{AsyncUdpSocket, Runtime, VarInt};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Connection, InboundStream, RefuseCode, Transport, TransportError};
+use super::{Connection, InboundStream, PacketCounts, RefuseCode, Transport, TransportError};
 use crate::identity::{Credentials, NODE_SERVER_NAME, NodeSecret, PeerIdentity};
 use crate::stats::WireStats;
 use crate::tls::{self, ALPN_ENROL, LinkTimeouts};
@@ -487,6 +487,18 @@ async fn read_quic_frame(
     }
 }
 
+/// Reads a stream's end after its one frame. A stream dropped before its end was read sends
+/// the peer STOP_SENDING, which the peer must acknowledge: on every request and cast, one
+/// more packet each way and a wake-up on each side, which is most of what an idle ring
+/// costs. The sender finishes the stream right after the frame, so the end is there or a
+/// packet away; a peer that holds it back costs this stream at most [`END_WAIT`].
+async fn take_end(recv: &mut quinn::RecvStream) {
+    let _ = tokio::time::timeout(END_WAIT, recv.read_chunk(1, true)).await;
+}
+
+/// How long a stream's end is awaited after its frame.
+const END_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What a frame's buffer starts with; it grows with the bytes that arrive.
 const FIRST_READ: usize = 64 * 1024;
 
@@ -540,6 +552,7 @@ impl Connection for QuicConnection {
         loop {
             let reply = read_quic_frame(&mut recv, max_reply, None).await?;
             if !reply.is_empty() {
+                take_end(&mut recv).await;
                 return Ok(reply);
             }
             acks += 1;
@@ -573,6 +586,15 @@ impl Connection for QuicConnection {
         self.conn
             .close(VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
     }
+
+    fn packets(&self) -> Option<PacketCounts> {
+        let s = self.conn.stats();
+        Some(PacketCounts {
+            datagrams_sent: s.udp_tx.datagrams,
+            datagrams_received: s.udp_rx.datagrams,
+            stop_sending_sent: s.frame_tx.stop_sending,
+        })
+    }
 }
 
 struct QuicInbound {
@@ -590,7 +612,11 @@ impl InboundStream for QuicInbound {
     }
 
     async fn read_frame(&mut self, max: usize) -> Result<Bytes, TransportError> {
-        read_quic_frame(&mut self.recv, max, Some((&self.budget, &self.limits))).await
+        // One frame per stream: its end follows it.
+        let frame =
+            read_quic_frame(&mut self.recv, max, Some((&self.budget, &self.limits))).await?;
+        take_end(&mut self.recv).await;
+        Ok(frame)
     }
 
     async fn ack(&mut self) -> Result<(), TransportError> {

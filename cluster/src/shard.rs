@@ -468,6 +468,10 @@ struct FanOut {
     retry: Duration,
 }
 
+/// Asks of one chain under way at once when none of them was taken in time (see
+/// [`ChainWalk::hedged`]): a few dead members in a row are then waited out side by side.
+const HEDGED_ASKS: usize = 4;
+
 /// A chain the fan-out walks: a ring, or one isolated machine.
 enum Chain {
     Ring(crate::proto::RingId),
@@ -716,8 +720,12 @@ impl RingServer {
     /// asking its first member directly; a failed member is asked again only after the
     /// others, and not within the retry interval of its failure.
     async fn walk(&self, id: u64, chain: Chain, first: Vec<crate::proto::MemberReport>) {
+        use futures::StreamExt;
         let mut first = Some(first);
-        let mut walk = ChainWalk::new(self.fan.retry, 2);
+        let mut walk = ChainWalk::new(self.fan.retry, 2).hedged(self.fan.hop, HEDGED_ASKS);
+        // Members that took their ask (their chain is at work): told by the asks.
+        let (taken_tx, mut taken_rx) = tokio::sync::mpsc::unbounded_channel::<NodeId>();
+        let mut asks = futures::stream::FuturesUnordered::new();
         loop {
             let Some(env) = self.questions.envelope(id) else {
                 return;
@@ -744,67 +752,94 @@ impl RingServer {
                 .map(|(m, _)| m)
                 .collect();
             let ids: Vec<&NodeId> = missing.iter().map(|m| &m.id).collect();
-            let target = match walk.next(&ids, now()) {
+            let until = match walk.next(&ids, now()) {
                 Step::Done => return,
-                Step::WaitUntil(t) => {
-                    tokio::time::sleep_until(t.into()).await;
+                Step::WaitUntil(t) => t,
+                Step::Ask(i) => {
+                    let target = missing[i].clone();
+                    walk.asking(&target.id, now());
+                    let ttl = Duration::from_millis(env.ttl_ms);
+                    let taken = taken_tx.clone();
+                    asks.push(async move {
+                        let r = self.ask_member(&target, env, ttl, Some(taken)).await;
+                        (target, r)
+                    });
                     continue;
                 }
-                Step::Ask(i) => missing[i],
             };
-            let ttl = Duration::from_millis(env.ttl_ms);
-            let alone = env.clone();
-            let outcome = match self.ask_member(target, env, ttl).await {
-                Ok(p) => {
-                    let covered = p.contains(&target.id);
-                    // Counted only for machines of this chain: a member cannot answer for
-                    // machines elsewhere, or for machines that do not exist.
-                    let mut chain: std::collections::HashSet<&str, crate::questions::FastIds> =
-                        std::collections::HashSet::with_capacity_and_hasher(
-                            members.len(),
-                            crate::questions::FastIds::default(),
-                        );
-                    chain.extend(members.iter().map(|m| m.id.as_str()));
-                    let m = self
-                        .questions
-                        .merge(id, p, &target.id, |n| chain.contains(n));
-                    let refused = m.outside + m.tampered;
-                    if refused > 0 {
-                        self.node
-                            .wire_stats()
-                            .add_n(|s| &s.rejected_answers, refused as u64);
-                        tracing::warn!(question = id, member = %target.id, outside = m.outside, tampered = m.tampered, "refused answers a chain brought: outside it, or changed on the way");
-                    }
-                    if m.tampered > 0 {
-                        // Its own answer straight from it, with no hop between; then the
-                        // member that changed the answers is looked for (and the machines
-                        // after it answer in chains of their own).
+            tokio::select! {
+                () = tokio::time::sleep_until(until.into()) => {}
+                Some(member) = taken_rx.recv() => walk.taken(&member),
+                Some((target, r)) = asks.next(), if !asks.is_empty() => {
+                    let round = walk.asked() + 1;
+                    let outcome = self.finish_ask(id, &target, r, &members, round).await;
+                    // When the outcome is known, not when the attempt started: a dead
+                    // member's dial takes longer than the retry interval.
+                    walk.handle(&target.id, outcome, now());
+                }
+            }
+        }
+    }
+
+    /// What asking `target` for question `id` came to, its answers merged (those of
+    /// machines of this chain, `members`, only).
+    async fn finish_ask(
+        &self,
+        id: u64,
+        target: &crate::proto::MemberReport,
+        r: Result<crate::proto::Partial, AskError>,
+        members: &[crate::proto::MemberReport],
+        round: u32,
+    ) -> Outcome {
+        match r {
+            Ok(p) => {
+                let covered = p.contains(&target.id);
+                // Counted only for machines of this chain: a member cannot answer for
+                // machines elsewhere, or for machines that do not exist.
+                let mut chain: std::collections::HashSet<&str, crate::questions::FastIds> =
+                    std::collections::HashSet::with_capacity_and_hasher(
+                        members.len(),
+                        crate::questions::FastIds::default(),
+                    );
+                chain.extend(members.iter().map(|m| m.id.as_str()));
+                let m = self
+                    .questions
+                    .merge(id, p, &target.id, |n| chain.contains(n));
+                let refused = m.outside + m.tampered;
+                if refused > 0 {
+                    self.node
+                        .wire_stats()
+                        .add_n(|s| &s.rejected_answers, refused as u64);
+                    tracing::warn!(question = id, member = %target.id, outside = m.outside, tampered = m.tampered, "refused answers a chain brought: outside it, or changed on the way");
+                }
+                if m.tampered > 0 {
+                    // Its own answer straight from it, with no hop between; then the
+                    // member that changed the answers is looked for (and the machines
+                    // after it answer in chains of their own).
+                    if let Some(alone) = self.questions.envelope(id) {
                         self.ask_alone(target, alone);
-                        if let Some(from) = members.iter().position(|m| m.id == target.id) {
-                            self.name_culprit(id, &members, from, &chain).await;
-                        }
                     }
-                    let counted = self
-                        .questions
-                        .have_answered(id, std::iter::once(&target.id))
-                        .first()
-                        .copied()
-                        .unwrap_or(false);
-                    Outcome::Answered {
-                        covered: covered && counted,
+                    if let Some(from) = members.iter().position(|m| m.id == target.id) {
+                        self.name_culprit(id, members, from, &chain).await;
                     }
                 }
-                Err(e) => {
-                    let closed = e.link_closed();
-                    tracing::info!(question = id, round = walk.asked() + 1, member = %target.id, error = %e, link_closed = closed, "chain failed at this member; asking the next");
-                    Outcome::Failed {
-                        link_closed: closed,
-                    }
+                let counted = self
+                    .questions
+                    .have_answered(id, std::iter::once(&target.id))
+                    .first()
+                    .copied()
+                    .unwrap_or(false);
+                Outcome::Answered {
+                    covered: covered && counted,
                 }
-            };
-            // When the outcome is known, not when the attempt started: a dead member's
-            // dial takes longer than the retry interval.
-            walk.handle(&target.id, outcome, now());
+            }
+            Err(e) => {
+                let closed = e.link_closed();
+                tracing::info!(question = id, round, member = %target.id, error = %e, link_closed = closed, "chain failed at this member; asking the next");
+                Outcome::Failed {
+                    link_closed: closed,
+                }
+            }
         }
     }
 
@@ -824,7 +859,7 @@ impl RingServer {
             let env = self.questions.envelope(id)?;
             let ttl = Duration::from_millis(env.ttl_ms);
             let m = &members[at];
-            let p = self.ask_member(m, env, ttl).await.ok()?;
+            let p = self.ask_member(m, env, ttl, None).await.ok()?;
             let merged = self.questions.merge(id, p, &m.id, |n| chain.contains(n));
             if merged.tampered > 0 {
                 self.node
@@ -886,6 +921,7 @@ impl RingServer {
         m: &crate::proto::MemberReport,
         env: crate::proto::QuestionEnvelope,
         ttl: Duration,
+        taken: Option<tokio::sync::mpsc::UnboundedSender<NodeId>>,
     ) -> Result<crate::proto::Partial, AskError> {
         let fan = self.fan;
         let (link, owned) = match self.node.peer(&m.id).filter(|l| l.is_connected()) {
@@ -904,7 +940,11 @@ impl RingServer {
         let call = link.call_acked::<_, crate::proto::Partial>(MEMBER, &ask, ttl, acked_tx);
         let watchdog = async {
             match tokio::time::timeout(fan.hop, acked).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    if let Some(t) = &taken {
+                        let _ = t.send(m.id.clone());
+                    }
+                }
                 // The call ended first: its outcome decides.
                 Ok(Err(_)) => std::future::pending().await,
                 Err(_) => return AskError::NotTaken(fan.hop),

@@ -468,6 +468,15 @@ struct FanOut {
     retry: Duration,
 }
 
+/// Closes a link when dropped.
+struct CloseOnDrop(rollcall_runtime::node::PeerHandle);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// Asks of one chain under way at once when none of them was taken in time (see
 /// [`ChainWalk::hedged`]): a few dead members in a row are then waited out side by side.
 const HEDGED_ASKS: usize = 4;
@@ -935,6 +944,9 @@ impl RingServer {
                 }
             }
         };
+        // A link dialed for this ask is closed when the ask ends, also when it is dropped
+        // unfinished (a walk done while an ask beside others was still under way).
+        let _close = owned.then(|| CloseOnDrop(link.clone()));
         let ask = MemberRequest::Ask(env);
         let (acked_tx, acked) = tokio::sync::oneshot::channel();
         let call = link.call_acked::<_, crate::proto::Partial>(MEMBER, &ask, ttl, acked_tx);
@@ -958,14 +970,10 @@ impl RingServer {
                 }
             }
         };
-        let r = tokio::select! {
+        tokio::select! {
             r = call => r.map_err(AskError::Call),
             e = watchdog => Err(e),
-        };
-        if owned {
-            link.close();
         }
-        r
     }
 
     /// The key the server signs with (questions here; the desk's sensor configuration).

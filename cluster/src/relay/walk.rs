@@ -285,6 +285,33 @@ mod tests {
         }
     }
 
+    /// Seeds a seeded test runs: `ROLLCALL_SEEDS`, 200 by default.
+    fn seeds() -> u64 {
+        std::env::var("ROLLCALL_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200)
+    }
+
+    /// A chain of up to 29 members drawn from `seed`: 30 % dead, half of those blocking,
+    /// and (with `closes`) 10 % whose link closes once; with its live members and how many
+    /// are dead.
+    fn random_chain(seed: u64, closes: bool) -> (Chain, BTreeSet<usize>, usize) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let n = rng.random_range(1..30);
+        let mut c = Chain::new(n);
+        for i in 0..n {
+            c.live[i] = rng.random_range(0..100) >= 30;
+            c.blocks[i] = !c.live[i] && rng.random_range(0..100) < 50;
+            if closes {
+                c.closes_once[i] = rng.random_range(0..100) < 10;
+            }
+        }
+        let live: BTreeSet<usize> = (0..n).filter(|&i| c.live[i]).collect();
+        let dead = n - live.len();
+        (c, live, dead)
+    }
+
     /// What happens to an ask in the hedged harness.
     #[derive(Debug, Clone, Copy)]
     enum Ev {
@@ -440,20 +467,8 @@ mod tests {
 
     #[test]
     fn side_by_side_any_mix_of_dead_and_blocking_members_ends_with_every_live_member_answered() {
-        let seeds: u64 = std::env::var("ROLLCALL_SEEDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(200);
-        for seed in 0..seeds {
-            let mut rng = SmallRng::seed_from_u64(seed);
-            let n = rng.random_range(1..30);
-            let mut c = Chain::new(n);
-            for i in 0..n {
-                c.live[i] = rng.random_range(0..100) >= 30;
-                c.blocks[i] = !c.live[i] && rng.random_range(0..100) < 50;
-            }
-            let live: BTreeSet<usize> = (0..n).filter(|&i| c.live[i]).collect();
-            let dead = n - live.len();
+        for seed in 0..seeds() {
+            let (mut c, live, dead) = random_chain(seed, false);
             let r = c.walk_hedged(500, 4, 5, 600_000);
             assert_eq!(r.answered, live, "seed {seed}");
             let bound = (dead as u64 + 1) * (2000 + 1000) + live.len() as u64 * 60;
@@ -512,21 +527,8 @@ mod tests {
 
     #[test]
     fn any_mix_of_dead_and_blocking_members_ends_with_every_live_member_answered() {
-        let seeds: u64 = std::env::var("ROLLCALL_SEEDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(200);
-        for seed in 0..seeds {
-            let mut rng = SmallRng::seed_from_u64(seed);
-            let n = rng.random_range(1..30);
-            let mut c = Chain::new(n);
-            for i in 0..n {
-                c.live[i] = rng.random_range(0..100) >= 30;
-                c.blocks[i] = !c.live[i] && rng.random_range(0..100) < 50;
-                c.closes_once[i] = rng.random_range(0..100) < 10;
-            }
-            let live: BTreeSet<usize> = (0..n).filter(|&i| c.live[i]).collect();
-            let dead = n - live.len();
+        for seed in 0..seeds() {
+            let (mut c, live, dead) = random_chain(seed, true);
             let r = c.walk(1000, 600_000);
             assert_eq!(r.answered, live, "seed {seed}");
             // Each dead member costs at most one dial before every live one is reached,

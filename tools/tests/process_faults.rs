@@ -17,7 +17,10 @@
 //! Faults, victims and moments come from a seed: `kill -9` of a middle member and of a
 //! ring's forward leader mid-question, SIGSTOP/SIGCONT of a middle member (a grey machine),
 //! the server killed and started again from its state dir twice in a row under the full
-//! fleet, and a whole subnet's processes killed and started again one after another.
+//! fleet, a whole subnet's processes killed and started again one after another, and a
+//! ring cut in two by nftables rules. The cut needs root, `ip` and `nft`: the suite then
+//! runs in a network namespace it makes (its own loopback, its own rules), and says why it
+//! skipped the cut otherwise.
 //! `ROLLCALL_PROCESS_SEEDS` (default 1) runs that many seeds from `ROLLCALL_PROCESS_SEED`
 //! (default 1); `ROLLCALL_PROCESS_ENDPOINTS` (default 7) sets endpoints per subnet. The
 //! failing seed is printed.
@@ -450,7 +453,81 @@ async fn suite(seed: u64, per_subnet: u8) -> Suite {
     suite
 }
 
-async fn run_seed(seed: u64, per_subnet: u8) -> Suite {
+/// The nftables table a split lives in.
+const SPLIT_TABLE: &str = "rollcall_split";
+
+/// Rules that drop everything between the addresses of `a` and those of `b`, both ways.
+fn split_rules(a: &[String], b: &[String]) -> String {
+    let (a, b) = (a.join(", "), b.join(", "));
+    format!(
+        "table inet {SPLIT_TABLE} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    ip saddr {{ {a} }} ip daddr {{ {b} }} counter drop\n    ip saddr {{ {b} }} ip daddr {{ {a} }} counter drop\n  }}\n}}\n"
+    )
+}
+
+/// Applies an nftables script (in this test's network namespace).
+fn nft(script: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("nft script");
+    let status = child.wait().expect("nft");
+    assert!(status.success(), "nft refused:\n{script}");
+}
+
+/// Packets the split's rules dropped so far (their counters).
+fn dropped_by_split() -> u64 {
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "inet", SPLIT_TABLE])
+        .output()
+        .expect("nft list");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "packets")
+        .filter_map(|w| w[1].parse::<u64>().ok())
+        .sum()
+}
+
+/// Moves this thread, and every thread and process it starts from now on, into a network
+/// namespace of its own with its loopback up, so a step can cut links with nftables
+/// without touching the machine's own rules. `Err` says why not.
+fn private_netns() -> Result<(), String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("not root: a network namespace and nftables need it".into());
+    }
+    let have = |tool: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    for tool in ["ip", "nft"] {
+        if !have(tool) {
+            return Err(format!("`{tool}` is not installed"));
+        }
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("cannot make a network namespace: {e}"))?;
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .map_err(|e| format!("ip: {e}"))?;
+    if !up.success() {
+        return Err("`ip link set lo up` failed in the new namespace".into());
+    }
+    Ok(())
+}
+
+async fn run_seed(seed: u64, per_subnet: u8, netns: &Result<(), String>) -> Suite {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut s = suite(seed, per_subnet).await;
     let n = s.eps.len();
@@ -569,6 +646,46 @@ async fn run_seed(seed: u64, per_subnet: u8) -> Suite {
         );
     }
 
+    if step("partition") {
+        match netns {
+            Err(why) => s
+                .log
+                .push(format!("nftables split of a ring: skipped ({why})")),
+            Ok(()) => {
+                // 6. A ring cut in two by nftables (each side still reaches the server and
+                //    the other rings), mid-question; the rules removed afterwards. Nobody
+                //    is excused: every machine can still answer.
+                let ring = s.ring(&mut rng).await;
+                let cut = rng.random_range(1..ring.len());
+                let ips = |part: &[usize]| -> Vec<String> {
+                    part.iter().map(|&i| s.eps[i].ip.clone()).collect()
+                };
+                let (head, tail) = (ips(&ring[..cut]), ips(&ring[cut..]));
+                s.log.push(format!(
+                    "  ring split between {{{}}} and {{{}}}",
+                    head.join(", "),
+                    tail.join(", ")
+                ));
+                let rules = split_rules(&head, &tail);
+                s.mid_question("nftables split of a ring", &mut rng, |_| nft(&rules))
+                    .await;
+                let dropped = dropped_by_split();
+                s.check(
+                    "nftables split of a ring: the rules dropped the ring's packets across it",
+                    dropped > 0,
+                    format!("{dropped} packets dropped"),
+                );
+                nft(&format!("delete table inet {SPLIT_TABLE}\n"));
+                let healed = s.formed(Duration::from_secs(30)).await;
+                s.check(
+                    "nftables split of a ring: one chain again once the rules are gone",
+                    healed.is_some(),
+                    format!("{:?} ms", healed.map(|d| d.as_millis())),
+                );
+            }
+        }
+    }
+
     if step("subnet") {
         // 5. A subnet's processes all killed and started again, one after another in a
         //    seeded order, each as soon as the one before it is up.
@@ -667,6 +784,9 @@ fn real_processes_hold_the_invariants_under_signals_and_restarts() {
     let seeds = env_or("ROLLCALL_PROCESS_SEEDS", 1);
     let first = env_or("ROLLCALL_PROCESS_SEED", 1);
     let per_subnet = env_or("ROLLCALL_PROCESS_ENDPOINTS", 7).clamp(3, 60) as u8;
+    // Before the runtime: its threads, and the processes they start, are made in the
+    // namespace of the thread that builds it.
+    let netns = private_netns();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -674,7 +794,7 @@ fn real_processes_hold_the_invariants_under_signals_and_restarts() {
         .expect("runtime");
     let mut failed = Vec::new();
     for seed in first..first + seeds {
-        let s = rt.block_on(run_seed(seed, per_subnet));
+        let s = rt.block_on(run_seed(seed, per_subnet, &netns));
         let report = s.log.join("\n");
         eprintln!("{report}");
         if !s.findings.is_empty() {

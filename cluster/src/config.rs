@@ -40,11 +40,13 @@ impl Default for RingSettings {
         RingSettings {
             register_min_ms: 30_000,
             register_max_ms: 90_000,
-            // A probe each way per second is most of what an idle agent costs (the
-            // footprint benchmark: 0.110 % of a core at 500 ms, 0.069 % at 1 s with the
-            // 2 s keep-alive); questions route around a dead member by the hop timeout,
-            // whatever the probe interval.
-            probe_interval_ms: 1_000,
+            // The probes each way are most of what an idle agent costs (the footprint
+            // benchmark: 0.110 % of a core at 500 ms; 0.071-0.074 % at 1 s, 0.046-0.051 %
+            // at 2 s, both with the link's 4 s keep-alive); questions route around a dead
+            // member by the hop timeout, whatever the probe interval. What slows is
+            // noticing a dead member between questions (probe interval + dead timeout, 4 s)
+            // and taking over the lead of a ring whose first member died (10 s).
+            probe_interval_ms: 2_000,
             hop_timeout_ms: 500,
             successors: 4,
         }

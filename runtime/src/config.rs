@@ -191,7 +191,7 @@ mod tests {
             LinkConfig::default()
         );
         for (text, needle) in [
-            ("keep_alive_ms = 6000\n", "keep_alive_ms"),
+            ("keep_alive_ms = 12000\n", "keep_alive_ms"),
             ("max_frame_bytes = 10\n", "max_frame_bytes"),
             ("reconnect_base_ms = 0\n", "reconnect_base_ms"),
             (

@@ -300,7 +300,7 @@ mod tests {
     #[test]
     fn bad_values_are_named_with_their_section() {
         for (text, needle) in [
-            ("[link]\nkeep_alive_ms = 6000\n", "link.keep_alive_ms"),
+            ("[link]\nkeep_alive_ms = 12000\n", "link.keep_alive_ms"),
             ("[link]\nmax_frame_bytes = 10\n", "link.max_frame_bytes"),
             ("[link]\nreconnect_base_ms = 0\n", "link.reconnect_base_ms"),
             (

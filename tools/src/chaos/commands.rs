@@ -76,6 +76,8 @@ pub enum ChaosRequest {
         /// Its options.
         opts: ScenarioOptions,
     },
+    /// The report of a scenario a real server started ([`ChaosReply::Started`]).
+    ScenarioResult(u64),
 }
 
 /// Answers of [`CHAOS`].
@@ -90,6 +92,13 @@ pub enum ChaosReply {
     Scenario(ScenarioReport),
     /// It could not be done.
     Error(String),
+    /// The scenario does not run against this kind of fleet: why.
+    Skipped(String),
+    /// A real server started the scenario as this run (it takes longer than a call may
+    /// wait): ask for its result with [`ChaosRequest::ScenarioResult`].
+    Started(u64),
+    /// The run is still going: where it is.
+    Running(String),
 }
 
 /// What one targeted endpoint of a real cluster did with a relayed fault.

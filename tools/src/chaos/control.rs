@@ -124,6 +124,10 @@ impl ChaosControl {
                             .collect(),
                     ))
                 }
+                ChaosRequest::ScenarioResult(_) => Ok(ChaosReply::Error(
+                    "a simulated fleet answers its scenarios at once; there is no run to ask after"
+                        .into(),
+                )),
                 ChaosRequest::Scenario { scenario, opts } => {
                     fleet.reset().await?;
                     Ok(ChaosReply::Scenario(

@@ -44,6 +44,8 @@ mod commands;
 pub use commands::*;
 #[cfg(feature = "simulation")]
 mod observe;
+mod on_cluster;
+pub use on_cluster::run_on_cluster;
 pub mod relay;
 #[cfg(feature = "simulation")]
 #[allow(unused_imports)]

@@ -18,7 +18,7 @@ use rollcall_runtime::node::{CHAOS_AGENT_ROUTE, Deliver, DestinationGone, Node};
 use rollcall_runtime::signing::ServerSigner;
 use rollcall_runtime::{Incoming, OperatorRole, PeerIdentity};
 
-use super::CHAOS;
+use super::{CHAOS, Scenario, ScenarioOptions};
 use super::agent::{AgentCommand, AgentFault, AgentReply};
 use super::commands::*;
 
@@ -33,7 +33,12 @@ pub struct ChaosRelay {
     rings: RingServer,
     desk: Arc<QuestionDesk>,
     signer: Arc<ServerSigner>,
+    /// Scenario runs: the latest number, and each run's result once it has one.
+    runs: std::sync::Mutex<(u64, std::collections::BTreeMap<u64, Option<ChaosReply>>)>,
 }
+
+/// Scenario runs whose results are kept.
+const RUNS_KEPT: usize = 64;
 
 impl ChaosRelay {
     /// Serves [`CHAOS`] on the server `node` for admin operators.
@@ -48,6 +53,7 @@ impl ChaosRelay {
             rings,
             desk,
             signer,
+            runs: std::sync::Mutex::default(),
         });
         node.router().register(
             CHAOS,
@@ -56,15 +62,74 @@ impl ChaosRelay {
         );
     }
 
+    /// The rings this server keeps.
+    pub fn rings(&self) -> &RingServer {
+        &self.rings
+    }
+
+    /// The server's question desk.
+    pub fn desk(&self) -> &QuestionDesk {
+        &self.desk
+    }
+
+    /// Starts scenario `scenario` as a run of its own (one at a time), answered at once:
+    /// a run takes longer than a call may wait. Its result is audited when it ends.
+    fn start(
+        self: &Arc<Self>,
+        scenario: Scenario,
+        opts: ScenarioOptions,
+        who: &PeerIdentity,
+    ) -> ChaosReply {
+        if let Some(why) = scenario.needs_simulation() {
+            return ChaosReply::Skipped(format!(
+                "scenario {} does not run against a real cluster: {why}",
+                scenario.name()
+            ));
+        }
+        let run = {
+            let mut runs = rollcall_runtime::sync::lock(&self.runs);
+            if let Some((n, _)) = runs.1.iter().find(|(_, r)| r.is_none()) {
+                return ChaosReply::Error(format!(
+                    "scenario run {n} is still going; one runs at a time"
+                ));
+            }
+            runs.0 += 1;
+            let n = runs.0;
+            runs.1.insert(n, None);
+            while runs.1.len() > RUNS_KEPT {
+                runs.1.pop_first();
+            }
+            n
+        };
+        let (me, who) = (self.clone(), who.clone());
+        tokio::spawn(async move {
+            let reply = match super::run_on_cluster(&me, &who, scenario, &opts).await {
+                Ok(report) => ChaosReply::Scenario(report),
+                Err(e) => ChaosReply::Error(format!("scenario {}: {e}", scenario.name())),
+            };
+            me.audit(
+                &who,
+                &format!("chaos --scenario {} (run {run}) ended", scenario.name()),
+                &reply,
+            );
+            rollcall_runtime::sync::lock(&me.runs)
+                .1
+                .insert(run, Some(reply));
+        });
+        ChaosReply::Started(run)
+    }
+
     /// Serves one request from `who` (an admin).
-    pub async fn serve(&self, req: ChaosRequest) -> ChaosReply {
+    pub async fn serve(self: &Arc<Self>, req: ChaosRequest, who: &PeerIdentity) -> ChaosReply {
         match req {
-            ChaosRequest::Scenario { .. } => ChaosReply::Error(
-                "scenarios run against a fleet served by `rollcall sim --serve`; against this \
-                 cluster apply faults one at a time (kill, pause, slow, loss, duplicate, \
-                 partition, heal)"
-                    .into(),
-            ),
+            ChaosRequest::Scenario { scenario, opts } => self.start(scenario, opts, who),
+            ChaosRequest::ScenarioResult(run) => {
+                match rollcall_runtime::sync::lock(&self.runs).1.get(&run) {
+                    None => ChaosReply::Error(format!("no scenario run {run}")),
+                    Some(None) => ChaosReply::Running(format!("scenario run {run} is still going")),
+                    Some(Some(r)) => r.clone(),
+                }
+            }
             ChaosRequest::Fault {
                 action: FaultAction::Restart,
                 ..
@@ -89,7 +154,7 @@ impl ChaosRelay {
         }
     }
 
-    async fn relay(
+    pub(super) async fn relay(
         &self,
         report: &RingsReport,
         who: &[MemberReport],
@@ -177,6 +242,14 @@ impl ChaosRelay {
     fn audit(&self, who: &PeerIdentity, what: &str, reply: &ChaosReply) {
         let outcome = match reply {
             ChaosReply::Relayed(all) => summary(all),
+            ChaosReply::Scenario(r) => format!(
+                "{} of {} invariants held",
+                r.checks.iter().filter(|c| c.pass).count(),
+                r.checks.len()
+            ),
+            ChaosReply::Skipped(why) => format!("skipped: {why}"),
+            ChaosReply::Started(run) => format!("started as run {run}"),
+            ChaosReply::Running(s) => s.clone(),
             ChaosReply::Error(e) => format!("refused: {e}"),
             _ => "done".into(),
         };
@@ -274,6 +347,7 @@ impl Deliver for RelayRoute {
             ChaosRequest::Scenario { scenario, .. } => {
                 format!("chaos --scenario {}", scenario.name())
             }
+            ChaosRequest::ScenarioResult(run) => format!("chaos: result of scenario run {run}"),
         };
         let relay = self.0.clone();
         if !incoming.from.role.allows(OperatorRole::Admin) {
@@ -286,8 +360,12 @@ impl Deliver for RelayRoute {
             return Ok(());
         }
         tokio::spawn(async move {
-            let reply = relay.serve(req).await;
-            relay.audit(&incoming.from, &what, &reply);
+            // Asking after a run is not audited each time (its end is).
+            let polling = matches!(req, ChaosRequest::ScenarioResult(_));
+            let reply = relay.serve(req, &incoming.from).await;
+            if !polling {
+                relay.audit(&incoming.from, &what, &reply);
+            }
             let _ = incoming.answer(&reply);
         });
         Ok(())

@@ -92,6 +92,7 @@ pub(crate) async fn chaos_command(a: ChaosArgs) -> Result<std::process::ExitCode
         .await
         .with_context(|| format!("connecting to {}", a.op.server))?;
     let mut ok = true;
+    let (mut ran, mut held, mut skipped) = (0usize, 0usize, 0usize);
     for req in requests {
         if let ChaosRequest::Scenario { scenario, opts } = &req {
             eprintln!(
@@ -114,6 +115,28 @@ pub(crate) async fn chaos_command(a: ChaosArgs) -> Result<std::process::ExitCode
                 )
             }
             Err(e) => return Err(e).context("sending the chaos command"),
+        };
+        // A real server runs a scenario on its own and is asked for the result.
+        let reply = match reply {
+            ChaosReply::Started(run) => {
+                eprintln!("the server runs it as scenario run {run}");
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    match link
+                        .call(
+                            CHAOS,
+                            &ChaosRequest::ScenarioResult(run),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .context("asking for the scenario's result")?
+                    {
+                        ChaosReply::Running(_) => continue,
+                        done => break done,
+                    }
+                }
+            }
+            other => other,
         };
         match reply {
             ChaosReply::Applied(who) => {
@@ -146,10 +169,23 @@ pub(crate) async fn chaos_command(a: ChaosArgs) -> Result<std::process::ExitCode
             }
             ChaosReply::Scenario(r) => {
                 ok &= r.passed();
+                ran += 1;
+                held += usize::from(r.passed());
                 if a.json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
                     println!("{}", r.table());
+                }
+            }
+            ChaosReply::Started(_) | ChaosReply::Running(_) => {
+                bail!("the server answered a scenario's result with another run")
+            }
+            ChaosReply::Skipped(why) => {
+                skipped += 1;
+                if a.json {
+                    println!("{}", serde_json::json!({ "skipped": why }));
+                } else {
+                    println!("skipped: {why}\n");
                 }
             }
             ChaosReply::Error(e) => {
@@ -157,6 +193,16 @@ pub(crate) async fn chaos_command(a: ChaosArgs) -> Result<std::process::ExitCode
                 bail!("{e}")
             }
         }
+    }
+    if ran + skipped > 1 && !a.json {
+        println!(
+            "{held} of {ran} scenarios held every invariant{}",
+            if skipped > 0 {
+                format!("; {skipped} skipped (they need a simulated fleet)")
+            } else {
+                String::new()
+            }
+        );
     }
     node.shutdown_and_wait(Duration::from_secs(1)).await;
     Ok(if ok {

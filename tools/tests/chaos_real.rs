@@ -157,3 +157,98 @@ fn faults_reach_real_endpoint_processes_through_the_server() {
     }
     assert!(text.contains("\"chain_intact\":true"), "{text}");
 }
+
+/// LAN timing, as the simulated fault scenarios and the process suite use.
+const LAN: &str = "[ring]\nprobe_interval_ms = 400\nhop_timeout_ms = 200\n";
+
+/// `rollcall chaos --scenario NAME --json` as alice (an admin): its exit code and the one
+/// JSON object it printed.
+fn scenario(c: &Cluster, name: &str) -> (i32, serde_json::Value) {
+    let out = chaos(c, "alice", &["--scenario", name, "--seed", "3", "--json"]);
+    let text = stdout(&out);
+    let v = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{name}: {e}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code(&out), v)
+}
+
+#[test]
+fn scenarios_run_against_a_real_cluster_kill_real_processes_and_check_the_invariants() {
+    let c = cluster();
+    let mut cfg = std::fs::read_to_string(c.path("server.toml")).expect("server config");
+    cfg.push_str(LAN);
+    std::fs::write(c.path("server.toml"), cfg).expect("server config");
+    let _server = c.server();
+    let extra = format!("{ALLOW}{LAN}");
+    let eps: Vec<Running> = (1..=5).map(|i| c.endpoint_with(i, &extra)).collect();
+    c.wait_members(5);
+
+    // A grey machine in the ring, mid-question: every invariant the server checks holds.
+    let (code_grey, grey) = scenario(&c, "grey-neighbour");
+    let checks = grey["checks"].as_array().expect("checks");
+    let failed: Vec<&serde_json::Value> = checks.iter().filter(|k| k["pass"] != true).collect();
+    assert!(failed.is_empty(), "{grey:#}");
+    assert_eq!(code_grey, 0, "{grey:#}");
+    assert_eq!(checks.len(), 6, "{grey:#}");
+    assert_eq!(grey["scenario"], "GreyNeighbour");
+    assert_eq!(grey["endpoints"], 5);
+    // The in-flight question, three through the fault and one after healing.
+    assert_eq!(grey["questions"], 5, "{grey:#}");
+
+    // A member killed mid-question: the real process exits, and the rest hold.
+    let (code_kill, kill) = scenario(&c, "neighbour-killed");
+    assert_eq!(code_kill, 0, "{kill:#}");
+    let fault = kill["fault"].as_str().expect("fault");
+    let victim = (1..=5u8)
+        .position(|i| fault.contains(&format!("(127.0.4.{i}:")))
+        .unwrap_or_else(|| panic!("no endpoint named in {fault:?}"));
+    assert_eq!(
+        eps[victim].exit_code_within(Duration::from_secs(10)),
+        Some(137),
+        "{fault}"
+    );
+    assert!(
+        kill["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .all(|k| k["pass"] == true),
+        "{kill:#}"
+    );
+    let lost = &kill["checks"][0]["measured"];
+    assert!(
+        lost.as_str().is_some_and(
+            |m| m.starts_with("4 of 4 live endpoints answered all 6 questions (1 killed)")
+        ),
+        "{lost}"
+    );
+
+    // What only a simulated fleet can do is skipped with its reason, not failed.
+    let (code_skip, skipped) = scenario(&c, "server-restart");
+    assert_eq!(code_skip, 0, "{skipped:#}");
+    assert!(
+        skipped["skipped"]
+            .as_str()
+            .is_some_and(|s| s.contains("does not run against a real cluster")),
+        "{skipped:#}"
+    );
+
+    // A viewer may not run one.
+    let v = chaos(&c, "vera", &["--scenario", "grey-neighbour"]);
+    assert!(!v.status.success());
+    assert!(String::from_utf8_lossy(&v.stderr).contains("needs the admin role"));
+
+    // Each run's end is in the audit log with its outcome.
+    let audit = stdout(&c.as_("alice", &["audit", "--json", "--last", "100"]));
+    for want in [
+        "chaos --scenario grey-neighbour (run 1) ended",
+        "chaos --scenario neighbour-killed (run 2) ended",
+        "6 of 6 invariants held",
+        "skipped: scenario server-restart does not run against a real cluster",
+    ] {
+        assert!(audit.contains(want), "{want} not in\n{audit}");
+    }
+}

@@ -30,6 +30,9 @@ use super::*;
 /// The question a scenario asks: one row per machine.
 const QUESTION: &str = "Get Computer Name from all machines";
 
+/// How long the fault-free question waits for every machine: one silent by then is down.
+const BASELINE_WAIT: Duration = Duration::from_secs(10);
+
 /// How an endpoint is slowed in slow-neighbour: per envelope, each way.
 const SLOW_MS: u64 = 50;
 
@@ -132,12 +135,15 @@ impl Run<'_> {
         let mut last = String::new();
         while t.elapsed() < within {
             let mut r = self.sample().await;
-            // The machines it killed are gone, whether or not the server has evicted them
-            // yet (nobody reports a dead first member; its registration lapses later).
+            // The machines it killed, or found down, are gone whether or not the server has
+            // evicted them yet (nobody reports a dead first member; its registration lapses
+            // later).
+            let gone =
+                |m: &MemberReport| !self.machines.contains(&m.id) || self.lost.contains(&m.id);
             for ring in &mut r.rings {
-                ring.members.retain(|m| !self.lost.contains(&m.id));
+                ring.members.retain(|m| !gone(m));
             }
-            r.isolated.retain(|m| !self.lost.contains(&m.id));
+            r.isolated.retain(|m| !gone(m));
             let g = FormationGaps::of(&r, self.machines.len() - self.lost.len());
             if g.formed() {
                 return Ok(t.elapsed());
@@ -198,14 +204,18 @@ impl Run<'_> {
 }
 
 /// A ring with at least three members (seeded), in ring order.
-fn pick_ring<'r>(report: &'r RingsReport, rng: &mut SmallRng) -> Option<Vec<&'r MemberReport>> {
+fn pick_ring<'r>(
+    report: &'r RingsReport,
+    up: &HashSet<NodeId>,
+    rng: &mut SmallRng,
+) -> Option<Vec<&'r MemberReport>> {
     let rings: Vec<Vec<&MemberReport>> = report
         .rings
         .iter()
         .map(|r| {
             r.members
                 .iter()
-                .filter(|m| m.health != Health::Offline)
+                .filter(|m| m.health != Health::Offline && up.contains(&m.id))
                 .collect::<Vec<_>>()
         })
         .filter(|m| m.len() >= 3)
@@ -250,6 +260,28 @@ pub async fn run_on_cluster(
         FaultAction::Heal,
     )
     .await;
+    run.watch(Duration::from_secs(2)).await;
+    // One fault-free question. A machine that does not answer it within the wait is down
+    // already (killed by an earlier scenario, say, and not evicted yet): it is left out.
+    let t = Instant::now();
+    let baseline = run.ask(opts.ttl, None).await?;
+    let (mut seen, mut baseline_time) = (0, Duration::ZERO);
+    loop {
+        run.sample().await;
+        let n = run.relay.rings().answered(baseline).unwrap_or(0);
+        if n > seen {
+            (seen, baseline_time) = (n, t.elapsed());
+        }
+        if run.unanswered(baseline).is_empty() || t.elapsed() >= BASELINE_WAIT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let down = run.unanswered(baseline);
+    for m in &down {
+        run.machines.remove(m);
+        run.evicted.remove(m);
+    }
     if let Err(e) = run.formed(Duration::from_secs(120)).await {
         checks.push(Check {
             invariant: "rings formed before the fault".into(),
@@ -257,15 +289,6 @@ pub async fn run_on_cluster(
             measured: e,
         });
     }
-    run.watch(Duration::from_secs(2)).await;
-    // One fault-free question.
-    let t = Instant::now();
-    let baseline = run.ask(opts.ttl, None).await?;
-    while !run.unanswered(baseline).is_empty() && t.elapsed() < opts.ttl {
-        run.sample().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let baseline_time = t.elapsed();
     let bound = baseline_time + Duration::from_secs(1);
 
     // The fault, mid-question for those that say so.
@@ -284,7 +307,7 @@ pub async fn run_on_cluster(
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..ms))).await;
     }
     let t_fault = Instant::now();
-    let ring = pick_ring(&report, &mut rng);
+    let ring = pick_ring(&report, &run.machines, &mut rng);
     let inner = |rng: &mut SmallRng| -> Option<MemberReport> {
         let r = ring.as_ref()?;
         Some(r[rng.random_range(1..r.len() - 1)].clone())
@@ -329,12 +352,12 @@ pub async fn run_on_cluster(
         Scenario::LeadersAndTenthKilled => {
             let mut leaders: Vec<MemberReport> = report
                 .machines()
-                .filter(|m| m.health != Health::Offline && m.leads.any())
+                .filter(|m| run.machines.contains(&m.id) && m.leads.any())
                 .cloned()
                 .collect();
             let mut rest: Vec<MemberReport> = report
                 .machines()
-                .filter(|m| m.health != Health::Offline && !m.leads.any())
+                .filter(|m| run.machines.contains(&m.id) && !m.leads.any())
                 .cloned()
                 .collect();
             rest.sort_by(|a, b| a.id.cmp(&b.id));
@@ -372,11 +395,18 @@ pub async fn run_on_cluster(
             )
         }
         Scenario::OfflineAndBack => {
-            let all: Vec<&MemberReport> = report
+            let mut all: Vec<&MemberReport> = report
                 .machines()
-                .filter(|m| m.health != Health::Offline)
+                .filter(|m| m.health != Health::Offline && run.machines.contains(&m.id))
                 .collect();
-            let m = all[rng.random_range(0..all.len())].clone();
+            all.sort_by(|a, b| a.id.cmp(&b.id));
+            all.dedup_by(|a, b| a.id == b.id);
+            let Some(m) = all
+                .get(rng.random_range(0..all.len().max(1)))
+                .map(|m| (*m).clone())
+            else {
+                return Err("no running endpoint to take offline".into());
+            };
             run.excused.insert(m.id.clone());
             let said = run
                 .fault(
@@ -393,7 +423,7 @@ pub async fn run_on_cluster(
         Scenario::LossAndDuplication => {
             let all: Vec<MemberReport> = report
                 .machines()
-                .filter(|m| m.health != Health::Offline)
+                .filter(|m| m.health != Health::Offline && run.machines.contains(&m.id))
                 .cloned()
                 .collect();
             let loss = rng.random_range(5..=20);
@@ -412,6 +442,15 @@ pub async fn run_on_cluster(
                 other.name()
             ));
         }
+    };
+    let fault = if down.is_empty() {
+        fault
+    } else {
+        format!(
+            "{fault} ({} machine(s) already down were left out, e.g. {})",
+            down.len(),
+            down[0]
+        )
     };
     if let Some(q) = run.questions.last_mut()
         && mid

@@ -18,9 +18,9 @@ use rollcall_runtime::node::{CHAOS_AGENT_ROUTE, Deliver, DestinationGone, Node};
 use rollcall_runtime::signing::ServerSigner;
 use rollcall_runtime::{Incoming, OperatorRole, PeerIdentity};
 
-use super::{CHAOS, Scenario, ScenarioOptions};
 use super::agent::{AgentCommand, AgentFault, AgentReply};
 use super::commands::*;
+use super::{CHAOS, Scenario, ScenarioOptions};
 
 /// How long the relay waits for one machine (dial and answer).
 const PER_MACHINE: Duration = Duration::from_secs(5);

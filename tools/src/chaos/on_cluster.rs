@@ -415,8 +415,11 @@ pub async fn run_on_cluster(
                     FaultAction::Partition(true),
                 )
                 .await;
+            // Cut off from the server, it cannot hear the heal either (nor, often, say that
+            // it applied the cut): it ends the fault itself after its `[chaos]
+            // fault_limit_secs`, and must then answer what it missed.
             format!(
-                "cut {} ({}) off from everyone, server included: {said}",
+                "cut {} ({}) off from everyone, server included (it ends the cut itself after its fault limit): {said}",
                 m.id, m.addr
             )
         }

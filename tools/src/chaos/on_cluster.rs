@@ -107,13 +107,11 @@ impl Run<'_> {
             if q.took.is_some() {
                 continue;
             }
-            let answered: HashSet<NodeId> = self
-                .relay
-                .rings()
-                .responders(q.id)
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
+            // Copying who answered costs a list of every machine: only once enough have.
+            if self.relay.rings().answered(q.id).unwrap_or(0) < due.len() {
+                continue;
+            }
+            let answered = responders(self.relay, q.id);
             if due.iter().all(|m| answered.contains(*m)) {
                 q.took = Some(now.duration_since(from));
             }
@@ -175,13 +173,7 @@ impl Run<'_> {
 
     /// Machines running now (not killed) that have not answered question `id`.
     fn unanswered(&self, id: u64) -> Vec<NodeId> {
-        let answered: HashSet<NodeId> = self
-            .relay
-            .rings()
-            .responders(id)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let answered = responders(self.relay, id);
         let mut missing: Vec<NodeId> = self
             .machines
             .iter()
@@ -201,6 +193,16 @@ impl Run<'_> {
         let out = self.relay.relay(report, who, &action).await;
         super::relay::summary(&out)
     }
+}
+
+/// The machines that have answered question `id`.
+fn responders(relay: &ChaosRelay, id: u64) -> HashSet<NodeId> {
+    relay
+        .rings()
+        .responders(id)
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
 }
 
 /// A ring with at least three members (seeded), in ring order.

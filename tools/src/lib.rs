@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod chaos;
 pub mod compose;
+pub mod console;
 pub mod config;
 pub mod desk_client;
 pub mod figures;

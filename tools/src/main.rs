@@ -338,6 +338,13 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             return desk_command(&a.op, DeskRequest::SetBaseline(levels)).await;
         }
         Command::Demo(a) => return demo(a).await,
+        Command::Console(a) => {
+            let c =
+                rollcall::console::Console::start(a.op.server, &a.op.cert_dir, a.listen).await?;
+            println!("console at {}", c.url);
+            println!("  acting as {} ({})", c.me().name, c.me().role);
+            c.run().await?;
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

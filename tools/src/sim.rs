@@ -73,7 +73,8 @@ pub struct SimArgs {
     /// `--cert-dir`.
     #[arg(long, value_name = "ADDR", requires = "cert_dir")]
     pub serve: Option<std::net::SocketAddr>,
-    /// Where `--serve` writes the admin operator's credentials.
+    /// Where `--serve` writes the admin operator's credentials (and an operator's and a
+    /// viewer's in its `operator` and `viewer` folders, to try the roles).
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<std::path::PathBuf>,
     /// With `--serve`: serve the fleet server's metrics (OpenMetrics text), /healthz and
@@ -347,7 +348,8 @@ pub async fn run(a: &SimArgs) -> Result<SimReport> {
 
 /// Serves operators at `addr` in front of `fleet` until `stop` resolves: the question desk,
 /// ring admin and chaos commands, over QUIC with mutual TLS. Writes an admin operator's
-/// credentials to `cert_dir`.
+/// credentials to `cert_dir`, and an operator's and a viewer's to its `operator` and
+/// `viewer` folders.
 pub async fn serve(
     mut fleet: Fleet,
     addr: std::net::SocketAddr,
@@ -371,6 +373,20 @@ pub async fn serve(
     admin
         .save(cert_dir)
         .with_context(|| format!("writing credentials to {}", cert_dir.display()))?;
+    // An operator's and a viewer's beside it, to try what each role may do (the console).
+    for (sub, role) in [
+        ("operator", rollcall_runtime::OperatorRole::Operator),
+        ("viewer", rollcall_runtime::OperatorRole::Viewer),
+    ] {
+        let dir = cert_dir.join(sub);
+        ca.issue(
+            PeerRole::Operator(role),
+            Some(&format!("sim-{sub}")),
+            Validity::default(),
+        )?
+        .save(&dir)
+        .with_context(|| format!("writing credentials to {}", dir.display()))?;
+    }
     let t = QuicTransport::bind(
         addr,
         &front_creds,
@@ -401,7 +417,7 @@ pub async fn serve(
     }
     println!("serving operators at {listen}");
     eprintln!(
-        "admin credentials in {dir}\n  e.g. rollcall chaos --server {listen} --cert-dir {dir} --scenario neighbour-killed\n       rollcall ring show --server {listen} --cert-dir {dir}\nCtrl-C stops.",
+        "admin credentials in {dir} (an operator's in {dir}/operator, a viewer's in {dir}/viewer)\n  e.g. rollcall chaos --server {listen} --cert-dir {dir} --scenario neighbour-killed\n       rollcall ring show --server {listen} --cert-dir {dir}\nCtrl-C stops.",
         dir = cert_dir.display()
     );
     stop.await;

@@ -210,6 +210,16 @@ pub enum DeskRequest {
         /// The collector's token (Splunk).
         token: Option<String>,
     },
+    /// The machines that gave one row of question `id`'s answers, from the `from`-th, a
+    /// page at a time (viewer role): a grid's row expanded to its machines.
+    RowMachines {
+        /// The question.
+        id: u64,
+        /// The row's cells, as [`Progress`] lists them.
+        cells: Vec<String>,
+        /// The first machine wanted.
+        from: usize,
+    },
 }
 
 /// The desk's answers.
@@ -275,6 +285,13 @@ pub enum DeskReply {
     /// The request could not be served (a parse error with its column, an unknown id, a
     /// missing role).
     Error(String),
+    /// A page of the machines that gave a row: (node id, host name), by host name.
+    Machines {
+        /// The machines.
+        machines: Vec<(String, String)>,
+        /// How many there are in all.
+        total: usize,
+    },
 }
 
 /// What the desk keeps (in the store when it has one).
@@ -516,6 +533,15 @@ impl QuestionDesk {
             | DeskRequest::ExportStatus
             | DeskRequest::ExportRetry
             | DeskRequest::SavedExport { .. }) => self.export_request(r).await,
+            DeskRequest::RowMachines { id, cells, from } => {
+                match rows::machines_of_row(&self.rings, id, &cells).await {
+                    Some(all) => DeskReply::Machines {
+                        total: all.len(),
+                        machines: all.into_iter().skip(from).take(rows::PAGE).collect(),
+                    },
+                    None => DeskReply::Error(format!("no question {id} (it may have been dropped)")),
+                }
+            }
             DeskRequest::Case { id } => match self.cases.get(id) {
                 Some(c) => DeskReply::Case(c),
                 None => DeskReply::Error(format!("no case {id}")),
@@ -943,6 +969,7 @@ mod audit;
 use audit::audited;
 mod exports;
 mod resume;
+mod rows;
 use resume::OpenQuestion;
 
 struct DeskRoute(Arc<QuestionDesk>);

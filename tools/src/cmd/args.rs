@@ -117,6 +117,23 @@ pub(crate) enum Command {
     /// Run a server and N endpoints (simulated machines) on loopback in one process, enrol
     /// them over QUIC, show the rings they form, ask them a question and show the answer.
     Demo(DemoArgs),
+    /// Serve the browser console as this operator: a search box, live answer grids, the
+    /// rings, actions and their approval, the audit log. It binds to loopback and prints a
+    /// URL with a token made at launch; every request without that token is refused. The
+    /// operator's certificate never leaves this machine, and the server checks the
+    /// operator's role on every request.
+    Console(ConsoleArgs),
+}
+
+/// `rollcall console` arguments.
+#[derive(Debug, Args)]
+pub(crate) struct ConsoleArgs {
+    #[command(flatten)]
+    pub(crate) op: OperatorArgs,
+    /// Where the console listens (keep it on loopback: whoever has the URL acts as this
+    /// operator). Port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
 }
 
 /// Where the server is and who is asking.

@@ -21,8 +21,28 @@ const FAST: Duration = Duration::from_millis(250);
 /// answered, the rings, the actions).
 const SLOW: Duration = Duration::from_secs(1);
 
-/// One poll: the snapshot as JSON, and whether it is settled (polled at the slow pace).
-type Poll = Result<(String, bool), String>;
+/// One poll of the server.
+pub(crate) struct Snapshot {
+    /// What is sent (JSON).
+    data: String,
+    /// What must change for it to be sent again (the data without its clocks).
+    key: String,
+    /// Nothing is expected to change soon: polled at the slow pace.
+    settled: bool,
+}
+
+impl Snapshot {
+    fn of<T: serde::Serialize>(v: &T, settled: bool) -> Result<Snapshot, String> {
+        let data = serde_json::to_string(v).map_err(|e| e.to_string())?;
+        Ok(Snapshot {
+            key: data.clone(),
+            data,
+            settled,
+        })
+    }
+}
+
+type Poll = Result<Snapshot, String>;
 
 /// A stream of `name` events: `poll` is called at most every [`FAST`] (or every four times
 /// as long as it took, when the server is slow to answer, so that a big fleet's grid does
@@ -54,20 +74,28 @@ where
             let began = Instant::now();
             let got = (st.poll)().await;
             let took = began.elapsed();
-            let (event, data, settled) = match got {
-                Ok((json, settled)) => (name, json, settled),
-                Err(e) => ("problem", serde_json::json!({ "error": e }).to_string(), true),
+            let (event, snap) = match got {
+                Ok(snap) => (name, snap),
+                Err(e) => {
+                    let data = serde_json::json!({ "error": e }).to_string();
+                    let snap = Snapshot {
+                        key: data.clone(),
+                        data,
+                        settled: true,
+                    };
+                    ("problem", snap)
+                }
             };
-            st.wait = (if settled { SLOW } else { FAST }).max(took * 4);
-            if st.last.as_deref() == Some(data.as_str()) {
+            st.wait = (if snap.settled { SLOW } else { FAST }).max(took * 4);
+            if st.last.as_deref() == Some(snap.key.as_str()) {
                 continue;
             }
             st.sent += 1;
             let ev = Event::default()
                 .event(event)
                 .id(st.sent.to_string())
-                .data(data.clone());
-            st.last = Some(data);
+                .data(snap.data);
+            st.last = Some(snap.key);
             return Some((Ok(ev), st));
         }
     });
@@ -82,10 +110,14 @@ pub(crate) async fn question(
     snapshots("progress", move || {
         let app = app.clone();
         async move {
-            let p = progress(&app, id).await.map_err(|e| e.message())?;
+            let mut p = progress(&app, id).await.map_err(|e| e.message())?;
             let settled = p.fanned_out && p.answered >= p.expected;
-            let json = serde_json::to_string(&p).map_err(|e| e.to_string())?;
-            Ok((json, settled))
+            let mut snap = Snapshot::of(&p, settled)?;
+            // The clocks move on every poll: alone, they are no reason to send.
+            p.elapsed_ms = 0;
+            p.expires_in_ms = 0;
+            snap.key = serde_json::to_string(&p).map_err(|e| e.to_string())?;
+            Ok(snap)
         }
     })
 }
@@ -98,7 +130,7 @@ pub(crate) async fn rings(
         let app = app.clone();
         async move {
             let r = app.desk.rings().await.map_err(|e| format!("{e:#}"))?;
-            Ok((serde_json::to_string(&r).map_err(|e| e.to_string())?, true))
+            Snapshot::of(&r, true)
         }
     })
 }
@@ -113,7 +145,13 @@ pub(crate) async fn actions(
             match call(&app, DeskRequest::Actions).await {
                 Ok(DeskReply::Actions(a)) => {
                     let busy = a.iter().any(|r| !r.done && !r.awaiting_approval);
-                    Ok((serde_json::to_string(&a).map_err(|e| e.to_string())?, !busy))
+                    let mut snap = Snapshot::of(&a, !busy)?;
+                    let mut still = a;
+                    for r in &mut still {
+                        r.expires_in_ms = 0;
+                    }
+                    snap.key = serde_json::to_string(&still).map_err(|e| e.to_string())?;
+                    Ok(snap)
                 }
                 Ok(other) => Err(format!("the server answered with {other:?}")),
                 Err(e) => Err(e.message()),

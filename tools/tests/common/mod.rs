@@ -2,6 +2,7 @@
 //! are killed when a test ends.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod receivers;
 

@@ -5,6 +5,8 @@
 const TOKEN = new URLSearchParams(location.search).get('token') || '';
 const state = { me: null, stream: null, selected: [], fromQuestion: null };
 const view = document.getElementById('view');
+// Rows drawn at most: a grid of a whole fleet's host names would be 100,000 rows.
+const MAX_ROWS = 500;
 
 function el(tag, props, ...children) {
   const e = document.createElement(tag);
@@ -133,6 +135,7 @@ function renderQuestion(id) {
   const filter = el('input', { type: 'search', id: 'row-filter', placeholder: 'filter rows' });
   const deploy = can('operator') ? el('button', { type: 'button', id: 'deploy-selected', disabled: true }, 'Act on selected rows') : null;
   const table = el('table', { id: 'grid' });
+  const rowNote = el('div', { id: 'row-note', class: 'muted' });
   const chart = el('div', { id: 'chart' });
   const notAnswered = el('details', { id: 'not-answered' });
   const problems = el('details', { id: 'problems' });
@@ -141,7 +144,7 @@ function renderQuestion(id) {
       el('a', { id: 'export-csv', href: withToken('/questions/' + id + '/export.csv'), text: 'Export CSV' }),
       el('a', { id: 'export-json', href: withToken('/questions/' + id + '/export.json'), text: 'Export JSON' }),
       deploy),
-    el('div', { class: 'split' }, el('div', { class: 'grid-wrap' }, table), chart),
+    el('div', { class: 'split' }, el('div', { class: 'grid-wrap' }, table, rowNote), chart),
     notAnswered, problems);
 
   const key = (cells) => JSON.stringify(cells);
@@ -200,7 +203,11 @@ function renderQuestion(id) {
     }, label);
     const head = el('tr', {}, el('th', { text: '' }), p.columns.map((c, i) => th(c, i)), th('Count', 'count', 'num'), el('th', { class: 'num', text: 'Share' }));
     const body = [];
-    for (const r of rows) {
+    const shown = rows.slice(0, MAX_ROWS);
+    rowNote.textContent = rows.length > shown.length
+      ? 'showing ' + shown.length + ' of ' + rows.length + ' rows: filter or sort to see others'
+      : rows.length + (rows.length === 1 ? ' row' : ' rows') + (f ? ' match the filter' : '');
+    for (const r of shown) {
       const k = key(r.cells);
       const box = el('input', { type: 'checkbox', class: 'select', checked: selected.has(k) });
       box.addEventListener('click', (e) => {
@@ -216,7 +223,7 @@ function renderQuestion(id) {
         const m = expanded.get(k);
         body.push(el('tr', { class: 'expansion' }, el('td', { colspan: String(p.columns.length + 3) },
           m === null ? el('span', { class: 'muted', text: 'loading machines…' }) : [
-            el('div', { class: 'muted', text: m.total + ' machines' + (m.total > m.machines.length ? ' (first ' + m.machines.length + ' shown)' : '') }),
+            el('div', { class: 'muted', text: m.total + (m.total === 1 ? ' machine' : ' machines') + (m.total > m.machines.length ? ' (first ' + m.machines.length + ' shown)' : '') }),
             el('ul', { class: 'machines' }, m.machines.map((x) => el('li', { class: 'machine', title: x.id, text: x.host || x.id })))])));
       }
     }
@@ -239,14 +246,72 @@ function renderQuestion(id) {
       el('ul', {}, p.problems.map(([idn, what]) => el('li', { text: idn + ': ' + what }))));
   }
 
-  live('/questions/' + id + '/stream', 'progress', (p) => { last = p; draw(p); });
+  let updates = 0;
+  live('/questions/' + id + '/stream', 'progress', (p) => {
+    last = p;
+    updates += 1;
+    progress.dataset.updates = String(updates);
+    draw(p);
+    progress.dataset.updates = String(updates);
+  });
 }
 
 // ---- Rings ----
 
+const SVG = 'http://www.w3.org/2000/svg';
+function svg(tag, attrs, ...children) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  for (const c of children.flat()) if (c) e.append(c);
+  return e;
+}
+
+const HEALTH_COLOUR = { Ok: '#2f9e55', Slow: '#d99a00', Suspect: '#e0601b', Offline: '#c62828' };
+
+// A ring as the server sees it: its members round a circle in ring order, coloured by
+// health, its leaders marked (F leads the forward end, B the backward one) and joined to
+// the server in the middle when they hold a link to it.
+function ringPicture(ring) {
+  const size = 230, c = size / 2, rad = 92;
+  const ms = ring.members;
+  const n = ms.length;
+  const pos = (i) => {
+    const a = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(n, 1);
+    return [c + rad * Math.cos(a), c + rad * Math.sin(a)];
+  };
+  const parts = [svg('circle', { cx: c, cy: c, r: rad, fill: 'none', stroke: '#c5cedb', 'stroke-width': 2 })];
+  ms.forEach((m, i) => {
+    if (m.leads.forward || m.leads.backward) {
+      const [x, y] = pos(i);
+      parts.push(svg('line', { x1: c, y1: c, x2: x, y2: y, stroke: '#5aa0ff', 'stroke-width': 1.5, 'stroke-dasharray': '4 3' }));
+    }
+  });
+  parts.push(svg('rect', { x: c - 26, y: c - 12, width: 52, height: 24, rx: 4, fill: '#1d2430' }),
+    svg('text', { x: c, y: c + 4, 'text-anchor': 'middle', 'font-size': 11, fill: '#fff' }, document.createTextNode('server')));
+  ms.forEach((m, i) => {
+    const [x, y] = pos(i);
+    const leader = m.leads.forward || m.leads.backward;
+    const dot = svg('circle', {
+      cx: x, cy: y, r: leader ? 8 : (n > 60 ? 3 : 5), fill: HEALTH_COLOUR[m.health] || '#888',
+      stroke: leader ? '#1d2430' : 'none', 'stroke-width': 2, class: 'dot' + (leader ? ' leader-dot' : ''),
+    }, svg('title', {}, document.createTextNode(m.hostname + ' · ' + m.health.toLowerCase())));
+    parts.push(dot);
+    if (leader) {
+      const label = (m.leads.forward ? 'F' : '') + (m.leads.backward ? 'B' : '');
+      const [lx, ly] = [c + (rad + 16) * (x - c) / rad, c + (rad + 16) * (y - c) / rad];
+      parts.push(svg('text', { x: lx, y: ly + 4, 'text-anchor': 'middle', 'font-size': 11, 'font-weight': 700, fill: '#1d2430' }, document.createTextNode(label)));
+    }
+  });
+  if (ring.members_total) {
+    parts.push(svg('text', { x: c, y: c + 30, 'text-anchor': 'middle', 'font-size': 11, fill: '#667085' },
+      document.createTextNode(ring.members_total + ' members')));
+  }
+  return svg('svg', { width: size, height: size, viewBox: '0 0 ' + size + ' ' + size, class: 'ring-picture' }, parts);
+}
+
 function renderRings() {
   const summary = el('div', { id: 'rings-summary', class: 'muted', text: 'loading…' });
-  const list = el('div', { id: 'rings' });
+  const list = el('div', { id: 'rings', class: 'ring-grid' });
   view.replaceChildren(el('h1', { text: 'Rings' }), summary, list);
   live('/rings/stream', 'rings', (r) => {
     const machines = r.rings.reduce((n, x) => n + (x.members_total || x.members.length), 0) + (r.isolated_total || r.isolated.length);
@@ -258,17 +323,18 @@ function renderRings() {
       return el('div', { class: 'ring', dataset: { ring: ring.ring } },
         el('h3', { text: ring.ring }),
         el('div', { class: 'muted', text: count + ' members · ' + leaders + ' leaders · ' + ring.leader_links + ' leader links to the server' + (bad ? ' · ' + bad + ' slow, suspect or offline' : '') + (ring.members_total ? ' · first and last listed' : '') }),
-        el('table', { class: 'members' },
-          el('thead', {}, el('tr', {}, ['Host', 'Address', 'Health', 'Leads'].map((h) => el('th', { text: h })))),
-          el('tbody', {}, ring.members.map((m) => {
-            const leads = [m.leads.forward ? 'forward' : null, m.leads.backward ? 'backward' : null].filter(Boolean).join(' and ');
-            return el('tr', { class: 'member' + (leads ? ' leader' : ''), title: m.id },
-              el('td', { text: m.hostname }), el('td', { text: m.addr }),
-              el('td', { class: 'health health-' + m.health.toLowerCase(), text: m.health.toLowerCase() }),
-              el('td', { class: 'leads', text: leads }));
-          }))));
-    }), r.isolated.length ? el('div', { class: 'ring' }, el('h3', { text: 'Isolated (no ring)' }),
-      el('ul', { class: 'machines' }, r.isolated.map((m) => el('li', { title: m.id, text: m.hostname + ' (' + m.health.toLowerCase() + ')' })))) : null);
+        el('div', { class: 'ring-body' }, ringPicture(ring),
+          el('div', { class: 'ring-members' }, el('table', { class: 'members' },
+            el('thead', {}, el('tr', {}, ['Host', 'Address', 'Health', 'Leads'].map((h) => el('th', { text: h })))),
+            el('tbody', {}, ring.members.map((m) => {
+              const leads = [m.leads.forward ? 'forward' : null, m.leads.backward ? 'backward' : null].filter(Boolean).join(' and ');
+              return el('tr', { class: 'member' + (leads ? ' leader' : ''), title: m.id },
+                el('td', { text: m.hostname }), el('td', { text: m.addr }),
+                el('td', { class: 'health health-' + m.health.toLowerCase(), text: m.health.toLowerCase() }),
+                el('td', { class: 'leads', text: leads }));
+            }))))));
+    }), ...(r.isolated.length ? [el('div', { class: 'ring' }, el('h3', { text: 'Isolated (no ring)' }),
+      el('ul', { class: 'machines' }, r.isolated.map((m) => el('li', { title: m.id, text: m.hostname + ' (' + m.health.toLowerCase() + ')' }))))] : []));
   });
 }
 

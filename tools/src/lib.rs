@@ -4,8 +4,8 @@
 pub mod alerts;
 pub mod chaos;
 pub mod compose;
-pub mod console;
 pub mod config;
+pub mod console;
 pub mod desk_client;
 pub mod figures;
 #[cfg(feature = "simulation")]

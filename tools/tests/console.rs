@@ -139,21 +139,36 @@ fn the_console_asks_shows_rings_and_acts_with_roles_enforced_by_the_server() {
         let dir = format!("{ops_s}/operator");
         all.extend(["--server", server.as_str(), "--cert-dir", dir.as_str()]);
         let out = run(&all);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    as_operator(&["saved", "add", "Operating systems", "Get Operating System from all machines"]);
+    as_operator(&[
+        "saved",
+        "add",
+        "Operating systems",
+        "Get Operating System from all machines",
+    ]);
     as_operator(&["saved", "run", "Operating systems"]);
 
     // Home: type a few words, pick the first suggestion, watch the grid fill.
     let op = driver.session("operator");
     op.goto(&operator.url);
-    op.wait_for("the search box", "return document.querySelector('#search');");
+    op.wait_for(
+        "the search box",
+        "return document.querySelector('#search');",
+    );
     let favourite = op.wait_for(
         "the favourite with its last result",
         "const f = document.querySelector('#favourites .favourite'); return f && f.textContent.includes('last run: answered') && f.textContent;",
     );
     assert!(
-        favourite.as_str().expect("text").contains("Operating systems"),
+        favourite
+            .as_str()
+            .expect("text")
+            .contains("Operating systems"),
         "{favourite}"
     );
     op.type_into("#search", "machines with chrome");
@@ -193,7 +208,11 @@ fn the_console_asks_shows_rings_and_acts_with_roles_enforced_by_the_server() {
         &format!("{ops_s}/operator"),
         "--json",
     ]);
-    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     let cli: Value = serde_json::from_str(&stdout(&cli)).expect("ask --json");
     assert_eq!(cli["answered"], n as u64);
     let cli_rows = rows_of(&cli);
@@ -278,7 +297,9 @@ fn the_console_asks_shows_rings_and_acts_with_roles_enforced_by_the_server() {
     ad.goto(&format!("{}#/actions", admin.url));
     ad.wait_for(
         "the approval queue",
-        &format!("return document.querySelector('.approval[data-id=\"{action}\"] button.approve');"),
+        &format!(
+            "return document.querySelector('.approval[data-id=\"{action}\"] button.approve');"
+        ),
     );
     ad.screenshot(&shots().join("approval.png"));
     ad.click(&format!(".approval[data-id=\"{action}\"] button.approve"));
@@ -394,7 +415,10 @@ fn a_big_fleets_grid_gets_coalesced_updates_and_draws_a_bounded_number_of_rows()
     };
     let s = driver.session("big");
     s.goto(&operator.url);
-    s.wait_for("the search box", "return document.querySelector('#search');");
+    s.wait_for(
+        "the search box",
+        "return document.querySelector('#search');",
+    );
     // One row per machine: the largest grid a question can make.
     s.type_into("#search", "Get Computer Name from all machines\n");
     let opened = std::time::Instant::now();

@@ -539,7 +539,9 @@ impl QuestionDesk {
                         total: all.len(),
                         machines: all.into_iter().skip(from).take(rows::PAGE).collect(),
                     },
-                    None => DeskReply::Error(format!("no question {id} (it may have been dropped)")),
+                    None => {
+                        DeskReply::Error(format!("no question {id} (it may have been dropped)"))
+                    }
                 }
             }
             DeskRequest::Case { id } => match self.cases.get(id) {

@@ -73,10 +73,7 @@ pub(crate) struct SearchQuery {
     q: String,
 }
 
-pub(crate) async fn search(
-    State(app): State<Arc<App>>,
-    Query(q): Query<SearchQuery>,
-) -> ApiResult {
+pub(crate) async fn search(State(app): State<Arc<App>>, Query(q): Query<SearchQuery>) -> ApiResult {
     if q.q.trim().is_empty() {
         return Ok(Json(json!([])));
     }
@@ -382,10 +379,7 @@ pub(crate) struct AuditQuery {
     last: Option<usize>,
 }
 
-pub(crate) async fn audit(
-    State(app): State<Arc<App>>,
-    Query(q): Query<AuditQuery>,
-) -> ApiResult {
+pub(crate) async fn audit(State(app): State<Arc<App>>, Query(q): Query<AuditQuery>) -> ApiResult {
     let last = q.last.unwrap_or(500).min(10_000);
     match call(&app, DeskRequest::Audit { last }).await? {
         DeskReply::Audit { entries, chain } => {

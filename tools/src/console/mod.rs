@@ -183,7 +183,10 @@ fn routes(app: Arc<App>, csp: String) -> Router {
                     let mut r = next.run(req).await;
                     let h = r.headers_mut();
                     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+                    h.insert(
+                        header::REFERRER_POLICY,
+                        HeaderValue::from_static("no-referrer"),
+                    );
                     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
                     h.insert(
                         header::X_CONTENT_TYPE_OPTIONS,

@@ -129,9 +129,11 @@ impl Driver {
         s.cmd(
             "POST",
             "/goog/cdp/execute",
-            Some(json!({ "cmd": "Emulation.setDeviceMetricsOverride", "params": {
-                "width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": false,
-            }})),
+            Some(
+                json!({ "cmd": "Emulation.setDeviceMetricsOverride", "params": {
+                    "width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": false,
+                }}),
+            ),
         );
         s
     }

@@ -399,12 +399,17 @@ fn a_big_fleets_grid_gets_coalesced_updates_and_draws_a_bounded_number_of_rows()
         "100",
         "--questions",
         "1",
+        // Large-fleet timing (registration and probes paced for one process of them).
+        "--timing",
+        "scale",
         "--serve",
         "127.0.0.1:0",
         "--cert-dir",
         &ops_s,
     ]);
-    let server = sim.serving_address();
+    // A fleet of 100,000 takes a minute or two to come up on 2 cores.
+    let patience = std::time::Duration::from_secs(60 + n as u64 / 1000);
+    let server = sim.serving_address_within(patience);
     let operator = console(&server, &format!("{ops_s}/operator"));
     let driver = match Driver::start() {
         Ok(d) => d,
@@ -414,6 +419,7 @@ fn a_big_fleets_grid_gets_coalesced_updates_and_draws_a_bounded_number_of_rows()
         }
     };
     let s = driver.session("big");
+    s.set_wait(patience);
     s.goto(&operator.url);
     s.wait_for(
         "the search box",

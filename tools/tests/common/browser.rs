@@ -158,6 +158,15 @@ impl Session<'_> {
             .send(method, &format!("{}{path}", self.url), body)
     }
 
+    /// How long [`Session::wait_for`] waits at most (60 s unless set).
+    pub fn set_wait(&self, wait: Duration) {
+        self.cmd(
+            "POST",
+            "/timeouts",
+            Some(json!({ "script": wait.as_millis() as u64 })),
+        );
+    }
+
     pub fn goto(&self, url: &str) {
         self.cmd("POST", "/url", Some(json!({ "url": url })));
     }
@@ -173,7 +182,7 @@ impl Session<'_> {
 
     /// Waits until `check` (a function body) returns something truthy, and returns it:
     /// checked now and after every change to the page, for at most the script timeout
-    /// (60 s). Panics with `what` and the page's text if it never does.
+    /// (60 s, or as [`Session::set_wait`] set it). Panics with `what` and the page's text if it never does.
     pub fn wait_for(&self, what: &str, check: &str) -> Value {
         let script = format!(
             r#"const done = arguments[arguments.length - 1];

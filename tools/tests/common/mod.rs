@@ -69,7 +69,12 @@ impl Running {
 
     /// The first line of output that starts with `prefix`, within the deadline.
     pub fn line_starting(&self, prefix: &str) -> String {
-        let end = std::time::Instant::now() + DEADLINE;
+        self.line_starting_within(prefix, DEADLINE)
+    }
+
+    /// The first line of output that starts with `prefix`, within `deadline`.
+    pub fn line_starting_within(&self, prefix: &str, deadline: Duration) -> String {
+        let end = std::time::Instant::now() + deadline;
         loop {
             let left = end.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
@@ -84,7 +89,12 @@ impl Running {
 impl Running {
     /// The operator address a `rollcall sim --serve` prints once its fleet is up.
     pub fn serving_address(&self) -> String {
-        let line = self.line_starting("serving operators at ");
+        self.serving_address_within(DEADLINE)
+    }
+
+    /// The same, for a fleet that takes up to `deadline` to come up.
+    pub fn serving_address_within(&self, deadline: Duration) -> String {
+        let line = self.line_starting_within("serving operators at ", deadline);
         line.trim_start_matches("serving operators at ")
             .trim()
             .to_string()

@@ -240,6 +240,64 @@ fn the_console_asks_shows_rings_and_acts_with_roles_enforced_by_the_server() {
         "the row's count of machines is listed"
     );
     op.screenshot(&shots().join("question.png"));
+    // They are exactly the machines the CLI's per-machine export gives for that row.
+    let jsonl = dir.path().join("events.jsonl");
+    let out = run(&[
+        "export",
+        &id.to_string(),
+        "--to",
+        &format!("jsonl:{}", jsonl.display()),
+        "--server",
+        &server,
+        "--cert-dir",
+        &format!("{ops_s}/operator"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut from_cli: Vec<String> = std::fs::read_to_string(&jsonl)
+        .expect("events")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("event"))
+        .filter(|e| {
+            let cells: Vec<Value> = e["columns"]
+                .as_object()
+                .expect("columns")
+                .values()
+                .cloned()
+                .collect();
+            json!(cells) == *first_row
+        })
+        .map(|e| e["host"].as_str().expect("host").to_string())
+        .collect();
+    from_cli.sort();
+    let mut listed: Vec<String> = machines
+        .as_array()
+        .expect("machines")
+        .iter()
+        .map(|m| m.as_str().expect("host").to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, from_cli, "the row's machines");
+
+    // The grid's CSV export: a header, then one line per row with its count and share.
+    let (status, csv) = get(
+        &format!("{}/api/questions/{id}/export.csv", operator.base),
+        Some(&operator.token),
+    );
+    assert_eq!(status, 200);
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("Computer Name,Count,Share"));
+    let mut from_csv: Vec<(Vec<String>, u64)> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (vec![f[0].to_string()], f[1].parse().expect("count"))
+        })
+        .collect();
+    from_csv.sort();
+    assert_eq!(from_csv, sorted(grid.clone()));
 
     // Rings: every ring, each with its two leaders (forward and backward ends).
     op.goto(&format!("{}#/rings", operator.url));

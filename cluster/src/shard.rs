@@ -222,16 +222,26 @@ impl Actor for ServerShard {
                             let t = st.args.cfg.probe_timeout;
                             let me = myself.clone();
                             tokio::spawn(async move {
-                                // Each step has its own timeout, so the link is always closed.
-                                let answered = match node.connect_once(order.member.addr, t).await {
-                                    Ok(link) => {
-                                        let r: Result<(), CallError> =
-                                            link.call(MEMBER, &MemberRequest::Probe, t).await;
-                                        link.close();
-                                        r.is_ok()
+                                // Under packet loss one probe on a new connection can fail
+                                // although the member is alive: probe again (each attempt
+                                // its own connection) before leaving it to the suspicion
+                                // timeout. Each step has its own timeout, so the link is
+                                // always closed.
+                                let mut answered = false;
+                                for _ in 0..SUSPECT_PROBES {
+                                    answered = match node.connect_once(order.member.addr, t).await {
+                                        Ok(link) => {
+                                            let r: Result<(), CallError> =
+                                                link.call(MEMBER, &MemberRequest::Probe, t).await;
+                                            link.close();
+                                            r.is_ok()
+                                        }
+                                        Err(_) => false,
+                                    };
+                                    if answered {
+                                        break;
                                     }
-                                    Err(_) => false,
-                                };
+                                }
                                 let _ = me.send_message(ShardMsg::ProbeResult {
                                     id: order.member.id,
                                     answered,
@@ -288,6 +298,10 @@ impl Actor for ServerShard {
         Ok(())
     }
 }
+
+/// Direct probes of a suspect, at most, before the server leaves it to its suspicion
+/// timeout (the first answer ends them).
+const SUSPECT_PROBES: usize = 3;
 
 fn shard_of(ring: &Option<RingId>, shards: usize) -> usize {
     match ring {

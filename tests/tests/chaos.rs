@@ -1,7 +1,9 @@
 //! The fault-scenario suite: every scenario against an in-memory fleet of 3 rings × 8
 //! endpoints, in paused time, for `ROLLCALL_SEEDS` seeds each (2 by default; one seed with
 //! `ROLLCALL_SEED`). Each run checks the eight invariants of `rollcall::chaos` and prints its
-//! table when one fails.
+//! table when one fails. `ROLLCALL_CHAOS_FLEET=N[/RING]` runs them against a larger fleet
+//! (`1000/100`: ten rings of 100), still in paused time: the protocol at that size, without
+//! the CPU of one process running every machine in real time.
 
 use rollcall::chaos::{Scenario, ScenarioOptions, run_scenario};
 use rollcall::fleet::{Fleet, FleetConfig, SimTransport};
@@ -13,14 +15,32 @@ fn alive_tasks() -> usize {
         .num_alive_tasks()
 }
 
+/// Endpoints and ring size: 24 in rings of 8 unless `ROLLCALL_CHAOS_FLEET` says otherwise.
+fn fleet_size() -> (usize, u16) {
+    let Ok(v) = std::env::var("ROLLCALL_CHAOS_FLEET") else {
+        return (24, 8);
+    };
+    let (n, ring) = v.split_once('/').unwrap_or((v.as_str(), "100"));
+    (
+        n.trim().parse().expect("ROLLCALL_CHAOS_FLEET: endpoints"),
+        ring.trim()
+            .parse()
+            .expect("ROLLCALL_CHAOS_FLEET: ring size"),
+    )
+}
+
 async fn sweep(name: &'static str, scenario: Scenario) {
     rollcall_runtime::telemetry::init("off");
     let base = alive_tasks();
     for seed in seeds(2) {
         let _guard = SeedGuard(name, seed);
-        let mut fleet = Fleet::start(FleetConfig::chaos(24, 8, SimTransport::Mem, seed), |_| {})
-            .await
-            .expect("fleet");
+        let (endpoints, ring) = fleet_size();
+        let mut fleet = Fleet::start(
+            FleetConfig::chaos(endpoints, ring, SimTransport::Mem, seed),
+            |_| {},
+        )
+        .await
+        .expect("fleet");
         let report = run_scenario(&mut fleet, scenario, &ScenarioOptions::new(seed))
             .await
             .expect("scenario ran");

@@ -21,6 +21,9 @@ pub(super) struct Asked {
     pub(super) complete_at: Option<Instant>,
     /// Asked of a server that later restarted (its answers went with it).
     pub(super) lost_with_server: bool,
+    /// The endpoints due to answer promptly that had not yet, at the last sample before it
+    /// was complete (the first few): who a late question waited for.
+    pub(super) waiting_for: Vec<NodeId>,
 }
 
 /// Who a fault touched.
@@ -188,8 +191,16 @@ impl Observer {
                 continue;
             };
             let answered: HashSet<NodeId> = answered.into_iter().collect();
-            if prompt.iter().all(|id| answered.contains(*id)) {
+            let missing: Vec<NodeId> = prompt
+                .iter()
+                .filter(|id| !answered.contains(**id))
+                .take(3)
+                .map(|id| (*id).clone())
+                .collect();
+            if missing.is_empty() {
                 q.complete_at = Some(now);
+            } else {
+                q.waiting_for = missing;
             }
         }
         Ok(r)
@@ -251,6 +262,7 @@ impl Observer {
             id,
             due_from: due_from.map(|d| d.max(Instant::now())),
             complete_at: None,
+            waiting_for: Vec::new(),
             lost_with_server: false,
         });
         Ok(())

@@ -582,7 +582,13 @@ pub async fn run_scenario(
                 let took = at.saturating_duration_since(from);
                 worst = worst.max(took);
                 if took > promptness {
-                    late.push(format!("question {} took {} ms", q.id, took.as_millis()));
+                    let last: Vec<String> = q.waiting_for.iter().map(|id| id.to_string()).collect();
+                    late.push(format!(
+                        "question {} took {} ms (last to answer: {})",
+                        q.id,
+                        took.as_millis(),
+                        last.join(", ")
+                    ));
                 }
             }
             None => late.push(format!("question {} never complete", q.id)),

@@ -368,6 +368,20 @@ fn the_console_asks_shows_rings_and_acts_with_roles_enforced_by_the_server() {
     assert_eq!(counts, json!(["2", "2", "0"]), "both machines completed");
     let counts = op.wait_for("the action to complete (operator's page)", &done);
     assert_eq!(counts, json!(["2", "2", "0"]));
+    // A click on the action lists its machines with their statuses.
+    ad.click(&format!("tr.action[data-id=\"{action}\"]"));
+    let statuses = ad.wait_for(
+        "the action's machines",
+        "const l = [...document.querySelectorAll('li.action-machine')]; return l.length && l.map(li => li.dataset.status);",
+    );
+    let statuses = statuses.as_array().expect("statuses");
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s.as_str().expect("status").starts_with("completed")),
+        "{statuses:?}"
+    );
     ad.screenshot(&shots().join("actions.png"));
 
     // The two machines no longer have chrome: the same question now finds two fewer.

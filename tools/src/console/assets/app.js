@@ -377,9 +377,18 @@ function renderActions() {
   }
   const approvals = el('div', { id: 'approvals' });
   const table = el('table', { id: 'actions' });
+  // Actions whose machines are shown (a click on the row), with their last report.
+  const open = new Map();
+  async function machinesOf(id) {
+    try {
+      open.set(id, await api('/actions/' + id));
+    } catch (e) { showError(e.message); }
+    if (last) draw(last);
+  }
+  let last = null;
   parts.push(el('h2', { text: 'Awaiting approval' }), approvals, el('h2', { text: 'Actions' }), table);
   view.replaceChildren(...parts);
-  live('/actions/stream', 'actions', (list) => {
+  const draw = (list) => {
     const waiting = list.filter((a) => a.awaiting_approval);
     approvals.replaceChildren(...(waiting.length ? waiting.map((a) => el('div', { class: 'approval', dataset: { id: String(a.id) } },
       el('span', { class: 'what', text: '#' + a.id + ' ' + a.description + ' — issued by ' + a.issued_by + ', ' + a.targeted + ' machines' }),
@@ -391,7 +400,8 @@ function renderActions() {
       el('thead', {}, el('tr', {}, ['#', 'Action', 'Phase', 'Issued by', 'Approved by', 'Machines', 'Completed', 'Failed', 'Other', ''].map((h) => el('th', { text: h })))),
       el('tbody', {}, list.map((a) => {
         const other = Object.entries(a.counts).filter(([k]) => !kinds.includes(k)).map(([k, v]) => k + ' ' + v).join(', ');
-        return el('tr', { class: 'action', dataset: { id: String(a.id) } },
+        const row = el('tr', { class: 'action', dataset: { id: String(a.id) }, title: 'show its machines',
+          onclick: () => { if (open.has(a.id)) { open.delete(a.id); draw(last); } else machinesOf(a.id); } },
           el('td', { text: String(a.id) }), el('td', { text: a.description }),
           el('td', { class: 'phase', text: a.phase }), el('td', { text: a.issued_by }),
           el('td', { text: a.approved_by || '' }), el('td', { class: 'targeted', text: String(a.targeted) }),
@@ -399,7 +409,19 @@ function renderActions() {
           el('td', { class: 'failed', text: String(a.counts.failed || 0) }),
           el('td', { text: other }),
           el('td', { class: a.done ? 'status-done done' : 'pending', text: a.done ? 'done' : '' }));
-      })));
+        if (!open.has(a.id)) return [row];
+        const r = open.get(a.id);
+        return [row, el('tr', { class: 'expansion' }, el('td', { colspan: '10' },
+          el('div', { class: 'muted', text: r.machines_total + (r.machines_total === 1 ? ' machine' : ' machines') + (r.machines_total > r.machines.length ? ' (first ' + r.machines.length + ' shown)' : '') }),
+          el('ul', { class: 'plain action-machines' }, r.machines.map((m) => el('li', { class: 'action-machine', dataset: { status: m.status } },
+            el('strong', { text: m.id }), ' ', el('span', { text: m.status }), m.output ? el('pre', { text: m.output }) : null)))))];
+      }).flat()));
+  };
+  live('/actions/stream', 'actions', (list) => {
+    last = list;
+    // Open actions' machines are asked for again whenever the actions changed.
+    for (const id of open.keys()) machinesOf(id);
+    draw(list);
   });
 }
 

@@ -88,24 +88,39 @@ fn sorted(mut v: Vec<(Vec<String>, u64)>) -> Vec<(Vec<String>, u64)> {
 
 const ENDPOINTS: usize = 60;
 
-#[test]
-fn the_console_asks_shows_rings_and_acts_with_roles_enforced_by_the_server() {
-    let dir = tempfile::tempdir().expect("tmp");
+/// `rollcall sim --serve` with `endpoints` in rings of `ring` and `timing`, its credentials
+/// under `dir/ops` (admin; `operator/` and `viewer/` beside them). Returns the process and
+/// the credentials folder.
+fn served_sim(
+    dir: &tempfile::TempDir,
+    endpoints: usize,
+    ring: u16,
+    timing: &str,
+) -> (Running, String) {
     let ops = dir.path().join("ops");
     let ops_s = ops.to_str().expect("path").to_string();
     let sim = Running::start(&[
         "sim",
         "--endpoints",
-        &ENDPOINTS.to_string(),
+        &endpoints.to_string(),
         "--ring-size",
-        "20",
+        &ring.to_string(),
         "--questions",
         "1",
+        "--timing",
+        timing,
         "--serve",
         "127.0.0.1:0",
         "--cert-dir",
         &ops_s,
     ]);
+    (sim, ops_s)
+}
+
+#[test]
+fn the_console_asks_shows_rings_and_acts_with_roles_enforced_by_the_server() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (sim, ops_s) = served_sim(&dir, ENDPOINTS, 20, "lan");
     let server = sim.serving_address();
     let operator = console(&server, &format!("{ops_s}/operator"));
     let admin = console(&server, &ops_s);
@@ -461,24 +476,8 @@ fn big_fleet() -> usize {
 fn a_big_fleets_grid_gets_coalesced_updates_and_draws_a_bounded_number_of_rows() {
     let n = big_fleet();
     let dir = tempfile::tempdir().expect("tmp");
-    let ops = dir.path().join("ops");
-    let ops_s = ops.to_str().expect("path").to_string();
-    let sim = Running::start(&[
-        "sim",
-        "--endpoints",
-        &n.to_string(),
-        "--ring-size",
-        "100",
-        "--questions",
-        "1",
-        // Large-fleet timing (registration and probes paced for one process of them).
-        "--timing",
-        "scale",
-        "--serve",
-        "127.0.0.1:0",
-        "--cert-dir",
-        &ops_s,
-    ]);
+    // Large-fleet timing (registration and probes paced for one process of them).
+    let (sim, ops_s) = served_sim(&dir, n, 100, "scale");
     // A fleet of 100,000 takes a minute or two to come up on 2 cores.
     let patience = std::time::Duration::from_secs(60 + n as u64 / 1000);
     let server = sim.serving_address_within(patience);

@@ -232,6 +232,8 @@ pub struct MemberState {
     /// Each behind a pointer: a member keeps every question until a minute after it
     /// expires, and the map grows by copying its entries.
     questions: HashMap<u64, Shared, FastKeys>,
+    /// The newest question taken, whose round may keep its finished result.
+    kept_for: Option<u64>,
     /// Each probe's hop-timeout look, cancelled when the probe is answered first (an
     /// answered probe needs no second look).
     probe_timers: HashMap<NodeId, AbortOnDrop>,
@@ -318,6 +320,7 @@ impl Actor for RingMember {
             reports_held_until: None,
             me,
             questions: HashMap::default(),
+            kept_for: None,
             probe_timers: HashMap::new(),
         })
     }

@@ -41,7 +41,11 @@ impl QState {
     /// When both our answer and the answers after us are in: merges them and answers every
     /// waiter. `Some` if the round finished now, holding our own answer if it is to go to
     /// the server directly.
-    fn finish(&mut self, me: &NodeId) -> Option<Option<crate::proto::TaggedAnswer>> {
+    fn finish(
+        &mut self,
+        me: &NodeId,
+        keep_for: Duration,
+    ) -> Option<Option<crate::proto::TaggedAnswer>> {
         #[allow(unused_mut)]
         let mut f = self.round.finish(me)?;
         #[cfg(feature = "hostile")]
@@ -51,8 +55,16 @@ impl QState {
         for mut w in f.waiters {
             let _ = w.answer(&f.merged);
         }
+        // Kept as it was sent (changed, on a compromised member), not copied.
+        self.round.keep(f.merged, super::now() + keep_for);
         Some(f.send_late)
     }
+}
+
+/// How long a finished round's result is kept for a predecessor that routes past a member
+/// that died holding it (see `crate::relay::round`): until such a member is found dead.
+pub(super) fn keep_for(ring: &crate::ring::RingConfig) -> Duration {
+    ring.dead_timeout
 }
 /// How many rounds one thread is finishing inside each other: on the in-memory transport an
 /// answer is handed to the predecessor's callback at once, so a chain's way back runs as
@@ -70,6 +82,7 @@ fn finish_where_answered(
     q: &Shared,
     generation: u64,
     me: &NodeId,
+    keep_for: Duration,
     down: Partial,
 ) -> Result<(), Partial> {
     let depth = NESTED_FINISHES.with(|d| d.get());
@@ -92,7 +105,7 @@ fn finish_where_answered(
     }
     NESTED_FINISHES.with(|d| d.set(depth + 1));
     let _restore = Nested(depth);
-    st.finish(me);
+    st.finish(me, keep_for);
     Ok(())
 }
 /// One hop of a question, handed to a successor: its answer (or failure) comes back to the
@@ -107,6 +120,8 @@ pub(super) struct HopSend {
     /// arrives.
     state: Shared,
     my_id: NodeId,
+    /// How long the finished round's result is kept.
+    keep_for: Duration,
 }
 impl HopSend {
     /// Sends the question over `link` (closed after the answer if it was `dialed` for it).
@@ -123,6 +138,7 @@ impl HopSend {
             me,
             state,
             my_id,
+            keep_for,
         } = self;
         let acked = Arc::new(AtomicBool::new(false));
         let (back, answered_by) = (me.clone(), to.clone());
@@ -137,10 +153,12 @@ impl HopSend {
                     l.close();
                 }
                 let result = match result {
-                    Ok(down) => match finish_where_answered(&state, generation, &my_id, down) {
-                        Ok(()) => return,
-                        Err(down) => Ok(down),
-                    },
+                    Ok(down) => {
+                        match finish_where_answered(&state, generation, &my_id, keep_for, down) {
+                            Ok(()) => return,
+                            Err(down) => Ok(down),
+                        }
+                    }
                     Err(e) => Err(e),
                 };
                 let _ = back.send_message(MemberMsg::Downstream {
@@ -205,7 +223,13 @@ impl MemberState {
         if let Some(q) = self.questions.get(&id) {
             // Asked again after a round finished (a predecessor rerouted): a new round down
             // the chain, whose members answer from their own state.
-            let joined = lock(q).round.join(waiter, late);
+            let target = self.core.route_target().map(|m| m.id.clone());
+            let joined = lock(q)
+                .round
+                .join(waiter, late, super::now(), target.as_ref());
+            if let Some((mut w, merged)) = joined.answer_now {
+                let _ = w.answer(&merged);
+            }
             if let Some(own) = joined.send_late {
                 self.send_late(id, own);
             }
@@ -223,6 +247,16 @@ impl MemberState {
             .saturating_sub(rollcall_runtime::signing::unix_ms());
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(env.ttl_ms.min(signed_left));
+        // What a round keeps is for a reroute during its question: the round of the question
+        // before this one lets go of its result now (so a fleet simulated in one process,
+        // which holds every member's, holds one question's worth at most).
+        if let Some(q) = self
+            .kept_for
+            .replace(id)
+            .and_then(|old| self.questions.get(&old))
+        {
+            lock(q).round.let_go_kept();
+        }
         // The question is read now; the sensors run once it went on.
         let work = self
             .cfg
@@ -309,6 +343,7 @@ impl MemberState {
             me: myself.clone(),
             state,
             my_id: self.me.id.clone(),
+            keep_for: keep_for(&self.cfg.ring),
         };
         match self.links.get(&send.to).filter(|l| l.is_connected()) {
             Some(link) => send.over(link, false, env),
@@ -445,7 +480,9 @@ impl MemberState {
         let Some(q) = self.questions.get(&id) else {
             return;
         };
-        let late_own = lock(q).finish(&self.me.id).flatten();
+        let late_own = lock(q)
+            .finish(&self.me.id, keep_for(&self.cfg.ring))
+            .flatten();
         if let Some(own) = late_own {
             self.send_late(id, own);
         }
@@ -482,6 +519,8 @@ impl MemberState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEEP: Duration = Duration::from_secs(1);
 
     fn waiting(generation: u64, own: bool, late: bool) -> Shared {
         let mut round = Round::new(None, late);
@@ -527,7 +566,7 @@ mod tests {
         let me = NodeId("me".into());
         // Our answer in, round 2 waiting: finished on the spot, only our own answer kept.
         let q = waiting(2, true, false);
-        assert!(finish_where_answered(&q, 2, &me, from_below()).is_ok());
+        assert!(finish_where_answered(&q, 2, &me, KEEP, from_below()).is_ok());
         {
             let st = lock(&q);
             assert!(st.round.is_done() && st.round.waiting_on().is_none());
@@ -535,7 +574,7 @@ mod tests {
         }
         // Finished once: a second answer to the same round is the member's to drop.
         assert_eq!(
-            finish_where_answered(&q, 2, &me, from_below()),
+            finish_where_answered(&q, 2, &me, KEEP, from_below()),
             Err(from_below())
         );
         // Each case that needs the member hands the answer back untouched and the state
@@ -547,7 +586,7 @@ mod tests {
             (waiting(2, true, true), 2),
         ] {
             assert_eq!(
-                finish_where_answered(&q, generation, &me, from_below()),
+                finish_where_answered(&q, generation, &me, KEEP, from_below()),
                 Err(from_below())
             );
             let st = lock(&q);
@@ -556,16 +595,16 @@ mod tests {
         let q = waiting(2, true, false);
         let held = lock(&q);
         assert_eq!(
-            finish_where_answered(&q, 2, &me, from_below()),
+            finish_where_answered(&q, 2, &me, KEEP, from_below()),
             Err(from_below())
         );
         drop(held);
         // Nested too deep on this thread: by message.
         NESTED_FINISHES.with(|d| d.set(MAX_NESTED_FINISHES));
-        let deep = finish_where_answered(&q, 2, &me, from_below());
+        let deep = finish_where_answered(&q, 2, &me, KEEP, from_below());
         NESTED_FINISHES.with(|d| d.set(0));
         assert_eq!(deep, Err(from_below()));
-        assert!(finish_where_answered(&q, 2, &me, from_below()).is_ok());
+        assert!(finish_where_answered(&q, 2, &me, KEEP, from_below()).is_ok());
         assert_eq!(
             NESTED_FINISHES.with(|d| d.get()),
             0,

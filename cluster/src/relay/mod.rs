@@ -8,7 +8,7 @@ pub mod round;
 pub mod walk;
 
 pub use round::{Finished, Forward, Joined, Merged, Round};
-pub use walk::{ChainWalk, Outcome, Step};
+pub use walk::{ChainWalk, Outcome, Step, asking_order};
 
 #[cfg(feature = "hostile")]
 pub mod tamper;

@@ -7,11 +7,22 @@
 //! the hop's callback, so an answer can finish the round where it arrives) and does what its
 //! methods return. `W` is whoever waits on the round (a predecessor's call), `M` the merged
 //! result (questions' `Partial`; action statuses and chunk holdings next).
+//!
+//! A finished round's result is kept a short while (handed back with [`Round::keep`] once
+//! the waiters have it, until the time the member gives): the predecessor it went to may have died before passing it up, and
+//! the member before that then routes past it to this one. Answered from what was kept, that
+//! costs one hop; without it, a new round went down the whole rest of the chain, and a ring
+//! with machines going down one after another was walked again for each of them. What was
+//! kept answers only while the member would still forward to the successor it came from: a
+//! route that changed since (a successor found down, or back) may reach machines the kept
+//! result does not cover, so the round goes down the chain again.
+
+use std::time::Instant;
 
 use rollcall_runtime::NodeId;
 
 /// The result merged along a ring on the way back.
-pub trait Merged: Default {
+pub trait Merged: Default + Clone {
     /// One machine's own contribution.
     type Own: Clone;
     /// Adds machine `me`'s own contribution.
@@ -27,12 +38,15 @@ impl Merged for crate::proto::Partial {
 
 /// What joining a round under way asks of the member.
 #[derive(Debug)]
-pub struct Joined<O> {
+pub struct Joined<W, M: Merged> {
     /// The round had finished and was asked again (a predecessor rerouted): forward anew.
     pub forward_again: bool,
     /// Send this machine's own result to the server directly (the payload was handed over
     /// late and the result is already in).
-    pub send_late: Option<O>,
+    pub send_late: Option<M::Own>,
+    /// The round had finished a moment ago and its result is still kept: answer this waiter
+    /// with it now (nothing goes down the chain again).
+    pub answer_now: Option<(W, M)>,
 }
 
 /// Where a forward goes.
@@ -70,11 +84,17 @@ pub struct Round<W, M: Merged> {
     generation: u64,
     forwarded_to: Option<NodeId>,
     waiters: Vec<W>,
-    /// A round finished (its merged result went to the waiters and was not kept: machines
-    /// down the chain keep their own results, so asking again costs a round, not memory).
+    /// A round finished (its merged result went to the waiters, and is kept only a short
+    /// while: machines down the chain keep their own results, so asking again later costs a
+    /// round, not memory).
     done: bool,
     /// Answer to the server directly (a payload handed over at registration).
     late: bool,
+    /// The last finished round's result and until when it is kept.
+    kept: Option<(M, Instant)>,
+    /// The successor the last finished round's result came from (none: the chain ended
+    /// here).
+    finished_via: Option<NodeId>,
 }
 
 impl<W, M: Merged> Round<W, M> {
@@ -89,18 +109,40 @@ impl<W, M: Merged> Round<W, M> {
             waiters: waiter.into_iter().collect(),
             done: false,
             late,
+            kept: None,
+            finished_via: None,
         }
     }
 
     /// The payload came again (a predecessor's reroute, the server's re-ask, a hand-off):
-    /// wait on the round under way, or start a new generation if it had finished.
-    pub fn join(&mut self, waiter: Option<W>, late: bool) -> Joined<M::Own> {
-        let again = waiter.is_some() && self.done;
-        if let Some(w) = waiter {
-            self.waiters.push(w);
-        }
+    /// wait on the round under way; if it had finished, answer from its kept result while
+    /// that lasts and `target` (the ring's route target now) is still where it came from, or
+    /// else start a new generation.
+    pub fn join(
+        &mut self,
+        waiter: Option<W>,
+        late: bool,
+        now: Instant,
+        target: Option<&NodeId>,
+    ) -> Joined<W, M> {
         self.late |= late;
         let send_late = if late { self.own.clone() } else { None };
+        self.release_kept(now);
+        if self.finished_via.as_ref() != target {
+            self.kept = None;
+        }
+        let mut answer_now = None;
+        let mut again = false;
+        if let Some(w) = waiter {
+            match (&self.kept, self.done) {
+                (Some((merged, _)), true) => answer_now = Some((w, merged.clone())),
+                (None, true) => {
+                    again = true;
+                    self.waiters.push(w);
+                }
+                (_, false) => self.waiters.push(w),
+            }
+        }
         if again {
             self.done = false;
             self.down = None;
@@ -108,7 +150,30 @@ impl<W, M: Merged> Round<W, M> {
         Joined {
             forward_again: again,
             send_late,
+            answer_now,
         }
+    }
+
+    /// Keeps the result of the round that just finished (after its waiters were answered
+    /// with it: nothing is copied) until `until`, to answer a predecessor that routes here
+    /// again in the meantime.
+    pub fn keep(&mut self, merged: M, until: Instant) {
+        if self.done {
+            self.kept = Some((merged, until));
+        }
+    }
+
+    /// Lets go of the kept result now.
+    pub fn let_go_kept(&mut self) {
+        self.kept = None;
+    }
+
+    /// Lets go of the kept result if its time is over; whether one is still kept.
+    pub fn release_kept(&mut self, now: Instant) -> bool {
+        if self.kept.as_ref().is_some_and(|(_, until)| *until <= now) {
+            self.kept = None;
+        }
+        self.kept.is_some()
     }
 
     /// Forwards to `target` (the ring's route target now), as a new generation.
@@ -185,7 +250,8 @@ impl<W, M: Merged> Round<W, M> {
     }
 
     /// When both this machine's own result and the successor's are in: merges them and
-    /// hands back the result with everyone to answer; keeps only the own result.
+    /// hands back the result with everyone to answer; keeps only the own result (see
+    /// [`Round::keep`] for the merged one).
     pub fn finish(&mut self, me: &NodeId) -> Option<Finished<W, M>> {
         if self.done || self.own.is_none() {
             return None;
@@ -195,7 +261,7 @@ impl<W, M: Merged> Round<W, M> {
             merged.add(me, own);
         }
         self.done = true;
-        self.forwarded_to = None;
+        self.finished_via = self.forwarded_to.take();
         Some(Finished {
             merged,
             // Taken, not drained: a finished round keeps no room for waiters.

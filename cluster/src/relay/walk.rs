@@ -191,6 +191,23 @@ impl ChainWalk {
     }
 }
 
+/// The order in which the walk takes the members still missing: given every member in ring
+/// order with whether it has answered and whether a neighbour reported it unreachable, the
+/// indices of those that have not answered, to hand to [`ChainWalk::next`] in this order.
+///
+/// Members past the last one that answered come first: the chain ended before them (its last
+/// members found every successor they know down), so live members there are cut off and
+/// wait for the server alone. Members missing inside the answered stretch were routed past
+/// by their own neighbours: most are down, and each costs a dial timeout. Within each part,
+/// ring order, with members reported unreachable after the rest. With nobody answered yet,
+/// ring order (the forward leader first).
+pub fn asking_order(answered: &[bool], suspect: &[bool]) -> Vec<usize> {
+    let tail_from = answered.iter().rposition(|a| *a).map_or(0, |i| i + 1);
+    let mut order: Vec<usize> = (0..answered.len()).filter(|&i| !answered[i]).collect();
+    order.sort_by_key(|&i| (i < tail_from, suspect.get(i).copied().unwrap_or(false)));
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,5 +557,19 @@ mod tests {
                 r.finished_at_ms
             );
         }
+    }
+
+    #[test]
+    fn the_members_past_the_chain_end_are_asked_before_the_gaps_inside_it_and_suspects_last() {
+        // Nobody answered yet: ring order, the forward leader first.
+        assert_eq!(asking_order(&[false; 4], &[false; 4]), [0, 1, 2, 3]);
+        // The chain covered 0, 2, 3 and ended: 4 and 5 are cut off behind it, 1 was routed past.
+        let answered = [true, false, true, true, false, false];
+        assert_eq!(asking_order(&answered, &[false; 6]), [4, 5, 1]);
+        // A member reported unreachable goes after the others of its part.
+        let suspect = [false, false, false, false, true, false];
+        assert_eq!(asking_order(&answered, &suspect), [5, 4, 1]);
+        // Everyone answered: nothing to ask.
+        assert!(asking_order(&[true; 3], &[false; 3]).is_empty());
     }
 }

@@ -64,6 +64,10 @@ struct Harness {
     question: u64,
     deaths_left: usize,
     steps: usize,
+    /// The clock (a millisecond a step) and how long a finished round's result is kept
+    /// (none: never).
+    t0: Instant,
+    keep: Option<Duration>,
 }
 
 fn parity(i: usize) -> NodeAnswer {
@@ -99,6 +103,13 @@ impl Harness {
         );
         let mut rng = SmallRng::seed_from_u64(seed);
         let deaths_left = rng.random_range(0..=n / 3);
+        // Kept for none, some or many steps: answered from what was kept, or again down the
+        // chain once it has gone.
+        let keep = match rng.random_range(0..3) {
+            0 => None,
+            1 => Some(Duration::from_millis(rng.random_range(1..40))),
+            _ => Some(Duration::from_secs(3600)),
+        };
         Harness {
             ids,
             rounds: (0..n).map(|_| None).collect(),
@@ -111,7 +122,13 @@ impl Harness {
             question,
             deaths_left,
             steps: 0,
+            t0: Instant::now(),
+            keep,
         }
+    }
+
+    fn now(&self) -> Instant {
+        self.t0 + Duration::from_millis(self.steps as u64)
     }
 
     fn route_target(&self, i: usize) -> Option<usize> {
@@ -144,6 +161,7 @@ impl Harness {
 
     fn try_finish(&mut self, i: usize) {
         let me = self.ids[i].clone();
+        let keep_until = self.keep.map(|k| self.now() + k);
         let Some(f) = self.rounds[i].as_mut().and_then(|r| r.finish(&me)) else {
             return;
         };
@@ -156,6 +174,9 @@ impl Harness {
         if let Some(own) = f.send_late {
             let a = own.answer.decode().expect("own answer");
             self.store.late_answer(self.question, me, a);
+        }
+        if let (Some(until), Some(r)) = (keep_until, self.rounds[i].as_mut()) {
+            r.keep(f.merged, until);
         }
     }
 
@@ -175,7 +196,14 @@ impl Harness {
                         self.pool.push(Msg::Eval { at: to });
                     }
                     Some(r) => {
-                        let j = r.join(Some(from), false);
+                        let now = self.t0 + Duration::from_millis(self.steps as u64);
+                        let target = (to + 1..self.ids.len())
+                            .find(|j| !self.skip[to].contains(j))
+                            .map(|t| self.ids[t].clone());
+                        let j = r.join(Some(from), false, now, target.as_ref());
+                        if let Some((w, merged)) = j.answer_now {
+                            self.pool.push(Msg::Answer { to: w, merged });
+                        }
                         if j.forward_again {
                             self.forward(to);
                         }
@@ -403,8 +431,8 @@ fn a_late_round_answers_the_server_alone() {
     );
     assert_eq!(f.merged.len(), 1);
     // Asked again by a predecessor after it finished: a new generation down the chain.
-    let j = r.join(Some(Waiter::Server), false);
-    assert!(j.forward_again);
+    let j = r.join(Some(Waiter::Server), false, Instant::now(), None);
+    assert!(j.forward_again && j.answer_now.is_none());
     assert_eq!(
         r.forward(Some(&NodeId::new("next"))),
         Forward::Hop {
@@ -465,4 +493,124 @@ fn any_interleaving_of_deliveries_duplicates_and_deaths_counts_each_live_machine
             .unwrap_or(0);
         assert_eq!(counted_evens, evens, "seed {seed}");
     }
+}
+
+#[test]
+fn a_finished_round_kept_answers_a_reroute_at_once_and_a_new_round_goes_down_once_it_has_gone() {
+    let m = NodeId::new("m");
+    let t0 = Instant::now();
+    let mut r: Round<Waiter, Partial> = Round::new(Some(Waiter::Server), false);
+    assert!(matches!(
+        r.forward(Some(&NodeId::new("next"))),
+        Forward::Hop { .. }
+    ));
+    r.own_result(answer_of(0));
+    r.downstream(1, Partial::default()).expect("awaited");
+    let f = r.finish(&m).expect("finished");
+    assert_eq!(f.waiters, [Waiter::Server]);
+    r.keep(f.merged.clone(), t0 + Duration::from_secs(2));
+    // Asked again within the time: answered with the same result, nothing forwarded.
+    let again = Waiter::Member {
+        at: 7,
+        generation: 3,
+    };
+    let next = NodeId::new("next");
+    let j = r.join(
+        Some(again.clone()),
+        false,
+        t0 + Duration::from_secs(1),
+        Some(&next),
+    );
+    assert!(!j.forward_again);
+    assert_eq!(j.answer_now, Some((again.clone(), f.merged.clone())));
+    assert_eq!(r.forward(Some(&next)), Forward::Finished);
+    // Once the time is over the result is let go, and asking again starts a round.
+    assert!(!r.release_kept(t0 + Duration::from_secs(2)));
+    let j = r.join(
+        Some(again.clone()),
+        false,
+        t0 + Duration::from_secs(3),
+        Some(&next),
+    );
+    assert!(j.forward_again && j.answer_now.is_none());
+    // A route that changed since the result came (the successor routed past, or back):
+    // the kept result may miss machines the new route reaches, so a new round goes down.
+    assert!(matches!(r.forward(Some(&next)), Forward::Hop { .. }));
+    r.downstream(2, Partial::default()).expect("awaited");
+    let f = r.finish(&m).expect("finished");
+    r.keep(f.merged, t0 + Duration::from_secs(10));
+    let other = NodeId::new("other");
+    let j = r.join(
+        Some(again),
+        false,
+        t0 + Duration::from_secs(4),
+        Some(&other),
+    );
+    assert!(j.forward_again && j.answer_now.is_none());
+}
+
+#[test]
+fn a_member_that_dies_holding_its_successors_answers_costs_one_hop_not_the_rest_of_the_chain() {
+    let n = 8;
+    let mut h = Harness::new(n, 0);
+    h.deaths_left = 0;
+    h.keep = Some(Duration::from_secs(3600));
+    h.pool.push(Msg::Ask {
+        to: 0,
+        from: Waiter::Server,
+    });
+    // Every member takes the question and evaluates; the chain's end answers back up.
+    while let Some(k) = h
+        .pool
+        .iter()
+        .position(|m| matches!(m, Msg::Ask { .. } | Msg::Eval { .. }))
+    {
+        let m = h.pool.remove(k);
+        h.deliver(m);
+    }
+    // The answers come back up to member 3, which dies with them.
+    loop {
+        let k = h
+            .pool
+            .iter()
+            .position(|m| matches!(m, Msg::Answer { .. }))
+            .expect("an answer on its way up");
+        if matches!(
+            h.pool[k],
+            Msg::Answer {
+                to: Waiter::Member { at: 3, .. },
+                ..
+            }
+        ) {
+            h.pool.remove(k);
+            break;
+        }
+        let m = h.pool.remove(k);
+        h.deliver(m);
+    }
+    h.alive[3] = false;
+    h.rounds[3] = None;
+    h.pool.retain(|m| !matches!(m, Msg::Deadline { .. }));
+    // Member 2 finds 3 dead and asks 4, whose kept result answers it at once: no ask goes
+    // further down the chain.
+    h.pool.push(Msg::Down { at: 2, to: 3 });
+    let mut asked = Vec::new();
+    while !h.pool.is_empty() {
+        let m = h.pool.remove(0);
+        if let Msg::Ask { to, .. } = &m {
+            asked.push(*to);
+        }
+        if !matches!(m, Msg::Deadline { .. }) {
+            h.deliver(m);
+        }
+    }
+    assert_eq!(asked, [4]);
+    let answered = h.store.have_answered(h.question, h.ids.iter());
+    assert_eq!(
+        answered,
+        [true, true, true, false, true, true, true, true],
+        "everyone but the dead member, counted from one chain"
+    );
+    let p = h.store.progress(h.question).expect("kept");
+    assert_eq!((p.answered, p.expected), (7, 8));
 }

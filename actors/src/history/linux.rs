@@ -1,8 +1,10 @@
 //! What the recorder samples on Linux: the process table, listening sockets and outbound TCP
 //! connections, from `/proc`.
 //!
-//! An idle machine stays idle: a sample lists `/proc` and reads the socket tables, and reads
-//! a process's details only the first time its pid is seen. Executables are hashed once per
+//! An idle machine stays idle: a sample lists `/proc` only when a task was created or ended
+//! since the last (`/proc/loadavg` tells: the last pid handed out and the number of tasks),
+//! reads the socket tables only when the kernel's socket counters moved, and reads a
+//! process's details only the first time its pid is seen. Executables are hashed once per
 //! (device, inode, size, modification time), from `/proc/PID/exe` (the image that actually
 //! runs, even if the file was replaced or deleted since).
 
@@ -54,8 +56,14 @@ pub struct ProcSampler {
     pub hashed: u64,
     /// The buffer socket tables are read into.
     table: Vec<u8>,
-    /// The socket counters at the last walk of the tables, and the rows it read.
-    sockets_seen: Option<(Vec<u64>, Vec<ProtoRow>)>,
+    /// The socket counters at the last walk of the tables, and the rows it read (shared
+    /// with the samples that reuse them).
+    sockets_seen: Option<(Vec<u64>, std::sync::Arc<[ProtoRow]>)>,
+    /// `/proc/loadavg`'s last pid and task count at the last listing of `/proc`, and the
+    /// pids it listed.
+    tasks_seen: Option<((u64, u64), Vec<u32>)>,
+    /// Listings of `/proc` since it started (idle samples skip them).
+    pub listings: u64,
     /// Walks of the socket tables since it started (idle samples skip them).
     pub socket_walks: u64,
 }
@@ -88,7 +96,34 @@ impl ProcSampler {
             table: Vec::new(),
             sockets_seen: None,
             socket_walks: 0,
+            tasks_seen: None,
+            listings: 0,
         }
+    }
+
+    /// The last pid handed out and the number of tasks (`/proc/loadavg`'s fourth and fifth
+    /// fields). Any task created moves the first, any task ended without one created moves
+    /// the second: unchanged, the process table is as it was.
+    fn task_marks(&self) -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string(self.root.join("loadavg")).ok()?;
+        let mut f = text.split_whitespace().skip(3);
+        let tasks = f.next()?.split_once('/')?.1.parse().ok()?;
+        let last_pid = f.next()?.parse().ok()?;
+        Some((last_pid, tasks))
+    }
+
+    /// The pids in `/proc`, listed again only when a task was created or ended since.
+    fn live_pids(&mut self) -> Vec<u32> {
+        let marks = self.task_marks();
+        if let (Some(now), Some((then, pids))) = (marks, &self.tasks_seen)
+            && now == *then
+        {
+            return pids.clone();
+        }
+        self.listings += 1;
+        let pids = self.pids();
+        self.tasks_seen = marks.map(|m| (m, pids.clone()));
+        pids
     }
 
     fn pids(&self) -> Vec<u32> {
@@ -258,7 +293,7 @@ impl ProcSampler {
     /// moved since the last read. (Each read walks the kernel's whole connection table —
     /// 262,144 buckets on a machine with 24 GiB, milliseconds when cold — so an idle
     /// machine's samples skip it.)
-    fn socket_rows(&mut self) -> Vec<ProtoRow> {
+    fn socket_rows(&mut self) -> std::sync::Arc<[ProtoRow]> {
         let counters = self.socket_counters();
         if let (Some(now), Some((then, rows))) = (&counters, &self.sockets_seen)
             && now == then
@@ -280,6 +315,7 @@ impl ProcSampler {
                 rows.push((proto, r));
             }
         }
+        let rows: std::sync::Arc<[ProtoRow]> = rows.into();
         self.sockets_seen = counters.map(|c| (c, rows.clone()));
         rows
     }
@@ -390,7 +426,7 @@ impl Sampler for ProcSampler {
         known: &dyn Fn(&LiveKey) -> bool,
     ) -> Vec<(LiveKey, Option<Record>)> {
         let mut out = Vec::new();
-        let pids = self.pids();
+        let pids = self.live_pids();
         let alive: HashSet<u32> = pids.iter().copied().collect();
         self.unreadable.retain(|p| alive.contains(p));
         for pid in pids {
@@ -409,16 +445,18 @@ impl Sampler for ProcSampler {
         // Sockets: listening ones, then outbound connections (established, to a port
         // this machine does not listen on).
         let mut listening: HashSet<u16> = HashSet::new();
+        let mut listed: HashSet<(&'static str, u16)> = HashSet::new();
         let rows = self.socket_rows();
-        for (proto, r) in &rows {
+        for (proto, r) in rows.iter() {
             let listens = (*proto == "tcp" && r.state == LISTEN)
                 || (*proto == "udp" && r.state == UDP_UNCONNECTED && r.remote_port == 0);
             if listens {
                 listening.insert(r.local_port);
-                let key = LiveKey::Listening(proto, r.local_port);
-                if out.iter().any(|(k, _)| *k == key) {
+                // A port listened on over IPv4 and IPv6 is one record.
+                if !listed.insert((proto, r.local_port)) {
                     continue;
                 }
+                let key = LiveKey::Listening(proto, r.local_port);
                 let rec = (!known(&key)).then(|| {
                     Record::Socket(SocketSeen {
                         proto: proto.to_string(),
@@ -435,7 +473,7 @@ impl Sampler for ProcSampler {
             }
         }
         let mut new_conns = Vec::new();
-        for (proto, r) in &rows {
+        for (proto, r) in rows.iter() {
             if *proto != "tcp" || r.state != ESTABLISHED || listening.contains(&r.local_port) {
                 continue;
             }

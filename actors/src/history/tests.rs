@@ -446,3 +446,36 @@ async fn the_unused_application_question_reads_as_written_and_matches_the_histor
     assert_eq!(matched, want);
     assert!(matched > 250, "{matched} of 300");
 }
+
+#[test]
+fn idle_samples_list_proc_only_when_a_task_was_created_or_ended() {
+    let dir = tempfile::tempdir().expect("dir");
+    let root = dir.path().join("proc");
+    fake_proc(&root, &[], 5);
+    let loadavg = |tasks: u32, last_pid: u32| {
+        std::fs::write(
+            root.join("loadavg"),
+            format!("0.00 0.01 0.05 1/{tasks} {last_pid}\n"),
+        )
+        .expect("loadavg")
+    };
+    loadavg(100, 500);
+    let mut s = ProcSampler::at(&root);
+    let none = |_: &LiveKey| false;
+    s.sample(1_000, &none);
+    s.sample(2_000, &none);
+    assert_eq!(s.listings, 1, "nothing created or ended: not listed again");
+    // A task created (a new last pid), then one ended (fewer tasks): listed each time.
+    loadavg(101, 501);
+    s.sample(3_000, &none);
+    loadavg(100, 501);
+    s.sample(4_000, &none);
+    assert_eq!(s.listings, 3);
+    s.sample(5_000, &none);
+    assert_eq!(s.listings, 3);
+    // With no way to tell, every sample lists.
+    std::fs::remove_file(root.join("loadavg")).expect("rm");
+    s.sample(6_000, &none);
+    s.sample(7_000, &none);
+    assert_eq!(s.listings, 5);
+}

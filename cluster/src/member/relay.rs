@@ -221,8 +221,9 @@ impl MemberState {
             self.questions.remove(&id);
         }
         if let Some(q) = self.questions.get(&id) {
-            // Asked again after a round finished (a predecessor rerouted): a new round down
-            // the chain, whose members answer from their own state.
+            // Asked again after a round finished (a predecessor rerouted): answered from the
+            // round's kept result while the route is the one it came by, else a new round
+            // down the chain, whose members answer from their own state.
             let target = self.core.route_target().map(|m| m.id.clone());
             let joined = lock(q)
                 .round

@@ -9,9 +9,9 @@
 //! result (questions' `Partial`; action statuses and chunk holdings next).
 //!
 //! A finished round's result is kept a short while (handed back with [`Round::keep`] once
-//! the waiters have it, until the time the member gives): the predecessor it went to may have died before passing it up, and
-//! the member before that then routes past it to this one. Answered from what was kept, that
-//! costs one hop; without it, a new round went down the whole rest of the chain, and a ring
+//! the waiters have it, until the time the member gives): the predecessor it went to may
+//! have died before passing it up, and the member before that then routes past it to this
+//! one. Answered from what was kept, that costs one hop; without it, a new round went down the whole rest of the chain, and a ring
 //! with machines going down one after another was walked again for each of them. What was
 //! kept answers only while the member would still forward to the successor it came from: a
 //! route that changed since (a successor found down, or back) may reach machines the kept

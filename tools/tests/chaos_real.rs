@@ -192,7 +192,15 @@ fn scenarios_run_against_a_real_cluster_kill_real_processes_and_check_the_invari
     let failed: Vec<&serde_json::Value> = checks.iter().filter(|k| k["pass"] != true).collect();
     assert!(failed.is_empty(), "{grey:#}");
     assert_eq!(code_grey, 0, "{grey:#}");
-    assert_eq!(checks.len(), 6, "{grey:#}");
+    assert_eq!(checks.len(), 7, "{grey:#}");
+    // The server's own links: the ring's two leaders', and nothing to a non-leader that
+    // lasted 2 s (the chaos commands' links close after each command).
+    let links = checks
+        .iter()
+        .find(|k| k["invariant"] == "server connections only to leaders and registrations")
+        .and_then(|k| k["measured"].as_str())
+        .unwrap_or_else(|| panic!("no connection check in {grey:#}"));
+    assert!(links.contains("(2 leader links)"), "{links}");
     assert_eq!(grey["scenario"], "GreyNeighbour");
     assert_eq!(grey["endpoints"], 5);
     // The in-flight question, three through the fault and one after healing.
@@ -246,7 +254,7 @@ fn scenarios_run_against_a_real_cluster_kill_real_processes_and_check_the_invari
     for want in [
         "chaos --scenario grey-neighbour (run 1) ended",
         "chaos --scenario neighbour-killed (run 2) ended",
-        "6 of 6 invariants held",
+        "7 of 7 invariants held",
         "skipped: scenario server-restart does not run against a real cluster",
     ] {
         assert!(audit.contains(want), "{want} not in\n{audit}");

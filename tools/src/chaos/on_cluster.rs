@@ -6,22 +6,23 @@
 //! What a server can see for itself is checked: every machine running at the end answered
 //! every question (1), each once (2: one row per machine, so the counts add up to the
 //! machines that answered), promptly unless faulted itself (3), none that kept answering was
-//! evicted (4), every ring is one chain again after healing (6), and no honest member was
-//! named as having changed others' answers (7). A killed endpoint stays down unless its
+//! evicted (4), the server held connections only to leaders and registrations (5: its own
+//! links, sampled), every ring is one chain again after healing (6), and no honest member
+//! was named as having changed others' answers (7). A killed endpoint stays down unless its
 //! service manager starts it again; one that comes back answers late, and counts.
 //!
 //! Scenarios that need what only a simulated fleet has (restarting the endpoints it killed,
 //! restarting its own server, a peer serving corrupted chunks, reading every machine's
 //! executor and chunk cache) are skipped, with the reason.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use rollcall_actors::desk::{DeskReply, DeskRequest};
 use rollcall_cluster::proto::{Health, MemberReport, RingsReport};
-use rollcall_runtime::{NodeId, PeerIdentity};
+use rollcall_runtime::{NodeId, PeerIdentity, PeerRole};
 use tokio::time::Instant;
 
 use super::relay::ChaosRelay;
@@ -80,6 +81,12 @@ struct Run<'a> {
     lost: HashSet<NodeId>,
     questions: Vec<Asked>,
     evicted: BTreeMap<NodeId, String>,
+    /// The server's connections to endpoints that did not lead, since when each was seen.
+    non_leader_since: HashMap<NodeId, Instant>,
+    /// The longest such connection, and to whom.
+    longest_non_leader: (Duration, Option<NodeId>),
+    /// The most endpoint connections and leader links the server held at once.
+    max_conns: (usize, usize),
 }
 
 impl Run<'_> {
@@ -96,6 +103,7 @@ impl Run<'_> {
                     .or_insert_with(|| format!("{} marked offline", m.addr));
             }
         }
+        self.connections(&r);
         let due: Vec<&NodeId> = self
             .machines
             .iter()
@@ -117,6 +125,44 @@ impl Run<'_> {
             }
         }
         r
+    }
+
+    /// Samples the server's own links: a connection to an endpoint that does not lead its
+    /// ring (a registration, a probe, a chaos command) must close within 2 s. A faulted
+    /// machine may hold what it had open when the fault struck: only the others are judged.
+    fn connections(&mut self, r: &RingsReport) {
+        let now = Instant::now();
+        let leaders: HashSet<&NodeId> = r
+            .machines()
+            .filter(|m| m.leads.any())
+            .map(|m| &m.id)
+            .collect();
+        let conns: Vec<NodeId> = self
+            .relay
+            .node()
+            .connected_peers()
+            .into_iter()
+            .filter(|p| p.peer.role == PeerRole::Endpoint)
+            .map(|p| p.peer.id)
+            .collect();
+        let links: usize = r.rings.iter().map(|x| x.leader_links).sum();
+        self.max_conns = (
+            self.max_conns.0.max(conns.len()),
+            self.max_conns.1.max(links),
+        );
+        let non_leaders: HashSet<&NodeId> = conns
+            .iter()
+            .filter(|c| !leaders.contains(c) && !self.excused.contains(*c))
+            .collect();
+        self.non_leader_since
+            .retain(|id, _| non_leaders.contains(id));
+        for id in non_leaders {
+            let since = *self.non_leader_since.entry(id.clone()).or_insert(now);
+            let held = now - since;
+            if held > self.longest_non_leader.0 {
+                self.longest_non_leader = (held, Some(id.clone()));
+            }
+        }
     }
 
     async fn watch(&mut self, for_: Duration) {
@@ -250,6 +296,9 @@ pub async fn run_on_cluster(
         lost: HashSet::new(),
         questions: Vec::new(),
         evicted: BTreeMap::new(),
+        non_leader_since: HashMap::new(),
+        longest_non_leader: (Duration::ZERO, None),
+        max_conns: (0, 0),
     };
     if run.machines.is_empty() {
         return Err("the server knows no running endpoint".into());
@@ -591,6 +640,19 @@ pub async fn run_on_cluster(
             None => "none".into(),
             Some((m, why)) => format!("{} evicted; first: {m} {why}", run.evicted.len()),
         },
+    });
+    // 5. Server connections at the leaders.
+    let (held, whom) = &run.longest_non_leader;
+    checks.push(Check {
+        invariant: "server connections only to leaders and registrations".into(),
+        pass: *held < Duration::from_secs(2),
+        measured: format!(
+            "at most {} endpoint connections ({} leader links); longest to a non-leader {} ms{}",
+            run.max_conns.0,
+            run.max_conns.1,
+            held.as_millis(),
+            whom.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+        ),
     });
     // 6. One chain again.
     checks.push(Check {

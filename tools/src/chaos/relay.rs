@@ -67,6 +67,11 @@ impl ChaosRelay {
         &self.rings
     }
 
+    /// The server's node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
     /// The server's question desk.
     pub fn desk(&self) -> &QuestionDesk {
         &self.desk

@@ -480,14 +480,20 @@ impl RingCore {
         self.candidate_indices().map(|i| &self.view[i])
     }
 
-    /// Indices in `view` of the candidates, in order.
+    /// Indices in `view` of the candidates, in order. A skip contact that would fall past
+    /// the end of the view (the ring ends within this member's reach) is the view's last
+    /// member instead: near the ring's end, its last member is a contact of everyone within
+    /// reach, so a run of members down just before it cannot cut it off from the chain.
     fn candidate_indices(&self) -> impl Iterator<Item = usize> + use<> {
         let first = self.pos + 1;
         let len = self.view.len();
         let n = self.cfg.successors;
+        let skip = move |k: u32| (first + ((n * 2) << k) - 1).min(len.saturating_sub(1));
         let skips = (0..self.cfg.skip_contacts as u32)
             .filter(move |_| n > 0)
-            .map(move |k| first + ((n * 2) << k) - 1);
+            // Clamped skips repeat: each place once, past the successor list.
+            .filter(move |&k| skip(k) >= first + n && (k == 0 || skip(k) > skip(k - 1)))
+            .map(skip);
         (first..first + n).chain(skips).filter(move |&i| i < len)
     }
 

@@ -86,6 +86,29 @@ fn view_is_ordered_by_address_then_id_with_successors_and_skips() {
 }
 
 #[test]
+fn near_the_rings_end_its_last_member_is_a_contact_so_dead_successors_cannot_cut_it_off() {
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    // Eight members: the skips at 8 and 16 places fall past the end, so n08, the last,
+    // takes their place (once).
+    let mut c = ring(1, 8, t0);
+    let cand: Vec<_> = c.candidates().iter().map(|m| m.id.0.clone()).collect();
+    assert_eq!(cand, ["n02", "n03", "n04", "n05", "n08"]);
+    drain(&mut c);
+    // Its four successors die: the chain goes on to the ring's last member, which would
+    // otherwise wait for the server to ask it alone after the chain came back.
+    for (i, at) in [(2, 10), (3, 20), (4, 30), (5, 40)] {
+        c.handle(Input::ForwardFailed(m(i).id), ms(at));
+    }
+    assert_eq!(c.route_target(), Some(&m(8)));
+    assert!(!c.leader().backward);
+    // A member whose successors reach the end has no extra contact.
+    let near = ring(5, 8, t0);
+    let cand: Vec<_> = near.candidates().iter().map(|m| m.id.0.clone()).collect();
+    assert_eq!(cand, ["n06", "n07", "n08"]);
+}
+
+#[test]
 fn a_member_keeps_only_its_predecessor_and_candidates_as_the_ring_changes() {
     let t0 = Instant::now();
     let ms = |n: u64| t0 + Duration::from_millis(n);
@@ -218,11 +241,16 @@ fn a_late_hop_is_skipped_at_the_hop_timeout_and_a_slow_member_kept_probed() {
     assert_eq!(c.health(&m(2).id), PeerHealth::Late);
     assert_eq!(c.route_target(), Some(&m(3)));
     // m(3) was never probed and a closer one just failed: it is not trusted yet, so the
-    // ones after it, up to one known to answer, are probed at the same time.
-    assert_eq!(probes(&sent(&mut c, ms(251))), [m(3).id, m(4).id, m(5).id]);
+    // ones after it, up to one known to answer, are probed at the same time (m(6) too: the
+    // ring ends within reach, so its last member is a contact where a skip would be).
+    assert_eq!(
+        probes(&sent(&mut c, ms(251))),
+        [m(3).id, m(4).id, m(5).id, m(6).id]
+    );
     c.handle(Input::Ack(m(3).id), ms(260));
     c.handle(Input::Ack(m(4).id), ms(261));
     c.handle(Input::Ack(m(5).id), ms(262));
+    c.handle(Input::Ack(m(6).id), ms(263));
     // ...but only the request's own round trip judges it: on time, so it is back.
     c.handle(Input::ProbeStarted(m(2).id), ms(300));
     c.handle(Input::Ack(m(2).id), ms(340));
@@ -273,7 +301,7 @@ fn an_unacknowledged_hop_is_routed_past_at_once_and_probed_until_on_time() {
     assert_eq!(c.route_target(), Some(&m(3)));
     assert_eq!(
         probes(&sent(&mut c, ms(300))),
-        [m(2).id, m(3).id, m(4).id, m(5).id]
+        [m(2).id, m(3).id, m(4).id, m(5).id, m(6).id]
     );
     // Said twice (two questions waited on it): nothing more is sent.
     c.handle(Input::HopLate(m(2).id), ms(301));

@@ -42,6 +42,7 @@ mod formation;
 pub use formation::*;
 mod commands;
 pub use commands::*;
+mod links;
 #[cfg(feature = "simulation")]
 mod observe;
 mod on_cluster;
@@ -225,6 +226,12 @@ pub struct ScenarioReport {
     pub checks: Vec<Check>,
     /// The rings as the server saw them at the end, one line each (see [`shape`]).
     pub rings: String,
+    /// How far behind its own clock a simulated fleet's process ran while the fault lasted,
+    /// at most, in milliseconds (`None`: a real cluster, whose processes each have their own
+    /// cores). A fleet simulated in one process on too few cores falls behind, and so does
+    /// every timer its members and server set: promptness then measures the machine.
+    #[serde(default)]
+    pub lag_ms: Option<f64>,
 }
 
 impl ScenarioReport {
@@ -249,6 +256,12 @@ impl ScenarioReport {
             "fault-free time to every answer: {:.0} ms; {} questions through the fault",
             self.baseline_ms, self.questions
         );
+        if let Some(lag) = self.lag_ms {
+            let _ = writeln!(
+                out,
+                "the simulation ran at most {lag:.0} ms behind its clock during the fault"
+            );
+        }
         let w = self
             .checks
             .iter()

@@ -4,7 +4,7 @@ use crate::fleet::{Fleet, SIM_QUESTION};
 use anyhow::Result;
 use rand::{Rng, rngs::SmallRng};
 use rollcall_cluster::proto::{Health, RingsReport};
-use rollcall_runtime::{NodeId, PeerRole};
+use rollcall_runtime::NodeId;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -42,10 +42,8 @@ pub(super) struct Observer {
     pub(super) every: Duration,
     pub(super) seen: HashSet<NodeId>,
     pub(super) evictions: BTreeMap<NodeId, String>,
-    pub(super) non_leader_since: HashMap<NodeId, Instant>,
-    pub(super) longest_non_leader: (Duration, Option<NodeId>),
-    pub(super) max_endpoint_conns: usize,
-    pub(super) max_leader_links: usize,
+    /// The server's connections (invariant 5).
+    pub(super) links: super::links::LeaderLinks,
     pub(super) questions: Vec<Asked>,
     pub(super) victims: Victims,
     pub(super) samples: u64,
@@ -66,10 +64,7 @@ impl Observer {
             every,
             seen: HashSet::new(),
             evictions: BTreeMap::new(),
-            non_leader_since: HashMap::new(),
-            longest_non_leader: (Duration::ZERO, None),
-            max_endpoint_conns: 0,
-            max_leader_links: 0,
+            links: Default::default(),
             questions: Vec::new(),
             victims: Victims::default(),
             samples: 0,
@@ -147,35 +142,8 @@ impl Observer {
                 .map(|(id, _)| (*id).clone()),
         );
 
-        let leaders: HashSet<&NodeId> = members(&r)
-            .filter(|m| m.leads.any())
-            .map(|m| &m.id)
-            .collect();
-        let conns: Vec<NodeId> = fleet
-            .server()
-            .connected_peers()
-            .into_iter()
-            .filter(|p| p.peer.role == PeerRole::Endpoint)
-            .map(|p| p.peer.id)
-            .collect();
-        self.max_endpoint_conns = self.max_endpoint_conns.max(conns.len());
-        let links: usize = r.rings.iter().map(|x| x.leader_links).sum();
-        self.max_leader_links = self.max_leader_links.max(links);
-        // A faulted machine may hold what it had open when the fault struck (a grey node's
-        // half-made registration): only the others' connections are judged.
-        let non_leaders: HashSet<&NodeId> = conns
-            .iter()
-            .filter(|c| !leaders.contains(c) && !self.victims.excused.contains(*c))
-            .collect();
-        self.non_leader_since
-            .retain(|id, _| non_leaders.contains(id));
-        for id in non_leaders {
-            let since = *self.non_leader_since.entry(id.clone()).or_insert(now);
-            let held = now - since;
-            if held > self.longest_non_leader.0 {
-                self.longest_non_leader = (held, Some(id.clone()));
-            }
-        }
+        let conns = fleet.server().connected_peers();
+        self.links.sample(&r, conns, &self.victims.excused, now);
 
         let prompt: Vec<&NodeId> = fleet
             .endpoints

@@ -15,14 +15,14 @@
 //! restarting its own server, a peer serving corrupted chunks, reading every machine's
 //! executor and chunk cache) are skipped, with the reason.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use rollcall_actors::desk::{DeskReply, DeskRequest};
 use rollcall_cluster::proto::{Health, MemberReport, RingsReport};
-use rollcall_runtime::{NodeId, PeerIdentity, PeerRole};
+use rollcall_runtime::{NodeId, PeerIdentity};
 use tokio::time::Instant;
 
 use super::relay::ChaosRelay;
@@ -81,12 +81,8 @@ struct Run<'a> {
     lost: HashSet<NodeId>,
     questions: Vec<Asked>,
     evicted: BTreeMap<NodeId, String>,
-    /// The server's connections to endpoints that did not lead, since when each was seen.
-    non_leader_since: HashMap<NodeId, Instant>,
-    /// The longest such connection, and to whom.
-    longest_non_leader: (Duration, Option<NodeId>),
-    /// The most endpoint connections and leader links the server held at once.
-    max_conns: (usize, usize),
+    /// The server's own connections (invariant 5).
+    links: super::links::LeaderLinks,
 }
 
 impl Run<'_> {
@@ -103,7 +99,8 @@ impl Run<'_> {
                     .or_insert_with(|| format!("{} marked offline", m.addr));
             }
         }
-        self.connections(&r);
+        let conns = self.relay.node().connected_peers();
+        self.links.sample(&r, conns, &self.excused, Instant::now());
         let due: Vec<&NodeId> = self
             .machines
             .iter()
@@ -125,44 +122,6 @@ impl Run<'_> {
             }
         }
         r
-    }
-
-    /// Samples the server's own links: a connection to an endpoint that does not lead its
-    /// ring (a registration, a probe, a chaos command) must close within 2 s. A faulted
-    /// machine may hold what it had open when the fault struck: only the others are judged.
-    fn connections(&mut self, r: &RingsReport) {
-        let now = Instant::now();
-        let leaders: HashSet<&NodeId> = r
-            .machines()
-            .filter(|m| m.leads.any())
-            .map(|m| &m.id)
-            .collect();
-        let conns: Vec<NodeId> = self
-            .relay
-            .node()
-            .connected_peers()
-            .into_iter()
-            .filter(|p| p.peer.role == PeerRole::Endpoint)
-            .map(|p| p.peer.id)
-            .collect();
-        let links: usize = r.rings.iter().map(|x| x.leader_links).sum();
-        self.max_conns = (
-            self.max_conns.0.max(conns.len()),
-            self.max_conns.1.max(links),
-        );
-        let non_leaders: HashSet<&NodeId> = conns
-            .iter()
-            .filter(|c| !leaders.contains(c) && !self.excused.contains(*c))
-            .collect();
-        self.non_leader_since
-            .retain(|id, _| non_leaders.contains(id));
-        for id in non_leaders {
-            let since = *self.non_leader_since.entry(id.clone()).or_insert(now);
-            let held = now - since;
-            if held > self.longest_non_leader.0 {
-                self.longest_non_leader = (held, Some(id.clone()));
-            }
-        }
     }
 
     async fn watch(&mut self, for_: Duration) {
@@ -296,9 +255,7 @@ pub async fn run_on_cluster(
         lost: HashSet::new(),
         questions: Vec::new(),
         evicted: BTreeMap::new(),
-        non_leader_since: HashMap::new(),
-        longest_non_leader: (Duration::ZERO, None),
-        max_conns: (0, 0),
+        links: Default::default(),
     };
     if run.machines.is_empty() {
         return Err("the server knows no running endpoint".into());
@@ -642,18 +599,7 @@ pub async fn run_on_cluster(
         },
     });
     // 5. Server connections at the leaders.
-    let (held, whom) = &run.longest_non_leader;
-    checks.push(Check {
-        invariant: "server connections only to leaders and registrations".into(),
-        pass: *held < Duration::from_secs(2),
-        measured: format!(
-            "at most {} endpoint connections ({} leader links); longest to a non-leader {} ms{}",
-            run.max_conns.0,
-            run.max_conns.1,
-            held.as_millis(),
-            whom.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
-        ),
-    });
+    checks.push(run.links.check());
     // 6. One chain again.
     checks.push(Check {
         invariant: "every ring one chain again after healing".into(),
@@ -684,5 +630,6 @@ pub async fn run_on_cluster(
                 )
             })
             .collect(),
+        lag_ms: None,
     })
 }

@@ -244,6 +244,10 @@ struct PeerState {
     /// When the probe request went on the wire: the hop timer.
     probe_sent: Option<Instant>,
     last_try: Option<Instant>,
+    /// When it last answered a probe on time.
+    answered: Option<Instant>,
+    /// When it last stopped being routable (went late or dead).
+    failed: Option<Instant>,
 }
 
 /// One endpoint's ring state.
@@ -307,6 +311,7 @@ impl RingCore {
                 let p = self.peer(&id);
                 if p.health.routable() {
                     p.health = PeerHealth::Late;
+                    p.failed = Some(now);
                     // Late members are probed at every tick until one answers in time (or
                     // late: then it is slow); this tick starts that.
                     self.tick(now);
@@ -567,6 +572,8 @@ impl RingCore {
             attempt: None,
             probe_sent: None,
             last_try: None,
+            answered: None,
+            failed: None,
         })
     }
 
@@ -640,12 +647,16 @@ impl RingCore {
         let rtt = p.probe_sent.map(|t| now.saturating_duration_since(t));
         p.probe_sent = None;
         p.attempt = None;
+        let was_routable = p.health.routable();
         p.health = match rtt {
             Some(rtt) if rtt > hop => PeerHealth::Slow,
             _ => PeerHealth::Ok,
         };
         if p.health == PeerHealth::Ok {
             p.reported = None;
+            p.answered = Some(now);
+        } else if was_routable {
+            p.failed = Some(now);
         }
     }
 
@@ -654,6 +665,9 @@ impl RingCore {
         p.probe_sent = None;
         p.attempt = None;
         p.last_try = Some(now);
+        if p.health.routable() {
+            p.failed = Some(now);
+        }
         if p.health != PeerHealth::Dead {
             p.health = PeerHealth::Dead;
             p.reported = None;
@@ -717,25 +731,34 @@ impl RingCore {
                 && p.health.routable()
             {
                 p.health = PeerHealth::Late;
+                p.failed = Some(now);
             }
         }
         // Probe the route target, every non-routable candidate closer than it (slow ones each
         // tick, dead ones each retry interval), and nothing beyond it. But once a closer one
-        // failed, a route target never probed yet is not trusted: the ones after it are
-        // probed at the same time, up to one known to answer, so a whole unreachable arc is
-        // routed past in one hop timeout, not one per member.
+        // failed, a route target that has not answered since is not trusted: the ones after
+        // it are probed at the same time, up to one that answered after the failure, so a
+        // whole unreachable arc is routed past in one hop timeout, not one per member. (A
+        // member that answered before a split, and is across it now, is not known to answer:
+        // trusting it cost a hop timeout per such member, in turn.)
         // A member that answered is probed again after the probe interval, a slow one after
         // the hop timeout, a dead one after the retry interval: ticks come more often than
         // that (one follows each probe's hop timeout), and must not add probes.
         let retry = self.cfg.retry_interval;
         let interval = self.cfg.probe_interval;
-        let mut failed_before = false;
+        // The latest failure among the candidates looked at so far.
+        let mut failed_before: Option<Instant> = None;
         for i in self.candidate_indices() {
             let id = self.view[i].id.clone();
+            let started = self.started;
             let p = self.peer(&id);
             let routable = p.health.routable();
-            let trusted = p.health == PeerHealth::Ok || !failed_before;
-            failed_before |= !routable;
+            let trusted = failed_before.is_none_or(|f| {
+                p.health == PeerHealth::Ok && p.answered.is_some_and(|a| a >= f)
+            });
+            if !routable {
+                failed_before = failed_before.max(Some(p.failed.unwrap_or(started)));
+            }
             let since = |d: Duration| {
                 p.last_try
                     .is_none_or(|t| now.saturating_duration_since(t) >= d)

@@ -109,6 +109,45 @@ fn near_the_rings_end_its_last_member_is_a_contact_so_dead_successors_cannot_cut
 }
 
 #[test]
+fn a_split_past_a_successor_is_routed_past_in_one_hop_timeout_though_those_beyond_had_answered() {
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    let mut c = ring(1, 8, t0);
+    drain(&mut c);
+    // Every candidate has answered on time once (an earlier episode probed them all).
+    // (m(2)'s first probe is still out.)
+    c.handle(Input::HopLate(m(2).id), ms(100));
+    assert_eq!(
+        probes(&sent(&mut c, ms(100))),
+        [m(3).id, m(4).id, m(5).id, m(8).id]
+    );
+    for i in [2, 3, 4, 5, 8] {
+        c.handle(Input::Ack(m(i).id), ms(110));
+    }
+    assert_eq!(c.route_target(), Some(&m(2)));
+    assert!(c.candidates().iter().all(|m| c.health(&m.id) == PeerHealth::Ok));
+    // The ring splits just past us: m(2) does not take a question. Those beyond answered
+    // before it failed, so they are not trusted either: all are probed at once...
+    c.handle(Input::HopLate(m(2).id), ms(1000));
+    assert_eq!(c.route_target(), Some(&m(3)));
+    assert_eq!(
+        probes(&sent(&mut c, ms(1000))),
+        [m(2).id, m(3).id, m(4).id, m(5).id, m(8).id]
+    );
+    // ...and one hop timeout later every one is late: the chain ends here, at once, where
+    // trusting each in turn cost a hop timeout per member.
+    c.handle(Input::Tick, ms(1251));
+    assert_eq!(c.route_target(), None);
+    assert!(c.leader().backward);
+    // One that answers on time after the failure is trusted again: probing stops there.
+    c.handle(Input::Ack(m(3).id), ms(1260));
+    assert_eq!(c.route_target(), Some(&m(3)));
+    c.handle(Input::Tick, ms(1400));
+    let next = probes(&sent(&mut c, ms(1400)));
+    assert!(!next.contains(&m(4).id), "{next:?}");
+}
+
+#[test]
 fn a_member_keeps_only_its_predecessor_and_candidates_as_the_ring_changes() {
     let t0 = Instant::now();
     let ms = |n: u64| t0 + Duration::from_millis(n);
@@ -263,7 +302,15 @@ fn a_late_hop_is_skipped_at_the_hop_timeout_and_a_slow_member_kept_probed() {
     c.handle(Input::Tick, ms(651));
     assert_eq!(c.health(&m(2).id), PeerHealth::Late);
     assert_eq!(c.route_target(), Some(&m(3)));
-    assert_eq!(probes(&sent(&mut c, ms(651))), [m(3).id]);
+    // The ones after it answered, but before m(2) failed: not known to answer now (a split
+    // just past m(2) would cut them off too), so all are probed at once.
+    assert_eq!(
+        probes(&sent(&mut c, ms(651))),
+        [m(3).id, m(4).id, m(5).id, m(6).id]
+    );
+    for (i, at) in [(4, 660), (5, 661), (6, 662)] {
+        c.handle(Input::Ack(m(i).id), ms(at));
+    }
     // It answers after all: slow, still routed around, and reported (another successor
     // answers on time, so the fault is not ours).
     c.handle(Input::Ack(m(2).id), ms(700));

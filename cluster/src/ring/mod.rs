@@ -753,9 +753,8 @@ impl RingCore {
             let started = self.started;
             let p = self.peer(&id);
             let routable = p.health.routable();
-            let trusted = failed_before.is_none_or(|f| {
-                p.health == PeerHealth::Ok && p.answered.is_some_and(|a| a >= f)
-            });
+            let trusted = failed_before
+                .is_none_or(|f| p.health == PeerHealth::Ok && p.answered.is_some_and(|a| a >= f));
             if !routable {
                 failed_before = failed_before.max(Some(p.failed.unwrap_or(started)));
             }

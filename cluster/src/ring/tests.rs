@@ -125,7 +125,11 @@ fn a_split_past_a_successor_is_routed_past_in_one_hop_timeout_though_those_beyon
         c.handle(Input::Ack(m(i).id), ms(110));
     }
     assert_eq!(c.route_target(), Some(&m(2)));
-    assert!(c.candidates().iter().all(|m| c.health(&m.id) == PeerHealth::Ok));
+    assert!(
+        c.candidates()
+            .iter()
+            .all(|m| c.health(&m.id) == PeerHealth::Ok)
+    );
     // The ring splits just past us: m(2) does not take a question. Those beyond answered
     // before it failed, so they are not trusted either: all are probed at once...
     c.handle(Input::HopLate(m(2).id), ms(1000));

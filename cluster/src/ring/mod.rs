@@ -748,9 +748,10 @@ impl RingCore {
         let interval = self.cfg.probe_interval;
         // The latest failure among the candidates looked at so far.
         let mut failed_before: Option<Instant> = None;
+        // A failure with no time on record counts as old as this member.
+        let started = self.started;
         for i in self.candidate_indices() {
             let id = self.view[i].id.clone();
-            let started = self.started;
             let p = self.peer(&id);
             let routable = p.health.routable();
             let trusted = failed_before

@@ -6,6 +6,7 @@
 #
 #   bench/chaos-real-cluster.sh [PER_SUBNET] [SEEDS]      (defaults: 20 and "1")
 #   ROLLCALL=target/release/rollcall bench/chaos-real-cluster.sh 20 "1 2 3"
+#   SCENARIO=loss-and-duplication bench/chaos-real-cluster.sh 20 3    (one scenario)
 #
 # Prints each run's invariant table; the processes' logs stay in the printed directory.
 # Everything listens on loopback only; every process is stopped on exit.
@@ -72,8 +73,8 @@ for i in $(seq 1 30); do
     [ "${answered:-0}" = "$n" ] && break
 done
 
-echo "== rollcall chaos --scenario all --seed $seed"
-"$bin" chaos --server "$server" --cert-dir "$dir/admin" --scenario all --seed "$seed" || true
+echo "== rollcall chaos --scenario ${SCENARIO:-all} --seed $seed"
+"$bin" chaos --server "$server" --cert-dir "$dir/admin" --scenario "${SCENARIO:-all}" --seed "$seed" || true
 cleanup
 pids=()
 }

@@ -46,6 +46,10 @@ pub struct RawLink {
     pub keep_alive_ms: Option<u64>,
     /// Idle timeout.
     pub idle_timeout_ms: Option<u64>,
+    /// Round-trip time a new connection assumes until it measured one.
+    pub initial_rtt_ms: Option<u64>,
+    /// How long a peer may hold back an acknowledgement.
+    pub max_ack_delay_ms: Option<u64>,
     /// Frame limit.
     pub max_frame_bytes: Option<usize>,
     /// First reconnect delay.
@@ -115,6 +119,8 @@ impl RawLink {
             timeouts: LinkTimeouts {
                 keep_alive_ms: self.keep_alive_ms.unwrap_or(d.timeouts.keep_alive_ms),
                 idle_timeout_ms: self.idle_timeout_ms.unwrap_or(d.timeouts.idle_timeout_ms),
+                initial_rtt_ms: self.initial_rtt_ms.unwrap_or(d.timeouts.initial_rtt_ms),
+                max_ack_delay_ms: self.max_ack_delay_ms.unwrap_or(d.timeouts.max_ack_delay_ms),
             },
             max_frame_bytes: self.max_frame_bytes.unwrap_or(d.max_frame_bytes),
             reconnect: BackoffConfig {
@@ -150,6 +156,18 @@ impl RawLink {
             return Err(ConfigError::Invalid(format!(
                 "link.keep_alive_ms ({}) must be above 0 and below link.idle_timeout_ms ({})",
                 cfg.timeouts.keep_alive_ms, cfg.timeouts.idle_timeout_ms
+            )));
+        }
+        if !(1..=10_000).contains(&cfg.timeouts.initial_rtt_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "link.initial_rtt_ms ({}) must be between 1 and 10000",
+                cfg.timeouts.initial_rtt_ms
+            )));
+        }
+        if !(1..=25).contains(&cfg.timeouts.max_ack_delay_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "link.max_ack_delay_ms ({}) must be between 1 and 25",
+                cfg.timeouts.max_ack_delay_ms
             )));
         }
         if !(1024..=64 * 1024 * 1024).contains(&cfg.max_frame_bytes) {
@@ -193,6 +211,8 @@ mod tests {
         for (text, needle) in [
             ("keep_alive_ms = 12000\n", "keep_alive_ms"),
             ("max_frame_bytes = 10\n", "max_frame_bytes"),
+            ("initial_rtt_ms = 0\n", "initial_rtt_ms"),
+            ("max_ack_delay_ms = 30\n", "max_ack_delay_ms"),
             ("reconnect_base_ms = 0\n", "reconnect_base_ms"),
             (
                 "connection_read_budget_bytes = 1000\n",

@@ -47,6 +47,16 @@ pub struct LinkTimeouts {
     pub keep_alive_ms: u64,
     /// A connection with no traffic for this long is closed (the lower of both sides' wins).
     pub idle_timeout_ms: u64,
+    /// The round-trip time a new connection assumes until it has measured one. A lost
+    /// handshake packet is sent again after about three times this: at QUIC's usual 333 ms,
+    /// a dial under packet loss waited about 1 s, longer than the ring's and the server's dial
+    /// timeouts on a LAN; too low only costs a handshake packet sent twice on a slow path.
+    pub initial_rtt_ms: u64,
+    /// How long the peer may hold back an acknowledgement (asked of it with QUIC's ACK
+    /// frequency extension). A packet lost with nothing sent after it is found lost one probe
+    /// timeout later: about the RTT plus this. At QUIC's usual 25 ms a lost request on a
+    /// loopback link cost up to ~28 ms, and a chain's answer crosses two hundred hops in turn.
+    pub max_ack_delay_ms: u64,
 }
 
 impl Default for LinkTimeouts {
@@ -58,9 +68,19 @@ impl Default for LinkTimeouts {
             // the idle timeout, so one lost keep-alive does not close a leader's link.
             keep_alive_ms: 4_000,
             idle_timeout_ms: 10_000,
+            initial_rtt_ms: DEFAULT_INITIAL_RTT_MS,
+            max_ack_delay_ms: DEFAULT_MAX_ACK_DELAY_MS,
         }
     }
 }
+
+/// See [`LinkTimeouts::initial_rtt_ms`]: a lost handshake packet is sent again after about
+/// 300 ms (a WAN link to the server measures its own RTT after the first exchange).
+pub const DEFAULT_INITIAL_RTT_MS: u64 = 100;
+
+/// See [`LinkTimeouts::max_ack_delay_ms`]. QUIC clamps it to at least the peer's smallest
+/// delay (1 ms here) and at most the larger of the RTT and 25 ms.
+pub const DEFAULT_MAX_ACK_DELAY_MS: u64 = 2;
 
 impl LinkTimeouts {
     pub(crate) fn transport_config(&self) -> Result<quinn::TransportConfig, TlsError> {
@@ -70,6 +90,10 @@ impl LinkTimeouts {
             quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms))
                 .map_err(|_| TlsError::IdleTimeout)?,
         ));
+        tc.initial_rtt(Duration::from_millis(self.initial_rtt_ms.max(1)));
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.max_ack_delay(Some(Duration::from_millis(self.max_ack_delay_ms.max(1))));
+        tc.ack_frequency_config(Some(ack));
         Ok(tc)
     }
 }

@@ -204,6 +204,7 @@ pub fn fast_timeouts() -> LinkTimeouts {
     LinkTimeouts {
         keep_alive_ms: 200,
         idle_timeout_ms: 1_000,
+        ..LinkTimeouts::default()
     }
 }
 

@@ -34,6 +34,8 @@ pub const REGISTER_MAX: Duration = Duration::from_secs(2);
 pub const RING_TIMEOUTS: LinkTimeouts = LinkTimeouts {
     keep_alive_ms: 300,
     idle_timeout_ms: 2_000,
+    initial_rtt_ms: rollcall_runtime::tls::DEFAULT_INITIAL_RTT_MS,
+    max_ack_delay_ms: rollcall_runtime::tls::DEFAULT_MAX_ACK_DELAY_MS,
 };
 
 /// One endpoint of a [`RingCluster`].

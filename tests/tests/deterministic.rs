@@ -17,6 +17,8 @@ use rollcall_tests::*;
 const TIMEOUTS: LinkTimeouts = LinkTimeouts {
     keep_alive_ms: 250,
     idle_timeout_ms: 2_000,
+    initial_rtt_ms: rollcall_runtime::tls::DEFAULT_INITIAL_RTT_MS,
+    max_ack_delay_ms: rollcall_runtime::tls::DEFAULT_MAX_ACK_DELAY_MS,
 };
 const IDLE: Duration = Duration::from_millis(2_000);
 

@@ -267,6 +267,7 @@ fn link_timeouts(cfg: &FleetConfig) -> LinkTimeouts {
     LinkTimeouts {
         keep_alive_ms: (idle / 4).max(50),
         idle_timeout_ms: idle.max(200),
+        ..LinkTimeouts::default()
     }
 }
 

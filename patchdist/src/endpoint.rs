@@ -18,9 +18,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rollcall_runtime::node::{Deliver, DestinationGone, Incoming, Node, PeerHandle};
+use rollcall_runtime::node::{CallError, Deliver, DestinationGone, Incoming, Node, PeerHandle};
 use rollcall_runtime::supervisor::{ChildSpec, Restart};
-use rollcall_runtime::{NodeId, Roles};
+use rollcall_runtime::{NodeId, Roles, WireError};
 use tokio::sync::watch;
 
 use crate::cache::ChunkStore;
@@ -62,6 +62,13 @@ pub struct PatchConfig {
     pub pool_queue: usize,
     /// How long one chunk or holdings call may take.
     pub call_timeout: Duration,
+    /// Where package work runs (distributors, their fetches, the chunk pools): a runtime
+    /// whose threads yield the CPU to the one that answers questions. A process that
+    /// simulates a thousand machines sets it: there one package's transfer to all of them
+    /// would otherwise hold both cores for seconds, and every machine's question hops wait
+    /// behind it (on a real machine only that machine's own transfer competes). `None`:
+    /// the caller's runtime.
+    pub background: Option<tokio::runtime::Handle>,
 }
 
 impl Default for PatchConfig {
@@ -73,6 +80,7 @@ impl Default for PatchConfig {
             pool_workers: 4,
             pool_queue: 64,
             call_timeout: Duration::from_secs(10),
+            background: None,
         }
     }
 }
@@ -230,7 +238,14 @@ impl Shared {
         let me = self.me.upgrade()?;
         let parent = self.node.supervisor().await.ok()?.get_cell();
         self.pool
-            .get_or_try_init(|| pool::start(me, self.cfg.pool_workers, self.cfg.pool_queue, parent))
+            .get_or_try_init(|| {
+                self.on_background(pool::start(
+                    me,
+                    self.cfg.pool_workers,
+                    self.cfg.pool_queue,
+                    parent,
+                ))
+            })
             .await
             .ok()
             .cloned()
@@ -242,10 +257,25 @@ impl Shared {
         let me = self.me.upgrade()?;
         let parent = self.node.supervisor().await.ok()?.get_cell();
         self.store_pool
-            .get_or_try_init(|| pool::start(me, self.cfg.pool_workers, STORE_QUEUE, parent))
+            .get_or_try_init(|| {
+                self.on_background(pool::start(me, self.cfg.pool_workers, STORE_QUEUE, parent))
+            })
             .await
             .ok()
             .cloned()
+    }
+
+    /// Starts a pool on the background runtime, if there is one.
+    async fn on_background(
+        &self,
+        start: impl Future<Output = Result<PoolRef, ractor::SpawnErr>> + Send + 'static,
+    ) -> Result<PoolRef, ractor::SpawnErr> {
+        match &self.cfg.background {
+            Some(rt) => rt.spawn(start).await.map_err(|e| {
+                ractor::SpawnErr::StartupFailed(format!("the pool's runtime stopped: {e}").into())
+            })?,
+            None => start.await,
+        }
     }
 
     fn set_progress(&self, package: &Hash, mut p: Progress) {
@@ -436,7 +466,8 @@ impl PatchService {
                 Restart::Transient,
                 Distributor,
                 move || (shared.clone(), m.clone()),
-            );
+            )
+            .on(self.0.cfg.background.clone());
             // Already started by another caller: that one serves this one too.
             if let Err(e) = self.0.node.start_child(spec).await {
                 tracing::debug!(error = %e, "distributor not started here");
@@ -465,6 +496,20 @@ impl PatchService {
     /// Checks every file of `manifest` against its hash, from the held chunks.
     pub fn verify_files(&self, manifest: &Manifest) -> Result<(), PatchError> {
         verify_files(self.0.cache.as_ref(), manifest)
+    }
+
+    /// [`PatchService::verify_files`] as package work: on the background runtime, if there
+    /// is one (see [`PatchConfig::background`]).
+    pub async fn check_files(&self, manifest: Arc<Manifest>) -> Result<(), PatchError> {
+        match &self.0.cfg.background {
+            Some(rt) => {
+                let svc = self.clone();
+                rt.spawn(async move { svc.verify_files(&manifest) })
+                    .await
+                    .map_err(|e| PatchError::Stopped(format!("the package runtime stopped: {e}")))?
+            }
+            None => self.verify_files(&manifest),
+        }
     }
 
     /// Writes `manifest`'s files into `dir` (created), each checked against its hash.
@@ -959,12 +1004,15 @@ impl DistState {
             };
             let (pool, package) = (self.pool.clone(), self.id);
             tokio::spawn(async move {
-                let r: Result<ChunkReply, _> = link
-                    .call(route, &PatchMsg::Chunk { package, index }, timeout)
-                    .await;
+                let r = link
+                    .call_body(route, &PatchMsg::Chunk { package, index }, timeout)
+                    .await
+                    .and_then(|body| {
+                        ChunkReply::decode(&body)
+                            .map_err(|e| CallError::from(WireError::Garbage(e.to_string())))
+                    });
                 let outcome = match r {
                     Ok(ChunkReply::Data(data)) => {
-                        let data = Bytes::from(data.into_vec());
                         pool::dispatch(
                             &pool,
                             PoolJob::Store {

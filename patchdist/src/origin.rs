@@ -174,7 +174,7 @@ impl Origin {
         if !seen.insert(index) {
             s.repeats += 1;
         }
-        ChunkReply::Data(serde_bytes::ByteBuf::from(v.data().to_vec()))
+        ChunkReply::Data(v.data().clone())
     }
 }
 

@@ -84,7 +84,7 @@ impl Worker for PoolWorker {
                 let reply = match shared.chunk(&package, index) {
                     Some(c) => {
                         shared.count_served(c.len());
-                        ChunkReply::Data(serde_bytes::ByteBuf::from(c.to_vec()))
+                        ChunkReply::Data(c)
                     }
                     None => ChunkReply::Missing,
                 };

@@ -1,5 +1,6 @@
 //! What endpoints and the server say to each other about packages.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -42,12 +43,32 @@ pub enum PatchMsg {
 /// The answer to [`PatchMsg::Chunk`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkReply {
-    /// The chunk's bytes.
-    Data(ByteBuf),
+    /// The chunk's bytes (served from the cache without a copy).
+    Data(Bytes),
     /// The chunk pool's queue is full: ask someone else.
     Busy,
     /// Not held here.
     Missing,
+}
+
+/// [`ChunkReply`] as it is written, borrowing the chunk from the frame it came in.
+#[derive(Deserialize)]
+#[serde(rename = "ChunkReply")]
+enum ChunkReplyIn<'a> {
+    Data(#[serde(borrow, with = "serde_bytes")] &'a [u8]),
+    Busy,
+    Missing,
+}
+
+impl ChunkReply {
+    /// Decodes an encoded reply; the chunk is a slice of `body`, not a copy.
+    pub fn decode(body: &Bytes) -> Result<ChunkReply, rmp_serde::decode::Error> {
+        Ok(match rmp_serde::from_slice::<ChunkReplyIn<'_>>(body)? {
+            ChunkReplyIn::Data(d) => ChunkReply::Data(body.slice_ref(d)),
+            ChunkReplyIn::Busy => ChunkReply::Busy,
+            ChunkReplyIn::Missing => ChunkReply::Missing,
+        })
+    }
 }
 
 /// The answer to [`PatchMsg::Holdings`]: a bitmap (bit `i` of byte `i / 8`, least

@@ -373,6 +373,37 @@ fn only_the_leader_asks_the_server_and_only_for_what_no_neighbour_holds() {
     assert_eq!(f.in_flight(), 0);
 }
 
+#[test]
+fn a_chunk_reply_is_written_as_before_and_read_back_without_a_copy() {
+    use crate::proto::ChunkReply;
+    let chunk = data(70_000, 9);
+    let body = Bytes::from(rmp_serde::to_vec(&ChunkReply::Data(chunk.clone())).expect("encodes"));
+    // A one-entry map from the variant's name to the bytes as a msgpack bin 32: the shape
+    // written when the chunk was a `ByteBuf`, so older peers read it.
+    let mut expected = vec![0x81, 0xa4, b'D', b'a', b't', b'a', 0xc6];
+    expected.extend_from_slice(&70_000u32.to_be_bytes());
+    expected.extend_from_slice(&chunk);
+    assert_eq!(&body[..], &expected[..]);
+    match ChunkReply::decode(&body).expect("decodes") {
+        ChunkReply::Data(d) => {
+            assert_eq!(d, chunk);
+            let start = body.as_ptr() as usize + 11;
+            assert_eq!(
+                d.as_ptr() as usize,
+                start,
+                "the chunk is a slice of the frame"
+            );
+        }
+        other => panic!("decoded {other:?}"),
+    }
+    for r in [ChunkReply::Busy, ChunkReply::Missing] {
+        let b = Bytes::from(rmp_serde::to_vec(&r).expect("encodes"));
+        assert_eq!(ChunkReply::decode(&b).expect("decodes"), r);
+    }
+    let cut = body.slice(..body.len() - 1);
+    assert!(ChunkReply::decode(&cut).is_err(), "a cut chunk is an error");
+}
+
 /// Property targets for what peers send (run briefly with the tests, longer by hand:
 /// `PROPTEST_CASES=200000 cargo test -p rollcall-patchdist fuzz`): decoding a manifest, a
 /// message or a bitmap from any bytes never panics, and a manifest that passes its check
@@ -417,7 +448,10 @@ mod fuzz {
                 sound(&m)?;
             }
             let _ = rmp_serde::from_slice::<PatchMsg>(&bytes);
-            let _ = rmp_serde::from_slice::<ChunkReply>(&bytes);
+            // The borrowing decoder the fetcher uses agrees with the owning one on every input.
+            let owned = rmp_serde::from_slice::<ChunkReply>(&bytes).ok();
+            let borrowed = ChunkReply::decode(&bytes::Bytes::from(bytes.clone())).ok();
+            prop_assert_eq!(owned, borrowed);
             if let Ok(HoldingsReply(Some(bits))) = rmp_serde::from_slice::<HoldingsReply>(&bytes) {
                 prop_assert_eq!(unpack(&bits, 100).len(), 100);
             }

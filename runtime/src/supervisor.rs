@@ -146,6 +146,26 @@ impl ChildSpec {
             start,
         }
     }
+
+    /// Runs the child (and what it spawns) on `rt`, not on the supervisor's runtime: a
+    /// process's background runtime, whose threads yield the CPU to the foreground's (see
+    /// `PatchConfig::background`). `None` leaves the child where it was.
+    pub fn on(mut self, rt: Option<tokio::runtime::Handle>) -> ChildSpec {
+        let Some(rt) = rt else {
+            return self;
+        };
+        let start = self.start.clone();
+        self.start = Arc::new(move |sup: ActorCell| {
+            let child = start(sup);
+            let rt = rt.clone();
+            Box::pin(async move {
+                rt.spawn(child).await.map_err(|e| {
+                    SpawnErr::StartupFailed(format!("the child's runtime stopped: {e}").into())
+                })?
+            })
+        });
+        self
+    }
 }
 
 /// What the supervisor reports about a child.
@@ -483,6 +503,80 @@ mod tests {
         ) -> Result<(), ActorProcessingErr> {
             Err("told to fail".into())
         }
+    }
+
+    /// A child that reports the thread it starts on, and fails on demand.
+    #[derive(Clone)]
+    struct Where;
+
+    impl Actor for Where {
+        type Msg = ();
+        type State = ();
+        type Arguments = tokio::sync::mpsc::UnboundedSender<(ActorCell, Option<String>)>;
+
+        async fn pre_start(
+            &self,
+            myself: ActorRef<()>,
+            started: Self::Arguments,
+        ) -> Result<(), ActorProcessingErr> {
+            let name = std::thread::current().name().map(str::to_string);
+            let _ = started.send((myself.get_cell(), name));
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<()>,
+            _msg: (),
+            _state: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            Err("told to fail".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_child_placed_on_another_runtime_starts_and_restarts_there() {
+        let bg = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("elsewhere")
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let spec = ChildSpec::new("where", Restart::Permanent, Where, move || tx.clone())
+            .on(Some(bg.handle().clone()));
+        let (sup, _) = Actor::spawn(
+            None,
+            Supervisor,
+            SupervisorArgs {
+                intensity: intensity(),
+                children: vec![spec],
+                stop_when_idle: false,
+            },
+        )
+        .await
+        .expect("supervisor");
+        let wait = Duration::from_secs(10);
+        let (child, name) = tokio::time::timeout(wait, started.recv())
+            .await
+            .expect("started")
+            .expect("open");
+        assert_eq!(name.as_deref(), Some("elsewhere"));
+        assert_ne!(
+            std::thread::current().name(),
+            Some("elsewhere"),
+            "the test itself runs elsewhere"
+        );
+        // Failed, and restarted by the supervisor: on the same runtime again.
+        child.send_message(()).expect("sent");
+        let (again, name) = tokio::time::timeout(wait, started.recv())
+            .await
+            .expect("restarted")
+            .expect("open");
+        assert_ne!(again.get_id(), child.get_id());
+        assert_eq!(name.as_deref(), Some("elsewhere"));
+        sup.stop(None);
+        bg.shutdown_background();
     }
 
     /// Spawns the supervisor under it and reports the supervisor's own exit.

@@ -153,6 +153,11 @@ pub enum WireError {
     },
 }
 
+/// The largest encoding buffer a thread keeps for its next frame. A package chunk's frame
+/// (64 KiB and a header) grows the buffer to 128 KiB: were it dropped after each, every
+/// chunk served would allocate and copy its way up to that size again, twice (body, frame).
+const KEEP_BUFFER: usize = 256 * 1024;
+
 /// Encodes an envelope as one frame (length prefix included).
 pub fn encode_frame(env: &Envelope, max: usize) -> Result<Bytes, WireError> {
     encode_frame_out(&EnvelopeOut::from(env), max)
@@ -180,7 +185,7 @@ pub fn encode_frame_out(env: &EnvelopeOut<'_>, max: usize) -> Result<Bytes, Wire
             Ok(Bytes::copy_from_slice(&buf))
         });
     // A rare large frame is not kept for the life of the thread.
-    if buf.capacity() <= 64 * 1024 {
+    if buf.capacity() <= KEEP_BUFFER {
         FRAME.set(buf);
     }
     r
@@ -312,7 +317,7 @@ pub fn with_body<T: Serialize, R>(
         .map_err(|e| WireError::Garbage(e.to_string()))
         .and_then(|()| f(&buf));
     // A rare large body is not kept for the life of the thread.
-    if buf.capacity() <= 64 * 1024 {
+    if buf.capacity() <= KEEP_BUFFER {
         SCRATCH.set(buf);
     }
     r

@@ -353,3 +353,58 @@ async fn three_rings_on_real_quic_receive_a_package() {
     assert_eq!(r.count("completed"), r.targeted, "{r:?}");
     fleet.shutdown().await;
 }
+
+/// Package work on a background runtime (as `rollcall sim` runs it, so that a transfer to a
+/// thousand simulated machines yields the cores to their questions): 3 rings × 20 on the
+/// in-memory network, in real time, the package reaches every machine whole, each runs the
+/// command once, and the distributors' pools live on the background runtime, not on the
+/// one that answers questions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn package_work_on_a_background_runtime_reaches_every_machine() {
+    rollcall_runtime::telemetry::init("off");
+    let bg = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("package-work")
+        .enable_all()
+        .build()
+        .expect("background runtime");
+    let mut cfg = FleetConfig {
+        ring: rollcall_cluster::ring::RingConfig::loopback_tests(),
+        ..FleetConfig::chaos(60, 20, SimTransport::Mem, 23)
+    };
+    cfg.patch.background = Some(bg.handle().clone());
+    let workers = cfg.patch.pool_workers;
+    let mut fleet = Fleet::start(cfg, |_| {}).await.expect("fleet");
+    fleet
+        .wait_formed(Duration::from_secs(120), Duration::from_millis(200))
+        .await
+        .expect("formed");
+    assert_eq!(
+        bg.metrics().num_alive_tasks(),
+        0,
+        "nothing runs there before a package"
+    );
+    let files = vec![("fix.bin".to_string(), payload(2_000_000, 31))];
+    let m = fleet
+        .add_package("fix", &files, "true")
+        .await
+        .expect("package");
+    let id = fleet.act(ActRequest::all("fix", &[])).await.expect("act");
+    wait_everyone_but(&fleet, &[], &m, id).await;
+    for e in &fleet.endpoints {
+        verify_files(e.chunks.as_ref(), &m).expect("every file matches its hash");
+    }
+    // Each machine's two chunk pools (serving, storing): a factory and its workers each,
+    // all on the background runtime.
+    let pools = fleet.endpoints.len() * 2 * (1 + workers);
+    let alive = bg.metrics().num_alive_tasks();
+    assert!(
+        alive >= pools,
+        "{alive} tasks on the background runtime, expected the {pools} of the chunk pools"
+    );
+    action_done(&fleet, id, Duration::from_secs(60)).await;
+    let r = fleet.action(id).expect("report");
+    assert_eq!(r.count("completed"), r.targeted, "{r:?}");
+    fleet.shutdown().await;
+    bg.shutdown_background();
+}

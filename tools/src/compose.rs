@@ -264,7 +264,8 @@ impl PackageFiles for EndpointFiles {
                     .map(Some)
                     .map_err(|e| e.to_string())?,
                 None => svc
-                    .verify_files(&manifest)
+                    .check_files(manifest)
+                    .await
                     .map(|()| None)
                     .map_err(|e| e.to_string())?,
             };

@@ -246,6 +246,8 @@ pub struct Fleet {
     origin_chunks: Arc<MemCache>,
     /// One copy of each chunk, shared by the endpoints' caches.
     shared_chunks: Arc<SharedChunks>,
+    /// Packages added so far (server restarts included).
+    packages_added: std::sync::atomic::AtomicU64,
     /// The server's store, kept across its restarts (`durable` fleets).
     store: Option<Arc<ServerStore>>,
     /// Fronts (operator-facing nodes) that serve the desk and ring admin too.
@@ -339,6 +341,7 @@ impl Fleet {
             origin: services.origin,
             origin_chunks,
             shared_chunks: Arc::new(SharedChunks::default()),
+            packages_added: std::sync::atomic::AtomicU64::new(0),
             store,
             fronts: Vec::new(),
             endpoints: Vec::new(),

@@ -2,6 +2,8 @@
 //! `rollcall bench`, shared with the fault-scenario suite.
 
 pub mod alerts;
+#[cfg(feature = "simulation")]
+pub mod background;
 pub mod chaos;
 pub mod compose;
 pub mod config;

@@ -451,6 +451,11 @@ pub async fn start(a: &SimArgs) -> Result<(Fleet, Started)> {
     };
     cfg.topology = a.topology;
     cfg.hop_latency = Duration::from_millis(a.hop_latency_ms);
+    // In real time, package work yields the cores to questions (on virtual time a second
+    // runtime would run on the wall clock).
+    if !a.virtual_time {
+        cfg.patch.background = crate::background::handle();
+    }
     let progress_every = (a.endpoints / 20).max(1);
     let quiet = a.json;
     let fleet = Fleet::start(cfg, |n| {

@@ -319,7 +319,14 @@ pub async fn run_scenario(
     // it again): every machine takes it at most once, whatever the fault does. In the
     // scenarios that distribute, it installs a package with a file.
     let package = if scenario.distributes() {
-        let data = bytes::Bytes::from(crate::sim::random_bytes(CHAOS_PACKAGE_BYTES, opts.seed));
+        // Bytes no machine holds yet: the scenarios of one `--scenario all` sweep share a
+        // served fleet, and a package it already carries would test no transfer at all
+        // (the first package on a fresh fleet is the seed's own, as before).
+        let nth = fleet.packages_added();
+        let data = bytes::Bytes::from(crate::sim::random_bytes(
+            CHAOS_PACKAGE_BYTES,
+            opts.seed ^ nth.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        ));
         Some(
             fleet
                 .add_package("chaos-package", &[("chaos.bin".to_string(), data)], "true")

@@ -50,9 +50,19 @@ impl Fleet {
             manifest: Some(m.clone()),
         };
         match self.desk.serve(req, &admin).await {
-            DeskReply::Done(_) => Ok(m),
+            DeskReply::Done(_) => {
+                self.packages_added
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(m)
+            }
             other => bail!("adding the package failed: {other:?}"),
         }
+    }
+
+    /// Packages added to this fleet so far.
+    pub fn packages_added(&self) -> u64 {
+        self.packages_added
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Link rates of the in-memory network, in megabits per second (see

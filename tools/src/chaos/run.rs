@@ -6,6 +6,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use rollcall_actors::action::server::ActRequest;
 use rollcall_cluster::proto::{Health, RingsReport};
+use rollcall_patchdist::{ChunkStore, Manifest};
 use rollcall_runtime::NodeId;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -24,6 +25,7 @@ impl Scenario {
         opts: &ScenarioOptions,
         rng: &mut SmallRng,
         v: &mut Victims,
+        package: Option<&Manifest>,
     ) -> Result<String> {
         let ring = pick_ring(fleet, report, rng);
         let id = |fleet: &Fleet, i: usize| fleet.endpoints[i].id.clone();
@@ -188,13 +190,17 @@ impl Scenario {
                 let Some(&leader) = ring.first() else {
                     return Ok("no ring to fault".into());
                 };
-                // Mid-transfer: once the leader holds a few chunks (or after 5 s).
+                // Mid-transfer: once the leader holds a few of this package's chunks (or
+                // after 5 s). Counted by the package's own chunks: on a served fleet the
+                // cache also holds earlier scenarios' packages.
                 let chunks = fleet.endpoints[leader].chunks.clone();
+                let wanted: Vec<_> = package.map(|m| m.chunk_hashes()).unwrap_or_default();
+                let held = || wanted.iter().filter(|h| chunks.has(h)).count();
                 let until = Instant::now() + Duration::from_secs(5);
-                while chunks.len() < 8 && Instant::now() < until {
+                while held() < 8 && Instant::now() < until {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                let held = chunks.len();
+                let held = held();
                 fleet.kill(leader);
                 v.excused.insert(id(fleet, leader));
                 v.lost.insert(id(fleet, leader));
@@ -356,7 +362,14 @@ pub async fn run_scenario(
     let lag = LagMonitor::start();
     let t_fault = Instant::now();
     let fault = scenario
-        .strike(fleet, &report, opts, &mut rng, &mut obs.victims)
+        .strike(
+            fleet,
+            &report,
+            opts,
+            &mut rng,
+            &mut obs.victims,
+            package.as_ref(),
+        )
         .await?;
     if scenario == Scenario::ServerRestart {
         for q in &mut obs.questions {

@@ -250,15 +250,19 @@ fn sorted(members: &BTreeMap<NodeId, Member>) -> Vec<&Member> {
 /// One tick's judgement of member `m` of a ring of `n`: evicts it (true) if its suspicion
 /// timeout ran out or it was silent past `offline_after`; clears old slowness.
 fn judge(cfg: &MembershipConfig, n: usize, m: &mut Member, now: Instant) -> bool {
+    let silent = now.saturating_duration_since(m.last_seen) >= cfg.offline_after;
     let evict = match &m.state {
+        // Silence evicts a suspect too: a first report that came just before the silence
+        // ran out must not keep a dead machine listed for another suspicion timeout.
         State::Suspect {
             since, reporters, ..
         } => {
-            now.saturating_duration_since(*since)
-                >= cfg.suspicion_timeout(n, reporters.len() as u32)
+            silent
+                || now.saturating_duration_since(*since)
+                    >= cfg.suspicion_timeout(n, reporters.len() as u32)
         }
         State::Offline { .. } => false,
-        _ => now.saturating_duration_since(m.last_seen) >= cfg.offline_after,
+        _ => silent,
     };
     if evict {
         m.state = State::Offline { since: now };
@@ -678,6 +682,32 @@ mod tests {
             vec![(RingId("127.0.1.0/24".into()), id("c"))]
         );
         assert_eq!(health(&m, "c"), Some(Health::Offline));
+    }
+
+    #[test]
+    fn a_member_silent_past_offline_after_is_evicted_though_just_suspected() {
+        let t0 = Instant::now();
+        let cfg = MembershipConfig {
+            offline_after: Duration::from_secs(30),
+            ..MembershipConfig::default()
+        };
+        let mut m = Membership::new(cfg);
+        for (n, ip) in [("a", "127.0.1.1"), ("b", "127.0.1.2"), ("c", "127.0.1.3")] {
+            m.register(&id(n), &reg(ip), t0);
+        }
+        // a keeps registering; c last registered at t0 and is first reported 29 s later.
+        let t1 = t0 + Duration::from_secs(29);
+        m.register(&id("a"), &reg("127.0.1.1"), t1);
+        m.register(&id("b"), &reg("127.0.1.2"), t1);
+        m.suspect(&id("a"), &id("c"), SuspectReason::Unreachable, t1);
+        m.probe_result(&id("c"), false, t1 + Duration::from_millis(400));
+        assert!(m.tick(t0 + Duration::from_millis(29_999)).is_empty());
+        // Silent for 30 s: evicted now, not when the suspicion timeout (5 s from the report)
+        // runs out.
+        assert_eq!(
+            m.tick(t0 + Duration::from_secs(30)),
+            vec![(RingId("127.0.1.0/24".into()), id("c"))]
+        );
     }
 
     #[test]

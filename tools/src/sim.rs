@@ -451,9 +451,11 @@ pub async fn start(a: &SimArgs) -> Result<(Fleet, Started)> {
     };
     cfg.topology = a.topology;
     cfg.hop_latency = Duration::from_millis(a.hop_latency_ms);
-    // In real time, package work yields the cores to questions (on virtual time a second
-    // runtime would run on the wall clock).
-    if !a.virtual_time {
+    // A served fleet, where an operator's questions and chaos meet packages at once: in real
+    // time, package work yields the cores to questions. (Not on virtual time, where a second
+    // runtime would run on the wall clock; not for the measuring runs, whose figures are the
+    // transfer's and the questions' own, each alone.)
+    if !a.virtual_time && a.serve.is_some() {
         cfg.patch.background = crate::background::handle();
     }
     let progress_every = (a.endpoints / 20).max(1);

@@ -63,9 +63,9 @@ pub struct PatchConfig {
     /// How long one chunk or holdings call may take.
     pub call_timeout: Duration,
     /// Where package work runs (distributors, their fetches, the chunk pools): a runtime
-    /// whose threads yield the CPU to the one that answers questions. A process that
-    /// simulates a thousand machines sets it: there one package's transfer to all of them
-    /// would otherwise hold both cores for seconds, and every machine's question hops wait
+    /// whose threads yield the CPU to the one that answers questions. A served simulation
+    /// of a thousand machines sets it: there one package's transfer to all of them would
+    /// otherwise hold both cores for seconds, and every machine's question hops wait
     /// behind it (on a real machine only that machine's own transfer competes). `None`:
     /// the caller's runtime.
     pub background: Option<tokio::runtime::Handle>,
@@ -265,17 +265,29 @@ impl Shared {
             .cloned()
     }
 
-    /// Starts a pool on the background runtime, if there is one.
+    /// Runs `work` on the background runtime if there is one (see
+    /// [`PatchConfig::background`]), here otherwise; `Err` only if that runtime stopped.
+    async fn in_background<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, String> {
+        match &self.cfg.background {
+            Some(rt) => rt
+                .spawn(work)
+                .await
+                .map_err(|e| format!("the package runtime stopped: {e}")),
+            None => Ok(work.await),
+        }
+    }
+
+    /// Starts a pool, on the background runtime if there is one.
     async fn on_background(
         &self,
         start: impl Future<Output = Result<PoolRef, ractor::SpawnErr>> + Send + 'static,
     ) -> Result<PoolRef, ractor::SpawnErr> {
-        match &self.cfg.background {
-            Some(rt) => rt.spawn(start).await.map_err(|e| {
-                ractor::SpawnErr::StartupFailed(format!("the pool's runtime stopped: {e}").into())
-            })?,
-            None => start.await,
-        }
+        self.in_background(start)
+            .await
+            .map_err(|e| ractor::SpawnErr::StartupFailed(e.into()))?
     }
 
     fn set_progress(&self, package: &Hash, mut p: Progress) {
@@ -501,15 +513,11 @@ impl PatchService {
     /// [`PatchService::verify_files`] as package work: on the background runtime, if there
     /// is one (see [`PatchConfig::background`]).
     pub async fn check_files(&self, manifest: Arc<Manifest>) -> Result<(), PatchError> {
-        match &self.0.cfg.background {
-            Some(rt) => {
-                let svc = self.clone();
-                rt.spawn(async move { svc.verify_files(&manifest) })
-                    .await
-                    .map_err(|e| PatchError::Stopped(format!("the package runtime stopped: {e}")))?
-            }
-            None => self.verify_files(&manifest),
-        }
+        let svc = self.clone();
+        self.0
+            .in_background(async move { svc.verify_files(&manifest) })
+            .await
+            .map_err(PatchError::Stopped)?
     }
 
     /// Writes `manifest`'s files into `dir` (created), each checked against its hash.

@@ -477,42 +477,17 @@ mod tests {
         }
     }
 
-    /// A child that reports each start and fails on demand.
+    /// Each start of a [`Flaky`] child: the child, and the name of the thread it started on.
+    type Started = tokio::sync::mpsc::UnboundedSender<(ActorCell, Option<String>)>;
+
+    /// A child that reports each start (and where) and fails on demand.
     #[derive(Clone)]
     struct Flaky;
 
     impl Actor for Flaky {
         type Msg = ();
         type State = ();
-        type Arguments = tokio::sync::mpsc::UnboundedSender<ActorCell>;
-
-        async fn pre_start(
-            &self,
-            myself: ActorRef<()>,
-            started: Self::Arguments,
-        ) -> Result<(), ActorProcessingErr> {
-            let _ = started.send(myself.get_cell());
-            Ok(())
-        }
-
-        async fn handle(
-            &self,
-            _myself: ActorRef<()>,
-            _msg: (),
-            _state: &mut (),
-        ) -> Result<(), ActorProcessingErr> {
-            Err("told to fail".into())
-        }
-    }
-
-    /// A child that reports the thread it starts on, and fails on demand.
-    #[derive(Clone)]
-    struct Where;
-
-    impl Actor for Where {
-        type Msg = ();
-        type State = ();
-        type Arguments = tokio::sync::mpsc::UnboundedSender<(ActorCell, Option<String>)>;
+        type Arguments = Started;
 
         async fn pre_start(
             &self,
@@ -543,7 +518,7 @@ mod tests {
             .build()
             .expect("runtime");
         let (tx, mut started) = tokio::sync::mpsc::unbounded_channel();
-        let spec = ChildSpec::new("where", Restart::Permanent, Where, move || tx.clone())
+        let spec = ChildSpec::new("where", Restart::Permanent, Flaky, move || tx.clone())
             .on(Some(bg.handle().clone()));
         let (sup, _) = Actor::spawn(
             None,
@@ -585,10 +560,7 @@ mod tests {
     impl Actor for Parent {
         type Msg = ();
         type State = tokio::sync::mpsc::UnboundedSender<String>;
-        type Arguments = (
-            tokio::sync::mpsc::UnboundedSender<String>,
-            tokio::sync::mpsc::UnboundedSender<ActorCell>,
-        );
+        type Arguments = (tokio::sync::mpsc::UnboundedSender<String>, Started);
 
         async fn pre_start(
             &self,
@@ -637,7 +609,7 @@ mod tests {
             .await
             .expect("spawn parent");
         let wait = Duration::from_secs(5);
-        let mut child = tokio::time::timeout(wait, started.recv())
+        let (mut child, _) = tokio::time::timeout(wait, started.recv())
             .await
             .expect("first start")
             .expect("open");
@@ -645,7 +617,7 @@ mod tests {
         for restart in 1..=3 {
             let t0 = tokio::time::Instant::now();
             child.send_message(()).expect("send");
-            let next = tokio::time::timeout(wait, started.recv())
+            let (next, _) = tokio::time::timeout(wait, started.recv())
                 .await
                 .expect("restarted")
                 .expect("open");

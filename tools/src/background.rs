@@ -1,4 +1,4 @@
-//! The background runtime of a process that simulates a fleet: package work (distributors,
+//! The background runtime of a served simulation (`rollcall sim --serve`): package work (distributors,
 //! their fetches, the chunk pools, the files' final check) runs on threads at the lowest CPU
 //! priority, so that the threads that carry questions come first.
 //!
